@@ -1,0 +1,38 @@
+"""lmfit3d: 3D face reconstruction from dense probabilistic landmarks.
+
+Implements "3D Face Reconstruction with Dense Landmarks" (Wood et al., ECCV 2022) on a
+Numba-accelerated NumPy engine.  Importing the package is light: submodules (and numba) load
+on first attribute access, so ``import lmfit3d`` stays fast in constrained environments.
+
+Pipeline modules, imports flowing one way::
+
+    model -> rotation / skinning -> camera -> landmarks -> terms -> sparsity -> solvers
+          -> predict (ONNX) -> track / capture -> cli
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_SUBMODULES = (
+    "paths", "meshio", "model", "rotation", "skinning", "camera", "landmarks",
+    "terms", "sparsity", "solvers", "fit", "synthetic", "cli",
+)
+_EXPORTS = {
+    "FaceModel": "model",
+    "load_model": "model",
+    "build_model": "model",
+    "Params": "model",
+    "Camera": "camera",
+    "FitResult": "solvers",
+    "fit_landmarks": "fit",
+}
+
+__all__ = ["__version__", *_SUBMODULES, *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return import_module(f"{__name__}.{name}")
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'lmfit3d' has no attribute {name!r}")
