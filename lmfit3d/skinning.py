@@ -1,0 +1,320 @@
+"""Linear blend skinning of the face model and its analytic Jacobians (numba kernels).
+
+Given joint rotations theta (J, 3) (axis-angle, row 0 the root), bind joint locations J(beta)
+(J, 3) and parents, the pose chain gives each joint's global affine map (Rg_k, tg_k) before the
+root; a template vertex t with weights w becomes::
+
+    v = sum_k w_k (Rg_k t + tg_k),      x = R_root v + translation          (mm)
+
+Jacobian of x (the paper's per-vertex blocks, built without evaluating the full mesh):
+
+* root rotation:  -[R_root v]_x J_l(theta_0)
+* translation:    I
+* joint m >= 1:   -R_root [Y_m - W_m g_m]_x Rg_parent(m) J_l(theta_m), where W_m, Y_m sum w_k and
+  w_k (Rg_k t + tg_k) over joints k in the subtree of m, and g_m is the posed location of joint m
+* expression e:   R_root M E_e,   M = sum_k w_k Rg_k
+* identity k:     R_root (M S_k + sum_m W_m Rg_parent(m) (I - R_m) S_J[m, :, k])
+
+Parameter column layout (``POSE_DIM`` = 6 + 3 (J - 1) = 18 for the ICT rig)::
+
+    [root rotation (3), translation (3), neck, head, eye_L, eye_R (3 each), expression (E), identity (K)]
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from .model import FaceModel, Params
+from .rotation import rodrigues_into
+
+N_JOINTS = 5
+POSE_DIM = 6 + 3 * (N_JOINTS - 1)
+
+
+def ancestry(parents):
+    """anc[k, m] = 1 when joint m (>= 1) is joint k or one of its ancestors, (J, J) float64."""
+    parents = np.asarray(parents)
+    n = len(parents)
+    anc = np.zeros((n, n))
+    for k in range(1, n):
+        m = k
+        while m > 0:
+            anc[k, m] = 1.0
+            m = parents[m]
+    return anc
+
+
+@njit(cache=True)
+def pose_chain(rot, joints, parents, r0, jl0, rg, tg, gpos, bm, cm):
+    """Forward kinematics of the pre-root chain, into preallocated workspaces.
+
+    Parameters
+    ----------
+    rot : (J, 3) float64, axis-angle per joint (row 0: root).
+    joints : (J, 3) float64, bind locations J(beta) (mm).
+    parents : (J,) int64, parent index (-1 for the root).
+    r0, jl0 : (3, 3) out, root rotation and its left Jacobian.
+    rg, tg : (J, 3, 3), (J, 3) out, global rotation/translation of each joint (root = identity).
+    gpos : (J, 3) out, posed joint locations before the root.
+    bm, cm : (J, 3, 3) out, Rg_parent J_l(theta_m) and Rg_parent (I - R_m) per joint.
+    """
+    rodrigues_into(rot[0], r0, jl0)
+    rk = np.empty((3, 3))
+    jk = np.empty((3, 3))
+    rg[0] = 0.0
+    tg[0] = 0.0
+    gpos[0] = 0.0
+    bm[0] = jl0
+    cm[0] = 0.0
+    for i in range(3):
+        rg[0, i, i] = 1.0
+    for k in range(1, rot.shape[0]):
+        p = parents[k]
+        rodrigues_into(rot[k], rk, jk)
+        for i in range(3):
+            for j in range(3):
+                s = 0.0
+                sb = 0.0
+                for q in range(3):
+                    s += rg[p, i, q] * rk[q, j]
+                    sb += rg[p, i, q] * jk[q, j]
+                rg[k, i, j] = s
+                bm[k, i, j] = sb
+                cm[k, i, j] = rg[p, i, j] - s
+        for i in range(3):
+            s = tg[p, i]
+            g = tg[p, i]
+            for q in range(3):
+                dq = joints[k, q]
+                for j in range(3):
+                    dq -= rk[q, j] * joints[k, j]
+                s += rg[p, i, q] * dq
+                g += rg[p, i, q] * joints[k, q]
+            tg[k, i] = s
+            gpos[k, i] = g
+
+
+@njit(cache=True)
+def skin_mesh(t, w, r0, trans, rg, tg, out):
+    """Pose every vertex: out (V, 3) = R_root sum_k w_k (Rg_k t + tg_k) + trans."""
+    nj = w.shape[1]
+    for v in range(t.shape[0]):
+        x0 = t[v, 0]
+        x1 = t[v, 1]
+        x2 = t[v, 2]
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        for k in range(nj):
+            wk = w[v, k]
+            if wk == 0.0:
+                continue
+            a0 += wk * (rg[k, 0, 0] * x0 + rg[k, 0, 1] * x1 + rg[k, 0, 2] * x2 + tg[k, 0])
+            a1 += wk * (rg[k, 1, 0] * x0 + rg[k, 1, 1] * x1 + rg[k, 1, 2] * x2 + tg[k, 1])
+            a2 += wk * (rg[k, 2, 0] * x0 + rg[k, 2, 1] * x1 + rg[k, 2, 2] * x2 + tg[k, 2])
+        for i in range(3):
+            out[v, i] = r0[i, 0] * a0 + r0[i, 1] * a1 + r0[i, 2] * a2 + trans[i]
+
+
+@njit(cache=True, inline="always")
+def skin_vertex(t, w, anc, r0, trans, rg, tg, gpos, bm, x, rm, dpose, wsub):
+    """Pose one vertex and its pose Jacobian.
+
+    Writes x (3,) camera position, rm (3, 3) = R_root M, dpose (3, POSE_DIM) Jacobian w.r.t.
+    [root rotation, translation, joints 1..J-1], wsub (J,) subtree weights W_m.
+    """
+    nj = w.shape[0]
+    m = np.zeros((3, 3))
+    v = np.zeros(3)
+    ysub = np.zeros((nj, 3))
+    for k in range(nj):
+        wsub[k] = 0.0
+    for k in range(nj):
+        wk = w[k]
+        if wk == 0.0:
+            continue
+        for i in range(3):
+            yk = tg[k, i]
+            for j in range(3):
+                m[i, j] += wk * rg[k, i, j]
+                yk += rg[k, i, j] * t[j]
+            v[i] += wk * yk
+            for mm in range(1, nj):
+                if anc[k, mm] != 0.0:
+                    ysub[mm, i] += wk * yk
+        for mm in range(1, nj):
+            if anc[k, mm] != 0.0:
+                wsub[mm] += wk
+    rv = np.zeros(3)
+    for i in range(3):
+        for j in range(3):
+            rv[i] += r0[i, j] * v[j]
+            s = 0.0
+            for q in range(3):
+                s += r0[i, q] * m[q, j]
+            rm[i, j] = s
+        x[i] = rv[i] + trans[i]
+    # root rotation: -[R v]_x J_l0  (bm[0] holds J_l of the root)
+    for j in range(3):
+        c0 = bm[0, 0, j]
+        c1 = bm[0, 1, j]
+        c2 = bm[0, 2, j]
+        dpose[0, j] = -(rv[1] * c2 - rv[2] * c1)
+        dpose[1, j] = -(rv[2] * c0 - rv[0] * c2)
+        dpose[2, j] = -(rv[0] * c1 - rv[1] * c0)
+        for i in range(3):
+            dpose[i, 3 + j] = 1.0 if i == j else 0.0
+    for mm in range(1, nj):
+        col = 6 + 3 * (mm - 1)
+        wm = wsub[mm]
+        if wm == 0.0:
+            for i in range(3):
+                for j in range(3):
+                    dpose[i, col + j] = 0.0
+            continue
+        a0 = ysub[mm, 0] - wm * gpos[mm, 0]
+        a1 = ysub[mm, 1] - wm * gpos[mm, 1]
+        a2 = ysub[mm, 2] - wm * gpos[mm, 2]
+        for j in range(3):
+            c0 = bm[mm, 0, j]
+            c1 = bm[mm, 1, j]
+            c2 = bm[mm, 2, j]
+            d0 = -(a1 * c2 - a2 * c1)
+            d1 = -(a2 * c0 - a0 * c2)
+            d2 = -(a0 * c1 - a1 * c0)
+            for i in range(3):
+                dpose[i, col + j] = r0[i, 0] * d0 + r0[i, 1] * d1 + r0[i, 2] * d2
+
+
+@njit(cache=True)
+def points_jacobian(t, w, eb, sb, sj, anc, r0, trans, rg, tg, gpos, bm, cm, x_out, jac_out):
+    """Posed positions and dense Jacobians of chosen vertices.
+
+    Parameters
+    ----------
+    t : (n, 3) float64, template T(beta, psi) at the vertices (mm).
+    w : (n, J) float64, skin weights.
+    eb : (n, 3, E) float64, expression basis blocks.
+    sb : (n, 3, K) float64, identity basis blocks (K = 0 to skip the identity columns).
+    sj : (J, 3, K) float64, joint identity basis S_J.
+    x_out : (n, 3) out.
+    jac_out : (n, 3, POSE_DIM + E + K) out.
+    """
+    n = t.shape[0]
+    nj = w.shape[1]
+    ne = eb.shape[2]
+    nk = sb.shape[2]
+    pd = 6 + 3 * (nj - 1)
+    rm = np.empty((3, 3))
+    dpose = np.empty((3, pd))
+    wsub = np.empty(nj)
+    # Rg_parent (I - R_m) S_J[m] summed with the subtree weights, per identity mode
+    for p in range(n):
+        skin_vertex(t[p], w[p], anc, r0, trans, rg, tg, gpos, bm, x_out[p], rm, dpose, wsub)
+        for i in range(3):
+            for c in range(pd):
+                jac_out[p, i, c] = dpose[i, c]
+        for e in range(ne):
+            e0 = eb[p, 0, e]
+            e1 = eb[p, 1, e]
+            e2 = eb[p, 2, e]
+            for i in range(3):
+                jac_out[p, i, pd + e] = rm[i, 0] * e0 + rm[i, 1] * e1 + rm[i, 2] * e2
+        for k in range(nk):
+            u0 = sb[p, 0, k]
+            u1 = sb[p, 1, k]
+            u2 = sb[p, 2, k]
+            g = np.zeros(3)
+            for mm in range(1, nj):
+                wm = wsub[mm]
+                if wm == 0.0:
+                    continue
+                for i in range(3):
+                    g[i] += wm * (cm[mm, i, 0] * sj[mm, 0, k] + cm[mm, i, 1] * sj[mm, 1, k]
+                                  + cm[mm, i, 2] * sj[mm, 2, k])
+            for i in range(3):
+                s = rm[i, 0] * u0 + rm[i, 1] * u1 + rm[i, 2] * u2
+                s += r0[i, 0] * g[0] + r0[i, 1] * g[1] + r0[i, 2] * g[2]
+                jac_out[p, i, pd + ne + k] = s
+
+
+# --------------------------------------------------------------------------------------------
+# Python API
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PoseState:
+    """Per-frame pose chain (outputs of :func:`pose_chain`)."""
+    r0: np.ndarray
+    jl0: np.ndarray
+    rg: np.ndarray
+    tg: np.ndarray
+    gpos: np.ndarray
+    bm: np.ndarray
+    cm: np.ndarray
+    translation: np.ndarray
+
+
+def check_params(model: FaceModel, params: Params):
+    """Validate shapes and finiteness of ``params`` against ``model``; raises ValueError."""
+    want = {"identity": (model.n_identity,), "expression": (model.n_expression,),
+            "rotations": (model.n_joints, 3), "translation": (3,)}
+    for name, shape in want.items():
+        a = np.asarray(getattr(params, name))
+        if a.shape != shape:
+            raise ValueError(f"params.{name} must have shape {shape}, got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"params.{name} contains NaN or inf")
+
+
+def pose(model: FaceModel, params: Params) -> PoseState:
+    """Run the pose chain for ``params`` (joint locations follow the identity)."""
+    check_params(model, params)
+    nj = model.n_joints
+    out = PoseState(np.empty((3, 3)), np.empty((3, 3)), np.empty((nj, 3, 3)), np.empty((nj, 3)),
+                    np.empty((nj, 3)), np.empty((nj, 3, 3)), np.empty((nj, 3, 3)),
+                    np.ascontiguousarray(params.translation, dtype=np.float64))
+    pose_chain(np.ascontiguousarray(params.rotations, dtype=np.float64), model.joints(params.identity),
+               model.joint_parents.astype(np.int64), out.r0, out.jl0, out.rg, out.tg, out.gpos, out.bm,
+               out.cm)
+    return out
+
+
+def evaluate_mesh(model: FaceModel, params: Params, template=None):
+    """Posed full mesh M(beta, psi, theta), (V, 3) float64 mm.
+
+    ``template`` may pass a precomputed T(beta, psi) (V, 3) to skip the basis products.
+    """
+    st = pose(model, params)
+    t = model.template(params.identity, params.expression) if template is None else template
+    out = np.empty((model.n_vertices, 3))
+    skin_mesh(np.ascontiguousarray(t, dtype=np.float64), model.skin_weights, st.r0, st.translation,
+              st.rg, st.tg, out)
+    return out
+
+
+def evaluate_points(model: FaceModel, params: Params, vertex_ids, with_identity=False):
+    """Posed positions and dense Jacobians of chosen vertices (without the full mesh).
+
+    Returns
+    -------
+    x : ndarray (n, 3) float64, mm.
+    jac : ndarray (n, 3, POSE_DIM + E [+ K]) float64; columns as in the module docstring.
+    """
+    ids = np.asarray(vertex_ids, dtype=np.int64)
+    if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= model.n_vertices)):
+        raise ValueError(f"vertex_ids must be 1-D in [0, {model.n_vertices})")
+    st = pose(model, params)
+    beta = np.asarray(params.identity, float)
+    psi = np.asarray(params.expression, float)
+    sb = model.identity_basis[ids].astype(np.float64)
+    eb = model.expression_basis[ids].astype(np.float64)
+    t = model.vertices[ids].astype(np.float64) + sb @ beta + eb @ psi
+    if not with_identity:
+        sb = np.zeros((ids.size, 3, 0))
+    x = np.empty((ids.size, 3))
+    jac = np.empty((ids.size, 3, POSE_DIM + model.n_expression + sb.shape[2]))
+    points_jacobian(t, model.skin_weights[ids].astype(np.float64), eb, sb,
+                    np.ascontiguousarray(model.joint_identity), ancestry(model.joint_parents), st.r0,
+                    st.translation, st.rg, st.tg, st.gpos, st.bm, st.cm, x, jac)
+    return x, jac
