@@ -1,0 +1,333 @@
+"""The ``lmfit3d`` command line.
+
+Every command is a ``_cmd_<name>(args) -> int`` function registered by an ``_add_<name>(sub)``
+function on the subparsers object that :func:`build_parser` creates.  To add a command (e.g.
+``fit-landmarks``), write both functions and append the ``_add_`` function to ``_COMMANDS``.
+
+User errors (``ValueError``, including :class:`lmfit3d.meshio.MeshFormatError`, and ``OSError``,
+including ``FileNotFoundError``) are reported by :func:`main` as one line,
+``lmfit3d: error: <message>``, with exit status 2; bad arguments are reported the same way.
+
+Importing this module stays light (standard library only): NumPy, Numba and the model load inside
+the command functions, so ``lmfit3d --help`` answers at once.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+PROG = "lmfit3d"
+
+DESCRIPTION = """\
+3D face reconstruction from dense 2D landmarks (Wood et al., "3D Face Reconstruction with Dense
+Landmarks", ECCV 2022): the ICT-FaceKit morphable model with a four-joint LBS rig, fitted on a
+Numba engine.  Units are millimetres throughout."""
+
+EPILOG = """\
+commands:
+  model build    build the face model from ICT-FaceKit and save it to the cache (run this first)
+  model info     summary of the built model (--json for a machine-readable one)
+  model export   write the model, shaped by identity and expression values, as OBJ or PLY
+
+Run `lmfit3d COMMAND --help` (e.g. `lmfit3d model export --help`) for a command's options.
+Environment: LMFIT3D_HOME (cache, default ~/.cache/lmfit3d), ICT_FACEKIT (ICT-FaceKit root).
+Conventions (axes, joints, parameter layout) and the full workflow: README.md of the repository."""
+
+
+class CommandLineError(ValueError):
+    """Bad command-line arguments (reported like any other user error)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors raise instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise CommandLineError(f"{message} (see `{self.prog} --help`)")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Top-level help: keeps the hand-wrapped description and command list."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
+
+class _SubFormatter(argparse.HelpFormatter):
+    """Command help: wraps descriptions to the terminal width."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by commands
+# --------------------------------------------------------------------------------------------
+
+def _say(msg):
+    """Progress message on stderr (stdout is kept for results)."""
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def _human_size(n_bytes):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024 or unit == "GiB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024.0
+
+
+def _load_model(path):
+    from .model import load_model
+    return load_model(path)
+
+
+def _model_summary(model):
+    """One line describing a built model."""
+    return (f"{model.n_vertices} vertices, {model.faces.shape[0]} triangles, "
+            f"{model.n_identity} identity modes, {model.n_expression} expressions, "
+            f"{model.n_joints} joints ({', '.join(model.joint_names)}), units mm")
+
+
+def _parse_identity(text, n_identity):
+    """Identity coefficients from a JSON list (text or a file): ``[b0, b1, ...]`` or ``{"identity": [...]}``.
+
+    Fewer than ``n_identity`` values leave the remaining coefficients at zero.
+    """
+    import numpy as np
+
+    source = "--identity-coeffs"
+    if not text.lstrip().startswith(("[", "{")):  # not inline JSON: a file name
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"--identity-coeffs: {text!r} is neither a JSON list nor an existing file")
+        source, text = str(path), path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if isinstance(data, dict):
+        if "identity" not in data:
+            raise ValueError(f"{source}: a JSON object must have an \"identity\" list")
+        data = data["identity"]
+    if not isinstance(data, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in data):
+        raise ValueError(f"{source}: expected a JSON list of numbers")
+    if len(data) > n_identity:
+        raise ValueError(f"{source}: {len(data)} identity coefficients given, the model has {n_identity}")
+    beta = np.zeros(n_identity)
+    beta[:len(data)] = data
+    if not np.isfinite(beta).all():
+        raise ValueError(f"{source}: identity coefficients must be finite")
+    return beta
+
+
+def _parse_expression(items, names):
+    """Expression weights from ``NAME=W`` items; unnamed shapes stay at zero."""
+    import numpy as np
+
+    psi = np.zeros(len(names))
+    seen = set()
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"--expression {item!r}: expected NAME=WEIGHT, e.g. jawOpen=0.8")
+        if name not in names:
+            raise ValueError(f"--expression: unknown expression {name!r} "
+                             f"(`lmfit3d model info` lists the {len(names)} names)")
+        if name in seen:
+            raise ValueError(f"--expression: {name!r} given more than once")
+        try:
+            w = float(value)
+        except ValueError:
+            raise ValueError(f"--expression {item!r}: weight must be a number") from None
+        if not math.isfinite(w):
+            raise ValueError(f"--expression {item!r}: weight must be finite")
+        seen.add(name)
+        psi[names.index(name)] = w
+    return psi
+
+
+# --------------------------------------------------------------------------------------------
+# model build / info / export
+# --------------------------------------------------------------------------------------------
+
+def _add_model(sub):
+    p = sub.add_parser(
+        "model", help="build, inspect and export the face model",
+        description="Build, inspect and export the ICT-FaceKit face model (millimetres).",
+        formatter_class=_SubFormatter)
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True,
+                            parser_class=_Parser)
+
+    b = msub.add_parser(
+        "build", help="build the model from ICT-FaceKit and save it (atomically)",
+        description="Read ICT-FaceKit's FaceXModel OBJ files (cm), build the rigged model in mm and "
+                    "save it atomically as a versioned .npz.  Prints the path, the file size and a "
+                    "summary; progress goes to stderr.",
+        formatter_class=_SubFormatter)
+    b.add_argument("--ict", metavar="DIR",
+                   help="ICT-FaceKit root or its FaceXModel folder "
+                        "(default: $ICT_FACEKIT or ../shared/ict-facekit)")
+    b.add_argument("--out", metavar="PATH",
+                   help="model file to write (default: $LMFIT3D_HOME/ict_face_model_v1.npz)")
+    b.set_defaults(func=_cmd_model_build)
+
+    i = msub.add_parser(
+        "info", help="summary of the built model",
+        description="Summary of the built model: sizes, expression names, joints, landmark sets.",
+        formatter_class=_SubFormatter)
+    i.add_argument("--json", action="store_true",
+                   help="print the full summary as JSON (FaceModel.info())")
+    i.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    i.set_defaults(func=_cmd_model_info)
+
+    e = msub.add_parser(
+        "export", help="write the model mesh (OBJ or PLY) for given identity/expression values",
+        description="Evaluate the model with the given identity coefficients and expression weights "
+                    "(neutral pose) and write the mesh with its triangles, in mm.",
+        epilog="example: lmfit3d model export smile.ply --expression mouthSmile_L=1 mouthSmile_R=1 "
+               "--identity-coeffs '[2.0, -1.0]'",
+        formatter_class=_SubFormatter)
+    e.add_argument("out", metavar="OUT", help="output mesh; the format follows the suffix (.obj or .ply)")
+    e.add_argument("--identity-coeffs", metavar="JSON",
+                   help="identity coefficients: a JSON list (inline or a .json file), or an object "
+                        "with an \"identity\" list; missing trailing values are 0")
+    e.add_argument("--expression", metavar="NAME=W", nargs="+", action="extend", default=[],
+                   help="expression weight(s), e.g. jawOpen=0.7 eyeBlink_L=1 (others 0)")
+    e.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    e.set_defaults(func=_cmd_model_export)
+
+
+def _cmd_model_build(args):
+    from .model import build_model, default_model_path, save_model
+
+    out = Path(args.out) if args.out else default_model_path()
+    if out.exists() and out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file path")
+    t0 = time.perf_counter()
+    _say("reading ICT-FaceKit (neutral mesh)")
+    model = build_model(args.ict, progress=_say)
+    _say(f"saving {out}")
+    path = save_model(model, out)
+    _say(f"done in {time.perf_counter() - t0:.1f} s")
+    print(f"{path} ({_human_size(path.stat().st_size)})")
+    print(_model_summary(model))
+    return 0
+
+
+def _cmd_model_info(args):
+    model = _load_model(args.model)
+    info = model.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    from .model import default_model_path
+
+    path = Path(args.model) if args.model else default_model_path()
+    joints = ", ".join(f"{j['name']}<-{j['parent']}" if j["parent"] else j["name"] for j in info["joints"])
+    sets = ", ".join(f"{n} ({len(ids)})" for n, ids in info["landmark_sets"].items()) or "none"
+    lines = [
+        f"model:       {path} (format v{info['version']})",
+        f"units:       {info['units']}",
+        f"mesh:        {info['n_vertices']} vertices, {info['n_faces']} triangles",
+        f"identity:    {info['n_identity']} modes, prior: {info['identity_prior']['type']} "
+        f"({info['identity_prior']['components']} component(s))",
+        f"joints:      {joints}",
+        f"eye radius:  {info['eye_radius_mm'][0]} / {info['eye_radius_mm'][1]} mm (L / R)",
+        f"landmarks:   {sets}",
+        f"expressions: {len(info['expression_names'])}",
+    ]
+    names = info["expression_names"]
+    for k in range(0, len(names), 4):
+        lines.append("  " + " ".join(f"{n:<17}" for n in names[k:k + 4]).rstrip())
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_model_export(args):
+    out = Path(args.out)
+    suffix = out.suffix.lower()
+    if suffix not in (".obj", ".ply"):
+        raise ValueError(f"{out}: output must end in .obj or .ply")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise ValueError(f"{out}: output directory does not exist")
+
+    from .meshio import write_obj, write_ply
+    from .model import Params
+    from .skinning import evaluate_mesh
+
+    model = _load_model(args.model)
+    params = Params.zeros(model)
+    params = params.replace(expression=_parse_expression(args.expression, list(model.expression_names)))
+    if args.identity_coeffs is not None:
+        params = params.replace(identity=_parse_identity(args.identity_coeffs, model.n_identity))
+    verts = evaluate_mesh(model, params)
+    (write_obj if suffix == ".obj" else write_ply)(out, verts, model.faces)
+    print(f"{out}: {verts.shape[0]} vertices, {model.faces.shape[0]} triangles (mm)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Parser and entry point
+# --------------------------------------------------------------------------------------------
+
+# Each entry registers one top-level command on the subparsers object.
+_COMMANDS = [_add_model]
+
+
+def build_parser():
+    """The ``lmfit3d`` argument parser (one subparser per command, see ``_COMMANDS``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Parsed namespaces carry ``func``, the ``_cmd_xxx(args) -> int`` to run.
+    """
+    from . import __version__
+
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def _one_line(exc):
+    msg = str(exc) if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        msg = f"{exc.filename}: {exc.strerror}"
+    return " ".join(msg.split())
+
+
+def main(argv=None) -> int:
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 for a user error (reported on stderr as one line).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except (ValueError, OSError) as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,605 @@
+"""Fitting the face model to probabilistic 2D landmarks: one frame, or a sequence in real time.
+
+Real-time policy (paper sec. 3.3.1), implemented by :class:`Tracker`:
+
+1. On the first frame (or after tracking was lost) the pose is initialised from the landmarks'
+   2D spread and refined rigidly from five yaw hypotheses; the best is kept.
+2. Every frame fits root pose, neck/head/eye joints and expression by Levenberg-Marquardt,
+   warm-started from the previous frame, with the temporal term pulling landmark vertices towards
+   their previous positions.
+3. Identity (and the focal length when unknown) are refitted now and then over *keyframes*:
+   frames whose head rotation differs by more than ``keyframe_angle_deg`` from every keyframe so
+   far (at most ``max_keyframes``, the first frame always being one).  The refit solves for identity
+   (+ focal) with each keyframe's pose and expression held, then re-solves those per keyframe.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .camera import focal_from_fov
+from .landmarks import resolve_vertex_ids
+from .model import FaceModel, Params, load_model
+from .skinning import POSE_DIM, ancestry, pose_chain
+from .solvers import FitResult, levenberg_marquardt
+from .sparsity import build_sparsity, layout
+from .terms import diagonal_prior, intersection_term, symmetrize_upper, vertex_term
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Energy weights, solver tolerances and tracking policy.
+
+    Weights multiply the paper's terms: E = E_landmarks + w_identity E_identity
+    + w_expression |psi|^2 + w_joints |theta_{1..4}|^2 + w_temporal sum |x_t - x_{t-1}|^2 (mm^2, over the
+    landmark vertices) + w_intersection sum d^2 (mm^2).
+    """
+
+    w_identity: float = 1.0
+    w_expression: float = 1.0
+    w_joints: float = 20.0
+    w_temporal: float = 0.05
+    w_intersection: float = 10.0
+    sparsity_threshold_mm: float = 0.01
+    jac_threshold: float = 1e-8
+    max_iter: int = 10
+    max_iter_init: int = 40
+    ftol: float = 1e-4
+    xtol: float = 1e-6
+    gtol: float = 1e-6
+    keyframe_angle_deg: float = 10.0
+    max_keyframes: int = 5
+    fit_eyes: bool = True
+
+    def __post_init__(self):
+        for name in ("w_identity", "w_expression", "w_joints", "w_temporal", "w_intersection",
+                     "sparsity_threshold_mm", "jac_threshold"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.max_iter < 1 or self.max_iter_init < 1:
+            raise ValueError("max_iter must be >= 1")
+
+
+def params_to_vector(model, params: Params, focal):
+    """Pack Params and the focal length into the full per-frame vector (layout in ``sparsity``)."""
+    sl, n = layout(model)
+    x = np.empty(n)
+    x[sl["root_rotation"]] = params.rotations[0]
+    x[sl["translation"]] = params.translation
+    x[sl["joints"]] = np.asarray(params.rotations[1:]).ravel()
+    x[sl["expression"]] = params.expression
+    x[sl["identity"]] = params.identity
+    x[sl["focal"]] = focal
+    return x
+
+
+def vector_to_params(model, x):
+    """Unpack the full vector into (Params, focal)."""
+    sl, _ = layout(model)
+    rot = np.vstack([x[sl["root_rotation"]], x[sl["joints"]].reshape(-1, 3)])
+    return Params(x[sl["identity"]].copy(), x[sl["expression"]].copy(), rot,
+                  x[sl["translation"]].copy()), float(x[sl["focal"]][0])
+
+
+class _Intersection:
+    """Static data of the intersection term for one identity (template space)."""
+
+    def __init__(self, model: FaceModel, beta, threshold):
+        t0 = model.template(beta)
+        joints = model.joints(beta)
+        centres = joints[3:5]
+        face = model.region_mask("face")
+        lid_ids, sphere_of = [], []
+        for s, c in enumerate(centres):
+            d = np.linalg.norm(t0 - c, axis=1)
+            ids = np.flatnonzero(face & (d < model.eye_radius[s] + 4.0))
+            lid_ids.append(ids)
+            sphere_of.append(np.full(ids.size, s))
+        lid_ids = np.concatenate(lid_ids)
+        sphere_of = np.concatenate(sphere_of)
+        # sphere radius: the eyeball fit radius, but never more than the closest eyelid vertex at
+        # rest, so the neutral face is intersection-free
+        radii = np.array([min(model.eye_radius[s], np.linalg.norm(t0[lid_ids[sphere_of == s]] - centres[s],
+                                                                   axis=1).min()) for s in range(2)])
+        from scipy.spatial import ConvexHull
+        teeth = model.region_mask("teeth")
+        upper = teeth.copy()
+        upper[19247:] = False
+        lower = teeth & ~upper
+        planes = []
+        for m in (upper, lower):
+            hull = ConvexHull(t0[m][::4])
+            eq = hull.equations                      # n.x + b <= 0 inside
+            planes.append(np.column_stack([eq[:, :3], -eq[:, 3]]))
+        npl = max(p.shape[0] for p in planes)
+        self.planes = np.zeros((2, npl, 4))
+        for h, p in enumerate(planes):
+            self.planes[h, :p.shape[0]] = p
+            self.planes[h, p.shape[0]:] = p[0]
+        teeth_pts = t0[teeth]
+        near = np.array([np.min(np.linalg.norm(teeth_pts[::8] - v, axis=1)) for v in t0[face]]) < 6.0
+        lip_ids = np.flatnonzero(face)[near]
+        hull_of = np.where(t0[lip_ids, 1] >= t0[teeth, 1].max() * 0 + np.median(teeth_pts[:, 1]), 0, 1)
+        ids = np.concatenate([lid_ids, lip_ids])
+        self.table = build_sparsity(model, ids, threshold)
+        self.t_beta = t0[ids]
+        self.sphere_c = np.ascontiguousarray(centres)
+        self.sphere_r = radii
+        self.sphere_of = np.concatenate([sphere_of, np.full(lip_ids.size, -1)]).astype(np.int64)
+        self.hull_of = np.concatenate([np.full(lid_ids.size, -1), hull_of]).astype(np.int64)
+
+
+class FrameProblem:
+    """Energy of one frame for the LM solver, over a chosen set of free parameters.
+
+    Parameters
+    ----------
+    model : FaceModel
+    table : SparsityTable of the landmark vertices.
+    mu : (L, 2) landmark means (pixels), NaN rows missing.
+    sigma : (L,) landmark standard deviations (pixels).
+    image_size : (width, height).
+    config : FitConfig
+    prev : (L, 3) previous-frame landmark vertex positions (mm) for the temporal term, or None.
+    """
+
+    def __init__(self, model, table, mu, sigma, image_size, config, prev=None, intersection=None):
+        self.model = model
+        self.table = table
+        self.cfg = config
+        self.mu = np.ascontiguousarray(mu, dtype=np.float64)
+        self.inv_sigma = 1.0 / np.asarray(sigma, dtype=np.float64)
+        self.cx, self.cy = image_size[0] / 2.0, image_size[1] / 2.0
+        self.sl, self.n_full = layout(model)
+        self.anc = ancestry(model.joint_parents)
+        self.parents = model.joint_parents.astype(np.int64)
+        self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
+        self.prev = np.full((table.n_landmarks, 3), np.nan) if prev is None else np.ascontiguousarray(prev)
+        self.tw = np.sqrt(2.0 * config.w_temporal) if prev is not None else 0.0
+        self.inter = intersection
+        nj = model.n_joints
+        self.ws = dict(r0=np.empty((3, 3)), jl0=np.empty((3, 3)), rg=np.empty((nj, 3, 3)),
+                       tg=np.empty((nj, 3)), gpos=np.empty((nj, 3)), bm=np.empty((nj, 3, 3)),
+                       cm=np.empty((nj, 3, 3)))
+        self.uv = np.empty((table.n_landmarks, 2))
+        self.rot = np.empty((nj, 3))
+        e, k = model.n_expression, model.n_identity
+        self.expr_inv = np.full(e, np.sqrt(2.0 * config.w_expression))
+        self.joint_inv = np.full(3 * (nj - 1), np.sqrt(2.0 * config.w_joints))
+        self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
+        self._beta_key = None
+        self.set_free(np.zeros(self.n_full, bool))
+
+    def set_free(self, mask, base=None):
+        """Choose the free parameters (boolean mask over the full layout)."""
+        self.free = np.flatnonzero(mask)
+        self.col_map = np.full(self.n_full, -1, np.int64)
+        self.col_map[self.free] = np.arange(self.free.size)
+        if base is not None:
+            self.base = np.array(base, dtype=np.float64)
+
+    def _identity_state(self, x):
+        beta = x[self.sl["identity"]]
+        key = beta.tobytes()
+        if key != self._beta_key:
+            self.t_beta = self.table.mean + self.table.identity_blocks @ beta
+            self.joints = self.model.joint_mean + self.sj @ beta
+            self._beta_key = key
+        return beta
+
+    def full(self, z):
+        x = self.base.copy()
+        x[self.free] = z
+        return x
+
+    def accumulate_full(self, x, jtj, jtr, want_jac):
+        """Cost of the frame at full vector x; adds its J^T J, J^T r (free columns) when asked."""
+        cfg, ws, sl = self.cfg, self.ws, self.sl
+        self._identity_state(x)
+        self.rot[0] = x[0:3]
+        self.rot[1:] = x[sl["joints"]].reshape(-1, 3)
+        pose_chain(self.rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
+                   ws["gpos"], ws["bm"], ws["cm"])
+        sb = self.table.identity_blocks if self.col_map[sl["identity"].start] >= 0 else _NO_IDENT
+        cost = vertex_term(x, x[-1], self.cx, self.cy, self.t_beta, self.table.expr_idx,
+                           self.table.expr_blocks, self.table.weights, self.anc, sb, self.sj,
+                           ws["r0"], x[3:6], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"],
+                           self.mu, self.inv_sigma, self.tw, self.prev, self.col_map,
+                           cfg.jac_threshold, want_jac, jtj, jtr, self.uv)
+        cm = self.col_map
+        if cm[sl["expression"].start] >= 0:
+            cost += diagonal_prior(x, sl["expression"].start, self.zero_e, self.expr_inv, cm, want_jac, jtj, jtr)
+        if cm[sl["joints"].start] >= 0 or cm[sl["joints"].stop - 1] >= 0:
+            cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, jtj, jtr)
+        if self.inter is not None and cfg.w_intersection > 0 and cm[sl["expression"].start] >= 0:
+            it = self.inter
+            cost += intersection_term(x, sl["expression"].start, it.t_beta, it.table.expr_idx,
+                                      it.table.expr_blocks, it.sphere_c, it.sphere_r, it.sphere_of,
+                                      it.planes, it.hull_of, np.sqrt(2.0 * cfg.w_intersection), cm,
+                                      want_jac, jtj, jtr)
+        return cost
+
+    def identity_prior(self, x, jtj, jtr, want_jac):
+        """Identity term: the dominant component of the GMM prior (exact for one component)."""
+        m = self.model
+        beta = x[self.sl["identity"]]
+        logp = [np.log(w) - 0.5 * (((beta - mu) / sd) ** 2).sum() - np.log(sd).sum()
+                for w, mu, sd in zip(m.gmm_weights, m.gmm_means, m.gmm_stds)]
+        c = int(np.argmax(logp))
+        inv = np.sqrt(self.cfg.w_identity) / m.gmm_stds[c]
+        return diagonal_prior(x, self.sl["identity"].start, m.gmm_means[c], inv, self.col_map, want_jac, jtj, jtr)
+
+    def accumulate(self, z, jtj, jtr, want_jac):
+        x = self.full(z)
+        cost = self.accumulate_full(x, jtj, jtr, want_jac)
+        if self.col_map[self.sl["identity"].start] >= 0:
+            cost += self.identity_prior(x, jtj, jtr, want_jac)
+        if want_jac:
+            symmetrize_upper(jtj)
+        return cost
+
+    def bounds_full(self):
+        """Box bounds over the full layout: expression in [0, 1], focal >= 1 pixel."""
+        lo = np.full(self.n_full, -np.inf)
+        hi = np.full(self.n_full, np.inf)
+        lo[self.sl["expression"]] = 0.0
+        hi[self.sl["expression"]] = 1.0
+        lo[self.sl["focal"]] = 1.0
+        return lo, hi
+
+    def bounds(self):
+        lo, hi = self.bounds_full()
+        return lo[self.free], hi[self.free]
+
+    def solve(self, x, mask, max_iter):
+        """LM over the parameters in ``mask`` starting at full vector x; returns (x, FitResult)."""
+        self.set_free(mask, x)
+        lo, hi = self.bounds()
+        res = levenberg_marquardt(self.accumulate, x[self.free], lo, hi, max_iter=max_iter,
+                                  ftol=self.cfg.ftol, xtol=self.cfg.xtol, gtol=self.cfg.gtol)
+        return self.full(res.x), res
+
+    def landmark_positions(self, x):
+        """Camera-space landmark vertex positions (L, 3) mm and projections (L, 2) at x."""
+        from .skinning import skin_mesh
+        self._identity_state(x)
+        psi = x[self.sl["expression"]]
+        t = self.t_beta.copy()
+        for d in range(self.table.expr_idx.shape[1]):
+            e = self.table.expr_idx[:, d]
+            ok = e >= 0
+            t[ok] += psi[e[ok], None] * self.table.expr_blocks[ok, d]
+        self.accumulate_full(x, _EMPTY2, _EMPTY1, False)
+        out = np.empty_like(t)
+        ws = self.ws
+        skin_mesh(t, self.table.weights, ws["r0"], x[3:6].copy(), ws["rg"], ws["tg"], out)
+        return out, self.uv.copy()
+
+
+_NO_IDENT = np.zeros((1, 3, 0))
+_EMPTY2 = np.zeros((0, 0))
+_EMPTY1 = np.zeros(0)
+
+
+class KeyframeProblem:
+    """Several frames sharing some parameters (identity, focal), solved jointly by LM.
+
+    The free vector is ``[shared parameters, frame 0 block, frame 1 block, ...]``; each frame's
+    :class:`FrameProblem` accumulates into it through its ``col_map``.
+    """
+
+    def __init__(self, probs, xs, shared_mask, frame_mask):
+        self.probs = probs
+        self.xs = [np.array(x, dtype=np.float64) for x in xs]
+        self.shared = np.flatnonzero(shared_mask)
+        self.frame = np.flatnonzero(frame_mask & ~shared_mask)
+        ns, nf = self.shared.size, self.frame.size
+        for i, p in enumerate(probs):
+            p.base = self.xs[i]
+            p.col_map = np.full(p.n_full, -1, np.int64)
+            p.col_map[self.shared] = np.arange(ns)
+            p.col_map[self.frame] = ns + i * nf + np.arange(nf)
+        self.n = ns + nf * len(probs)
+
+    def frame_x(self, z, i):
+        ns, nf = self.shared.size, self.frame.size
+        x = self.xs[i].copy()
+        x[self.shared] = z[:ns]
+        x[self.frame] = z[ns + i * nf: ns + (i + 1) * nf]
+        return x
+
+    def accumulate(self, z, jtj, jtr, want_jac):
+        cost = 0.0
+        for i, p in enumerate(self.probs):
+            cost += p.accumulate_full(self.frame_x(z, i), jtj, jtr, want_jac)
+        p0 = self.probs[0]
+        if p0.col_map[p0.sl["identity"].start] >= 0:
+            cost += p0.identity_prior(self.frame_x(z, 0), jtj, jtr, want_jac)
+        if want_jac:
+            symmetrize_upper(jtj)
+        return cost
+
+    def solve(self, cfg):
+        """Returns (list of full vectors per frame, FitResult)."""
+        lo_f, hi_f = self.probs[0].bounds_full()
+        z0 = np.concatenate([self.xs[0][self.shared]] + [x[self.frame] for x in self.xs])
+        lo = np.concatenate([lo_f[self.shared]] + [lo_f[self.frame]] * len(self.xs))
+        hi = np.concatenate([hi_f[self.shared]] + [hi_f[self.frame]] * len(self.xs))
+        res = levenberg_marquardt(self.accumulate, z0, lo, hi, max_iter=cfg.max_iter_init,
+                                  ftol=cfg.ftol, xtol=cfg.xtol, gtol=cfg.gtol)
+        return [self.frame_x(res.x, i) for i in range(len(self.xs))], res
+
+
+def masks(model, *blocks, eyes=True):
+    """Boolean mask over the full layout for named blocks ('pose', 'joints', 'expression', ...)."""
+    sl, n = layout(model)
+    m = np.zeros(n, bool)
+    for b in blocks:
+        if b == "pose":
+            m[0:6] = True
+        elif b == "joints":
+            m[sl["joints"]] = True
+            if not eyes:
+                m[12:18] = False
+        else:
+            m[sl[b]] = True
+    return m
+
+
+def initial_pose(model, table, mu, focal, image_size):
+    """Translation placing the frontal neutral landmarks over mu's centroid at the right scale."""
+    ok = np.isfinite(mu).all(1)
+    if ok.sum() < 3:
+        raise ValueError("need at least 3 present landmarks to initialise the pose")
+    p3 = table.mean[ok]
+    c3 = p3.mean(0)
+    s3 = np.sqrt(((p3[:, :2] - c3[:2]) ** 2).sum(1).mean())
+    m2 = mu[ok]
+    c2 = m2.mean(0)
+    s2 = np.sqrt(((m2 - c2) ** 2).sum(1).mean())
+    depth = focal * s3 / max(s2, 1e-6)
+    cam = np.array([(c2[0] - image_size[0] / 2) * depth / focal, -(c2[1] - image_size[1] / 2) * depth / focal,
+                    -depth])
+    return cam - c3
+
+
+@dataclass
+class FrameFit:
+    """Result of one frame: parameters, focal, projected landmarks and solver results."""
+    params: Params
+    focal: float
+    uv: np.ndarray
+    cost: float
+    iterations: int
+    status: int
+    success: bool
+
+
+class Tracker:
+    """Real-time frame-by-frame fitter (see the module docstring for the policy).
+
+    Parameters
+    ----------
+    model : FaceModel
+    vertex_ids : (L,) landmark vertices.
+    image_size : (width, height) pixels.
+    focal : float or None; None = unknown, initialised at a 45 degree horizontal FOV and refitted.
+    config : FitConfig
+    identity : (K,) or None; given identity is held fixed.
+    """
+
+    def __init__(self, model, vertex_ids, image_size, focal=None, config=None, identity=None):
+        self.model = model
+        self.cfg = config or FitConfig()
+        self.table = build_sparsity(model, vertex_ids, self.cfg.sparsity_threshold_mm)
+        self.image_size = (float(image_size[0]), float(image_size[1]))
+        self.focal_known = focal is not None
+        self.focal = float(focal) if focal is not None else focal_from_fov(image_size[0], 45.0)
+        self.identity_fixed = identity is not None
+        self.identity = np.zeros(model.n_identity) if identity is None else np.asarray(identity, float)
+        self.x = None
+        self.prev = None
+        self.keyframes = []          # (x, mu, sigma)
+        self._inter_key = None
+        self.inter = None
+
+    def _intersection(self):
+        if self.cfg.w_intersection <= 0:
+            return None
+        key = self.identity.tobytes()
+        if key != self._inter_key:
+            self.inter = _Intersection(self.model, self.identity, self.cfg.sparsity_threshold_mm)
+            self._inter_key = key
+        return self.inter
+
+    def _problem(self, mu, sigma, prev=None):
+        return FrameProblem(self.model, self.table, mu, sigma, self.image_size, self.cfg, prev,
+                            self._intersection())
+
+    def reset(self):
+        """Forget the previous frame (e.g. after a scene cut); identity and keyframes are kept."""
+        self.x = None
+        self.prev = None
+
+    def _initialise(self, prob, mu):
+        m = self.model
+        x0 = params_to_vector(m, Params.zeros(m).replace(identity=self.identity.copy()), self.focal)
+        x0[3:6] = initial_pose(m, self.table, mu, self.focal, self.image_size)
+        best = None
+        for yaw in (0.0, 0.6, -0.6, 1.2, -1.2):
+            x = x0.copy()
+            x[1] = yaw
+            x, res = prob.solve(x, masks(m, "pose"), self.cfg.max_iter_init)
+            if best is None or res.cost < best[1].cost:
+                best = (x, res)
+        x, _ = best
+        return prob.solve(x, masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes),
+                          self.cfg.max_iter_init)
+
+    def _is_keyframe(self, x):
+        if len(self.keyframes) >= self.cfg.max_keyframes:
+            return False
+        r = x[0:3]
+        for kx, _, _ in self.keyframes:
+            if np.degrees(np.linalg.norm(r - kx[0:3])) < self.cfg.keyframe_angle_deg:
+                return False
+        return True
+
+    def refit_identity(self):
+        """Refit identity (and unknown focal) jointly with every keyframe's pose and expression."""
+        m, sl = self.model, layout(self.model)[0]
+        if (self.identity_fixed and self.focal_known) or not self.keyframes:
+            return
+        shared = np.zeros(layout(m)[1], bool)
+        if not self.identity_fixed:
+            shared[sl["identity"]] = True
+        if not self.focal_known:
+            shared[sl["focal"]] = True
+        probs = [self._problem(mu, sg) for _, mu, sg in self.keyframes]
+        kp = KeyframeProblem(probs, [kx for kx, _, _ in self.keyframes], shared,
+                             masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes))
+        xs, _ = kp.solve(self.cfg)
+        self.identity = xs[0][sl["identity"]].copy()
+        self.focal = float(xs[0][sl["focal"]][0])
+        self.keyframes = [(x, mu, sg) for x, (_, mu, sg) in zip(xs, self.keyframes)]
+
+    def step(self, mu, sigma):
+        """Fit one frame; returns a :class:`FrameFit`.  A frame with < 3 landmarks resets tracking."""
+        m, sl = self.model, layout(self.model)[0]
+        mu = np.ascontiguousarray(mu, dtype=np.float64)
+        sigma = np.asarray(sigma, dtype=np.float64)
+        if np.isfinite(mu).all(1).sum() < 3:
+            self.reset()
+            return None
+        prob = self._problem(mu, sigma, self.prev)
+        if self.x is None:
+            x, res = self._initialise(prob, mu)
+        else:
+            x = self.x.copy()
+            x[sl["identity"]] = self.identity
+            x[sl["focal"]] = self.focal
+            x, res = prob.solve(x, masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes),
+                                self.cfg.max_iter)
+        if (not self.identity_fixed or not self.focal_known) and self._is_keyframe(x):
+            self.keyframes.append((x.copy(), mu.copy(), sigma.copy()))
+            self.refit_identity()
+            x[sl["identity"]] = self.identity
+            x[sl["focal"]] = self.focal
+            x, res = prob.solve(x, masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes),
+                                self.cfg.max_iter)
+        self.x = x
+        self.prev, uv = prob.landmark_positions(x)
+        params, focal = vector_to_params(m, x)
+        return FrameFit(params, focal, uv, res.cost, res.iterations, res.status, res.status >= 0)
+
+
+@dataclass
+class SequenceFit:
+    """Per-frame results of :func:`fit_landmarks` (F frames)."""
+    identity: np.ndarray
+    expression: np.ndarray
+    rotations: np.ndarray
+    translation: np.ndarray
+    focal: np.ndarray
+    cost: np.ndarray
+    iterations: np.ndarray
+    status: np.ndarray
+    uv: np.ndarray
+    vertex_ids: np.ndarray
+    expression_names: tuple = field(default=())
+
+    def params(self, f):
+        return Params(self.identity, self.expression[f], self.rotations[f], self.translation[f])
+
+    def vertices(self, model, f):
+        """Camera-space mesh (V, 3) mm of frame f (NaN if the frame failed)."""
+        from .skinning import evaluate_mesh
+        if not np.isfinite(self.translation[f]).all():
+            return np.full((model.n_vertices, 3), np.nan)
+        return evaluate_mesh(model, self.params(f))
+
+
+def validate_landmarks(mu, sigma, n_landmarks=None):
+    """Check mu (F, L, 2) and sigma (F, L); returns float64 copies.  NaN mu = missing landmark."""
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.ndim == 2:
+        mu = mu[None]
+    if mu.ndim != 3 or mu.shape[2] != 2 or mu.shape[1] == 0:
+        raise ValueError(f"mu must have shape (F, L, 2), got {mu.shape}")
+    if n_landmarks is not None and mu.shape[1] != n_landmarks:
+        raise ValueError(f"mu has {mu.shape[1]} landmarks but the landmark set has {n_landmarks}")
+    if np.isinf(mu).any():
+        raise ValueError("mu contains inf (use NaN for missing landmarks)")
+    if sigma is None:
+        sigma = np.ones(mu.shape[:2])
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if sigma.ndim == 1 and mu.shape[0] == 1:
+        sigma = sigma[None]
+    if sigma.shape != mu.shape[:2]:
+        raise ValueError(f"sigma must have shape {mu.shape[:2]}, got {sigma.shape}")
+    present = np.isfinite(mu).all(2)
+    bad = present & ~(np.isfinite(sigma) & (sigma > 0))
+    if bad.any():
+        f, l = np.argwhere(bad)[0]
+        raise ValueError(f"sigma must be finite and > 0 for present landmarks (frame {f}, landmark {l}: {sigma[f, l]})")
+    return mu, np.where(present, sigma, 1.0)
+
+
+def fit_landmarks(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_size, focal_px=None,
+                  model=None, config=None, identity=None, two_pass=True, progress=None):
+    """Fit the face model to 2D landmarks of F frames of one camera.
+
+    Parameters
+    ----------
+    mu : (F, L, 2) float, landmark means in pixels (NaN = missing).
+    sigma : (F, L) float, standard deviations in pixels (default 1).
+    landmark_set : str, e.g. ``"dense320"``; or ``vertex_ids`` (L,) model vertices.
+    image_size : (width, height) pixels.
+    focal_px : float, optional; unknown when None (45 degree FOV start, refitted on keyframes).
+    identity : (K,) optional fixed identity.
+    two_pass : bool; when the identity is estimated, track the clip again with it held.
+
+    Returns
+    -------
+    SequenceFit
+    """
+    model = model or load_model()
+    ids = resolve_vertex_ids(landmark_set, vertex_ids, model.n_vertices)
+    mu, sigma = validate_landmarks(mu, sigma, ids.size)
+    size = np.asarray(image_size, dtype=np.float64)
+    if size.shape != (2,) or not (size > 0).all():
+        raise ValueError(f"image_size must be (width, height) > 0, got {image_size}")
+    if focal_px is not None and not (np.isfinite(focal_px) and focal_px > 0):
+        raise ValueError(f"focal_px must be a positive number of pixels, got {focal_px}")
+    cfg = config or FitConfig()
+    tracker = Tracker(model, ids, size, focal_px, cfg, identity)
+    passes = 2 if (two_pass and identity is None and mu.shape[0] > 1) else 1
+    for pss in range(passes):
+        if pss == 1:
+            tracker = Tracker(model, ids, size, tracker.focal, cfg, tracker.identity)
+        out = _track(tracker, mu, sigma, model, progress)
+    return out
+
+
+def _track(tracker, mu, sigma, model, progress):
+    nf, nl = mu.shape[:2]
+    e, j = model.n_expression, model.n_joints
+    res = SequenceFit(np.zeros(model.n_identity), np.full((nf, e), np.nan), np.full((nf, j, 3), np.nan),
+                      np.full((nf, 3), np.nan), np.full(nf, np.nan), np.full(nf, np.nan),
+                      np.zeros(nf, np.int64), np.full(nf, -2, np.int64), np.full((nf, nl, 2), np.nan),
+                      tracker.table.vertex_ids, tuple(model.expression_names))
+    for f in range(nf):
+        fit = tracker.step(mu[f], sigma[f])
+        if fit is not None:
+            res.expression[f] = fit.params.expression
+            res.rotations[f] = fit.params.rotations
+            res.translation[f] = fit.params.translation
+            res.focal[f] = fit.focal
+            res.cost[f] = fit.cost
+            res.iterations[f] = fit.iterations
+            res.status[f] = fit.status
+            res.uv[f] = fit.uv
+        if progress is not None:
+            progress(f)
+    res.identity = tracker.identity.copy()
+    return res

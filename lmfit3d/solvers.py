@@ -1,0 +1,173 @@
+"""Solvers: Levenberg-Marquardt on accumulated normal equations (paper sec. 3.3.1).
+
+``levenberg_marquardt`` is a plain function.  The problem hands it ``accumulate(z, jtj, jtr,
+want_jac) -> cost``, which adds the symmetric J^T J and J^T r into zeroed arrays; J and r
+are never formed.  Each iteration solves (J^T J + lambda D) delta = -J^T r by Cholesky (D =
+diag(J^T J), floored), projects the step onto the box bounds, and accepts it when the gain ratio
+
+    rho = (F(z) - F(z + delta)) / (L(0) - L(delta))
+
+is positive.  Variables at a bound whose gradient pushes outwards are held for that step (active
+set), so bounded expression weights do not stall the solve.  Damping follows Nielsen (1999): on success lambda *= max(1/3, 1 - (2 rho - 1)^3),
+on failure lambda *= nu, nu *= 2 (the clamped gain-ratio rule).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import lapack
+
+STATUS_MESSAGES = {
+    -1: "non-finite cost or step",
+    0: "maximum number of iterations reached",
+    1: "relative cost reduction below ftol",
+    2: "relative step size below xtol",
+    3: "gradient infinity norm below gtol",
+    4: "damping grew beyond its limit (no further descent possible)",
+}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of a solver run.
+
+    Attributes
+    ----------
+    x : ndarray (n,) float64, final parameters.
+    cost : float, final cost 0.5 |r|^2.
+    iterations : int, iterations performed (accepted or rejected steps).
+    status : int, key of ``STATUS_MESSAGES`` (>= 1 converged, 0 out of iterations, < 0 failure).
+    history : ndarray (iterations + 1,) float64, cost after each iteration (history[0] = start).
+    """
+
+    x: np.ndarray
+    cost: float
+    iterations: int
+    status: int
+    history: np.ndarray
+
+    @property
+    def success(self):
+        return self.status >= 1
+
+    @property
+    def message(self):
+        return STATUS_MESSAGES[self.status]
+
+
+def termination_status(cost_old, cost_new, step_norm, x_norm, grad_inf, ftol, xtol, gtol):
+    """Convergence test after an accepted step; returns a status code (0 = keep going)."""
+    if not (np.isfinite(cost_new) and np.isfinite(step_norm)):
+        return -1
+    if grad_inf <= gtol:
+        return 3
+    if cost_old - cost_new <= ftol * max(cost_old, 1e-300):
+        return 1
+    if step_norm <= xtol * (x_norm + xtol):
+        return 2
+    return 0
+
+
+def damping_update(lam, nu, rho):
+    """Nielsen's update of the damping lambda from the gain ratio rho; returns (lambda, nu)."""
+    if rho > 0:
+        return lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 2.0
+    return lam * nu, nu * 2.0
+
+
+def cholesky_solve(a, b):
+    """Solve a x = b for symmetric positive-definite a (upper triangle read); None if not SPD."""
+    c, info = lapack.dpotrf(a, lower=0, clean=0, overwrite_a=0)
+    if info != 0:
+        return None
+    x, info = lapack.dpotrs(c, b, lower=0)
+    return x if info == 0 else None
+
+
+def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, ftol=1e-6,
+                        xtol=1e-8, gtol=1e-8, lambda0=1e-3, lambda_max=1e12, diag_floor=1e-9):
+    """Minimise 0.5 |r(z)|^2 with bounds by Levenberg-Marquardt.
+
+    Parameters
+    ----------
+    accumulate : callable(z, jtj, jtr, want_jac) -> float
+        Returns the cost at z; when ``want_jac`` adds the symmetric J^T J and J^T r into the
+        zeroed (n, n) and (n,) arrays (otherwise the arrays may be empty and are not touched).
+    z0 : (n,) float64, start (projected onto the bounds).
+    lower, upper : (n,) float64, optional box bounds (-inf / inf where free).
+    max_iter : int, most iterations (each computes one step; rejected steps count).
+    ftol, xtol, gtol : float, termination tolerances (relative cost reduction, relative step,
+        gradient infinity norm).
+    lambda0 : float, initial damping relative to diag(J^T J).
+
+    Returns
+    -------
+    FitResult
+    """
+    z = np.array(z0, dtype=np.float64)
+    n = z.size
+    lo = np.full(n, -np.inf) if lower is None else np.asarray(lower, dtype=np.float64)
+    hi = np.full(n, np.inf) if upper is None else np.asarray(upper, dtype=np.float64)
+    np.clip(z, lo, hi, out=z)
+    jtj = np.zeros((n, n))
+    jtr = np.zeros(n)
+    cost = accumulate(z, jtj, jtr, True)
+    history = [cost]
+    if not np.isfinite(cost):
+        return FitResult(z, cost, 0, -1, np.array(history))
+    lam, nu = lambda0, 2.0
+    status = 0
+    it = 0
+    while it < max_iter:
+        it += 1
+        diag = np.maximum(np.diag(jtj).copy(), diag_floor)
+        # projected-gradient optimality (ignore components pushing against an active bound)
+        g = jtr.copy()
+        g[(z <= lo) & (g > 0)] = 0.0
+        g[(z >= hi) & (g < 0)] = 0.0
+        if np.abs(g).max(initial=0.0) <= gtol:
+            status = 3
+            history.append(cost)
+            break
+        # active set: variables held at a bound by the gradient stay there for this step
+        act = ((z <= lo) & (jtr > 0)) | ((z >= hi) & (jtr < 0))
+        ina = np.flatnonzero(~act)
+        a = jtj[np.ix_(ina, ina)] if act.any() else jtj.copy()
+        a[np.diag_indices(ina.size)] += lam * diag[ina]
+        sub = cholesky_solve(a, -jtr[ina])
+        step = None
+        if sub is not None and np.isfinite(sub).all():
+            step = np.zeros(n)
+            step[ina] = sub
+        if step is None:
+            lam, nu = damping_update(lam, nu, -1.0)
+            history.append(cost)
+            if lam > lambda_max:
+                status = 4
+                break
+            continue
+        z_new = np.clip(z + step, lo, hi)
+        step = z_new - z
+        pred = -(jtr @ step) - 0.5 * (step @ jtj @ step)
+        cost_new = accumulate(z_new, _EMPTY2, _EMPTY1, False)
+        rho = (cost - cost_new) / pred if pred > 0 else -1.0
+        lam, nu = damping_update(lam, nu, rho)
+        if rho > 0 and np.isfinite(cost_new):
+            status = termination_status(cost, cost_new, np.linalg.norm(step), np.linalg.norm(z),
+                                        np.inf, ftol, xtol, gtol)
+            z = z_new
+            jtj[:] = 0.0
+            jtr[:] = 0.0
+            cost = accumulate(z, jtj, jtr, True)
+            history.append(cost)
+            if status != 0:
+                break
+        else:
+            history.append(cost)
+            if lam > lambda_max:
+                status = 4
+                break
+    return FitResult(z, float(cost), it, status, np.array(history))
+
+
+_EMPTY2 = np.zeros((0, 0))
+_EMPTY1 = np.zeros(0)

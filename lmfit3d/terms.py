@@ -1,0 +1,300 @@
+"""Energy terms of the model fit (paper sec. 3.2, eqs. for E_landmarks ... E_intersect).
+
+Every term follows one contract: given the full per-frame parameter vector (layout in
+``lmfit3d.sparsity``) and ``col_map`` (full index -> free index, -1 when fixed), it returns its
+cost 0.5 * sum(r^2) and, when asked, adds J^T J and J^T r of its residuals r into the free-parameter
+system.  J is never formed: per-landmark rows are accumulated through the static sparsity table.
+
+Residuals (cost = 0.5 |r|^2):
+
+* landmarks:    r = (pi(x_i) - mu_i) / sigma_i                      (2 per landmark; NaN mu skipped)
+* temporal:     r = sqrt(2 w_t) (x_i - x_i^prev)                     (3 per landmark vertex, mm)
+* priors:       r = (p - m) / s for identity (Gaussian component of the GMM), expression
+                (s = 1/sqrt(2 w_expr)), non-root joints (s = 1/sqrt(2 w_joint))
+* intersection: r = sqrt(2 w_i) (R - |t_v - c|) for eyelid vertices inside an eyeball sphere,
+                r = sqrt(2 w_i) min_p (d_p - n_p . t_v) for lip vertices inside a teeth hull.
+"""
+import numpy as np
+from numba import njit
+
+from .camera import project_jac
+from .skinning import POSE_DIM, skin_vertex
+
+
+@njit(cache=True, inline="always")
+def _accumulate(jrow, nrows, cols, n, r, col_map, jtj, jtr):
+    """jtj[ca, cb] += sum_rows jrow[row, a] jrow[row, b]; jtr[ca] += sum_rows jrow[row, a] r[row]."""
+    for a in range(n):
+        ca = col_map[cols[a]]
+        s = 0.0
+        for q in range(nrows):
+            s += jrow[q, a] * r[q]
+        jtr[ca] += s
+        for b in range(a, n):
+            cb = col_map[cols[b]]
+            s = 0.0
+            for q in range(nrows):
+                s += jrow[q, a] * jrow[q, b]
+            if ca <= cb:
+                jtj[ca, cb] += s
+            else:
+                jtj[cb, ca] += s
+
+
+@njit(cache=True)
+def symmetrize_upper(jtj):
+    """Copy the upper triangle of jtj into the lower one (in place)."""
+    n = jtj.shape[0]
+    for i in range(n):
+        for j in range(i + 1, n):
+            jtj[j, i] = jtj[i, j]
+
+
+@njit(cache=True)
+def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, sb, sj,
+                r0, trans, rg, tg, gpos, bm, cm, mu, inv_sigma, temporal_sqrtw, prev,
+                col_map, jac_threshold, want_jac, jtj, jtr, uv_out):
+    """Landmark (2D) and temporal (3D) residuals of the landmark vertices, fused.
+
+    Parameters
+    ----------
+    x : (P,) float64, full parameter vector (expression read from it).
+    focal, cx, cy : float, pinhole intrinsics (pixels).
+    t_beta : (L, 3) template at the current identity, T_mean + S beta (mm).
+    expr_idx, expr_blocks : (L, D), (L, D, 3) sparsity table expression entries.
+    weights : (L, J) skin weights; anc : (J, J) ancestry (``skinning.ancestry``).
+    sb : (L, 3, K) identity blocks; sj : (J, 3, K) joint identity basis.
+    r0 ... cm : pose chain of ``skinning.pose_chain`` at x.
+    mu : (L, 2) landmark means (pixels), NaN for missing; inv_sigma : (L,) 1/sigma.
+    temporal_sqrtw : float, sqrt(2 w_t); 0 disables.  prev : (L, 3) previous-frame positions.
+    col_map : (P,) int64, free index per full index or -1.
+    jac_threshold : float, Jacobian entries with |value| below it are dropped (paper sec. 3.3.1).
+    want_jac : bool; jtj (n, n) (upper triangle written), jtr (n,) accumulated.
+    uv_out : (L, 2) out, projected landmark positions.
+
+    Returns
+    -------
+    float, the cost 0.5 |r|^2 of both terms.
+    """
+    nl = t_beta.shape[0]
+    nj = weights.shape[1]
+    ne_max = expr_idx.shape[1]
+    nk = sb.shape[2]
+    pd = 6 + 3 * (nj - 1)
+    e0 = pd
+    k0 = pd + (x.shape[0] - pd - nk - 1)
+    fidx = x.shape[0] - 1
+    ident_free = nk > 0 and col_map[k0] >= 0
+    focal_free = col_map[fidx] >= 0
+    nmax = pd + ne_max + nk + 1
+    cols = np.empty(nmax, np.int64)
+    j3 = np.empty((3, nmax))
+    jrow = np.empty((3, nmax))
+    r = np.empty(3)
+    t = np.empty(3)
+    xv = np.empty(3)
+    rm = np.empty((3, 3))
+    dpose = np.empty((3, pd))
+    wsub = np.empty(nj)
+    uv = np.empty(2)
+    dx = np.empty((2, 3))
+    df = np.empty(2)
+    gsj = np.zeros((nj, 3, nk))
+    if want_jac and ident_free:
+        for m in range(1, nj):
+            for i in range(3):
+                for k in range(nk):
+                    gsj[m, i, k] = cm[m, i, 0] * sj[m, 0, k] + cm[m, i, 1] * sj[m, 1, k] + cm[m, i, 2] * sj[m, 2, k]
+    cost = 0.0
+    for p in range(nl):
+        for i in range(3):
+            t[i] = t_beta[p, i]
+        for d in range(ne_max):
+            e = expr_idx[p, d]
+            if e < 0:
+                break
+            we = x[e0 + e]
+            for i in range(3):
+                t[i] += we * expr_blocks[p, d, i]
+        skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub)
+        project_jac(xv, focal, cx, cy, uv, dx, df)
+        uv_out[p, 0] = uv[0]
+        uv_out[p, 1] = uv[1]
+        has_lm = not (np.isnan(mu[p, 0]) or np.isnan(mu[p, 1]))
+        has_tmp = temporal_sqrtw > 0.0 and not np.isnan(prev[p, 0])
+        if not (has_lm or has_tmp):
+            continue
+        if has_lm:
+            r[0] = (uv[0] - mu[p, 0]) * inv_sigma[p]
+            r[1] = (uv[1] - mu[p, 1]) * inv_sigma[p]
+            cost += 0.5 * (r[0] * r[0] + r[1] * r[1])
+        if not want_jac:
+            if has_tmp:
+                for i in range(3):
+                    dv = temporal_sqrtw * (xv[i] - prev[p, i])
+                    cost += 0.5 * dv * dv
+            continue
+        # 3D Jacobian columns of the free parameters this landmark depends on
+        n = 0
+        for c in range(pd):
+            if col_map[c] < 0 or (c >= 6 and wsub[1 + (c - 6) // 3] == 0.0):
+                continue
+            cols[n] = c
+            for i in range(3):
+                j3[i, n] = dpose[i, c]
+            n += 1
+        for d in range(ne_max):
+            e = expr_idx[p, d]
+            if e < 0:
+                break
+            if col_map[e0 + e] < 0:
+                continue
+            cols[n] = e0 + e
+            for i in range(3):
+                j3[i, n] = rm[i, 0] * expr_blocks[p, d, 0] + rm[i, 1] * expr_blocks[p, d, 1] + rm[i, 2] * expr_blocks[p, d, 2]
+            n += 1
+        if ident_free:
+            for k in range(nk):
+                g0 = 0.0
+                g1 = 0.0
+                g2 = 0.0
+                for m in range(1, nj):
+                    wm = wsub[m]
+                    if wm != 0.0:
+                        g0 += wm * gsj[m, 0, k]
+                        g1 += wm * gsj[m, 1, k]
+                        g2 += wm * gsj[m, 2, k]
+                cols[n] = k0 + k
+                for i in range(3):
+                    j3[i, n] = (rm[i, 0] * sb[p, 0, k] + rm[i, 1] * sb[p, 1, k] + rm[i, 2] * sb[p, 2, k]
+                                + r0[i, 0] * g0 + r0[i, 1] * g1 + r0[i, 2] * g2)
+                n += 1
+        if has_lm:
+            m2 = 0
+            for a in range(n):
+                ja = dx[0, 0] * j3[0, a] + dx[0, 2] * j3[2, a]
+                jb = dx[1, 1] * j3[1, a] + dx[1, 2] * j3[2, a]
+                ja *= inv_sigma[p]
+                jb *= inv_sigma[p]
+                if abs(ja) < jac_threshold and abs(jb) < jac_threshold:
+                    continue
+                cols[m2] = cols[a]
+                for i in range(3):
+                    j3[i, m2] = j3[i, a]
+                jrow[0, m2] = ja
+                jrow[1, m2] = jb
+                m2 += 1
+            if focal_free:
+                cols[m2] = fidx
+                jrow[0, m2] = df[0] * inv_sigma[p]
+                jrow[1, m2] = df[1] * inv_sigma[p]
+                for i in range(3):
+                    j3[i, m2] = 0.0
+                m2 += 1
+            _accumulate(jrow, 2, cols, m2, r, col_map, jtj, jtr)
+            n = m2 - 1 if focal_free else m2
+        if has_tmp:
+            for i in range(3):
+                r[i] = temporal_sqrtw * (xv[i] - prev[p, i])
+                cost += 0.5 * r[i] * r[i]
+                for a in range(n):
+                    jrow[i, a] = temporal_sqrtw * j3[i, a]
+            _accumulate(jrow, 3, cols, n, r, col_map, jtj, jtr)
+    return cost
+
+
+@njit(cache=True)
+def diagonal_prior(x, start, mean, inv_std, col_map, want_jac, jtj, jtr):
+    """Gaussian prior on x[start:start+n]: residual (x - mean) * inv_std, one per parameter."""
+    cost = 0.0
+    for i in range(mean.shape[0]):
+        c = start + i
+        r = (x[c] - mean[i]) * inv_std[i]
+        cost += 0.5 * r * r
+        if want_jac and col_map[c] >= 0:
+            f = col_map[c]
+            jtj[f, f] += inv_std[i] * inv_std[i]
+            jtr[f] += inv_std[i] * r
+    return cost
+
+
+@njit(cache=True)
+def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of,
+                      planes, hull_of, sqrtw, col_map, want_jac, jtj, jtr):
+    """Skin vertices inside eyeball spheres or teeth hulls, in template (head) space.
+
+    Eyelid, lip and teeth vertices all follow the head joint rigidly, so the test runs on the
+    unposed template T(beta, psi) and depends on the expression only.
+
+    Parameters
+    ----------
+    t_beta, expr_idx, expr_blocks : as in :func:`vertex_term`, for the tested vertices (n, ...).
+    sphere_c : (S, 3) sphere centres; sphere_r : (S,) radii; sphere_of : (n,) sphere per vertex or -1.
+    planes : (H, P, 4) hull planes (n_x, n_y, n_z, d): inside when d - n.t > 0 for every plane.
+    hull_of : (n,) hull per vertex or -1.
+    sqrtw : float, sqrt(2 w_intersect).
+    """
+    cost = 0.0
+    nd = expr_idx.shape[1]
+    t = np.empty(3)
+    gr = np.empty(3)
+    cols = np.empty(nd, np.int64)
+    jrow = np.empty((1, nd))
+    r = np.empty(1)
+    for p in range(t_beta.shape[0]):
+        for i in range(3):
+            t[i] = t_beta[p, i]
+        for d in range(nd):
+            e = expr_idx[p, d]
+            if e < 0:
+                break
+            for i in range(3):
+                t[i] += x[e0 + e] * expr_blocks[p, d, i]
+        res = 0.0
+        s = sphere_of[p]
+        h = hull_of[p]
+        if s >= 0:
+            dist2 = 0.0
+            for i in range(3):
+                gr[i] = t[i] - sphere_c[s, i]
+                dist2 += gr[i] * gr[i]
+            dist = np.sqrt(dist2)
+            if dist >= sphere_r[s] or dist == 0.0:
+                continue
+            res = sphere_r[s] - dist
+            for i in range(3):
+                gr[i] = -gr[i] / dist
+        elif h >= 0:
+            best = np.inf
+            bi = -1
+            for q in range(planes.shape[1]):
+                dq = planes[h, q, 3] - (planes[h, q, 0] * t[0] + planes[h, q, 1] * t[1] + planes[h, q, 2] * t[2])
+                if dq <= 0.0:
+                    bi = -1
+                    break
+                if dq < best:
+                    best = dq
+                    bi = q
+            if bi < 0:
+                continue
+            res = best
+            for i in range(3):
+                gr[i] = -planes[h, bi, i]
+        else:
+            continue
+        r[0] = sqrtw * res
+        cost += 0.5 * r[0] * r[0]
+        if not want_jac:
+            continue
+        n = 0
+        for d in range(nd):
+            e = expr_idx[p, d]
+            if e < 0:
+                break
+            if col_map[e0 + e] < 0:
+                continue
+            cols[n] = e0 + e
+            jrow[0, n] = sqrtw * (gr[0] * expr_blocks[p, d, 0] + gr[1] * expr_blocks[p, d, 1] + gr[2] * expr_blocks[p, d, 2])
+            n += 1
+        _accumulate(jrow, 1, cols, n, r, col_map, jtj, jtr)
+    return cost
