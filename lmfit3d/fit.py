@@ -42,7 +42,7 @@ class FitConfig:
     sparsity_threshold_mm: float = 0.01
     jac_threshold: float = 1e-8
     max_iter: int = 10
-    max_iter_init: int = 40
+    max_iter_init: int = 100
     ftol: float = 1e-4
     xtol: float = 1e-6
     gtol: float = 1e-6
@@ -97,10 +97,15 @@ class _Intersection:
             sphere_of.append(np.full(ids.size, s))
         lid_ids = np.concatenate(lid_ids)
         sphere_of = np.concatenate(sphere_of)
-        # sphere radius: the eyeball fit radius, but never more than the closest eyelid vertex at
-        # rest, so the neutral face is intersection-free
-        radii = np.array([min(model.eye_radius[s], np.linalg.norm(t0[lid_ids[sphere_of == s]] - centres[s],
-                                                                   axis=1).min()) for s in range(2)])
+        # Sphere radius: the eyeball fit radius, shrunk so that the neutral face and every single
+        # ICT shape at weight 1 are intersection-free (the shapes are valid faces, e.g. a blink
+        # slides the lid over the eyeball); the term then fires only for implausible combinations.
+        eb = model.expression_basis[lid_ids].astype(np.float64)            # (n, 3, E)
+        radii = np.empty(2)
+        for s in range(2):
+            sel = sphere_of == s
+            tt = t0[lid_ids[sel]][:, :, None] + np.concatenate([np.zeros((sel.sum(), 3, 1)), eb[sel]], axis=2)
+            radii[s] = min(model.eye_radius[s], np.linalg.norm(tt - centres[s][None, :, None], axis=1).min())
         from scipy.spatial import ConvexHull
         teeth = model.region_mask("teeth")
         upper = teeth.copy()
@@ -119,7 +124,17 @@ class _Intersection:
         teeth_pts = t0[teeth]
         near = np.array([np.min(np.linalg.norm(teeth_pts[::8] - v, axis=1)) for v in t0[face]]) < 6.0
         lip_ids = np.flatnonzero(face)[near]
-        hull_of = np.where(t0[lip_ids, 1] >= t0[teeth, 1].max() * 0 + np.median(teeth_pts[:, 1]), 0, 1)
+        hull_of = np.where(t0[lip_ids, 1] >= np.median(teeth_pts[:, 1]), 0, 1)
+        # keep lip vertices that are outside their hull at rest and under every single shape
+        lb = model.expression_basis[lip_ids].astype(np.float64)
+        ok = np.ones(lip_ids.size, bool)
+        for e in range(-1, lb.shape[2]):
+            tt = t0[lip_ids] + (lb[:, :, e] if e >= 0 else 0.0)
+            for h in range(2):
+                pl = planes[h]
+                inside = ((pl[:, 3][None] - tt @ pl[:, :3].T) > 0).all(1)
+                ok &= ~(inside & (hull_of == h))
+        lip_ids, hull_of = lip_ids[ok], hull_of[ok]
         ids = np.concatenate([lid_ids, lip_ids])
         self.table = build_sparsity(model, ids, threshold)
         self.t_beta = t0[ids]
@@ -472,7 +487,8 @@ class Tracker:
             self.reset()
             return None
         prob = self._problem(mu, sigma, self.prev)
-        if self.x is None:
+        first = self.x is None
+        if first:
             x, res = self._initialise(prob, mu)
         else:
             x = self.x.copy()
@@ -486,7 +502,7 @@ class Tracker:
             x[sl["identity"]] = self.identity
             x[sl["focal"]] = self.focal
             x, res = prob.solve(x, masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes),
-                                self.cfg.max_iter)
+                                self.cfg.max_iter_init if first else self.cfg.max_iter)
         self.x = x
         self.prev, uv = prob.landmark_positions(x)
         params, focal = vector_to_params(m, x)
