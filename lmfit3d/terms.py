@@ -41,6 +41,20 @@ def _accumulate(jrow, nrows, cols, n, r, col_map, jtj, jtr):
                 jtj[cb, ca] += s
 
 
+@njit(cache=True, inline="always")
+def template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t):
+    """t (3,) = T(beta, psi) at table row p: t_beta[p] + sum_d psi[expr_idx[p, d]] expr_blocks[p, d]."""
+    for i in range(3):
+        t[i] = t_beta[p, i]
+    for d in range(expr_idx.shape[1]):
+        e = expr_idx[p, d]
+        if e < 0:
+            break
+        we = x[e0 + e]
+        for i in range(3):
+            t[i] += we * expr_blocks[p, d, i]
+
+
 @njit(cache=True)
 def symmetrize_upper(jtj):
     """Copy the upper triangle of jtj into the lower one (in place)."""
@@ -107,15 +121,7 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
                     gsj[m, i, k] = cm[m, i, 0] * sj[m, 0, k] + cm[m, i, 1] * sj[m, 1, k] + cm[m, i, 2] * sj[m, 2, k]
     cost = 0.0
     for p in range(nl):
-        for i in range(3):
-            t[i] = t_beta[p, i]
-        for d in range(ne_max):
-            e = expr_idx[p, d]
-            if e < 0:
-                break
-            we = x[e0 + e]
-            for i in range(3):
-                t[i] += we * expr_blocks[p, d, i]
+        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
         skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub)
         project_jac(xv, focal, cx, cy, uv, dx, df)
         uv_out[p, 0] = uv[0]
@@ -242,14 +248,7 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
     jrow = np.empty((1, nd))
     r = np.empty(1)
     for p in range(t_beta.shape[0]):
-        for i in range(3):
-            t[i] = t_beta[p, i]
-        for d in range(nd):
-            e = expr_idx[p, d]
-            if e < 0:
-                break
-            for i in range(3):
-                t[i] += x[e0 + e] * expr_blocks[p, d, i]
+        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
         res = 0.0
         s = sphere_of[p]
         h = hull_of[p]

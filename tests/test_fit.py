@@ -158,16 +158,22 @@ def test_noiseless_recovery_below_tenth_mm(model, rng, name):
 
 
 def test_missing_landmarks_are_ignored(model, rng):
+    """NaN landmarks give exactly the fit of the present subset alone (and NaN sigma is allowed there)."""
     from lmfit3d.landmarks import load_landmark_set
     ids = load_landmark_set("dense320")
-    fr = make_frame(model, random_params(model, rng), ids, rng, noise_px=0.0)
+    fr = make_frame(model, random_params(model, rng), ids, rng, noise_px=0.5)
     mu = fr.mu.copy()
-    mu[rng.random(ids.size) < 0.3] = np.nan
-    sigma = np.where(np.isnan(mu[:, 0]), np.nan, 0.05)          # NaN sigma allowed where mu is missing
-    res = fit_landmarks(mu, sigma, landmark_set="dense320", image_size=(512, 512),
-                        focal_px=fr.camera.focal, model=model)
+    missing = rng.random(ids.size) < 0.3
+    mu[missing] = np.nan
+    sigma = np.where(missing, np.nan, 0.5)
+    kw = dict(image_size=(512, 512), focal_px=fr.camera.focal, model=model)
+    res = fit_landmarks(mu, sigma, landmark_set="dense320", **kw)
+    sub = fit_landmarks(fr.mu[~missing], np.full((~missing).sum(), 0.5), vertex_ids=ids[~missing], **kw)
+    np.testing.assert_allclose(res.expression, sub.expression, atol=1e-6)
+    np.testing.assert_allclose(res.translation, sub.translation, atol=1e-6)
+    assert np.isnan(res.uv).sum() == 0                         # fitted positions exist for all
     err = rigid_align_error(res.vertices(model, 0), fr.vertices, model.face_mask())
-    assert np.median(err) < 0.2
+    assert np.median(err) < 1.0                                # single view, 0.5 px noise
 
 
 def test_sequence_tracking_with_unknown_focal(model, rng):
