@@ -1,0 +1,143 @@
+"""The landmark sets in data/landmarks (made by tools/make_landmark_sets.py)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmfit3d.landmarks import available_sets, load_landmark_set
+from lmfit3d.model import (LOWER_TEETH, N_VERTICES, REGION_NAMES, UPPER_TEETH, build_model,
+                           default_model_path, load_model, save_model)
+from lmfit3d.paths import default_ict_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "make_landmark_sets.py"
+SIZES = {"ibug68": 68, "dense320": 320, "dense703": 703}
+ALLOWED_REGIONS = ("face", "head_neck", "mouth_socket", "teeth", "eyeball_L", "eyeball_R")
+
+
+@pytest.fixture(scope="session")
+def face_model():
+    """The built face model; built (and saved to the cache) first if the file is missing."""
+    if not default_model_path().is_file():
+        if not default_ict_dir().is_dir():
+            pytest.skip(f"no face model and no ICT-FaceKit at {default_ict_dir()}")
+        save_model(build_model())
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def sets():
+    return {name: np.asarray(load_landmark_set(name)) for name in SIZES}
+
+
+def _region_ids(*names):
+    return [REGION_NAMES.index(n) for n in names]
+
+
+def test_sets_are_available():
+    assert set(SIZES) <= set(available_sets())
+
+
+def test_files_have_a_header_comment():
+    for name in SIZES:
+        first = (ROOT / "data" / "landmarks" / f"{name}.txt").read_text().splitlines()[0]
+        assert first.startswith("#"), name
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_size_range_and_no_duplicates(sets, name):
+    ids = sets[name]
+    assert ids.shape == (SIZES[name],)
+    assert len(np.unique(ids)) == len(ids)
+    assert ids.min() >= 0 and ids.max() < N_VERTICES
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_only_allowed_regions(face_model, sets, name):
+    labels = face_model.region_labels[sets[name]]
+    assert np.isin(labels, _region_ids(*ALLOWED_REGIONS)).all()
+
+
+def test_nested(sets):
+    assert set(sets["ibug68"]) <= set(sets["dense320"]) <= set(sets["dense703"])
+
+
+def test_ibug68_is_the_upstream_list(sets):
+    path = default_ict_dir() / "FaceXModel" / "vertex_indices.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    with open(path) as f:
+        upstream = json.load(f)["idx_to_landmark_verts"]
+    assert sets["ibug68"].tolist() == upstream
+
+
+def test_dense703_covers_the_whole_head(face_model, sets):
+    ids = sets["dense703"]
+    p = face_model.vertices[ids].astype(np.float64)
+    labels = face_model.region_labels[ids]
+    # most points on the face region
+    assert (labels == REGION_NAMES.index("face")).sum() > len(ids) / 2
+    # ears: far out to each side around eye height, behind the jaw
+    for sign in (1, -1):
+        on_ear = (sign * p[:, 0] > 70) & (p[:, 1] > -25) & (p[:, 1] < 40) & (p[:, 2] > -26) & (p[:, 2] < 15)
+        assert on_ear.sum() >= 15
+    # back of the head and top of the scalp
+    assert ((p[:, 2] < -50) & (labels == REGION_NAMES.index("head_neck"))).sum() >= 30
+    assert (p[:, 1] > 110).sum() >= 10
+    # neck: below the jaw, front and back
+    assert (p[:, 1] < -100).sum() >= 20
+    assert ((p[:, 1] < -60) & (p[:, 2] < -30)).sum() >= 10
+    # eyeballs: iris points on both, including one near the front pole of each eye
+    for side in ("L", "R"):
+        eye = labels == REGION_NAMES.index(f"eyeball_{side}")
+        assert eye.sum() >= 6
+        eye_all = face_model.vertices[face_model.region_labels == REGION_NAMES.index(f"eyeball_{side}")]
+        assert p[eye, 2].max() > eye_all[:, 2].max() - 2.0
+    # teeth, upper and lower, on the front teeth
+    teeth = ids[labels == REGION_NAMES.index("teeth")]
+    assert ((teeth >= UPPER_TEETH[0]) & (teeth <= UPPER_TEETH[1])).sum() >= 4
+    assert ((teeth >= LOWER_TEETH[0]) & (teeth <= LOWER_TEETH[1])).sum() >= 4
+    assert face_model.vertices[teeth, 2].min() > 85.0
+    # inner mouth
+    assert (labels == REGION_NAMES.index("mouth_socket")).sum() >= 4
+
+
+def test_dense320_is_weighted_to_the_front(face_model, sets):
+    z = {name: face_model.vertices[sets[name], 2].astype(np.float64) for name in ("dense320", "dense703")}
+    assert z["dense320"].mean() > z["dense703"].mean() + 10.0
+    assert (z["dense320"] < 0).mean() < 0.05          # few points on the back half of the head
+    labels = face_model.region_labels[sets["dense320"]]
+    assert (labels == REGION_NAMES.index("face")).mean() > 0.8
+    for side in ("L", "R"):
+        assert (labels == REGION_NAMES.index(f"eyeball_{side}")).sum() >= 3
+
+
+@pytest.mark.parametrize("name", ["dense320", "dense703"])
+def test_dense_sets_are_left_right_symmetric(face_model, sets, name):
+    p = face_model.vertices[sets[name]].astype(np.float64)
+    mirrored = p * np.array([-1.0, 1.0, 1.0])
+    d = np.linalg.norm(mirrored[:, None, :] - p[None, :, :], axis=2).min(axis=1)
+    assert d.max() < 0.1
+
+
+def test_tool_check_passes(face_model):
+    res = subprocess.run([sys.executable, str(TOOL), "--check"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_tool_check_detects_a_stale_file(face_model, tmp_path):
+    out = tmp_path / "landmarks"
+    res = subprocess.run([sys.executable, str(TOOL), "--out-dir", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in SIZES:     # written output equals the committed files
+        assert (out / f"{name}.txt").read_text() == (ROOT / "data" / "landmarks" / f"{name}.txt").read_text()
+    stale = (out / "dense320.txt").read_text().replace("\n0\n", "\n1\n", 1)
+    (out / "dense320.txt").write_text(stale + "5\n")
+    res = subprocess.run([sys.executable, str(TOOL), "--check", "--out-dir", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1
