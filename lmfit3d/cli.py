@@ -154,6 +154,7 @@ def _parse_expression(items, names):
 # --------------------------------------------------------------------------------------------
 
 def _add_model(sub):
+    """Register ``model build|info|export`` on the top-level subparsers object ``sub``."""
     p = sub.add_parser(
         "model", help="build, inspect and export the face model",
         description="Build, inspect and export the ICT-FaceKit face model (millimetres).",
@@ -201,6 +202,7 @@ def _add_model(sub):
 
 
 def _cmd_model_build(args):
+    """``lmfit3d model build``: build from ICT-FaceKit and save atomically; prints path, size, summary."""
     from .model import build_model, default_model_path, save_model
 
     out = Path(args.out) if args.out else default_model_path()
@@ -218,6 +220,7 @@ def _cmd_model_build(args):
 
 
 def _cmd_model_info(args):
+    """``lmfit3d model info``: a readable summary, or ``FaceModel.info()`` as JSON with ``--json``."""
     model = _load_model(args.model)
     info = model.info()
     if args.json:
@@ -247,6 +250,7 @@ def _cmd_model_info(args):
 
 
 def _cmd_model_export(args):
+    """``lmfit3d model export``: write the mesh for the given identity / expression (zero pose)."""
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in (".obj", ".ply"):
@@ -273,8 +277,52 @@ def _cmd_model_export(args):
 # Parser and entry point
 # --------------------------------------------------------------------------------------------
 
+def _add_fit_landmarks(sub):
+    p = sub.add_parser(
+        "fit-landmarks", help="fit the model to 2D landmarks from an .npz (any landmark source)",
+        description="Fit identity, expression and pose to per-frame 2D landmarks (Gaussian: mu, "
+                    "sigma in pixels) by sparse Levenberg-Marquardt.  IN.npz: mu (F, L, 2), sigma "
+                    "(F, L) optional, landmark_set or vertex_ids, image_size (w, h), focal_px "
+                    "optional.  OUT.npz: vertices (F, V, 3) mm, identity, expression, rotations, "
+                    "translation, focal_px, per-frame cost/iterations/status (see the README).",
+        formatter_class=_SubFormatter)
+    p.add_argument("input", metavar="IN.npz")
+    p.add_argument("-o", "--output", metavar="OUT.npz", required=True)
+    p.add_argument("--mesh-dir", metavar="DIR", help="also write one OBJ mesh per frame here")
+    p.add_argument("--temporal-weight", type=float, default=None,
+                   help="weight of the temporal term (default: FitConfig's)")
+    p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    p.set_defaults(func=_cmd_fit_landmarks)
+
+
+def _cmd_fit_landmarks(args):
+    from .fit import FitConfig, fit_landmarks_file
+    from .meshio import write_obj
+
+    out = Path(args.output)
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise ValueError(f"{out}: output directory does not exist")
+    if args.mesh_dir and not Path(args.mesh_dir).is_dir():
+        Path(args.mesh_dir).mkdir(parents=True)
+    cfg = FitConfig() if args.temporal_weight is None else FitConfig(w_temporal=args.temporal_weight)
+    model = _load_model(args.model)
+    t0 = time.perf_counter()
+    res = fit_landmarks_file(args.input, out, model=model, config=cfg)
+    nf = res.status.size
+    ok = int((res.status >= 0).sum())
+    if args.mesh_dir:
+        for f in range(nf):
+            if res.status[f] >= 0:
+                write_obj(Path(args.mesh_dir) / f"frame_{f:05d}.obj", res.vertices(model, f), model.faces)
+    import numpy as np
+    dt = time.perf_counter() - t0
+    print(f"{out}: {nf} frames fitted ({ok} ok) in {dt:.2f} s; focal {res.focal[-1]:.1f} px; "
+          f"median cost {np.nanmedian(res.cost):.1f}")
+    return 0 if ok == nf else 1
+
+
 # Each entry registers one top-level command on the subparsers object.
-_COMMANDS = [_add_model]
+_COMMANDS = [_add_model, _add_fit_landmarks]
 
 
 def build_parser():
@@ -315,6 +363,10 @@ def main(argv=None) -> int:
     int
         Exit status: 0 on success, 2 for a user error (reported on stderr as one line).
     """
+    import os
+    # one CPU thread, as the project promises (set before numpy/numba load their thread pools)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -43,7 +43,7 @@ class FitConfig:
     jac_threshold: float = 1e-8
     max_iter: int = 10
     max_iter_init: int = 100
-    ftol: float = 1e-4
+    ftol: float = 1e-3
     xtol: float = 1e-6
     gtol: float = 1e-6
     keyframe_angle_deg: float = 10.0
