@@ -10,7 +10,9 @@ from lmfit3d.synthetic import make_frame, random_params, rigid_align_error
 @pytest.fixture
 def landmarks_npz(model, rng, tmp_path):
     ids = load_landmark_set("dense320")
-    frames = [make_frame(model, random_params(model, rng), ids, rng, noise_px=0.3) for _ in range(2)]
+    beta = rng.normal(size=model.n_identity)                       # one person, two frames
+    frames = [make_frame(model, random_params(model, rng, identity=beta), ids, rng, noise_px=0.3)
+              for _ in range(2)]
     path = tmp_path / "in.npz"
     np.savez(path, mu=np.stack([f.mu for f in frames]), sigma=np.stack([f.sigma for f in frames]),
              landmark_set="dense320", image_size=np.array([512, 512]), focal_px=frames[0].camera.focal)
