@@ -184,7 +184,7 @@ class FaceModel:
             "n_faces": int(self.faces.shape[0]),
             "n_identity": int(self.n_identity),
             "expression_names": list(self.expression_names),
-            "joints": [{"name": n, "parent": (JOINT_NAMES[p] if p >= 0 else None)}
+            "joints": [{"name": n, "parent": (self.joint_names[p] if p >= 0 else None)}
                        for n, p in zip(self.joint_names, self.joint_parents.tolist())],
             "regions": {n: [int(a), int(b)] for n, a, b in REGIONS},
             "eye_radius_mm": [round(float(r), 3) for r in self.eye_radius],
@@ -419,6 +419,8 @@ def load_model(path=None):
         raise ValueError(f"{path}: model format version {version}, expected {FORMAT_VERSION}; rebuild it")
     kw = {}
     for f in fields(FaceModel):
+        if f.name not in data:
+            raise ValueError(f"{path}: missing array {f.name!r}; rebuild the model")
         val = data[f.name]
         kw[f.name] = tuple(json.loads(str(val))) if f.name in ("expression_names", "joint_names") else val
     kw["version"] = version
@@ -426,3 +428,11 @@ def load_model(path=None):
     _LOADED.clear()
     _LOADED[key] = model
     return model
+
+
+def ensure_model(path=None, ict_dir=None):
+    """Load the model, building it into ``path`` (default: the cache) first when it is missing."""
+    path = Path(path) if path is not None else default_model_path()
+    if not path.is_file():
+        save_model(build_model(ict_dir), path)
+    return load_model(path)

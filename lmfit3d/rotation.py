@@ -20,9 +20,9 @@ def rotation_coeffs(w):
     """(A, B, C) of the Rodrigues formula for axis-angle w (3,)."""
     t2 = w[0] * w[0] + w[1] * w[1] + w[2] * w[2]
     if t2 < SERIES_THETA * SERIES_THETA:
-        a = 1.0 - t2 / 6.0 * (1.0 - t2 / 20.0 * (1.0 - t2 / 42.0))
-        b = 0.5 - t2 / 24.0 * (1.0 - t2 / 30.0 * (1.0 - t2 / 56.0))
-        c = 1.0 / 6.0 - t2 / 120.0 * (1.0 - t2 / 42.0 * (1.0 - t2 / 72.0))
+        a = 1.0 - t2 / 6.0 * (1.0 - t2 / 20.0 * (1.0 - t2 / 42.0 * (1.0 - t2 / 72.0)))
+        b = 0.5 - t2 / 24.0 * (1.0 - t2 / 30.0 * (1.0 - t2 / 56.0 * (1.0 - t2 / 90.0)))
+        c = 1.0 / 6.0 - t2 / 120.0 * (1.0 - t2 / 42.0 * (1.0 - t2 / 72.0 * (1.0 - t2 / 110.0)))
     else:
         t = np.sqrt(t2)
         s = np.sin(t)
@@ -105,7 +105,10 @@ def matrix_to_axis_angle(r):
     if s < 1e-7 and cos > 0:
         return v  # angle ~ sin(angle): first-order exact
     if s < 1e-7:  # angle ~ pi: axis from the symmetric part
-        m = (r + np.eye(3)) / 2.0
+        m = ((r + r.T) / 2.0 + np.eye(3)) / 2.0
         axis = m[np.argmax(np.diag(m))]
-        return axis / np.linalg.norm(axis) * angle
+        axis = axis / np.linalg.norm(axis)
+        if axis @ v < 0:
+            axis = -axis
+        return axis * angle
     return v / s * angle

@@ -117,18 +117,27 @@ def skin_mesh(t, w, r0, trans, rg, tg, out):
 
 
 @njit(cache=True, inline="always")
-def skin_vertex(t, w, anc, r0, trans, rg, tg, gpos, bm, x, rm, dpose, wsub):
+def skin_vertex(t, w, anc, r0, trans, rg, tg, gpos, bm, x, rm, dpose, wsub, work):
     """Pose one vertex and its pose Jacobian.
 
     Writes x (3,) camera position, rm (3, 3) = R_root M, dpose (3, POSE_DIM) Jacobian w.r.t.
-    [root rotation, translation, joints 1..J-1], wsub (J,) subtree weights W_m.
+    [root rotation, translation, joints 1..J-1], wsub (J,) subtree weights W_m.  ``work`` is a
+    (J + 5, 3) scratch array allocated once by the caller (no allocation per vertex).
     """
     nj = w.shape[0]
-    m = np.zeros((3, 3))
-    v = np.zeros(3)
-    ysub = np.zeros((nj, 3))
+    m = work[0:3]
+    v = work[3]
+    rv = work[4]
+    ysub = work[5:5 + nj]
+    for i in range(3):
+        v[i] = 0.0
+        rv[i] = 0.0
+        for j in range(3):
+            m[i, j] = 0.0
     for k in range(nj):
         wsub[k] = 0.0
+        for i in range(3):
+            ysub[k, i] = 0.0
     for k in range(nj):
         wk = w[k]
         if wk == 0.0:
@@ -145,7 +154,6 @@ def skin_vertex(t, w, anc, r0, trans, rg, tg, gpos, bm, x, rm, dpose, wsub):
         for mm in range(1, nj):
             if anc[k, mm] != 0.0:
                 wsub[mm] += wk
-    rv = np.zeros(3)
     for i in range(3):
         for j in range(3):
             rv[i] += r0[i, j] * v[j]
@@ -208,9 +216,10 @@ def points_jacobian(t, w, eb, sb, sj, anc, r0, trans, rg, tg, gpos, bm, cm, x_ou
     rm = np.empty((3, 3))
     dpose = np.empty((3, pd))
     wsub = np.empty(nj)
-    # Rg_parent (I - R_m) S_J[m] summed with the subtree weights, per identity mode
+    work = np.empty((nj + 5, 3))
+    g = np.empty(3)
     for p in range(n):
-        skin_vertex(t[p], w[p], anc, r0, trans, rg, tg, gpos, bm, x_out[p], rm, dpose, wsub)
+        skin_vertex(t[p], w[p], anc, r0, trans, rg, tg, gpos, bm, x_out[p], rm, dpose, wsub, work)
         for i in range(3):
             for c in range(pd):
                 jac_out[p, i, c] = dpose[i, c]
@@ -224,7 +233,10 @@ def points_jacobian(t, w, eb, sb, sj, anc, r0, trans, rg, tg, gpos, bm, cm, x_ou
             u0 = sb[p, 0, k]
             u1 = sb[p, 1, k]
             u2 = sb[p, 2, k]
-            g = np.zeros(3)
+            g[0] = 0.0
+            g[1] = 0.0
+            g[2] = 0.0
+            # Rg_parent (I - R_m) S_J[m] weighted by the subtree weights
             for mm in range(1, nj):
                 wm = wsub[mm]
                 if wm == 0.0:

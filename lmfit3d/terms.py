@@ -110,6 +110,7 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     rm = np.empty((3, 3))
     dpose = np.empty((3, pd))
     wsub = np.empty(nj)
+    work = np.empty((nj + 5, 3))
     uv = np.empty(2)
     dx = np.empty((2, 3))
     df = np.empty(2)
@@ -122,7 +123,7 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     cost = 0.0
     for p in range(nl):
         template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
-        skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub)
+        skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
         project_jac(xv, focal, cx, cy, uv, dx, df)
         uv_out[p, 0] = uv[0]
         uv_out[p, 1] = uv[1]

@@ -4,22 +4,19 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def model_path():
-    """Path of the cached model file, building it first (about 3 s) when it is missing."""
-    from lmfit3d.model import build_model, default_model_path, save_model
+def model():
+    """The face model (:class:`lmfit3d.model.FaceModel`), built into the cache on first use."""
+    from lmfit3d.model import ensure_model
 
-    path = default_model_path()
-    if not path.is_file():
-        save_model(build_model(), path)
-    return path
+    return ensure_model()
 
 
 @pytest.fixture(scope="session")
-def model(model_path):
-    """The face model (:class:`lmfit3d.model.FaceModel`), loaded once per session."""
-    from lmfit3d.model import load_model
+def model_path(model):
+    """Path of the cached model file (built by the ``model`` fixture when missing)."""
+    from lmfit3d.model import default_model_path
 
-    return load_model(model_path)
+    return default_model_path()
 
 
 @pytest.fixture(scope="session")

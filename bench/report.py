@@ -1,0 +1,169 @@
+"""Run the model benchmarks and print a markdown table for the README.
+
+Usage::
+
+    python bench/report.py [extra pytest arguments]
+
+Runs ``bench/test_bench_model.py`` under pytest-benchmark (one thread, ``--benchmark-json`` to a
+temporary file), then measures start-up costs in fresh interpreters:
+
+* ``python -X importtime -c "import lmfit3d"`` (and ``lmfit3d.skinning``, which loads numba):
+  the cumulative import time of the package, median of 5 runs;
+* warm start: a fresh process imports ``lmfit3d.skinning``, loads the model and runs
+  ``evaluate_points`` once on ``dense320`` with numba's on-disk cache already filled (one
+  unmeasured run fills it), median of 5 runs.
+
+Prints one markdown table of medians with the goals and the numba / NumPy ratios of the
+baselines measured in the same run.
+"""
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1"}
+
+ROWS = [  # (group, label)
+    ("points_jacobian-dense320", "landmark vertices + pose/expression Jacobian, dense320 "
+                                 "(pose_chain + points_jacobian)"),
+    ("points_jacobian-dense703", "landmark vertices + pose/expression Jacobian, dense703 "
+                                 "(pose_chain + points_jacobian)"),
+    ("full_mesh", "full mesh: template T(beta, psi) + LBS, 26,719 vertices (evaluate_mesh)"),
+    ("skinning", "LBS kernel alone on a precomputed template (skin_mesh)"),
+    ("load", "model load from the cache file (load_model, in-process cache cleared)"),
+]
+
+WARM_START = r"""
+import json, time
+t0 = time.perf_counter()
+import lmfit3d.skinning as sk
+t1 = time.perf_counter()
+from lmfit3d.landmarks import load_landmark_set
+from lmfit3d.model import Params, load_model
+model = load_model()
+t2 = time.perf_counter()
+x, jac = sk.evaluate_points(model, Params.zeros(model), load_landmark_set("dense320"))
+t3 = time.perf_counter()
+assert jac.shape == (320, 3, 71)
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first_eval": t3 - t2, "total": t3 - t0}))
+"""
+
+
+def fmt_time(seconds):
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(THREAD_ENV)
+    return env
+
+
+def run_benchmarks(extra_args):
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-m", "pytest", str(BENCH_DIR / "test_bench_model.py"), "-q", "-o", "addopts=",
+               "-p", "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out}", *extra_args]
+        print(f"running: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
+        if proc.returncode != 0 or not out.is_file():
+            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+            raise SystemExit(f"report.py: benchmark run failed (exit status {proc.returncode})")
+        return json.loads(out.read_text())
+
+
+def import_time_us(module, runs=5):
+    """Median cumulative ``-X importtime`` of ``module`` (us) over fresh interpreters."""
+    samples = []
+    for _ in range(runs):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                              cwd=REPO, env=_env(), capture_output=True, text=True, check=True)
+        for line in proc.stderr.splitlines():
+            parts = [p.strip() for p in line.removeprefix("import time:").split("|")]
+            if len(parts) == 3 and parts[2] == module:
+                samples.append(int(parts[1]))
+    if not samples:
+        raise SystemExit(f"report.py: no importtime line for {module}")
+    return statistics.median(samples)
+
+
+def warm_start(runs=5):
+    """Median (over fresh processes) of the in-process phases of WARM_START, plus process wall time."""
+    import time
+
+    subprocess.run([sys.executable, "-c", WARM_START], cwd=REPO, env=_env(), check=True,
+                   capture_output=True)  # fills numba's cache if it is cold
+    phases, walls = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", WARM_START], cwd=REPO, env=_env(), check=True,
+                              capture_output=True, text=True)
+        walls.append(time.perf_counter() - t0)
+        phases.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    med = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+    med["wall"] = statistics.median(walls)
+    return med
+
+
+def table(bench, imports, warm):
+    by_group = {}
+    for b in bench["benchmarks"]:
+        by_group.setdefault(b["group"], {})[b["extra_info"].get("impl", "numba")] = b
+    lines = ["| measurement | median | goal | numba / NumPy baseline |", "| --- | ---: | ---: | ---: |"]
+    for group, label in ROWS:
+        impls = by_group.get(group, {})
+        main = impls.get("numba") or next(iter(impls.values()), None)
+        if main is None:
+            lines.append(f"| {label} | (not run) | | |")
+            continue
+        med = main["stats"]["median"]
+        goal_us = main["extra_info"].get("goal_us")
+        goal = ""
+        if goal_us is not None:
+            goal_txt = f"{goal_us:g} us" if goal_us < 1000 else f"{goal_us / 1000:g} ms"
+            goal = f"<= {goal_txt} ({'met' if med <= goal_us * 1e-6 else 'not met'})"
+        ratio = ""
+        if "numba" in impls and "numpy" in impls:
+            base = impls["numpy"]["stats"]["median"]
+            ratio = f"{med / base:.3f} (NumPy {fmt_time(base)}: numba {base / med:.1f}x faster)"
+        lines.append(f"| {label} | {fmt_time(med)} | {goal} | {ratio} |")
+    lines.append(f"| `import lmfit3d` (-X importtime, cumulative) | {fmt_time(imports['lmfit3d'] * 1e-6)} | | |")
+    lines.append(f"| `import lmfit3d.skinning` (loads numpy, numba; -X importtime) | "
+                 f"{fmt_time(imports['lmfit3d.skinning'] * 1e-6)} | | |")
+    lines.append(
+        f"| warm start, fresh process: import lmfit3d.skinning {fmt_time(warm['import'])} + load model "
+        f"{fmt_time(warm['load'])} + first evaluate_points (dense320, cached kernels) "
+        f"{fmt_time(warm['first_eval'])} | {fmt_time(warm['total'])} | | (process wall time "
+        f"{fmt_time(warm['wall'])}) |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    extra = sys.argv[1:] if argv is None else argv
+    bench = run_benchmarks(extra)
+    imports = {m: import_time_us(m) for m in ("lmfit3d", "lmfit3d.skinning")}
+    warm = warm_start()
+    info = bench.get("machine_info", {})
+    import numba
+    import numpy
+
+    print(f"Machine: {info.get('cpu', {}).get('brand_raw') or platform.processor() or 'unknown CPU'}, "
+          f"Python {platform.python_version()}, NumPy {numpy.__version__}, Numba {numba.__version__}, "
+          f"one thread (NUMBA_NUM_THREADS=1, BLAS threads 1).  Medians from pytest-benchmark.\n")
+    print(table(bench, imports, warm))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
