@@ -259,11 +259,11 @@ def test_skinning_numpy(benchmark, model, skin_problem):
 # (c) model load
 # --------------------------------------------------------------------------------------------
 
-def test_model_load(benchmark, model_path, model):
+def test_model_load(benchmark, model):
     from lmfit3d import model as model_mod
 
     _setup(benchmark, "load", "numpy", goal_us=100_000)
-    loaded = benchmark.pedantic(model_mod.load_model, args=(model_path,), setup=model_mod._LOADED.clear,
+    loaded = benchmark.pedantic(model_mod.load_model, args=(model_mod.default_model_path(),), setup=model_mod._LOADED.clear,
                                 rounds=10, iterations=1, warmup_rounds=1)
     assert loaded is not model and loaded.n_vertices == model.n_vertices
     np.testing.assert_array_equal(loaded.vertices, model.vertices)
