@@ -83,6 +83,34 @@ def cholesky_solve(a, b):
     return x if info == 0 else None
 
 
+def _bounded_step(jtj, jtr, damp, z, lo, hi):
+    """Damped Gauss-Newton step with box bounds, or None if the system is not positive definite.
+
+    Variables at a bound whose gradient pushes outwards are held; a variable the step would carry
+    across a bound is pinned to that bound and the remaining system re-solved (a few rounds at
+    most), so the step stays a descent step instead of being clipped afterwards.
+    """
+    n = z.size
+    fixed = ((z <= lo) & (jtr > 0)) | ((z >= hi) & (jtr < 0))
+    step = np.zeros(n)
+    for _ in range(n + 1):
+        free = np.flatnonzero(~fixed)
+        a = jtj[np.ix_(free, free)]
+        a[np.diag_indices(free.size)] += damp[free]
+        rhs = -jtr[free] - jtj[np.ix_(free, np.flatnonzero(fixed))] @ step[fixed]
+        sub = cholesky_solve(a, rhs)
+        if sub is None or not np.isfinite(sub).all():
+            return None
+        step[free] = sub
+        zt = z + step
+        cross = ~fixed & ((zt < lo) | (zt > hi))
+        if not cross.any():
+            return step
+        step[cross] = np.clip(zt[cross], lo[cross], hi[cross]) - z[cross]
+        fixed |= cross
+    return step
+
+
 def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, ftol=1e-6,
                         xtol=1e-8, gtol=1e-8, lambda0=1e-3, lambda_max=1e12, diag_floor=1e-9):
     """Minimise 0.5 |r(z)|^2 with bounds by Levenberg-Marquardt.
@@ -128,16 +156,7 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
             status = 3
             history.append(cost)
             break
-        # active set: variables held at a bound by the gradient stay there for this step
-        act = ((z <= lo) & (jtr > 0)) | ((z >= hi) & (jtr < 0))
-        ina = np.flatnonzero(~act)
-        a = jtj[np.ix_(ina, ina)] if act.any() else jtj.copy()
-        a[np.diag_indices(ina.size)] += lam * diag[ina]
-        sub = cholesky_solve(a, -jtr[ina])
-        step = None
-        if sub is not None and np.isfinite(sub).all():
-            step = np.zeros(n)
-            step[ina] = sub
+        step = _bounded_step(jtj, jtr, lam * diag, z, lo, hi)
         if step is None:
             lam, nu = damping_update(lam, nu, -1.0)
             history.append(cost)
