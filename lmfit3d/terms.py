@@ -55,6 +55,26 @@ def template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t):
             t[i] += we * expr_blocks[p, d, i]
 
 
+@njit(cache=True, inline="always")
+def expression_columns(p, e0, expr_idx, expr_blocks, col_map, mat, cols, out, n):
+    """Append the free expression columns of table row p: out[:, n] = mat @ E_e (mat is (k, 3)).
+
+    Returns the new column count.
+    """
+    for d in range(expr_idx.shape[1]):
+        e = expr_idx[p, d]
+        if e < 0:
+            break
+        if col_map[e0 + e] < 0:
+            continue
+        cols[n] = e0 + e
+        for i in range(mat.shape[0]):
+            out[i, n] = (mat[i, 0] * expr_blocks[p, d, 0] + mat[i, 1] * expr_blocks[p, d, 1]
+                         + mat[i, 2] * expr_blocks[p, d, 2])
+        n += 1
+    return n
+
+
 @njit(cache=True)
 def symmetrize_upper(jtj):
     """Copy the upper triangle of jtj into the lower one (in place)."""
@@ -150,16 +170,7 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
             for i in range(3):
                 j3[i, n] = dpose[i, c]
             n += 1
-        for d in range(ne_max):
-            e = expr_idx[p, d]
-            if e < 0:
-                break
-            if col_map[e0 + e] < 0:
-                continue
-            cols[n] = e0 + e
-            for i in range(3):
-                j3[i, n] = rm[i, 0] * expr_blocks[p, d, 0] + rm[i, 1] * expr_blocks[p, d, 1] + rm[i, 2] * expr_blocks[p, d, 2]
-            n += 1
+        n = expression_columns(p, e0, expr_idx, expr_blocks, col_map, rm, cols, j3, n)
         if ident_free:
             for k in range(nk):
                 g0 = 0.0
@@ -245,6 +256,7 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
     nd = expr_idx.shape[1]
     t = np.empty(3)
     gr = np.empty(3)
+    grw = np.empty((1, 3))
     cols = np.empty(nd, np.int64)
     jrow = np.empty((1, nd))
     r = np.empty(1)
@@ -286,15 +298,8 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
         cost += 0.5 * r[0] * r[0]
         if not want_jac:
             continue
-        n = 0
-        for d in range(nd):
-            e = expr_idx[p, d]
-            if e < 0:
-                break
-            if col_map[e0 + e] < 0:
-                continue
-            cols[n] = e0 + e
-            jrow[0, n] = sqrtw * (gr[0] * expr_blocks[p, d, 0] + gr[1] * expr_blocks[p, d, 1] + gr[2] * expr_blocks[p, d, 2])
-            n += 1
+        for i in range(3):
+            grw[0, i] = sqrtw * gr[i]
+        n = expression_columns(p, e0, expr_idx, expr_blocks, col_map, grw, cols, jrow, 0)
         _accumulate(jrow, 1, cols, n, r, col_map, jtj, jtr)
     return cost
