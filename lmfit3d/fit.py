@@ -19,8 +19,8 @@ import numpy as np
 from .camera import focal_from_fov
 from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
-from .skinning import POSE_DIM, ancestry, pose_chain
-from .solvers import FitResult, levenberg_marquardt
+from .skinning import ancestry, pose_chain
+from .solvers import levenberg_marquardt
 from .sparsity import build_sparsity, layout
 from .terms import diagonal_prior, intersection_term, symmetrize_upper, vertex_term
 
@@ -177,8 +177,9 @@ class FrameProblem:
                        tg=np.empty((nj, 3)), gpos=np.empty((nj, 3)), bm=np.empty((nj, 3, 3)),
                        cm=np.empty((nj, 3, 3)))
         self.uv = np.empty((table.n_landmarks, 2))
+        self.xyz = np.empty((table.n_landmarks, 3))
         self.rot = np.empty((nj, 3))
-        e, k = model.n_expression, model.n_identity
+        e = model.n_expression
         self.expr_inv = np.full(e, np.sqrt(2.0 * config.w_expression))
         self.joint_inv = np.full(3 * (nj - 1), np.sqrt(2.0 * config.w_joints))
         self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
@@ -220,7 +221,7 @@ class FrameProblem:
                            self.table.expr_blocks, self.table.weights, self.anc, sb, self.sj,
                            ws["r0"], x[3:6], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"],
                            self.mu, self.inv_sigma, self.tw, self.prev, self.col_map,
-                           cfg.jac_threshold, want_jac, jtj, jtr, self.uv)
+                           cfg.jac_threshold, want_jac, jtj, jtr, self.uv, self.xyz)
         cm = self.col_map
         if cm[sl["expression"].start] >= 0:
             cost += diagonal_prior(x, sl["expression"].start, self.zero_e, self.expr_inv, cm, want_jac, jtj, jtr)
@@ -276,19 +277,8 @@ class FrameProblem:
 
     def landmark_positions(self, x):
         """Camera-space landmark vertex positions (L, 3) mm and projections (L, 2) at x."""
-        from .skinning import skin_mesh
-        self._identity_state(x)
-        psi = x[self.sl["expression"]]
-        t = self.t_beta.copy()
-        for d in range(self.table.expr_idx.shape[1]):
-            e = self.table.expr_idx[:, d]
-            ok = e >= 0
-            t[ok] += psi[e[ok], None] * self.table.expr_blocks[ok, d]
         self.accumulate_full(x, _EMPTY2, _EMPTY1, False)
-        out = np.empty_like(t)
-        ws = self.ws
-        skin_mesh(t, self.table.weights, ws["r0"], x[3:6].copy(), ws["rg"], ws["tg"], out)
-        return out, self.uv.copy()
+        return self.xyz.copy(), self.uv.copy()
 
 
 _NO_IDENT = np.zeros((1, 3, 0))

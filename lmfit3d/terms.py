@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .skinning import POSE_DIM, skin_vertex
+from .skinning import skin_vertex
 
 
 @njit(cache=True, inline="always")
@@ -87,7 +87,7 @@ def symmetrize_upper(jtj):
 @njit(cache=True)
 def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, sb, sj,
                 r0, trans, rg, tg, gpos, bm, cm, mu, inv_sigma, temporal_sqrtw, prev,
-                col_map, jac_threshold, want_jac, jtj, jtr, uv_out):
+                col_map, jac_threshold, want_jac, jtj, jtr, uv_out, xyz_out):
     """Landmark (2D) and temporal (3D) residuals of the landmark vertices, fused.
 
     Parameters
@@ -105,6 +105,7 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     jac_threshold : float, Jacobian entries with |value| below it are dropped (paper sec. 3.3.1).
     want_jac : bool; jtj (n, n) (upper triangle written), jtr (n,) accumulated.
     uv_out : (L, 2) out, projected landmark positions.
+    xyz_out : (L, 3) out, camera-space landmark vertex positions (mm).
 
     Returns
     -------
@@ -147,6 +148,8 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
         project_jac(xv, focal, cx, cy, uv, dx, df)
         uv_out[p, 0] = uv[0]
         uv_out[p, 1] = uv[1]
+        for i in range(3):
+            xyz_out[p, i] = xv[i]
         has_lm = not (np.isnan(mu[p, 0]) or np.isnan(mu[p, 1]))
         has_tmp = temporal_sqrtw > 0.0 and not np.isnan(prev[p, 0])
         if not (has_lm or has_tmp):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmfit3d.fit import (FitConfig, FrameProblem, KeyframeProblem, Tracker, _Intersection, fit_landmarks,
+from lmfit3d.fit import (FitConfig, FrameProblem, _Intersection, fit_landmarks,
                          masks, params_to_vector, validate_landmarks)
 from lmfit3d.solvers import damping_update, levenberg_marquardt, termination_status
 from lmfit3d.sparsity import build_sparsity, layout
