@@ -1,0 +1,108 @@
+"""Image kernels: crops for the landmark networks (similarity warps) and simple drawing.
+
+An ROI is a square in the image given by its centre (pixels), side length ``size`` (pixels) and
+``rotation`` (radians, counter-clockwise as seen on screen, i.e. the crop's x axis points along
+``(cos r, -sin r)`` in image coordinates with v down).  Image coordinates follow the README:
+origin at the top-left corner, u right, v down, pixel (i, j) centred at (i + 0.5, j + 0.5).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+
+@dataclass(frozen=True)
+class ROI:
+    """A square region of interest: centre (cx, cy) pixels, side ``size`` pixels, ``rotation`` radians."""
+
+    cx: float
+    cy: float
+    size: float
+    rotation: float = 0.0
+
+    def matrix(self, out_size):
+        """(2, 3) affine map from crop pixel coordinates (0..out_size) to image coordinates."""
+        s = self.size / out_size
+        c, n = np.cos(self.rotation) * s, np.sin(self.rotation) * s
+        # crop x axis -> image (c, -n), crop y axis (down) -> image (n, c)
+        a = np.array([[c, n], [-n, c]])
+        t = np.array([self.cx, self.cy]) - a @ np.array([out_size / 2.0, out_size / 2.0])
+        return np.column_stack([a, t])
+
+    def to_image(self, pts, out_size):
+        """Map crop pixel coordinates (N, 2) to image pixel coordinates."""
+        m = self.matrix(out_size)
+        return pts @ m[:, :2].T + m[:, 2]
+
+    def to_crop(self, pts, out_size):
+        """Map image pixel coordinates (N, 2) to crop pixel coordinates."""
+        m = self.matrix(out_size)
+        return np.linalg.solve(m[:, :2], (np.asarray(pts) - m[:, 2]).T).T
+
+    def scaled(self, factor):
+        return ROI(self.cx, self.cy, self.size * factor, self.rotation)
+
+
+@njit(cache=True)
+def warp_chw(image, m, out_size, mirror, scale, offset, out):
+    """Bilinear crop of an (H, W, 3) uint8 image into out (3, S, S) float32 = pixel * scale + offset.
+
+    m is the (2, 3) crop-to-image affine map (pixel coordinates); pixels outside the image read 0.
+    ``mirror`` flips the crop horizontally (crop x -> S - x).
+    """
+    h, w = image.shape[0], image.shape[1]
+    for i in range(out_size):
+        yc = i + 0.5
+        for j in range(out_size):
+            xc = (out_size - j - 0.5) if mirror else (j + 0.5)
+            u = m[0, 0] * xc + m[0, 1] * yc + m[0, 2] - 0.5
+            v = m[1, 0] * xc + m[1, 1] * yc + m[1, 2] - 0.5
+            u0 = int(np.floor(u))
+            v0 = int(np.floor(v))
+            fu = u - u0
+            fv = v - v0
+            for c in range(3):
+                acc = 0.0
+                for dv in range(2):
+                    vv = v0 + dv
+                    if vv < 0 or vv >= h:
+                        continue
+                    wv = fv if dv else 1.0 - fv
+                    for du in range(2):
+                        uu = u0 + du
+                        if uu < 0 or uu >= w:
+                            continue
+                        wu = fu if du else 1.0 - fu
+                        acc += wv * wu * image[vv, uu, c]
+                out[c, i, j] = acc * scale + offset
+
+
+def crop(image, roi, out_size, scale=1.0 / 255.0, offset=0.0, mirror=False, out=None):
+    """Crop ``roi`` of an (H, W, 3) uint8 RGB image to a (3, S, S) float32 array (NCHW body)."""
+    image = np.ascontiguousarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    if out is None:
+        out = np.empty((3, out_size, out_size), np.float32)
+    warp_chw(image, roi.matrix(out_size), out_size, mirror, scale, offset, out)
+    return out
+
+
+@njit(cache=True)
+def draw_points(image, pts, radius, color):
+    """Draw filled discs of ``radius`` pixels at pts (N, 2) into an (H, W, 3) uint8 image in place."""
+    h, w = image.shape[0], image.shape[1]
+    r2 = radius * radius
+    for k in range(pts.shape[0]):
+        u, v = pts[k, 0], pts[k, 1]
+        if not (np.isfinite(u) and np.isfinite(v)):
+            continue
+        for y in range(int(v - radius - 1), int(v + radius + 2)):
+            if y < 0 or y >= h:
+                continue
+            for x in range(int(u - radius - 1), int(u + radius + 2)):
+                if x < 0 or x >= w:
+                    continue
+                if (x + 0.5 - u) ** 2 + (y + 0.5 - v) ** 2 <= r2:
+                    for c in range(3):
+                        image[y, x, c] = color[c]

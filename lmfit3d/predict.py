@@ -1,0 +1,450 @@
+"""Landmark prediction with ONNX networks (onnxruntime only): face detection, dense landmarks, sigma.
+
+One abstraction serves every landmark network: a :class:`Manifest` says where the ONNX file is,
+its input size and normalisation, how its outputs are laid out (mu, and sigma when the network
+predicts one), how its landmarks map onto model vertices, and which ROI strategy crops its input.
+:class:`LandmarkPredictor` runs a manifest's network on an ROI and returns image-space Gaussians
+(mu, sigma) in pixels, in the order of the manifest's ``vertex_ids``.
+
+Backends:
+
+* ``mediapipe``: MediaPipe's BlazeFace detector, face mesh (468 points) and iris models (Apache-2.0),
+  converted to ONNX at set-up by ``tools/convert_mediapipe.py`` into ``$LMFIT3D_HOME/mediapipe``.
+  MediaPipe predicts no uncertainty; sigma comes from a per-landmark error table learnt on renders of
+  the face model with known ground truth (``data/mediapipe/``, made by
+  ``tools/make_mediapipe_correspondence.py``), scaled by the ROI size, optionally combined with the
+  spread of the predictions under jitter of the crop (``sigma_jitter`` > 0).
+
+ROI strategies (paper sec. 3.3): ``"aligned"`` (real time: the crop is rotated so the eyes are level
+and scaled to the face) and ``"axis"`` (offline: no rotation, uniform scale, no distortion).
+"""
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .imaging import ROI, crop
+from .paths import cache_dir, data_dir
+
+ROI_STRATEGIES = ("aligned", "axis")
+
+
+class ModelMissingError(ValueError):
+    """An ONNX file named by a manifest is not in the cache (set-up step not run)."""
+
+
+def mediapipe_dir():
+    return cache_dir() / "mediapipe"
+
+
+def _session(path, threads=1):
+    import onnxruntime as ort
+    path = Path(path)
+    if not path.is_file():
+        raise ModelMissingError(f"{path}: ONNX model not found; run `python tools/convert_mediapipe.py` first")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Face detection (BlazeFace short range)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Detection:
+    """A detected face: box (x0, y0, x1, y1) pixels, 6 keypoints (6, 2) pixels, score in [0, 1].
+
+    Keypoints 0 and 1 are the eyes (subject's right eye, then left eye).
+    """
+    box: np.ndarray
+    keypoints: np.ndarray
+    score: float
+
+    def roi(self, strategy="aligned", scale=1.5):
+        """The landmark network's ROI around this face (MediaPipe: box x1.5, square)."""
+        x0, y0, x1, y1 = self.box
+        size = max(x1 - x0, y1 - y0) * scale
+        rot = 0.0
+        if strategy == "aligned":
+            d = self.keypoints[1] - self.keypoints[0]
+            rot = float(np.arctan2(-d[1], d[0]))
+        return ROI(float((x0 + x1) / 2), float((y0 + y1) / 2), float(size), rot)
+
+
+def _blazeface_anchors():
+    anchors = []
+    for stride, per_cell in ((8, 2), (16, 6)):
+        g = 128 // stride
+        yy, xx = np.mgrid[0:g, 0:g]
+        c = np.stack([(xx.ravel() + 0.5) / g, (yy.ravel() + 0.5) / g], 1)
+        anchors.append(np.repeat(c, per_cell, axis=0))
+    return np.concatenate(anchors)            # (896, 2), normalised centres
+
+
+class FaceDetector:
+    """MediaPipe BlazeFace (short range, 128 x 128 letterboxed input in [-1, 1])."""
+
+    def __init__(self, path=None, score_threshold=0.5, nms_threshold=0.3, threads=1):
+        self.session = _session(path or mediapipe_dir() / "face_detection_short_range.onnx", threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.anchors = _blazeface_anchors()
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self._buf = np.empty((1, 3, 128, 128), np.float32)
+
+    def __call__(self, image):
+        """Faces in an (H, W, 3) uint8 RGB image, best first (list of :class:`Detection`)."""
+        h, w = image.shape[:2]
+        side = float(max(h, w))
+        roi = ROI(w / 2.0, h / 2.0, side, 0.0)    # letterbox: the square around the whole image
+        crop(image, roi, 128, scale=2.0 / 255.0, offset=-1.0, out=self._buf[0])
+        reg, cls = self.session.run(None, {self.input_name: self._buf})
+        scores = _sigmoid(cls[0, :, 0].astype(np.float64))
+        keep = np.flatnonzero(scores >= self.score_threshold)
+        if keep.size == 0:
+            return []
+        r = reg[0, keep].astype(np.float64) / 128.0
+        a = self.anchors[keep]
+        cxy = r[:, 0:2] + a
+        wh = r[:, 2:4]
+        boxes = np.concatenate([cxy - wh / 2, cxy + wh / 2], 1)
+        kps = r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]
+        dets = _weighted_nms(boxes, kps, scores[keep], self.nms_threshold)
+        out = []
+        m = roi.matrix(1.0)                     # normalised [0, 1] letterbox -> image pixels
+        for b, k, s in dets:
+            corners = np.array([[b[0], b[1]], [b[2], b[3]]]) @ m[:, :2].T + m[:, 2]
+            kp = k @ m[:, :2].T + m[:, 2]
+            out.append(Detection(corners.ravel(), kp, float(s)))
+        return out
+
+
+def _iou(b, boxes):
+    x0 = np.maximum(b[0], boxes[:, 0])
+    y0 = np.maximum(b[1], boxes[:, 1])
+    x1 = np.minimum(b[2], boxes[:, 2])
+    y1 = np.minimum(b[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda q: (q[..., 2] - q[..., 0]) * (q[..., 3] - q[..., 1])  # noqa: E731
+    return inter / np.maximum(area(b) + area(boxes) - inter, 1e-12)
+
+
+def _weighted_nms(boxes, kps, scores, threshold):
+    """MediaPipe's weighted NMS: overlapping boxes are averaged with their scores as weights."""
+    order = np.argsort(-scores)
+    boxes, kps, scores = boxes[order], kps[order], scores[order]
+    out = []
+    alive = np.ones(scores.size, bool)
+    for i in range(scores.size):
+        if not alive[i]:
+            continue
+        ov = _iou(boxes[i], boxes) > threshold
+        grp = np.flatnonzero(ov & alive)
+        alive[grp] = False
+        wts = scores[grp][:, None]
+        out.append(((boxes[grp] * wts).sum(0) / wts.sum(), (kps[grp] * wts[:, :, None]).sum(0) / wts.sum(),
+                    scores[i]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Landmark networks
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Manifest:
+    """How to run one ONNX landmark network and read its outputs.
+
+    Attributes
+    ----------
+    name : str
+    onnx : str, path of the ONNX file (absolute, or relative to ``$LMFIT3D_HOME``).
+    input_size : int, side of the square input crop (pixels).
+    scale, offset : float, input normalisation ``pixel * scale + offset`` (pixel in 0..255, RGB, NCHW).
+    mu_output : str, output holding the landmark positions (N, >= 2 per point, crop pixels).
+    point_dim : int, numbers per point in ``mu_output`` (2 or 3).
+    sigma_output : str or None, output holding log sigma per point (crop pixels), None if the network
+        predicts none.
+    presence_output : str or None, output holding a face-presence logit.
+    vertex_ids : (L,) int64, model vertex of each landmark (landmark order of the predictor's output).
+    points : (L,) int64, index of each landmark among the network's outputs.
+    sigma_table : (L,) float64, per-landmark sigma in crop pixels used when the network predicts none.
+    roi_scale : float, ROI side relative to the landmarks' bounding box (tracking) .
+    roi_strategy : "aligned" or "axis".
+    eye_points : (2, 2) int, network points of the two eye corners that define the aligned ROI's
+        rotation (subject's right outer corner, left outer corner).
+    """
+    name: str
+    onnx: str
+    input_size: int
+    scale: float
+    offset: float
+    mu_output: str
+    point_dim: int
+    vertex_ids: np.ndarray
+    points: np.ndarray
+    sigma_table: np.ndarray
+    sigma_output: str = None
+    presence_output: str = None
+    roi_scale: float = 1.5
+    roi_strategy: str = "aligned"
+    eye_points: tuple = (33, 263)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path):
+        """Read a manifest JSON (see ``data/mediapipe/manifest.json``); relative paths are resolved
+        against the manifest's folder (tables) and ``$LMFIT3D_HOME`` (ONNX files)."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable manifest ({exc})") from None
+        table = np.loadtxt(path.parent / d.pop("table"), ndmin=2)
+        if table.shape[1] != 3:
+            raise ValueError(f"{path}: correspondence table must have columns point, vertex, sigma")
+        onnx = d.pop("onnx")
+        onnx = onnx if os.path.isabs(onnx) else str(cache_dir() / onnx)
+        return cls(onnx=onnx, points=table[:, 0].astype(np.int64), vertex_ids=table[:, 1].astype(np.int64),
+                   sigma_table=table[:, 2].astype(np.float64), eye_points=tuple(d.pop("eye_points", (33, 263))),
+                   **d)
+
+
+class LandmarkPredictor:
+    """Runs a :class:`Manifest`'s network on ROIs; returns image-space Gaussians.
+
+    Parameters
+    ----------
+    manifest : Manifest
+    sigma_jitter : int, extra crops (shifted and scaled by a few percent) whose prediction spread is
+        added to the table sigma; 0 = table only (fast).
+    threads : onnxruntime intra-op threads (1 = one CPU thread).
+    """
+
+    def __init__(self, manifest, sigma_jitter=0, threads=1, seed=0):
+        self.m = manifest
+        self.session = _session(manifest.onnx, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        outs = [o.name for o in self.session.get_outputs()]
+        for o in (manifest.mu_output, manifest.sigma_output, manifest.presence_output):
+            if o is not None and o not in outs:
+                raise ValueError(f"{manifest.onnx}: no output {o!r} (outputs: {outs})")
+        self.sigma_jitter = int(sigma_jitter)
+        self._jit = np.random.default_rng(seed).uniform(-1, 1, size=(max(self.sigma_jitter, 1), 3)) * \
+            np.array([0.04, 0.04, 0.05])
+        s = manifest.input_size
+        self._buf = np.empty((1, 3, s, s), np.float32)
+
+    def _run(self, image, roi):
+        m = self.m
+        crop(image, roi, m.input_size, scale=m.scale, offset=m.offset, out=self._buf[0])
+        names = [m.mu_output] + [o for o in (m.sigma_output, m.presence_output) if o is not None]
+        res = dict(zip(names, self.session.run(names, {self.input_name: self._buf})))
+        pts = res[m.mu_output].reshape(-1, m.point_dim)[:, :2].astype(np.float64)
+        logsig = None if m.sigma_output is None else res[m.sigma_output].reshape(-1).astype(np.float64)
+        presence = 1.0 if m.presence_output is None else float(_sigmoid(res[m.presence_output].ravel()[0]))
+        return pts, logsig, presence
+
+    def __call__(self, image, roi):
+        """Predict on one ROI.
+
+        Returns
+        -------
+        mu : (L, 2) float64 image pixels; sigma : (L,) float64 pixels; presence : float in [0, 1];
+        all_points : (N, 2) every network point in image pixels (for the next ROI).
+        """
+        m = self.m
+        pts, logsig, presence = self._run(image, roi)
+        img_pts = roi.to_image(pts, m.input_size)
+        px = roi.size / m.input_size            # image pixels per crop pixel
+        if logsig is not None:
+            sig2 = (np.exp(logsig[m.points]) * px) ** 2
+        else:
+            sig2 = (m.sigma_table * px) ** 2
+        if self.sigma_jitter > 0:
+            samples = [img_pts[m.points]]
+            for dx, dy, ds in self._jit[:self.sigma_jitter]:
+                r = ROI(roi.cx + dx * roi.size, roi.cy + dy * roi.size, roi.size * (1 + ds), roi.rotation)
+                p, _, _ = self._run(image, r)
+                samples.append(r.to_image(p, m.input_size)[m.points])
+            sig2 = sig2 + np.stack(samples).var(0).sum(1) / 2.0
+        return img_pts[m.points], np.sqrt(sig2), presence, img_pts
+
+    def roi_from_points(self, pts, image_shape=None):
+        """Next frame's ROI from this frame's network points (N, 2) in image pixels."""
+        m = self.m
+        ok = np.isfinite(pts).all(1)
+        p = pts[ok]
+        lo, hi = p.min(0), p.max(0)
+        c = (lo + hi) / 2
+        rot = 0.0
+        if m.roi_strategy == "aligned":
+            d = pts[m.eye_points[1]] - pts[m.eye_points[0]]
+            rot = float(np.arctan2(-d[1], d[0]))
+            a = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])   # crop axes (columns)
+            q = (p - c) @ a                   # landmarks in the rotated frame
+            lo, hi = q.min(0), q.max(0)
+            c = c + a @ ((lo + hi) / 2)
+        size = float((hi - lo).max()) * m.roi_scale
+        return ROI(float(c[0]), float(c[1]), size, rot)
+
+
+def load_manifest(name="mediapipe"):
+    """The manifest of a named landmark backend shipped in ``data/<name>/manifest.json``."""
+    path = data_dir() / name / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"unknown landmark backend {name!r}: {path} not found")
+    return Manifest.load(path)
+
+
+class IrisPredictor:
+    """MediaPipe iris model (64 x 64 eye crops): iris centres of both eyes from the eye corners.
+
+    MediaPipe's iris network is trained on one eye side; the other eye's crop is mirrored.
+    """
+
+    # face-mesh points of the eye corners: subject's right eye (33, 133), left eye (362, 263)
+    CORNERS = ((33, 133), (362, 263))
+
+    def __init__(self, path=None, threads=1, roi_scale=2.3):
+        self.session = _session(path or mediapipe_dir() / "iris_landmark.onnx", threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.roi_scale = roi_scale
+        self._buf = np.empty((1, 3, 64, 64), np.float32)
+
+    def eye_roi(self, a, b):
+        d = b - a
+        c = (a + b) / 2
+        return ROI(float(c[0]), float(c[1]), float(np.hypot(*d) * self.roi_scale), float(np.arctan2(-d[1], d[0])))
+
+    def __call__(self, image, mesh_points):
+        """Iris centres (2, 2) image pixels (subject's right eye, left eye) and the eye crops' sizes (2,)."""
+        out = np.empty((2, 2))
+        sizes = np.empty(2)
+        for e, (i, j) in enumerate(self.CORNERS):
+            mirror = e == 1
+            a, b = mesh_points[i], mesh_points[j]
+            roi = self.eye_roi(a, b)
+            crop(image, roi, 64, scale=1.0 / 255.0, offset=0.0, mirror=mirror, out=self._buf[0])
+            _, iris = self.session.run(None, {self.input_name: self._buf})
+            p = iris.reshape(5, 3)[0, :2].astype(np.float64)
+            if mirror:
+                p[0] = 64.0 - p[0]
+            out[e] = roi.to_image(p[None], 64)[0]
+            sizes[e] = roi.size
+        return out, sizes
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Landmarks of one face in one image.
+
+    mu : (L, 2) pixels; sigma : (L,) pixels; presence : float in [0, 1] (network face score);
+    points : (N, 2) every raw network point in pixels (mesh + iris centres); roi : the ROI used.
+    """
+    mu: np.ndarray
+    sigma: np.ndarray
+    presence: float
+    points: np.ndarray
+    roi: ROI
+
+
+class MediaPipeLandmarks:
+    """The MediaPipe backend: BlazeFace detection, 468-point face mesh and iris centres.
+
+    Landmark order and model vertices come from the manifest (``data/mediapipe/manifest.json``):
+    raw point index k < 468 is face-mesh point k; 468 and 469 are the iris centres of the subject's
+    right and left eye.
+
+    Parameters
+    ----------
+    manifest : Manifest, default ``load_manifest("mediapipe")``.
+    roi_strategy : "aligned" (eyes level, real time) or "axis" (no rotation, offline).
+    sigma_jitter : int, extra jittered crops for the sigma estimate (0 = table sigma only).
+    iris : bool, run the iris network (gaze); without it the iris landmarks are missing (NaN).
+    presence_threshold : float, face score under which tracking is lost and the detector runs again.
+    """
+
+    def __init__(self, manifest=None, roi_strategy="aligned", sigma_jitter=0, iris=True, threads=1,
+                 presence_threshold=0.5):
+        if roi_strategy not in ROI_STRATEGIES:
+            raise ValueError(f"roi_strategy must be one of {ROI_STRATEGIES}, got {roi_strategy!r}")
+        m = manifest or load_manifest("mediapipe")
+        from dataclasses import replace
+        self.manifest = replace(m, roi_strategy=roi_strategy)
+        self.mesh = LandmarkPredictor(replace(self.manifest, points=np.arange(468),
+                                              vertex_ids=np.arange(468), sigma_table=np.ones(468)),
+                                      sigma_jitter=0, threads=threads)
+        self.detector = FaceDetector(threads=threads)
+        self.iris = IrisPredictor(threads=threads) if iris else None
+        self.sigma_jitter = int(sigma_jitter)
+        self.presence_threshold = presence_threshold
+        self.roi = None
+        self.timings = {"detect": 0.0, "landmarks": 0.0}
+
+    @property
+    def vertex_ids(self):
+        return self.manifest.vertex_ids
+
+    def detect(self, image):
+        """ROI of the most confident face, or None."""
+        import time
+        t = time.perf_counter()
+        dets = self.detector(image)
+        self.timings["detect"] += time.perf_counter() - t
+        if not dets:
+            return None
+        return dets[0].roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale)
+
+    def predict(self, image, roi):
+        """Landmarks of the face in ``roi`` (a :class:`Prediction`)."""
+        import time
+        t = time.perf_counter()
+        m = self.manifest
+        _, _, presence, pts = self.mesh(image, roi)
+        raw = np.full((470, 2), np.nan)
+        raw[:468] = pts
+        if self.iris is not None:
+            raw[468:], _ = self.iris(image, pts)
+        px = roi.size / m.input_size
+        sig2 = (m.sigma_table * px) ** 2
+        if self.sigma_jitter > 0:
+            samples = [raw[:468]]
+            for dx, dy, ds in self.mesh._jit[:self.sigma_jitter]:
+                r = ROI(roi.cx + dx * roi.size, roi.cy + dy * roi.size, roi.size * (1 + ds), roi.rotation)
+                samples.append(self.mesh(image, r)[3])
+            var = np.concatenate([np.stack(samples).var(0).sum(1) / 2.0, np.zeros(2)])
+            sig2 = sig2 + var[m.points]
+        self.timings["landmarks"] += time.perf_counter() - t
+        return Prediction(raw[m.points], np.sqrt(sig2), presence, raw, roi)
+
+    def reset(self):
+        self.roi = None
+
+    def track(self, image):
+        """Next frame of a video: ROI from the previous frame's landmarks, detector when lost.
+
+        Returns a :class:`Prediction`, or None when no face is found.
+        """
+        for attempt in range(2):
+            if self.roi is None:
+                self.roi = self.detect(image)
+                if self.roi is None:
+                    return None
+            pred = self.predict(image, self.roi)
+            if pred.presence >= self.presence_threshold:
+                self.roi = self.mesh.roi_from_points(pred.points[:468])
+                return pred
+            self.roi = None
+        return None

@@ -1,0 +1,167 @@
+"""A small z-buffer rasteriser (numba) for overlays and synthetic renders of the face model.
+
+Vertices are given in camera coordinates (mm; camera looks along -z, README conventions) and
+projected with the pinhole camera of ``lmfit3d.camera``.  Colours are per vertex, interpolated
+with perspective-correct barycentrics; shading is Lambertian plus ambient, from per-vertex normals.
+"""
+import numpy as np
+from numba import njit
+
+from .camera import project_points
+
+
+@njit(cache=True)
+def vertex_normals(verts, faces, out):
+    """Area-weighted unit vertex normals out (V, 3) of a triangle mesh."""
+    out[:] = 0.0
+    for t in range(faces.shape[0]):
+        a, b, c = faces[t, 0], faces[t, 1], faces[t, 2]
+        e1 = verts[b] - verts[a]
+        e2 = verts[c] - verts[a]
+        n0 = e1[1] * e2[2] - e1[2] * e2[1]
+        n1 = e1[2] * e2[0] - e1[0] * e2[2]
+        n2 = e1[0] * e2[1] - e1[1] * e2[0]
+        for k in (a, b, c):
+            out[k, 0] += n0
+            out[k, 1] += n1
+            out[k, 2] += n2
+    for k in range(out.shape[0]):
+        n = np.sqrt(out[k, 0] ** 2 + out[k, 1] ** 2 + out[k, 2] ** 2)
+        if n > 0:
+            out[k] /= n
+
+
+@njit(cache=True)
+def rasterize(uv, depth, faces, colors, alpha, image, zbuf, tri_id, bary):
+    """Draw triangles into ``image`` (H, W, 3) float32 with a z-buffer, in place.
+
+    uv : (V, 2) pixel positions; depth : (V,) positive distance along the view axis (mm);
+    faces : (T, 3) int; colors : (V, 3) float in [0, 1]; alpha : float, blend factor of the mesh
+    over what ``image`` holds.  zbuf (H, W) float64 (init +inf), tri_id (H, W) int64 (init -1) and
+    bary (H, W, 3) float32 receive the nearest triangle and its perspective-correct barycentrics.
+    Back faces (clockwise on screen) are culled.
+    """
+    h, w = image.shape[0], image.shape[1]
+    for t in range(faces.shape[0]):
+        a, b, c = faces[t, 0], faces[t, 1], faces[t, 2]
+        za, zb, zc = depth[a], depth[b], depth[c]
+        if za <= 0 or zb <= 0 or zc <= 0:
+            continue
+        ax, ay = uv[a, 0], uv[a, 1]
+        bx, by = uv[b, 0], uv[b, 1]
+        cx, cy = uv[c, 0], uv[c, 1]
+        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+        if area >= 0:              # counter-clockwise in model space is clockwise with v down
+            continue
+        x0 = max(int(np.floor(min(ax, bx, cx))), 0)
+        x1 = min(int(np.ceil(max(ax, bx, cx))), w - 1)
+        y0 = max(int(np.floor(min(ay, by, cy))), 0)
+        y1 = min(int(np.ceil(max(ay, by, cy))), h - 1)
+        inv = 1.0 / area
+        for y in range(y0, y1 + 1):
+            py = y + 0.5
+            for x in range(x0, x1 + 1):
+                px = x + 0.5
+                w0 = ((bx - px) * (cy - py) - (by - py) * (cx - px)) * inv
+                w1 = ((cx - px) * (ay - py) - (cy - py) * (ax - px)) * inv
+                w2 = 1.0 - w0 - w1
+                if w0 < 0 or w1 < 0 or w2 < 0:
+                    continue
+                # perspective-correct weights
+                q0, q1, q2 = w0 / za, w1 / zb, w2 / zc
+                qs = q0 + q1 + q2
+                z = 1.0 / qs
+                if z >= zbuf[y, x]:
+                    continue
+                zbuf[y, x] = z
+                tri_id[y, x] = t
+                q0 *= z
+                q1 *= z
+                q2 *= z
+                bary[y, x, 0] = q0
+                bary[y, x, 1] = q1
+                bary[y, x, 2] = q2
+                for k in range(3):
+                    col = q0 * colors[a, k] + q1 * colors[b, k] + q2 * colors[c, k]
+                    image[y, x, k] = (1.0 - alpha) * image[y, x, k] + alpha * col
+
+
+def shade(verts, faces, albedo, light_dir=(0.3, 0.4, 1.0), ambient=0.35, diffuse=0.65):
+    """Per-vertex colours (V, 3): albedo x (ambient + diffuse max(0, n.l)); light in camera axes."""
+    n = np.empty_like(verts)
+    vertex_normals(verts, faces, n)
+    lvec = np.asarray(light_dir, dtype=np.float64)
+    lvec = lvec / np.linalg.norm(lvec)
+    lam = np.clip(n @ lvec, 0.0, None)
+    return np.clip(np.asarray(albedo) * (ambient + diffuse * lam)[:, None], 0.0, 1.0)
+
+
+def render(verts, faces, colors, focal, width, height, background=None, alpha=1.0):
+    """Render a camera-space mesh.
+
+    Parameters
+    ----------
+    verts : (V, 3) float, camera coordinates (mm).
+    faces : (T, 3) int.
+    colors : (V, 3) float in [0, 1].
+    focal : float, pixels; principal point at the image centre.
+    background : (H, W, 3) uint8 or float in [0, 1], optional (default black).
+    alpha : float, opacity of the mesh over the background.
+
+    Returns
+    -------
+    image : (H, W, 3) uint8; tri_id : (H, W) int64 (-1 = background); bary : (H, W, 3) float32.
+    """
+    verts = np.ascontiguousarray(verts, dtype=np.float64)
+    if verts.ndim != 2 or verts.shape[1] != 3:
+        raise ValueError(f"verts must have shape (V, 3), got {verts.shape}")
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    colors = np.ascontiguousarray(np.broadcast_to(colors, verts.shape), dtype=np.float64)
+    uv = np.empty((verts.shape[0], 2))
+    project_points(verts, float(focal), width / 2.0, height / 2.0, uv)
+    if background is None:
+        image = np.zeros((height, width, 3), np.float32)
+    else:
+        bg = np.asarray(background)
+        if bg.shape != (height, width, 3):
+            raise ValueError(f"background must have shape {(height, width, 3)}, got {bg.shape}")
+        image = bg.astype(np.float32) / (255.0 if bg.dtype == np.uint8 else 1.0)
+    zbuf = np.full((height, width), np.inf)
+    tri = np.full((height, width), -1, np.int64)
+    bary = np.zeros((height, width, 3), np.float32)
+    rasterize(uv, -verts[:, 2], faces, colors, float(alpha), image, zbuf, tri, bary)
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), tri, bary
+
+
+# ICT shells that are transparent (or only blend helpers) in the upstream materials: never drawn.
+HIDDEN_REGIONS = ("eye_occlusion_L", "eye_occlusion_R", "eye_blend_L", "eye_blend_R", "lacrimal_L",
+                  "lacrimal_R", "eyelashes_L", "eyelashes_R")
+
+
+def visible_faces(model):
+    """Triangles of the model that are drawn: no transparent shell (incl. the outer sclera/cornea)."""
+    from .model import SCLERA_L, SCLERA_R
+    drop = model.region_mask(*HIDDEN_REGIONS)
+    for a, b in (SCLERA_L, SCLERA_R):
+        drop[a:b + 1] = True
+    return np.ascontiguousarray(model.faces[~drop[model.faces].any(1)])
+
+
+def model_albedo(model, skin=(0.85, 0.62, 0.52), iris=(0.35, 0.22, 0.12), iris_deg=28.0, pupil_deg=12.0,
+                 identity=None):
+    """Per-vertex albedo (V, 3) of the face model: skin, white eyeballs with iris and pupil discs
+    (cones of ``iris_deg`` / ``pupil_deg`` about each eye's forward axis, +z at rest), teeth, mouth."""
+    v = model.template(identity)
+    joints = model.joints(identity)
+    alb = np.tile(np.asarray(skin, dtype=np.float64), (model.n_vertices, 1))
+    for s, name in enumerate(("eyeball_L", "eyeball_R")):
+        ids = np.flatnonzero(model.region_mask(name))
+        d = v[ids] - joints[3 + s]
+        cosang = d[:, 2] / np.linalg.norm(d, axis=1)
+        col = np.tile([0.95, 0.95, 0.92], (ids.size, 1))
+        col[cosang > np.cos(np.radians(iris_deg))] = iris
+        col[cosang > np.cos(np.radians(pupil_deg))] = 0.02
+        alb[ids] = col
+    alb[model.region_mask("mouth_socket", "gums_tongue")] = (0.45, 0.18, 0.18)
+    alb[model.region_mask("teeth")] = (0.92, 0.9, 0.85)
+    return alb
