@@ -30,6 +30,9 @@ commands:
   model build    build the face model from ICT-FaceKit and save it to the cache (run this first)
   model info     summary of the built model (--json for a machine-readable one)
   model export   write the model, shaped by identity and expression values, as OBJ or PLY
+  track          track faces in video files: per-frame CSV, ARKit CSV, parameters, meshes, overlay
+  fit            fit still images: mesh, parameters JSON, overlay PNG
+  fit-landmarks  fit the model to 2D landmarks from an .npz (any landmark source)
 
 Run `lmfit3d COMMAND --help` (e.g. `lmfit3d model export --help`) for a command's options.
 Environment: LMFIT3D_HOME (cache, default ~/.cache/lmfit3d), ICT_FACEKIT (ICT-FaceKit root).
@@ -321,8 +324,98 @@ def _cmd_fit_landmarks(args):
     return 0 if ok == nf else 1
 
 
+def _add_media_options(p):
+    p.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="output folder (created if missing)")
+    p.add_argument("--roi", choices=("aligned", "axis"), default="aligned",
+                   help="ROI strategy: eyes levelled (real time) or unrotated (offline)")
+    p.add_argument("--sigma-jitter", type=int, default=0, metavar="K",
+                   help="add the spread of K jittered crops to the landmark sigma (slower)")
+    p.add_argument("--no-iris", action="store_true", help="skip the iris network (no gaze)")
+    p.add_argument("--focal", type=float, default=None, metavar="PX",
+                   help="focal length in pixels if known (default: estimated from a 45 degree start)")
+    p.add_argument("--mesh-format", choices=("obj", "ply"), default="obj")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (one input each)")
+    p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+
+
+def _add_track(sub):
+    p = sub.add_parser(
+        "track", help="track faces in video files",
+        description="Track the face in each video: MediaPipe landmarks (ONNX) with per-landmark sigma, "
+                    "fitted frame by frame by sparse Levenberg-Marquardt with the identity estimated "
+                    "from keyframes of the whole clip and then held.  Writes NAME.csv (per-frame pose, "
+                    "gaze, 53 expression weights, 68 fitted points), NAME_arkit.csv (Live Link Face "
+                    "layout), NAME.npz (all parameters, mu and sigma); optionally meshes and "
+                    "NAME_overlay.mp4.  Inputs may be files or folders.",
+        formatter_class=_SubFormatter)
+    p.add_argument("inputs", nargs="+", metavar="VIDEO", help="video files or folders of videos")
+    _add_media_options(p)
+    p.add_argument("--mesh-every", type=int, default=0, metavar="N", help="write a mesh every N frames")
+    p.add_argument("--overlay", action="store_true", help="write NAME_overlay.mp4 with the fitted mesh")
+    p.add_argument("--temporal-weight", type=float, default=None, metavar="W",
+                   help="weight of the temporal smoothing term (default 0.05; 0 = off)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_track)
+
+
+def _add_fit(sub):
+    p = sub.add_parser(
+        "fit", help="fit still images",
+        description="Fit the model to the most confident face of each image: writes NAME.obj/.ply "
+                    "(mm, camera coordinates), NAME.json (parameters) and NAME_overlay.png.",
+        formatter_class=_SubFormatter)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    _add_media_options(p)
+    p.set_defaults(func=_cmd_fit, mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
+                   quiet=True)
+
+
+def _media_run(args, kind):
+    from .track import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, TrackOptions, expand_inputs, run_many
+    if args.jobs < 1:
+        raise CommandLineError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CommandLineError(f"--max-frames must be >= 1, got {args.max_frames}")
+    opt = TrackOptions(roi_strategy=args.roi, sigma_jitter=args.sigma_jitter, iris=not args.no_iris,
+                       temporal_weight=args.temporal_weight, focal_px=args.focal, mesh_every=args.mesh_every,
+                       mesh_format=args.mesh_format, overlay=args.overlay, max_frames=args.max_frames,
+                       progress=not args.quiet and sys.stderr.isatty())
+    paths = expand_inputs(args.inputs, VIDEO_EXTENSIONS if kind == "video" else IMAGE_EXTENSIONS)
+    failed = []
+
+    def done(path, res, err):
+        if err is not None:
+            failed.append(path)
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+        elif kind == "video":
+            t = res.timings
+            fps = res.frames / max(sum(t.values()), 1e-9)
+            print(f"{path}: {res.frames} frames, {res.success} with a face ({100 * res.success_rate:.1f} %), "
+                  f"{fps:.1f} frames/s -> {args.output}")
+        else:
+            print(f"{path}: fitted (rms {res['fit_rms_px']:.2f} px) -> {args.output}")
+
+    model_path = args.model
+    if model_path is not None and not Path(model_path).is_file():
+        raise ValueError(f"{model_path}: model file not found")
+    run_many(kind, paths, args.output, opt, jobs=args.jobs, model_path=model_path, on_done=done)
+    if failed:
+        print(f"{PROG}: {len(failed)} of {len(paths)} inputs failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_track(args):
+    return _media_run(args, "video")
+
+
+def _cmd_fit(args):
+    return _media_run(args, "image")
+
+
 # Each entry registers one top-level command on the subparsers object.
-_COMMANDS = [_add_model, _add_fit_landmarks]
+_COMMANDS = [_add_model, _add_track, _add_fit, _add_fit_landmarks]
 
 
 def build_parser():

@@ -1,0 +1,672 @@
+"""Video and still-image tracking: ONNX landmarks -> real-time fitter -> per-frame outputs.
+
+``track_video`` runs in two streamed passes over the file, so memory stays flat for any length:
+
+1. Decode frames one at a time, predict landmarks (detector on the first frame and whenever the face
+   score drops under the threshold; otherwise the ROI follows the previous frame's landmarks) and
+   append mu/sigma to a disk-backed array.  The real-time tracker runs along with the identity free,
+   refitting identity (and focal length when unknown) on keyframes of the whole clip.
+2. Track the clip again with that identity (and focal) held, the temporal term on, and stream the
+   outputs: ``NAME.csv``, ``NAME_arkit.csv``, optional meshes and overlay video; ``NAME.npz`` at
+   the end.  Every output is written to a temporary file and renamed when complete.
+
+Pose columns (README "Conventions"): ``pose_T*`` is the root translation (model origin in camera
+coordinates, mm); ``pose_R*`` the root rotation (axis-angle, radians, camera axes); ``head_R*`` the
+head's global rotation root*neck*head (axis-angle); gaze angles are the yaw (about the head's y axis,
+positive towards the subject's left) and pitch (about x, positive up) of each eye's forward axis in the
+head frame, radians.  ARKit head/eye yaw, pitch, roll are in degrees as in Live Link Face.
+"""
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .fit import FitConfig, Tracker
+from .landmarks import load_landmark_set
+from .paths import atomic_write
+from .rotation import matrix_to_axis_angle, rodrigues
+from .skinning import evaluate_mesh, pose, skin_mesh
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+# Live Link Face CSV: the 52 ARKit blendshapes in its column order, then head and eye angles.
+ARKIT_NAMES = (
+    "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
+    "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
+    "EyeSquintRight", "EyeWideRight", "JawForward", "JawRight", "JawLeft", "JawOpen", "MouthClose",
+    "MouthFunnel", "MouthPucker", "MouthRight", "MouthLeft", "MouthSmileLeft", "MouthSmileRight",
+    "MouthFrownLeft", "MouthFrownRight", "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft",
+    "MouthStretchRight", "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper",
+    "MouthPressLeft", "MouthPressRight", "MouthLowerDownLeft", "MouthLowerDownRight", "MouthUpperUpLeft",
+    "MouthUpperUpRight", "BrowDownLeft", "BrowDownRight", "BrowInnerUp", "BrowOuterUpLeft",
+    "BrowOuterUpRight", "CheekPuff", "CheekSquintLeft", "CheekSquintRight", "NoseSneerLeft",
+    "NoseSneerRight", "TongueOut",
+)
+ARKIT_POSE = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
+              "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+
+
+def arkit_mapping(expression_names):
+    """(52, E) matrix mapping ICT weights to ARKit weights.
+
+    ICT's ``xxx_L`` / ``xxx_R`` are the subject's left / right, as ARKit's ``XxxLeft`` / ``XxxRight``.
+    ARKit's unsided BrowInnerUp and CheekPuff are the mean of ICT's two sides; TongueOut has no ICT
+    shape and stays 0.
+    """
+    idx = {n: i for i, n in enumerate(expression_names)}
+    mat = np.zeros((len(ARKIT_NAMES), len(expression_names)))
+    for a, name in enumerate(ARKIT_NAMES):
+        base = name[0].lower() + name[1:]
+        if base.endswith("Left") and base[:-4] + "_L" in idx:
+            mat[a, idx[base[:-4] + "_L"]] = 1.0
+        elif base.endswith("Right") and base[:-5] + "_R" in idx:
+            mat[a, idx[base[:-5] + "_R"]] = 1.0
+        elif base in idx:
+            mat[a, idx[base]] = 1.0
+        elif base + "_L" in idx:
+            mat[a, idx[base + "_L"]] = mat[a, idx[base + "_R"]] = 0.5
+    return mat
+
+
+def yaw_pitch_roll(r):
+    """Yaw (about y), pitch (about x), roll (about z) in radians of a rotation matrix, R = Ry Rx Rz."""
+    pitch = np.arcsin(np.clip(-r[1, 2], -1.0, 1.0))
+    yaw = np.arctan2(r[0, 2], r[2, 2])
+    roll = np.arctan2(r[1, 0], r[1, 1])
+    return yaw, pitch, roll
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """Options of :func:`track_video` / :func:`fit_images` (CLI flags of ``lmfit3d track``)."""
+    roi_strategy: str = "aligned"
+    sigma_jitter: int = 0
+    iris: bool = True
+    temporal_weight: float = None
+    focal_px: float = None
+    mesh_every: int = 0
+    mesh_format: str = "obj"
+    overlay: bool = False
+    max_frames: int = None
+    cut_threshold: float = 0.25
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.mesh_every < 0:
+            raise ValueError(f"--mesh-every must be >= 0, got {self.mesh_every}")
+        if self.mesh_format not in ("obj", "ply"):
+            raise ValueError(f"--mesh-format must be obj or ply, got {self.mesh_format!r}")
+        if self.sigma_jitter < 0:
+            raise ValueError(f"--sigma-jitter must be >= 0, got {self.sigma_jitter}")
+        if self.focal_px is not None and not (np.isfinite(self.focal_px) and self.focal_px > 0):
+            raise ValueError(f"--focal must be a positive number of pixels, got {self.focal_px}")
+        if self.temporal_weight is not None and not (np.isfinite(self.temporal_weight) and self.temporal_weight >= 0):
+            raise ValueError(f"--temporal-weight must be >= 0, got {self.temporal_weight}")
+
+    def config(self):
+        return FitConfig() if self.temporal_weight is None else FitConfig(w_temporal=self.temporal_weight)
+
+
+@dataclass
+class TrackSummary:
+    """What :func:`track_video` did: frame counts and timings (seconds)."""
+    path: str
+    frames: int = 0
+    success: int = 0
+    outputs: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def success_rate(self):
+        return self.success / self.frames if self.frames else 0.0
+
+
+class VideoReader:
+    """Streams RGB frames of a video file with imageio (ffmpeg), one at a time."""
+
+    def __init__(self, path):
+        import imageio.v2 as imageio
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f"{self.path}: file not found")
+        try:
+            self._reader = imageio.get_reader(str(self.path), format="FFMPEG")
+            meta = self._reader.get_meta_data()
+        except Exception as exc:
+            raise ValueError(f"{self.path}: cannot open as a video ({_short(exc)})") from None
+        self.fps = float(meta.get("fps") or 25.0)
+        self.size = tuple(int(v) for v in meta.get("size", (0, 0)))
+        n = meta.get("nframes", float("inf"))
+        self.n_frames_hint = int(n) if np.isfinite(n) else None
+        if n == float("inf") and meta.get("duration"):
+            self.n_frames_hint = int(round(float(meta["duration"]) * self.fps))
+
+    def __iter__(self):
+        try:
+            for frame in self._reader:
+                if frame.ndim == 2:
+                    frame = np.repeat(frame[:, :, None], 3, axis=2)
+                yield np.ascontiguousarray(frame[:, :, :3])
+        except (IndexError, StopIteration):
+            return
+        except Exception as exc:
+            raise ValueError(f"{self.path}: cannot decode video ({_short(exc)})") from None
+
+    def close(self):
+        try:
+            self._reader.close()
+        except Exception:
+            pass
+
+
+def _short(exc):
+    s = " ".join(str(exc).split())
+    return s[:200] if s else type(exc).__name__
+
+
+def read_image(path):
+    """(H, W, 3) uint8 RGB of an image file; ValueError with the file name when unreadable."""
+    import imageio.v2 as imageio
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        img = np.asarray(imageio.imread(str(path)))
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read as an image ({_short(exc)})") from None
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise ValueError(f"{path}: unsupported image shape {img.shape}")
+    if img.dtype != np.uint8:
+        img = (img.astype(np.float64) / max(float(img.max()), 1.0) * 255).astype(np.uint8)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+class PointEvaluator:
+    """Posed positions of a few chosen vertices for a fixed identity (68 output points, gaze)."""
+
+    def __init__(self, model, vertex_ids, identity):
+        ids = np.asarray(vertex_ids, dtype=np.int64)
+        self.model = model
+        self.ids = ids
+        self.identity = np.asarray(identity, dtype=np.float64)
+        self.t_beta = model.vertices[ids].astype(np.float64) + model.identity_basis[ids].astype(np.float64) @ self.identity
+        self.eb = model.expression_basis[ids].astype(np.float64)
+        self.w = np.ascontiguousarray(model.skin_weights[ids], dtype=np.float64)
+        self.out = np.empty((ids.size, 3))
+
+    def __call__(self, params):
+        st = pose(self.model, params)
+        t = np.ascontiguousarray(self.t_beta + self.eb @ params.expression)
+        skin_mesh(t, self.w, st.r0, st.translation, st.rg, st.tg, self.out)
+        return self.out.copy(), st
+
+
+def _global_rotations(model, rotations):
+    """Global rotation matrices (J, 3, 3) of every joint from the local axis-angles (J, 3)."""
+    g = np.empty((model.n_joints, 3, 3))
+    for j, p in enumerate(model.joint_parents):
+        r = rodrigues(rotations[j])
+        g[j] = r if p < 0 else g[p] @ r
+    return g
+
+
+def gaze_angles(model, rotations):
+    """Per-eye (yaw, pitch) radians in the head frame, eyes in order (subject's left, right)."""
+    out = np.empty((2, 2))
+    for e, j in enumerate((3, 4)):
+        d = rodrigues(rotations[j])[:, 2]          # forward axis of the eye in its parent (head) frame
+        out[e] = np.arctan2(d[0], d[2]), np.arctan2(d[1], np.hypot(d[0], d[2]))
+    return out
+
+
+def csv_header(expression_names):
+    cols = ["frame", "timestamp_s", "success", "confidence", "pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx",
+            "pose_Ry", "pose_Rz", "head_Rx", "head_Ry", "head_Rz", "gaze_angle_x", "gaze_angle_y",
+            "gaze_L_yaw", "gaze_L_pitch", "gaze_R_yaw", "gaze_R_pitch", "focal_px", "fit_rms_px"]
+    cols += list(expression_names)
+    cols += [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
+    return cols
+
+
+def _timecode(t, fps):
+    h, rem = divmod(t, 3600.0)
+    m, s = divmod(rem, 60.0)
+    fr = int((s - int(s)) * fps + 1e-6)
+    return f"{int(h):02d}:{int(m):02d}:{int(s):02d}:{fr:02d}.{int(round((t % 1) * 1000)) % 1000:03d}"
+
+
+class _Outputs:
+    """Streaming writers of one video's outputs; temporary files renamed on :meth:`commit`."""
+
+    def __init__(self, out_dir, name, model, fps, options, image_size):
+        self.out_dir = Path(out_dir)
+        self.name = name
+        self.fps = fps
+        self.model = model
+        self.opt = options
+        self._tmp = []
+        self.final = []
+        self.csv_f = self._open(f"{name}.csv")
+        self.csv = csv.writer(self.csv_f)
+        self.csv.writerow(csv_header(model.expression_names))
+        self.ark_f = self._open(f"{name}_arkit.csv")
+        self.ark = csv.writer(self.ark_f)
+        self.ark.writerow(["Timecode", "BlendShapeCount"] + list(ARKIT_NAMES) + list(ARKIT_POSE))
+        self.ark_map = arkit_mapping(model.expression_names)
+        self.writer = None
+        if options.overlay:
+            import imageio.v2 as imageio
+            path = self.out_dir / f".{name}_overlay.part.mp4"
+            self._tmp.append((path, self.out_dir / f"{name}_overlay.mp4"))
+            self.writer = imageio.get_writer(str(path), format="FFMPEG", fps=fps, codec="libx264",
+                                             quality=7, macro_block_size=1, ffmpeg_log_level="error")
+        self.mesh_dir = None
+        if options.mesh_every:
+            self.mesh_dir = self.out_dir / f"{name}_meshes"
+            self.mesh_dir.mkdir(exist_ok=True)
+
+    def _open(self, fname):
+        path = self.out_dir / f".{fname}.part"
+        self._tmp.append((path, self.out_dir / fname))
+        return open(path, "w", newline="")
+
+    def write_frame(self, f, row, arkit_row):
+        self.csv.writerow(row)
+        self.ark.writerow(arkit_row)
+
+    def commit(self, npz):
+        self.csv_f.close()
+        self.ark_f.close()
+        if self.writer is not None:
+            self.writer.close()
+        with atomic_write(self.out_dir / f"{self.name}.npz", "wb") as fh:
+            np.savez(fh, **npz)
+        self.final.append(self.out_dir / f"{self.name}.npz")
+        for tmp, final in self._tmp:
+            os.replace(tmp, final)
+            self.final.append(final)
+
+    def abort(self):
+        for fh in (self.csv_f, self.ark_f):
+            try:
+                fh.close()
+            except Exception:
+                pass
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:
+                pass
+        for tmp, _ in self._tmp:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _format(v):
+    return "" if not np.isfinite(v) else f"{v:.6g}"
+
+
+def track_video(path, out_dir, options=None, model=None, predictor=None):
+    """Track one video file; writes NAME.csv, NAME_arkit.csv, NAME.npz (+ meshes, overlay).
+
+    Parameters
+    ----------
+    path : str or Path, video file.
+    out_dir : existing writable folder.
+    options : TrackOptions
+    model : FaceModel (default: the cached model).
+    predictor : MediaPipeLandmarks (default: built from ``options``).
+
+    Returns
+    -------
+    TrackSummary
+    """
+    from .model import load_model
+    from .predict import MediaPipeLandmarks
+    opt = options or TrackOptions()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    model = model or load_model()
+    reader = VideoReader(path)
+    name = Path(path).stem
+    mp = predictor or MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter,
+                                         iris=opt.iris)
+    vids = mp.vertex_ids
+    L = vids.size
+    summary = TrackSummary(str(path))
+    tm = {"decode": 0.0, "detect": 0.0, "landmarks": 0.0, "fit": 0.0, "write": 0.0}
+    mp.timings = {"detect": 0.0, "landmarks": 0.0}
+    cfg = opt.config()
+    # ---- pass 1: landmarks (disk-backed, flat memory) + identity/focal from keyframes
+    store = out_dir / f".{name}.landmarks.part.npy"
+    cap = reader.n_frames_hint or 1024
+    arr = np.lib.format.open_memmap(store, mode="w+", dtype=np.float32, shape=(cap, L, 4))
+    image_size = None
+    tracker = None
+    n = 0
+    prev_c = None
+    pbar = _progress(opt.progress, reader.n_frames_hint, f"{name} landmarks")
+    try:
+        t_dec = time.perf_counter()
+        for frame in reader:
+            tm["decode"] += time.perf_counter() - t_dec
+            if opt.max_frames is not None and n >= opt.max_frames:
+                break
+            if image_size is None:
+                image_size = (frame.shape[1], frame.shape[0])
+                tracker = Tracker(model, vids, image_size, opt.focal_px, cfg)
+            if n >= arr.shape[0]:
+                arr.flush()
+                del arr
+                arr = _grow(store, n, L)
+            pred = mp.track(frame)
+            rec = np.full((L, 4), np.nan, np.float32)
+            if pred is not None:
+                rec[:, 0:2] = pred.mu
+                rec[:, 2] = pred.sigma
+                rec[:, 3] = pred.presence
+                c = np.nanmean(pred.mu, 0)
+                if prev_c is not None and np.hypot(*(c - prev_c)) > opt.cut_threshold * pred.roi.size:
+                    tracker.reset()                 # scene cut: no warm start, no temporal term
+                prev_c = c
+                t = time.perf_counter()
+                tracker.step(pred.mu, pred.sigma)
+                tm["fit"] += time.perf_counter() - t
+            else:
+                prev_c = None
+                tracker.reset()
+            arr[n] = rec
+            n += 1
+            if pbar is not None:
+                pbar.update(1)
+            t_dec = time.perf_counter()
+        if n == 0:
+            raise ValueError(f"{path}: video has no frames")
+        arr.flush()
+        tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
+        if pbar is not None:
+            pbar.close()
+        identity = tracker.identity.copy()
+        focal = tracker.focal
+        # ---- pass 2: track with identity and focal held; stream outputs
+        summary.frames = n
+        outs = _Outputs(out_dir, name, model, reader.fps, opt, image_size)
+        try:
+            _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm,
+                         path, reader.fps)
+        except BaseException:
+            outs.abort()
+            raise
+        summary.outputs = [str(p) for p in outs.final]
+    finally:
+        reader.close()
+        del arr
+        try:
+            os.unlink(store)
+        except OSError:
+            pass
+    summary.timings = tm
+    return summary
+
+
+def _grow(store, n, L):
+    old = np.load(store, mmap_mode="r")
+    tmp = store.with_suffix(".grow.npy")
+    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(max(2 * n, 64), L, 4))
+    new[:n] = old[:n]
+    new.flush()
+    del old, new
+    os.replace(tmp, store)
+    return np.lib.format.open_memmap(store, mode="r+")
+
+
+def _progress(enabled, total, desc):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
+
+
+def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm, path, fps):
+    tracker = Tracker(model, vids, image_size, focal, cfg, identity)
+    ibug = PointEvaluator(model, load_landmark_set("ibug68"), identity)
+    ne, nj = model.n_expression, model.n_joints
+    res = dict(expression=np.full((n, ne), np.nan), rotations=np.full((n, nj, 3), np.nan),
+               translation=np.full((n, 3), np.nan), success=np.zeros(n, bool), confidence=np.zeros(n),
+               cost=np.full(n, np.nan), iterations=np.zeros(n, np.int64), status=np.full(n, -2, np.int64),
+               landmarks68=np.full((n, 68, 2), np.nan), fit_rms_px=np.full(n, np.nan))
+    frames = iter(VideoReader(path)) if opt.overlay else None
+    render_state = _OverlayRenderer(model) if opt.overlay else None
+    from .camera import Camera
+    cam = Camera(focal, *image_size)
+    pbar = _progress(opt.progress, n, f"{Path(path).stem} fit")
+    prev_c = None
+    for f in range(n):
+        rec = np.asarray(arr[f], dtype=np.float64)
+        mu, sigma, presence = rec[:, 0:2], rec[:, 2], rec[:, 3]
+        fit = None
+        t = time.perf_counter()
+        if np.isfinite(mu).all(1).sum() >= 3:
+            c = np.nanmean(mu, 0)
+            scale = np.nanmax(mu, 0) - np.nanmin(mu, 0)
+            if prev_c is not None and np.hypot(*(c - prev_c)) > opt.cut_threshold * 1.5 * scale.max():
+                tracker.reset()
+            prev_c = c
+            fit = tracker.step(mu, np.where(np.isfinite(sigma), sigma, 1.0))
+        else:
+            prev_c = None
+            tracker.reset()
+        tm["fit"] += time.perf_counter() - t
+        t = time.perf_counter()
+        row_ok = fit is not None and fit.status >= 0
+        ts = f / fps
+        row = [f, f"{ts:.4f}", int(row_ok)]
+        ark = [_timecode(ts, fps), len(ARKIT_NAMES) + len(ARKIT_POSE)]
+        if row_ok:
+            p = fit.params
+            pts, st = ibug(p)
+            uv68 = cam.project(pts)
+            rms = float(np.sqrt(np.nanmean(np.sum((fit.uv - mu) ** 2, 1))))
+            g = _global_rotations(model, p.rotations)
+            head = matrix_to_axis_angle(g[2])
+            gz = gaze_angles(model, p.rotations)
+            conf = float(presence[0]) if np.isfinite(presence[0]) else 0.0
+            res["expression"][f] = p.expression
+            res["rotations"][f] = p.rotations
+            res["translation"][f] = p.translation
+            res["success"][f] = True
+            res["confidence"][f] = conf
+            res["cost"][f], res["iterations"][f], res["status"][f] = fit.cost, fit.iterations, fit.status
+            res["landmarks68"][f] = uv68
+            res["fit_rms_px"][f] = rms
+            row += [f"{conf:.4f}"] + [_format(v) for v in p.translation] + [_format(v) for v in p.rotations[0]]
+            row += [_format(v) for v in head] + [_format(v) for v in gz.mean(0)] + [_format(v) for v in gz.ravel()]
+            row += [_format(focal), _format(rms)] + [_format(v) for v in p.expression]
+            row += [_format(v) for v in uv68[:, 0]] + [_format(v) for v in uv68[:, 1]]
+            # ARKit: head angles relative to the camera, with the camera's -z as forward (degrees)
+            hy, hp, hr = yaw_pitch_roll(g[2])
+            eyes = []
+            for j in (3, 4):
+                ey, ep, er = yaw_pitch_roll(rodrigues(p.rotations[j]))
+                eyes += [np.degrees(ey), np.degrees(ep), np.degrees(er)]
+            ark += [f"{v:.4f}" for v in outs.ark_map @ p.expression]
+            ark += [f"{np.degrees(v):.4f}" for v in (hy, hp, hr)] + [f"{v:.4f}" for v in eyes]
+            summary.success += 1
+        else:
+            ncols = len(csv_header(model.expression_names)) - 3
+            row += ["0"] + [""] * (ncols - 1)
+            ark += ["0"] * len(ARKIT_NAMES) + [""] * len(ARKIT_POSE)
+        outs.write_frame(f, row, ark)
+        if outs.mesh_dir is not None and row_ok and f % opt.mesh_every == 0:
+            from .meshio import write_obj, write_ply
+            v = evaluate_mesh(model, fit.params)
+            (write_obj if opt.mesh_format == "obj" else write_ply)(
+                outs.mesh_dir / f"frame_{f:06d}.{opt.mesh_format}", v, model.faces)
+        if frames is not None:
+            frame = next(frames, None)
+            if frame is not None:
+                outs.writer.append_data(render_state(frame, fit.params if row_ok else None, focal))
+        tm["write"] += time.perf_counter() - t
+        if pbar is not None:
+            pbar.update(1)
+    if pbar is not None:
+        pbar.close()
+    npz = dict(identity=identity, focal_px=np.array(focal), image_size=np.array(image_size), fps=np.array(fps),
+               expression_names=np.array(model.expression_names), joint_names=np.array(model.joint_names[1:]),
+               root_rotation=res["rotations"][:, 0], joint_rotations=res["rotations"][:, 1:],
+               translation=res["translation"], expression=res["expression"], success=res["success"],
+               confidence=res["confidence"], cost=res["cost"], iterations=res["iterations"],
+               status=res["status"], landmarks68=res["landmarks68"], fit_rms_px=res["fit_rms_px"],
+               vertex_ids=np.asarray(vids), mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]),
+               units=np.array("mm"))
+    outs.commit(npz)
+
+
+class _OverlayRenderer:
+    """Draws the fitted mesh (semi-transparent, shaded) over a frame."""
+
+    def __init__(self, model):
+        from .render import model_albedo, visible_faces
+        self.model = model
+        self.faces = visible_faces(model)
+        self.albedo = model_albedo(model)
+
+    def __call__(self, frame, params, focal):
+        if params is None:
+            return frame
+        from .render import render, shade
+        v = evaluate_mesh(self.model, params)
+        img, _, _ = render(v, self.faces, shade(v, self.faces, self.albedo), focal, frame.shape[1],
+                           frame.shape[0], background=frame, alpha=0.55)
+        return img
+
+
+def _check_out_dir(out_dir):
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: output path exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise ValueError(f"{out_dir}: output folder is not writable")
+
+
+def expand_inputs(paths, extensions):
+    """Files from a list of files and folders (folders: their files with the given extensions, sorted)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in extensions and q.is_file())
+            if not found:
+                raise ValueError(f"{p}: folder holds no file with extension {', '.join(extensions)}")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def fit_image(path, out_dir, options=None, model=None, predictor=None):
+    """Fit one still image: writes NAME.obj (or .ply) mesh, NAME.json parameters, NAME_overlay.png.
+
+    The face is the detector's most confident one; its landmarks are predicted twice (detector ROI,
+    then the ROI from those landmarks), and identity, expression, pose (and focal length when not
+    given) are fitted.  Returns the dict written to NAME.json.
+    """
+    import imageio.v2 as imageio
+    from .meshio import write_obj, write_ply
+    from .model import load_model
+    from .predict import MediaPipeLandmarks
+    opt = options or TrackOptions()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    img = read_image(path)
+    model = model or load_model()
+    mp = predictor or MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter,
+                                         iris=opt.iris)
+    mp.reset()
+    pred = mp.track(img)
+    if pred is not None:
+        pred = mp.track(img) or pred
+    if pred is None:
+        raise ValueError(f"{path}: no face found")
+    size = (img.shape[1], img.shape[0])
+    tracker = Tracker(model, mp.vertex_ids, size, opt.focal_px, opt.config())
+    fit = tracker.step(pred.mu, pred.sigma)
+    if fit is None or fit.status < 0:
+        raise ValueError(f"{path}: the fit failed")
+    p = fit.params
+    verts = evaluate_mesh(model, p)
+    g = _global_rotations(model, p.rotations)
+    from .camera import Camera
+    uv68 = Camera(fit.focal, *size).project(verts[load_landmark_set("ibug68")])
+    info = dict(image=str(path), image_size=list(size), focal_px=fit.focal, confidence=pred.presence,
+                fit_rms_px=float(np.sqrt(np.nanmean(np.sum((fit.uv - pred.mu) ** 2, 1)))),
+                identity=p.identity.tolist(), expression=dict(zip(model.expression_names, p.expression.tolist())),
+                root_rotation=p.rotations[0].tolist(), translation_mm=p.translation.tolist(),
+                joint_rotations={n: r.tolist() for n, r in zip(model.joint_names[1:], p.rotations[1:])},
+                head_rotation=matrix_to_axis_angle(g[2]).tolist(), landmarks68=uv68.tolist(),
+                cost=fit.cost, iterations=fit.iterations, status=fit.status, units="mm")
+    name = Path(path).stem
+    mesh_path = out_dir / f"{name}.{opt.mesh_format}"
+    (write_obj if opt.mesh_format == "obj" else write_ply)(mesh_path, verts, model.faces)
+    overlay = _OverlayRenderer(model)(img, p, fit.focal)
+    with atomic_write(out_dir / f"{name}_overlay.png", "wb") as fh:
+        imageio.imwrite(fh, overlay, format="png")
+    with atomic_write(out_dir / f"{name}.json", "w") as fh:
+        json.dump(info, fh, indent=1)
+    return info
+
+
+def _run_one(kind, path, out_dir, options, model_path):
+    """Worker body: one input, errors turned into a one-line message (picklable result)."""
+    from .model import load_model
+    try:
+        model = load_model(model_path)
+        if kind == "video":
+            return str(path), track_video(path, out_dir, options, model), None
+        return str(path), fit_image(path, out_dir, options, model), None
+    except (ValueError, OSError) as exc:
+        return str(path), None, " ".join(str(exc).split()) or type(exc).__name__
+
+
+def run_many(kind, paths, out_dir, options, jobs=1, model_path=None, on_done=None):
+    """Process many inputs (``kind`` "video" or "image"), ``jobs`` worker processes.
+
+    One failing input is reported and the others finish.  Returns a list of (path, result, error)
+    in input order; ``on_done(path, result, error)`` is called as each finishes.
+    """
+    from dataclasses import replace
+    _check_out_dir(out_dir)
+    if jobs <= 1 or len(paths) <= 1:
+        out = []
+        for p in paths:
+            r = _run_one(kind, p, out_dir, options, model_path)
+            if on_done:
+                on_done(*r)
+            out.append(r)
+        return out
+    import multiprocessing as mpc
+    from concurrent.futures import ProcessPoolExecutor
+    opt = replace(options, progress=False)
+    results = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mpc.get_context("spawn")) as ex:
+        futs = {ex.submit(_run_one, kind, p, out_dir, opt, model_path): str(p) for p in paths}
+        from concurrent.futures import as_completed
+        for fu in as_completed(futs):
+            r = fu.result()
+            results[futs[fu]] = r
+            if on_done:
+                on_done(*r)
+    return [results[str(p)] for p in paths]
