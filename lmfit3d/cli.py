@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 PROG = "lmfit3d"
+DEMO_CLIP = "W040_level_3_happy_029.mp4"
 
 DESCRIPTION = """\
 3D face reconstruction from dense 2D landmarks (Wood et al., "3D Face Reconstruction with Dense
@@ -324,8 +325,9 @@ def _cmd_fit_landmarks(args):
     return 0 if ok == nf else 1
 
 
-def _add_media_options(p):
-    p.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="output folder (created if missing)")
+def _add_media_options(p, default_output=None):
+    p.add_argument("-o", "--output", metavar="OUTDIR", required=default_output is None, default=default_output,
+                   help="output folder (created if missing)" + (f"; default {default_output}/" if default_output else ""))
     p.add_argument("--roi", choices=("aligned", "axis"), default="aligned",
                    help="ROI strategy: eyes levelled (real time) or unrotated (offline)")
     p.add_argument("--sigma-jitter", type=int, default=0, metavar="K",
@@ -348,8 +350,10 @@ def _add_track(sub):
                     "layout), NAME.npz (all parameters, mu and sigma); optionally meshes and "
                     "NAME_overlay.mp4.  Inputs may be files or folders.",
         formatter_class=_SubFormatter)
-    p.add_argument("inputs", nargs="+", metavar="VIDEO", help="video files or folders of videos")
-    _add_media_options(p)
+    p.add_argument("inputs", nargs="*", metavar="VIDEO",
+                   help="video files or folders of videos (default: the shared demo clip "
+                        "../shared/media/W040_level_3_happy_029.mp4)")
+    _add_media_options(p, default_output="out")
     p.add_argument("--mesh-every", type=int, default=0, metavar="N", help="write a mesh every N frames")
     p.add_argument("--overlay", action="store_true", help="write NAME_overlay.mp4 with the fitted mesh")
     p.add_argument("--temporal-weight", type=float, default=None, metavar="W",
@@ -381,7 +385,15 @@ def _media_run(args, kind):
                        temporal_weight=args.temporal_weight, focal_px=args.focal, mesh_every=args.mesh_every,
                        mesh_format=args.mesh_format, overlay=args.overlay, max_frames=args.max_frames,
                        progress=not args.quiet and sys.stderr.isatty())
-    paths = expand_inputs(args.inputs, VIDEO_EXTENSIONS if kind == "video" else IMAGE_EXTENSIONS)
+    inputs = args.inputs
+    if not inputs:
+        from .paths import shared_media_dir
+        demo = shared_media_dir() / DEMO_CLIP
+        if not demo.is_file():
+            raise CommandLineError(f"no input given and the demo clip {demo} is missing")
+        print(f"{PROG}: no input given; tracking the demo clip {demo}", file=sys.stderr)
+        inputs = [demo]
+    paths = expand_inputs(inputs, VIDEO_EXTENSIONS if kind == "video" else IMAGE_EXTENSIONS)
     failed = []
 
     def done(path, res, err):

@@ -127,28 +127,39 @@ class TrackSummary:
 
 
 class VideoReader:
-    """Streams RGB frames of a video file with imageio (ffmpeg), one at a time."""
+    """Frames of a video file, streamed with imageio (ffmpeg) one at a time.
+
+    Each iteration opens the file anew (the overlay pass reads it a second time).  Attributes:
+    ``name`` (file stem), ``fps``, ``n_frames_hint`` (from the container; may be None or off).
+    """
 
     def __init__(self, path):
-        import imageio.v2 as imageio
         self.path = Path(path)
+        self.name = self.path.stem
         if not self.path.is_file():
             raise ValueError(f"{self.path}: file not found")
+        reader = self._open()
         try:
-            self._reader = imageio.get_reader(str(self.path), format="FFMPEG")
-            meta = self._reader.get_meta_data()
-        except Exception as exc:
-            raise ValueError(f"{self.path}: cannot open as a video ({_short(exc)})") from None
+            meta = reader.get_meta_data()
+        finally:
+            reader.close()
         self.fps = float(meta.get("fps") or 25.0)
-        self.size = tuple(int(v) for v in meta.get("size", (0, 0)))
         n = meta.get("nframes", float("inf"))
         self.n_frames_hint = int(n) if np.isfinite(n) else None
-        if n == float("inf") and meta.get("duration"):
+        if self.n_frames_hint is None and meta.get("duration"):
             self.n_frames_hint = int(round(float(meta["duration"]) * self.fps))
 
-    def __iter__(self):
+    def _open(self):
+        import imageio.v2 as imageio
         try:
-            for frame in self._reader:
+            return imageio.get_reader(str(self.path), format="FFMPEG")
+        except Exception as exc:
+            raise ValueError(f"{self.path}: cannot open as a video ({_short(exc)})") from None
+
+    def __iter__(self):
+        reader = self._open()
+        try:
+            for frame in reader:
                 if frame.ndim == 2:
                     frame = np.repeat(frame[:, :, None], 3, axis=2)
                 yield np.ascontiguousarray(frame[:, :, :3])
@@ -156,12 +167,21 @@ class VideoReader:
             return
         except Exception as exc:
             raise ValueError(f"{self.path}: cannot decode video ({_short(exc)})") from None
+        finally:
+            reader.close()
 
-    def close(self):
-        try:
-            self._reader.close()
-        except Exception:
-            pass
+
+class FrameList:
+    """Decoded frames held in memory, with the interface of :class:`VideoReader` (benchmarks, tests)."""
+
+    def __init__(self, frames, fps=25.0, name="frames"):
+        self.frames = list(frames)
+        self.fps = float(fps)
+        self.name = name
+        self.n_frames_hint = len(self.frames)
+
+    def __iter__(self):
+        return iter(self.frames)
 
 
 def _short(exc):
@@ -316,11 +336,11 @@ def _format(v):
 
 
 def track_video(path, out_dir, options=None, model=None, predictor=None):
-    """Track one video file; writes NAME.csv, NAME_arkit.csv, NAME.npz (+ meshes, overlay).
+    """Track one video; writes NAME.csv, NAME_arkit.csv, NAME.npz (+ meshes, overlay).
 
     Parameters
     ----------
-    path : str or Path, video file.
+    path : str or Path of a video file, or a frame source (:class:`VideoReader`, :class:`FrameList`).
     out_dir : existing writable folder.
     options : TrackOptions
     model : FaceModel (default: the cached model).
@@ -336,13 +356,13 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     model = model or load_model()
-    reader = VideoReader(path)
-    name = Path(path).stem
+    reader = path if hasattr(path, "fps") else VideoReader(path)
+    name = reader.name
     mp = predictor or MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter,
                                          iris=opt.iris)
     vids = mp.vertex_ids
     L = vids.size
-    summary = TrackSummary(str(path))
+    summary = TrackSummary(str(getattr(reader, "path", name)))
     tm = {"decode": 0.0, "detect": 0.0, "landmarks": 0.0, "fit": 0.0, "write": 0.0}
     mp.timings = {"detect": 0.0, "landmarks": 0.0}
     cfg = opt.config()
@@ -390,7 +410,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
                 pbar.update(1)
             t_dec = time.perf_counter()
         if n == 0:
-            raise ValueError(f"{path}: video has no frames")
+            raise ValueError(f"{getattr(reader, 'path', name)}: video has no frames")
         arr.flush()
         tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
         if pbar is not None:
@@ -402,13 +422,12 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
         outs = _Outputs(out_dir, name, model, reader.fps, opt, image_size)
         try:
             _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm,
-                         path, reader.fps)
+                         reader)
         except BaseException:
             outs.abort()
             raise
         summary.outputs = [str(p) for p in outs.final]
     finally:
-        reader.close()
         del arr
         try:
             os.unlink(store)
@@ -439,7 +458,7 @@ def _progress(enabled, total, desc):
     return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
 
 
-def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm, path, fps):
+def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm, reader):
     tracker = Tracker(model, vids, image_size, focal, cfg, identity)
     ibug = PointEvaluator(model, load_landmark_set("ibug68"), identity)
     ne, nj = model.n_expression, model.n_joints
@@ -447,11 +466,12 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
                translation=np.full((n, 3), np.nan), success=np.zeros(n, bool), confidence=np.zeros(n),
                cost=np.full(n, np.nan), iterations=np.zeros(n, np.int64), status=np.full(n, -2, np.int64),
                landmarks68=np.full((n, 68, 2), np.nan), fit_rms_px=np.full(n, np.nan))
-    frames = iter(VideoReader(path)) if opt.overlay else None
+    fps = reader.fps
+    frames = iter(reader) if opt.overlay else None
     render_state = _OverlayRenderer(model) if opt.overlay else None
     from .camera import Camera
     cam = Camera(focal, *image_size)
-    pbar = _progress(opt.progress, n, f"{Path(path).stem} fit")
+    pbar = _progress(opt.progress, n, f"{reader.name} fit")
     prev_c = None
     for f in range(n):
         rec = np.asarray(arr[f], dtype=np.float64)
