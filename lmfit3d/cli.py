@@ -332,6 +332,8 @@ def _add_media_options(p, default_output=None):
                    help="ROI strategy: eyes levelled (real time) or unrotated (offline)")
     p.add_argument("--sigma-jitter", type=int, default=0, metavar="K",
                    help="add the spread of K jittered crops to the landmark sigma (slower)")
+    p.add_argument("--fixed-sigma", action="store_true",
+                   help="one sigma for every landmark instead of the learnt per-landmark table (ablation)")
     p.add_argument("--no-iris", action="store_true", help="skip the iris network (no gaze)")
     p.add_argument("--focal", type=float, default=None, metavar="PX",
                    help="focal length in pixels if known (default: estimated from a 45 degree start)")
@@ -357,7 +359,7 @@ def _add_track(sub):
     p.add_argument("--mesh-every", type=int, default=0, metavar="N", help="write a mesh every N frames")
     p.add_argument("--overlay", action="store_true", help="write NAME_overlay.mp4 with the fitted mesh")
     p.add_argument("--temporal-weight", type=float, default=None, metavar="W",
-                   help="weight of the temporal smoothing term (default 0.05; 0 = off)")
+                   help="weight of the temporal smoothing term (default 0.1; 0 = off)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_track)
@@ -381,7 +383,8 @@ def _media_run(args, kind):
         raise CommandLineError(f"--jobs must be >= 1, got {args.jobs}")
     if args.max_frames is not None and args.max_frames < 1:
         raise CommandLineError(f"--max-frames must be >= 1, got {args.max_frames}")
-    opt = TrackOptions(roi_strategy=args.roi, sigma_jitter=args.sigma_jitter, iris=not args.no_iris,
+    opt = TrackOptions(roi_strategy=args.roi, sigma_jitter=args.sigma_jitter, fixed_sigma=args.fixed_sigma,
+                       iris=not args.no_iris,
                        temporal_weight=args.temporal_weight, focal_px=args.focal, mesh_every=args.mesh_every,
                        mesh_format=args.mesh_format, overlay=args.overlay, max_frames=args.max_frames,
                        progress=not args.quiet and sys.stderr.isatty())

@@ -403,15 +403,18 @@ class MediaPipeLandmarks:
     sigma_jitter : int, extra jittered crops for the sigma estimate (0 = table sigma only).
     iris : bool, run the iris network (gaze); without it the iris landmarks are missing (NaN).
     presence_threshold : float, face score under which tracking is lost and the detector runs again.
+    fixed_sigma : bool, give every landmark the table's median sigma (ablation: no uncertainty).
     """
 
     def __init__(self, manifest=None, roi_strategy="aligned", sigma_jitter=0, iris=True, threads=1,
-                 presence_threshold=0.5):
+                 presence_threshold=0.5, fixed_sigma=False):
         if roi_strategy not in ROI_STRATEGIES:
             raise ValueError(f"roi_strategy must be one of {ROI_STRATEGIES}, got {roi_strategy!r}")
         m = manifest or load_manifest("mediapipe")
         from dataclasses import replace
         self.manifest = replace(m, roi_strategy=roi_strategy)
+        if fixed_sigma:
+            self.manifest = replace(self.manifest, sigma_table=np.full_like(m.sigma_table, np.median(m.sigma_table)))
         self.mesh = LandmarkPredictor(replace(self.manifest, points=np.arange(468),
                                               vertex_ids=np.arange(468), sigma_table=np.ones(468)),
                                       sigma_jitter=0, threads=threads)

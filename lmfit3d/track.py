@@ -81,11 +81,15 @@ def yaw_pitch_roll(r):
     return yaw, pitch, roll
 
 
+TRACK_TEMPORAL_WEIGHT = 0.1
+
+
 @dataclass(frozen=True)
 class TrackOptions:
     """Options of :func:`track_video` / :func:`fit_images` (CLI flags of ``lmfit3d track``)."""
     roi_strategy: str = "aligned"
     sigma_jitter: int = 0
+    fixed_sigma: bool = False
     iris: bool = True
     temporal_weight: float = None
     focal_px: float = None
@@ -109,7 +113,11 @@ class TrackOptions:
             raise ValueError(f"--temporal-weight must be >= 0, got {self.temporal_weight}")
 
     def config(self):
-        return FitConfig() if self.temporal_weight is None else FitConfig(w_temporal=self.temporal_weight)
+        """The fitter's settings: FitConfig defaults, with the temporal weight of video tracking
+        (``TRACK_TEMPORAL_WEIGHT`` unless given; 0.1 halves the landmark jitter of the shared clips
+        without a frame of lag, see the README)."""
+        w = TRACK_TEMPORAL_WEIGHT if self.temporal_weight is None else self.temporal_weight
+        return FitConfig(w_temporal=w)
 
 
 @dataclass
@@ -359,7 +367,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
     reader = path if hasattr(path, "fps") else VideoReader(path)
     name = reader.name
     mp = predictor or MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter,
-                                         iris=opt.iris)
+                                         iris=opt.iris, fixed_sigma=opt.fixed_sigma)
     vids = mp.vertex_ids
     L = vids.size
     summary = TrackSummary(str(getattr(reader, "path", name)))
@@ -369,7 +377,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
     # ---- pass 1: landmarks (disk-backed, flat memory) + identity/focal from keyframes
     store = out_dir / f".{name}.landmarks.part.npy"
     cap = reader.n_frames_hint or 1024
-    arr = np.lib.format.open_memmap(store, mode="w+", dtype=np.float32, shape=(cap, L, 4))
+    arr = np.lib.format.open_memmap(store, mode="w+", dtype=np.float32, shape=(cap, L, 6))   # mu, sigma, presence, fitted uv
     image_size = None
     tracker = None
     n = 0
@@ -389,7 +397,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
                 del arr
                 arr = _grow(store, n, L)
             pred = mp.track(frame)
-            rec = np.full((L, 4), np.nan, np.float32)
+            rec = np.full((L, 6), np.nan, np.float32)
             if pred is not None:
                 rec[:, 0:2] = pred.mu
                 rec[:, 2] = pred.sigma
@@ -440,7 +448,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
 def _grow(store, n, L):
     old = np.load(store, mmap_mode="r")
     tmp = store.with_suffix(".grow.npy")
-    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(max(2 * n, 64), L, 4))
+    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(max(2 * n, 64), L, 6))
     new[:n] = old[:n]
     new.flush()
     del old, new
@@ -511,6 +519,7 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
             res["cost"][f], res["iterations"][f], res["status"][f] = fit.cost, fit.iterations, fit.status
             res["landmarks68"][f] = uv68
             res["fit_rms_px"][f] = rms
+            arr[f, :, 4:6] = fit.uv
             row += [f"{conf:.4f}"] + [_format(v) for v in p.translation] + [_format(v) for v in p.rotations[0]]
             row += [_format(v) for v in head] + [_format(v) for v in gz.mean(0)] + [_format(v) for v in gz.ravel()]
             row += [_format(focal), _format(rms)] + [_format(v) for v in p.expression]
@@ -550,6 +559,7 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
                confidence=res["confidence"], cost=res["cost"], iterations=res["iterations"],
                status=res["status"], landmarks68=res["landmarks68"], fit_rms_px=res["fit_rms_px"],
                vertex_ids=np.asarray(vids), mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]),
+               landmarks_fitted=np.asarray(arr[:n, :, 4:6]),
                units=np.array("mm"))
     outs.commit(npz)
 
@@ -614,7 +624,7 @@ def fit_image(path, out_dir, options=None, model=None, predictor=None):
     img = read_image(path)
     model = model or load_model()
     mp = predictor or MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter,
-                                         iris=opt.iris)
+                                         iris=opt.iris, fixed_sigma=opt.fixed_sigma)
     mp.reset()
     pred = mp.track(img)
     if pred is not None:

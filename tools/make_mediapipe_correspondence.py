@@ -32,11 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lmfit3d.camera import Camera  # noqa: E402
-from lmfit3d.model import SCLERA_L, SCLERA_R, Params, load_model  # noqa: E402
+from lmfit3d.model import SCLERA_L, SCLERA_R, load_model  # noqa: E402
 from lmfit3d.predict import Manifest, MediaPipeLandmarks, mediapipe_dir  # noqa: E402
-from lmfit3d.render import model_albedo, render, shade, visible_faces  # noqa: E402
-from lmfit3d.skinning import evaluate_mesh  # noqa: E402
+from lmfit3d.render import visible_faces  # noqa: E402
+from lmfit3d.synthetic import render_random_face  # noqa: E402
 
 OUT_DIR = ROOT / "data" / "mediapipe"
 IMAGE_PX = 512
@@ -56,25 +55,6 @@ def iris_vertices(model):
         d = t[ids] - joints[joint]
         out.append(int(ids[np.argmax(d[:, 2] / np.linalg.norm(d, axis=1))]))
     return out
-
-
-def random_scene(model, rng, expressive):
-    beta = rng.normal(size=model.n_identity) * 0.8
-    psi = np.zeros(model.n_expression)
-    if expressive:
-        act = rng.choice(model.n_expression, size=rng.integers(1, 4), replace=False)
-        psi[act] = rng.uniform(0.1, 0.7, size=act.size)
-    rot = np.zeros((model.n_joints, 3))
-    rot[0] = np.radians([rng.uniform(-15, 15), rng.uniform(-30, 30), rng.uniform(-10, 10)])
-    rot[3:5] = rng.normal(scale=0.08, size=(2, 3)) * np.array([1.0, 1.0, 0.0])
-    cam = Camera.from_fov(IMAGE_PX, IMAGE_PX, rng.uniform(20, 50))
-    depth = cam.focal * 150.0 / FACE_PX
-    shift = rng.uniform(-0.1, 0.1, size=2) * depth
-    p = Params(beta, psi, rot, np.array([shift[0], shift[1], -depth]))
-    skin = np.array([0.85, 0.62, 0.52]) * rng.uniform(0.45, 1.1) + rng.uniform(-0.05, 0.05, 3)
-    light = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.2, 0.8), 1.0])
-    bg = int(rng.integers(30, 200))
-    return p, cam, np.clip(skin, 0.05, 1.0), light, bg
 
 
 def run(n_renders=N_RENDERS, seed=SEED, verbose=True):
@@ -97,11 +77,8 @@ def run(n_renders=N_RENDERS, seed=SEED, verbose=True):
     records = []                    # (raw points, roi size, posed vertices, camera) of the sigma set
     skipped = 0
     for r in range(n_renders):
-        p, cam, skin, light, bg = random_scene(model, rng, expressive=r >= n_half)
-        verts = evaluate_mesh(model, p)
-        alb = model_albedo(model, skin=skin, identity=p.identity)
-        img, tri, bary = render(verts, faces, shade(verts, faces, alb, light), cam.focal, cam.width,
-                                cam.height, background=np.full((cam.height, cam.width, 3), bg, np.uint8))
+        scene = render_random_face(model, rng, expressive=r >= n_half, image_px=IMAGE_PX, face_px=FACE_PX)
+        img, tri, bary, verts, cam = scene.image, scene.tri_id, scene.bary, scene.vertices, scene.camera
         mp.reset()
         pred = mp.track(img)
         if pred is not None:
