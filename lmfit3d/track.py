@@ -97,7 +97,7 @@ class TrackOptions:
     mesh_format: str = "obj"
     overlay: bool = False
     max_frames: int = None
-    cut_threshold: float = 0.25
+    cut_threshold: float = 0.35
     progress: bool = True
 
     def __post_init__(self):
@@ -287,7 +287,6 @@ class _Outputs:
         self.ark_f = self._open(f"{name}_arkit.csv")
         self.ark = csv.writer(self.ark_f)
         self.ark.writerow(["Timecode", "BlendShapeCount"] + list(ARKIT_NAMES) + list(ARKIT_POSE))
-        self.ark_map = arkit_mapping(model.expression_names)
         self.writer = None
         if options.overlay:
             import imageio.v2 as imageio
@@ -306,6 +305,7 @@ class _Outputs:
         return open(path, "w", newline="")
 
     def write_frame(self, f, row, arkit_row):
+        """Append frame f's rows to NAME.csv and NAME_arkit.csv."""
         self.csv.writerow(row)
         self.ark.writerow(arkit_row)
 
@@ -402,10 +402,9 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
                 rec[:, 0:2] = pred.mu
                 rec[:, 2] = pred.sigma
                 rec[:, 3] = pred.presence
-                c = np.nanmean(pred.mu, 0)
-                if prev_c is not None and np.hypot(*(c - prev_c)) > opt.cut_threshold * pred.roi.size:
+                prev_c, cut = _is_cut(pred.mu, prev_c, opt.cut_threshold)
+                if cut:
                     tracker.reset()                 # scene cut: no warm start, no temporal term
-                prev_c = c
                 t = time.perf_counter()
                 tracker.step(pred.mu, pred.sigma)
                 tm["fit"] += time.perf_counter() - t
@@ -466,19 +465,69 @@ def _progress(enabled, total, desc):
     return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
 
 
+class FrameRows:
+    """Builds one frame's ``NAME.csv`` and ``NAME_arkit.csv`` rows from a fit (see the module docstring).
+
+    Calling it with ``(f, fit, mu, presence)`` returns ``(row, arkit_row, values)``; ``values`` holds
+    the 68 fitted points, the RMS reprojection error (pixels) and the confidence, or is None for a
+    frame without a fit (a row with success=0 and empty fields).
+    """
+
+    def __init__(self, model, identity, focal, image_size, fps):
+        from .camera import Camera
+        self.model = model
+        self.ibug = PointEvaluator(model, load_landmark_set("ibug68"), identity)
+        self.cam = Camera(focal, *image_size)
+        self.focal = focal
+        self.fps = fps
+        self.ark_map = arkit_mapping(model.expression_names)
+        self.n_cols = len(csv_header(model.expression_names))
+
+    def __call__(self, f, fit, mu, presence):
+        ts = f / self.fps
+        ok = fit is not None and fit.status >= 0
+        row = [f, f"{ts:.4f}", int(ok)]
+        ark = [_timecode(ts, self.fps), len(ARKIT_NAMES) + len(ARKIT_POSE)]
+        if not ok:
+            row += ["0"] + [""] * (self.n_cols - 4)
+            ark += ["0"] * len(ARKIT_NAMES) + [""] * len(ARKIT_POSE)
+            return row, ark, None
+        p = fit.params
+        uv68 = self.cam.project(self.ibug(p)[0])
+        rms = float(np.sqrt(np.nanmean(np.sum((fit.uv - mu) ** 2, 1))))
+        g = _global_rotations(self.model, p.rotations)
+        gz = gaze_angles(self.model, p.rotations)
+        conf = float(presence) if np.isfinite(presence) else 0.0
+        row += [f"{conf:.4f}"] + [_format(v) for v in p.translation] + [_format(v) for v in p.rotations[0]]
+        row += [_format(v) for v in matrix_to_axis_angle(g[2])] + [_format(v) for v in gz.mean(0)]
+        row += [_format(v) for v in gz.ravel()] + [_format(self.focal), _format(rms)]
+        row += [_format(v) for v in p.expression]
+        row += [_format(v) for v in uv68[:, 0]] + [_format(v) for v in uv68[:, 1]]
+        # ARKit (degrees): head yaw/pitch/roll of the head's global rotation in camera axes; eyes in the head
+        angles = [yaw_pitch_roll(g[2])] + [yaw_pitch_roll(rodrigues(p.rotations[j])) for j in (3, 4)]
+        ark += [f"{v:.4f}" for v in self.ark_map @ p.expression]
+        ark += [f"{np.degrees(v):.4f}" for trio in angles for v in trio]
+        return row, ark, dict(landmarks68=uv68, fit_rms_px=rms, confidence=conf)
+
+
+def _is_cut(mu, prev_centre, threshold):
+    """Landmark centroid (2,) and whether it jumped by more than ``threshold`` x the landmarks' extent
+    since the previous frame (a scene cut: the tracker then starts afresh)."""
+    c = np.nanmean(mu, 0)
+    extent = float((np.nanmax(mu, 0) - np.nanmin(mu, 0)).max())
+    return c, prev_centre is not None and np.hypot(*(c - prev_centre)) > threshold * extent
+
+
 def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm, reader):
     tracker = Tracker(model, vids, image_size, focal, cfg, identity)
-    ibug = PointEvaluator(model, load_landmark_set("ibug68"), identity)
+    rows = FrameRows(model, identity, focal, image_size, reader.fps)
     ne, nj = model.n_expression, model.n_joints
     res = dict(expression=np.full((n, ne), np.nan), rotations=np.full((n, nj, 3), np.nan),
                translation=np.full((n, 3), np.nan), success=np.zeros(n, bool), confidence=np.zeros(n),
                cost=np.full(n, np.nan), iterations=np.zeros(n, np.int64), status=np.full(n, -2, np.int64),
                landmarks68=np.full((n, 68, 2), np.nan), fit_rms_px=np.full(n, np.nan))
-    fps = reader.fps
     frames = iter(reader) if opt.overlay else None
-    render_state = _OverlayRenderer(model) if opt.overlay else None
-    from .camera import Camera
-    cam = Camera(focal, *image_size)
+    overlay = _OverlayRenderer(model) if opt.overlay else None
     pbar = _progress(opt.progress, n, f"{reader.name} fit")
     prev_c = None
     for f in range(n):
@@ -487,80 +536,48 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
         fit = None
         t = time.perf_counter()
         if np.isfinite(mu).all(1).sum() >= 3:
-            c = np.nanmean(mu, 0)
-            scale = np.nanmax(mu, 0) - np.nanmin(mu, 0)
-            if prev_c is not None and np.hypot(*(c - prev_c)) > opt.cut_threshold * 1.5 * scale.max():
+            prev_c, cut = _is_cut(mu, prev_c, opt.cut_threshold)
+            if cut:
                 tracker.reset()
-            prev_c = c
             fit = tracker.step(mu, np.where(np.isfinite(sigma), sigma, 1.0))
         else:
             prev_c = None
             tracker.reset()
         tm["fit"] += time.perf_counter() - t
         t = time.perf_counter()
-        row_ok = fit is not None and fit.status >= 0
-        ts = f / fps
-        row = [f, f"{ts:.4f}", int(row_ok)]
-        ark = [_timecode(ts, fps), len(ARKIT_NAMES) + len(ARKIT_POSE)]
-        if row_ok:
-            p = fit.params
-            pts, st = ibug(p)
-            uv68 = cam.project(pts)
-            rms = float(np.sqrt(np.nanmean(np.sum((fit.uv - mu) ** 2, 1))))
-            g = _global_rotations(model, p.rotations)
-            head = matrix_to_axis_angle(g[2])
-            gz = gaze_angles(model, p.rotations)
-            conf = float(presence[0]) if np.isfinite(presence[0]) else 0.0
-            res["expression"][f] = p.expression
-            res["rotations"][f] = p.rotations
-            res["translation"][f] = p.translation
-            res["success"][f] = True
-            res["confidence"][f] = conf
-            res["cost"][f], res["iterations"][f], res["status"][f] = fit.cost, fit.iterations, fit.status
-            res["landmarks68"][f] = uv68
-            res["fit_rms_px"][f] = rms
-            arr[f, :, 4:6] = fit.uv
-            row += [f"{conf:.4f}"] + [_format(v) for v in p.translation] + [_format(v) for v in p.rotations[0]]
-            row += [_format(v) for v in head] + [_format(v) for v in gz.mean(0)] + [_format(v) for v in gz.ravel()]
-            row += [_format(focal), _format(rms)] + [_format(v) for v in p.expression]
-            row += [_format(v) for v in uv68[:, 0]] + [_format(v) for v in uv68[:, 1]]
-            # ARKit: head angles relative to the camera, with the camera's -z as forward (degrees)
-            hy, hp, hr = yaw_pitch_roll(g[2])
-            eyes = []
-            for j in (3, 4):
-                ey, ep, er = yaw_pitch_roll(rodrigues(p.rotations[j]))
-                eyes += [np.degrees(ey), np.degrees(ep), np.degrees(er)]
-            ark += [f"{v:.4f}" for v in outs.ark_map @ p.expression]
-            ark += [f"{np.degrees(v):.4f}" for v in (hy, hp, hr)] + [f"{v:.4f}" for v in eyes]
-            summary.success += 1
-        else:
-            ncols = len(csv_header(model.expression_names)) - 3
-            row += ["0"] + [""] * (ncols - 1)
-            ark += ["0"] * len(ARKIT_NAMES) + [""] * len(ARKIT_POSE)
+        row, ark, vals = rows(f, fit, mu, presence[0])
         outs.write_frame(f, row, ark)
-        if outs.mesh_dir is not None and row_ok and f % opt.mesh_every == 0:
-            from .meshio import write_obj, write_ply
-            v = evaluate_mesh(model, fit.params)
-            (write_obj if opt.mesh_format == "obj" else write_ply)(
-                outs.mesh_dir / f"frame_{f:06d}.{opt.mesh_format}", v, model.faces)
+        if vals is not None:
+            p = fit.params
+            res["expression"][f], res["rotations"][f], res["translation"][f] = p.expression, p.rotations, p.translation
+            res["cost"][f], res["iterations"][f], res["status"][f] = fit.cost, fit.iterations, fit.status
+            res["success"][f] = True
+            for k, v in vals.items():
+                res[k][f] = v
+            arr[f, :, 4:6] = fit.uv
+            summary.success += 1
+            if outs.mesh_dir is not None and f % opt.mesh_every == 0:
+                from .meshio import write_obj, write_ply
+                (write_obj if opt.mesh_format == "obj" else write_ply)(
+                    outs.mesh_dir / f"frame_{f:06d}.{opt.mesh_format}", evaluate_mesh(model, p), model.faces)
         if frames is not None:
             frame = next(frames, None)
             if frame is not None:
-                outs.writer.append_data(render_state(frame, fit.params if row_ok else None, focal))
+                outs.writer.append_data(overlay(frame, fit.params if vals is not None else None, focal))
         tm["write"] += time.perf_counter() - t
         if pbar is not None:
             pbar.update(1)
     if pbar is not None:
         pbar.close()
-    npz = dict(identity=identity, focal_px=np.array(focal), image_size=np.array(image_size), fps=np.array(fps),
-               expression_names=np.array(model.expression_names), joint_names=np.array(model.joint_names[1:]),
-               root_rotation=res["rotations"][:, 0], joint_rotations=res["rotations"][:, 1:],
-               translation=res["translation"], expression=res["expression"], success=res["success"],
-               confidence=res["confidence"], cost=res["cost"], iterations=res["iterations"],
-               status=res["status"], landmarks68=res["landmarks68"], fit_rms_px=res["fit_rms_px"],
-               vertex_ids=np.asarray(vids), mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]),
-               landmarks_fitted=np.asarray(arr[:n, :, 4:6]),
-               units=np.array("mm"))
+    npz = dict(identity=identity, focal_px=np.array(focal), image_size=np.array(image_size),
+               fps=np.array(reader.fps), expression_names=np.array(model.expression_names),
+               joint_names=np.array(model.joint_names[1:]), root_rotation=res["rotations"][:, 0],
+               joint_rotations=res["rotations"][:, 1:], translation=res["translation"],
+               expression=res["expression"], success=res["success"], confidence=res["confidence"],
+               cost=res["cost"], iterations=res["iterations"], status=res["status"],
+               landmarks68=res["landmarks68"], fit_rms_px=res["fit_rms_px"], vertex_ids=np.asarray(vids),
+               mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]),
+               landmarks_fitted=np.asarray(arr[:n, :, 4:6]), units=np.array("mm"))
     outs.commit(npz)
 
 

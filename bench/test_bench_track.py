@@ -1,0 +1,132 @@
+"""Video pipeline benchmarks (pytest-benchmark), one thread: detect / landmarks / fit / write, end to end.
+
+Run::
+
+    python -m pytest bench/test_bench_track.py -q --benchmark-only
+    python bench/track_report.py                    # markdown table with the goals and ratios
+
+Per-frame stages on frames of the 1080p clip ``W040_level_3_happy_029.mp4``:
+
+* ``detect``          BlazeFace on the whole frame (run on the first frame and when tracking is lost);
+* ``landmarks_mesh``  face mesh on the tracked ROI (crop + network);
+* ``landmarks``       face mesh + both iris crops (the default front end);
+* ``fit``             ``Tracker.step`` on the MediaPipe landmarks (470 points, identity and focal held,
+                      warm start from the previous frame);
+* ``write``           building and writing one frame's CSV and ARKit CSV rows (68 fitted points, gaze);
+* ``decode``          decoding one 1080p frame with imageio/ffmpeg.
+* ``end_to_end``      ``track_video`` over ``N_E2E`` pre-decoded frames (both passes: landmarks + identity
+                      keyframes, then the held-identity fit and the outputs), per frame;
+  ``end_to_end_decode`` the same reading the file.
+
+Baselines in the same run: ``fit`` is compared with ``decode`` and ``landmarks`` (what dominates a frame).
+Goals (issue 4): fit <= 0.5 ms, landmarks <= 3.5 ms, end to end >= 100 frames/s without decoding.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from lmfit3d.fit import Tracker
+from lmfit3d.paths import shared_media_dir
+from lmfit3d.predict import FaceDetector, MediaPipeLandmarks
+from lmfit3d.track import FrameList, TrackOptions, VideoReader, track_video
+
+CLIP = shared_media_dir() / "W040_level_3_happy_029.mp4"
+N_WARM = 8
+N_E2E = 80
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return list(itertools.islice(iter(VideoReader(CLIP)), N_E2E))
+
+
+@pytest.fixture(scope="module")
+def tracked(frames, model):
+    """Landmarks of the first frames and a tracker warm at frame N_WARM (identity from keyframes)."""
+    mp = MediaPipeLandmarks()
+    preds = [mp.track(f) for f in frames[:N_WARM + 1]]
+    t = Tracker(model, mp.vertex_ids, (frames[0].shape[1], frames[0].shape[0]))
+    for p in preds[:N_WARM]:
+        t.step(p.mu, p.sigma)
+    held = Tracker(model, mp.vertex_ids, (frames[0].shape[1], frames[0].shape[0]), t.focal, TrackOptions().config(),
+                   t.identity)
+    for p in preds[:N_WARM]:
+        held.step(p.mu, p.sigma)
+    return mp, preds, held
+
+
+def _info(benchmark, kind, goal_ms=None):
+    benchmark.extra_info.update(kind=kind, goal_ms=goal_ms)
+
+
+def test_detect(benchmark, frames):
+    det = FaceDetector()
+    _info(benchmark, "detect")
+    out = benchmark(det, frames[N_WARM])
+    assert len(out) == 1
+
+
+def test_landmarks_mesh(benchmark, frames, tracked):
+    mp, preds, _ = tracked
+    mesh_only = MediaPipeLandmarks(iris=False)
+    _info(benchmark, "landmarks_mesh", 3.5)
+    pred = benchmark(mesh_only.predict, frames[N_WARM], preds[N_WARM - 1].roi)
+    assert pred.presence > 0.5 and np.isnan(pred.points[468:]).all()
+
+
+def test_landmarks(benchmark, frames, tracked):
+    mp, preds, _ = tracked
+    _info(benchmark, "landmarks", 3.5)
+    pred = benchmark(mp.predict, frames[N_WARM], preds[N_WARM - 1].roi)
+    assert pred.presence > 0.5 and np.isfinite(pred.mu).all()
+
+
+def test_fit(benchmark, tracked):
+    _, preds, held = tracked
+    x0, prev0 = held.x.copy(), held.prev.copy()
+    p = preds[N_WARM]
+
+    def step():
+        held.x, held.prev = x0.copy(), prev0.copy()
+        return held.step(p.mu, p.sigma)
+
+    _info(benchmark, "fit", 0.5)
+    fit = benchmark(step)
+    benchmark.extra_info["iterations"] = int(fit.iterations)
+    assert fit.status >= 0
+
+
+def test_decode(benchmark):
+    reader = iter(VideoReader(CLIP))
+    next(reader)
+    _info(benchmark, "decode")
+    frame = benchmark.pedantic(lambda: next(reader), rounds=60, iterations=1)
+    assert frame.shape == (1080, 1920, 3)
+
+
+def test_write(benchmark, model, tracked, tmp_path):
+    """One frame's output rows (CSV + ARKit CSV) through the same writer the tracker uses."""
+    from lmfit3d.track import FrameRows, _Outputs
+    _, preds, held = tracked
+    fit = held.step(preds[N_WARM].mu, preds[N_WARM].sigma)
+    outs = _Outputs(tmp_path, "bench", model, 25.0, TrackOptions(), (1920, 1080))
+    rows = FrameRows(model, held.identity, held.focal, (1920, 1080), 25.0)
+
+    def write():
+        row, ark, _ = rows(N_WARM, fit, preds[N_WARM].mu, 1.0)
+        outs.write_frame(N_WARM, row, ark)
+
+    _info(benchmark, "write")
+    benchmark(write)
+    outs.abort()
+
+
+@pytest.mark.parametrize("decode", [False, True], ids=["frames", "decode"])
+def test_end_to_end(benchmark, frames, model, tmp_path, decode):
+    source = VideoReader(CLIP) if decode else FrameList(frames, 25.0, "bench")
+    opt = TrackOptions(progress=False, max_frames=N_E2E)
+    _info(benchmark, "end_to_end_decode" if decode else "end_to_end")
+    s = benchmark.pedantic(track_video, args=(source, tmp_path, opt, model), rounds=3, iterations=1)
+    benchmark.extra_info.update(frames=s.frames, stage_ms={k: 1e3 * v / s.frames for k, v in s.timings.items()})
+    assert s.frames == N_E2E and s.success == N_E2E
