@@ -1,0 +1,78 @@
+"""Run the video pipeline benchmarks and print a markdown table (medians, goals, ratios).
+
+Usage::
+
+    python bench/track_report.py                  # run bench/test_bench_track.py and print
+    python bench/track_report.py --from out.json  # print from an existing pytest-benchmark JSON
+"""
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from fit_report import run_benchmarks  # noqa: E402
+
+ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "fit", "write", "end_to_end", "end_to_end_decode")
+LABEL = {"decode": "decode one 1080p frame (imageio/ffmpeg)",
+         "detect": "detect (BlazeFace, whole frame)",
+         "landmarks_mesh": "landmarks: face mesh only (--no-iris)",
+         "landmarks": "landmarks: face mesh + 2 iris crops (default)",
+         "fit": "fit: Tracker.step, 470 landmarks, warm",
+         "write": "write: CSV + ARKit rows of one frame",
+         "end_to_end": "end to end per frame, pre-decoded frames (both passes, outputs)",
+         "end_to_end_decode": "end to end per frame, reading the file"}
+
+
+def table(data):
+    by = {b["extra_info"].get("kind"): b for b in data["benchmarks"] if b.get("extra_info", {}).get("kind")}
+    machine = data.get("machine_info", {})
+    lines = [f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, one thread.  Medians from "
+             "pytest-benchmark; ratio = median / median of `landmarks` in the same run.", "",
+             "| stage | median (ms) | goal | per-frame fps | ratio to landmarks |", "|---|---:|---:|---:|---:|"]
+    ref = by.get("landmarks", {}).get("stats", {}).get("median")
+    for k in ORDER:
+        if k not in by:
+            continue
+        b = by[k]
+        med = b["stats"]["median"]
+        if k.startswith("end_to_end"):
+            med /= b["extra_info"].get("frames", 1)
+        goal = b["extra_info"].get("goal_ms")
+        goal_s = f"<= {goal} ms ({'met' if med * 1e3 <= goal else 'not met'})" if goal else ""
+        if k == "end_to_end":
+            goal_s = f">= 100 fps ({'met' if 1 / med >= 100 else 'not met'})"
+        ratio = f"{med / ref:.2f}" if ref else ""
+        lines.append(f"| {LABEL[k]} | {med * 1e3:.2f} | {goal_s} | {1 / med:.0f} | {ratio} |")
+    for k in ("end_to_end", "end_to_end_decode"):
+        if k in by and "stage_ms" in by[k]["extra_info"]:
+            st = by[k]["extra_info"]["stage_ms"]
+            lines.append("")
+            lines.append(f"Stage split inside `{k}` (ms per frame, last round): " +
+                         ", ".join(f"{s} {v:.2f}" for s, v in st.items()))
+    if "fit" in by and "iterations" in by["fit"]["extra_info"]:
+        lines.append(f"\nLM iterations in the timed fit: {by['fit']['extra_info']['iterations']}.")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--from", dest="src", help="existing pytest-benchmark JSON")
+    ap.add_argument("--json", help="keep pytest-benchmark's JSON here")
+    args, extra = ap.parse_known_args(argv)
+    if args.src:
+        data = json.loads(Path(args.src).read_text())
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(args.json) if args.json else Path(tmp) / "bench.json"
+            run_benchmarks(path, extra, HERE / "test_bench_track.py")
+            data = json.loads(path.read_text())
+    print(table(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
