@@ -22,7 +22,8 @@ from .model import FaceModel, Params, load_model
 from .skinning import ancestry, pose_chain
 from .solvers import levenberg_marquardt
 from .sparsity import build_sparsity, layout
-from .terms import diagonal_prior, intersection_term, symmetrize_upper, vertex_term
+from .terms import (diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
+                    vertex_term)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,9 @@ class _Intersection:
         self.sphere_r = radii
         self.sphere_of = np.concatenate([sphere_of, np.full(lip_ids.size, -1)]).astype(np.int64)
         self.hull_of = np.concatenate([np.full(lid_ids.size, -1), hull_of]).astype(np.int64)
+        self.skip_base, self.skip_proj = intersection_skip_test(
+            self.t_beta, self.table.expr_idx, self.table.expr_blocks, self.sphere_c, self.sphere_r,
+            self.sphere_of, self.planes, self.hull_of, model.n_expression)
 
 
 class FrameProblem:
@@ -232,7 +236,7 @@ class FrameProblem:
             cost += intersection_term(x, sl["expression"].start, it.t_beta, it.table.expr_idx,
                                       it.table.expr_blocks, it.sphere_c, it.sphere_r, it.sphere_of,
                                       it.planes, it.hull_of, np.sqrt(2.0 * cfg.w_intersection), cm,
-                                      want_jac, jtj, jtr)
+                                      want_jac, jtj, jtr, it.skip_base + it.skip_proj @ x[sl["expression"]])
         return cost
 
     def identity_prior(self, x, jtj, jtr, want_jac):
