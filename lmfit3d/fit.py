@@ -236,7 +236,7 @@ class FrameProblem:
             cost += intersection_term(x, sl["expression"].start, it.t_beta, it.table.expr_idx,
                                       it.table.expr_blocks, it.sphere_c, it.sphere_r, it.sphere_of,
                                       it.planes, it.hull_of, np.sqrt(2.0 * cfg.w_intersection), cm,
-                                      want_jac, jtj, jtr, it.skip_base + it.skip_proj @ x[sl["expression"]])
+                                      want_jac, jtj, jtr, it.skip_base, it.skip_proj)
         return cost
 
     def identity_prior(self, x, jtj, jtr, want_jac):

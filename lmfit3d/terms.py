@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .skinning import skin_vertex
+from .skinning import skin_point, skin_vertex
 
 
 @njit(cache=True, inline="always")
@@ -208,7 +208,10 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     cost = 0.0
     for p in range(nl):
         template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
-        skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
+        if want_jac:
+            skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
+        else:
+            skin_point(t, weights[p], r0, trans, rg, tg, xv)
         project_jac(xv, focal, cx, cy, uv, dx, df)
         uv_out[p, 0] = uv[0]
         uv_out[p, 1] = uv[1]
@@ -334,10 +337,10 @@ def diagonal_prior(x, start, mean, inv_std, col_map, want_jac, jtj, jtr):
 
 def intersection_skip_test(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
                            n_expression):
-    """Linear outside-tests for :func:`intersection_term`: base (n,) and proj (n, E) float64.
+    """Linear outside-tests for :func:`intersection_term`: base (n,) and proj (E, n) float64.
 
-    With t = t_beta + sum_e psi_e E_e (the vertex's table entries), ``base + proj @ psi >= 0``
-    proves the vertex outside, so ``outside = base + proj @ psi`` may be passed to the kernel:
+    With t = t_beta + sum_e psi_e E_e (the vertex's table entries), ``base + psi @ proj >= 0``
+    proves the vertex outside:
 
     * sphere (centre c, radius R): u = (t_beta - c) / |t_beta - c| and |t - c| >= u.(t - c), so
       base = |t_beta - c| - R, proj_e = u.E_e;
@@ -349,7 +352,7 @@ def intersection_skip_test(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sp
     t_beta = np.asarray(t_beta, dtype=np.float64)
     n = t_beta.shape[0]
     base = np.full(n, -np.inf)
-    proj = np.zeros((n, n_expression))
+    proj = np.zeros((n_expression, n))
     for p in range(n):
         s, h = sphere_of[p], hull_of[p]
         if s >= 0:
@@ -367,13 +370,13 @@ def intersection_skip_test(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sp
         else:
             continue
         ok = expr_idx[p] >= 0
-        proj[p, expr_idx[p, ok]] = expr_blocks[p, ok] @ u
+        proj[expr_idx[p, ok], p] = expr_blocks[p, ok] @ u
     return base, proj
 
 
 @njit(cache=True)
 def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of,
-                      planes, hull_of, sqrtw, col_map, want_jac, jtj, jtr, outside=None):
+                      planes, hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base=None, skip_proj=None):
     """Skin vertices inside eyeball spheres or teeth hulls, in template (head) space.
 
     Eyelid, lip and teeth vertices all follow the head joint rigidly, so the test runs on the
@@ -386,9 +389,10 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
     planes : (H, P, 4) hull planes (n_x, n_y, n_z, d): inside when d - n.t > 0 for every plane.
     hull_of : (n,) hull per vertex or -1.
     sqrtw : float, sqrt(2 w_intersect).
-    outside : (n,) float64, optional, a lower bound on how far each vertex lies outside its sphere
-        or hull (mm, from :func:`intersection_skip_test`); vertices with ``outside >= 1e-9`` are
-        skipped without building their template point (same result, less work).
+    skip_base, skip_proj : (n,), (E, n) float64, optional, from :func:`intersection_skip_test`:
+        ``skip_base + psi @ skip_proj`` bounds how far each vertex lies outside its sphere or hull
+        (mm); vertices with a bound >= 1e-9 are skipped without building their template point
+        (same result, less work).
     """
     cost = 0.0
     nd = expr_idx.shape[1]
@@ -398,10 +402,20 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
     cols = np.empty(nd, np.int64)
     jrow = np.empty((1, nd))
     r = np.empty(1)
+    skip = skip_base is not None and skip_proj is not None
+    outside = np.empty(t_beta.shape[0])
+    if skip:
+        outside[:] = skip_base
+        for e in range(skip_proj.shape[0]):
+            we = x[e0 + e]
+            if we != 0.0:
+                pe = skip_proj[e]
+                for p in range(outside.shape[0]):
+                    outside[p] += we * pe[p]
     for p in range(t_beta.shape[0]):
         s = sphere_of[p]
         h = hull_of[p]
-        if (s < 0 and h < 0) or (outside is not None and outside[p] >= 1e-9):
+        if (s < 0 and h < 0) or (skip and outside[p] >= 1e-9):
             continue
         template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
         res = 0.0
