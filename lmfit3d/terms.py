@@ -128,6 +128,44 @@ def add_block(gi, jx, ax, n, jtj):
 
 
 @njit(cache=True)
+def table_points_jacobian(x, t_beta, expr_idx, expr_blocks, weights, anc, r0, trans, rg, tg, gpos, bm,
+                          xyz_out, jpose_out, jexpr_out):
+    """Landmark vertex positions and their sparse pose/expression Jacobian through the sparsity table.
+
+    Parameters
+    ----------
+    x : (P,) float64, full parameter vector (expression read from it).
+    t_beta, expr_idx, expr_blocks, weights, anc : as in :func:`vertex_term` (L landmarks, D entries).
+    r0 ... bm : pose chain of ``skinning.pose_chain`` at x; trans (3,) translation (mm).
+    xyz_out : (L, 3) out, camera-space positions (mm).
+    jpose_out : (L, 3, POSE_DIM) out, d x / d [root rotation, translation, joints] (columns of joints
+        that do not move the vertex are 0).
+    jexpr_out : (L, 3, D) out, column d = d x / d psi[expr_idx[p, d]] (mm per unit weight; 0 where
+        expr_idx is -1).
+    """
+    nj = weights.shape[1]
+    nd = expr_idx.shape[1]
+    pd = 6 + 3 * (nj - 1)
+    t = np.empty(3)
+    rm = np.empty((3, 3))
+    wsub = np.empty(nj)
+    work = np.empty((nj + 5, 3))
+    for p in range(t_beta.shape[0]):
+        template_point(p, x, pd, t_beta, expr_idx, expr_blocks, t)
+        skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xyz_out[p], rm, jpose_out[p], wsub, work)
+        for d in range(nd):
+            if expr_idx[p, d] < 0:
+                for i in range(3):
+                    jexpr_out[p, i, d] = 0.0
+                continue
+            b0 = expr_blocks[p, d, 0]
+            b1 = expr_blocks[p, d, 1]
+            b2 = expr_blocks[p, d, 2]
+            for i in range(3):
+                jexpr_out[p, i, d] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
+
+
+@njit(cache=True)
 def symmetrize_upper(jtj):
     """Copy the upper triangle of jtj into the lower one (in place)."""
     n = jtj.shape[0]
