@@ -8,8 +8,10 @@ diag(J^T J), floored), projects the step onto the box bounds, and accepts it whe
     rho = (F(z) - F(z + delta)) / (L(0) - L(delta))
 
 is positive.  Variables at a bound whose gradient pushes outwards are held for that step (active
-set), so bounded expression weights do not stall the solve.  Damping follows Nielsen (1999): on success lambda *= max(1/3, 1 - (2 rho - 1)^3),
-on failure lambda *= nu, nu *= 2 (the clamped gain-ratio rule).
+set), so bounded expression weights do not stall the solve.  Damping follows Nielsen (1999): on
+success lambda *= max(1/3, 1 - (2 rho - 1)^3), on failure lambda *= nu, nu *= 2 (the clamped
+gain-ratio rule).  The bounded step (with its small Cholesky) is one numba kernel, and a step that
+ends the solve is not followed by another J^T J accumulation (the cost at z is already known).
 """
 from dataclasses import dataclass
 
