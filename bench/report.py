@@ -35,6 +35,10 @@ ROWS = [  # (group, label)
                                  "(pose_chain + points_jacobian)"),
     ("points_jacobian-dense703", "landmark vertices + pose/expression Jacobian, dense703 "
                                  "(pose_chain + points_jacobian)"),
+    ("table_jacobian-dense320", "landmark vertices + sparse pose/expression Jacobian through the sparsity "
+                                "table, dense320 (pose_chain + table_points_jacobian)"),
+    ("table_jacobian-dense703", "landmark vertices + sparse pose/expression Jacobian through the sparsity "
+                                "table, dense703 (pose_chain + table_points_jacobian)"),
     ("full_mesh", "full mesh: template T(beta, psi) + LBS, 26,719 vertices (evaluate_mesh)"),
     ("skinning", "LBS kernel alone on a precomputed template (skin_mesh)"),
     ("load", "model load from the cache file (load_model, in-process cache cleared)"),

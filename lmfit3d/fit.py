@@ -19,10 +19,11 @@ import numpy as np
 from .camera import focal_from_fov
 from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
-from .skinning import ancestry, pose_chain
+from .skinning import POSE_DIM, ancestry, pose_chain
 from .solvers import levenberg_marquardt
 from .sparsity import build_sparsity, layout
-from .terms import diagonal_prior, intersection_term, symmetrize_upper, vertex_term
+from .terms import (diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
+                    vertex_term)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,9 @@ class _Intersection:
         self.sphere_r = radii
         self.sphere_of = np.concatenate([sphere_of, np.full(lip_ids.size, -1)]).astype(np.int64)
         self.hull_of = np.concatenate([np.full(lid_ids.size, -1), hull_of]).astype(np.int64)
+        self.skip_base, self.skip_proj = intersection_skip_test(
+            self.t_beta, self.table.expr_idx, self.table.expr_blocks, self.sphere_c, self.sphere_r,
+            self.sphere_of, self.planes, self.hull_of, model.n_expression)
 
 
 class FrameProblem:
@@ -162,16 +166,13 @@ class FrameProblem:
         self.model = model
         self.table = table
         self.cfg = config
-        self.mu = np.ascontiguousarray(mu, dtype=np.float64)
-        self.inv_sigma = 1.0 / np.asarray(sigma, dtype=np.float64)
         self.cx, self.cy = image_size[0] / 2.0, image_size[1] / 2.0
         self.sl, self.n_full = layout(model)
         self.anc = ancestry(model.joint_parents)
         self.parents = model.joint_parents.astype(np.int64)
         self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
-        self.prev = np.full((table.n_landmarks, 3), np.nan) if prev is None else np.ascontiguousarray(prev)
-        self.tw = np.sqrt(2.0 * config.w_temporal) if prev is not None else 0.0
         self.inter = intersection
+        self.set_frame(mu, sigma, prev)
         nj = model.n_joints
         self.ws = dict(r0=np.empty((3, 3)), jl0=np.empty((3, 3)), rg=np.empty((nj, 3, 3)),
                        tg=np.empty((nj, 3)), gpos=np.empty((nj, 3)), bm=np.empty((nj, 3, 3)),
@@ -184,7 +185,25 @@ class FrameProblem:
         self.joint_inv = np.full(3 * (nj - 1), np.sqrt(2.0 * config.w_joints))
         self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
         self._beta_key = None
+        self._positions_at = None
+        self._lo, self._hi = self.bounds_full()
         self.set_free(np.zeros(self.n_full, bool))
+
+    def set_frame(self, mu, sigma, prev=None):
+        """Put another frame's landmarks into this problem (the per-frame data only).
+
+        mu (L, 2) and sigma (L,) pixels; prev (L, 3) mm previous-frame landmark vertex positions
+        for the temporal term, or None (term off).  Model, table, camera, weights and the
+        intersection data are kept, so a tracker builds its problem once.
+        """
+        self.mu = np.ascontiguousarray(mu, dtype=np.float64)
+        self.inv_sigma = 1.0 / np.asarray(sigma, dtype=np.float64)
+        if prev is None:
+            self.prev = np.full((self.table.n_landmarks, 3), np.nan)
+            self.tw = 0.0
+        else:
+            self.prev = np.ascontiguousarray(prev, dtype=np.float64)
+            self.tw = np.sqrt(2.0 * self.cfg.w_temporal)
 
     def set_free(self, mask, base=None):
         """Choose the free parameters (boolean mask over the full layout)."""
@@ -210,29 +229,37 @@ class FrameProblem:
 
     def accumulate_full(self, x, jtj, jtr, want_jac):
         """Cost of the frame at full vector x; adds its J^T J, J^T r (free columns) when asked."""
-        cfg, ws, sl = self.cfg, self.ws, self.sl
+        cfg, sl, cm = self.cfg, self.sl, self.col_map
+        cost = self._vertex_term(x, jtj, jtr, want_jac)
+        e0 = sl["expression"].start
+        if cm[e0] >= 0:
+            cost += diagonal_prior(x, e0, self.zero_e, self.expr_inv, cm, want_jac, jtj, jtr)
+        if cm[sl["joints"].start] >= 0 or cm[sl["joints"].stop - 1] >= 0:
+            cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, jtj, jtr)
+        if self.inter is not None and cfg.w_intersection > 0 and cm[e0] >= 0:
+            it = self.inter
+            cost += intersection_term(x, e0, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c,
+                                      it.sphere_r, it.sphere_of, it.planes, it.hull_of,
+                                      np.sqrt(2.0 * cfg.w_intersection), cm, want_jac, jtj, jtr,
+                                      it.skip_base, it.skip_proj)
+        return cost
+
+    def _vertex_term(self, x, jtj, jtr, want_jac):
+        """Landmark + temporal terms at x; leaves the positions of x in self.xyz / self.uv."""
+        ws = self.ws
         self._identity_state(x)
-        self.rot[0] = x[0:3]
-        self.rot[1:] = x[sl["joints"]].reshape(-1, 3)
-        pose_chain(self.rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
+        rot = self.rot
+        rot[0] = x[0:3]
+        rot[1:] = x[6:POSE_DIM].reshape(-1, 3)
+        pose_chain(rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
                    ws["gpos"], ws["bm"], ws["cm"])
-        sb = self.table.identity_blocks if self.col_map[sl["identity"].start] >= 0 else _NO_IDENT
+        sb = self.table.identity_blocks if self.col_map[self.sl["identity"].start] >= 0 else _NO_IDENT
         cost = vertex_term(x, x[-1], self.cx, self.cy, self.t_beta, self.table.expr_idx,
                            self.table.expr_blocks, self.table.weights, self.anc, sb, self.sj,
                            ws["r0"], x[3:6], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"],
                            self.mu, self.inv_sigma, self.tw, self.prev, self.col_map,
-                           cfg.jac_threshold, want_jac, jtj, jtr, self.uv, self.xyz)
-        cm = self.col_map
-        if cm[sl["expression"].start] >= 0:
-            cost += diagonal_prior(x, sl["expression"].start, self.zero_e, self.expr_inv, cm, want_jac, jtj, jtr)
-        if cm[sl["joints"].start] >= 0 or cm[sl["joints"].stop - 1] >= 0:
-            cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, jtj, jtr)
-        if self.inter is not None and cfg.w_intersection > 0 and cm[sl["expression"].start] >= 0:
-            it = self.inter
-            cost += intersection_term(x, sl["expression"].start, it.t_beta, it.table.expr_idx,
-                                      it.table.expr_blocks, it.sphere_c, it.sphere_r, it.sphere_of,
-                                      it.planes, it.hull_of, np.sqrt(2.0 * cfg.w_intersection), cm,
-                                      want_jac, jtj, jtr)
+                           self.cfg.jac_threshold, want_jac, jtj, jtr, self.uv, self.xyz)
+        self._positions_at = x.copy()
         return cost
 
     def identity_prior(self, x, jtj, jtr, want_jac):
@@ -264,8 +291,7 @@ class FrameProblem:
         return lo, hi
 
     def bounds(self):
-        lo, hi = self.bounds_full()
-        return lo[self.free], hi[self.free]
+        return self._lo[self.free], self._hi[self.free]
 
     def solve(self, x, mask, max_iter):
         """LM over the parameters in ``mask`` starting at full vector x; returns (x, FitResult)."""
@@ -277,7 +303,9 @@ class FrameProblem:
 
     def landmark_positions(self, x):
         """Camera-space landmark vertex positions (L, 3) mm and projections (L, 2) at x."""
-        self.accumulate_full(x, _EMPTY2, _EMPTY1, False)
+        x = np.asarray(x, dtype=np.float64)
+        if self._positions_at is None or not np.array_equal(x, self._positions_at):
+            self._vertex_term(x, _EMPTY2, _EMPTY1, False)       # else: the solver's last evaluation
         return self.xyz.copy(), self.uv.copy()
 
 
@@ -407,6 +435,8 @@ class Tracker:
         self.keyframes = []          # (x, mu, sigma)
         self._inter_key = None
         self.inter = None
+        self._frame_prob = None      # per-frame problem, re-used from frame to frame
+        self._frame_mask = masks(model, "pose", "joints", "expression", eyes=self.cfg.fit_eyes)
 
     def _intersection(self):
         if self.cfg.w_intersection <= 0:
@@ -420,6 +450,17 @@ class Tracker:
     def _problem(self, mu, sigma, prev=None):
         return FrameProblem(self.model, self.table, mu, sigma, self.image_size, self.cfg, prev,
                             self._intersection())
+
+    def _step_problem(self, mu, sigma, prev):
+        """The tracking problem of this frame: built once, then only its frame data change."""
+        inter = self._intersection()
+        prob = self._frame_prob
+        if prob is None or prob.inter is not inter:
+            prob = self._frame_prob = FrameProblem(self.model, self.table, mu, sigma, self.image_size,
+                                                   self.cfg, prev, inter)
+        else:
+            prob.set_frame(mu, sigma, prev)
+        return prob
 
     def reset(self):
         """Forget the previous frame (e.g. after a scene cut); identity and keyframes are kept."""
@@ -438,8 +479,7 @@ class Tracker:
             if best is None or res.cost < best[1].cost:
                 best = (x, res)
         x, _ = best
-        return prob.solve(x, masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes),
-                          self.cfg.max_iter_init)
+        return prob.solve(x, self._frame_mask, self.cfg.max_iter_init)
 
     def _is_keyframe(self, x):
         if len(self.keyframes) >= self.cfg.max_keyframes:
@@ -476,7 +516,7 @@ class Tracker:
         if np.isfinite(mu).all(1).sum() < 3:
             self.reset()
             return None
-        prob = self._problem(mu, sigma, self.prev)
+        prob = self._step_problem(mu, sigma, self.prev)
         first = self.x is None
         if first:
             x, res = self._initialise(prob, mu)
@@ -484,15 +524,13 @@ class Tracker:
             x = self.x.copy()
             x[sl["identity"]] = self.identity
             x[sl["focal"]] = self.focal
-            x, res = prob.solve(x, masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes),
-                                self.cfg.max_iter)
+            x, res = prob.solve(x, self._frame_mask, self.cfg.max_iter)
         if (not self.identity_fixed or not self.focal_known) and self._is_keyframe(x):
             self.keyframes.append((x.copy(), mu.copy(), sigma.copy()))
             self.refit_identity()
             x[sl["identity"]] = self.identity
             x[sl["focal"]] = self.focal
-            x, res = prob.solve(x, masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes),
-                                self.cfg.max_iter_init if first else self.cfg.max_iter)
+            x, res = prob.solve(x, self._frame_mask, self.cfg.max_iter_init if first else self.cfg.max_iter)
         self.x = x
         self.prev, uv = prob.landmark_positions(x)
         params, focal = vector_to_params(m, x)

@@ -94,26 +94,31 @@ def pose_chain(rot, joints, parents, r0, jl0, rg, tg, gpos, bm, cm):
             gpos[k, i] = g
 
 
+@njit(cache=True, inline="always")
+def skin_point(t, w, r0, trans, rg, tg, out):
+    """Pose one vertex without its Jacobian: out (3,) = R_root sum_k w_k (Rg_k t + tg_k) + trans.
+
+    Same operations in the same order as :func:`skin_vertex`, so both give identical positions.
+    """
+    v0 = 0.0
+    v1 = 0.0
+    v2 = 0.0
+    for k in range(w.shape[0]):
+        wk = w[k]
+        if wk == 0.0:
+            continue
+        v0 += wk * (tg[k, 0] + rg[k, 0, 0] * t[0] + rg[k, 0, 1] * t[1] + rg[k, 0, 2] * t[2])
+        v1 += wk * (tg[k, 1] + rg[k, 1, 0] * t[0] + rg[k, 1, 1] * t[1] + rg[k, 1, 2] * t[2])
+        v2 += wk * (tg[k, 2] + rg[k, 2, 0] * t[0] + rg[k, 2, 1] * t[1] + rg[k, 2, 2] * t[2])
+    for i in range(3):
+        out[i] = r0[i, 0] * v0 + r0[i, 1] * v1 + r0[i, 2] * v2 + trans[i]
+
+
 @njit(cache=True)
 def skin_mesh(t, w, r0, trans, rg, tg, out):
     """Pose every vertex: out (V, 3) = R_root sum_k w_k (Rg_k t + tg_k) + trans."""
-    nj = w.shape[1]
     for v in range(t.shape[0]):
-        x0 = t[v, 0]
-        x1 = t[v, 1]
-        x2 = t[v, 2]
-        a0 = 0.0
-        a1 = 0.0
-        a2 = 0.0
-        for k in range(nj):
-            wk = w[v, k]
-            if wk == 0.0:
-                continue
-            a0 += wk * (rg[k, 0, 0] * x0 + rg[k, 0, 1] * x1 + rg[k, 0, 2] * x2 + tg[k, 0])
-            a1 += wk * (rg[k, 1, 0] * x0 + rg[k, 1, 1] * x1 + rg[k, 1, 2] * x2 + tg[k, 1])
-            a2 += wk * (rg[k, 2, 0] * x0 + rg[k, 2, 1] * x1 + rg[k, 2, 2] * x2 + tg[k, 2])
-        for i in range(3):
-            out[v, i] = r0[i, 0] * a0 + r0[i, 1] * a1 + r0[i, 2] * a2 + trans[i]
+        skin_point(t[v], w[v], r0, trans, rg, tg, out[v])
 
 
 @njit(cache=True, inline="always")

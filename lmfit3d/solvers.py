@@ -8,13 +8,15 @@ diag(J^T J), floored), projects the step onto the box bounds, and accepts it whe
     rho = (F(z) - F(z + delta)) / (L(0) - L(delta))
 
 is positive.  Variables at a bound whose gradient pushes outwards are held for that step (active
-set), so bounded expression weights do not stall the solve.  Damping follows Nielsen (1999): on success lambda *= max(1/3, 1 - (2 rho - 1)^3),
-on failure lambda *= nu, nu *= 2 (the clamped gain-ratio rule).
+set), so bounded expression weights do not stall the solve.  Damping follows Nielsen (1999): on
+success lambda *= max(1/3, 1 - (2 rho - 1)^3), on failure lambda *= nu, nu *= 2 (the clamped
+gain-ratio rule).  The bounded step (with its small Cholesky) is one numba kernel, and a step that
+ends the solve is not followed by another J^T J accumulation (the cost at z is already known).
 """
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import lapack
+from numba import njit
 
 STATUS_MESSAGES = {
     -1: "non-finite cost or step",
@@ -74,41 +76,98 @@ def damping_update(lam, nu, rho):
     return lam * nu, nu * 2.0
 
 
+@njit(cache=True)
+def cholesky_solve_into(a, b, n):
+    """Solve a[:n, :n] x = b[:n] in place for symmetric positive-definite a (lower triangle read).
+
+    ``a`` is overwritten by its Cholesky factor L (lower triangle) and ``b`` by x.  Returns False
+    (a and b then hold garbage) when a pivot is not positive and finite.
+    """
+    for j in range(n):
+        s = a[j, j]
+        for k in range(j):
+            s -= a[j, k] * a[j, k]
+        if not (s > 0.0) or not np.isfinite(s):
+            return False
+        d = np.sqrt(s)
+        a[j, j] = d
+        for i in range(j + 1, n):
+            s = a[i, j]
+            for k in range(j):
+                s -= a[i, k] * a[j, k]
+            a[i, j] = s / d
+    for i in range(n):                      # L y = b
+        s = b[i]
+        for k in range(i):
+            s -= a[i, k] * b[k]
+        b[i] = s / a[i, i]
+    for i in range(n - 1, -1, -1):          # L^T x = y
+        s = b[i]
+        for k in range(i + 1, n):
+            s -= a[k, i] * b[k]
+        b[i] = s / a[i, i]
+    return True
+
+
 def cholesky_solve(a, b):
-    """Solve a x = b for symmetric positive-definite a (upper triangle read); None if not SPD."""
-    c, info = lapack.dpotrf(a, lower=0, clean=0, overwrite_a=0)
-    if info != 0:
-        return None
-    x, info = lapack.dpotrs(c, b, lower=0)
-    return x if info == 0 else None
+    """Solve a x = b for symmetric positive-definite a (n, n); None if a is not SPD."""
+    a = np.array(a, dtype=np.float64, order="C")
+    x = np.array(b, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or x.shape != (a.shape[0],):
+        raise ValueError(f"need a (n, n) and b (n,), got {a.shape} and {x.shape}")
+    return x if cholesky_solve_into(a, x, x.size) else None
 
 
-def _bounded_step(jtj, jtr, damp, z, lo, hi):
-    """Damped Gauss-Newton step with box bounds, or None if the system is not positive definite.
+@njit(cache=True)
+def bounded_step(jtj, jtr, damp, z, lo, hi, step):
+    """Damped Gauss-Newton step with box bounds into ``step``; False if not positive definite.
 
-    Variables at a bound whose gradient pushes outwards are held; a variable the step would carry
-    across a bound is pinned to that bound and the remaining system re-solved (a few rounds at
-    most), so the step stays a descent step instead of being clipped afterwards.
+    Solves (J^T J + diag(damp)) step = -J^T r (jtj symmetric, full).  Variables at a bound whose
+    gradient pushes outwards are held; a variable the step would carry across a bound is pinned to
+    that bound and the remaining system re-solved (a few rounds at most), so the step stays a
+    descent step instead of being clipped afterwards.
     """
     n = z.size
-    fixed = ((z <= lo) & (jtr > 0)) | ((z >= hi) & (jtr < 0))
-    step = np.zeros(n)
+    fixed = np.empty(n, np.bool_)
+    for i in range(n):
+        fixed[i] = (z[i] <= lo[i] and jtr[i] > 0.0) or (z[i] >= hi[i] and jtr[i] < 0.0)
+        step[i] = 0.0
+    a = np.empty((n, n))
+    rhs = np.empty(n)
+    idx = np.empty(n, np.int64)
     for _ in range(n + 1):
-        free = np.flatnonzero(~fixed)
-        a = jtj[np.ix_(free, free)]
-        a[np.diag_indices(free.size)] += damp[free]
-        rhs = -jtr[free] - jtj[np.ix_(free, np.flatnonzero(fixed))] @ step[fixed]
-        sub = cholesky_solve(a, rhs)
-        if sub is None or not np.isfinite(sub).all():
-            return None
-        step[free] = sub
-        zt = z + step
-        cross = ~fixed & ((zt < lo) | (zt > hi))
-        if not cross.any():
-            return step
-        step[cross] = np.clip(zt[cross], lo[cross], hi[cross]) - z[cross]
-        fixed |= cross
-    return step
+        m = 0
+        for i in range(n):
+            if not fixed[i]:
+                idx[m] = i
+                m += 1
+        for r in range(m):
+            i = idx[r]
+            s = -jtr[i]
+            for j in range(n):
+                if fixed[j]:
+                    s -= jtj[i, j] * step[j]
+            rhs[r] = s
+            for c in range(r + 1):
+                a[r, c] = jtj[i, idx[c]]
+            a[r, r] += damp[i]
+        if not cholesky_solve_into(a, rhs, m):
+            return False
+        crossed = False
+        for r in range(m):
+            if not np.isfinite(rhs[r]):
+                return False
+            step[idx[r]] = rhs[r]
+        for r in range(m):
+            i = idx[r]
+            zt = z[i] + step[i]
+            if zt < lo[i] or zt > hi[i]:
+                step[i] = min(max(zt, lo[i]), hi[i]) - z[i]
+                fixed[i] = True
+                crossed = True
+        if not crossed:
+            return True
+    return True
 
 
 def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, ftol=1e-6,
@@ -138,6 +197,7 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
     np.clip(z, lo, hi, out=z)
     jtj = np.zeros((n, n))
     jtr = np.zeros(n)
+    step = np.empty(n)
     cost = accumulate(z, jtj, jtr, True)
     history = [cost]
     if not np.isfinite(cost):
@@ -147,17 +207,13 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
     it = 0
     while it < max_iter:
         it += 1
-        diag = np.maximum(np.diag(jtj).copy(), diag_floor)
         # projected-gradient optimality (ignore components pushing against an active bound)
-        g = jtr.copy()
-        g[(z <= lo) & (g > 0)] = 0.0
-        g[(z >= hi) & (g < 0)] = 0.0
-        if np.abs(g).max(initial=0.0) <= gtol:
+        if projected_gradient_inf(z, jtr, lo, hi) <= gtol:
             status = 3
             history.append(cost)
             break
-        step = _bounded_step(jtj, jtr, lam * diag, z, lo, hi)
-        if step is None:
+        diag = np.maximum(np.diagonal(jtj), diag_floor)
+        if not bounded_step(jtj, jtr, lam * diag, z, lo, hi, step):
             lam, nu = damping_update(lam, nu, -1.0)
             history.append(cost)
             if lam > lambda_max:
@@ -165,27 +221,41 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
                 break
             continue
         z_new = np.clip(z + step, lo, hi)
-        step = z_new - z
-        pred = -(jtr @ step) - 0.5 * (step @ jtj @ step)
+        dz = z_new - z
+        pred = -(jtr @ dz) - 0.5 * (dz @ jtj @ dz)
         cost_new = accumulate(z_new, _EMPTY2, _EMPTY1, False)
         rho = (cost - cost_new) / pred if pred > 0 else -1.0
         lam, nu = damping_update(lam, nu, rho)
         if rho > 0 and np.isfinite(cost_new):
-            status = termination_status(cost, cost_new, np.linalg.norm(step), np.linalg.norm(z),
+            status = termination_status(cost, cost_new, np.linalg.norm(dz), np.linalg.norm(z),
                                         np.inf, ftol, xtol, gtol)
             z = z_new
+            cost = cost_new
+            history.append(cost)
+            if status != 0:
+                break                       # converged: J^T J at z is not needed
             jtj[:] = 0.0
             jtr[:] = 0.0
             cost = accumulate(z, jtj, jtr, True)
-            history.append(cost)
-            if status != 0:
-                break
+            history[-1] = cost
         else:
             history.append(cost)
             if lam > lambda_max:
                 status = 4
                 break
     return FitResult(z, float(cost), it, status, np.array(history))
+
+
+@njit(cache=True)
+def projected_gradient_inf(z, g, lo, hi):
+    """max |g_i| over the components not pushing against an active bound."""
+    m = 0.0
+    for i in range(z.size):
+        gi = g[i]
+        if (z[i] <= lo[i] and gi > 0.0) or (z[i] >= hi[i] and gi < 0.0):
+            continue
+        m = max(m, abs(gi))
+    return m
 
 
 _EMPTY2 = np.zeros((0, 0))

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .skinning import skin_vertex
+from .skinning import skin_point, skin_vertex
 
 
 @njit(cache=True, inline="always")
@@ -51,6 +51,8 @@ def template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t):
         if e < 0:
             break
         we = x[e0 + e]
+        if we == 0.0:           # inactive shapes (psi at its lower bound) add nothing
+            continue
         for i in range(3):
             t[i] += we * expr_blocks[p, d, i]
 
@@ -75,6 +77,94 @@ def expression_columns(p, e0, expr_idx, expr_blocks, col_map, mat, cols, out, n)
     return n
 
 
+@njit(cache=True, inline="always")
+def add_block(gi, jx, ax, n, jtj):
+    """Upper triangle of jtj[gi[a], gi[b]] += jx[:, a] . ax[:, b] for a <= b < n.
+
+    gi (n,) int64 free indices; jx, ax (3, >= n).  Rows are taken four at a time so each column
+    b is loaded once per four rows (gi increasing, the usual case); otherwise one at a time, each
+    entry written to the upper triangle.
+    """
+    ordered = True
+    for a in range(1, n):
+        if gi[a] < gi[a - 1]:
+            ordered = False
+            break
+    a = 0
+    if ordered:
+        while a + 3 < n:
+            i0 = gi[a]
+            i1 = gi[a + 1]
+            i2 = gi[a + 2]
+            i3 = gi[a + 3]
+            p0, p1, p2 = jx[0, a], jx[1, a], jx[2, a]
+            q0, q1, q2 = jx[0, a + 1], jx[1, a + 1], jx[2, a + 1]
+            s0, s1, s2 = jx[0, a + 2], jx[1, a + 2], jx[2, a + 2]
+            u0, u1, u2 = jx[0, a + 3], jx[1, a + 3], jx[2, a + 3]
+            for q in range(4):
+                iq = gi[a + q]
+                for b in range(a + q, a + 4):
+                    jtj[iq, gi[b]] += jx[0, a + q] * ax[0, b] + jx[1, a + q] * ax[1, b] + jx[2, a + q] * ax[2, b]
+            for b in range(a + 4, n):
+                x0 = ax[0, b]
+                x1 = ax[1, b]
+                x2 = ax[2, b]
+                ib = gi[b]
+                jtj[i0, ib] += p0 * x0 + p1 * x1 + p2 * x2
+                jtj[i1, ib] += q0 * x0 + q1 * x1 + q2 * x2
+                jtj[i2, ib] += s0 * x0 + s1 * x1 + s2 * x2
+                jtj[i3, ib] += u0 * x0 + u1 * x1 + u2 * x2
+            a += 4
+    while a < n:
+        ia = gi[a]
+        for b in range(a, n):
+            v = jx[0, a] * ax[0, b] + jx[1, a] * ax[1, b] + jx[2, a] * ax[2, b]
+            ib = gi[b]
+            if ia <= ib:
+                jtj[ia, ib] += v
+            else:
+                jtj[ib, ia] += v
+        a += 1
+
+
+@njit(cache=True)
+def table_points_jacobian(x, t_beta, expr_idx, expr_blocks, weights, anc, r0, trans, rg, tg, gpos, bm,
+                          xyz_out, jpose_out, jexpr_out):
+    """Landmark vertex positions and their sparse pose/expression Jacobian through the sparsity table.
+
+    Parameters
+    ----------
+    x : (P,) float64, full parameter vector (expression read from it).
+    t_beta, expr_idx, expr_blocks, weights, anc : as in :func:`vertex_term` (L landmarks, D entries).
+    r0 ... bm : pose chain of ``skinning.pose_chain`` at x; trans (3,) translation (mm).
+    xyz_out : (L, 3) out, camera-space positions (mm).
+    jpose_out : (L, 3, POSE_DIM) out, d x / d [root rotation, translation, joints] (columns of joints
+        that do not move the vertex are 0).
+    jexpr_out : (L, 3, D) out, column d = d x / d psi[expr_idx[p, d]] (mm per unit weight; 0 where
+        expr_idx is -1).
+    """
+    nj = weights.shape[1]
+    nd = expr_idx.shape[1]
+    pd = 6 + 3 * (nj - 1)
+    t = np.empty(3)
+    rm = np.empty((3, 3))
+    wsub = np.empty(nj)
+    work = np.empty((nj + 5, 3))
+    for p in range(t_beta.shape[0]):
+        template_point(p, x, pd, t_beta, expr_idx, expr_blocks, t)
+        skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xyz_out[p], rm, jpose_out[p], wsub, work)
+        for d in range(nd):
+            if expr_idx[p, d] < 0:
+                for i in range(3):
+                    jexpr_out[p, i, d] = 0.0
+                continue
+            b0 = expr_blocks[p, d, 0]
+            b1 = expr_blocks[p, d, 1]
+            b2 = expr_blocks[p, d, 2]
+            for i in range(3):
+                jexpr_out[p, i, d] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
+
+
 @njit(cache=True)
 def symmetrize_upper(jtj):
     """Copy the upper triangle of jtj into the lower one (in place)."""
@@ -90,6 +180,15 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
                 col_map, jac_threshold, want_jac, jtj, jtr, uv_out, xyz_out):
     """Landmark (2D) and temporal (3D) residuals of the landmark vertices, fused.
 
+    Both terms of landmark i depend on the parameters only through its vertex x_i, so with J_x the
+    (3, d) Jacobian of x_i over its free columns (sparsity table) they add
+
+        J^T J += J_x^T A J_x,   J^T r += J_x^T g,
+        A = dpi^T dpi / sigma^2 + 2 w_t I,   g = dpi^T r_i / sigma + 2 w_t (x_i - x_i^prev),
+
+    with dpi the (2, 3) projection Jacobian: one pass per landmark, 3 multiply-adds per entry of the
+    (d, d) block.  The focal column (when free) enters through the projection rows alone.
+
     Parameters
     ----------
     x : (P,) float64, full parameter vector (expression read from it).
@@ -102,7 +201,8 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     mu : (L, 2) landmark means (pixels), NaN for missing; inv_sigma : (L,) 1/sigma.
     temporal_sqrtw : float, sqrt(2 w_t); 0 disables.  prev : (L, 3) previous-frame positions.
     col_map : (P,) int64, free index per full index or -1.
-    jac_threshold : float, Jacobian entries with |value| below it are dropped (paper sec. 3.3.1).
+    jac_threshold : float, a column whose two projected Jacobian entries (pixels / sigma) are both
+        below it is dropped for that landmark (paper sec. 3.3.1).
     want_jac : bool; jtj (n, n) (upper triangle written), jtr (n,) accumulated.
     uv_out : (L, 2) out, projected landmark positions.
     xyz_out : (L, 3) out, camera-space landmark vertex positions (mm).
@@ -120,12 +220,11 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     k0 = pd + (x.shape[0] - pd - nk - 1)
     fidx = x.shape[0] - 1
     ident_free = nk > 0 and col_map[k0] >= 0
-    focal_free = col_map[fidx] >= 0
-    nmax = pd + ne_max + nk + 1
-    cols = np.empty(nmax, np.int64)
-    j3 = np.empty((3, nmax))
-    jrow = np.empty((3, nmax))
-    r = np.empty(3)
+    fcol = col_map[fidx]
+    nmax = pd + ne_max + nk
+    gi = np.empty(nmax, np.int64)          # free index of each local column
+    jx = np.empty((3, nmax))               # J_x, local columns
+    ax = np.empty((3, nmax))               # A J_x
     t = np.empty(3)
     xv = np.empty(3)
     rm = np.empty((3, 3))
@@ -135,7 +234,10 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     uv = np.empty(2)
     dx = np.empty((2, 3))
     df = np.empty(2)
+    am = np.empty((3, 3))
+    g = np.empty(3)
     gsj = np.zeros((nj, 3, nk))
+    tw2 = temporal_sqrtw * temporal_sqrtw
     if want_jac and ident_free:
         for m in range(1, nj):
             for i in range(3):
@@ -144,7 +246,10 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     cost = 0.0
     for p in range(nl):
         template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
-        skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
+        if want_jac:
+            skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
+        else:
+            skin_point(t, weights[p], r0, trans, rg, tg, xv)
         project_jac(xv, focal, cx, cy, uv, dx, df)
         uv_out[p, 0] = uv[0]
         uv_out[p, 1] = uv[1]
@@ -152,28 +257,46 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
             xyz_out[p, i] = xv[i]
         has_lm = not (np.isnan(mu[p, 0]) or np.isnan(mu[p, 1]))
         has_tmp = temporal_sqrtw > 0.0 and not np.isnan(prev[p, 0])
-        if not (has_lm or has_tmp):
-            continue
+        isg = inv_sigma[p]
+        r_u = 0.0
+        r_v = 0.0
         if has_lm:
-            r[0] = (uv[0] - mu[p, 0]) * inv_sigma[p]
-            r[1] = (uv[1] - mu[p, 1]) * inv_sigma[p]
-            cost += 0.5 * (r[0] * r[0] + r[1] * r[1])
-        if not want_jac:
-            if has_tmp:
-                for i in range(3):
-                    dv = temporal_sqrtw * (xv[i] - prev[p, i])
-                    cost += 0.5 * dv * dv
+            r_u = (uv[0] - mu[p, 0]) * isg
+            r_v = (uv[1] - mu[p, 1]) * isg
+            cost += 0.5 * (r_u * r_u + r_v * r_v)
+        for i in range(3):
+            g[i] = 0.0
+        if has_tmp:
+            for i in range(3):
+                dv = temporal_sqrtw * (xv[i] - prev[p, i])
+                cost += 0.5 * dv * dv
+                g[i] = temporal_sqrtw * dv
+        if not want_jac or not (has_lm or has_tmp):
             continue
-        # 3D Jacobian columns of the free parameters this landmark depends on
+        # J_x over the free columns this landmark depends on
         n = 0
         for c in range(pd):
-            if col_map[c] < 0 or (c >= 6 and wsub[1 + (c - 6) // 3] == 0.0):
+            f = col_map[c]
+            if f < 0 or (c >= 6 and wsub[1 + (c - 6) // 3] == 0.0):
                 continue
-            cols[n] = c
+            gi[n] = f
             for i in range(3):
-                j3[i, n] = dpose[i, c]
+                jx[i, n] = dpose[i, c]
             n += 1
-        n = expression_columns(p, e0, expr_idx, expr_blocks, col_map, rm, cols, j3, n)
+        for d in range(ne_max):
+            e = expr_idx[p, d]
+            if e < 0:
+                break
+            f = col_map[e0 + e]
+            if f < 0:
+                continue
+            gi[n] = f
+            b0 = expr_blocks[p, d, 0]
+            b1 = expr_blocks[p, d, 1]
+            b2 = expr_blocks[p, d, 2]
+            for i in range(3):
+                jx[i, n] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
+            n += 1
         if ident_free:
             for k in range(nk):
                 g0 = 0.0
@@ -185,42 +308,53 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
                         g0 += wm * gsj[m, 0, k]
                         g1 += wm * gsj[m, 1, k]
                         g2 += wm * gsj[m, 2, k]
-                cols[n] = k0 + k
+                gi[n] = col_map[k0 + k]
                 for i in range(3):
-                    j3[i, n] = (rm[i, 0] * sb[p, 0, k] + rm[i, 1] * sb[p, 1, k] + rm[i, 2] * sb[p, 2, k]
+                    jx[i, n] = (rm[i, 0] * sb[p, 0, k] + rm[i, 1] * sb[p, 1, k] + rm[i, 2] * sb[p, 2, k]
                                 + r0[i, 0] * g0 + r0[i, 1] * g1 + r0[i, 2] * g2)
                 n += 1
+        # metric A and 3D gradient g
+        for i in range(3):
+            for j in range(3):
+                am[i, j] = tw2 if i == j else 0.0
         if has_lm:
-            m2 = 0
-            for a in range(n):
-                ja = dx[0, 0] * j3[0, a] + dx[0, 2] * j3[2, a]
-                jb = dx[1, 1] * j3[1, a] + dx[1, 2] * j3[2, a]
-                ja *= inv_sigma[p]
-                jb *= inv_sigma[p]
-                if abs(ja) < jac_threshold and abs(jb) < jac_threshold:
-                    continue
-                cols[m2] = cols[a]
-                for i in range(3):
-                    j3[i, m2] = j3[i, a]
-                jrow[0, m2] = ja
-                jrow[1, m2] = jb
-                m2 += 1
-            if focal_free:
-                cols[m2] = fidx
-                jrow[0, m2] = df[0] * inv_sigma[p]
-                jrow[1, m2] = df[1] * inv_sigma[p]
-                for i in range(3):
-                    j3[i, m2] = 0.0
-                m2 += 1
-            _accumulate(jrow, 2, cols, m2, r, col_map, jtj, jtr)
-            n = m2 - 1 if focal_free else m2
-        if has_tmp:
+            s2 = isg * isg
             for i in range(3):
-                r[i] = temporal_sqrtw * (xv[i] - prev[p, i])
-                cost += 0.5 * r[i] * r[i]
+                g[i] += (dx[0, i] * r_u + dx[1, i] * r_v) * isg
+                for j in range(3):
+                    am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
+            if jac_threshold > 0.0:
                 for a in range(n):
-                    jrow[i, a] = temporal_sqrtw * j3[i, a]
-            _accumulate(jrow, 3, cols, n, r, col_map, jtj, jtr)
+                    ja = (dx[0, 0] * jx[0, a] + dx[0, 1] * jx[1, a] + dx[0, 2] * jx[2, a]) * isg
+                    jb = (dx[1, 0] * jx[0, a] + dx[1, 1] * jx[1, a] + dx[1, 2] * jx[2, a]) * isg
+                    if abs(ja) < jac_threshold and abs(jb) < jac_threshold:
+                        jx[0, a] = 0.0
+                        jx[1, a] = 0.0
+                        jx[2, a] = 0.0
+        for a in range(n):
+            j0 = jx[0, a]
+            j1 = jx[1, a]
+            j2 = jx[2, a]
+            for i in range(3):
+                ax[i, a] = am[i, 0] * j0 + am[i, 1] * j1 + am[i, 2] * j2
+            jtr[gi[a]] += j0 * g[0] + j1 * g[1] + j2 * g[2]
+        add_block(gi, jx, ax, n, jtj)
+        if has_lm and fcol >= 0:
+            # focal: projection rows only; cross terms J_x^T dpi^T jf / sigma
+            jf0 = df[0] * isg
+            jf1 = df[1] * isg
+            h0 = (dx[0, 0] * jf0 + dx[1, 0] * jf1) * isg
+            h1 = (dx[0, 1] * jf0 + dx[1, 1] * jf1) * isg
+            h2 = (dx[0, 2] * jf0 + dx[1, 2] * jf1) * isg
+            for a in range(n):
+                v = jx[0, a] * h0 + jx[1, a] * h1 + jx[2, a] * h2
+                ia = gi[a]
+                if ia <= fcol:
+                    jtj[ia, fcol] += v
+                else:
+                    jtj[fcol, ia] += v
+            jtj[fcol, fcol] += jf0 * jf0 + jf1 * jf1
+            jtr[fcol] += jf0 * r_u + jf1 * r_v
     return cost
 
 
@@ -239,9 +373,48 @@ def diagonal_prior(x, start, mean, inv_std, col_map, want_jac, jtj, jtr):
     return cost
 
 
+def intersection_skip_test(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
+                           n_expression):
+    """Linear outside-tests for :func:`intersection_term`: base (n,) and proj (E, n) float64.
+
+    With t = t_beta + sum_e psi_e E_e (the vertex's table entries), ``base + psi @ proj >= 0``
+    proves the vertex outside:
+
+    * sphere (centre c, radius R): u = (t_beta - c) / |t_beta - c| and |t - c| >= u.(t - c), so
+      base = |t_beta - c| - R, proj_e = u.E_e;
+    * hull: the plane (n_q, d_q) farthest outside at rest; n_q.t - d_q = base + sum_e psi_e n_q.E_e
+      exactly, base = n_q.t_beta - d_q, proj_e = n_q.E_e.
+
+    Vertices without a test get base = -inf (never skipped).
+    """
+    t_beta = np.asarray(t_beta, dtype=np.float64)
+    n = t_beta.shape[0]
+    base = np.full(n, -np.inf)
+    proj = np.zeros((n_expression, n))
+    for p in range(n):
+        s, h = sphere_of[p], hull_of[p]
+        if s >= 0:
+            v = t_beta[p] - sphere_c[s]
+            dist = np.linalg.norm(v)
+            if dist == 0.0:
+                continue
+            u = v / dist
+            base[p] = dist - sphere_r[s]
+        elif h >= 0:
+            out = planes[h, :, :3] @ t_beta[p] - planes[h, :, 3]
+            q = int(np.argmax(out))
+            u = planes[h, q, :3]
+            base[p] = out[q]
+        else:
+            continue
+        ok = expr_idx[p] >= 0
+        proj[expr_idx[p, ok], p] = expr_blocks[p, ok] @ u
+    return base, proj
+
+
 @njit(cache=True)
 def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of,
-                      planes, hull_of, sqrtw, col_map, want_jac, jtj, jtr):
+                      planes, hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base=None, skip_proj=None):
     """Skin vertices inside eyeball spheres or teeth hulls, in template (head) space.
 
     Eyelid, lip and teeth vertices all follow the head joint rigidly, so the test runs on the
@@ -254,6 +427,10 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
     planes : (H, P, 4) hull planes (n_x, n_y, n_z, d): inside when d - n.t > 0 for every plane.
     hull_of : (n,) hull per vertex or -1.
     sqrtw : float, sqrt(2 w_intersect).
+    skip_base, skip_proj : (n,), (E, n) float64, optional, from :func:`intersection_skip_test`:
+        ``skip_base + psi @ skip_proj`` bounds how far each vertex lies outside its sphere or hull
+        (mm); vertices with a bound >= 1e-9 are skipped without building their template point
+        (same result, less work).
     """
     cost = 0.0
     nd = expr_idx.shape[1]
@@ -263,11 +440,23 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
     cols = np.empty(nd, np.int64)
     jrow = np.empty((1, nd))
     r = np.empty(1)
+    skip = skip_base is not None and skip_proj is not None
+    outside = np.empty(t_beta.shape[0])
+    if skip:
+        outside[:] = skip_base
+        for e in range(skip_proj.shape[0]):
+            we = x[e0 + e]
+            if we != 0.0:
+                pe = skip_proj[e]
+                for p in range(outside.shape[0]):
+                    outside[p] += we * pe[p]
     for p in range(t_beta.shape[0]):
-        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
-        res = 0.0
         s = sphere_of[p]
         h = hull_of[p]
+        if (s < 0 and h < 0) or (skip and outside[p] >= 1e-9):
+            continue
+        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
+        res = 0.0
         if s >= 0:
             dist2 = 0.0
             for i in range(3):
@@ -295,8 +484,6 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
             res = best
             for i in range(3):
                 gr[i] = -planes[h, bi, i]
-        else:
-            continue
         r[0] = sqrtw * res
         cost += 0.5 * r[0] * r[0]
         if not want_jac:

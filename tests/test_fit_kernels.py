@@ -1,0 +1,200 @@
+"""Fast-path kernels of the fitter against NumPy references: Cholesky and the bounded LM step,
+position-only skinning, the intersection outside-test, unordered free columns, the sparse-table
+Jacobian, and the per-frame problem re-use of the tracker."""
+import numpy as np
+import pytest
+
+from lmfit3d.fit import FitConfig, FrameProblem, Tracker, _Intersection, masks, params_to_vector
+from lmfit3d.landmarks import load_landmark_set
+from lmfit3d.skinning import POSE_DIM, ancestry, evaluate_points, pose, skin_point, skin_vertex
+from lmfit3d.solvers import bounded_step, cholesky_solve
+from lmfit3d.sparsity import build_sparsity
+from lmfit3d.synthetic import make_frame, random_params
+from lmfit3d.terms import intersection_term, table_points_jacobian
+
+IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]
+EMPTY2, EMPTY1 = np.zeros((0, 0)), np.zeros(0)
+
+
+def _spd(rng, n):
+    a = rng.normal(size=(n, n))
+    return a @ a.T + n * np.eye(n)
+
+
+def test_cholesky_solve_matches_numpy(rng):
+    for n in (1, 5, 40):
+        a, b = _spd(rng, n), rng.normal(size=n)
+        np.testing.assert_allclose(cholesky_solve(a, b), np.linalg.solve(a, b), rtol=1e-10, atol=1e-12)
+    assert cholesky_solve(-np.eye(3), np.ones(3)) is None            # not positive definite
+    assert cholesky_solve(np.diag([1.0, 0.0, 1.0]), np.ones(3)) is None
+    with pytest.raises(ValueError, match="n, n"):
+        cholesky_solve(np.ones((2, 3)), np.ones(2))
+
+
+def _bounded_step_reference(jtj, jtr, damp, z, lo, hi):
+    """The previous NumPy implementation (index sets + LAPACK solve)."""
+    fixed = ((z <= lo) & (jtr > 0)) | ((z >= hi) & (jtr < 0))
+    step = np.zeros(z.size)
+    for _ in range(z.size + 1):
+        free = np.flatnonzero(~fixed)
+        a = jtj[np.ix_(free, free)] + np.diag(damp[free])
+        rhs = -jtr[free] - jtj[np.ix_(free, np.flatnonzero(fixed))] @ step[fixed]
+        step[free] = np.linalg.solve(a, rhs)
+        zt = z + step
+        cross = ~fixed & ((zt < lo) | (zt > hi))
+        if not cross.any():
+            return step
+        step[cross] = np.clip(zt[cross], lo[cross], hi[cross]) - z[cross]
+        fixed |= cross
+    return step
+
+
+def test_bounded_step_matches_reference(rng):
+    n_pinned = 0
+    for trial in range(20):
+        n = 12
+        jtj = _spd(rng, n)
+        jtr = rng.normal(scale=5.0, size=n)
+        damp = 1e-3 * np.diag(jtj)
+        lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
+        lo[6:], hi[6:] = 0.0, 1.0                                   # bounded block, as the expression
+        z = rng.uniform(0.0, 1.0, size=n)
+        z[6:8] = 0.0                                                # at the lower bound
+        z[8] = 1.0                                                  # at the upper bound
+        step = np.empty(n)
+        assert bounded_step(jtj, jtr, damp, z, lo, hi, step)
+        ref = _bounded_step_reference(jtj, jtr, damp, z, lo, hi)
+        np.testing.assert_allclose(step, ref, rtol=1e-9, atol=1e-12)
+        assert np.all(z + step >= lo - 1e-12) and np.all(z + step <= hi + 1e-12)
+        n_pinned += int(np.sum((z + step == lo) | (z + step == hi)))
+    assert n_pinned > 20                                            # bounds were active / crossed
+    step = np.empty(2)
+    assert not bounded_step(-np.eye(2), np.ones(2), np.zeros(2), np.zeros(2), np.full(2, -np.inf),
+                            np.full(2, np.inf), step)
+
+
+def test_skin_point_equals_skin_vertex(model, rng):
+    p = random_params(model, rng)
+    st = pose(model, p)
+    t_all = model.template(p.identity, p.expression)
+    nj = model.n_joints
+    anc = ancestry(model.joint_parents)
+    x, xp = np.empty(3), np.empty(3)
+    rm, dpose, wsub, work = np.empty((3, 3)), np.empty((3, POSE_DIM)), np.empty(nj), np.empty((nj + 5, 3))
+    for v in IDS:
+        t = np.ascontiguousarray(t_all[v], dtype=np.float64)
+        w = model.skin_weights[v].astype(np.float64)
+        skin_vertex(t, w, anc, st.r0, st.translation, st.rg, st.tg, st.gpos, st.bm, x, rm, dpose, wsub, work)
+        skin_point(t, w, st.r0, st.translation, st.rg, st.tg, xp)
+        np.testing.assert_array_equal(xp, x)                       # bit for bit: same operations
+
+
+def test_intersection_skip_changes_nothing(model, rng):
+    """The linear outside-test only skips vertices that contribute nothing (cost, J^T J, J^T r equal)."""
+    inter = _Intersection(model, 0.5 * rng.normal(size=model.n_identity), 0.01)
+    it = inter.table
+    e0 = POSE_DIM
+    n_exp = model.n_expression
+    x = np.zeros(POSE_DIM + n_exp + model.n_identity + 1)
+    col_map = np.full(x.size, -1, np.int64)
+    col_map[e0:e0 + n_exp] = np.arange(n_exp)
+    seen_inside = False
+    for scale in (0.0, 0.3, 1.0, 2.5):
+        x[e0:e0 + n_exp] = scale * rng.uniform(0.0, 1.0, size=n_exp) * (rng.random(n_exp) < 0.4)
+        out = []
+        for skip in (False, True):
+            jtj, jtr = np.zeros((n_exp, n_exp)), np.zeros(n_exp)
+            extra = (inter.skip_base, inter.skip_proj) if skip else ()
+            c = intersection_term(x, e0, inter.t_beta, it.expr_idx, it.expr_blocks, inter.sphere_c,
+                                  inter.sphere_r, inter.sphere_of, inter.planes, inter.hull_of, 2.0, col_map,
+                                  True, jtj, jtr, *extra)
+            out.append((c, jtj, jtr))
+        assert out[0][0] == out[1][0]
+        np.testing.assert_array_equal(out[0][1], out[1][1])
+        np.testing.assert_array_equal(out[0][2], out[1][2])
+        seen_inside |= out[0][0] > 0
+        bound = inter.skip_base + x[e0:e0 + n_exp] @ inter.skip_proj
+        if scale == 0.0:
+            assert (bound >= 1e-9).mean() > 0.9                    # at rest nearly all are skipped
+    assert seen_inside
+
+
+def test_unordered_free_columns_match_ordered(model, rng):
+    """Free columns in another order (as KeyframeProblem's shared-first layout) give the permuted system."""
+    fr = make_frame(model, random_params(model, rng), IDS, rng, noise_px=1.0)
+    table = build_sparsity(model, IDS, 0.01)
+    prev = fr.vertices[IDS] + rng.normal(size=(IDS.size, 3))
+    prob = FrameProblem(model, table, fr.mu, fr.sigma, (512, 512), FitConfig(), prev, None)
+    x = params_to_vector(model, fr.params, fr.camera.focal)
+    x[0:3] += 0.05
+    prob.set_free(masks(model, "pose", "joints", "expression", "identity", "focal"), x)
+    n = prob.free.size
+    a, b = np.zeros((n, n)), np.zeros(n)
+    c1 = prob.accumulate_full(x, a, b, True)
+    perm = rng.permutation(n)                                      # free column of full index i
+    prob.col_map[prob.free] = perm
+    a2, b2 = np.zeros((n, n)), np.zeros(n)
+    c2 = prob.accumulate_full(x, a2, b2, True)
+    assert c1 == c2
+    assert np.all(np.tril(a2, -1) == 0.0)                          # upper triangle only
+    sym = lambda m: np.triu(m) + np.triu(m, 1).T
+    np.testing.assert_allclose(sym(a2)[np.ix_(perm, perm)], sym(a), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(b2[perm], b, rtol=1e-12, atol=1e-9)
+
+
+def test_table_points_jacobian_matches_dense(model, rng):
+    ids = load_landmark_set("dense320")
+    p = random_params(model, rng)
+    table = build_sparsity(model, ids, 0.0)                        # every shape: equals the dense kernel
+    x = params_to_vector(model, p, 800.0)
+    st = pose(model, p)
+    xyz, jp = np.empty((ids.size, 3)), np.empty((ids.size, 3, POSE_DIM))
+    je = np.empty((ids.size, 3, table.expr_idx.shape[1]))
+    t_beta = table.mean + table.identity_blocks @ p.identity
+    table_points_jacobian(x, t_beta, table.expr_idx, table.expr_blocks, table.weights,
+                          ancestry(model.joint_parents), st.r0, st.translation, st.rg, st.tg, st.gpos, st.bm,
+                          xyz, jp, je)
+    ref_x, ref_j = evaluate_points(model, p, ids)
+    np.testing.assert_allclose(xyz, ref_x, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(jp, ref_j[:, :, :POSE_DIM], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(je, ref_j[:, :, POSE_DIM:], rtol=0, atol=1e-9)
+    # thresholded table: the kept columns are the dense ones, dropped shapes give zero columns
+    sparse = build_sparsity(model, ids, 0.01)
+    je2 = np.empty((ids.size, 3, sparse.expr_idx.shape[1]))
+    table_points_jacobian(x, t_beta, sparse.expr_idx, sparse.expr_blocks, sparse.weights,
+                          ancestry(model.joint_parents), st.r0, st.translation, st.rg, st.tg, st.gpos, st.bm,
+                          xyz, jp, je2)
+    ok = sparse.expr_idx >= 0
+    rows = np.nonzero(ok)
+    np.testing.assert_allclose(je2[rows[0], :, rows[1]], ref_j[rows[0], :, POSE_DIM + sparse.expr_idx[ok]],
+                               rtol=0, atol=1e-9)
+    assert np.all(je2.transpose(0, 2, 1)[~ok] == 0.0)
+
+
+def test_tracker_reuses_problem_with_same_results(model, rng):
+    """A tracker's re-used per-frame problem gives the fits of a fresh problem per frame."""
+    ids = load_landmark_set("dense320")
+    base = random_params(model, rng, yaw_deg=10)
+    frames = []
+    for f in range(3):
+        rot = base.rotations.copy()
+        rot[0, 1] += np.radians(2.0 * f)
+        frames.append(make_frame(model, base.replace(rotations=rot), ids, rng, noise_px=1.0))
+    cam = frames[0].camera
+    tr = Tracker(model, ids, (cam.width, cam.height), cam.focal, identity=base.identity)
+    for f, fr in enumerate(frames):
+        x_prev, prev = (tr.x.copy(), tr.prev.copy()) if tr.x is not None else (None, None)
+        fit = tr.step(fr.mu, fr.sigma)
+        assert tr._frame_prob is not None
+        if x_prev is None:
+            continue
+        fresh = tr._problem(fr.mu, fr.sigma, prev)
+        x, res = fresh.solve(x_prev, tr._frame_mask, tr.cfg.max_iter)
+        assert fit.cost == res.cost
+        np.testing.assert_array_equal(tr.x, x)
+        xyz, uv = fresh.landmark_positions(x)                      # cached evaluation == fresh evaluation
+        fresh._positions_at = None
+        xyz2, uv2 = fresh.landmark_positions(x)
+        np.testing.assert_array_equal(xyz, xyz2)
+        np.testing.assert_array_equal(uv, uv2)
+        np.testing.assert_array_equal(tr.prev, xyz)
