@@ -119,7 +119,7 @@ class FaceDetector:
         kps = (r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]) @ m[:, :2].T + m[:, 2]
         return corners.reshape(-1, 4), kps, scores[keep]
 
-    def __call__(self, image, levels=3):
+    def __call__(self, image, levels=4):
         """Faces in an (H, W, 3) uint8 RGB image, largest first (list of :class:`Detection`).
 
         The whole image is searched first (letterboxed); when it holds no face, ever smaller
@@ -422,17 +422,22 @@ class MediaPipeLandmarks:
         self.iris = IrisPredictor(threads=threads) if iris else None
         self.sigma_jitter = int(sigma_jitter)
         self.presence_threshold = presence_threshold
+        self.search_every = 5
         self.roi = None
+        self._lost = 0
         self.timings = {"detect": 0.0, "landmarks": 0.0}
 
     @property
     def vertex_ids(self):
         return self.manifest.vertex_ids
 
-    def detect(self, image, max_candidates=3):
-        """ROIs of the detected faces, largest (the main subject) first, at most ``max_candidates``."""
+    def detect(self, image, max_candidates=3, levels=4):
+        """ROIs of the detected faces, largest (the main subject) first, at most ``max_candidates``.
+
+        ``levels`` > 1 lets the detector search smaller windows when the whole frame holds no face.
+        """
         t = time.perf_counter()
-        dets = self.detector(image)
+        dets = self.detector(image, levels)
         self.timings["detect"] += time.perf_counter() - t
         return [d.roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale) for d in dets[:max_candidates]]
 
@@ -458,12 +463,15 @@ class MediaPipeLandmarks:
         return Prediction(raw[m.points], np.sqrt(sig2), presence, raw, roi)
 
     def reset(self):
+        """Forget the tracked face (the next frame runs the full detector search)."""
         self.roi = None
+        self._lost = 0
 
     def track(self, image):
         """Next frame of a video: ROI from the previous frame's landmarks, detector when lost.
 
-        A candidate ROI is accepted when the landmark network's face score reaches
+        While no face is tracked, the detector searches the whole frame on every frame and also
+        smaller windows (small faces) on every ``search_every``-th frame.  A candidate ROI is accepted when the landmark network's face score reaches
         ``presence_threshold``; the detector's candidates are tried largest first.  Returns a
         :class:`Prediction`, or None when no face is found.
         """
@@ -473,9 +481,13 @@ class MediaPipeLandmarks:
                 self.roi = self.mesh.roi_from_points(pred.points[:468])
                 return pred
         self.roi = None
-        for roi in self.detect(image):
+        # while lost, the (slow) small-face window search runs on every ``search_every``-th frame only
+        deep = self._lost % self.search_every == 0
+        self._lost += 1
+        for roi in self.detect(image, levels=4 if deep else 1):
             pred = self.predict(image, roi)
             if pred.presence >= self.presence_threshold:
                 self.roi = self.mesh.roi_from_points(pred.points[:468])
+                self._lost = 0
                 return pred
         return None
