@@ -29,12 +29,13 @@ LABEL = {"step": "Tracker.step (policy + LM)",
 SPEEDUP_GOAL = 20.0
 
 
-def run_benchmarks(json_path, extra):
+def run_benchmarks(json_path, extra, test_file=HERE / "test_bench_fit.py"):
+    """Run one benchmark file with pytest-benchmark (one thread), JSON to ``json_path``."""
     env = dict(os.environ)
     env.setdefault("NUMBA_NUM_THREADS", "1")
     for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(v, "1")
-    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_bench_fit.py"), "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", str(test_file), "-q", "-p", "no:cacheprovider",
            "--benchmark-only", f"--benchmark-json={json_path}", *extra]
     print("$ " + " ".join(cmd[2:]), file=sys.stderr)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
