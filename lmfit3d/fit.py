@@ -107,7 +107,7 @@ class _Intersection:
             sel = sphere_of == s
             tt = t0[lid_ids[sel]][:, :, None] + np.concatenate([np.zeros((sel.sum(), 3, 1)), eb[sel]], axis=2)
             radii[s] = min(model.eye_radius[s], np.linalg.norm(tt - centres[s][None, :, None], axis=1).min())
-        from scipy.spatial import ConvexHull
+        from scipy.spatial import ConvexHull, cKDTree
         teeth = model.region_mask("teeth")
         upper = teeth.copy()
         upper[19247:] = False
@@ -123,7 +123,7 @@ class _Intersection:
             self.planes[h, :p.shape[0]] = p
             self.planes[h, p.shape[0]:] = p[0]
         teeth_pts = t0[teeth]
-        near = np.array([np.min(np.linalg.norm(teeth_pts[::8] - v, axis=1)) for v in t0[face]]) < 6.0
+        near = cKDTree(teeth_pts[::8]).query(t0[face])[0] < 6.0
         lip_ids = np.flatnonzero(face)[near]
         hull_of = np.where(t0[lip_ids, 1] >= np.median(teeth_pts[:, 1]), 0, 1)
         # keep lip vertices that are outside their hull at rest and under every single shape
