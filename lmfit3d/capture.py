@@ -76,8 +76,8 @@ class CaptureConfig:
     """
 
     fit: FitConfig = field(default_factory=FitConfig)
-    max_iter: int = 300
-    ftol: float = 1e-9
+    max_iter: int = 200
+    ftol: float = 1e-8
     gtol: float = 1e-5
     maxcor: int = 20
     init_frames: int = 8
@@ -304,8 +304,9 @@ class CaptureProblem:
         self.cfg = config
         fc = config.fit
         self.table = build_sparsity(model, vertex_ids, fc.sparsity_threshold_mm)
-        self.mu = np.ascontiguousarray(mu)
-        self.inv_sigma = np.ascontiguousarray(inv_sigma)
+        # cameras innermost for the kernel: (F, L, C, 2) and (F, L, C)
+        self.mu_t = np.ascontiguousarray(np.transpose(mu, (1, 2, 0, 3)))
+        self.inv_t = np.ascontiguousarray(np.transpose(inv_sigma, (1, 2, 0)))
         self.n_cameras, self.n_frames, self.n_landmarks = mu.shape[:3]
         self.block_ok = (inv_sigma > 0).sum(2) >= _MIN_LANDMARKS
         self.centre = np.ascontiguousarray(np.asarray(image_size, dtype=np.float64) / 2.0)
@@ -340,8 +341,8 @@ class CaptureProblem:
     def _kernel(self, z, grad, diag, uv):
         t, fc = self.table, self.cfg.fit
         return capture_energy(z, self.nk, self.ne, t.mean, t.identity_blocks, self.sj, self.model.joint_mean,
-                              self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.mu,
-                              self.inv_sigma, self.block_ok, self.centre, fc.w_expression, fc.w_joints,
+                              self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.mu_t,
+                              self.inv_t, self.block_ok, self.centre, fc.w_expression, fc.w_joints,
                               fc.w_temporal, *self.inter, fc.w_intersection, grad, diag, uv, self._frame_cost)
 
     def identity_prior(self, beta):
@@ -378,9 +379,9 @@ class CaptureProblem:
 
     def project(self, z):
         """Projected landmarks (C, F, L, 2) pixels and landmark cost per frame (F,) at z."""
-        uv = np.empty(self.mu.shape)
+        uv = np.empty(self.mu_t.shape)
         self._kernel(np.ascontiguousarray(z, dtype=np.float64), _E1, _E1, uv)
-        return uv, self._frame_cost.copy()
+        return np.transpose(uv, (2, 0, 1, 3)), self._frame_cost.copy()
 
     def bounds(self):
         lo = np.full(self.n, -np.inf)
@@ -682,8 +683,8 @@ def _result(model, prob, z, res, used, cal, size, ids, ref, t_init, t_solve):
         rot_cam[j] = rodrigues(z[s][0:3])
         t_cam[j] = z[s][3:6]
         foc[j] = z[s][6]
-        present = prob.inv_sigma[k] > 0
-        err = np.linalg.norm(uv_used[k] - prob.mu[k], axis=-1)[present]
+        present = prob.inv_t[:, :, k] > 0
+        err = np.linalg.norm(uv_used[k] - prob.mu_t[:, :, k], axis=-1)[present]
         if err.size:
             med[j], mean[j] = np.median(err), err.mean()
     e, nj = prob.ne, model.n_joints
@@ -804,3 +805,86 @@ def _fit_stills(model, mv, sv, cal, landmark_set, vertex_ids, cfg, progress):
         uv[:, keep] = out.uv
         out.uv = uv
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Files (``lmfit3d capture``)
+# --------------------------------------------------------------------------------------------
+
+def write_calibration(path, calibration):
+    """Write a :class:`Calibration` as JSON (``read_calibration`` format), atomically."""
+    from .paths import atomic_write
+    with atomic_write(Path(path), "w") as fh:
+        json.dump(calibration.to_json(), fh, indent=1)
+
+
+def result_arrays(model, res):
+    """The output .npz contents of a :class:`CaptureResult` (``fit-landmarks`` keys plus cameras)."""
+    nf = res.expression.shape[0]
+    verts = np.stack([res.vertices(model, f).astype(np.float32) if res.status[f] >= 0
+                      else np.full((model.n_vertices, 3), np.nan, np.float32) for f in range(nf)])
+    return dict(vertices=verts, identity=res.identity, expression=res.expression,
+                expression_names=np.array(res.expression_names), root_rotation=res.rotations[:, 0],
+                translation=res.translation, joint_rotations=res.rotations[:, 1:],
+                joint_names=np.array(model.joint_names[1:]), focal_px=res.focal, cost=res.cost,
+                iterations=np.full(nf, res.iterations), status=res.status, landmarks_fitted=res.uv,
+                vertex_ids=res.vertex_ids, units=np.array("mm"),
+                camera_rotation=res.camera_rotation, camera_translation=res.camera_translation,
+                image_size=res.image_size, camera_ok=res.camera_ok, reproj_median_px=res.reproj_median_px,
+                reproj_mean_px=res.reproj_mean_px, reference_camera=np.array(res.reference_camera),
+                total_cost=np.array(res.total_cost))
+
+
+def fit_capture_file(in_path, out_path, calibration=None, calibration_out=None, model=None, config=None,
+                     progress=None):
+    """``lmfit3d capture``: multi-view landmarks from an .npz, fit, write results atomically.
+
+    IN keys: ``mu`` (C, F, L, 2) pixels (NaN missing); ``sigma`` (C, F, L) (optional, default 1);
+    ``landmark_set`` (str) or ``vertex_ids`` (L,); ``image_size`` (2,) or (C, 2) (optional when the
+    calibration gives it); ``focal_px`` (optional, (C,) or one number: known focal lengths).
+
+    OUT keys: those of ``fit-landmarks`` (``vertices`` (F, V, 3) float32 world mm, ``identity``,
+    ``expression``, ``root_rotation``, ``translation``, ``joint_rotations``, ``cost`` (F,) landmark
+    cost per frame, ``iterations``, ``status``, ``landmarks_fitted`` (C, F, L, 2)) with ``focal_px``
+    per camera (C,), plus ``camera_rotation`` (C, 3, 3), ``camera_translation`` (C, 3) mm,
+    ``image_size`` (C, 2), ``camera_ok`` (C,), ``reproj_median_px`` / ``reproj_mean_px`` (C,),
+    ``reference_camera``, ``total_cost``.  The refined calibration goes to ``calibration_out`` (JSON).
+    """
+    from .paths import atomic_write
+    in_path = Path(in_path)
+    if not in_path.is_file():
+        raise ValueError(f"{in_path}: input file not found")
+    try:
+        with np.load(in_path, allow_pickle=False) as zf:
+            data = {k: zf[k] for k in zf.files}
+    except Exception as exc:
+        raise ValueError(f"{in_path}: not a readable .npz file ({exc})") from None
+    if "mu" not in data:
+        raise ValueError(f"{in_path}: missing required key 'mu'")
+    mu = np.asarray(data["mu"])
+    if mu.ndim != 4:
+        raise ValueError(f"{in_path}: mu must have shape (C, F, L, 2), got {mu.shape}")
+    nc = mu.shape[0]
+    if calibration is None and "image_size" not in data:
+        raise ValueError(f"{in_path}: missing key 'image_size' (or give a calibration)")
+    size = _image_sizes(data["image_size"], nc) if "image_size" in data else None
+    if calibration is not None:
+        cal = read_calibration(calibration, nc, size)
+    else:
+        cal = Calibration.unknown(size)
+    if "focal_px" in data:
+        f = np.broadcast_to(np.asarray(data["focal_px"], dtype=np.float64).ravel(), (nc,)) \
+            if np.asarray(data["focal_px"]).size in (1, nc) else None
+        if f is None or not (np.isfinite(f) & (f > 0)).all():
+            raise ValueError(f"{in_path}: focal_px must be one positive number or one per camera ({nc})")
+        cal = replace(cal, focal=np.where(np.isfinite(cal.focal), cal.focal, f))
+    lset = str(data["landmark_set"]) if "landmark_set" in data else None
+    model = model or load_model()
+    res = fit_capture(mu, data.get("sigma"), landmark_set=lset, vertex_ids=data.get("vertex_ids"),
+                      calibration=cal, model=model, config=config, progress=progress)
+    out = result_arrays(model, res)
+    with atomic_write(Path(out_path), "wb") as fh:
+        np.savez(fh, **out)
+    if calibration_out is not None:
+        write_calibration(calibration_out, res.calibration())
+    return res

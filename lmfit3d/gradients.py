@@ -147,7 +147,8 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     mean : (L, 3) neutral landmark positions; sb : (L, 3, K) identity blocks (sparsity table).
     sj : (J, 3, K) joint identity basis; joint_mean : (J, 3); parents : (J,) int64; anc : (J, J).
     expr_idx, expr_blocks, weights : the sparsity table's (L, D), (L, D, 3), (L, J).
-    mu : (C, F, L, 2) landmark means (pixels); inv_sigma : (C, F, L) 1/sigma, 0 where missing.
+    mu : (F, L, C, 2) landmark means (pixels); inv_sigma : (F, L, C) 1/sigma, 0 where missing
+        (cameras innermost: one landmark's views are contiguous).
     block_ok : (C, F) bool, camera j has landmarks in frame f.
     centre : (C, 2) principal point (pixels).
     w_expression, w_joints, w_temporal, w_intersection : float, term weights.
@@ -155,14 +156,14 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     sphere_c ... hull_of : as ``terms.intersection_term``.
     grad : (N,) out, d cost / d z (length 0 to skip the gradient).
     diag : (N,) out, diagonal of the Gauss-Newton matrix J^T J (length 0 to skip; costs more).
-    uv_out : (C, F, L, 2) out, projected landmarks (first axis 0 to skip).
+    uv_out : (F, L, C, 2) out, projected landmarks (first axis 0 to skip).
     frame_cost : (F,) out, landmark cost per frame (all cameras).
 
     Returns
     -------
     float, the cost (without the identity prior).
     """
-    nc, nf, nl = mu.shape[0], mu.shape[1], mu.shape[2]
+    nf, nl, nc = mu.shape[0], mu.shape[1], mu.shape[2]
     nj = weights.shape[1]
     psize = POSE_SIZE + ne
     cbase = nk + nf * psize
@@ -253,7 +254,7 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
             for j in range(nc):
                 if not block_ok[j, f]:
                     continue
-                isg = inv_sigma[j, f, p]
+                isg = inv_sigma[f, p, j]
                 if isg == 0.0 and not want_uv:
                     continue
                 cb = cbase + 7 * j
@@ -262,12 +263,12 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
                     xc[i] = y[i] + z[cb + 3 + i]
                 project_jac(xc, z[cb + 6], centre[j, 0], centre[j, 1], uv, dx, df)
                 if want_uv:
-                    uv_out[j, f, p, 0] = uv[0]
-                    uv_out[j, f, p, 1] = uv[1]
+                    uv_out[f, p, j, 0] = uv[0]
+                    uv_out[f, p, j, 1] = uv[1]
                 if isg == 0.0:
                     continue
-                ru = (uv[0] - mu[j, f, p, 0]) * isg
-                rv = (uv[1] - mu[j, f, p, 1]) * isg
+                ru = (uv[0] - mu[f, p, j, 0]) * isg
+                rv = (uv[1] - mu[f, p, j, 1]) * isg
                 c = 0.5 * (ru * ru + rv * rv)
                 cost += c
                 frame_cost[f] += c
