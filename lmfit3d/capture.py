@@ -850,7 +850,6 @@ def fit_capture_file(in_path, out_path, calibration=None, calibration_out=None, 
     ``image_size`` (C, 2), ``camera_ok`` (C,), ``reproj_median_px`` / ``reproj_mean_px`` (C,),
     ``reference_camera``, ``total_cost``.  The refined calibration goes to ``calibration_out`` (JSON).
     """
-    from .paths import atomic_write
     in_path = Path(in_path)
     if not in_path.is_file():
         raise ValueError(f"{in_path}: input file not found")
@@ -882,9 +881,15 @@ def fit_capture_file(in_path, out_path, calibration=None, calibration_out=None, 
     model = model or load_model()
     res = fit_capture(mu, data.get("sigma"), landmark_set=lset, vertex_ids=data.get("vertex_ids"),
                       calibration=cal, model=model, config=config, progress=progress)
-    out = result_arrays(model, res)
+    save_capture(model, res, out_path, calibration_out)
+    return res
+
+
+def save_capture(model, res, out_path, calibration_out=None):
+    """Write a :class:`CaptureResult` to ``out_path`` (.npz, ``result_arrays``) and optionally the
+    refined calibration JSON, both atomically."""
+    from .paths import atomic_write
     with atomic_write(Path(out_path), "wb") as fh:
-        np.savez(fh, **out)
+        np.savez(fh, **result_arrays(model, res))
     if calibration_out is not None:
         write_calibration(calibration_out, res.calibration())
-    return res

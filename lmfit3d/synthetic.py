@@ -148,11 +148,12 @@ def vertex_normals(verts, faces):
 
 def make_multiview(model, vertex_ids, rng, n_cameras=4, n_frames=10, noise_px=1.0, face_px=256.0,
                    image_px=512, fov_deg=30.0, outlier_fraction=0.05, outlier_sigma_px=15.0,
-                   occluded_sigma_px=15.0, identity=None, expression_amplitude=0.6):
+                   occluded_sigma_px=15.0, identity=None, expression_amplitude=0.6, period_frames=50):
     """C cameras around a head, F frames of expression animation and head motion.
 
-    One identity (from the prior unless given); per frame the root rotates slowly (a few degrees)
-    and a few expression shapes animate smoothly.  Landmarks whose vertex normal faces away from a
+    One identity (from the prior unless given); the root rotates slowly (+-4 degrees pitch, +-8
+    degrees yaw) and four expression shapes animate smoothly, with a period of ``period_frames``
+    frames (consecutive video frames: small motion from frame to frame).  Landmarks whose vertex normal faces away from a
     camera are "occluded": sigma = ``occluded_sigma_px`` and noise of that size (what a landmark
     predictor reports there); a further ``outlier_fraction`` of landmarks get ``outlier_sigma_px``.
     The others get ``noise_px``.  Cameras: ``ring_cameras`` at the depth framing the face at ``face_px``.
@@ -172,7 +173,7 @@ def make_multiview(model, vertex_ids, rng, n_cameras=4, n_frames=10, noise_px=1.
     from .rotation import rodrigues
     params, mus, sig, clean, occ = [], [], [], [], []
     for f in range(n_frames):
-        s = f / max(n_frames - 1, 1)
+        s = f / period_frames
         rots = base.rotations.copy()
         rots[0] = base.rotations[0] + np.radians([4.0 * np.sin(2 * np.pi * s), 8.0 * np.sin(np.pi * s), 0.0])
         psi = base.expression.copy() * 0.3

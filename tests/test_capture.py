@@ -1,6 +1,5 @@
 """Offline capture: gradient kernel vs finite differences, recovery, bad input, stills, CLI round trip."""
 import json
-import warnings
 from dataclasses import replace
 
 import numpy as np
