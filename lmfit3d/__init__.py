@@ -6,16 +6,16 @@ on first attribute access, so ``import lmfit3d`` stays fast in constrained envir
 
 Pipeline modules, imports flowing one way::
 
-    model -> rotation / skinning -> camera -> landmarks -> terms -> sparsity -> solvers
-          -> predict (ONNX) -> track / capture -> cli
+    model -> rotation / skinning -> camera -> imaging / render -> landmarks -> terms / gradients
+          -> sparsity -> solvers -> fit -> predict (ONNX) -> track / capture -> cli
 """
 from importlib import import_module
 
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "paths", "meshio", "model", "rotation", "skinning", "camera", "landmarks",
-    "terms", "sparsity", "solvers", "fit", "synthetic", "cli",
+    "paths", "meshio", "model", "rotation", "skinning", "camera", "imaging", "render", "landmarks",
+    "terms", "gradients", "sparsity", "solvers", "fit", "synthetic", "predict", "track", "capture", "cli",
 )
 _EXPORTS = {
     "FaceModel": "model",
@@ -25,6 +25,9 @@ _EXPORTS = {
     "Camera": "camera",
     "FitResult": "solvers",
     "fit_landmarks": "fit",
+    "track_video": "track",
+    "fit_image": "track",
+    "fit_capture": "capture",
 }
 
 __all__ = ["__version__", *_SUBMODULES, *_EXPORTS]

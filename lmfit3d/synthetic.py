@@ -113,3 +113,134 @@ def render_random_face(model, rng, expressive=True, image_px=512, face_px=260.0,
     img, tri, bary = render(verts, faces, shade(verts, faces, alb, light), cam.focal, image_px, image_px,
                             background=bg)
     return RenderedFace(img, p, cam, verts, tri, bary, faces)
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-view sequences (offline capture)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MultiView:
+    """A synthetic multi-camera sequence (world = camera 0's frame).
+
+    Attributes
+    ----------
+    mu : (C, F, L, 2) noisy landmarks (pixels); sigma : (C, F, L) their true sigma; clean : noiseless.
+    rotation, translation : (C, 3, 3), (C, 3) world-to-camera (x_cam = R x + T, mm).
+    focal : (C,) pixels; image_size : (C, 2).
+    params : list of F Params (world pose); identity shared.
+    occluded : (C, F, L) bool, landmark faces away from the camera (large sigma and noise).
+    """
+    mu: np.ndarray
+    sigma: np.ndarray
+    clean: np.ndarray
+    rotation: np.ndarray
+    translation: np.ndarray
+    focal: np.ndarray
+    image_size: np.ndarray
+    params: list
+    occluded: np.ndarray
+
+    def vertices(self, model, f):
+        """Ground-truth world mesh (V, 3) mm of frame f."""
+        return evaluate_mesh(model, self.params[f])
+
+    def calibration_json(self):
+        """The true calibration in the ``lmfit3d.capture.read_calibration`` format."""
+        return {"convention": "opengl", "units": "mm",
+                "cameras": [{"R": self.rotation[j].tolist(), "t": self.translation[j].tolist(),
+                             "focal": float(self.focal[j]), "image_size": self.image_size[j].tolist()}
+                            for j in range(self.focal.size)]}
+
+
+def ring_cameras(n_cameras, centre, yaw_span_deg=160.0, pitch_deg=(0.0, 20.0, -15.0)):
+    """Cameras around a head centre (mm, world = camera 0): camera 0 frontal, the others spread in yaw.
+
+    Camera j sees the world rotated about ``centre`` by Q_j (yaw, then a pitch from the cycle
+    ``pitch_deg``): x_cam = Q_j (x - c) + c, i.e. R_j = Q_j, T_j = c - Q_j c.
+    """
+    from .rotation import rodrigues
+    c = np.asarray(centre, dtype=np.float64)
+    yaws = [0.0]
+    k = 1
+    while len(yaws) < n_cameras:                    # +-step, +-2 step, ... up to half the span
+        step = 0.5 * yaw_span_deg / max((n_cameras - 1 + 1) // 2, 1)
+        yaws += [k * step, -k * step]
+        k += 1
+    yaws = yaws[:n_cameras]
+    rot = np.empty((n_cameras, 3, 3))
+    tr = np.empty((n_cameras, 3))
+    for j, yaw in enumerate(yaws):
+        pitch = pitch_deg[j % len(pitch_deg)] if j else 0.0
+        q = rodrigues(np.radians([pitch, 0.0, 0.0])) @ rodrigues(np.radians([0.0, yaw, 0.0]))
+        rot[j] = q
+        tr[j] = c - q @ c
+    return rot, tr
+
+
+def vertex_normals(verts, faces):
+    """Area-weighted vertex normals (V, 3), unit length."""
+    tri = verts[faces]
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n = np.zeros_like(verts)
+    for k in range(3):
+        np.add.at(n, faces[:, k], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+def make_multiview(model, vertex_ids, rng, n_cameras=4, n_frames=10, noise_px=1.0, face_px=256.0,
+                   image_px=512, fov_deg=30.0, outlier_fraction=0.05, outlier_sigma_px=15.0,
+                   occluded_sigma_px=15.0, identity=None, expression_amplitude=0.6, period_frames=50):
+    """C cameras around a head, F frames of expression animation and head motion.
+
+    One identity (from the prior unless given); the root rotates slowly (+-4 degrees pitch, +-8
+    degrees yaw) and four expression shapes animate smoothly, with a period of ``period_frames``
+    frames (consecutive video frames: small motion from frame to frame).  Landmarks whose vertex normal faces away from a
+    camera are "occluded": sigma = ``occluded_sigma_px`` and noise of that size (what a landmark
+    predictor reports there); a further ``outlier_fraction`` of landmarks get ``outlier_sigma_px``.
+    The others get ``noise_px``.  Cameras: ``ring_cameras`` at the depth framing the face at ``face_px``.
+    """
+    from .skinning import evaluate_points
+    ids = np.asarray(vertex_ids, dtype=np.int64)
+    cam = Camera.from_fov(image_px, image_px, fov_deg)
+    depth = cam.focal * FACE_WIDTH_MM / face_px
+    centre = np.array([0.0, 0.0, -depth])
+    rot, tr = ring_cameras(n_cameras, centre)
+    base = random_params(model, rng, yaw_deg=5.0, pitch_deg=5.0, roll_deg=3.0, identity=identity)
+    shapes = rng.choice(model.n_expression, size=4, replace=False)
+    phase = rng.uniform(0, 2 * np.pi, size=4)
+    # normals of the neutral template at the landmarks, carried by the root rotation (visibility)
+    t0 = model.template(base.identity)
+    nrm0 = vertex_normals(t0, model.faces)[ids]
+    from .rotation import rodrigues
+    params, mus, sig, clean, occ = [], [], [], [], []
+    for f in range(n_frames):
+        s = f / period_frames
+        rots = base.rotations.copy()
+        rots[0] = base.rotations[0] + np.radians([4.0 * np.sin(2 * np.pi * s), 8.0 * np.sin(np.pi * s), 0.0])
+        psi = base.expression.copy() * 0.3
+        psi[shapes] = expression_amplitude * 0.5 * (1 - np.cos(2 * np.pi * s + phase))
+        p = base.replace(rotations=rots, expression=np.clip(psi, 0, 1), translation=centre.copy())
+        params.append(p)
+        x, _ = evaluate_points(model, p, ids)
+        nrm = nrm0 @ rodrigues(rots[0]).T
+        uv_c, sg_c, cl_c, oc_c = [], [], [], []
+        for j in range(n_cameras):
+            xc = x @ rot[j].T + tr[j]
+            nc = nrm @ rot[j].T
+            oc = (nc * (-xc)).sum(1) <= 0.0           # faces away from the camera centre
+            uv = cam.project(xc)
+            sg = np.full(ids.size, float(noise_px))
+            sg[rng.random(ids.size) < outlier_fraction] = outlier_sigma_px
+            sg[oc] = occluded_sigma_px
+            uv_c.append(uv + rng.normal(size=uv.shape) * sg[:, None])
+            sg_c.append(sg)
+            cl_c.append(uv)
+            oc_c.append(oc)
+        mus.append(uv_c)
+        sig.append(sg_c)
+        clean.append(cl_c)
+        occ.append(oc_c)
+    tr_ = lambda a: np.ascontiguousarray(np.swapaxes(np.asarray(a), 0, 1))  # noqa: E731
+    return MultiView(tr_(mus), tr_(sig), tr_(clean), rot, tr, np.full(n_cameras, cam.focal),
+                     np.tile([float(image_px), float(image_px)], (n_cameras, 1)), params, tr_(occ))

@@ -1,0 +1,895 @@
+"""Offline capture: all frames and cameras fitted together by L-BFGS (paper sec. 3.3 and 4.3.1).
+
+Unknowns
+--------
+* identity beta (K), shared by every frame and camera;
+* per frame f: root rotation and translation (the head pose in *world* coordinates), neck / head /
+  eye rotations and expression psi_f (E, kept in [0, 1] by L-BFGS-B bounds);
+* per camera j: world-to-camera rotation R_j (axis-angle), translation T_j (mm) and focal length
+  f_j (pixels, > 0), each optimised when unknown or marked free, held when calibrated.
+
+A landmark vertex x_f (world) is seen by camera j at x_cam = R_j x_f + T_j, with
+x_f = R_root LBS(T(beta, psi_f), J(beta), theta_f) + t_root, and projected by the pinhole model of
+``lmfit3d.camera`` (principal point at the image centre).  The energy is the real-time fitter's
+(``FitConfig`` weights): landmarks summed over cameras and frames, identity GMM prior, expression
+and joint priors, the temporal term (landmark vertices, world mm) and intersections.  Cost and
+gradient come from one numba kernel (``lmfit3d.gradients.capture_energy``); L-BFGS-B runs on
+variables rescaled by the Gauss-Newton diagonal at the start (a diagonal preconditioner).
+
+World frame and gauge
+---------------------
+The head pose and the cameras are only defined up to one common rigid motion.  With a calibration
+the world is the calibration's world, and the calibrated cameras (held unless marked free) fix the
+gauge.  When every camera's extrinsics are free (no calibration), the *reference camera* is held at
+R = I, T = 0: the world is then that camera's coordinate frame (camera axes of ``lmfit3d.camera``:
+x right, y up, looking along -z).  All 3D outputs (vertices, root pose) are in world mm.
+
+Initialisation
+--------------
+1. The reference camera (default 0, or the first camera that sees a face) is tracked alone by the
+   real-time fitter (``lmfit3d.fit.fit_landmarks``): identity, per-frame pose and expression, and
+   its focal length when unknown.  Frames it could not fit copy the nearest fitted frame.
+2. Every other camera with unknown extrinsics or focal is tracked alone on up to
+   ``init_frames`` frames spread over the clip (identity held at the reference's), giving the head
+   pose (R_jf, t_jf) in that camera for frames f the reference also fitted (pose (R_f, t_f)).  The
+   relative transform camera_ref -> camera_j is R = R_jf R_f^T, T = t_jf - R t_f per frame; the
+   rotations are averaged (projection of their sum onto SO(3)) and the translations by the
+   median.  Calibrated values replace tracked ones.
+3. Cameras that see no face in any frame are reported by a warning, left out of the fit and
+   keep their input calibration (NaN when none).
+"""
+import json
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .camera import focal_from_fov
+from .fit import FitConfig, Tracker, _Intersection, fit_landmarks
+from .gradients import CAMERA_SIZE, POSE_SIZE, capture_energy
+from .landmarks import resolve_vertex_ids
+from .model import Params, load_model
+from .rotation import matrix_to_axis_angle, rodrigues
+from .skinning import ancestry, evaluate_mesh
+from .sparsity import build_sparsity
+
+# OpenCV-style cameras (x right, y down, looking along +z) to ours (x right, y up, looking along -z)
+_CV_TO_GL = np.diag([1.0, -1.0, -1.0])
+_MIN_LANDMARKS = 3
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Energy weights (``fit``, the real-time fitter's ``FitConfig``), L-BFGS and initialisation.
+
+    Attributes
+    ----------
+    fit : FitConfig, term weights and sparsity threshold (its LM settings drive the initialisation).
+    max_iter : int, L-BFGS-B iterations.
+    ftol, gtol : float, L-BFGS-B's relative cost reduction and projected gradient tolerances
+        (the gradient is that of the rescaled variables).
+    maxcor : int, L-BFGS memory (correction pairs).
+    init_frames : int, frames tracked per non-reference camera to find its extrinsics.
+    two_pass_init : bool, track the reference camera twice (second pass with the identity held).
+    reference_camera : int or None, the gauge camera (None: 0, or the first camera with a face).
+    """
+
+    fit: FitConfig = field(default_factory=FitConfig)
+    max_iter: int = 200
+    ftol: float = 1e-8
+    gtol: float = 1e-5
+    maxcor: int = 20
+    init_frames: int = 8
+    two_pass_init: bool = False
+    reference_camera: int = None
+
+    def __post_init__(self):
+        if self.max_iter < 1 or self.init_frames < 1 or self.maxcor < 1:
+            raise ValueError("max_iter, init_frames and maxcor must be >= 1")
+        if not (self.ftol >= 0 and self.gtol >= 0):
+            raise ValueError("ftol and gtol must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-camera pinhole calibration, world-to-camera, in this project's camera axes.
+
+    Attributes
+    ----------
+    rotation : (C, 3, 3) float64, R_j (NaN rows where unknown).
+    translation : (C, 3) float64, T_j mm (x_cam = R_j x_world + T_j).
+    focal : (C,) float64 pixels, NaN where unknown.
+    image_size : (C, 2) float64 (width, height) pixels.
+    free_extrinsics, free_focal : (C,) bool, optimise even though known.
+    """
+
+    rotation: np.ndarray
+    translation: np.ndarray
+    focal: np.ndarray
+    image_size: np.ndarray
+    free_extrinsics: np.ndarray
+    free_focal: np.ndarray
+
+    @property
+    def n_cameras(self):
+        return self.focal.size
+
+    @property
+    def known_extrinsics(self):
+        return np.isfinite(self.rotation).all((1, 2)) & np.isfinite(self.translation).all(1)
+
+    @classmethod
+    def unknown(cls, image_size):
+        """All cameras unknown, of the given (C, 2) image sizes."""
+        size = np.asarray(image_size, dtype=np.float64)
+        c = size.shape[0]
+        return cls(np.full((c, 3, 3), np.nan), np.full((c, 3), np.nan), np.full(c, np.nan), size,
+                   np.zeros(c, bool), np.zeros(c, bool))
+
+    def to_json(self):
+        """JSON-serialisable dict (``read_calibration`` reads it back)."""
+        cams = []
+        for j in range(self.n_cameras):
+            d = {"image_size": [float(v) for v in self.image_size[j]]}
+            if np.isfinite(self.focal[j]):
+                d["focal"] = float(self.focal[j])
+            if self.known_extrinsics[j]:
+                d["R"] = self.rotation[j].tolist()
+                d["t"] = self.translation[j].tolist()
+            cams.append(d)
+        return {"convention": "opengl", "units": "mm", "cameras": cams}
+
+
+def _num_array(value, shape, what):
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be numbers of shape {shape}") from None
+    if a.shape != shape or not np.isfinite(a).all():
+        raise ValueError(f"{what} must be finite numbers of shape {shape}, got shape {a.shape}")
+    return a
+
+
+def parse_calibration(data, n_cameras, image_size=None, source="calibration"):
+    """Calibration from a JSON-like dict or list (see ``read_calibration``); raises ValueError."""
+    conv = "opengl"
+    if isinstance(data, dict):
+        conv = str(data.get("convention", "opengl")).lower()
+        data = data.get("cameras")
+    if conv not in ("opengl", "opencv"):
+        raise ValueError(f"{source}: convention must be 'opengl' or 'opencv', got {conv!r}")
+    if not isinstance(data, list):
+        raise ValueError(f"{source}: expected a list of cameras (or an object with a \"cameras\" list)")
+    if len(data) != n_cameras:
+        raise ValueError(f"{source}: {len(data)} cameras given, the landmarks have {n_cameras}")
+    cal = Calibration.unknown(np.zeros((n_cameras, 2)) if image_size is None else image_size)
+    rot, tr, foc, size = cal.rotation.copy(), cal.translation.copy(), cal.focal.copy(), cal.image_size.copy()
+    fe, ff = cal.free_extrinsics.copy(), cal.free_focal.copy()
+    for j, cam in enumerate(data):
+        what = f"{source}: camera {j}"
+        if not isinstance(cam, dict):
+            raise ValueError(f"{what} must be an object")
+        if "image_size" in cam:
+            size[j] = _num_array(cam["image_size"], (2,), f"{what} image_size")
+        if not (size[j] > 0).all():
+            raise ValueError(f"{what}: image_size (width, height) missing or not > 0")
+        if "K" in cam:
+            k = _num_array(cam["K"], (3, 3), f"{what} K")
+            foc[j] = 0.5 * (k[0, 0] + k[1, 1])
+            if abs(k[0, 2] - size[j, 0] / 2) > 0.02 * size[j, 0] or abs(k[1, 2] - size[j, 1] / 2) > 0.02 * size[j, 1]:
+                warnings.warn(f"{what}: principal point ({k[0, 2]:.1f}, {k[1, 2]:.1f}) is not at the image "
+                              f"centre; the model assumes it is", stacklevel=3)
+        elif "focal" in cam or "focal_px" in cam:
+            foc[j] = float(_num_array(cam.get("focal", cam.get("focal_px")), (), f"{what} focal"))
+        if np.isfinite(foc[j]) and foc[j] <= 0:
+            raise ValueError(f"{what}: focal length must be > 0 pixels, got {foc[j]}")
+        if ("R" in cam) != ("t" in cam):
+            raise ValueError(f"{what}: give both R and t, or neither")
+        if "R" in cam:
+            r = _num_array(cam["R"], (3, 3), f"{what} R")
+            t = _num_array(cam["t"], (3,), f"{what} t")
+            if not np.allclose(r @ r.T, np.eye(3), atol=1e-4) or np.linalg.det(r) < 0:
+                raise ValueError(f"{what}: R is not a rotation matrix")
+            if conv == "opencv":
+                r, t = _CV_TO_GL @ r, _CV_TO_GL @ t
+            rot[j], tr[j] = r, t
+        fe[j] = bool(cam.get("free_extrinsics", cam.get("free", False)))
+        ff[j] = bool(cam.get("free_focal", cam.get("free", False)))
+    return Calibration(rot, tr, foc, size, fe, ff)
+
+
+def read_calibration(path, n_cameras, image_size=None):
+    """Read a calibration JSON file.
+
+    Format: ``{"convention": "opengl" | "opencv", "cameras": [cam, ...]}`` (or the bare list), one
+    object per camera with optional keys ``K`` (3x3; focal = mean of fx, fy, principal point
+    assumed at the image centre) or ``focal`` (pixels); ``R`` (3x3) and ``t`` (3,) mm, world to
+    camera, x_cam = R x_world + t; ``image_size`` [width, height]; ``free_extrinsics``,
+    ``free_focal`` or ``free`` (bool: refine even though given).  ``"opencv"`` means camera axes
+    x right, y down, looking along +z (converted to ours).  Missing values are estimated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: calibration file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return parse_calibration(data, n_cameras, image_size, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+def validate_multiview(mu, sigma, n_landmarks):
+    """Check per-camera landmarks; returns mu (C, F, L, 2) and inv_sigma (C, F, L) float64.
+
+    ``mu`` may be an array (C, F, L, 2) or a list of per-camera (F, L, 2) arrays (same F); NaN rows
+    are missing landmarks; ``sigma`` (C, F, L) or a list, default 1 pixel.
+    """
+    if isinstance(mu, (list, tuple)):
+        if len(mu) == 0:
+            raise ValueError("mu: no cameras given")
+        arrs = [np.asarray(m, dtype=np.float64) for m in mu]
+        for j, a in enumerate(arrs):
+            if a.ndim != 3:
+                raise ValueError(f"mu of camera {j} must have shape (F, L, 2), got {a.shape}")
+            if a.shape[0] != arrs[0].shape[0]:
+                raise ValueError(f"inconsistent frame counts: camera {j} has {a.shape[0]} frames, "
+                                 f"camera 0 has {arrs[0].shape[0]}")
+        mu = np.stack(arrs)
+        if sigma is not None:
+            if len(sigma) != len(arrs):
+                raise ValueError(f"sigma has {len(sigma)} cameras, mu has {len(arrs)}")
+            sg = [np.asarray(s, dtype=np.float64) for s in sigma]
+            for j, s in enumerate(sg):
+                if s.shape != arrs[j].shape[:2]:
+                    raise ValueError(f"sigma of camera {j} must have shape {arrs[j].shape[:2]}, got {s.shape}")
+            sigma = np.stack(sg)
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.ndim != 4 or mu.shape[3] != 2 or 0 in mu.shape:
+        raise ValueError(f"mu must have shape (C, F, L, 2), got {mu.shape}")
+    if mu.shape[2] != n_landmarks:
+        raise ValueError(f"mu has {mu.shape[2]} landmarks but the landmark set has {n_landmarks}")
+    if np.isinf(mu).any():
+        raise ValueError("mu contains inf (use NaN for missing landmarks)")
+    sigma = np.ones(mu.shape[:3]) if sigma is None else np.asarray(sigma, dtype=np.float64)
+    if sigma.shape != mu.shape[:3]:
+        raise ValueError(f"sigma must have shape {mu.shape[:3]} (C, F, L), got {sigma.shape}")
+    present = np.isfinite(mu).all(3)
+    bad = present & ~(np.isfinite(sigma) & (sigma > 0))
+    if bad.any():
+        c, f, i = np.argwhere(bad)[0]
+        raise ValueError(f"sigma must be finite and > 0 for present landmarks (camera {c}, frame {f}, "
+                         f"landmark {i}: {sigma[c, f, i]})")
+    inv = np.where(present, 1.0 / np.where(present, sigma, 1.0), 0.0)
+    return np.where(present[..., None], mu, 0.0), inv
+
+
+def _image_sizes(image_size, n_cameras):
+    size = np.asarray(image_size, dtype=np.float64)
+    if size.shape == (2,):
+        size = np.tile(size, (n_cameras, 1))
+    if size.shape != (n_cameras, 2) or not (np.isfinite(size) & (size > 0)).all():
+        raise ValueError(f"image_size must be (width, height) > 0 or one per camera ({n_cameras}, 2), "
+                         f"got shape {size.shape}")
+    return size
+
+
+# --------------------------------------------------------------------------------------------
+# The problem
+# --------------------------------------------------------------------------------------------
+
+class CaptureProblem:
+    """The offline energy over the full vector z (layout in ``lmfit3d.gradients``).
+
+    Parameters
+    ----------
+    model : FaceModel
+    vertex_ids : (L,) landmark vertices.
+    mu, inv_sigma : (C, F, L, 2), (C, F, L) from :func:`validate_multiview`.
+    image_size : (C, 2) pixels.
+    config : CaptureConfig
+    identity0 : (K,) identity at which the intersection spheres and hulls are built.
+    """
+
+    def __init__(self, model, vertex_ids, mu, inv_sigma, image_size, config, identity0=None):
+        self.model = model
+        self.cfg = config
+        fc = config.fit
+        self.table = build_sparsity(model, vertex_ids, fc.sparsity_threshold_mm)
+        # cameras innermost for the kernel: (F, L, C, 2) and (F, L, C)
+        self.mu_t = np.ascontiguousarray(np.transpose(mu, (1, 2, 0, 3)))
+        self.inv_t = np.ascontiguousarray(np.transpose(inv_sigma, (1, 2, 0)))
+        self.n_cameras, self.n_frames, self.n_landmarks = mu.shape[:3]
+        self.block_ok = (inv_sigma > 0).sum(2) >= _MIN_LANDMARKS
+        self.centre = np.ascontiguousarray(np.asarray(image_size, dtype=np.float64) / 2.0)
+        self.nk, self.ne = model.n_identity, model.n_expression
+        self.psize = POSE_SIZE + self.ne
+        self.cbase = self.nk + self.n_frames * self.psize
+        self.n = self.cbase + CAMERA_SIZE * self.n_cameras
+        self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
+        self.parents = model.joint_parents.astype(np.int64)
+        self.anc = ancestry(model.joint_parents)
+        beta0 = np.zeros(self.nk) if identity0 is None else np.asarray(identity0, dtype=np.float64)
+        if fc.w_intersection > 0:
+            it = _Intersection(model, beta0, fc.sparsity_threshold_mm)
+            self.inter = (it.table.mean, it.table.identity_blocks, it.table.expr_idx, it.table.expr_blocks,
+                          it.sphere_c, it.sphere_r, it.sphere_of, it.planes, it.hull_of)
+        else:
+            self.inter = (np.zeros((0, 3)), np.zeros((0, 3, self.nk)), np.zeros((0, 1), np.int64),
+                          np.zeros((0, 1, 3)), np.zeros((2, 3)), np.ones(2), np.zeros(0, np.int64),
+                          np.zeros((2, 1, 4)), np.zeros(0, np.int64))
+        self._frame_cost = np.empty(self.n_frames)
+        self.nfev = 0
+
+    # layout helpers
+    def frame_slice(self, f):
+        s = self.nk + f * self.psize
+        return slice(s, s + self.psize)
+
+    def camera_slice(self, j):
+        s = self.cbase + CAMERA_SIZE * j
+        return slice(s, s + CAMERA_SIZE)
+
+    def _kernel(self, z, grad, diag, uv):
+        t, fc = self.table, self.cfg.fit
+        return capture_energy(z, self.nk, self.ne, t.mean, t.identity_blocks, self.sj, self.model.joint_mean,
+                              self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.mu_t,
+                              self.inv_t, self.block_ok, self.centre, fc.w_expression, fc.w_joints,
+                              fc.w_temporal, *self.inter, fc.w_intersection, grad, diag, uv, self._frame_cost)
+
+    def identity_prior(self, beta):
+        """GMM prior w_id (-log sum_c w_c N(beta; m_c, diag s_c^2) + const): cost, gradient, GN diagonal.
+
+        The constant makes it 0.5 w_id |(beta - m) / s|^2 for one component (the real-time fitter's).
+        """
+        m, w = self.model, self.cfg.fit.w_identity
+        lognorm = np.log(m.gmm_weights) - np.log(m.gmm_stds).sum(1)
+        d = (beta[None] - m.gmm_means) / m.gmm_stds
+        logp = lognorm - 0.5 * (d * d).sum(1)
+        top = logp.max()
+        lse = top + np.log(np.exp(logp - top).sum())
+        resp = np.exp(logp - lse)
+        ltop = lognorm.max()
+        const = ltop + np.log(np.exp(lognorm - ltop).sum())
+        grad = w * (resp[:, None] * d / m.gmm_stds).sum(0)
+        diag = w * (resp[:, None] / m.gmm_stds ** 2).sum(0)
+        return w * (const - lse), grad, diag
+
+    def energy(self, z, want_grad=True, want_diag=False):
+        """(cost, gradient (N,) or None, GN diagonal (N,) or None) at the full vector z."""
+        z = np.ascontiguousarray(z, dtype=np.float64)
+        grad = np.empty(self.n) if want_grad else _E1
+        diag = np.empty(self.n) if want_diag else _E1
+        cost = self._kernel(z, grad, diag, _E4)
+        c_id, g_id, d_id = self.identity_prior(z[:self.nk])
+        self.nfev += 1
+        if want_grad:
+            grad[:self.nk] += g_id
+        if want_diag:
+            diag[:self.nk] += d_id
+        return cost + c_id, (grad if want_grad else None), (diag if want_diag else None)
+
+    def project(self, z):
+        """Projected landmarks (C, F, L, 2) pixels and landmark cost per frame (F,) at z."""
+        uv = np.empty(self.mu_t.shape)
+        self._kernel(np.ascontiguousarray(z, dtype=np.float64), _E1, _E1, uv)
+        return np.transpose(uv, (2, 0, 1, 3)), self._frame_cost.copy()
+
+    def bounds(self):
+        lo = np.full(self.n, -np.inf)
+        hi = np.full(self.n, np.inf)
+        for f in range(self.n_frames):
+            s = self.frame_slice(f)
+            lo[s.start + POSE_SIZE: s.stop] = 0.0
+            hi[s.start + POSE_SIZE: s.stop] = 1.0
+        for j in range(self.n_cameras):
+            lo[self.camera_slice(j).stop - 1] = 1.0
+        return lo, hi
+
+    def solve(self, z0, free):
+        """L-BFGS-B over z[free] from z0 (rescaled by the Gauss-Newton diagonal); returns (z, result)."""
+        from scipy.optimize import minimize
+
+        z0 = np.array(z0, dtype=np.float64)
+        _, _, diag = self.energy(z0, want_grad=False, want_diag=True)
+        d = diag[free]
+        scale = np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-300)), 1.0)
+        lo, hi = self.bounds()
+        lo, hi = lo[free] / scale, hi[free] / scale
+        z = z0.copy()
+
+        def fun(u):
+            z[free] = u * scale
+            cost, grad, _ = self.energy(z)
+            return cost, grad[free] * scale
+
+        u0 = np.clip(z0[free] / scale, lo, hi)
+        res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi)),
+                       options=dict(maxiter=self.cfg.max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
+                                    gtol=self.cfg.gtol, maxfun=4 * self.cfg.max_iter))
+        z = z0.copy()
+        z[free] = res.x * scale
+        return z, res
+
+
+_E1 = np.zeros(0)
+_E4 = np.zeros((0, 0, 0, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class CaptureResult:
+    """Result of :func:`fit_capture` (F frames, C cameras); 3D in world mm (see the module docstring).
+
+    Per-frame arrays follow ``lmfit3d.fit.SequenceFit``; per-camera: ``camera_rotation`` (C, 3, 3),
+    ``camera_translation`` (C, 3) mm, ``focal`` (C,) px, ``image_size`` (C, 2), ``camera_ok`` (C,)
+    (False: no face seen, left out), ``reproj_median_px`` / ``reproj_mean_px`` (C,) landmark
+    reprojection error (pixels, present landmarks only), ``uv`` (C, F, L, 2) fitted landmarks.
+    """
+
+    identity: np.ndarray
+    expression: np.ndarray
+    rotations: np.ndarray
+    translation: np.ndarray
+    cost: np.ndarray
+    status: np.ndarray
+    camera_rotation: np.ndarray
+    camera_translation: np.ndarray
+    focal: np.ndarray
+    image_size: np.ndarray
+    camera_ok: np.ndarray
+    reproj_median_px: np.ndarray
+    reproj_mean_px: np.ndarray
+    uv: np.ndarray
+    vertex_ids: np.ndarray
+    total_cost: float
+    iterations: int
+    n_evaluations: int
+    converged: bool
+    message: str
+    reference_camera: int
+    seconds_init: float = 0.0
+    seconds_solve: float = 0.0
+    expression_names: tuple = ()
+
+    def params(self, f):
+        return Params(self.identity, self.expression[f], self.rotations[f], self.translation[f])
+
+    def vertices(self, model, f):
+        """World-space mesh (V, 3) mm of frame f."""
+        return evaluate_mesh(model, self.params(f))
+
+    def calibration(self):
+        """The refined :class:`Calibration` (cameras left out keep NaN where they were unknown)."""
+        n = self.focal.size
+        return Calibration(self.camera_rotation, self.camera_translation, self.focal, self.image_size,
+                           np.zeros(n, bool), np.zeros(n, bool))
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation
+# --------------------------------------------------------------------------------------------
+
+def _fill_frames(ok, values):
+    """Copy each row of values where ok is False from the nearest row where ok is True."""
+    idx = np.flatnonzero(ok)
+    near = idx[np.abs(np.arange(ok.size)[:, None] - idx[None]).argmin(1)]
+    return values[near]
+
+
+def _relative_pose(rot_j, t_j, rot_r, t_r):
+    """Rigid transform camera_ref -> camera_j from head poses seen by both (per-frame arrays)."""
+    rr = rodrigues(rot_r)
+    rj = rodrigues(rot_j)
+    rel = rj @ np.transpose(rr, (0, 2, 1))
+    u, _, vt = np.linalg.svd(rel.sum(0))
+    r = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    t = np.median(t_j - np.einsum("ij,fj->fi", r, t_r), axis=0)
+    return r, t
+
+
+def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progress):
+    """Initial full vector pieces: identity, per-frame params (world), camera R, T, focal."""
+    nc, nf = mu.shape[:2]
+    sigma = np.where(inv_sigma > 0, 1.0 / np.where(inv_sigma > 0, inv_sigma, 1.0), 1.0)
+    nan_mu = np.where((inv_sigma > 0)[..., None], mu, np.nan)
+    foc = cal.focal.copy()
+    fr = fit_landmarks(nan_mu[ref], sigma[ref], vertex_ids=ids, image_size=size[ref],
+                       focal_px=foc[ref] if np.isfinite(foc[ref]) else None, model=model, config=cfg.fit,
+                       identity=identity, two_pass=cfg.two_pass_init)
+    ok = fr.status >= 0
+    if not ok.any():
+        raise ValueError(f"the reference camera {ref} could not be fitted in any frame")
+    beta = fr.identity.copy()
+    foc[ref] = np.nanmedian(fr.focal)
+    rot_c = _fill_frames(ok, fr.rotations)                       # in the reference camera
+    tr_c = _fill_frames(ok, fr.translation)
+    expr = np.clip(_fill_frames(ok, fr.expression), 0.0, 1.0)
+    rot_cam = np.tile(np.eye(3), (nc, 1, 1))
+    t_cam = np.zeros((nc, 3))
+    known = cal.known_extrinsics
+    if known[ref]:
+        rot_cam[ref], t_cam[ref] = cal.rotation[ref], cal.translation[ref]
+    for j in range(nc):
+        if j == ref or (known[j] and np.isfinite(foc[j])):
+            continue
+        good = np.flatnonzero(ok & ((inv_sigma[j] > 0).sum(1) >= _MIN_LANDMARKS))
+        if good.size == 0:
+            if not known[j]:
+                raise ValueError(f"camera {j} shares no frame with a face with the reference camera "
+                                 f"{ref}; give its calibration")
+            continue
+        pick = good[np.unique(np.linspace(0, good.size - 1, min(cfg.init_frames, good.size)).round().astype(int))]
+        tracker = Tracker(model, ids, size[j], foc[j] if np.isfinite(foc[j]) else None, cfg.fit, identity=beta)
+        fits = []
+        for f in pick:
+            tracker.reset()
+            fits.append(tracker.step(nan_mu[j, f], sigma[j, f]))
+        keep = [i for i, ft in enumerate(fits) if ft is not None and ft.success]
+        if not keep:
+            raise ValueError(f"camera {j}: the face could not be fitted to initialise its extrinsics")
+        if not np.isfinite(foc[j]):
+            foc[j] = tracker.focal
+        if not known[j]:
+            rj = np.array([fits[i].params.rotations[0] for i in keep])
+            tj = np.array([fits[i].params.translation for i in keep])
+            r_rel, t_rel = _relative_pose(rj, tj, rot_c[pick[keep]][:, 0], tr_c[pick[keep]])
+            rot_cam[j] = r_rel @ rot_cam[ref]
+            t_cam[j] = r_rel @ t_cam[ref] + t_rel
+        if progress is not None:
+            progress(f"camera {j} initialised")
+    for j in range(nc):
+        if known[j] and j != ref:
+            rot_cam[j], t_cam[j] = cal.rotation[j], cal.translation[j]
+    # head pose in world coordinates: x_ref = R_ref x_w + T_ref
+    r_ref, t_ref = rot_cam[ref], t_cam[ref]
+    rot_w = rot_c.copy()
+    root = rodrigues(rot_c[:, 0])
+    for f in range(nf):
+        rot_w[f, 0] = matrix_to_axis_angle(r_ref.T @ root[f])
+    tr_w = (tr_c - t_ref) @ r_ref
+    for j in range(nc):
+        if not np.isfinite(foc[j]):
+            foc[j] = focal_from_fov(size[j, 0], 45.0)
+    return beta, rot_w, tr_w, expr, rot_cam, t_cam, foc
+
+
+# --------------------------------------------------------------------------------------------
+# API
+# --------------------------------------------------------------------------------------------
+
+def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_size=None, calibration=None,
+                model=None, config=None, identity=None, progress=None):
+    """Fit all frames of all cameras at once (the paper's offline system).
+
+    Parameters
+    ----------
+    mu : (C, F, L, 2) float, or a list of C arrays (F, L, 2): landmark means in pixels (NaN missing).
+    sigma : (C, F, L) float or a list of (F, L): standard deviations in pixels (default 1).
+    landmark_set : str (e.g. ``"dense703"``), or ``vertex_ids`` (L,) model vertices.
+    image_size : (2,) or (C, 2) (width, height) pixels; may come from the calibration instead.
+    calibration : :class:`Calibration`, a path to a calibration JSON (``read_calibration``), or None
+        (all extrinsics and focal lengths estimated).
+    config : CaptureConfig
+    identity : (K,) optional fixed identity.
+    progress : callable(str), optional progress messages.
+
+    Returns
+    -------
+    CaptureResult
+        3D outputs in world mm (calibration world, or the reference camera's frame).
+    """
+    import time
+
+    model = model or load_model()
+    cfg = config or CaptureConfig()
+    ids = resolve_vertex_ids(landmark_set, vertex_ids, model.n_vertices)
+    mu, inv_sigma = validate_multiview(mu, sigma, ids.size)
+    nc, nf, nl = mu.shape[:3]
+    if calibration is None:
+        if image_size is None:
+            raise ValueError("image_size is required when no calibration is given")
+        cal = Calibration.unknown(_image_sizes(image_size, nc))
+    else:
+        if not isinstance(calibration, Calibration):
+            size0 = None if image_size is None else _image_sizes(image_size, nc)
+            calibration = read_calibration(calibration, nc, size0)
+        cal = calibration
+        if cal.n_cameras != nc:
+            raise ValueError(f"calibration has {cal.n_cameras} cameras, the landmarks have {nc}")
+        if image_size is not None:
+            cal = replace(cal, image_size=_image_sizes(image_size, nc))
+    size = _image_sizes(cal.image_size, nc)
+    if identity is not None:
+        identity = np.asarray(identity, dtype=np.float64)
+        if identity.shape != (model.n_identity,) or not np.isfinite(identity).all():
+            raise ValueError(f"identity must be {model.n_identity} finite numbers")
+    t0 = time.perf_counter()
+    counts = (inv_sigma > 0).sum(2)
+    cam_ok = (counts >= _MIN_LANDMARKS).any(1)
+    for j in np.flatnonzero(~cam_ok):
+        warnings.warn(f"camera {j} sees no face in any frame; it is left out of the fit", stacklevel=2)
+    if not cam_ok.any():
+        raise ValueError("no camera sees a face (fewer than 3 landmarks in every frame)")
+    ref = cfg.reference_camera
+    if ref is None:
+        ref = 0 if cam_ok[0] else int(np.flatnonzero(cam_ok)[0])
+    elif not (0 <= ref < nc) or not cam_ok[ref]:
+        raise ValueError(f"reference_camera {ref} is not a camera with a face (0..{nc - 1})")
+    used = np.flatnonzero(cam_ok)
+    # fit on the cameras that see a face only
+    sub_cal = Calibration(cal.rotation[used], cal.translation[used], cal.focal[used], size[used],
+                          cal.free_extrinsics[used], cal.free_focal[used])
+    sref = int(np.searchsorted(used, ref))
+    beta, rot_w, tr_w, expr, rcam, tcam, foc = _initialise(model, ids, mu[used], inv_sigma[used], size[used],
+                                                           sub_cal, sref, cfg, identity, progress)
+    prob = CaptureProblem(model, ids, mu[used], inv_sigma[used], size[used], cfg, beta)
+    z = np.zeros(prob.n)
+    z[:prob.nk] = beta
+    for f in range(nf):
+        s = prob.frame_slice(f).start
+        z[s:s + 3] = rot_w[f, 0]
+        z[s + 3:s + 6] = tr_w[f]
+        z[s + 6:s + POSE_SIZE] = rot_w[f, 1:].ravel()
+        z[s + POSE_SIZE:s + prob.psize] = expr[f]
+    for j in range(used.size):
+        s = prob.camera_slice(j).start
+        z[s:s + 3] = matrix_to_axis_angle(rcam[j])
+        z[s + 3:s + 6] = tcam[j]
+        z[s + 6] = foc[j]
+    free = np.ones(prob.n, bool)
+    if identity is not None:
+        free[:prob.nk] = False
+    if not cfg.fit.fit_eyes:
+        for f in range(nf):
+            s = prob.frame_slice(f).start
+            free[s + 12:s + 18] = False
+    ext_free = ~sub_cal.known_extrinsics | sub_cal.free_extrinsics
+    if ext_free.all():
+        ext_free[sref] = False           # gauge: the reference camera is held
+    for j in range(used.size):
+        s = prob.camera_slice(j).start
+        free[s:s + 6] = ext_free[j]
+        free[s + 6] = ~np.isfinite(sub_cal.focal[j]) | sub_cal.free_focal[j]
+    t1 = time.perf_counter()
+    if progress is not None:
+        progress(f"initialised in {t1 - t0:.1f} s; L-BFGS over {int(free.sum())} parameters")
+    z, res = prob.solve(z, free)
+    t2 = time.perf_counter()
+    return _result(model, prob, z, res, used, cal, size, ids, ref, t1 - t0, t2 - t1)
+
+
+def _result(model, prob, z, res, used, cal, size, ids, ref, t_init, t_solve):
+    nc_all = cal.n_cameras
+    nf, nl = prob.n_frames, prob.n_landmarks
+    uv_used, fcost = prob.project(z)
+    uv = np.full((nc_all, nf, nl, 2), np.nan)
+    uv[used] = uv_used
+    rot_cam, t_cam, foc = cal.rotation.copy(), cal.translation.copy(), cal.focal.copy()
+    med, mean = np.full(nc_all, np.nan), np.full(nc_all, np.nan)
+    for k, j in enumerate(used):
+        s = prob.camera_slice(k)
+        rot_cam[j] = rodrigues(z[s][0:3])
+        t_cam[j] = z[s][3:6]
+        foc[j] = z[s][6]
+        present = prob.inv_t[:, :, k] > 0
+        err = np.linalg.norm(uv_used[k] - prob.mu_t[:, :, k], axis=-1)[present]
+        if err.size:
+            med[j], mean[j] = np.median(err), err.mean()
+    e, nj = prob.ne, model.n_joints
+    expr = np.empty((nf, e))
+    rots = np.empty((nf, nj, 3))
+    trans = np.empty((nf, 3))
+    for f in range(nf):
+        blk = z[prob.frame_slice(f)]
+        rots[f, 0] = blk[0:3]
+        trans[f] = blk[3:6]
+        rots[f, 1:] = blk[6:POSE_SIZE].reshape(-1, 3)
+        expr[f] = blk[POSE_SIZE:]
+    has = prob.block_ok.any(0)
+    status = np.where(has, 1 if res.success else 0, -1).astype(np.int64)
+    ok = np.zeros(nc_all, bool)
+    ok[used] = True
+    return CaptureResult(z[:prob.nk].copy(), expr, rots, trans, fcost, status, rot_cam, t_cam, foc, size, ok,
+                         med, mean, uv, ids, float(res.fun), int(res.nit), int(prob.nfev), bool(res.success),
+                         str(res.message), int(ref), t_init, t_solve, tuple(model.expression_names))
+
+
+def fit_stills(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_size, focal_px=None, model=None,
+               config=None, progress=None):
+    """Several photos of one person: identity shared, everything else per photo.
+
+    Each photo n is a camera observing only frame n (C = F = N): its extrinsics are held at the
+    identity, so the head pose of photo n (root rotation / translation of frame n) is in that
+    photo's camera coordinates; expression and joints are per photo; the focal length per photo is
+    estimated unless given; the temporal term is off.
+
+    Parameters
+    ----------
+    mu : (N, L, 2) pixels (NaN missing); sigma : (N, L) pixels (default 1).
+    image_size : (2,) or (N, 2); focal_px : None, a number or (N,) pixels.
+
+    Returns
+    -------
+    CaptureResult with F = N frames; ``vertices(model, n)`` is photo n's mesh in its camera's mm.
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.ndim != 3 or mu.shape[2] != 2 or 0 in mu.shape:
+        raise ValueError(f"mu must have shape (N, L, 2), got {mu.shape}")
+    n, nl = mu.shape[:2]
+    sigma = np.ones((n, nl)) if sigma is None else np.asarray(sigma, dtype=np.float64)
+    if sigma.shape != (n, nl):
+        raise ValueError(f"sigma must have shape {(n, nl)}, got {sigma.shape}")
+    size = _image_sizes(image_size, n)
+    foc = np.full(n, np.nan) if focal_px is None else np.broadcast_to(np.asarray(focal_px, float), (n,)).copy()
+    mv = np.full((n, n, nl, 2), np.nan)
+    sv = np.ones((n, n, nl))
+    for k in range(n):
+        mv[k, k], sv[k, k] = mu[k], sigma[k]
+    cal = Calibration(np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 3)), foc, size, np.zeros(n, bool),
+                      np.zeros(n, bool))
+    cfg = config or CaptureConfig()
+    cfg = replace(cfg, fit=replace(cfg.fit, w_temporal=0.0))
+    model = model or load_model()
+    return _fit_stills(model, mv, sv, cal, landmark_set, vertex_ids, cfg, progress)
+
+
+def _fit_stills(model, mv, sv, cal, landmark_set, vertex_ids, cfg, progress):
+    """Stills share the capture problem; initialise each photo alone, identity = their mean."""
+    import time
+
+    ids = resolve_vertex_ids(landmark_set, vertex_ids, model.n_vertices)
+    mu, inv_sigma = validate_multiview(mv, sv, ids.size)
+    n = mu.shape[0]
+    t0 = time.perf_counter()
+    ok = np.array([(inv_sigma[k, k] > 0).sum() >= _MIN_LANDMARKS for k in range(n)])
+    for k in np.flatnonzero(~ok):
+        warnings.warn(f"photo {k} has no face; it is left out of the fit", stacklevel=3)
+    if not ok.any():
+        raise ValueError("no photo has a face (fewer than 3 landmarks)")
+    used = np.flatnonzero(ok)
+    mu, inv_sigma = mu[np.ix_(used, used)], inv_sigma[np.ix_(used, used)]
+    size = cal.image_size[used]
+    fits = []
+    for k in range(used.size):
+        sg = np.where(inv_sigma[k, k] > 0, 1.0 / np.where(inv_sigma[k, k] > 0, inv_sigma[k, k], 1.0), 1.0)
+        m = np.where((inv_sigma[k, k] > 0)[:, None], mu[k, k], np.nan)
+        f0 = cal.focal[used[k]]
+        fits.append(fit_landmarks(m[None], sg[None], vertex_ids=ids, image_size=size[k],
+                                  focal_px=f0 if np.isfinite(f0) else None, model=model, config=cfg.fit))
+    beta = np.mean([ft.identity for ft in fits], axis=0)
+    prob = CaptureProblem(model, ids, mu, inv_sigma, size, cfg, beta)
+    z = np.zeros(prob.n)
+    z[:prob.nk] = beta
+    free = np.ones(prob.n, bool)
+    for k, ft in enumerate(fits):
+        s = prob.frame_slice(k).start
+        z[s:s + 3] = ft.rotations[0, 0]
+        z[s + 3:s + 6] = ft.translation[0]
+        z[s + 6:s + POSE_SIZE] = ft.rotations[0, 1:].ravel()
+        z[s + POSE_SIZE:s + prob.psize] = np.clip(ft.expression[0], 0, 1)
+        c = prob.camera_slice(k).start
+        z[c + 6] = ft.focal[0]
+        free[c:c + 6] = False
+        free[c + 6] = not np.isfinite(cal.focal[used[k]])
+        if not cfg.fit.fit_eyes:
+            free[s + 12:s + 18] = False
+    t1 = time.perf_counter()
+    z, res = prob.solve(z, free)
+    out = _result(model, prob, z, res, used, replace(cal, image_size=cal.image_size), cal.image_size, ids,
+                  int(used[0]), t1 - t0, time.perf_counter() - t1)
+    if used.size < n:       # frames of photos left out: NaN
+        full = np.full(n, -1)
+        full[used] = np.arange(used.size)
+        keep = full >= 0
+        for name in ("expression", "rotations", "translation", "cost"):
+            a = getattr(out, name)
+            b = np.full((n,) + a.shape[1:], np.nan)
+            b[keep] = a[full[keep]]
+            setattr(out, name, b)
+        st = np.full(n, -1, np.int64)
+        st[keep] = out.status[full[keep]]
+        out.status = st
+        uv = np.full((n, n) + out.uv.shape[2:], np.nan)
+        uv[:, keep] = out.uv
+        out.uv = uv
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Files (``lmfit3d capture``)
+# --------------------------------------------------------------------------------------------
+
+def write_calibration(path, calibration):
+    """Write a :class:`Calibration` as JSON (``read_calibration`` format), atomically."""
+    from .paths import atomic_write
+    with atomic_write(Path(path), "w") as fh:
+        json.dump(calibration.to_json(), fh, indent=1)
+
+
+def result_arrays(model, res):
+    """The output .npz contents of a :class:`CaptureResult` (``fit-landmarks`` keys plus cameras)."""
+    nf = res.expression.shape[0]
+    verts = np.stack([res.vertices(model, f).astype(np.float32) if res.status[f] >= 0
+                      else np.full((model.n_vertices, 3), np.nan, np.float32) for f in range(nf)])
+    return dict(vertices=verts, identity=res.identity, expression=res.expression,
+                expression_names=np.array(res.expression_names), root_rotation=res.rotations[:, 0],
+                translation=res.translation, joint_rotations=res.rotations[:, 1:],
+                joint_names=np.array(model.joint_names[1:]), focal_px=res.focal, cost=res.cost,
+                iterations=np.full(nf, res.iterations), status=res.status, landmarks_fitted=res.uv,
+                vertex_ids=res.vertex_ids, units=np.array("mm"),
+                camera_rotation=res.camera_rotation, camera_translation=res.camera_translation,
+                image_size=res.image_size, camera_ok=res.camera_ok, reproj_median_px=res.reproj_median_px,
+                reproj_mean_px=res.reproj_mean_px, reference_camera=np.array(res.reference_camera),
+                total_cost=np.array(res.total_cost))
+
+
+def fit_capture_file(in_path, out_path, calibration=None, calibration_out=None, model=None, config=None,
+                     progress=None):
+    """``lmfit3d capture``: multi-view landmarks from an .npz, fit, write results atomically.
+
+    IN keys: ``mu`` (C, F, L, 2) pixels (NaN missing); ``sigma`` (C, F, L) (optional, default 1);
+    ``landmark_set`` (str) or ``vertex_ids`` (L,); ``image_size`` (2,) or (C, 2) (optional when the
+    calibration gives it); ``focal_px`` (optional, (C,) or one number: known focal lengths).
+
+    OUT keys: those of ``fit-landmarks`` (``vertices`` (F, V, 3) float32 world mm, ``identity``,
+    ``expression``, ``root_rotation``, ``translation``, ``joint_rotations``, ``cost`` (F,) landmark
+    cost per frame, ``iterations``, ``status``, ``landmarks_fitted`` (C, F, L, 2)) with ``focal_px``
+    per camera (C,), plus ``camera_rotation`` (C, 3, 3), ``camera_translation`` (C, 3) mm,
+    ``image_size`` (C, 2), ``camera_ok`` (C,), ``reproj_median_px`` / ``reproj_mean_px`` (C,),
+    ``reference_camera``, ``total_cost``.  The refined calibration goes to ``calibration_out`` (JSON).
+    """
+    in_path = Path(in_path)
+    if not in_path.is_file():
+        raise ValueError(f"{in_path}: input file not found")
+    try:
+        with np.load(in_path, allow_pickle=False) as zf:
+            data = {k: zf[k] for k in zf.files}
+    except Exception as exc:
+        raise ValueError(f"{in_path}: not a readable .npz file ({exc})") from None
+    if "mu" not in data:
+        raise ValueError(f"{in_path}: missing required key 'mu'")
+    mu = np.asarray(data["mu"])
+    if mu.ndim != 4:
+        raise ValueError(f"{in_path}: mu must have shape (C, F, L, 2), got {mu.shape}")
+    nc = mu.shape[0]
+    if calibration is None and "image_size" not in data:
+        raise ValueError(f"{in_path}: missing key 'image_size' (or give a calibration)")
+    size = _image_sizes(data["image_size"], nc) if "image_size" in data else None
+    if calibration is not None:
+        cal = read_calibration(calibration, nc, size)
+    else:
+        cal = Calibration.unknown(size)
+    if "focal_px" in data:
+        f = np.broadcast_to(np.asarray(data["focal_px"], dtype=np.float64).ravel(), (nc,)) \
+            if np.asarray(data["focal_px"]).size in (1, nc) else None
+        if f is None or not (np.isfinite(f) & (f > 0)).all():
+            raise ValueError(f"{in_path}: focal_px must be one positive number or one per camera ({nc})")
+        cal = replace(cal, focal=np.where(np.isfinite(cal.focal), cal.focal, f))
+    lset = str(data["landmark_set"]) if "landmark_set" in data else None
+    model = model or load_model()
+    res = fit_capture(mu, data.get("sigma"), landmark_set=lset, vertex_ids=data.get("vertex_ids"),
+                      calibration=cal, model=model, config=config, progress=progress)
+    save_capture(model, res, out_path, calibration_out)
+    return res
+
+
+def save_capture(model, res, out_path, calibration_out=None):
+    """Write a :class:`CaptureResult` to ``out_path`` (.npz, ``result_arrays``) and optionally the
+    refined calibration JSON, both atomically."""
+    from .paths import atomic_write
+    with atomic_write(Path(out_path), "wb") as fh:
+        np.savez(fh, **result_arrays(model, res))
+    if calibration_out is not None:
+        write_calibration(calibration_out, res.calibration())

@@ -1,0 +1,261 @@
+"""Offline capture: gradient kernel vs finite differences, recovery, bad input, stills, CLI round trip."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from lmfit3d.capture import (CaptureConfig, CaptureProblem, _relative_pose, fit_capture, fit_stills,
+                             parse_calibration, read_calibration, validate_multiview)
+from lmfit3d.fit import FitConfig
+from lmfit3d.rotation import matrix_to_axis_angle, rodrigues
+from lmfit3d.synthetic import make_multiview, rigid_align_error
+
+IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]   # face, head, both eyeballs
+FAST = CaptureConfig(max_iter=150, init_frames=2)
+
+
+@pytest.fixture(scope="module")
+def views(model):
+    return make_multiview(model, IDS, np.random.default_rng(7), n_cameras=3, n_frames=3, noise_px=1.0)
+
+
+def _problem(model, views, rng, **weights):
+    mu, inv = validate_multiview(views.mu, views.sigma, IDS.size)
+    fc = replace(FitConfig(sparsity_threshold_mm=0.0), **weights)
+    prob = CaptureProblem(model, IDS, mu, inv, views.image_size, CaptureConfig(fit=fc), views.params[0].identity)
+    z = np.zeros(prob.n)
+    z[:prob.nk] = views.params[0].identity + rng.normal(scale=0.2, size=prob.nk)
+    for f, p in enumerate(views.params):
+        s = prob.frame_slice(f).start
+        z[s:s + 3] = p.rotations[0] + 0.03
+        z[s + 3:s + 6] = p.translation + 2.0
+        z[s + 6:s + 18] = p.rotations[1:].ravel() + 0.02
+        z[s + 18:s + prob.psize] = rng.uniform(0.0, 1.0, prob.ne)     # many shapes on: intersections
+    for j in range(prob.n_cameras):
+        s = prob.camera_slice(j).start
+        z[s:s + 3] = matrix_to_axis_angle(views.rotation[j]) + 0.02
+        z[s + 3:s + 6] = views.translation[j] + 3.0
+        z[s + 6] = views.focal[j] * 1.05
+    return prob, z
+
+
+TERMS = {"landmarks": dict(w_expression=0.0, w_joints=0.0, w_identity=0.0, w_temporal=0.0, w_intersection=0.0),
+         "priors": dict(w_temporal=0.0, w_intersection=0.0),
+         "temporal": dict(w_temporal=0.3, w_intersection=0.0),
+         "intersection": dict(w_temporal=0.0, w_intersection=10.0)}
+
+
+def _blocks(prob):
+    f1 = prob.frame_slice(1).start
+    c1 = prob.camera_slice(1).start
+    return {"identity": np.arange(0, prob.nk, 7), "root_pose": f1 + np.arange(6),
+            "joints": f1 + np.arange(6, 18), "expression": f1 + 18 + np.arange(0, prob.ne, 3),
+            "camera_extrinsics": c1 + np.arange(6), "focal": np.array([c1 + 6])}
+
+
+@pytest.mark.parametrize("term", list(TERMS))
+def test_gradient_matches_central_differences(model, views, rng, term):
+    """Every parameter block's analytic gradient equals central differences, for every term."""
+    prob, z = _problem(model, views, rng, **TERMS[term])
+    cost, grad, _ = prob.energy(z)
+    if term == "intersection":
+        ref, _, _ = _problem(model, views, np.random.default_rng(12345), **dict(TERMS[term], w_intersection=0.0))[0].energy(z)
+        assert cost > ref + 1e-6, "the test state must have intersecting vertices"
+    for name, idx in _blocks(prob).items():
+        fd = np.empty(idx.size)
+        for k, i in enumerate(idx):
+            h = 1e-6 * max(1.0, abs(z[i]))
+            zp, zm = z.copy(), z.copy()
+            zp[i] += h
+            zm[i] -= h
+            fd[k] = (prob.energy(zp, False)[0] - prob.energy(zm, False)[0]) / (2 * h)
+        scale = np.abs(fd).max() + 1e-9
+        np.testing.assert_allclose(grad[idx], fd, rtol=2e-5, atol=2e-5 * scale, err_msg=f"{term}: {name}")
+
+
+def test_kernel_cost_equals_numpy_reference(model, views, rng):
+    """The landmark cost equals a NumPy evaluation of the same projections through evaluate_mesh."""
+    from lmfit3d.model import Params
+    from lmfit3d.skinning import evaluate_mesh
+    prob, z = _problem(model, views, rng, **TERMS["landmarks"])
+    cost, _, _ = prob.energy(z, want_grad=False)
+    ref = 0.0
+    for f in range(prob.n_frames):
+        b = z[prob.frame_slice(f)]
+        p = Params(z[:prob.nk], b[18:], np.vstack([b[0:3], b[6:18].reshape(-1, 3)]), b[3:6])
+        xw = evaluate_mesh(model, p)[IDS]
+        for j in range(prob.n_cameras):
+            c = z[prob.camera_slice(j)]
+            xc = xw @ rodrigues(c[0:3]).T + c[3:6]
+            uv = np.column_stack([256 + c[6] * xc[:, 0] / -xc[:, 2], 256 - c[6] * xc[:, 1] / -xc[:, 2]])
+            ref += 0.5 * (((uv - views.mu[j, f]) / views.sigma[j, f][:, None]) ** 2).sum()
+    assert cost == pytest.approx(ref, rel=1e-7)       # evaluate_mesh sums the bases in float32
+
+
+def test_gauss_newton_diagonal_matches_jacobian_columns(model, views, rng):
+    """diag(J^T J) of the landmark term equals the squared norms of finite-difference residual columns."""
+    prob, z = _problem(model, views, rng, **TERMS["landmarks"])
+    _, _, diag = prob.energy(z, want_grad=False, want_diag=True)
+
+    def residuals(zz):
+        uv, _ = prob.project(zz)
+        inv = np.transpose(prob.inv_t, (2, 0, 1))
+        return ((uv - np.transpose(prob.mu_t, (2, 0, 1, 3))) * inv[..., None]).ravel()
+
+    for i in list(_blocks(prob)["camera_extrinsics"]) + [prob.frame_slice(0).start + 4, 3]:
+        h = 1e-6 * max(1.0, abs(z[i]))
+        zp, zm = z.copy(), z.copy()
+        zp[i] += h
+        zm[i] -= h
+        col = (residuals(zp) - residuals(zm)) / (2 * h)
+        assert diag[i] == pytest.approx(col @ col, rel=1e-5)
+
+
+def test_relative_pose_is_exact_for_consistent_poses(rng):
+    r_rel = rodrigues(rng.normal(size=3))
+    t_rel = rng.normal(size=3) * 100
+    rot_r = rng.normal(scale=0.3, size=(5, 3))
+    t_r = rng.normal(size=(5, 3)) * 50
+    rot_j = np.array([matrix_to_axis_angle(r_rel @ rodrigues(w)) for w in rot_r])
+    t_j = t_r @ r_rel.T + t_rel
+    r, t = _relative_pose(rot_j, t_j, rot_r, t_r)
+    np.testing.assert_allclose(r, r_rel, atol=1e-9)
+    np.testing.assert_allclose(t, t_rel, atol=1e-6)
+
+
+def _errors(model, res, views):
+    mask = model.face_mask()
+    return np.array([rigid_align_error(res.vertices(model, f), views.vertices(model, f), mask).mean()
+                     for f in range(len(views.params))])
+
+
+def test_recovers_noiseless_calibrated_multiview(model, views):
+    """Noiseless landmarks in 3 calibrated cameras: meshes within 0.1 mm, landmarks within 0.1 px."""
+    cal = parse_calibration(views.calibration_json(), 3)
+    res = fit_capture(views.clean, None, vertex_ids=IDS, calibration=cal, model=model, config=FAST)
+    assert _errors(model, res, views).max() < 0.1
+    # world coordinates: the raw (unaligned) mesh matches too
+    raw = np.linalg.norm(res.vertices(model, 0) - views.vertices(model, 0), axis=1)[model.face_mask()]
+    assert raw.mean() < 0.5
+    assert np.nanmax(res.reproj_median_px) < 1.0     # priors (unit weight vs 1 px sigma) keep a residual
+    np.testing.assert_allclose(res.focal, views.focal)                 # calibrated: held
+    assert (res.status >= 0).all()
+
+
+def test_uncalibrated_cameras_are_recovered(model, views):
+    """Without calibration the extrinsics come from per-camera tracking and are refined by L-BFGS."""
+    res = fit_capture(views.clean, None, vertex_ids=IDS, image_size=(512, 512), model=model, config=FAST)
+    np.testing.assert_allclose(res.camera_rotation[0], np.eye(3))         # gauge: reference camera
+    for j in (1, 2):
+        ang = np.degrees(np.linalg.norm(matrix_to_axis_angle(res.camera_rotation[j] @ views.rotation[j].T)))
+        assert ang < 1.0
+    np.testing.assert_allclose(res.focal, views.focal, rtol=0.1)        # focal vs depth: weakly determined
+    assert np.nanmax(res.reproj_median_px) < 1.0
+    assert _errors(model, res, views).mean() < 2.0     # focal/depth/size ambiguity without calibration
+
+
+def test_multiview_beats_single_view(model):
+    """The same noisy sequence: 3 calibrated cameras give a lower mesh error than camera 0 alone."""
+    mv = make_multiview(model, IDS, np.random.default_rng(3), n_cameras=3, n_frames=2, noise_px=2.0)
+    cal = parse_calibration(mv.calibration_json(), 3)
+    multi = fit_capture(mv.mu, mv.sigma, vertex_ids=IDS, calibration=cal, model=model, config=FAST)
+    single = fit_capture(mv.mu[:1], mv.sigma[:1], vertex_ids=IDS, image_size=(512, 512), model=model,
+                         calibration=parse_calibration({"cameras": mv.calibration_json()["cameras"][:1]}, 1),
+                         config=FAST)
+    assert _errors(model, multi, mv).mean() < _errors(model, single, mv).mean()
+
+
+def test_camera_without_face_warns_and_rest_is_fitted(model, views):
+    mu = views.clean.copy()
+    mu[1] = np.nan
+    cal = parse_calibration(views.calibration_json(), 3)
+    with pytest.warns(UserWarning, match="camera 1 sees no face"):
+        res = fit_capture(mu, None, vertex_ids=IDS, calibration=cal, model=model, config=FAST)
+    assert res.camera_ok.tolist() == [True, False, True]
+    assert np.isnan(res.reproj_median_px[1]) and np.isnan(res.uv[1]).all()
+    np.testing.assert_allclose(res.camera_rotation[1], views.rotation[1])      # input calibration kept
+    assert _errors(model, res, views).max() < 0.2
+
+
+def test_bad_input_is_rejected(model, views, tmp_path):
+    with pytest.raises(ValueError, match="inconsistent frame counts: camera 1 has 2 frames"):
+        fit_capture([views.mu[0], views.mu[1, :2]], vertex_ids=IDS, image_size=(512, 512), model=model)
+    with pytest.raises(ValueError, match=r"mu must have shape \(C, F, L, 2\)"):
+        fit_capture(views.mu[0], vertex_ids=IDS, image_size=(512, 512), model=model)
+    with pytest.raises(ValueError, match="sigma must have shape"):
+        fit_capture(views.mu, views.sigma[:, :1], vertex_ids=IDS, image_size=(512, 512), model=model)
+    with pytest.raises(ValueError, match="image_size"):
+        fit_capture(views.mu, vertex_ids=IDS, image_size=(512, 512, 3), model=model)
+    cams = views.calibration_json()["cameras"]
+    with pytest.raises(ValueError, match="2 cameras given, the landmarks have 3"):
+        parse_calibration({"cameras": cams[:2]}, 3)
+    bad = json.loads(json.dumps(cams))
+    bad[1]["R"] = [[1, 0, 0], [0, 1, 0]]
+    with pytest.raises(ValueError, match=r"camera 1 R must be finite numbers of shape \(3, 3\)"):
+        parse_calibration(bad, 3)
+    bad = json.loads(json.dumps(cams))
+    bad[2]["R"] = (2 * np.eye(3)).tolist()
+    with pytest.raises(ValueError, match="camera 2: R is not a rotation"):
+        parse_calibration(bad, 3)
+    bad = json.loads(json.dumps(cams))
+    del bad[0]["t"]
+    with pytest.raises(ValueError, match="camera 0: give both R and t"):
+        parse_calibration(bad, 3)
+    path = tmp_path / "cal.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_calibration(path, 3)
+    mu = np.full_like(views.mu, np.nan)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no camera sees a face"):
+        fit_capture(mu, vertex_ids=IDS, image_size=(512, 512), model=model)
+
+
+def test_opencv_convention_is_converted():
+    cv = {"convention": "opencv", "cameras": [{"R": np.eye(3).tolist(), "t": [1.0, 2.0, 3.0],
+                                               "K": [[900, 0, 320], [0, 900, 240], [0, 0, 1]],
+                                               "image_size": [640, 480]}]}
+    cal = parse_calibration(cv, 1)
+    np.testing.assert_allclose(cal.rotation[0], np.diag([1.0, -1.0, -1.0]))
+    np.testing.assert_allclose(cal.translation[0], [1.0, -2.0, -3.0])
+    assert cal.focal[0] == 900.0 and cal.known_extrinsics[0]
+
+
+def test_stills_share_identity(model):
+    """Three photos (different poses and expressions) of one face: one identity, per-photo meshes."""
+    rng = np.random.default_rng(11)
+    from lmfit3d.synthetic import make_frame, random_params
+    beta = rng.normal(size=model.n_identity)
+    frames = [make_frame(model, random_params(model, rng, identity=beta), IDS, rng, noise_px=0.5) for _ in range(3)]
+    res = fit_stills(np.stack([fr.mu for fr in frames]), np.stack([fr.sigma for fr in frames]), vertex_ids=IDS,
+                     image_size=(512, 512), focal_px=frames[0].camera.focal, model=model,
+                     config=CaptureConfig(max_iter=100))
+    mask = model.face_mask()
+    errs = [rigid_align_error(res.vertices(model, k), fr.vertices, mask).mean() for k, fr in enumerate(frames)]
+    assert max(errs) < 1.5
+    assert res.expression.shape == (3, model.n_expression) and (res.status >= 0).all()
+    assert np.nanmax(res.reproj_median_px) < 1.0
+
+
+def test_cli_round_trip(model, views, tmp_path):
+    from lmfit3d.cli import main
+    src = tmp_path / "in.npz"
+    np.savez(src, mu=views.mu, sigma=views.sigma, vertex_ids=IDS, image_size=np.array([512, 512]))
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps(views.calibration_json()))
+    out, cal_out = tmp_path / "out.npz", tmp_path / "cal_out.json"
+    assert main(["capture", str(src), "-o", str(out), "--calibration", str(cal),
+                 "--calibration-out", str(cal_out), "--max-iter", "100"]) == 0
+    with np.load(out) as z:
+        assert z["vertices"].shape == (3, model.n_vertices, 3)
+        assert z["landmarks_fitted"].shape == views.mu.shape
+        assert z["reproj_median_px"].shape == (3,) and np.isfinite(z["reproj_median_px"]).all()
+        err = rigid_align_error(z["vertices"][0].astype(float), views.vertices(model, 0), model.face_mask())
+        assert err.mean() < 1.0
+    back = read_calibration(cal_out, 3)
+    np.testing.assert_allclose(back.rotation, views.rotation, atol=1e-9)     # calibrated: unchanged
+    # bad input: one line, exit status 2, no output written
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mu=views.mu[0], image_size=np.array([512, 512]), vertex_ids=IDS)
+    assert main(["capture", str(bad), "-o", str(tmp_path / "x.npz")]) == 2
+    assert not (tmp_path / "x.npz").exists()
