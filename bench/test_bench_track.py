@@ -110,7 +110,7 @@ def test_write(benchmark, model, tracked, tmp_path):
     from lmfit3d.track import FrameRows, _Outputs
     _, preds, held = tracked
     fit = held.step(preds[N_WARM].mu, preds[N_WARM].sigma)
-    outs = _Outputs(tmp_path, "bench", model, 25.0, TrackOptions(), (1920, 1080))
+    outs = _Outputs(tmp_path, "bench", model, 25.0, TrackOptions())
     rows = FrameRows(model, held.identity, held.focal, (1920, 1080), 25.0)
 
     def write():

@@ -893,3 +893,61 @@ def save_capture(model, res, out_path, calibration_out=None):
         np.savez(fh, **result_arrays(model, res))
     if calibration_out is not None:
         write_calibration(calibration_out, res.calibration())
+
+
+def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None, options=None,
+                       progress=None):
+    """``lmfit3d capture --videos``: one synchronised video per camera -> landmarks -> joint fit.
+
+    Landmarks come from the MediaPipe front end (``lmfit3d.track.TrackOptions`` choose the ROI
+    strategy, sigma jitter, iris).  Videos of different lengths are cut to the shortest (warning).
+    Writes into ``out_dir``: ``capture.npz`` (:func:`result_arrays`), ``capture_calibration.json``
+    (refined cameras), and ``capture.csv`` / ``capture_arkit.csv`` with the columns of ``lmfit3d
+    track`` (pose in the reference camera's axes, 68 points projected into the reference camera).
+    Returns the :class:`CaptureResult`.
+    """
+    import warnings
+    from types import SimpleNamespace
+
+    from .predict import MediaPipeLandmarks
+    from .track import FrameRows, TrackOptions, _Outputs, _check_out_dir, landmarks_from_video
+    opt = options or TrackOptions(progress=False)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    model = model or load_model()
+    mp = MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter, iris=opt.iris,
+                            fixed_sigma=opt.fixed_sigma)
+    got = [landmarks_from_video(p, mp, opt.max_frames, opt.progress) for p in paths]
+    counts = [g[0].shape[0] for g in got]
+    nf = min(counts)
+    if len(set(counts)) > 1:
+        warnings.warn(f"frame counts differ between cameras ({', '.join(map(str, counts))}); "
+                      f"using the first {nf} frames of each")
+    mu = np.stack([g[0][:nf] for g in got])
+    sigma = np.stack([np.where(np.isfinite(g[1][:nf]), g[1][:nf], 1.0) for g in got])
+    sizes = np.array([g[3] for g in got], dtype=np.float64)
+    cal = read_calibration(calibration, len(paths), sizes) if calibration is not None else Calibration.unknown(sizes)
+    res = fit_capture(mu, sigma, vertex_ids=mp.vertex_ids, calibration=cal, model=model, config=config,
+                      progress=progress)
+    save_capture(model, res, out_dir / "capture.npz", out_dir / "capture_calibration.json")
+    # per-frame tables in the reference camera's axes
+    ref = res.reference_camera
+    r_ref, t_ref = res.camera_rotation[ref], res.camera_translation[ref]
+    fps = got[ref][4]
+    rows = FrameRows(model, res.identity, float(res.focal[ref]), tuple(int(v) for v in sizes[ref]), fps)
+    outs = _Outputs(out_dir, "capture", model, fps, replace(opt, overlay=False, mesh_every=0))
+    try:
+        for f in range(nf):
+            fit = None
+            if res.status[f] >= 0:
+                rot = res.rotations[f].copy()
+                rot[0] = matrix_to_axis_angle(r_ref @ rodrigues(rot[0]))
+                p = Params(res.identity, res.expression[f], rot, r_ref @ res.translation[f] + t_ref)
+                fit = SimpleNamespace(params=p, uv=res.uv[ref, f], status=int(res.status[f]))
+            row, ark, _ = rows(f, fit, mu[ref, f], got[ref][2][f])
+            outs.write_frame(f, row, ark)
+        outs.commit()
+    except BaseException:
+        outs.abort()
+        raise
+    return res

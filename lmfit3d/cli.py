@@ -33,6 +33,7 @@ commands:
   model export   write the model, shaped by identity and expression values, as OBJ or PLY
   track          track faces in video files: per-frame CSV, ARKit CSV, parameters, meshes, overlay
   fit            fit still images: mesh, parameters JSON, overlay PNG
+  capture        offline multi-view fit of all frames and cameras (L-BFGS)
   fit-landmarks  fit the model to 2D landmarks from an .npz (any landmark source)
 
 Run `lmfit3d COMMAND --help` (e.g. `lmfit3d model export --help`) for a command's options.
@@ -435,45 +436,58 @@ def _add_capture(sub):
         "capture", help="fit all frames of several cameras at once (offline, L-BFGS)",
         description="Fit one identity, per-frame expression and pose, and per-camera extrinsics and "
                     "focal length (when unknown) to multi-view landmarks by L-BFGS over all frames and "
-                    "cameras.  IN.npz: mu (C, F, L, 2), sigma (C, F, L) optional, landmark_set or "
-                    "vertex_ids, image_size (2,) or (C, 2), focal_px optional.  OUT.npz: the "
-                    "fit-landmarks keys (vertices in world mm) plus camera_rotation, camera_translation, "
-                    "focal_px (C,), reproj_median_px / reproj_mean_px per camera.",
+                    "cameras.  Input: either IN.npz (mu (C, F, L, 2), sigma (C, F, L) optional, "
+                    "landmark_set or vertex_ids, image_size (2,) or (C, 2), focal_px optional; "
+                    "-o OUT.npz) or --videos V1 V2 ... (one synchronised video per camera; -o OUTDIR "
+                    "gets capture.npz, capture_calibration.json, capture.csv, capture_arkit.csv).  "
+                    "OUT.npz: the fit-landmarks keys (vertices in world mm) plus camera_rotation, "
+                    "camera_translation, focal_px (C,), reproj_median_px / reproj_mean_px per camera.",
         formatter_class=_SubFormatter)
-    p.add_argument("input", metavar="IN.npz")
-    p.add_argument("-o", "--output", metavar="OUT.npz", required=True)
+    p.add_argument("input", metavar="IN.npz", nargs="?")
+    p.add_argument("--videos", nargs="+", metavar="VIDEO", help="one video per camera instead of IN.npz")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="OUT.npz (IN.npz) or OUTDIR (--videos)")
     p.add_argument("--calibration", metavar="JSON",
                    help="per-camera K or focal, R, t (mm, world to camera), image_size; "
                         "missing values are estimated (see lmfit3d.capture.read_calibration)")
-    p.add_argument("--calibration-out", metavar="JSON", help="write the refined calibration here")
+    p.add_argument("--calibration-out", metavar="JSON", help="write the refined calibration here (IN.npz)")
     p.add_argument("--max-iter", type=int, default=None, help="L-BFGS iterations (default 200)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="videos: use the first N frames")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    p.set_defaults(func=_cmd_capture)
 
-    def run(args):
-        import warnings
 
-        from .capture import CaptureConfig, fit_capture_file
+def _cmd_capture(args):
+    import warnings
+
+    from .capture import CaptureConfig, fit_capture_file, fit_capture_videos
+    from .track import TrackOptions
+    if (args.input is None) == (args.videos is None):
+        raise CommandLineError("give either IN.npz or --videos V1 V2 ...")
+    if args.input is not None:
         for path in (args.output, args.calibration_out):
             if path and not (Path(path).parent if str(Path(path).parent) else Path(".")).is_dir():
                 raise ValueError(f"{path}: output directory does not exist")
-        cfg = CaptureConfig() if args.max_iter is None else CaptureConfig(max_iter=args.max_iter)
-        model = _load_model(args.model)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+    cfg = CaptureConfig() if args.max_iter is None else CaptureConfig(max_iter=args.max_iter)
+    model = _load_model(args.model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if args.input is not None:
             res = fit_capture_file(args.input, args.output, args.calibration, args.calibration_out,
                                    model=model, config=cfg, progress=_say)
-        for w in caught:
-            _say(f"warning: {w.message}")
-        for j in range(res.focal.size):
-            state = (f"median {res.reproj_median_px[j]:.2f} px, mean {res.reproj_mean_px[j]:.2f} px, "
-                     f"focal {res.focal[j]:.1f} px") if res.camera_ok[j] else "no face, left out"
-            print(f"camera {j}: {state}")
-        print(f"{args.output}: {res.expression.shape[0]} frames x {int(res.camera_ok.sum())} cameras fitted "
-              f"in {res.seconds_init + res.seconds_solve:.2f} s ({res.iterations} L-BFGS iterations, "
-              f"{res.message})")
-        return 0
-
-    p.set_defaults(func=run)
+        else:
+            opt = TrackOptions(max_frames=args.max_frames, progress=sys.stderr.isatty())
+            res = fit_capture_videos(args.videos, args.output, args.calibration, model=model, config=cfg,
+                                     options=opt, progress=_say)
+    for w in caught:
+        _say(f"warning: {w.message}")
+    for j in range(res.focal.size):
+        state = (f"median {res.reproj_median_px[j]:.2f} px, mean {res.reproj_mean_px[j]:.2f} px, "
+                 f"focal {res.focal[j]:.1f} px") if res.camera_ok[j] else "no face, left out"
+        print(f"camera {j}: {state}")
+    print(f"{args.output}: {res.expression.shape[0]} frames x {int(res.camera_ok.sum())} cameras fitted "
+          f"in {res.seconds_init + res.seconds_solve:.2f} s ({res.iterations} L-BFGS iterations, "
+          f"{res.message})")
+    return 0
 
 
 # Each entry registers one top-level command on the subparsers object.

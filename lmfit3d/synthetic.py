@@ -178,16 +178,6 @@ def ring_cameras(n_cameras, centre, yaw_span_deg=160.0, pitch_deg=(0.0, 20.0, -1
     return rot, tr
 
 
-def vertex_normals(verts, faces):
-    """Area-weighted vertex normals (V, 3), unit length."""
-    tri = verts[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    n = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-
-
 def make_multiview(model, vertex_ids, rng, n_cameras=4, n_frames=10, noise_px=1.0, face_px=256.0,
                    image_px=512, fov_deg=30.0, outlier_fraction=0.05, outlier_sigma_px=15.0,
                    occluded_sigma_px=15.0, identity=None, expression_amplitude=0.6, period_frames=50):
@@ -211,7 +201,10 @@ def make_multiview(model, vertex_ids, rng, n_cameras=4, n_frames=10, noise_px=1.
     phase = rng.uniform(0, 2 * np.pi, size=4)
     # normals of the neutral template at the landmarks, carried by the root rotation (visibility)
     t0 = model.template(base.identity)
-    nrm0 = vertex_normals(t0, model.faces)[ids]
+    from .render import vertex_normals
+    nrm0 = np.empty_like(t0)
+    vertex_normals(np.ascontiguousarray(t0, dtype=np.float64), np.ascontiguousarray(model.faces, dtype=np.int64), nrm0)
+    nrm0 = nrm0[ids]
     from .rotation import rodrigues
     params, mus, sig, clean, occ = [], [], [], [], []
     for f in range(n_frames):

@@ -273,7 +273,7 @@ def _timecode(t, fps):
 class _Outputs:
     """Streaming writers of one video's outputs; temporary files renamed on :meth:`commit`."""
 
-    def __init__(self, out_dir, name, model, fps, options, image_size):
+    def __init__(self, out_dir, name, model, fps, options):
         self.out_dir = Path(out_dir)
         self.name = name
         self.fps = fps
@@ -309,14 +309,16 @@ class _Outputs:
         self.csv.writerow(row)
         self.ark.writerow(arkit_row)
 
-    def commit(self, npz):
+    def commit(self, npz=None):
+        """Close the streams, write NAME.npz (unless ``npz`` is None) and rename every output."""
         self.csv_f.close()
         self.ark_f.close()
         if self.writer is not None:
             self.writer.close()
-        with atomic_write(self.out_dir / f"{self.name}.npz", "wb") as fh:
-            np.savez(fh, **npz)
-        self.final.append(self.out_dir / f"{self.name}.npz")
+        if npz is not None:
+            with atomic_write(self.out_dir / f"{self.name}.npz", "wb") as fh:
+                np.savez(fh, **npz)
+            self.final.append(self.out_dir / f"{self.name}.npz")
         for tmp, final in self._tmp:
             os.replace(tmp, final)
             self.final.append(final)
@@ -426,7 +428,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
         focal = tracker.focal
         # ---- pass 2: track with identity and focal held; stream outputs
         summary.frames = n
-        outs = _Outputs(out_dir, name, model, reader.fps, opt, image_size)
+        outs = _Outputs(out_dir, name, model, reader.fps, opt)
         try:
             _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm,
                          reader)
@@ -717,3 +719,32 @@ def run_many(kind, paths, out_dir, options, jobs=1, model_path=None, on_done=Non
             if on_done:
                 on_done(*r)
     return [results[str(p)] for p in paths]
+
+
+def landmarks_from_video(path, predictor, max_frames=None, progress=False):
+    """Landmarks of every frame of a video (offline use: all frames held in memory).
+
+    Returns mu (F, L, 2) and sigma (F, L) pixels (NaN where no face was found), presence (F,),
+    image_size (width, height) and fps.
+    """
+    reader = path if hasattr(path, "fps") else VideoReader(path)
+    predictor.reset()
+    mus, sigmas, pres = [], [], []
+    size = None
+    pbar = _progress(progress, reader.n_frames_hint, f"{reader.name} landmarks")
+    for frame in reader:
+        if max_frames is not None and len(mus) >= max_frames:
+            break
+        size = (frame.shape[1], frame.shape[0])
+        p = predictor.track(frame)
+        n = predictor.vertex_ids.size
+        mus.append(p.mu if p is not None else np.full((n, 2), np.nan))
+        sigmas.append(p.sigma if p is not None else np.full(n, np.nan))
+        pres.append(p.presence if p is not None else 0.0)
+        if pbar is not None:
+            pbar.update(1)
+    if pbar is not None:
+        pbar.close()
+    if not mus:
+        raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
+    return np.stack(mus), np.stack(sigmas), np.array(pres), size, reader.fps
