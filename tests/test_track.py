@@ -119,6 +119,20 @@ def test_fitted_landmarks_follow_the_detections(tracked):
     assert np.nanmedian(z["fit_rms_px"]) < 4.0
 
 
+def test_fitted_landmarks_are_steadier_than_the_detections(tracked):
+    """Frame-to-frame jitter (median |second difference|) of the fitted landmarks against the raw
+    network landmarks (the README's table has the full clips; goal there: at least 2x), no lag."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from track_eval import best_lag, jitter
+    _, out = tracked
+    z = np.load(out / f"{SMALL_CLIP.stem}.npz")
+    raw, fit = z["mu"].astype(float), z["landmarks_fitted"].astype(float)
+    assert fit.shape == raw.shape and np.isfinite(fit).all()
+    assert jitter(raw, raw) > 1.5 * jitter(fit, raw)
+    assert best_lag(raw, fit) == 0
+
+
 def test_frames_without_a_face_give_rows_with_success_0(tmp_path):
     """A clip whose middle frames hold no face: rows with success=0 there, tracking resumes."""
     import imageio.v2 as imageio
