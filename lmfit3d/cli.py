@@ -374,6 +374,9 @@ def _add_fit(sub):
         formatter_class=_SubFormatter)
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
     _add_media_options(p)
+    p.add_argument("--same-person", action="store_true",
+                   help="the photos show one person: fit one shared identity to all of them together "
+                        "(expression, pose and focal length per photo)")
     p.set_defaults(func=_cmd_fit, mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
                    quiet=True)
 
@@ -415,6 +418,16 @@ def _media_run(args, kind):
     model_path = args.model
     if model_path is not None and not Path(model_path).is_file():
         raise ValueError(f"{model_path}: model file not found")
+    if getattr(args, "same_person", False):
+        from .model import load_model
+        from .track import fit_same_person
+        if len(paths) < 2:
+            raise CommandLineError("--same-person needs at least two photos")
+        infos = fit_same_person(paths, args.output, opt, load_model(model_path))
+        for path, info in zip(paths, infos):
+            done(path, info, None)
+        print(f"{len(paths)} photos share one identity -> {args.output}")
+        return 0
     run_many(kind, paths, args.output, opt, jobs=args.jobs, model_path=model_path, on_done=done)
     if failed:
         print(f"{PROG}: {len(failed)} of {len(paths)} inputs failed", file=sys.stderr)

@@ -361,15 +361,13 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
     TrackSummary
     """
     from .model import load_model
-    from .predict import MediaPipeLandmarks
     opt = options or TrackOptions()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     model = model or load_model()
     reader = path if hasattr(path, "fps") else VideoReader(path)
     name = reader.name
-    mp = predictor or MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter,
-                                         iris=opt.iris, fixed_sigma=opt.fixed_sigma)
+    mp = predictor or _predictor(opt)
     vids = mp.vertex_ids
     L = vids.size
     summary = TrackSummary(str(getattr(reader, "path", name)))
@@ -626,56 +624,94 @@ def expand_inputs(paths, extensions):
     return out
 
 
-def fit_image(path, out_dir, options=None, model=None, predictor=None):
-    """Fit one still image: writes NAME.obj (or .ply) mesh, NAME.json parameters, NAME_overlay.png.
-
-    The face is the detector's most confident one; its landmarks are predicted twice (detector ROI,
-    then the ROI from those landmarks), and identity, expression, pose (and focal length when not
-    given) are fitted.  Returns the dict written to NAME.json.
-    """
-    import imageio.v2 as imageio
-    from .meshio import write_obj, write_ply
-    from .model import load_model
+def _predictor(opt):
     from .predict import MediaPipeLandmarks
-    opt = options or TrackOptions()
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    return MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter, iris=opt.iris,
+                              fixed_sigma=opt.fixed_sigma)
+
+
+def image_landmarks(path, predictor):
+    """(image, Prediction) of the largest face of a still: the detector ROI, then the ROI from
+    those landmarks (as when tracking)."""
     img = read_image(path)
-    model = model or load_model()
-    mp = predictor or MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter,
-                                         iris=opt.iris, fixed_sigma=opt.fixed_sigma)
-    mp.reset()
-    pred = mp.track(img)
+    predictor.reset()
+    pred = predictor.track(img)
     if pred is not None:
-        pred = mp.track(img) or pred
+        pred = predictor.track(img) or pred
     if pred is None:
         raise ValueError(f"{path}: no face found")
+    return img, pred
+
+
+def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, iterations, status):
+    """NAME.obj/.ply (camera mm), NAME_overlay.png and NAME.json for one fitted photo; returns the JSON dict."""
+    import imageio.v2 as imageio
+    from .camera import Camera
+    from .meshio import write_obj, write_ply
+    p = params
     size = (img.shape[1], img.shape[0])
-    tracker = Tracker(model, mp.vertex_ids, size, opt.focal_px, opt.config())
-    fit = tracker.step(pred.mu, pred.sigma)
-    if fit is None or fit.status < 0:
-        raise ValueError(f"{path}: the fit failed")
-    p = fit.params
     verts = evaluate_mesh(model, p)
     g = _global_rotations(model, p.rotations)
-    from .camera import Camera
-    uv68 = Camera(fit.focal, *size).project(verts[load_landmark_set("ibug68")])
-    info = dict(image=str(path), image_size=list(size), focal_px=fit.focal, confidence=pred.presence,
-                fit_rms_px=float(np.sqrt(np.nanmean(np.sum((fit.uv - pred.mu) ** 2, 1)))),
+    uv68 = Camera(focal, *size).project(verts[load_landmark_set("ibug68")])
+    info = dict(image=str(path), image_size=list(size), focal_px=float(focal), confidence=pred.presence,
+                fit_rms_px=float(np.sqrt(np.nanmean(np.sum((uv - pred.mu) ** 2, 1)))),
                 identity=p.identity.tolist(), expression=dict(zip(model.expression_names, p.expression.tolist())),
                 root_rotation=p.rotations[0].tolist(), translation_mm=p.translation.tolist(),
                 joint_rotations={n: r.tolist() for n, r in zip(model.joint_names[1:], p.rotations[1:])},
                 head_rotation=matrix_to_axis_angle(g[2]).tolist(), landmarks68=uv68.tolist(),
-                cost=fit.cost, iterations=fit.iterations, status=fit.status, units="mm")
+                cost=float(cost), iterations=int(iterations), status=int(status), units="mm")
     name = Path(path).stem
-    mesh_path = out_dir / f"{name}.{opt.mesh_format}"
-    (write_obj if opt.mesh_format == "obj" else write_ply)(mesh_path, verts, model.faces)
-    overlay = _OverlayRenderer(model)(img, p, fit.focal)
+    (write_obj if opt.mesh_format == "obj" else write_ply)(out_dir / f"{name}.{opt.mesh_format}", verts, model.faces)
+    overlay = _OverlayRenderer(model)(img, p, focal)
     with atomic_write(out_dir / f"{name}_overlay.png", "wb") as fh:
         imageio.imwrite(fh, overlay, format="png")
     with atomic_write(out_dir / f"{name}.json", "w") as fh:
         json.dump(info, fh, indent=1)
     return info
+
+
+def fit_image(path, out_dir, options=None, model=None, predictor=None):
+    """Fit one still image: writes NAME.obj (or .ply) mesh, NAME.json parameters, NAME_overlay.png.
+
+    The face is the largest confirmed detection; identity, expression, pose (and focal length when
+    not given) are fitted to its landmarks.  Returns the dict written to NAME.json.
+    """
+    from .model import load_model
+    opt = options or TrackOptions()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    model = model or load_model()
+    mp = predictor or _predictor(opt)
+    img, pred = image_landmarks(path, mp)
+    tracker = Tracker(model, mp.vertex_ids, (img.shape[1], img.shape[0]), opt.focal_px, opt.config())
+    fit = tracker.step(pred.mu, pred.sigma)
+    if fit is None or fit.status < 0:
+        raise ValueError(f"{path}: the fit failed")
+    return write_still(path, out_dir, model, opt, img, fit.params, fit.focal, pred, fit.uv, fit.cost,
+                       fit.iterations, fit.status)
+
+
+def fit_same_person(paths, out_dir, options=None, model=None, predictor=None):
+    """Several photos of one person (``lmfit3d fit --same-person``): one identity shared by all,
+    expression, pose and focal length per photo, fitted together (``lmfit3d.capture.fit_stills``).
+
+    Photos without a face are reported (ValueError) before anything is written.  Writes the
+    outputs of :func:`fit_image` per photo; returns their JSON dicts.
+    """
+    from .capture import fit_stills
+    from .model import load_model
+    opt = options or TrackOptions()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    model = model or load_model()
+    mp = predictor or _predictor(opt)
+    got = [image_landmarks(p, mp) for p in paths]
+    sizes = np.array([(img.shape[1], img.shape[0]) for img, _ in got], dtype=np.float64)
+    res = fit_stills(np.stack([pr.mu for _, pr in got]), np.stack([pr.sigma for _, pr in got]),
+                     vertex_ids=mp.vertex_ids, image_size=sizes, focal_px=opt.focal_px, model=model)
+    return [write_still(path, out_dir, model, opt, img, res.params(k), res.focal[k], pred, res.uv[k, k],
+                        res.cost[k], res.iterations, res.status[k])
+            for k, (path, (img, pred)) in enumerate(zip(paths, got))]
 
 
 def _run_one(kind, path, out_dir, options, model_path):

@@ -239,3 +239,14 @@ def test_fit_non_face_image_fails_cleanly(tmp_path, capsys):
 def test_folder_without_media_is_an_error(tmp_path, capsys):
     assert main(["fit", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
     assert "holds no file" in capsys.readouterr().err
+
+
+def test_fit_same_person_shares_one_identity(tmp_path, capsys):
+    photos = [str(MEDIA / "obama.jpg"), str(MEDIA / "obama_partial_face.jpg")]
+    assert main(["fit", "--same-person", *photos, "-o", str(tmp_path)]) == 0
+    a, b = (json.loads((tmp_path / f"{Path(p).stem}.json").read_text()) for p in photos)
+    assert a["identity"] == b["identity"] and np.abs(a["identity"]).max() > 0
+    assert a["translation_mm"] != b["translation_mm"] and a["fit_rms_px"] < 8 and b["fit_rms_px"] < 8
+    assert (tmp_path / "obama_partial_face_overlay.png").is_file()
+    assert main(["fit", "--same-person", photos[0], "-o", str(tmp_path)]) == 2
+    assert "at least two photos" in capsys.readouterr().err
