@@ -341,8 +341,13 @@ class _Outputs:
                 pass
 
 
-def _format(v):
-    return "" if not np.isfinite(v) else f"{v:.6g}"
+def _format(*arrays):
+    """CSV fields ('%.6g'; empty for NaN/inf) of the values of one or more arrays, in order."""
+    vals = np.concatenate([np.ravel(a) for a in arrays]).tolist()
+    return ["" if (v != v or v in (_INF, -_INF)) else f"{v:.6g}" for v in vals]
+
+
+_INF = float("inf")
 
 
 def track_video(path, out_dir, options=None, model=None, predictor=None):
@@ -498,11 +503,8 @@ class FrameRows:
         g = _global_rotations(self.model, p.rotations)
         gz = gaze_angles(self.model, p.rotations)
         conf = float(presence) if np.isfinite(presence) else 0.0
-        row += [f"{conf:.4f}"] + [_format(v) for v in p.translation] + [_format(v) for v in p.rotations[0]]
-        row += [_format(v) for v in matrix_to_axis_angle(g[2])] + [_format(v) for v in gz.mean(0)]
-        row += [_format(v) for v in gz.ravel()] + [_format(self.focal), _format(rms)]
-        row += [_format(v) for v in p.expression]
-        row += [_format(v) for v in uv68[:, 0]] + [_format(v) for v in uv68[:, 1]]
+        row += [f"{conf:.4f}"] + _format(p.translation, p.rotations[0], matrix_to_axis_angle(g[2]), gz.mean(0),
+                                          gz, [self.focal, rms], p.expression, uv68[:, 0], uv68[:, 1])
         # ARKit (degrees): head yaw/pitch/roll of the head's global rotation in camera axes; eyes in the head
         angles = [yaw_pitch_roll(g[2])] + [yaw_pitch_roll(rodrigues(p.rotations[j])) for j in (3, 4)]
         ark += [f"{v:.4f}" for v in self.ark_map @ p.expression]
