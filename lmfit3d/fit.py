@@ -23,7 +23,7 @@ from .skinning import POSE_DIM, ancestry, pose_chain
 from .solvers import levenberg_marquardt
 from .sparsity import build_sparsity, layout
 from .terms import (diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
-                    vertex_term)
+                    tracking_plan, vertex_term, vertex_term_tracking)
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,7 @@ class FrameProblem:
         self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
         self._beta_key = None
         self._positions_at = None
+        self._plans = {}            # col_map bytes -> TrackingPlan or None
         self._lo, self._hi = self.bounds_full()
         self.set_free(np.zeros(self.n_full, bool))
 
@@ -253,6 +254,16 @@ class FrameProblem:
         rot[1:] = x[6:POSE_DIM].reshape(-1, 3)
         pose_chain(rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
                    ws["gpos"], ws["bm"], ws["cm"])
+        plan = self._tracking_plan() if want_jac else None
+        if plan is not None:
+            cost = vertex_term_tracking(
+                x, x[-1], self.cx, self.cy, self.t_beta, self.table.expr_idx, self.table.expr_blocks,
+                self.table.weights, self.anc, ws["r0"], x[3:6], ws["rg"], ws["tg"], ws["gpos"], ws["bm"],
+                self.mu, self.inv_sigma, self.tw, self.prev, plan.single, plan.pose_ncols, plan.pose_free,
+                plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free, plan.ee_static, self.cfg.jac_threshold,
+                jtj, jtr, self.uv, self.xyz)
+            self._positions_at = x.copy()
+            return cost
         sb = self.table.identity_blocks if self.col_map[self.sl["identity"].start] >= 0 else _NO_IDENT
         cost = vertex_term(x, x[-1], self.cx, self.cy, self.t_beta, self.table.expr_idx,
                            self.table.expr_blocks, self.table.weights, self.anc, sb, self.sj,
@@ -261,6 +272,13 @@ class FrameProblem:
                            self.cfg.jac_threshold, want_jac, jtj, jtr, self.uv, self.xyz)
         self._positions_at = x.copy()
         return cost
+
+    def _tracking_plan(self):
+        """The :class:`~lmfit3d.terms.TrackingPlan` of the current col_map (None: identity/focal free)."""
+        key = self.col_map.tobytes()
+        if key not in self._plans:
+            self._plans[key] = tracking_plan(self.table, self.col_map, POSE_DIM)
+        return self._plans[key]
 
     def identity_prior(self, x, jtj, jtr, want_jac):
         """Identity term: the dominant component of the GMM prior (exact for one component)."""

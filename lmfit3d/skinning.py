@@ -199,6 +199,87 @@ def skin_vertex(t, w, anc, r0, trans, rg, tg, gpos, bm, x, rm, dpose, wsub, work
                 dpose[i, col + j] = r0[i, 0] * d0 + r0[i, 1] * d1 + r0[i, 2] * d2
 
 
+def single_joint_of(weights):
+    """Joint k of each vertex skinned to one joint with weight exactly 1, else -1; (n,) int64."""
+    w = np.asarray(weights, dtype=np.float64)
+    one = ((w != 0.0).sum(1) == 1) & (w.max(1) == 1.0)
+    return np.where(one, w.argmax(1), -1).astype(np.int64)
+
+
+@njit(cache=True)
+def single_joint_frame(r0, rg, gpos, bm, rmk, r0bm, rgm):
+    """Per-frame products for :func:`skin_vertex_single`, into preallocated arrays.
+
+    rmk (J, 3, 3) = R_root Rg_k; r0bm (J, 3, 3) = R_root bm_m (root: J_l of the root, as bm[0]);
+    rgm (J, 3) = R_root g_m (posed joint locations rotated by the root).
+    """
+    nj = rg.shape[0]
+    for k in range(nj):
+        for i in range(3):
+            s = 0.0
+            for q in range(3):
+                s += r0[i, q] * gpos[k, q]
+            rgm[k, i] = s
+            for j in range(3):
+                s = 0.0
+                sb = 0.0
+                for q in range(3):
+                    s += r0[i, q] * rg[k, q, j]
+                    sb += r0[i, q] * bm[k, q, j]
+                rmk[k, i, j] = s
+                r0bm[k, i, j] = sb if k > 0 else bm[0, i, j]
+
+
+@njit(cache=True, inline="always")
+def skin_vertex_single(t, k, anc, r0, trans, rg, tg, rmk, r0bm, rgm, x, rm, dpose, ncols):
+    """:func:`skin_vertex` for a vertex skinned to joint k alone (weight 1), first ``ncols`` pose columns.
+
+    With y = Rg_k t + tg_k and rv = R_root y: x = rv + trans (the same operations as
+    :func:`skin_point`, so positions are bit-identical), rm = R_root Rg_k, root columns
+    -[rv]_x J_l0, translation I, and for each ancestor joint m of k (anc[k, m] != 0)
+    -R_root [y - g_m]_x bm_m = -[rv - R_root g_m]_x (R_root bm_m); other joint columns are 0.
+    The per-frame products come from :func:`single_joint_frame`.
+    """
+    v0 = tg[k, 0] + rg[k, 0, 0] * t[0] + rg[k, 0, 1] * t[1] + rg[k, 0, 2] * t[2]
+    v1 = tg[k, 1] + rg[k, 1, 0] * t[0] + rg[k, 1, 1] * t[1] + rg[k, 1, 2] * t[2]
+    v2 = tg[k, 2] + rg[k, 2, 0] * t[0] + rg[k, 2, 1] * t[1] + rg[k, 2, 2] * t[2]
+    rv0 = r0[0, 0] * v0 + r0[0, 1] * v1 + r0[0, 2] * v2
+    rv1 = r0[1, 0] * v0 + r0[1, 1] * v1 + r0[1, 2] * v2
+    rv2 = r0[2, 0] * v0 + r0[2, 1] * v1 + r0[2, 2] * v2
+    x[0] = rv0 + trans[0]
+    x[1] = rv1 + trans[1]
+    x[2] = rv2 + trans[2]
+    for i in range(3):
+        for j in range(3):
+            rm[i, j] = rmk[k, i, j]
+    for j in range(3):
+        c0 = r0bm[0, 0, j]
+        c1 = r0bm[0, 1, j]
+        c2 = r0bm[0, 2, j]
+        dpose[0, j] = -(rv1 * c2 - rv2 * c1)
+        dpose[1, j] = -(rv2 * c0 - rv0 * c2)
+        dpose[2, j] = -(rv0 * c1 - rv1 * c0)
+        for i in range(3):
+            dpose[i, 3 + j] = 1.0 if i == j else 0.0
+    for mm in range(1, (ncols - 6) // 3 + 1):
+        col = 6 + 3 * (mm - 1)
+        if anc[k, mm] == 0.0:
+            for i in range(3):
+                for j in range(3):
+                    dpose[i, col + j] = 0.0
+            continue
+        a0 = rv0 - rgm[mm, 0]
+        a1 = rv1 - rgm[mm, 1]
+        a2 = rv2 - rgm[mm, 2]
+        for j in range(3):
+            c0 = r0bm[mm, 0, j]
+            c1 = r0bm[mm, 1, j]
+            c2 = r0bm[mm, 2, j]
+            dpose[0, col + j] = -(a1 * c2 - a2 * c1)
+            dpose[1, col + j] = -(a2 * c0 - a0 * c2)
+            dpose[2, col + j] = -(a0 * c1 - a1 * c0)
+
+
 @njit(cache=True)
 def points_jacobian(t, w, eb, sb, sj, anc, r0, trans, rg, tg, gpos, bm, cm, x_out, jac_out):
     """Posed positions and dense Jacobians of chosen vertices.

@@ -198,6 +198,8 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
     jtj = np.zeros((n, n))
     jtr = np.zeros(n)
     step = np.empty(n)
+    damp = np.empty(n)
+    z_new = np.empty(n)
     cost = accumulate(z, jtj, jtr, True)
     history = [cost]
     if not np.isfinite(cost):
@@ -212,24 +214,20 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
             status = 3
             history.append(cost)
             break
-        diag = np.maximum(np.diagonal(jtj), diag_floor)
-        if not bounded_step(jtj, jtr, lam * diag, z, lo, hi, step):
+        ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new)
+        if not ok:
             lam, nu = damping_update(lam, nu, -1.0)
             history.append(cost)
             if lam > lambda_max:
                 status = 4
                 break
             continue
-        z_new = np.clip(z + step, lo, hi)
-        dz = z_new - z
-        pred = -(jtr @ dz) - 0.5 * (dz @ jtj @ dz)
         cost_new = accumulate(z_new, _EMPTY2, _EMPTY1, False)
         rho = (cost - cost_new) / pred if pred > 0 else -1.0
         lam, nu = damping_update(lam, nu, rho)
         if rho > 0 and np.isfinite(cost_new):
-            status = termination_status(cost, cost_new, np.linalg.norm(dz), np.linalg.norm(z),
-                                        np.inf, ftol, xtol, gtol)
-            z = z_new
+            status = termination_status(cost, cost_new, dz_norm, z_norm, np.inf, ftol, xtol, gtol)
+            z = z_new.copy()
             cost = cost_new
             history.append(cost)
             if status != 0:
@@ -244,6 +242,38 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
                 status = 4
                 break
     return FitResult(z, float(cost), it, status, np.array(history))
+
+
+@njit(cache=True)
+def lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new):
+    """One trial step of :func:`levenberg_marquardt` (one kernel instead of a few NumPy calls).
+
+    damp = lam * max(diag(jtj), diag_floor); step from :func:`bounded_step`; z_new = clip(z + step);
+    with dz = z_new - z, the predicted reduction pred = -jtr.dz - dz.jtj.dz / 2 (jtj symmetric, full).
+    Returns (ok, pred, |dz|, |z|); ok False when the damped system is not positive definite.
+    """
+    n = z.size
+    for i in range(n):
+        damp[i] = lam * max(jtj[i, i], diag_floor)
+    if not bounded_step(jtj, jtr, damp, z, lo, hi, step):
+        return False, 0.0, 0.0, 0.0
+    for i in range(n):
+        z_new[i] = min(max(z[i] + step[i], lo[i]), hi[i])
+        step[i] = z_new[i] - z[i]                  # dz
+    lin = 0.0
+    quad = 0.0
+    dz2 = 0.0
+    z2 = 0.0
+    for i in range(n):
+        di = step[i]
+        lin += jtr[i] * di
+        s = 0.0
+        for j in range(n):
+            s += jtj[i, j] * step[j]
+        quad += di * s
+        dz2 += di * di
+        z2 += z[i] * z[i]
+    return True, -lin - 0.5 * quad, np.sqrt(dz2), np.sqrt(z2)
 
 
 @njit(cache=True)

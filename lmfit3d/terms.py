@@ -14,11 +14,13 @@ Residuals (cost = 0.5 |r|^2):
 * intersection: r = sqrt(2 w_i) (R - |t_v - c|) for eyelid vertices inside an eyeball sphere,
                 r = sqrt(2 w_i) min_p (d_p - n_p . t_v) for lip vertices inside a teeth hull.
 """
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .skinning import skin_point, skin_vertex
+from .skinning import single_joint_frame, single_joint_of, skin_point, skin_vertex, skin_vertex_single
 
 
 @njit(cache=True, inline="always")
@@ -316,7 +318,7 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
         # metric A and 3D gradient g
         for i in range(3):
             for j in range(3):
-                am[i, j] = tw2 if i == j else 0.0
+                am[i, j] = tw2 if (i == j and has_tmp) else 0.0     # no temporal rows without prev
         if has_lm:
             s2 = isg * isg
             for i in range(3):
@@ -355,6 +357,297 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
                     jtj[fcol, ia] += v
             jtj[fcol, fcol] += jf0 * jf0 + jf1 * jf1
             jtr[fcol] += jf0 * r_u + jf1 * r_v
+    return cost
+
+
+@dataclass(frozen=True)
+class TrackingPlan:
+    """Static tables of :func:`vertex_term_tracking` for one sparsity table and one free mask.
+
+    Attributes
+    ----------
+    single : (L,) int64, joint of a landmark skinned to one joint with weight 1, else -1.
+    pose_ncols : (L,) int64, leading pose columns that can move the landmark (6 + 3 * last joint).
+    pose_free : (POSE_DIM,) int64, free index of each pose column or -1.
+    e_count : (L,) int64, free expression entries per landmark.
+    e_idx, e_pos : (L, D) int64, their expression indices (ascending) and table positions.
+    expr_free : (E,) int64, free index of each expression weight or -1.
+    ee_static : (E, E) float64, upper triangle of sum_p B_p^T B_p over the single-joint landmarks
+        (B_p their free expression blocks): their temporal expression block is w B_p^T R^T R B_p
+        with R a rotation, so it does not change from frame to frame.
+    """
+
+    single: np.ndarray
+    pose_ncols: np.ndarray
+    pose_free: np.ndarray
+    e_count: np.ndarray
+    e_idx: np.ndarray
+    e_pos: np.ndarray
+    expr_free: np.ndarray
+    ee_static: np.ndarray
+
+
+def tracking_plan(table, col_map, pose_dim):
+    """:class:`TrackingPlan` of ``table`` (a ``SparsityTable``) for ``col_map``, or None.
+
+    None when the identity or the focal length is free (:func:`vertex_term` handles those).
+    """
+    col_map = np.asarray(col_map, dtype=np.int64)
+    ne = table.n_expression
+    if (col_map[pose_dim + ne:] >= 0).any():
+        return None
+    nl, nd = table.expr_idx.shape
+    single = single_joint_of(table.weights)
+    act = table.joint_active
+    last = np.where(act[:, 1:].any(1), act.shape[1] - 1 - np.argmax(act[:, :0:-1], axis=1), 0)
+    pose_ncols = (6 + 3 * last).astype(np.int64)
+    expr_free = np.ascontiguousarray(col_map[pose_dim:pose_dim + ne])
+    e_count = np.zeros(nl, np.int64)
+    e_idx = np.full((nl, nd), -1, np.int64)
+    e_pos = np.full((nl, nd), -1, np.int64)
+    ee_static = np.zeros((ne, ne))
+    for p in range(nl):
+        ok = np.flatnonzero((table.expr_idx[p] >= 0) & (expr_free[np.maximum(table.expr_idx[p], 0)] >= 0))
+        ok = ok[np.argsort(table.expr_idx[p, ok], kind="stable")]
+        e_count[p] = ok.size
+        e_idx[p, :ok.size] = table.expr_idx[p, ok]
+        e_pos[p, :ok.size] = ok
+        if single[p] >= 0 and ok.size:
+            _add_gram(table.expr_blocks[p], e_idx[p], e_pos[p], ok.size, 1.0, ee_static)
+    return TrackingPlan(single, pose_ncols, np.ascontiguousarray(col_map[:pose_dim]), e_count, e_idx, e_pos,
+                        expr_free, ee_static)
+
+
+@njit(cache=True)
+def _add_gram(blocks, e_idx, e_pos, n, scale, ee):
+    """ee[e_a, e_b] += scale B_a . B_b for a <= b < n (B_a = blocks[e_pos[a]], e_idx ascending)."""
+    for a in range(n):
+        ea = e_idx[a]
+        da = e_pos[a]
+        for b in range(a, n):
+            db = e_pos[b]
+            ee[ea, e_idx[b]] += scale * (blocks[da, 0] * blocks[db, 0] + blocks[da, 1] * blocks[db, 1]
+                                         + blocks[da, 2] * blocks[db, 2])
+
+
+@njit(cache=True)
+def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc,
+                         r0, trans, rg, tg, gpos, bm, mu, inv_sigma, temporal_sqrtw, prev,
+                         single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static,
+                         jac_threshold, jtj, jtr, uv_out, xyz_out):
+    """:func:`vertex_term` with its Jacobian, when identity and focal length are held (tracking).
+
+    Same cost, positions and (up to rounding) J^T J and J^T r as ``vertex_term(..., want_jac=True)``
+    with an empty identity basis and the focal column fixed; the plan arrays come from
+    :func:`tracking_plan` for the same ``col_map``.  Faster because
+
+    * landmarks skinned to one joint use ``skinning.skin_vertex_single``;
+    * the blocks are summed in small dense buffers indexed by parameter (pose x pose, expression x
+      pose, expression x expression) with no index look-up in the pose loops, then scattered into
+      jtj once per call;
+    * for single-joint landmarks (rm a rotation) the temporal expression block w B^T rm^T rm B =
+      w B^T B is the static ``ee_static``, so their expression block needs only the two projection
+      rows (2 multiply-adds per entry instead of 3).  A landmark without a temporal residual, or
+      with an expression column dropped by ``jac_threshold``, has its static part subtracted and
+      takes the 3-row path.
+
+    Returns the cost 0.5 |r|^2 of the landmark and temporal terms.
+    """
+    nl = t_beta.shape[0]
+    nj = weights.shape[1]
+    ne = expr_free.shape[0]
+    pd = pose_free.shape[0]
+    e0 = pd
+    nd = expr_idx.shape[1]
+    pp = np.zeros((pd, pd))
+    pe = np.zeros((ne, pd))
+    ee = np.zeros((ne, ne))
+    gp = np.zeros(pd)
+    ge = np.zeros(ne)
+    rmk = np.empty((nj, 3, 3))
+    r0bm = np.empty((nj, 3, 3))
+    rgm = np.empty((nj, 3))
+    single_joint_frame(r0, rg, gpos, bm, rmk, r0bm, rgm)
+    t = np.empty(3)
+    xv = np.empty(3)
+    rm = np.empty((3, 3))
+    dpose = np.zeros((3, pd))
+    ap = np.empty((3, pd))
+    wsub = np.empty(nj)
+    work = np.empty((nj + 5, 3))
+    col = np.empty((3, nd))
+    acol = np.empty((3, nd))
+    q = np.empty((2, nd))
+    uv = np.empty(2)
+    dx = np.empty((2, 3))
+    df = np.empty(2)
+    am = np.empty((3, 3))
+    g = np.empty(3)
+    tw2 = temporal_sqrtw * temporal_sqrtw
+    static_on = tw2 > 0.0
+    cost = 0.0
+    for p in range(nl):
+        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
+        k = single[p]
+        nc = pose_ncols[p]
+        if k >= 0:
+            skin_vertex_single(t, k, anc, r0, trans, rg, tg, rmk, r0bm, rgm, xv, rm, dpose, nc)
+        else:
+            skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
+        project_jac(xv, focal, cx, cy, uv, dx, df)
+        uv_out[p, 0] = uv[0]
+        uv_out[p, 1] = uv[1]
+        for i in range(3):
+            xyz_out[p, i] = xv[i]
+        has_lm = not (np.isnan(mu[p, 0]) or np.isnan(mu[p, 1]))
+        has_tmp = temporal_sqrtw > 0.0 and not np.isnan(prev[p, 0])
+        isg = inv_sigma[p]
+        r_u = 0.0
+        r_v = 0.0
+        if has_lm:
+            r_u = (uv[0] - mu[p, 0]) * isg
+            r_v = (uv[1] - mu[p, 1]) * isg
+            cost += 0.5 * (r_u * r_u + r_v * r_v)
+        for i in range(3):
+            g[i] = 0.0
+        if has_tmp:
+            for i in range(3):
+                dv = temporal_sqrtw * (xv[i] - prev[p, i])
+                cost += 0.5 * dv * dv
+                g[i] = temporal_sqrtw * dv
+        n = e_count[p]
+        is_static = static_on and k >= 0
+        if not (has_lm or has_tmp):
+            if is_static:
+                _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
+            continue
+        # expression columns rm B (free entries)
+        for a in range(n):
+            d = e_pos[p, a]
+            b0 = expr_blocks[p, d, 0]
+            b1 = expr_blocks[p, d, 1]
+            b2 = expr_blocks[p, d, 2]
+            for i in range(3):
+                col[i, a] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
+        zeroed = False
+        if has_lm and jac_threshold > 0.0:
+            for c in range(nc):
+                ja = (dx[0, 0] * dpose[0, c] + dx[0, 1] * dpose[1, c] + dx[0, 2] * dpose[2, c]) * isg
+                jb = (dx[1, 0] * dpose[0, c] + dx[1, 1] * dpose[1, c] + dx[1, 2] * dpose[2, c]) * isg
+                if abs(ja) < jac_threshold and abs(jb) < jac_threshold:
+                    dpose[0, c] = 0.0
+                    dpose[1, c] = 0.0
+                    dpose[2, c] = 0.0
+            for a in range(n):
+                ja = (dx[0, 0] * col[0, a] + dx[0, 1] * col[1, a] + dx[0, 2] * col[2, a]) * isg
+                jb = (dx[1, 0] * col[0, a] + dx[1, 1] * col[1, a] + dx[1, 2] * col[2, a]) * isg
+                if abs(ja) < jac_threshold and abs(jb) < jac_threshold:
+                    col[0, a] = 0.0
+                    col[1, a] = 0.0
+                    col[2, a] = 0.0
+                    zeroed = True
+        if is_static and (zeroed or not has_tmp):
+            _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
+            is_static = False
+        # metric A and 3D gradient g
+        for i in range(3):
+            for j in range(3):
+                am[i, j] = tw2 if (i == j and has_tmp) else 0.0
+        s2 = isg * isg
+        if has_lm:
+            for i in range(3):
+                g[i] += (dx[0, i] * r_u + dx[1, i] * r_v) * isg
+                for j in range(3):
+                    am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
+        # pose x pose
+        for c in range(nc):
+            d0 = dpose[0, c]
+            d1 = dpose[1, c]
+            d2 = dpose[2, c]
+            ap[0, c] = am[0, 0] * d0 + am[0, 1] * d1 + am[0, 2] * d2
+            ap[1, c] = am[1, 0] * d0 + am[1, 1] * d1 + am[1, 2] * d2
+            ap[2, c] = am[2, 0] * d0 + am[2, 1] * d1 + am[2, 2] * d2
+            gp[c] += d0 * g[0] + d1 * g[1] + d2 * g[2]
+        for a in range(nc):
+            d0 = dpose[0, a]
+            d1 = dpose[1, a]
+            d2 = dpose[2, a]
+            for b in range(a, nc):
+                pp[a, b] += d0 * ap[0, b] + d1 * ap[1, b] + d2 * ap[2, b]
+        # expression x pose, expression gradient
+        for a in range(n):
+            ea = e_idx[p, a]
+            c0 = col[0, a]
+            c1 = col[1, a]
+            c2 = col[2, a]
+            ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
+            for c in range(nc):
+                pe[ea, c] += c0 * ap[0, c] + c1 * ap[1, c] + c2 * ap[2, c]
+        # expression x expression
+        if is_static:
+            if has_lm:
+                for a in range(n):
+                    q[0, a] = (dx[0, 0] * col[0, a] + dx[0, 1] * col[1, a] + dx[0, 2] * col[2, a]) * isg
+                    q[1, a] = (dx[1, 0] * col[0, a] + dx[1, 1] * col[1, a] + dx[1, 2] * col[2, a]) * isg
+                for a in range(n):
+                    ea = e_idx[p, a]
+                    qa0 = q[0, a]
+                    qa1 = q[1, a]
+                    for b in range(a, n):
+                        ee[ea, e_idx[p, b]] += qa0 * q[0, b] + qa1 * q[1, b]
+        else:
+            for a in range(n):
+                c0 = col[0, a]
+                c1 = col[1, a]
+                c2 = col[2, a]
+                for i in range(3):
+                    acol[i, a] = am[i, 0] * c0 + am[i, 1] * c1 + am[i, 2] * c2
+            for a in range(n):
+                ea = e_idx[p, a]
+                c0 = col[0, a]
+                c1 = col[1, a]
+                c2 = col[2, a]
+                for b in range(a, n):
+                    ee[ea, e_idx[p, b]] += c0 * acol[0, b] + c1 * acol[1, b] + c2 * acol[2, b]
+    if static_on:
+        for a in range(ne):
+            for b in range(a, ne):
+                ee[a, b] += tw2 * ee_static[a, b]
+    # scatter the dense buffers into the free system (upper triangle)
+    for a in range(pd):
+        fa = pose_free[a]
+        if fa < 0:
+            continue
+        jtr[fa] += gp[a]
+        for b in range(a, pd):
+            fb = pose_free[b]
+            if fb < 0:
+                continue
+            if fa <= fb:
+                jtj[fa, fb] += pp[a, b]
+            else:
+                jtj[fb, fa] += pp[a, b]
+    for a in range(ne):
+        fa = expr_free[a]
+        if fa < 0:
+            continue
+        jtr[fa] += ge[a]
+        for c in range(pd):
+            fc = pose_free[c]
+            if fc < 0:
+                continue
+            if fc <= fa:
+                jtj[fc, fa] += pe[a, c]
+            else:
+                jtj[fa, fc] += pe[a, c]
+        for b in range(a, ne):
+            fb = expr_free[b]
+            if fb < 0:
+                continue
+            if fa <= fb:
+                jtj[fa, fb] += ee[a, b]
+            else:
+                jtj[fb, fa] += ee[a, b]
     return cost
 
 

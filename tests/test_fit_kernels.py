@@ -6,11 +6,13 @@ import pytest
 
 from lmfit3d.fit import FitConfig, FrameProblem, Tracker, _Intersection, masks, params_to_vector
 from lmfit3d.landmarks import load_landmark_set
-from lmfit3d.skinning import POSE_DIM, ancestry, evaluate_points, pose, skin_point, skin_vertex
+from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_points, pose, single_joint_frame, single_joint_of,
+                              skin_point, skin_vertex, skin_vertex_single)
 from lmfit3d.solvers import bounded_step, cholesky_solve
 from lmfit3d.sparsity import build_sparsity
 from lmfit3d.synthetic import make_frame, random_params
-from lmfit3d.terms import intersection_term, table_points_jacobian
+from lmfit3d.terms import (intersection_term, table_points_jacobian, tracking_plan, vertex_term,
+                           vertex_term_tracking)
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]
 EMPTY2, EMPTY1 = np.zeros((0, 0)), np.zeros(0)
@@ -87,6 +89,109 @@ def test_skin_point_equals_skin_vertex(model, rng):
         skin_vertex(t, w, anc, st.r0, st.translation, st.rg, st.tg, st.gpos, st.bm, x, rm, dpose, wsub, work)
         skin_point(t, w, st.r0, st.translation, st.rg, st.tg, xp)
         np.testing.assert_array_equal(xp, x)                       # bit for bit: same operations
+
+
+def test_skin_vertex_single_matches_skin_vertex(model, rng):
+    """The one-joint skinning kernel: positions bit for bit, rm and the pose Jacobian to rounding."""
+    p = random_params(model, rng)
+    st = pose(model, p)
+    t_all = model.template(p.identity, p.expression)
+    nj = model.n_joints
+    anc = ancestry(model.joint_parents)
+    w_all = model.skin_weights.astype(np.float64)
+    single = single_joint_of(w_all)
+    rmk, r0bm, rgm = np.empty((nj, 3, 3)), np.empty((nj, 3, 3)), np.empty((nj, 3))
+    single_joint_frame(st.r0, st.rg, st.gpos, st.bm, rmk, r0bm, rgm)
+    x, xs = np.empty(3), np.empty(3)
+    rm, dpose, wsub, work = np.empty((3, 3)), np.empty((3, POSE_DIM)), np.empty(nj), np.empty((nj + 5, 3))
+    rms, dps = np.empty((3, 3)), np.full((3, POSE_DIM), np.nan)
+    seen = set()
+    for k in range(nj):
+        for v in rng.choice(np.flatnonzero(single == k), size=5) if (single == k).any() else []:
+            t = np.ascontiguousarray(t_all[v], dtype=np.float64)
+            skin_vertex(t, w_all[v], anc, st.r0, st.translation, st.rg, st.tg, st.gpos, st.bm, x, rm, dpose,
+                        wsub, work)
+            skin_vertex_single(t, k, anc, st.r0, st.translation, st.rg, st.tg, rmk, r0bm, rgm, xs, rms, dps,
+                               POSE_DIM)
+            np.testing.assert_array_equal(xs, x)                   # same operations as skin_point
+            np.testing.assert_allclose(rms, rm, rtol=0, atol=1e-14)
+            np.testing.assert_allclose(dps, dpose, rtol=1e-12, atol=1e-12 * np.abs(dpose).max())
+            seen.add(k)
+    assert {0, 1, 2, 3, 4} - seen <= {0}, seen                     # neck, head and both eyes exercised
+    assert single_joint_of(np.array([[0.0, 1.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.99, 0.0]])).tolist() == [1, -1, -1]
+
+
+def _tracking_case(model, rng, mask_blocks, eyes=True, tw=0.2, missing=0, no_prev=0, jac_threshold=0.0):
+    ids = load_landmark_set("dense320")
+    fr = make_frame(model, random_params(model, rng), ids, rng, noise_px=1.0)
+    table = build_sparsity(model, ids, 0.01)
+    prev = fr.vertices[ids] + rng.normal(size=(ids.size, 3))
+    prev[rng.choice(ids.size, no_prev, replace=False)] = np.nan
+    mu = fr.mu.copy()
+    mu[rng.choice(ids.size, missing, replace=False)] = np.nan
+    cfg = FitConfig(w_temporal=tw, jac_threshold=jac_threshold)
+    prob = FrameProblem(model, table, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, None)
+    x = params_to_vector(model, fr.params, fr.camera.focal)
+    x[0:3] += 0.03
+    x[18:71] = np.clip(x[18:71] + rng.uniform(-0.1, 0.1, 53), 0.0, 1.0)
+    prob.set_free(masks(model, *mask_blocks, eyes=eyes), x)
+    return prob, x
+
+
+def _both_kernels(prob, x, n):
+    """(cost, jtj, jtr, uv, xyz) of vertex_term and of vertex_term_tracking on the same state."""
+    out = []
+    for fast in (False, True):
+        prob._plans = {prob.col_map.tobytes(): tracking_plan(prob.table, prob.col_map, POSE_DIM) if fast else None}
+        a, b = np.zeros((n, n)), np.zeros(n)
+        c = prob._vertex_term(x, a, b, True)
+        out.append((c, a, b, prob.uv.copy(), prob.xyz.copy()))
+    return out
+
+
+@pytest.mark.parametrize("case", ["plain", "no_eyes", "no_temporal", "missing", "threshold", "pose_only",
+                                  "permuted"])
+def test_vertex_term_tracking_matches_vertex_term(model, rng, case):
+    """The tracking kernel equals the generic one: cost and positions bit for bit, J^T J and J^T r to rounding."""
+    kw = dict(no_eyes=dict(eyes=False), no_temporal=dict(tw=0.0), missing=dict(missing=40, no_prev=30),
+              threshold=dict(jac_threshold=0.05)).get(case, {})
+    blocks = ("pose",) if case == "pose_only" else ("pose", "joints", "expression")
+    prob, x = _tracking_case(model, rng, blocks, **kw)
+    n = prob.free.size
+    if case == "permuted":
+        prob.col_map[prob.free] = rng.permutation(n)
+    (c0, a0, b0, uv0, xyz0), (c1, a1, b1, uv1, xyz1) = _both_kernels(prob, x, n)
+    assert c1 == c0
+    np.testing.assert_array_equal(uv1, uv0)
+    np.testing.assert_array_equal(xyz1, xyz0)
+    assert np.all(np.tril(a1, -1) == 0.0)
+    np.testing.assert_allclose(a1, a0, rtol=1e-10, atol=1e-12 * np.abs(a0).max())
+    np.testing.assert_allclose(b1, b0, rtol=1e-10, atol=1e-12 * np.abs(b0).max())
+    if case == "threshold":                  # the threshold dropped some columns, so it was exercised
+        ref, _ = _tracking_case(model, np.random.default_rng(12345), blocks)
+        a2 = _both_kernels(ref, x, n)[0][1]
+        assert np.abs(a2 - a0).max() > 0
+
+
+def test_tracking_plan(model, rng):
+    """None with identity or focal free; the static temporal Gram is the NumPy sum over one-joint landmarks."""
+    prob, x = _tracking_case(model, rng, ("pose", "joints", "expression"))
+    for extra in ("identity", "focal"):
+        prob.set_free(masks(model, "pose", "joints", "expression", extra), x)
+        assert tracking_plan(prob.table, prob.col_map, POSE_DIM) is None
+    prob.set_free(masks(model, "pose", "expression"), x)
+    plan = tracking_plan(prob.table, prob.col_map, POSE_DIM)
+    t = prob.table
+    ref = np.zeros((53, 53))
+    for p in np.flatnonzero(single_joint_of(t.weights) >= 0):
+        ok = t.expr_idx[p] >= 0
+        b = np.zeros((3, 53))
+        b[:, t.expr_idx[p, ok]] = t.expr_blocks[p, ok].T
+        ref += b.T @ b
+    np.testing.assert_allclose(plan.ee_static, np.triu(ref), rtol=1e-12, atol=1e-12)
+    assert (plan.pose_free[:6] == np.arange(6)).all() and (plan.pose_free[6:] == -1).all()
+    assert (plan.expr_free == 6 + np.arange(53)).all()
+    assert plan.pose_ncols.max() == POSE_DIM and plan.pose_ncols.min() >= 6
 
 
 def test_intersection_skip_changes_nothing(model, rng):
