@@ -4,8 +4,9 @@
 
 1. Decode frames one at a time, predict landmarks (detector on the first frame and whenever the face
    score drops under the threshold; otherwise the ROI follows the previous frame's landmarks) and
-   append mu/sigma to a disk-backed array.  The real-time tracker runs along with the identity free,
-   refitting identity (and focal length when unknown) on keyframes of the whole clip.
+   append mu/sigma to a disk-backed array.  The real-time tracker runs along on every
+   ``identity_stride``-th frame (2) with the identity free, refitting identity (and focal length
+   when unknown) on keyframes from the whole clip, until it holds ``max_keyframes`` of them.
 2. Track the clip again with that identity (and focal) held, the temporal term on, and stream the
    outputs: ``NAME.csv``, ``NAME_arkit.csv``, optional meshes and overlay video; ``NAME.npz`` at
    the end.  Every output is written to a temporary file and renamed when complete.
@@ -98,6 +99,7 @@ class TrackOptions:
     overlay: bool = False
     max_frames: int = None
     cut_threshold: float = 0.35
+    identity_stride: int = 2
     progress: bool = True
 
     def __post_init__(self):
@@ -105,6 +107,8 @@ class TrackOptions:
             raise ValueError(f"--mesh-every must be >= 0, got {self.mesh_every}")
         if self.mesh_format not in ("obj", "ply"):
             raise ValueError(f"--mesh-format must be obj or ply, got {self.mesh_format!r}")
+        if self.identity_stride < 1:
+            raise ValueError(f"identity_stride must be >= 1, got {self.identity_stride}")
         if self.sigma_jitter < 0:
             raise ValueError(f"--sigma-jitter must be >= 0, got {self.sigma_jitter}")
         if self.focal_px is not None and not (np.isfinite(self.focal_px) and self.focal_px > 0):
@@ -410,9 +414,11 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
                 prev_c, cut = _is_cut(pred.mu, prev_c, opt.cut_threshold)
                 if cut:
                     tracker.reset()                 # scene cut: no warm start, no temporal term
-                t = time.perf_counter()
-                tracker.step(pred.mu, pred.sigma)
-                tm["fit"] += time.perf_counter() - t
+                # identity pass: every ``identity_stride``-th frame, until the keyframe set is full
+                if n % opt.identity_stride == 0 and len(tracker.keyframes) < cfg.max_keyframes:
+                    t = time.perf_counter()
+                    tracker.step(pred.mu, pred.sigma)
+                    tm["fit"] += time.perf_counter() - t
             else:
                 prev_c = None
                 tracker.reset()
