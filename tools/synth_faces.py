@@ -431,7 +431,8 @@ class FaceSynth:
             inb = np.clip(u, 0, H - 1)
             visible &= ~occ[inb[:, 1], inb[:, 0]]
         image = (img * 255 + 0.5).astype(np.uint8)
-        out = {"image": image, "points": pts, "visible": visible, "params": p, "focal": cam.focal}
+        out = {"image": image, "points": pts, "visible": visible, "params": p, "camera": cam, "vertices": verts,
+               "tri": tri, "bary": bary}
         jit = rng.normal(size=4) * [0.05, 0.05, 0.08, 0.06]
         for strategy in ("aligned", "axis"):
             roi = self.roi(pts, strategy, jit)
