@@ -573,7 +573,7 @@ class NetworkLandmarks:
             pred = nxt
         return pred
 
-    def search(self, image, sizes=(0.9, 0.6, 0.4, 0.27)):
+    def search(self, image, sizes=(0.9, 0.6, 0.4, 0.27, 0.18)):
         """The paper's ROI search for stills: square windows at several scales (fractions of the
         shorter image side, half-window strides); the window whose prediction has the lowest median
         sigma (relative to the window) wins.  Returns a list with that ROI (empty for no face)."""
