@@ -491,3 +491,148 @@ class MediaPipeLandmarks:
                 self._lost = 0
                 return pred
         return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Our own dense landmark network (issue 6): mu and sigma predicted per landmark
+# ----------------------------------------------------------------------------------------------
+
+def load_network_manifest(name="lmfit3d_dense320"):
+    """Manifest of a network shipped in ``data/<name>/``; a relative ONNX path is looked up next to
+    the manifest first, then in ``$LMFIT3D_HOME``."""
+    from dataclasses import replace
+    m = load_manifest(name)
+    local = data_dir() / name / Path(m.onnx).name
+    if not Path(m.onnx).is_file() and local.is_file():
+        m = replace(m, onnx=str(local))
+    return m
+
+
+class NetworkLandmarks:
+    """Backend of lmfit3d's own probabilistic landmark network (paper sec. 3.1): per landmark a mean
+    and a sigma, both in image pixels; same interface as :class:`MediaPipeLandmarks`.
+
+    The first ROI comes from the BlazeFace detector when its ONNX file is set up (else from the
+    multi-scale window search of the paper, :meth:`search`); each ROI is refined by running the
+    network and re-cropping around its own landmarks (``refine`` passes).  While tracking, the next
+    ROI is the box of the ibug68 subset of the landmarks (``extra.roi_points``) times ``roi_scale``,
+    rotated so the eye corners are level when ``roi_strategy`` is "aligned".  ``presence`` is
+    ``1 / (1 + (median sigma / presence_sigma_px)^2)`` with sigma in crop pixels: a crop without
+    a face gives large sigmas.
+
+    Parameters
+    ----------
+    manifest : Manifest, default ``load_network_manifest()``.
+    roi_strategy : "aligned" or "axis".
+    threads : onnxruntime threads.
+    presence_threshold : float, tracking is lost (detector again) under this presence.
+    fixed_sigma : bool, replace every sigma by the median of the frame's sigmas (ablation).
+    refine : int, extra network passes that re-centre a detector/search ROI.
+    """
+
+    def __init__(self, manifest=None, roi_strategy="aligned", threads=1, presence_threshold=0.5,
+                 fixed_sigma=False, refine=1):
+        if roi_strategy not in ROI_STRATEGIES:
+            raise ValueError(f"roi_strategy must be one of {ROI_STRATEGIES}, got {roi_strategy!r}")
+        from dataclasses import replace
+        m = manifest or load_network_manifest()
+        if m.sigma_output is None:
+            raise ValueError(f"manifest {m.name!r} has no sigma_output; use MediaPipeLandmarks for such networks")
+        self.manifest = replace(m, roi_strategy=roi_strategy)
+        self.net = LandmarkPredictor(self.manifest, threads=threads)
+        ex = self.manifest.extra
+        n = int(self.manifest.points.max()) + 1
+        self.roi_points = np.asarray(ex.get("roi_points", np.arange(n)), dtype=np.int64)
+        self.roi_eye_points = tuple(ex.get("roi_eye_points", self.manifest.eye_points))
+        self.presence_sigma = float(ex.get("presence_sigma_px", 4.0))
+        self.presence_threshold = float(presence_threshold)
+        self.fixed_sigma = bool(fixed_sigma)
+        self.refine = int(refine)
+        self.threads = threads
+        self._detector = None
+        self.roi = None
+        self.timings = {"detect": 0.0, "landmarks": 0.0}
+
+    @property
+    def vertex_ids(self):
+        return self.manifest.vertex_ids
+
+    def roi_from_points(self, pts):
+        """ROI for the network around its own points (N, 2) image pixels."""
+        m = self.manifest
+        return roi_from_points(pts[self.roi_points], self.roi_eye_points, m.roi_scale, m.roi_strategy)
+
+    def _presence(self, sigma_img, roi):
+        s = float(np.median(sigma_img)) * self.manifest.input_size / roi.size
+        return 1.0 / (1.0 + (s / self.presence_sigma) ** 2)
+
+    def predict(self, image, roi):
+        """Landmarks of the face in ``roi`` (a :class:`Prediction`; sigma in image pixels)."""
+        t = time.perf_counter()
+        mu, sigma, _, pts = self.net(image, roi)
+        presence = self._presence(sigma, roi)
+        if self.fixed_sigma:
+            sigma = np.full_like(sigma, np.median(sigma))
+        self.timings["landmarks"] += time.perf_counter() - t
+        return Prediction(mu, sigma, presence, pts, roi)
+
+    def _refined(self, image, roi):
+        pred = self.predict(image, roi)
+        for _ in range(self.refine):
+            nxt = self.predict(image, self.roi_from_points(pred.points))
+            if nxt.presence < pred.presence:
+                break
+            pred = nxt
+        return pred
+
+    def search(self, image, sizes=(0.9, 0.6, 0.4, 0.27, 0.18)):
+        """The paper's ROI search for stills: square windows at several scales (fractions of the
+        shorter image side, half-window strides); the window whose prediction has the lowest median
+        sigma (relative to the window) wins.  Returns a list with that ROI (empty for no face)."""
+        t = time.perf_counter()
+        h, w = image.shape[:2]
+        best, best_s = None, np.inf
+        for f in sizes:
+            win = f * min(h, w)
+            for cy in _window_centres(h, win):
+                for cx in _window_centres(w, win):
+                    roi = ROI(cx, cy, win, 0.0)
+                    _, sigma, _, _ = self.net(image, roi)
+                    s = float(np.median(sigma)) / win
+                    if s < best_s:
+                        best, best_s = roi, s
+        self.timings["detect"] += time.perf_counter() - t
+        return [] if best is None else [best]
+
+    def detect(self, image, max_candidates=3):
+        """Candidate ROIs, largest face first: BlazeFace when set up, else :meth:`search`."""
+        t = time.perf_counter()
+        if self._detector is None:
+            try:
+                self._detector = FaceDetector(threads=self.threads)
+            except ModelMissingError:
+                self._detector = False
+        if self._detector is False:
+            return self.search(image)
+        dets = self._detector(image)
+        self.timings["detect"] += time.perf_counter() - t
+        return [d.roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale) for d in dets[:max_candidates]]
+
+    def reset(self):
+        self.roi = None
+
+    def track(self, image):
+        """Next frame of a video: ROI from the previous landmarks, detector (or search) when lost.
+        Returns a :class:`Prediction`, or None when no face is found."""
+        if self.roi is not None:
+            pred = self.predict(image, self.roi)
+            if pred.presence >= self.presence_threshold:
+                self.roi = self.roi_from_points(pred.points)
+                return pred
+        self.roi = None
+        for roi in self.detect(image):
+            pred = self._refined(image, roi)
+            if pred.presence >= self.presence_threshold:
+                self.roi = self.roi_from_points(pred.points)
+                return pred
+        return None
