@@ -899,7 +899,7 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
                        progress=None):
     """``lmfit3d capture --videos``: one synchronised video per camera -> landmarks -> joint fit.
 
-    Landmarks come from the MediaPipe front end (``lmfit3d.track.TrackOptions`` choose the ROI
+    Landmarks come from the backend of ``options`` (``lmfit3d.track.TrackOptions``: backend, ROI
     strategy, sigma jitter, iris).  Videos of different lengths are cut to the shortest (warning).
     Writes into ``out_dir``: ``capture.npz`` (:func:`result_arrays`), ``capture_calibration.json``
     (refined cameras), and ``capture.csv`` / ``capture_arkit.csv`` with the columns of ``lmfit3d
@@ -909,14 +909,12 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
     import warnings
     from types import SimpleNamespace
 
-    from .predict import MediaPipeLandmarks
-    from .track import FrameRows, TrackOptions, _Outputs, _check_out_dir, landmarks_from_video
+    from .track import FrameRows, TrackOptions, _Outputs, _check_out_dir, landmarks_from_video, make_predictor
     opt = options or TrackOptions(progress=False)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     model = model or load_model()
-    mp = MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter, iris=opt.iris,
-                            fixed_sigma=opt.fixed_sigma)
+    mp = make_predictor(opt)
     got = [landmarks_from_video(p, mp, opt.max_frames, opt.progress) for p in paths]
     counts = [g[0].shape[0] for g in got]
     nf = min(counts)

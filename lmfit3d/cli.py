@@ -329,6 +329,9 @@ def _cmd_fit_landmarks(args):
 def _add_media_options(p, default_output=None):
     p.add_argument("-o", "--output", metavar="OUTDIR", required=default_output is None, default=default_output,
                    help="output folder (created if missing)" + (f"; default {default_output}/" if default_output else ""))
+    p.add_argument("--backend", choices=("mediapipe", "network"), default="mediapipe",
+                   help="landmarks: MediaPipe's face mesh + iris with learnt sigma, or lmfit3d's own "
+                        "probabilistic dense320 network (trained on synthetic faces)")
     p.add_argument("--roi", choices=("aligned", "axis"), default="aligned",
                    help="ROI strategy: eyes levelled (real time) or unrotated (offline)")
     p.add_argument("--sigma-jitter", type=int, default=0, metavar="K",
@@ -387,7 +390,8 @@ def _media_run(args, kind):
         raise CommandLineError(f"--jobs must be >= 1, got {args.jobs}")
     if args.max_frames is not None and args.max_frames < 1:
         raise CommandLineError(f"--max-frames must be >= 1, got {args.max_frames}")
-    opt = TrackOptions(roi_strategy=args.roi, sigma_jitter=args.sigma_jitter, fixed_sigma=args.fixed_sigma,
+    opt = TrackOptions(backend=args.backend, roi_strategy=args.roi, sigma_jitter=args.sigma_jitter,
+                       fixed_sigma=args.fixed_sigma,
                        iris=not args.no_iris,
                        temporal_weight=args.temporal_weight, focal_px=args.focal, mesh_every=args.mesh_every,
                        mesh_format=args.mesh_format, overlay=args.overlay, max_frames=args.max_frames,

@@ -83,11 +83,13 @@ def yaw_pitch_roll(r):
 
 
 TRACK_TEMPORAL_WEIGHT = 0.1
+BACKENDS = ("mediapipe", "network")
 
 
 @dataclass(frozen=True)
 class TrackOptions:
     """Options of :func:`track_video` / :func:`fit_images` (CLI flags of ``lmfit3d track``)."""
+    backend: str = "mediapipe"
     roi_strategy: str = "aligned"
     sigma_jitter: int = 0
     fixed_sigma: bool = False
@@ -107,6 +109,8 @@ class TrackOptions:
             raise ValueError(f"--mesh-every must be >= 0, got {self.mesh_every}")
         if self.mesh_format not in ("obj", "ply"):
             raise ValueError(f"--mesh-format must be obj or ply, got {self.mesh_format!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.identity_stride < 1:
             raise ValueError(f"identity_stride must be >= 1, got {self.identity_stride}")
         if self.sigma_jitter < 0:
@@ -376,7 +380,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
     model = model or load_model()
     reader = path if hasattr(path, "fps") else VideoReader(path)
     name = reader.name
-    mp = predictor or _predictor(opt)
+    mp = predictor or make_predictor(opt)
     vids = mp.vertex_ids
     L = vids.size
     summary = TrackSummary(str(getattr(reader, "path", name)))
@@ -632,8 +636,13 @@ def expand_inputs(paths, extensions):
     return out
 
 
-def _predictor(opt):
-    from .predict import MediaPipeLandmarks
+def make_predictor(opt):
+    """The landmark backend named by ``opt.backend``: "mediapipe" (MediaPipe's detector, face mesh and
+    iris networks with the learnt sigma table) or "network" (lmfit3d's own probabilistic dense320
+    network, ``data/lmfit3d_dense320``; no iris network, no sigma jitter)."""
+    from .predict import MediaPipeLandmarks, NetworkLandmarks
+    if opt.backend == "network":
+        return NetworkLandmarks(roi_strategy=opt.roi_strategy, fixed_sigma=opt.fixed_sigma)
     return MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter, iris=opt.iris,
                               fixed_sigma=opt.fixed_sigma)
 
@@ -689,7 +698,7 @@ def fit_image(path, out_dir, options=None, model=None, predictor=None):
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     model = model or load_model()
-    mp = predictor or _predictor(opt)
+    mp = predictor or make_predictor(opt)
     img, pred = image_landmarks(path, mp)
     tracker = Tracker(model, mp.vertex_ids, (img.shape[1], img.shape[0]), opt.focal_px, opt.config())
     fit = tracker.step(pred.mu, pred.sigma)
@@ -712,7 +721,7 @@ def fit_same_person(paths, out_dir, options=None, model=None, predictor=None):
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     model = model or load_model()
-    mp = predictor or _predictor(opt)
+    mp = predictor or make_predictor(opt)
     got = [image_landmarks(p, mp) for p in paths]
     sizes = np.array([(img.shape[1], img.shape[0]) for img, _ in got], dtype=np.float64)
     res = fit_stills(np.stack([pr.mu for _, pr in got]), np.stack([pr.sigma for _, pr in got]),

@@ -250,3 +250,15 @@ def test_fit_same_person_shares_one_identity(tmp_path, capsys):
     assert (tmp_path / "obama_partial_face_overlay.png").is_file()
     assert main(["fit", "--same-person", photos[0], "-o", str(tmp_path)]) == 2
     assert "at least two photos" in capsys.readouterr().err
+
+
+def test_track_with_the_network_backend(tmp_path, model):
+    """lmfit3d's own probabilistic network (dense320, sigma predicted) through the same pipeline."""
+    from lmfit3d.landmarks import load_landmark_set
+    assert main(["track", str(SMALL_CLIP), "--backend", "network", "--max-frames", "8", "-q", "-o",
+                 str(tmp_path)]) == 0
+    z = np.load(tmp_path / f"{SMALL_CLIP.stem}.npz")
+    np.testing.assert_array_equal(z["vertex_ids"], load_landmark_set("dense320"))
+    assert z["success"].all() and z["sigma"].shape == (8, 320)
+    assert np.ptp(z["sigma"][0]) > 0, "per-landmark sigma comes from the network"
+    assert np.nanmedian(z["fit_rms_px"]) < 6.0
