@@ -176,6 +176,38 @@ def symmetrize_upper(jtj):
             jtj[j, i] = jtj[i, j]
 
 
+@njit(cache=True, inline="always")
+def landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev, temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out):
+    """Landmark and temporal residuals of landmark p at its posed vertex xv (3,) mm.
+
+    Projects xv (uv (2,), dx (2, 3), df (2,) out), stores uv_out[p] and xyz_out[p], and writes g (3,)
+    = sqrt(2 w_t) r_t, the temporal residual's J^T r factor w.r.t. xv (0 without a temporal term).
+    Returns (cost, r_u, r_v, has_lm, has_tmp): the cost of both terms and the landmark residuals.
+    """
+    project_jac(xv, focal, cx, cy, uv, dx, df)
+    uv_out[p, 0] = uv[0]
+    uv_out[p, 1] = uv[1]
+    for i in range(3):
+        xyz_out[p, i] = xv[i]
+    has_lm = not (np.isnan(mu[p, 0]) or np.isnan(mu[p, 1]))
+    has_tmp = temporal_sqrtw > 0.0 and not np.isnan(prev[p, 0])
+    cost = 0.0
+    r_u = 0.0
+    r_v = 0.0
+    if has_lm:
+        r_u = (uv[0] - mu[p, 0]) * inv_sigma[p]
+        r_v = (uv[1] - mu[p, 1]) * inv_sigma[p]
+        cost += 0.5 * (r_u * r_u + r_v * r_v)
+    for i in range(3):
+        g[i] = 0.0
+    if has_tmp:
+        for i in range(3):
+            dv = temporal_sqrtw * (xv[i] - prev[p, i])
+            cost += 0.5 * dv * dv
+            g[i] = temporal_sqrtw * dv
+    return cost, r_u, r_v, has_lm, has_tmp
+
+
 @njit(cache=True)
 def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, sb, sj,
                 r0, trans, rg, tg, gpos, bm, cm, mu, inv_sigma, temporal_sqrtw, prev,
@@ -252,27 +284,10 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
             skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
         else:
             skin_point(t, weights[p], r0, trans, rg, tg, xv)
-        project_jac(xv, focal, cx, cy, uv, dx, df)
-        uv_out[p, 0] = uv[0]
-        uv_out[p, 1] = uv[1]
-        for i in range(3):
-            xyz_out[p, i] = xv[i]
-        has_lm = not (np.isnan(mu[p, 0]) or np.isnan(mu[p, 1]))
-        has_tmp = temporal_sqrtw > 0.0 and not np.isnan(prev[p, 0])
+        c, r_u, r_v, has_lm, has_tmp = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev,
+                                                      temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out)
+        cost += c
         isg = inv_sigma[p]
-        r_u = 0.0
-        r_v = 0.0
-        if has_lm:
-            r_u = (uv[0] - mu[p, 0]) * isg
-            r_v = (uv[1] - mu[p, 1]) * isg
-            cost += 0.5 * (r_u * r_u + r_v * r_v)
-        for i in range(3):
-            g[i] = 0.0
-        if has_tmp:
-            for i in range(3):
-                dv = temporal_sqrtw * (xv[i] - prev[p, i])
-                cost += 0.5 * dv * dv
-                g[i] = temporal_sqrtw * dv
         if not want_jac or not (has_lm or has_tmp):
             continue
         # J_x over the free columns this landmark depends on
@@ -494,27 +509,10 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
             skin_vertex_single(t, k, anc, r0, trans, rg, tg, rmk, r0bm, rgm, xv, rm, dpose, nc)
         else:
             skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
-        project_jac(xv, focal, cx, cy, uv, dx, df)
-        uv_out[p, 0] = uv[0]
-        uv_out[p, 1] = uv[1]
-        for i in range(3):
-            xyz_out[p, i] = xv[i]
-        has_lm = not (np.isnan(mu[p, 0]) or np.isnan(mu[p, 1]))
-        has_tmp = temporal_sqrtw > 0.0 and not np.isnan(prev[p, 0])
+        c, r_u, r_v, has_lm, has_tmp = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev,
+                                                      temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out)
+        cost += c
         isg = inv_sigma[p]
-        r_u = 0.0
-        r_v = 0.0
-        if has_lm:
-            r_u = (uv[0] - mu[p, 0]) * isg
-            r_v = (uv[1] - mu[p, 1]) * isg
-            cost += 0.5 * (r_u * r_u + r_v * r_v)
-        for i in range(3):
-            g[i] = 0.0
-        if has_tmp:
-            for i in range(3):
-                dv = temporal_sqrtw * (xv[i] - prev[p, i])
-                cost += 0.5 * dv * dv
-                g[i] = temporal_sqrtw * dv
         n = e_count[p]
         is_static = static_on and k >= 0
         if not (has_lm or has_tmp):
