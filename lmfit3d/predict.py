@@ -265,8 +265,7 @@ class LandmarkPredictor:
             if o is not None and o not in outs:
                 raise ValueError(f"{manifest.onnx}: no output {o!r} (outputs: {outs})")
         self.sigma_jitter = int(sigma_jitter)
-        self._jit = np.random.default_rng(seed).uniform(-1, 1, size=(max(self.sigma_jitter, 1), 3)) * \
-            np.array([0.04, 0.04, 0.05])
+        self._rng_seed = seed
         s = manifest.input_size
         self._buf = np.empty((1, 3, s, s), np.float32)
 
@@ -297,13 +296,18 @@ class LandmarkPredictor:
         else:
             sig2 = (m.sigma_table * px) ** 2
         if self.sigma_jitter > 0:
-            samples = [img_pts[m.points]]
-            for dx, dy, ds in self._jit[:self.sigma_jitter]:
-                r = ROI(roi.cx + dx * roi.size, roi.cy + dy * roi.size, roi.size * (1 + ds), roi.rotation)
-                p, _, _ = self._run(image, r)
-                samples.append(r.to_image(p, m.input_size)[m.points])
-            sig2 = sig2 + np.stack(samples).var(0).sum(1) / 2.0
+            sig2 = sig2 + self.jitter_variance(image, roi, img_pts, self.sigma_jitter)[m.points]
         return img_pts[m.points], np.sqrt(sig2), presence, img_pts
+
+    def jitter_variance(self, image, roi, points, k):
+        """Per-point variance (N,) (pixels^2, per axis) of the network's points over the ROI and
+        ``k`` copies shifted by up to 4 % and scaled by up to 5 % (fixed offsets, seeded)."""
+        offsets = np.random.default_rng(self._rng_seed).uniform(-1, 1, size=(k, 3)) * np.array([0.04, 0.04, 0.05])
+        samples = [points]
+        for dx, dy, ds in offsets:
+            r = ROI(roi.cx + dx * roi.size, roi.cy + dy * roi.size, roi.size * (1 + ds), roi.rotation)
+            samples.append(r.to_image(self._run(image, r)[0], self.m.input_size))
+        return np.stack(samples).var(0).sum(1) / 2.0
 
     def roi_from_points(self, pts):
         """Next frame's ROI from this frame's network points (N, 2) in image pixels."""
@@ -453,11 +457,7 @@ class MediaPipeLandmarks:
         px = roi.size / m.input_size
         sig2 = (m.sigma_table * px) ** 2
         if self.sigma_jitter > 0:
-            samples = [raw[:468]]
-            for dx, dy, ds in self.mesh._jit[:self.sigma_jitter]:
-                r = ROI(roi.cx + dx * roi.size, roi.cy + dy * roi.size, roi.size * (1 + ds), roi.rotation)
-                samples.append(self.mesh(image, r)[3])
-            var = np.concatenate([np.stack(samples).var(0).sum(1) / 2.0, np.zeros(2)])
+            var = np.concatenate([self.mesh.jitter_variance(image, roi, pts, self.sigma_jitter), np.zeros(2)])
             sig2 = sig2 + var[m.points]
         self.timings["landmarks"] += time.perf_counter() - t
         return Prediction(raw[m.points], np.sqrt(sig2), presence, raw, roi)

@@ -272,3 +272,14 @@ def test_crop_kernel_without_jit_matches_reference():
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert re.search(r"\b3 passed\b", proc.stdout), proc.stdout[-500:]
+
+
+def test_sigma_jitter_adds_the_spread_of_jittered_crops():
+    img = _read("obama.jpg")
+    plain, jit = MediaPipeLandmarks(), MediaPipeLandmarks(sigma_jitter=2)
+    a, b = plain.track(img), jit.track(img)
+    np.testing.assert_allclose(a.mu, b.mu)                       # same ROI, same means
+    assert (b.sigma >= a.sigma - 1e-12).all() and (b.sigma > a.sigma + 1e-3).mean() > 0.5
+    np.testing.assert_allclose(b.sigma[468:], a.sigma[468:])     # iris points: table sigma only
+    fixed = MediaPipeLandmarks(fixed_sigma=True).track(img)
+    assert np.ptp(fixed.sigma[:468]) < 1e-9 and np.ptp(a.sigma) > 1.0
