@@ -43,38 +43,55 @@ class ROI:
         return ROI(self.cx, self.cy, self.size * factor, self.rotation)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def warp_chw(image, m, out_size, mirror, scale, offset, out):
     """Bilinear crop of an (H, W, 3) uint8 image into out (3, S, S) float32 = pixel * scale + offset.
 
     m is the (2, 3) crop-to-image affine map (pixel coordinates); pixels outside the image read 0.
-    ``mirror`` flips the crop horizontally (crop x -> S - x).
+    ``mirror`` flips the crop horizontally (crop x -> S - x).  (fastmath: every value is finite.)
     """
     h, w = image.shape[0], image.shape[1]
+    sx = -1.0 if mirror else 1.0
+    x0 = (out_size - 0.5) if mirror else 0.5
     for i in range(out_size):
         yc = i + 0.5
+        # image position of the row's first sample, and its step per output column
+        u = m[0, 0] * x0 + m[0, 1] * yc + m[0, 2] - 0.5
+        v = m[1, 0] * x0 + m[1, 1] * yc + m[1, 2] - 0.5
+        du = m[0, 0] * sx
+        dv = m[1, 0] * sx
         for j in range(out_size):
-            xc = (out_size - j - 0.5) if mirror else (j + 0.5)
-            u = m[0, 0] * xc + m[0, 1] * yc + m[0, 2] - 0.5
-            v = m[1, 0] * xc + m[1, 1] * yc + m[1, 2] - 0.5
-            u0 = int(np.floor(u))
-            v0 = int(np.floor(v))
-            fu = u - u0
-            fv = v - v0
-            for c in range(3):
-                acc = 0.0
-                for dv in range(2):
-                    vv = v0 + dv
-                    if vv < 0 or vv >= h:
-                        continue
-                    wv = fv if dv else 1.0 - fv
-                    for du in range(2):
-                        uu = u0 + du
-                        if uu < 0 or uu >= w:
+            uf = np.floor(u)
+            vf = np.floor(v)
+            u0 = int(uf)
+            v0 = int(vf)
+            fu = u - uf
+            fv = v - vf
+            if u0 >= 0 and v0 >= 0 and u0 + 1 < w and v0 + 1 < h:
+                w00 = (1.0 - fu) * (1.0 - fv)
+                w01 = fu * (1.0 - fv)
+                w10 = (1.0 - fu) * fv
+                w11 = fu * fv
+                for c in range(3):
+                    acc = (w00 * image[v0, u0, c] + w01 * image[v0, u0 + 1, c]
+                           + w10 * image[v0 + 1, u0, c] + w11 * image[v0 + 1, u0 + 1, c])
+                    out[c, i, j] = acc * scale + offset
+            else:
+                for c in range(3):
+                    acc = 0.0
+                    for dvv in range(2):
+                        vv = v0 + dvv
+                        if vv < 0 or vv >= h:
                             continue
-                        wu = fu if du else 1.0 - fu
-                        acc += wv * wu * image[vv, uu, c]
-                out[c, i, j] = acc * scale + offset
+                        wv = fv if dvv else 1.0 - fv
+                        for duu in range(2):
+                            uu = u0 + duu
+                            if uu < 0 or uu >= w:
+                                continue
+                            acc += wv * (fu if duu else 1.0 - fu) * image[vv, uu, c]
+                    out[c, i, j] = acc * scale + offset
+            u += du
+            v += dv
 
 
 def crop(image, roi, out_size, scale=1.0 / 255.0, offset=0.0, mirror=False, out=None):
