@@ -16,7 +16,7 @@ Per-frame stages on frames of the 1080p clip ``W040_level_3_happy_029.mp4``:
 * ``decode``          decoding one 1080p frame with imageio/ffmpeg.
 * ``end_to_end``      ``track_video`` over ``N_E2E`` pre-decoded frames (both passes: landmarks + identity
                       keyframes, then the held-identity fit and the outputs), per frame;
-  ``end_to_end_decode`` the same reading the file.
+  ``end_to_end_decode`` the same reading the file; ``end_to_end_no_iris`` pre-decoded, ``--no-iris``.
 
 Baselines in the same run: ``fit`` is compared with ``decode`` and ``landmarks`` (what dominates a frame).
 Goals (issue 4): fit <= 0.5 ms, landmarks <= 3.5 ms, end to end >= 100 frames/s without decoding.
@@ -122,11 +122,12 @@ def test_write(benchmark, model, tracked, tmp_path):
     outs.abort()
 
 
-@pytest.mark.parametrize("decode", [False, True], ids=["frames", "decode"])
-def test_end_to_end(benchmark, frames, model, tmp_path, decode):
+@pytest.mark.parametrize("decode, iris", [(False, True), (True, True), (False, False)],
+                         ids=["frames", "decode", "frames-no-iris"])
+def test_end_to_end(benchmark, frames, model, tmp_path, decode, iris):
     source = VideoReader(CLIP) if decode else FrameList(frames, 25.0, "bench")
-    opt = TrackOptions(progress=False, max_frames=N_E2E)
-    _info(benchmark, "end_to_end_decode" if decode else "end_to_end")
+    opt = TrackOptions(progress=False, max_frames=N_E2E, iris=iris)
+    _info(benchmark, "end_to_end_decode" if decode else ("end_to_end" if iris else "end_to_end_no_iris"))
     s = benchmark.pedantic(track_video, args=(source, tmp_path, opt, model), rounds=3, iterations=1)
     benchmark.extra_info.update(frames=s.frames, stage_ms={k: 1e3 * v / s.frames for k, v in s.timings.items()})
     assert s.frames == N_E2E and s.success == N_E2E
