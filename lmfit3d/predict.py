@@ -471,7 +471,8 @@ class MediaPipeLandmarks:
         """Next frame of a video: ROI from the previous frame's landmarks, detector when lost.
 
         While no face is tracked, the detector searches the whole frame on every frame and also
-        smaller windows (small faces) on every ``search_every``-th frame.  A candidate ROI is accepted when the landmark network's face score reaches
+        smaller windows (small faces) on every ``search_every``-th frame.  A candidate ROI (the
+        detector's box x1.5, then x1.2) is accepted when the landmark network's face score reaches
         ``presence_threshold``; the detector's candidates are tried largest first.  Returns a
         :class:`Prediction`, or None when no face is found.
         """
@@ -485,11 +486,12 @@ class MediaPipeLandmarks:
         deep = self._lost % self.search_every == 0
         self._lost += 1
         for roi in self.detect(image, levels=4 if deep else 1):
-            pred = self.predict(image, roi)
-            if pred.presence >= self.presence_threshold:
-                self.roi = self.mesh.roi_from_points(pred.points[:468])
-                self._lost = 0
-                return pred
+            for r in (roi, roi.scaled(0.8)):       # a tighter crop rescues some turned or small faces
+                pred = self.predict(image, r)
+                if pred.presence >= self.presence_threshold:
+                    self.roi = self.mesh.roi_from_points(pred.points[:468])
+                    self._lost = 0
+                    return pred
         return None
 
 
