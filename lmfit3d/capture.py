@@ -51,7 +51,7 @@ from .gradients import CAMERA_SIZE, POSE_SIZE, capture_energy
 from .landmarks import resolve_vertex_ids
 from .model import Params, load_model
 from .rotation import matrix_to_axis_angle, rodrigues
-from .skinning import ancestry, evaluate_mesh
+from .skinning import ancestry, evaluate_mesh, sparse_weights
 from .sparsity import build_sparsity
 
 # OpenCV-style cameras (x right, y down, looking along +z) to ours (x right, y up, looking along -z)
@@ -304,11 +304,18 @@ class CaptureProblem:
         self.cfg = config
         fc = config.fit
         self.table = build_sparsity(model, vertex_ids, fc.sparsity_threshold_mm)
-        # cameras innermost for the kernel: (F, L, C, 2) and (F, L, C)
-        self.mu_t = np.ascontiguousarray(np.transpose(mu, (1, 2, 0, 3)))
-        self.inv_t = np.ascontiguousarray(np.transpose(inv_sigma, (1, 2, 0)))
-        self.n_cameras, self.n_frames, self.n_landmarks = mu.shape[:3]
+        # per frame and camera, landmarks innermost (the kernel's SIMD loop): (F, C, 3, L) float32,
+        # rows u, v (pixels) and 1/sigma (0 where missing, or where the camera sees < 3 in the frame)
         self.block_ok = (inv_sigma > 0).sum(2) >= _MIN_LANDMARKS
+        nc, nf, nl = mu.shape[:3]
+        self.obs = np.empty((nf, nc, 3, nl), dtype=np.float32)
+        for j in range(nc):
+            self.obs[:, j, 0] = mu[j, :, :, 0]
+            self.obs[:, j, 1] = mu[j, :, :, 1]
+            self.obs[:, j, 2] = np.where(self.block_ok[j][:, None], inv_sigma[j], 0.0)
+        self.jidx, self.jcount = sparse_weights(self.table.weights)
+        self.camera_gradient = np.ones(nc, bool)
+        self.n_cameras, self.n_frames, self.n_landmarks = mu.shape[:3]
         self.centre = np.ascontiguousarray(np.asarray(image_size, dtype=np.float64) / 2.0)
         self.nk, self.ne = model.n_identity, model.n_expression
         self.psize = POSE_SIZE + self.ne
@@ -338,12 +345,23 @@ class CaptureProblem:
         s = self.cbase + CAMERA_SIZE * j
         return slice(s, s + CAMERA_SIZE)
 
+    @property
+    def mu_t(self):
+        """(F, L, C, 2) float64 landmark means (pixels) as stored (a copy, for inspection)."""
+        return np.transpose(self.obs[:, :, :2], (0, 3, 1, 2)).astype(np.float64)
+
+    @property
+    def inv_t(self):
+        """(F, L, C) float64 1/sigma as stored, 0 where missing (a copy)."""
+        return np.transpose(self.obs[:, :, 2], (0, 2, 1)).astype(np.float64)
+
     def _kernel(self, z, grad, diag, uv):
         t, fc = self.table, self.cfg.fit
         return capture_energy(z, self.nk, self.ne, t.mean, t.identity_blocks, self.sj, self.model.joint_mean,
-                              self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.mu_t,
-                              self.inv_t, self.block_ok, self.centre, fc.w_expression, fc.w_joints,
-                              fc.w_temporal, *self.inter, fc.w_intersection, grad, diag, uv, self._frame_cost)
+                              self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.jidx,
+                              self.jcount, self.obs, self.block_ok, self.camera_gradient, self.centre,
+                              fc.w_expression, fc.w_joints, fc.w_temporal, *self.inter, fc.w_intersection,
+                              grad, diag, uv, self._frame_cost)
 
     def identity_prior(self, beta):
         """GMM prior w_id (-log sum_c w_c N(beta; m_c, diag s_c^2) + const): cost, gradient, GN diagonal.
@@ -379,9 +397,9 @@ class CaptureProblem:
 
     def project(self, z):
         """Projected landmarks (C, F, L, 2) pixels and landmark cost per frame (F,) at z."""
-        uv = np.empty(self.mu_t.shape)
+        uv = np.empty((self.n_frames, self.n_cameras, 2, self.n_landmarks))
         self._kernel(np.ascontiguousarray(z, dtype=np.float64), _E1, _E1, uv)
-        return np.transpose(uv, (2, 0, 1, 3)), self._frame_cost.copy()
+        return np.transpose(uv, (1, 0, 3, 2)), self._frame_cost.copy()
 
     def bounds(self):
         lo = np.full(self.n, -np.inf)
@@ -412,16 +430,20 @@ class CaptureProblem:
             return cost, grad[free] * scale
 
         u0 = np.clip(z0[free] / scale, lo, hi)
-        res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi)),
-                       options=dict(maxiter=self.cfg.max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
-                                    gtol=self.cfg.gtol, maxfun=4 * self.cfg.max_iter))
+        self.camera_gradient = np.array([free[self.camera_slice(j)].any() for j in range(self.n_cameras)])
+        try:
+            res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi)),
+                           options=dict(maxiter=self.cfg.max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
+                                        gtol=self.cfg.gtol, maxfun=4 * self.cfg.max_iter))
+        finally:
+            self.camera_gradient = np.ones(self.n_cameras, bool)
         z = z0.copy()
         z[free] = res.x * scale
         return z, res
 
 
 _E1 = np.zeros(0)
-_E4 = np.zeros((0, 0, 0, 2))
+_E4 = np.zeros((0, 0, 2, 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,8 +705,8 @@ def _result(model, prob, z, res, used, cal, size, ids, ref, t_init, t_solve):
         rot_cam[j] = rodrigues(z[s][0:3])
         t_cam[j] = z[s][3:6]
         foc[j] = z[s][6]
-        present = prob.inv_t[:, :, k] > 0
-        err = np.linalg.norm(uv_used[k] - prob.mu_t[:, :, k], axis=-1)[present]
+        present = prob.obs[:, k, 2] > 0
+        err = np.linalg.norm(uv_used[k] - np.transpose(prob.obs[:, k, :2], (0, 2, 1)), axis=-1)[present]
         if err.size:
             med[j], mean[j] = np.median(err), err.mean()
     e, nj = prob.ne, model.n_joints
