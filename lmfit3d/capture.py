@@ -28,7 +28,8 @@ Initialisation
 --------------
 1. The reference camera (default 0, or the first camera that sees a face) is tracked alone by the
    real-time fitter (``lmfit3d.fit.fit_landmarks``): identity, per-frame pose and expression, and
-   its focal length when unknown.  Frames it could not fit copy the nearest fitted frame.
+   its focal length when unknown, on every ``init_stride``-th frame (long clips: about 128
+   frames); the other frames, and frames it could not fit, are interpolated linearly.
 2. Every other camera with unknown extrinsics or focal is tracked alone on up to
    ``init_frames`` frames spread over the clip (identity held at the reference's), giving the head
    pose (R_jf, t_jf) in that camera for frames f the reference also fitted (pose (R_f, t_f)).  The
@@ -71,6 +72,8 @@ class CaptureConfig:
         (the gradient is that of the rescaled variables).
     maxcor : int, L-BFGS memory (correction pairs).
     init_frames : int, frames tracked per non-reference camera to find its extrinsics.
+    init_stride : int, the reference camera is tracked on every ``init_stride``-th frame (and the
+        last), the frames between are interpolated; 0: automatic, F // 128 (about 128 frames tracked).
     two_pass_init : bool, track the reference camera twice (second pass with the identity held).
     reference_camera : int or None, the gauge camera (None: 0, or the first camera with a face).
     """
@@ -81,12 +84,15 @@ class CaptureConfig:
     gtol: float = 1e-5
     maxcor: int = 20
     init_frames: int = 8
+    init_stride: int = 0
     two_pass_init: bool = False
     reference_camera: int = None
 
     def __post_init__(self):
         if self.max_iter < 1 or self.init_frames < 1 or self.maxcor < 1:
             raise ValueError("max_iter, init_frames and maxcor must be >= 1")
+        if self.init_stride < 0:
+            raise ValueError("init_stride must be >= 0 (0: automatic)")
         if not (self.ftol >= 0 and self.gtol >= 0):
             raise ValueError("ftol and gtol must be >= 0")
 
@@ -503,11 +509,16 @@ class CaptureResult:
 # Initialisation
 # --------------------------------------------------------------------------------------------
 
-def _fill_frames(ok, values):
-    """Copy each row of values where ok is False from the nearest row where ok is True."""
-    idx = np.flatnonzero(ok)
-    near = idx[np.abs(np.arange(ok.size)[:, None] - idx[None]).argmin(1)]
-    return values[near]
+def _interp_frames(idx, values, n):
+    """Rows of values (len(idx), ...) known at increasing frames idx, linearly interpolated onto
+    frames 0..n-1 (held constant beyond the ends).  Axis-angle rows are interpolated per component
+    (small frame-to-frame motion)."""
+    flat = values.reshape(len(idx), -1)
+    out = np.empty((n, flat.shape[1]))
+    frames = np.arange(n)
+    for c in range(flat.shape[1]):
+        out[:, c] = np.interp(frames, idx, flat[:, c])
+    return out.reshape((n,) + values.shape[1:])
 
 
 def _relative_pose(rot_j, t_j, rot_r, t_r):
@@ -527,17 +538,21 @@ def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progre
     sigma = np.where(inv_sigma > 0, 1.0 / np.where(inv_sigma > 0, inv_sigma, 1.0), 1.0)
     nan_mu = np.where((inv_sigma > 0)[..., None], mu, np.nan)
     foc = cal.focal.copy()
-    fr = fit_landmarks(nan_mu[ref], sigma[ref], vertex_ids=ids, image_size=size[ref],
+    stride = cfg.init_stride or max(1, nf // 128)
+    sel = np.unique(np.r_[np.arange(0, nf, stride), nf - 1])
+    fr = fit_landmarks(nan_mu[ref][sel], sigma[ref][sel], vertex_ids=ids, image_size=size[ref],
                        focal_px=foc[ref] if np.isfinite(foc[ref]) else None, model=model, config=cfg.fit,
                        identity=identity, two_pass=cfg.two_pass_init)
-    ok = fr.status >= 0
-    if not ok.any():
+    good_s = fr.status >= 0
+    if not good_s.any():
         raise ValueError(f"the reference camera {ref} could not be fitted in any frame")
+    ok = np.zeros(nf, bool)                                      # frames with a tracked head pose
+    ok[sel[good_s]] = True
     beta = fr.identity.copy()
     foc[ref] = np.nanmedian(fr.focal)
-    rot_c = _fill_frames(ok, fr.rotations)                       # in the reference camera
-    tr_c = _fill_frames(ok, fr.translation)
-    expr = np.clip(_fill_frames(ok, fr.expression), 0.0, 1.0)
+    rot_c = _interp_frames(sel[good_s], fr.rotations[good_s], nf)          # in the reference camera
+    tr_c = _interp_frames(sel[good_s], fr.translation[good_s], nf)
+    expr = np.clip(_interp_frames(sel[good_s], fr.expression[good_s], nf), 0.0, 1.0)
     rot_cam = np.tile(np.eye(3), (nc, 1, 1))
     t_cam = np.zeros((nc, 3))
     known = cal.known_extrinsics
