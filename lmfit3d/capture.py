@@ -76,6 +76,8 @@ class CaptureConfig:
         last), the frames between are interpolated; 0: automatic, F // 128 (about 128 frames tracked).
     two_pass_init : bool, track the reference camera twice (second pass with the identity held).
     reference_camera : int or None, the gauge camera (None: 0, or the first camera with a face).
+    preconditioner : "block" (Gauss-Newton blocks of the identity and of each frame's pose, diagonal
+        elsewhere) or "diagonal" (the Gauss-Newton diagonal only).
     """
 
     fit: FitConfig = field(default_factory=FitConfig)
@@ -87,10 +89,13 @@ class CaptureConfig:
     init_stride: int = 0
     two_pass_init: bool = False
     reference_camera: int = None
+    preconditioner: str = "block"
 
     def __post_init__(self):
         if self.max_iter < 1 or self.init_frames < 1 or self.maxcor < 1:
             raise ValueError("max_iter, init_frames and maxcor must be >= 1")
+        if self.preconditioner not in ("block", "diagonal"):
+            raise ValueError(f"preconditioner must be 'block' or 'diagonal', got {self.preconditioner!r}")
         if self.init_stride < 0:
             raise ValueError("init_stride must be >= 0 (0: automatic)")
         if not (self.ftol >= 0 and self.gtol >= 0):
@@ -340,6 +345,7 @@ class CaptureProblem:
                           np.zeros((0, 1, 3)), np.zeros((2, 3)), np.ones(2), np.zeros(0, np.int64),
                           np.zeros((2, 1, 4)), np.zeros(0, np.int64))
         self._frame_cost = np.empty(self.n_frames)
+        self._all_frames = np.ones(self.n_frames, bool)
         self.nfev = 0
 
     # layout helpers
@@ -361,13 +367,16 @@ class CaptureProblem:
         """(F, L, C) float64 1/sigma as stored, 0 where missing (a copy)."""
         return np.transpose(self.obs[:, :, 2], (0, 2, 1)).astype(np.float64)
 
-    def _kernel(self, z, grad, diag, uv):
+    def _kernel(self, z, grad, diag, uv, pose_gn=None, id_gn=None, id_frames=None):
         t, fc = self.table, self.cfg.fit
+        pose_gn = _E3 if pose_gn is None else pose_gn
+        id_gn = _E2 if id_gn is None else id_gn
+        id_frames = self._all_frames if id_frames is None else id_frames
         return capture_energy(z, self.nk, self.ne, t.mean, t.identity_blocks, self.sj, self.model.joint_mean,
                               self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.jidx,
                               self.jcount, self.obs, self.block_ok, self.camera_gradient, self.centre,
                               fc.w_expression, fc.w_joints, fc.w_temporal, *self.inter, fc.w_intersection,
-                              grad, diag, uv, self._frame_cost)
+                              grad, diag, uv, self._frame_cost, pose_gn, id_gn, id_frames)
 
     def identity_prior(self, beta):
         """GMM prior w_id (-log sum_c w_c N(beta; m_c, diag s_c^2) + const): cost, gradient, GN diagonal.
@@ -418,37 +427,114 @@ class CaptureProblem:
             lo[self.camera_slice(j).stop - 1] = 1.0
         return lo, hi
 
+    def gn_blocks(self, z, id_frames=16):
+        """Gauss-Newton pieces for the preconditioner at z.
+
+        Returns the diagonal (N,), the per-frame pose blocks (F, 18, 18) and the identity block
+        (K, K) (landmark and temporal terms on ``id_frames`` frames spread over the clip, scaled to
+        all frames, plus the identity prior's diagonal).
+        """
+        z = np.ascontiguousarray(z, dtype=np.float64)
+        nf = self.n_frames
+        diag = np.empty(self.n)
+        pose_gn = np.empty((nf, POSE_SIZE, POSE_SIZE))
+        id_gn = np.empty((self.nk, self.nk))
+        sel = np.zeros(nf, bool)
+        sel[np.unique(np.linspace(0, nf - 1, min(nf, id_frames)).round().astype(int))] = True
+        self._kernel(z, _E1, diag, _E4, pose_gn, id_gn, sel)
+        _, _, d_id = self.identity_prior(z[:self.nk])
+        diag[:self.nk] += d_id
+        id_gn *= nf / sel.sum()
+        id_gn[np.diag_indices(self.nk)] += d_id
+        return diag, pose_gn, id_gn
+
     def solve(self, z0, free):
-        """L-BFGS-B over z[free] from z0 (rescaled by the Gauss-Newton diagonal); returns (z, result)."""
+        """L-BFGS-B over z[free] from z0, preconditioned (``CaptureConfig.preconditioner``).
+
+        The variables are u with z = z0 + P u: P = diag(1 / sqrt(diag J^T J)) ("diagonal"), or,
+        for "block", P = L^-T (L L^T the Gauss-Newton block) on the identity and on each frame's
+        pose (all unbounded), diagonal on the rest (expression and focal keep box bounds).
+        Returns (z, scipy result).
+        """
         from scipy.optimize import minimize
 
         z0 = np.array(z0, dtype=np.float64)
-        _, _, diag = self.energy(z0, want_grad=False, want_diag=True)
-        d = diag[free]
-        scale = np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-300)), 1.0)
+        n = self.n
+        block = self.cfg.preconditioner == "block"
+        if block:
+            diag, pose_gn, id_gn = self.gn_blocks(z0)
+        else:
+            _, _, diag = self.energy(z0, want_grad=False, want_diag=True)
+        scale = np.where(diag > 0, 1.0 / np.sqrt(np.maximum(diag, 1e-300)), 1.0)
+        on_diag = free.copy()
+        pidx = np.zeros((0, 0), np.int64)
+        iidx = np.zeros(0, np.int64)
+        if block:
+            starts = self.nk + self.psize * np.arange(self.n_frames)
+            pf = free[starts[0]:starts[0] + POSE_SIZE]
+            same = all((free[s:s + POSE_SIZE] == pf).all() for s in starts)
+            if same and pf.any():
+                cols = np.flatnonzero(pf)
+                pidx = starts[:, None] + cols[None]
+                pmat = _inv_chol_t(pose_gn[:, cols[:, None], cols[None]])
+                on_diag[pidx.ravel()] = False
+            if free[:self.nk].all():
+                iidx = np.arange(self.nk)
+                imat = _inv_chol_t(id_gn[None])[0]
+                on_diag[iidx] = False
         lo, hi = self.bounds()
-        lo, hi = lo[free] / scale, hi[free] / scale
-        z = z0.copy()
+        ulo = np.where(on_diag, (lo - z0) / scale, -np.inf)[free]
+        uhi = np.where(on_diag, (hi - z0) / scale, np.inf)[free]
+
+        def to_z(u):
+            d = np.zeros(n)
+            d[free] = u
+            z = z0.copy()
+            z[on_diag] += scale[on_diag] * d[on_diag]
+            if pidx.size:
+                z[pidx] += np.einsum("fij,fj->fi", pmat, d[pidx])
+            if iidx.size:
+                z[iidx] += imat @ d[iidx]
+            return z
 
         def fun(u):
-            z[free] = u * scale
-            cost, grad, _ = self.energy(z)
-            return cost, grad[free] * scale
+            cost, grad, _ = self.energy(to_z(u))
+            gu = np.where(on_diag, scale * grad, 0.0)
+            if pidx.size:
+                gu[pidx] = np.einsum("fji,fj->fi", pmat, grad[pidx])
+            if iidx.size:
+                gu[iidx] = imat.T @ grad[iidx]
+            return cost, gu[free]
 
-        u0 = np.clip(z0[free] / scale, lo, hi)
+        u0 = np.clip(np.zeros(int(free.sum())), ulo, uhi)
         self.camera_gradient = np.array([free[self.camera_slice(j)].any() for j in range(self.n_cameras)])
         try:
-            res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi)),
+            res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(ulo, uhi)),
                            options=dict(maxiter=self.cfg.max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
                                         gtol=self.cfg.gtol, maxfun=4 * self.cfg.max_iter))
         finally:
             self.camera_gradient = np.ones(self.n_cameras, bool)
-        z = z0.copy()
-        z[free] = res.x * scale
+        z = to_z(res.x)
+        z[~free] = z0[~free]
+        z = np.clip(z, lo, hi)
         return z, res
 
 
+def _inv_chol_t(blocks):
+    """L^-T for each symmetric PSD block (B, m, m) = L L^T, after scaling by its diagonal and a
+    small ridge (so that rank-deficient blocks, e.g. an unobserved joint, stay invertible)."""
+    d = np.sqrt(np.maximum(np.einsum("bii->bi", blocks), 1e-12))
+    norm = blocks / d[:, :, None] / d[:, None, :]
+    norm = norm + 1e-6 * np.eye(blocks.shape[1])[None]
+    lmat = np.linalg.cholesky(norm)
+    inv = np.linalg.inv(lmat)                              # L^-1 of the normalised block
+    # H = D N D, N = L L^T  ->  H^-1 = D^-1 L^-T L^-1 D^-1:  P = D^-1 L^-T
+    return np.transpose(inv, (0, 2, 1)) / d[:, :, None]
+
+
 _E1 = np.zeros(0)
+_E2 = np.zeros((0, 0))
+_E3 = np.zeros((0, POSE_SIZE, POSE_SIZE))
 _E4 = np.zeros((0, 0, 2, 0))
 
 

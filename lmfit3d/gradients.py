@@ -260,7 +260,7 @@ def _camera_extra(xs, obs, rc, jc, tc, focal, cx, cy, q, cdiag, uv):
 def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, expr_blocks, weights,
                    jidx, jcount, obs, block_ok, cam_grad, centre, w_expression, w_joints, w_temporal,
                    int_mean, int_sb, int_idx, int_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
-                   w_intersection, grad, diag, uv_out, frame_cost):
+                   w_intersection, grad, diag, uv_out, frame_cost, pose_gn, id_gn, id_frames):
     """Cost and gradient of the offline energy (all frames and cameras), see the module docstring.
 
     Per frame: the landmark positions of the next frame are computed ahead (``frame_positions``,
@@ -289,6 +289,10 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     diag : (N,) out, diagonal of the Gauss-Newton matrix J^T J (length 0 to skip; costs more).
     uv_out : (F, C, 2, L) out, projected landmarks (first axis 0 to skip).
     frame_cost : (F,) out, landmark cost per frame (all cameras).
+    pose_gn : (F, 18, 18) out, with ``diag``: each frame's Gauss-Newton block of its pose columns
+        (root rotation, translation, joints), landmark and temporal terms (first axis 0 to skip).
+    id_gn : (K, K) out, with ``diag``: the identity columns' Gauss-Newton block of the landmark and
+        temporal terms, summed over the frames where ``id_frames`` (F,) is True (0 rows to skip).
 
     Returns
     -------
@@ -352,6 +356,14 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     xbuf = np.empty((3, 3, nl))          # world positions (3, L) per slot
     gs = np.empty((3, nl))
     q = np.zeros((nl if want_diag else 0, 3, 3))
+    want_pblk = want_diag and pose_gn.shape[0] > 0
+    want_iblk = want_diag and id_gn.shape[0] > 0
+    no_blk = np.zeros((0, 0))
+    vid = np.empty((3, nk))
+    if want_pblk:
+        pose_gn[:] = 0.0
+    if want_iblk:
+        id_gn[:] = 0.0
     no_uv = np.zeros((0, nl))
     cost = 0.0
     temporal = w_temporal > 0.0 and nf > 1
@@ -441,7 +453,8 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
                     grad[e0 + e] += a[0] * expr_blocks[p, d, 0] + a[1] * expr_blocks[p, d, 1] + a[2] * expr_blocks[p, d, 2]
             if want_diag:
                 skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xw, rm, dpose, wsub, work)
-                _diag_vertex(p, base, e0, nk, nj, q[p], dpose, rm, r0, wsub, cm, sb, sj, expr_idx, expr_blocks, diag)
+                _diag_vertex(p, base, e0, nk, nj, q[p], dpose, rm, r0, wsub, cm, sb, sj, expr_idx, expr_blocks, diag,
+                             pose_gn[f] if want_pblk else no_blk, id_gn if want_iblk and id_frames[f] else no_blk, vid)
         if want_grad:
             # root rotation: J_l0^T sum (R v) x g;  translation: sum g
             for i in range(3):
@@ -477,6 +490,8 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
                 grad[base + c] += 2.0 * w_joints * val
             if want_diag:
                 diag[base + c] += 2.0 * w_joints
+                if want_pblk:
+                    pose_gn[f, c, c] += 2.0 * w_joints
     # intersection (template space, per frame)
     if w_intersection > 0.0 and int_mean.shape[0] > 0:
         ni = int_mean.shape[0]
@@ -515,13 +530,24 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
 
 
 @njit(cache=True)
-def _diag_vertex(p, base, e0, nk, nj, q, dpose, rm, r0, wsub, cm, sb, sj, expr_idx, expr_blocks, diag):
-    """Add v^T Q v for every parameter column v of landmark p in this frame into ``diag``."""
+def _diag_vertex(p, base, e0, nk, nj, q, dpose, rm, r0, wsub, cm, sb, sj, expr_idx, expr_blocks, diag, pblk, iblk,
+                 vid):
+    """Add v^T Q v for every parameter column v of landmark p in this frame into ``diag``; when
+    ``pblk`` (18, 18) / ``iblk`` (K, K) have rows, add the full blocks P^T Q P of the pose and of
+    the identity columns (``vid`` (3, K) workspace)."""
     v = np.empty(3)
     for c in range(POSE_SIZE):
         for i in range(3):
             v[i] = dpose[i, c]
         diag[base + c] += _quad(q, v)
+    if pblk.shape[0] > 0:
+        qd = np.empty((3, POSE_SIZE))
+        for i in range(3):
+            for c in range(POSE_SIZE):
+                qd[i, c] = q[i, 0] * dpose[0, c] + q[i, 1] * dpose[1, c] + q[i, 2] * dpose[2, c]
+        for c in range(POSE_SIZE):
+            for c2 in range(POSE_SIZE):
+                pblk[c, c2] += dpose[0, c] * qd[0, c2] + dpose[1, c] * qd[1, c2] + dpose[2, c] * qd[2, c2]
     for d in range(expr_idx.shape[1]):
         e = expr_idx[p, d]
         if e < 0:
@@ -530,6 +556,7 @@ def _diag_vertex(p, base, e0, nk, nj, q, dpose, rm, r0, wsub, cm, sb, sj, expr_i
             v[i] = rm[i, 0] * expr_blocks[p, d, 0] + rm[i, 1] * expr_blocks[p, d, 1] + rm[i, 2] * expr_blocks[p, d, 2]
         diag[e0 + e] += _quad(q, v)
     u = np.empty(3)
+    want_blk = iblk.shape[0] > 0
     for k in range(nk):
         for i in range(3):
             u[i] = 0.0
@@ -541,7 +568,17 @@ def _diag_vertex(p, base, e0, nk, nj, q, dpose, rm, r0, wsub, cm, sb, sj, expr_i
         for i in range(3):
             v[i] = (rm[i, 0] * sb[p, 0, k] + rm[i, 1] * sb[p, 1, k] + rm[i, 2] * sb[p, 2, k]
                     + r0[i, 0] * u[0] + r0[i, 1] * u[1] + r0[i, 2] * u[2])
+            if want_blk:
+                vid[i, k] = v[i]
         diag[k] += _quad(q, v)
+    if want_blk:
+        qv = np.empty((3, nk))
+        for i in range(3):
+            for k in range(nk):
+                qv[i, k] = q[i, 0] * vid[0, k] + q[i, 1] * vid[1, k] + q[i, 2] * vid[2, k]
+        for k in range(nk):
+            for k2 in range(nk):
+                iblk[k, k2] += vid[0, k] * qv[0, k2] + vid[1, k] * qv[1, k2] + vid[2, k] * qv[2, k2]
 
 
 @njit(cache=True, inline="always")
