@@ -29,7 +29,9 @@ Initialisation
 1. The reference camera (default 0, or the first camera that sees a face) is tracked alone by the
    real-time fitter (``lmfit3d.fit.fit_landmarks``): identity, per-frame pose and expression, and
    its focal length when unknown, on every ``init_stride``-th frame (long clips: about 128
-   frames); the other frames, and frames it could not fit, are interpolated linearly.
+   frames); the other frames, and frames it could not fit, are interpolated linearly.  A tracked
+   pose whose neck/head rotation exceeds 1 radian (root and neck turned by opposite large angles,
+   a local minimum of the single-view fit) is replaced by the rigid pose fitting the same landmarks.
 2. Every other camera with unknown extrinsics or focal is tracked alone on up to
    ``init_frames`` frames spread over the clip (identity held at the reference's), giving the head
    pose (R_jf, t_jf) in that camera for frames f the reference also fitted (pose (R_f, t_f)).  The
@@ -607,6 +609,29 @@ def _interp_frames(idx, values, n):
     return out.reshape((n,) + values.shape[1:])
 
 
+def _fold_joints(model, ids, identity, expression, rotations, translation, limit=1.0):
+    """Undo a "double flip" of a tracked pose: root and neck/head rotated by large opposite angles.
+
+    The real-time tracker can end in a pose where the root is turned by ~pi and the neck turns the
+    face back (the landmarks fit, the pose is absurd and far from the multi-view optimum).  When a
+    neck or head rotation exceeds ``limit`` radians, those joints are zeroed and the root pose is
+    re-fitted rigidly (Kabsch) to the same landmark positions.  Returns (rotations, translation).
+    """
+    if np.abs(np.linalg.norm(rotations[1:3], axis=1)).max() <= limit:
+        return rotations, translation
+    from .skinning import evaluate_points
+    x, _ = evaluate_points(model, Params(identity, expression, rotations, translation), ids)
+    rot = rotations.copy()
+    rot[0] = 0.0
+    rot[1:3] = 0.0
+    x0, _ = evaluate_points(model, Params(identity, expression, rot, np.zeros(3)), ids)
+    c, c0 = x.mean(0), x0.mean(0)
+    u, _, vt = np.linalg.svd((x - c).T @ (x0 - c0))
+    r = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    rot[0] = matrix_to_axis_angle(r)
+    return rot, c - r @ c0
+
+
 def _relative_pose(rot_j, t_j, rot_r, t_r):
     """Rigid transform camera_ref -> camera_j from head poses seen by both (per-frame arrays)."""
     rr = rodrigues(rot_r)
@@ -636,6 +661,9 @@ def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progre
     ok[sel[good_s]] = True
     beta = fr.identity.copy()
     foc[ref] = np.nanmedian(fr.focal)
+    for k in np.flatnonzero(good_s):
+        fr.rotations[k], fr.translation[k] = _fold_joints(model, ids, beta, fr.expression[k], fr.rotations[k],
+                                                          fr.translation[k])
     rot_c = _interp_frames(sel[good_s], fr.rotations[good_s], nf)          # in the reference camera
     tr_c = _interp_frames(sel[good_s], fr.translation[good_s], nf)
     expr = np.clip(_interp_frames(sel[good_s], fr.expression[good_s], nf), 0.0, 1.0)
@@ -665,8 +693,10 @@ def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progre
         if not np.isfinite(foc[j]):
             foc[j] = tracker.focal
         if not known[j]:
-            rj = np.array([fits[i].params.rotations[0] for i in keep])
-            tj = np.array([fits[i].params.translation for i in keep])
+            folded = [_fold_joints(model, ids, beta, fits[i].params.expression, fits[i].params.rotations,
+                                   fits[i].params.translation) for i in keep]
+            rj = np.array([fd[0][0] for fd in folded])
+            tj = np.array([fd[1] for fd in folded])
             r_rel, t_rel = _relative_pose(rj, tj, rot_c[pick[keep]][:, 0], tr_c[pick[keep]])
             rot_cam[j] = r_rel @ rot_cam[ref]
             t_cam[j] = r_rel @ t_cam[ref] + t_rel
