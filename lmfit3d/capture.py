@@ -657,12 +657,18 @@ def _relative_pose(rot_j, t_j, rot_r, t_r):
 def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progress):
     """Initial full vector pieces: identity, per-frame params (world), camera R, T, focal."""
     nc, nf = mu.shape[:2]
-    sigma = np.where(inv_sigma > 0, 1.0 / np.where(inv_sigma > 0, inv_sigma, 1.0), 1.0)
-    nan_mu = np.where((inv_sigma > 0)[..., None], mu, np.nan)
+
+    def nan_mu(j, frames):          # one camera's frames only (no (C, F, L) copies)
+        return np.where((inv_sigma[j, frames] > 0)[..., None], mu[j, frames], np.nan)
+
+    def sigma(j, frames):
+        inv = inv_sigma[j, frames]
+        return np.where(inv > 0, 1.0 / np.where(inv > 0, inv, 1.0), 1.0)
+
     foc = cal.focal.copy()
     stride = cfg.init_stride or max(1, nf // 128)
     sel = np.unique(np.r_[np.arange(0, nf, stride), nf - 1])
-    fr = fit_landmarks(nan_mu[ref][sel], sigma[ref][sel], vertex_ids=ids, image_size=size[ref],
+    fr = fit_landmarks(nan_mu(ref, sel), sigma(ref, sel), vertex_ids=ids, image_size=size[ref],
                        focal_px=foc[ref] if np.isfinite(foc[ref]) else None, model=model, config=cfg.fit,
                        identity=identity, two_pass=cfg.two_pass_init)
     good_s = fr.status >= 0
@@ -697,7 +703,7 @@ def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progre
         fits = []
         for f in pick:
             tracker.reset()
-            fits.append(tracker.step(nan_mu[j, f], sigma[j, f]))
+            fits.append(tracker.step(nan_mu(j, f), sigma(j, f)))
         keep = [i for i, ft in enumerate(fits) if ft is not None and ft.success]
         if not keep:
             raise ValueError(f"camera {j}: the face could not be fitted to initialise its extrinsics")
@@ -796,9 +802,12 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
     sub_cal = Calibration(cal.rotation[used], cal.translation[used], cal.focal[used], size[used],
                           cal.free_extrinsics[used], cal.free_focal[used])
     sref = int(np.searchsorted(used, ref))
-    beta, rot_w, tr_w, expr, rcam, tcam, foc = _initialise(model, ids, mu[used], inv_sigma[used], size[used],
+    if used.size < nc:
+        mu, inv_sigma = mu[used], inv_sigma[used]
+    beta, rot_w, tr_w, expr, rcam, tcam, foc = _initialise(model, ids, mu, inv_sigma, size[used],
                                                            sub_cal, sref, cfg, identity, progress)
-    prob = CaptureProblem(model, ids, mu[used], inv_sigma[used], size[used], cfg, beta)
+    prob = CaptureProblem(model, ids, mu, inv_sigma, size[used], cfg, beta)
+    del mu, inv_sigma                    # the problem keeps float32 copies
     z = np.zeros(prob.n)
     z[:prob.nk] = beta
     for f in range(nf):
