@@ -300,6 +300,12 @@ def _image_sizes(image_size, n_cameras):
 # --------------------------------------------------------------------------------------------
 
 _BLOCK_FLOOR = 0.03
+# A pose block whose normalised smallest eigenvalue is below this has an unobserved direction
+# (root / neck / head counter-rotation with face-only landmarks: 0 to 1e-5 for ibug68, dense320
+# and MediaPipe's; 1e-4 to 4e-4 for dense703, whose neck vertices observe it): there the block
+# sends L-BFGS along the free direction (ibug68: 3x the cost after 200 iterations), so the
+# frame keeps the diagonal preconditioner.
+_BLOCK_SINGULAR = 3e-5
 
 
 class CaptureProblem:
@@ -542,7 +548,11 @@ def _block_transform(blocks, floor=None):
     d = np.sqrt(np.maximum(np.einsum("bii->bi", blocks), 1e-12))
     norm = blocks / d[:, :, None] / d[:, None, :]
     lam, vec = np.linalg.eigh(norm)
-    return vec / np.sqrt(np.maximum(lam, floor))[:, None, :] / d[:, :, None]
+    out = vec / np.sqrt(np.maximum(lam, floor))[:, None, :] / d[:, :, None]
+    # (near-)singular blocks: the diagonal preconditioner (see _BLOCK_SINGULAR)
+    sing = lam[:, 0] < _BLOCK_SINGULAR
+    out[sing] = np.eye(blocks.shape[1])[None] / d[sing][:, :, None]
+    return out
 
 
 _E1 = np.zeros(0)

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from lmfit3d.capture import (CaptureConfig, CaptureProblem, _fold_joints, _interp_frames, _relative_pose,
+from lmfit3d.capture import (CaptureConfig, CaptureProblem, _block_transform, _fold_joints, _interp_frames, _relative_pose,
                              fit_capture, fit_stills, parse_calibration, read_calibration, validate_multiview)
 from lmfit3d.fit import FitConfig
 from lmfit3d.rotation import matrix_to_axis_angle, rodrigues
@@ -249,6 +249,21 @@ def test_interp_frames_and_strided_init(model, views):
         CaptureConfig(init_stride=-1)
     with pytest.raises(ValueError, match="preconditioner"):
         CaptureConfig(preconditioner="full")
+
+
+def test_block_transform_whitens_and_keeps_the_diagonal_for_singular_blocks(rng):
+    """P^T H P = I for a well-conditioned block (eigenvalue floor 0); a block with a null direction
+    gets the diagonal scaling 1 / sqrt(diag H)."""
+    a = rng.normal(size=(6, 6)) * np.array([1.0, 10.0, 100.0, 1.0, 0.1, 5.0])
+    good = a.T @ a + np.eye(6)
+    b = rng.normal(size=(3, 6))
+    sing = b.T @ b                                   # rank 3
+    p = _block_transform(np.stack([good, sing]), floor=0.0)
+    np.testing.assert_allclose(p[0].T @ good @ p[0], np.eye(6), atol=1e-9)
+    np.testing.assert_allclose(p[1], np.diag(1.0 / np.sqrt(np.diag(sing))), rtol=1e-12)
+    # the floor caps the gain along weak directions: P^T H P <= I
+    p2 = _block_transform(good[None], floor=0.5)[0]
+    assert np.linalg.eigvalsh(p2.T @ good @ p2).max() <= 1.0 + 1e-9
 
 
 def test_block_and_diagonal_preconditioners_reach_the_same_minimum(model):
