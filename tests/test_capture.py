@@ -117,6 +117,7 @@ def test_gauss_newton_blocks_match_jacobian_columns(model, views, rng):
     residual columns (landmark term; all 3 frames enter the identity block)."""
     prob, z = _problem(model, views, rng, **TERMS["landmarks"])
     diag, pose_gn, id_gn = prob.gn_blocks(z)
+    assert prob.gn_blocks(z, id_frames=0)[2] is None
 
     def residuals(zz):
         uv, _ = prob.project(zz)
@@ -267,14 +268,15 @@ def test_block_transform_whitens_and_keeps_the_diagonal_for_singular_blocks(rng)
 
 
 def test_block_and_diagonal_preconditioners_reach_the_same_minimum(model):
-    """Both changes of variables (z = z0 + P u) lead L-BFGS-B to the same optimum, bounds included."""
+    """All changes of variables (z = z0 + P u) lead L-BFGS-B to the same optimum, bounds included."""
     mv = make_multiview(model, IDS, np.random.default_rng(5), n_cameras=2, n_frames=2, noise_px=1.0)
     cal = parse_calibration(mv.calibration_json(), 2)
     out = {}
-    for pre in ("block", "diagonal"):
+    for pre in ("block", "block_identity", "diagonal"):
         cfg = CaptureConfig(max_iter=3000, init_frames=2, preconditioner=pre, ftol=1e-12, gtol=1e-8)
         out[pre] = fit_capture(mv.mu, mv.sigma, vertex_ids=IDS, calibration=cal, model=model, config=cfg)
     assert out["block"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
+    assert out["block_identity"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
     for res in out.values():
         assert (res.expression >= 0).all() and (res.expression <= 1).all()
     assert out["block"].iterations < out["diagonal"].iterations
