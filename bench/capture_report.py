@@ -127,7 +127,8 @@ def _scale_child(size, seed, max_iter):
     mask = model.face_mask()
     check = np.unique(np.linspace(0, nf - 1, min(nf, 8)).round().astype(int))
     err = np.concatenate([rigid_align_error(res.vertices(model, f), mv.vertices(model, f), mask) for f in check])
-    print(json.dumps(dict(err_median_mm=float(np.median(err)), err_mean_mm=float(err.mean()),size=size, frames=nf, cameras=nc, init_s=res.seconds_init, solve_s=res.seconds_solve,
+    print(json.dumps(dict(err_median_mm=float(np.median(err)), err_mean_mm=float(err.mean()),
+                          size=size, frames=nf, cameras=nc, init_s=res.seconds_init, solve_s=res.seconds_solve,
                           iterations=res.iterations, evaluations=res.n_evaluations,
                           eval_ms=1e3 * float(np.median(calls)), peak_rss_mb=rss, rss_before_fit_mb=rss0,
                           input_mb=(mv.mu.nbytes + mv.sigma.nbytes) / 2 ** 20, message=res.message)))

@@ -1,12 +1,15 @@
 """Cost and analytic gradient of the offline multi-view, multi-frame energy (numba kernels).
 
 The offline solver (paper sec. 3.3, "all frames and cameras at once with L-BFGS") needs only the
-cost and its gradient J^T r, never J^T J.  :func:`capture_energy` evaluates both in one call,
-looping over frames, landmarks and cameras: per (frame, landmark) the vertex is skinned once
-(``skinning.skin_vertex``, pose Jacobian included), then per camera it is moved into the camera,
-projected (``camera.project_jac``) and its residual's gradient is pulled back to a world-space
-3-vector; that 3-vector is then pushed through the landmark's sparse pose / expression / identity
-columns (``terms.template_point`` and the static table of ``sparsity.build_sparsity``).
+cost and its gradient J^T r, never J^T J.  :func:`capture_energy` evaluates both in one call.
+Per frame: the landmark vertices are posed once (world-axes joint transforms, only the joints
+with non-zero weight: ``skinning.skin_point_sparse``); per camera one SIMD loop over the
+landmarks (:func:`camera_pass`) projects them and accumulates each landmark's world-space
+gradient g; then g is pulled back in adjoint form: through the landmark's sparse expression /
+identity columns (``terms.template_point`` and the static table of ``sparsity.build_sparsity``),
+and for the pose as world-space sums per joint mapped to the joint's axis-angle once per frame
+(no per-landmark pose Jacobian).  The Gauss-Newton diagonal and per-frame pose blocks (for the
+preconditioner) use the explicit Jacobian (``skinning.skin_vertex``) in a separate pass.
 
 Full parameter vector ``z`` (layout shared with ``lmfit3d.capture``)::
 
