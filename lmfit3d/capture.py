@@ -28,7 +28,10 @@ Initialisation
 --------------
 1. The reference camera (default 0, or the first camera that sees a face) is tracked alone by the
    real-time fitter (``lmfit3d.fit.fit_landmarks``): identity, per-frame pose and expression, and
-   its focal length when unknown.  Frames it could not fit copy the nearest fitted frame.
+   its focal length when unknown, on every ``init_stride``-th frame (long clips: about 128
+   frames); the other frames, and frames it could not fit, are interpolated linearly.  A tracked
+   pose whose neck/head rotation exceeds 1 radian (root and neck turned by opposite large angles,
+   a local minimum of the single-view fit) is replaced by the rigid pose fitting the same landmarks.
 2. Every other camera with unknown extrinsics or focal is tracked alone on up to
    ``init_frames`` frames spread over the clip (identity held at the reference's), giving the head
    pose (R_jf, t_jf) in that camera for frames f the reference also fitted (pose (R_f, t_f)).  The
@@ -51,7 +54,7 @@ from .gradients import CAMERA_SIZE, POSE_SIZE, capture_energy
 from .landmarks import resolve_vertex_ids
 from .model import Params, load_model
 from .rotation import matrix_to_axis_angle, rodrigues
-from .skinning import ancestry, evaluate_mesh
+from .skinning import ancestry, evaluate_mesh, sparse_weights
 from .sparsity import build_sparsity
 
 # OpenCV-style cameras (x right, y down, looking along +z) to ours (x right, y up, looking along -z)
@@ -71,8 +74,14 @@ class CaptureConfig:
         (the gradient is that of the rescaled variables).
     maxcor : int, L-BFGS memory (correction pairs).
     init_frames : int, frames tracked per non-reference camera to find its extrinsics.
+    init_stride : int, the reference camera is tracked on every ``init_stride``-th frame (and the
+        last), the frames between are interpolated; 0: automatic, F // 128 (about 128 frames tracked).
     two_pass_init : bool, track the reference camera twice (second pass with the identity held).
     reference_camera : int or None, the gauge camera (None: 0, or the first camera with a face).
+    preconditioner : "block" (each frame's 18 x 18 Gauss-Newton pose block, diagonal elsewhere),
+        "block_identity" (also the K x K identity block: a few % fewer iterations on dense703, but
+        on ibug68 with fixed sigma it led L-BFGS into a worse minimum) or "diagonal" (the
+        Gauss-Newton diagonal only, as before).
     """
 
     fit: FitConfig = field(default_factory=FitConfig)
@@ -81,12 +90,19 @@ class CaptureConfig:
     gtol: float = 1e-5
     maxcor: int = 20
     init_frames: int = 8
+    init_stride: int = 0
     two_pass_init: bool = False
     reference_camera: int = None
+    preconditioner: str = "block"
 
     def __post_init__(self):
         if self.max_iter < 1 or self.init_frames < 1 or self.maxcor < 1:
             raise ValueError("max_iter, init_frames and maxcor must be >= 1")
+        if self.preconditioner not in ("block", "block_identity", "diagonal"):
+            raise ValueError(f"preconditioner must be 'block', 'block_identity' or 'diagonal', "
+                             f"got {self.preconditioner!r}")
+        if self.init_stride < 0:
+            raise ValueError("init_stride must be >= 0 (0: automatic)")
         if not (self.ftol >= 0 and self.gtol >= 0):
             raise ValueError("ftol and gtol must be >= 0")
 
@@ -286,6 +302,15 @@ def _image_sizes(image_size, n_cameras):
 # The problem
 # --------------------------------------------------------------------------------------------
 
+_BLOCK_FLOOR = 0.03
+# A pose block whose normalised smallest eigenvalue is below this has an unobserved direction
+# (root / neck / head counter-rotation with face-only landmarks: 0 to 1e-5 for ibug68, dense320
+# and MediaPipe's; 1e-4 to 4e-4 for dense703, whose neck vertices observe it): there the block
+# sends L-BFGS along the free direction (ibug68: 3x the cost after 200 iterations), so the
+# frame keeps the diagonal preconditioner.
+_BLOCK_SINGULAR = 3e-5
+
+
 class CaptureProblem:
     """The offline energy over the full vector z (layout in ``lmfit3d.gradients``).
 
@@ -304,11 +329,18 @@ class CaptureProblem:
         self.cfg = config
         fc = config.fit
         self.table = build_sparsity(model, vertex_ids, fc.sparsity_threshold_mm)
-        # cameras innermost for the kernel: (F, L, C, 2) and (F, L, C)
-        self.mu_t = np.ascontiguousarray(np.transpose(mu, (1, 2, 0, 3)))
-        self.inv_t = np.ascontiguousarray(np.transpose(inv_sigma, (1, 2, 0)))
-        self.n_cameras, self.n_frames, self.n_landmarks = mu.shape[:3]
+        # per frame and camera, landmarks innermost (the kernel's SIMD loop): (F, C, 3, L) float32,
+        # rows u, v (pixels) and 1/sigma (0 where missing, or where the camera sees < 3 in the frame)
         self.block_ok = (inv_sigma > 0).sum(2) >= _MIN_LANDMARKS
+        nc, nf, nl = mu.shape[:3]
+        self.obs = np.empty((nf, nc, 3, nl), dtype=np.float32)
+        for j in range(nc):
+            self.obs[:, j, 0] = mu[j, :, :, 0]
+            self.obs[:, j, 1] = mu[j, :, :, 1]
+            self.obs[:, j, 2] = np.where(self.block_ok[j][:, None], inv_sigma[j], 0.0)
+        self.jidx, self.jcount = sparse_weights(self.table.weights)
+        self.camera_gradient = np.ones(nc, bool)
+        self.n_cameras, self.n_frames, self.n_landmarks = mu.shape[:3]
         self.centre = np.ascontiguousarray(np.asarray(image_size, dtype=np.float64) / 2.0)
         self.nk, self.ne = model.n_identity, model.n_expression
         self.psize = POSE_SIZE + self.ne
@@ -327,6 +359,7 @@ class CaptureProblem:
                           np.zeros((0, 1, 3)), np.zeros((2, 3)), np.ones(2), np.zeros(0, np.int64),
                           np.zeros((2, 1, 4)), np.zeros(0, np.int64))
         self._frame_cost = np.empty(self.n_frames)
+        self._all_frames = np.ones(self.n_frames, bool)
         self.nfev = 0
 
     # layout helpers
@@ -338,12 +371,26 @@ class CaptureProblem:
         s = self.cbase + CAMERA_SIZE * j
         return slice(s, s + CAMERA_SIZE)
 
-    def _kernel(self, z, grad, diag, uv):
+    @property
+    def mu_t(self):
+        """(F, L, C, 2) float64 landmark means (pixels) as stored (a copy, for inspection)."""
+        return np.transpose(self.obs[:, :, :2], (0, 3, 1, 2)).astype(np.float64)
+
+    @property
+    def inv_t(self):
+        """(F, L, C) float64 1/sigma as stored, 0 where missing (a copy)."""
+        return np.transpose(self.obs[:, :, 2], (0, 2, 1)).astype(np.float64)
+
+    def _kernel(self, z, grad, diag, uv, pose_gn=None, id_gn=None, id_frames=None):
         t, fc = self.table, self.cfg.fit
+        pose_gn = _E3 if pose_gn is None else pose_gn
+        id_gn = _E2 if id_gn is None else id_gn
+        id_frames = self._all_frames if id_frames is None else id_frames
         return capture_energy(z, self.nk, self.ne, t.mean, t.identity_blocks, self.sj, self.model.joint_mean,
-                              self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.mu_t,
-                              self.inv_t, self.block_ok, self.centre, fc.w_expression, fc.w_joints,
-                              fc.w_temporal, *self.inter, fc.w_intersection, grad, diag, uv, self._frame_cost)
+                              self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.jidx,
+                              self.jcount, self.obs, self.block_ok, self.camera_gradient, self.centre,
+                              fc.w_expression, fc.w_joints, fc.w_temporal, *self.inter, fc.w_intersection,
+                              grad, diag, uv, self._frame_cost, pose_gn, id_gn, id_frames)
 
     def identity_prior(self, beta):
         """GMM prior w_id (-log sum_c w_c N(beta; m_c, diag s_c^2) + const): cost, gradient, GN diagonal.
@@ -379,9 +426,9 @@ class CaptureProblem:
 
     def project(self, z):
         """Projected landmarks (C, F, L, 2) pixels and landmark cost per frame (F,) at z."""
-        uv = np.empty(self.mu_t.shape)
+        uv = np.empty((self.n_frames, self.n_cameras, 2, self.n_landmarks))
         self._kernel(np.ascontiguousarray(z, dtype=np.float64), _E1, _E1, uv)
-        return np.transpose(uv, (2, 0, 1, 3)), self._frame_cost.copy()
+        return np.transpose(uv, (1, 0, 3, 2)), self._frame_cost.copy()
 
     def bounds(self):
         lo = np.full(self.n, -np.inf)
@@ -394,34 +441,131 @@ class CaptureProblem:
             lo[self.camera_slice(j).stop - 1] = 1.0
         return lo, hi
 
+    def gn_blocks(self, z, id_frames=16):
+        """Gauss-Newton pieces for the preconditioner at z.
+
+        Returns the diagonal (N,), the per-frame pose blocks (F, 18, 18) and the identity block
+        (K, K) (landmark and temporal terms on ``id_frames`` frames spread over the clip, scaled to
+        all frames, plus the identity prior's diagonal; None when ``id_frames`` is 0).
+        """
+        z = np.ascontiguousarray(z, dtype=np.float64)
+        nf = self.n_frames
+        diag = np.empty(self.n)
+        pose_gn = np.empty((nf, POSE_SIZE, POSE_SIZE))
+        id_gn = np.empty((self.nk, self.nk)) if id_frames > 0 else _E2
+        sel = np.zeros(nf, bool)
+        if id_frames > 0:
+            sel[np.unique(np.linspace(0, nf - 1, min(nf, id_frames)).round().astype(int))] = True
+        self._kernel(z, _E1, diag, _E4, pose_gn, id_gn, sel)
+        _, _, d_id = self.identity_prior(z[:self.nk])
+        diag[:self.nk] += d_id
+        if id_frames <= 0:
+            return diag, pose_gn, None
+        id_gn *= nf / sel.sum()
+        id_gn[np.diag_indices(self.nk)] += d_id
+        return diag, pose_gn, id_gn
+
     def solve(self, z0, free):
-        """L-BFGS-B over z[free] from z0 (rescaled by the Gauss-Newton diagonal); returns (z, result)."""
+        """L-BFGS-B over z[free] from z0, preconditioned (``CaptureConfig.preconditioner``).
+
+        The variables are u with z = z0 + P u: P = diag(1 / sqrt(diag J^T J)) ("diagonal"), or,
+        for "block", P ~ H^-1/2 of the Gauss-Newton block H (``_block_transform``) on each frame's
+        pose (and on the identity for "block_identity"; both unbounded), diagonal on the rest
+        (expression and focal keep box bounds).
+        Returns (z, scipy result).
+        """
         from scipy.optimize import minimize
 
         z0 = np.array(z0, dtype=np.float64)
-        _, _, diag = self.energy(z0, want_grad=False, want_diag=True)
-        d = diag[free]
-        scale = np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-300)), 1.0)
+        n = self.n
+        block = self.cfg.preconditioner != "diagonal"
+        with_id = self.cfg.preconditioner == "block_identity"
+        if block:
+            diag, pose_gn, id_gn = self.gn_blocks(z0, 16 if with_id else 0)
+        else:
+            _, _, diag = self.energy(z0, want_grad=False, want_diag=True)
+        scale = np.where(diag > 0, 1.0 / np.sqrt(np.maximum(diag, 1e-300)), 1.0)
+        on_diag = free.copy()
+        pidx = np.zeros((0, 0), np.int64)
+        iidx = np.zeros(0, np.int64)
+        if block:
+            starts = self.nk + self.psize * np.arange(self.n_frames)
+            pf = free[starts[0]:starts[0] + POSE_SIZE]
+            same = all((free[s:s + POSE_SIZE] == pf).all() for s in starts)
+            if same and pf.any():
+                cols = np.flatnonzero(pf)
+                pidx = starts[:, None] + cols[None]
+                pmat = _block_transform(pose_gn[:, cols[:, None], cols[None]])
+                on_diag[pidx.ravel()] = False
+            if with_id and free[:self.nk].all():
+                iidx = np.arange(self.nk)
+                imat = _block_transform(id_gn[None])[0]
+                on_diag[iidx] = False
         lo, hi = self.bounds()
-        lo, hi = lo[free] / scale, hi[free] / scale
-        z = z0.copy()
+        ulo = np.where(on_diag, (lo - z0) / scale, -np.inf)[free]
+        uhi = np.where(on_diag, (hi - z0) / scale, np.inf)[free]
+
+        def to_z(u):
+            d = np.zeros(n)
+            d[free] = u
+            z = z0.copy()
+            z[on_diag] += scale[on_diag] * d[on_diag]
+            if pidx.size:
+                z[pidx] += np.einsum("fij,fj->fi", pmat, d[pidx])
+            if iidx.size:
+                z[iidx] += imat @ d[iidx]
+            return z
 
         def fun(u):
-            z[free] = u * scale
-            cost, grad, _ = self.energy(z)
-            return cost, grad[free] * scale
+            cost, grad, _ = self.energy(to_z(u))
+            gu = np.where(on_diag, scale * grad, 0.0)
+            if pidx.size:
+                gu[pidx] = np.einsum("fji,fj->fi", pmat, grad[pidx])
+            if iidx.size:
+                gu[iidx] = imat.T @ grad[iidx]
+            return cost, gu[free]
 
-        u0 = np.clip(z0[free] / scale, lo, hi)
-        res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi)),
-                       options=dict(maxiter=self.cfg.max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
-                                    gtol=self.cfg.gtol, maxfun=4 * self.cfg.max_iter))
-        z = z0.copy()
-        z[free] = res.x * scale
+        u0 = np.clip(np.zeros(int(free.sum())), ulo, uhi)
+        self.camera_gradient = np.array([free[self.camera_slice(j)].any() for j in range(self.n_cameras)])
+        try:
+            res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(ulo, uhi)),
+                           options=dict(maxiter=self.cfg.max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
+                                        gtol=self.cfg.gtol, maxfun=4 * self.cfg.max_iter))
+        finally:
+            self.camera_gradient = np.ones(self.n_cameras, bool)
+        z = to_z(res.x)
+        z[~free] = z0[~free]
+        z = np.clip(z, lo, hi)
         return z, res
 
 
+def _block_transform(blocks, floor=None):
+    """P (B, m, m) for each symmetric PSD block H (B, m, m) such that P^T H P ~ I.
+
+    H = D N D with D = sqrt(diag H); N = V diag(lam) V^T;  P = D^-1 V diag(max(lam, floor))^-1/2.
+    The eigenvalue floor (relative to N's unit diagonal) keeps the preconditioner from amplifying
+    near-null directions: with face-only landmarks (no neck vertices) turning the root one way and
+    the neck back is nearly free (only the joint prior), and a full inverse there sends L-BFGS
+    along that path, where the rotations are far from linear (the rendered two-camera video test
+    stalled at twice the cost with no floor).  Measured (200 iterations max): floor 0.01 / 0.03 /
+    0.1 -> 103 / 137 / 200 iterations on the synthetic 520 x 17 dense703 sequence, and a final
+    cost 0.9 % / 0.09 % / 0.02 % above the diagonal preconditioner's on the video test.
+    """
+    floor = _BLOCK_FLOOR if floor is None else floor
+    d = np.sqrt(np.maximum(np.einsum("bii->bi", blocks), 1e-12))
+    norm = blocks / d[:, :, None] / d[:, None, :]
+    lam, vec = np.linalg.eigh(norm)
+    out = vec / np.sqrt(np.maximum(lam, floor))[:, None, :] / d[:, :, None]
+    # (near-)singular blocks: the diagonal preconditioner (see _BLOCK_SINGULAR)
+    sing = lam[:, 0] < _BLOCK_SINGULAR
+    out[sing] = np.eye(blocks.shape[1])[None] / d[sing][:, :, None]
+    return out
+
+
 _E1 = np.zeros(0)
-_E4 = np.zeros((0, 0, 0, 2))
+_E2 = np.zeros((0, 0))
+_E3 = np.zeros((0, POSE_SIZE, POSE_SIZE))
+_E4 = np.zeros((0, 0, 2, 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,11 +625,39 @@ class CaptureResult:
 # Initialisation
 # --------------------------------------------------------------------------------------------
 
-def _fill_frames(ok, values):
-    """Copy each row of values where ok is False from the nearest row where ok is True."""
-    idx = np.flatnonzero(ok)
-    near = idx[np.abs(np.arange(ok.size)[:, None] - idx[None]).argmin(1)]
-    return values[near]
+def _interp_frames(idx, values, n):
+    """Rows of values (len(idx), ...) known at increasing frames idx, linearly interpolated onto
+    frames 0..n-1 (held constant beyond the ends).  Axis-angle rows are interpolated per component
+    (small frame-to-frame motion)."""
+    flat = values.reshape(len(idx), -1)
+    out = np.empty((n, flat.shape[1]))
+    frames = np.arange(n)
+    for c in range(flat.shape[1]):
+        out[:, c] = np.interp(frames, idx, flat[:, c])
+    return out.reshape((n,) + values.shape[1:])
+
+
+def _fold_joints(model, ids, identity, expression, rotations, translation, limit=1.0):
+    """Undo a "double flip" of a tracked pose: root and neck/head rotated by large opposite angles.
+
+    The real-time tracker can end in a pose where the root is turned by ~pi and the neck turns the
+    face back (the landmarks fit, the pose is absurd and far from the multi-view optimum).  When a
+    neck or head rotation exceeds ``limit`` radians, those joints are zeroed and the root pose is
+    re-fitted rigidly (Kabsch) to the same landmark positions.  Returns (rotations, translation).
+    """
+    if np.abs(np.linalg.norm(rotations[1:3], axis=1)).max() <= limit:
+        return rotations, translation
+    from .skinning import evaluate_points
+    x, _ = evaluate_points(model, Params(identity, expression, rotations, translation), ids)
+    rot = rotations.copy()
+    rot[0] = 0.0
+    rot[1:3] = 0.0
+    x0, _ = evaluate_points(model, Params(identity, expression, rot, np.zeros(3)), ids)
+    c, c0 = x.mean(0), x0.mean(0)
+    u, _, vt = np.linalg.svd((x - c).T @ (x0 - c0))
+    r = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    rot[0] = matrix_to_axis_angle(r)
+    return rot, c - r @ c0
 
 
 def _relative_pose(rot_j, t_j, rot_r, t_r):
@@ -502,20 +674,33 @@ def _relative_pose(rot_j, t_j, rot_r, t_r):
 def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progress):
     """Initial full vector pieces: identity, per-frame params (world), camera R, T, focal."""
     nc, nf = mu.shape[:2]
-    sigma = np.where(inv_sigma > 0, 1.0 / np.where(inv_sigma > 0, inv_sigma, 1.0), 1.0)
-    nan_mu = np.where((inv_sigma > 0)[..., None], mu, np.nan)
+
+    def nan_mu(j, frames):          # one camera's frames only (no (C, F, L) copies)
+        return np.where((inv_sigma[j, frames] > 0)[..., None], mu[j, frames], np.nan)
+
+    def sigma(j, frames):
+        inv = inv_sigma[j, frames]
+        return np.where(inv > 0, 1.0 / np.where(inv > 0, inv, 1.0), 1.0)
+
     foc = cal.focal.copy()
-    fr = fit_landmarks(nan_mu[ref], sigma[ref], vertex_ids=ids, image_size=size[ref],
+    stride = cfg.init_stride or max(1, nf // 128)
+    sel = np.unique(np.r_[np.arange(0, nf, stride), nf - 1])
+    fr = fit_landmarks(nan_mu(ref, sel), sigma(ref, sel), vertex_ids=ids, image_size=size[ref],
                        focal_px=foc[ref] if np.isfinite(foc[ref]) else None, model=model, config=cfg.fit,
                        identity=identity, two_pass=cfg.two_pass_init)
-    ok = fr.status >= 0
-    if not ok.any():
+    good_s = fr.status >= 0
+    if not good_s.any():
         raise ValueError(f"the reference camera {ref} could not be fitted in any frame")
+    ok = np.zeros(nf, bool)                                      # frames with a tracked head pose
+    ok[sel[good_s]] = True
     beta = fr.identity.copy()
     foc[ref] = np.nanmedian(fr.focal)
-    rot_c = _fill_frames(ok, fr.rotations)                       # in the reference camera
-    tr_c = _fill_frames(ok, fr.translation)
-    expr = np.clip(_fill_frames(ok, fr.expression), 0.0, 1.0)
+    for k in np.flatnonzero(good_s):
+        fr.rotations[k], fr.translation[k] = _fold_joints(model, ids, beta, fr.expression[k], fr.rotations[k],
+                                                          fr.translation[k])
+    rot_c = _interp_frames(sel[good_s], fr.rotations[good_s], nf)          # in the reference camera
+    tr_c = _interp_frames(sel[good_s], fr.translation[good_s], nf)
+    expr = np.clip(_interp_frames(sel[good_s], fr.expression[good_s], nf), 0.0, 1.0)
     rot_cam = np.tile(np.eye(3), (nc, 1, 1))
     t_cam = np.zeros((nc, 3))
     known = cal.known_extrinsics
@@ -535,15 +720,17 @@ def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progre
         fits = []
         for f in pick:
             tracker.reset()
-            fits.append(tracker.step(nan_mu[j, f], sigma[j, f]))
+            fits.append(tracker.step(nan_mu(j, f), sigma(j, f)))
         keep = [i for i, ft in enumerate(fits) if ft is not None and ft.success]
         if not keep:
             raise ValueError(f"camera {j}: the face could not be fitted to initialise its extrinsics")
         if not np.isfinite(foc[j]):
             foc[j] = tracker.focal
         if not known[j]:
-            rj = np.array([fits[i].params.rotations[0] for i in keep])
-            tj = np.array([fits[i].params.translation for i in keep])
+            folded = [_fold_joints(model, ids, beta, fits[i].params.expression, fits[i].params.rotations,
+                                   fits[i].params.translation) for i in keep]
+            rj = np.array([fd[0][0] for fd in folded])
+            tj = np.array([fd[1] for fd in folded])
             r_rel, t_rel = _relative_pose(rj, tj, rot_c[pick[keep]][:, 0], tr_c[pick[keep]])
             rot_cam[j] = r_rel @ rot_cam[ref]
             t_cam[j] = r_rel @ t_cam[ref] + t_rel
@@ -632,9 +819,12 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
     sub_cal = Calibration(cal.rotation[used], cal.translation[used], cal.focal[used], size[used],
                           cal.free_extrinsics[used], cal.free_focal[used])
     sref = int(np.searchsorted(used, ref))
-    beta, rot_w, tr_w, expr, rcam, tcam, foc = _initialise(model, ids, mu[used], inv_sigma[used], size[used],
+    if used.size < nc:
+        mu, inv_sigma = mu[used], inv_sigma[used]
+    beta, rot_w, tr_w, expr, rcam, tcam, foc = _initialise(model, ids, mu, inv_sigma, size[used],
                                                            sub_cal, sref, cfg, identity, progress)
-    prob = CaptureProblem(model, ids, mu[used], inv_sigma[used], size[used], cfg, beta)
+    prob = CaptureProblem(model, ids, mu, inv_sigma, size[used], cfg, beta)
+    del mu, inv_sigma                    # the problem keeps float32 copies
     z = np.zeros(prob.n)
     z[:prob.nk] = beta
     for f in range(nf):
@@ -683,8 +873,8 @@ def _result(model, prob, z, res, used, cal, size, ids, ref, t_init, t_solve):
         rot_cam[j] = rodrigues(z[s][0:3])
         t_cam[j] = z[s][3:6]
         foc[j] = z[s][6]
-        present = prob.inv_t[:, :, k] > 0
-        err = np.linalg.norm(uv_used[k] - prob.mu_t[:, :, k], axis=-1)[present]
+        present = prob.obs[:, k, 2] > 0
+        err = np.linalg.norm(uv_used[k] - np.transpose(prob.obs[:, k, :2], (0, 2, 1)), axis=-1)[present]
         if err.size:
             med[j], mean[j] = np.median(err), err.mean()
     e, nj = prob.ne, model.n_joints

@@ -281,6 +281,66 @@ def skin_vertex_single(t, k, anc, r0, trans, rg, tg, rmk, r0bm, rgm, x, rm, dpos
 
 
 @njit(cache=True)
+def world_joint_transforms(r0, rg, tg, aw, cw):
+    """Each joint's map in world axes (before the root translation), for :func:`skin_point_sparse`.
+
+    aw (J, 3, 3) out = R_root Rg_k and cw (J, 3) out = R_root tg_k, so that a vertex with weights
+    w is x = trans + sum_k w_k (aw_k t + cw_k) (the same point as :func:`skin_point`).
+    """
+    for k in range(rg.shape[0]):
+        for i in range(3):
+            s = 0.0
+            for q in range(3):
+                s += r0[i, q] * tg[k, q]
+                aw[k, i, q] = r0[i, 0] * rg[k, 0, q] + r0[i, 1] * rg[k, 1, q] + r0[i, 2] * rg[k, 2, q]
+            cw[k, i] = s
+
+
+def sparse_weights(weights):
+    """Per-vertex lists of the joints with non-zero skin weight (for :func:`skin_point_sparse`).
+
+    Parameters
+    ----------
+    weights : (n, J) float skin weights.
+
+    Returns
+    -------
+    jidx : (n, J) int64, the joints of vertex p first (``jcount[p]`` of them), then -1.
+    jcount : (n,) int64.
+    """
+    w = np.asarray(weights)
+    if w.ndim != 2:
+        raise ValueError(f"weights must have shape (n, J), got {w.shape}")
+    jidx = np.full(w.shape, -1, dtype=np.int64)
+    jcount = (w != 0).sum(1).astype(np.int64)
+    for p in range(w.shape[0]):
+        nz = np.flatnonzero(w[p])
+        jidx[p, :nz.size] = nz
+    return jidx, jcount
+
+
+@njit(cache=True, inline="always")
+def skin_point_sparse(t, w, jidx, n, aw, cw, trans, out):
+    """Pose one vertex through its ``n`` non-zero joints only: out (3,) = trans + sum w_k (aw_k t + cw_k).
+
+    ``aw``, ``cw`` from :func:`world_joint_transforms`; ``jidx`` a row of :func:`sparse_weights`.
+    Most face vertices follow one joint (the head), so this is one 3x3 product per vertex.
+    """
+    o0 = trans[0]
+    o1 = trans[1]
+    o2 = trans[2]
+    for d in range(n):
+        k = jidx[d]
+        wk = w[k]
+        o0 += wk * (cw[k, 0] + aw[k, 0, 0] * t[0] + aw[k, 0, 1] * t[1] + aw[k, 0, 2] * t[2])
+        o1 += wk * (cw[k, 1] + aw[k, 1, 0] * t[0] + aw[k, 1, 1] * t[1] + aw[k, 1, 2] * t[2])
+        o2 += wk * (cw[k, 2] + aw[k, 2, 0] * t[0] + aw[k, 2, 1] * t[1] + aw[k, 2, 2] * t[2])
+    out[0] = o0
+    out[1] = o1
+    out[2] = o2
+
+
+@njit(cache=True)
 def points_jacobian(t, w, eb, sb, sj, anc, r0, trans, rg, tg, gpos, bm, cm, x_out, jac_out):
     """Posed positions and dense Jacobians of chosen vertices.
 

@@ -5,8 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from lmfit3d.capture import (CaptureConfig, CaptureProblem, _relative_pose, fit_capture, fit_stills,
-                             parse_calibration, read_calibration, validate_multiview)
+from lmfit3d.capture import (CaptureConfig, CaptureProblem, _block_transform, _fold_joints, _interp_frames,
+                             _relative_pose, fit_capture, fit_stills, parse_calibration, read_calibration,
+                             validate_multiview)
 from lmfit3d.fit import FitConfig
 from lmfit3d.rotation import matrix_to_axis_angle, rodrigues
 from lmfit3d.synthetic import make_multiview, rigid_align_error
@@ -110,6 +111,178 @@ def test_gauss_newton_diagonal_matches_jacobian_columns(model, views, rng):
         zm[i] -= h
         col = (residuals(zp) - residuals(zm)) / (2 * h)
         assert diag[i] == pytest.approx(col @ col, rel=1e-5)
+
+
+def test_gauss_newton_blocks_match_jacobian_columns(model, views, rng):
+    """The preconditioner's pose block of a frame and identity block equal J^T J of finite-difference
+    residual columns (landmark term; all 3 frames enter the identity block)."""
+    prob, z = _problem(model, views, rng, **TERMS["landmarks"])
+    diag, pose_gn, id_gn = prob.gn_blocks(z)
+    assert prob.gn_blocks(z, id_frames=0)[2] is None
+
+    def residuals(zz):
+        uv, _ = prob.project(zz)
+        inv = np.transpose(prob.inv_t, (2, 0, 1))
+        return ((uv - np.transpose(prob.mu_t, (2, 0, 1, 3))) * inv[..., None]).ravel()
+
+    def column(i):
+        h = 1e-6 * max(1.0, abs(z[i]))
+        zp, zm = z.copy(), z.copy()
+        zp[i] += h
+        zm[i] -= h
+        return (residuals(zp) - residuals(zm)) / (2 * h)
+
+    f1 = prob.frame_slice(1).start
+    pose_cols = [0, 2, 4, 7, 10]
+    cols = {c: column(f1 + c) for c in pose_cols}
+    for a in pose_cols:
+        for b in pose_cols:
+            ref = cols[a] @ cols[b]
+            tol = 1e-6 * np.sqrt(pose_gn[1, a, a] * pose_gn[1, b, b])
+            assert pose_gn[1, a, b] == pytest.approx(ref, rel=1e-4, abs=tol)
+    icols = {k: column(k) for k in (0, 5, 60)}
+    for a in icols:
+        for b in icols:
+            tol = 1e-6 * np.sqrt(id_gn[a, a] * id_gn[b, b])
+            assert id_gn[a, b] == pytest.approx(icols[a] @ icols[b], rel=1e-4, abs=tol)
+    np.testing.assert_allclose(np.diagonal(pose_gn[1]), diag[f1:f1 + 18], rtol=1e-10)
+
+
+def test_camera_pass_matches_numpy_differences(rng):
+    """The SIMD camera loop: cost equals NumPy, the world-space gradient and the camera sums
+    (rotation as a left perturbation, translation, focal) equal central differences."""
+    from lmfit3d.gradients import camera_pass
+    nl = 37
+    rc = rodrigues(rng.normal(scale=0.5, size=3))
+    tc = np.array([3.0, -5.0, -600.0])
+    xs = np.ascontiguousarray(rc.T @ rng.normal(scale=60.0, size=(3, nl)))     # y = R x + t near z = -600
+    focal, cx, cy = 900.0, 320.0, 240.0
+    obs = np.empty((3, nl), np.float32)
+    obs[:2] = rng.uniform(200, 400, size=(2, nl))
+    obs[2] = rng.uniform(0.2, 2.0, size=nl)
+    obs[2, ::5] = 0.0
+    obs[:2, ::5] = 0.0                               # missing landmarks: mu 0, 1/sigma 0
+
+    def cost(x, r, t, f):
+        y = r @ x + t[:, None]
+        uv = np.stack([cx + f * y[0] / -y[2], cy - f * y[1] / -y[2]])
+        return 0.5 * (((uv - obs[:2].astype(float)) * obs[2].astype(float)) ** 2).sum()
+
+    gs = np.zeros((3, nl))
+    cam = np.zeros(7)
+    c = camera_pass(xs, obs, rc, tc, focal, cx, cy, gs, True, cam)
+    assert c == pytest.approx(cost(xs, rc, tc, focal), rel=1e-12)
+    h = 1e-5
+    for p in (0, 1, 7):                              # landmark 0 is missing: zero gradient
+        for i in range(3):
+            xp, xm = xs.copy(), xs.copy()
+            xp[i, p] += h
+            xm[i, p] -= h
+            fd = (cost(xp, rc, tc, focal) - cost(xm, rc, tc, focal)) / (2 * h)
+            assert gs[i, p] == pytest.approx(fd, rel=1e-5, abs=1e-7)
+    for i in range(3):
+        e = np.eye(3)[i] * h
+        fd_r = (cost(xs, rodrigues(e) @ rc, tc, focal) - cost(xs, rodrigues(-e) @ rc, tc, focal)) / (2 * h)
+        fd_t = (cost(xs, rc, tc + e, focal) - cost(xs, rc, tc - e, focal)) / (2 * h)
+        assert cam[i] == pytest.approx(fd_r, rel=1e-5)
+        assert cam[3 + i] == pytest.approx(fd_t, rel=1e-5)
+    assert cam[6] == pytest.approx((cost(xs, rc, tc, focal + h) - cost(xs, rc, tc, focal - h)) / (2 * h), rel=1e-5)
+    gs2 = np.zeros((3, nl))
+    assert camera_pass(xs, obs, rc, tc, focal, cx, cy, gs2, False, np.zeros(0)) == pytest.approx(c, rel=1e-12)
+    assert not gs2.any()
+
+
+def test_sparse_skinning_equals_skin_mesh(model, rng):
+    """World joint transforms + per-vertex non-zero joints give the positions of ``skin_mesh``."""
+    from lmfit3d.model import Params
+    from lmfit3d.skinning import (evaluate_mesh, pose, skin_point_sparse, sparse_weights,
+                                  world_joint_transforms)
+    p = Params(rng.normal(size=model.n_identity), rng.uniform(0, 0.5, model.n_expression),
+               rng.normal(scale=0.3, size=(model.n_joints, 3)), np.array([5.0, -3.0, -500.0]))
+    ref = evaluate_mesh(model, p)
+    st = pose(model, p)
+    nj = model.n_joints
+    aw, cw = np.empty((nj, 3, 3)), np.empty((nj, 3))
+    world_joint_transforms(st.r0, st.rg, st.tg, aw, cw)
+    ids = np.r_[np.arange(0, model.n_vertices, 53), IDS]
+    w = model.skin_weights[ids].astype(np.float64)
+    jidx, jcount = sparse_weights(w)
+    assert (jcount == (w != 0).sum(1)).all() and (jcount >= 1).all()
+    t = model.template(p.identity, p.expression)[ids].astype(np.float64)
+    out = np.empty(3)
+    for q in range(ids.size):
+        skin_point_sparse(t[q], w[q], jidx[q], jcount[q], aw, cw, st.translation, out)
+        np.testing.assert_allclose(out, ref[ids[q]], atol=1e-9)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        sparse_weights(np.ones(3))
+
+
+def test_fold_joints_undoes_a_double_flip(model, rng):
+    """Root turned by ~pi and the neck turning the face back: the folded pose has no neck/head
+    rotation and puts the head-only landmarks at the same place; ordinary poses are unchanged."""
+    from lmfit3d.model import Params
+    from lmfit3d.skinning import evaluate_points
+    head = model.joint_names.index("head")
+    ids = np.flatnonzero(model.skin_weights[:, head] == 1.0)[::40]
+    beta = rng.normal(size=model.n_identity)
+    psi = np.zeros(model.n_expression)
+    rot = np.zeros((model.n_joints, 3))
+    rot[0] = [2.9, 0.05, -0.2]
+    rot[1] = [-2.95, -0.05, 0.2]
+    tr = np.array([5.0, -190.0, -520.0])
+    x, _ = evaluate_points(model, Params(beta, psi, rot, tr), ids)
+    r2, t2 = _fold_joints(model, ids, beta, psi, rot, tr)
+    assert np.abs(r2[1:3]).max() == 0.0 and np.linalg.norm(r2[0]) < 0.5
+    x2, _ = evaluate_points(model, Params(beta, psi, r2, t2), ids)
+    np.testing.assert_allclose(x2, x, atol=1e-6)
+    small = rot * 0.1
+    r3, t3 = _fold_joints(model, ids, beta, psi, small, tr)
+    assert r3 is small and t3 is tr
+
+
+def test_interp_frames_and_strided_init(model, views):
+    """Frames between tracked ones are interpolated; a strided initialisation still recovers."""
+    vals = np.array([[0.0, 1.0], [4.0, -1.0]])
+    out = _interp_frames(np.array([1, 3]), vals, 5)
+    np.testing.assert_allclose(out, [[0, 1], [0, 1], [2, 0], [4, -1], [4, -1]])
+    cal = parse_calibration(views.calibration_json(), 3)
+    res = fit_capture(views.clean, None, vertex_ids=IDS, calibration=cal, model=model,
+                      config=replace(FAST, init_stride=2))
+    assert _errors(model, res, views).max() < 0.1
+    with pytest.raises(ValueError, match="init_stride"):
+        CaptureConfig(init_stride=-1)
+    with pytest.raises(ValueError, match="preconditioner"):
+        CaptureConfig(preconditioner="full")
+
+
+def test_block_transform_whitens_and_keeps_the_diagonal_for_singular_blocks(rng):
+    """P^T H P = I for a well-conditioned block (eigenvalue floor 0); a block with a null direction
+    gets the diagonal scaling 1 / sqrt(diag H)."""
+    a = rng.normal(size=(6, 6)) * np.array([1.0, 10.0, 100.0, 1.0, 0.1, 5.0])
+    good = a.T @ a + np.eye(6)
+    b = rng.normal(size=(3, 6))
+    sing = b.T @ b                                   # rank 3
+    p = _block_transform(np.stack([good, sing]), floor=0.0)
+    np.testing.assert_allclose(p[0].T @ good @ p[0], np.eye(6), atol=1e-9)
+    np.testing.assert_allclose(p[1], np.diag(1.0 / np.sqrt(np.diag(sing))), rtol=1e-12)
+    # the floor caps the gain along weak directions: P^T H P <= I
+    p2 = _block_transform(good[None], floor=0.5)[0]
+    assert np.linalg.eigvalsh(p2.T @ good @ p2).max() <= 1.0 + 1e-9
+
+
+def test_block_and_diagonal_preconditioners_reach_the_same_minimum(model):
+    """All changes of variables (z = z0 + P u) lead L-BFGS-B to the same optimum, bounds included."""
+    mv = make_multiview(model, IDS, np.random.default_rng(5), n_cameras=2, n_frames=2, noise_px=1.0)
+    cal = parse_calibration(mv.calibration_json(), 2)
+    out = {}
+    for pre in ("block", "block_identity", "diagonal"):
+        cfg = CaptureConfig(max_iter=3000, init_frames=2, preconditioner=pre, ftol=1e-12, gtol=1e-8)
+        out[pre] = fit_capture(mv.mu, mv.sigma, vertex_ids=IDS, calibration=cal, model=model, config=cfg)
+    assert out["block"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
+    assert out["block_identity"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
+    for res in out.values():
+        assert (res.expression >= 0).all() and (res.expression <= 1).all()
+    assert out["block"].iterations < out["diagonal"].iterations
 
 
 def test_relative_pose_is_exact_for_consistent_poses(rng):
