@@ -874,7 +874,10 @@ def _result(model, prob, z, res, used, cal, size, ids, ref, t_init, t_solve):
         t_cam[j] = z[s][3:6]
         foc[j] = z[s][6]
         present = prob.obs[:, k, 2] > 0
-        err = np.linalg.norm(uv_used[k] - np.transpose(prob.obs[:, k, :2], (0, 2, 1)), axis=-1)[present]
+        # only present observations count; projections into cameras that never see a frame (stills)
+        # can be far off and are not looked at
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.linalg.norm(uv_used[k] - np.transpose(prob.obs[:, k, :2], (0, 2, 1)), axis=-1)[present]
         if err.size:
             med[j], mean[j] = np.median(err), err.mean()
     e, nj = prob.ne, model.n_joints
@@ -1040,16 +1043,8 @@ def fit_capture_file(in_path, out_path, calibration=None, calibration_out=None, 
     ``image_size`` (C, 2), ``camera_ok`` (C,), ``reproj_median_px`` / ``reproj_mean_px`` (C,),
     ``reference_camera``, ``total_cost``.  The refined calibration goes to ``calibration_out`` (JSON).
     """
-    in_path = Path(in_path)
-    if not in_path.is_file():
-        raise ValueError(f"{in_path}: input file not found")
-    try:
-        with np.load(in_path, allow_pickle=False) as zf:
-            data = {k: zf[k] for k in zf.files}
-    except Exception as exc:
-        raise ValueError(f"{in_path}: not a readable .npz file ({exc})") from None
-    if "mu" not in data:
-        raise ValueError(f"{in_path}: missing required key 'mu'")
+    from .paths import read_npz
+    data = read_npz(in_path, ("mu",))
     mu = np.asarray(data["mu"])
     if mu.ndim != 4:
         raise ValueError(f"{in_path}: mu must have shape (C, F, L, 2), got {mu.shape}")

@@ -680,18 +680,8 @@ def fit_landmarks_file(in_path, out_path, model=None, config=None, progress=None
     ``landmarks_fitted`` (F, L, 2) pixels.
     """
     from pathlib import Path
-    from .paths import atomic_write
-    in_path = Path(in_path)
-    if not in_path.is_file():
-        raise ValueError(f"{in_path}: input file not found")
-    try:
-        with np.load(in_path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise ValueError(f"{in_path}: not a readable .npz file ({exc})") from None
-    for key in ("mu", "image_size"):
-        if key not in data:
-            raise ValueError(f"{in_path}: missing required key {key!r}")
+    from .paths import atomic_write, read_npz
+    data = read_npz(in_path, ("mu", "image_size"))
     lset = str(data["landmark_set"]) if "landmark_set" in data else None
     vids = data.get("vertex_ids")
     focal = float(data["focal_px"]) if "focal_px" in data else None

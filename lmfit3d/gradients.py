@@ -37,7 +37,7 @@ from numba import njit
 from .camera import project_jac
 from .rotation import rodrigues_into
 from .skinning import pose_chain, skin_point_sparse, skin_vertex, world_joint_transforms
-from .terms import template_point
+from .terms import intersection_depth, template_point
 
 CAMERA_SIZE = 7
 POSE_SIZE = 18
@@ -79,35 +79,8 @@ def intersection_grad(z, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
         template_point(p, z, e0, t_beta, expr_idx, expr_blocks, t)
         s = sphere_of[p]
         h = hull_of[p]
-        res = 0.0
-        if s >= 0:
-            d2 = 0.0
-            for i in range(3):
-                gr[i] = t[i] - sphere_c[s, i]
-                d2 += gr[i] * gr[i]
-            dist = np.sqrt(d2)
-            if dist >= sphere_r[s] or dist == 0.0:
-                continue
-            res = sphere_r[s] - dist
-            for i in range(3):
-                gr[i] = -gr[i] / dist
-        elif h >= 0:
-            best = np.inf
-            bi = -1
-            for q in range(planes.shape[1]):
-                dq = planes[h, q, 3] - (planes[h, q, 0] * t[0] + planes[h, q, 1] * t[1] + planes[h, q, 2] * t[2])
-                if dq <= 0.0:
-                    bi = -1
-                    break
-                if dq < best:
-                    best = dq
-                    bi = q
-            if bi < 0:
-                continue
-            res = best
-            for i in range(3):
-                gr[i] = -planes[h, bi, i]
-        else:
+        res = intersection_depth(t, s, h, sphere_c, sphere_r, planes, gr)
+        if res <= 0.0:
             continue
         r = sqrtw * res
         cost += 0.5 * r * r

@@ -68,3 +68,21 @@ def atomic_write(path, mode="wb"):
         except OSError:
             pass
         raise
+
+
+def read_npz(path, required=()):
+    """All arrays of an .npz file as a dict; ValueError naming the file when it is missing, not a
+    readable .npz, or lacks one of the ``required`` keys."""
+    import numpy as np
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: input file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
+    for key in required:
+        if key not in data:
+            raise ValueError(f"{path}: missing required key {key!r}")
+    return data

@@ -703,6 +703,43 @@ def intersection_skip_test(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sp
     return base, proj
 
 
+@njit(cache=True, inline="always")
+def intersection_depth(t, s, h, sphere_c, sphere_r, planes, gr):
+    """Penetration depth (mm, > 0 inside) of template point t (3,) into eyeball sphere s (s >= 0) or
+    teeth hull h (h >= 0), 0 outside; gr (3,) out = d depth / d t where the depth is positive.
+
+    Sphere: R - |t - c|.  Hull of planes (n_q, d_q), inside when d_q - n_q . t > 0 for every q:
+    min_q (d_q - n_q . t).
+    """
+    if s >= 0:
+        dist2 = 0.0
+        for i in range(3):
+            gr[i] = t[i] - sphere_c[s, i]
+            dist2 += gr[i] * gr[i]
+        dist = np.sqrt(dist2)
+        if dist >= sphere_r[s] or dist == 0.0:
+            return 0.0
+        for i in range(3):
+            gr[i] = -gr[i] / dist
+        return sphere_r[s] - dist
+    if h < 0:
+        return 0.0
+    best = np.inf
+    bi = -1
+    for q in range(planes.shape[1]):
+        dq = planes[h, q, 3] - (planes[h, q, 0] * t[0] + planes[h, q, 1] * t[1] + planes[h, q, 2] * t[2])
+        if dq <= 0.0:
+            return 0.0
+        if dq < best:
+            best = dq
+            bi = q
+    if bi < 0:
+        return 0.0
+    for i in range(3):
+        gr[i] = -planes[h, bi, i]
+    return best
+
+
 @njit(cache=True)
 def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of,
                       planes, hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base=None, skip_proj=None):
@@ -747,34 +784,9 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
         if (s < 0 and h < 0) or (skip and outside[p] >= 1e-9):
             continue
         template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
-        res = 0.0
-        if s >= 0:
-            dist2 = 0.0
-            for i in range(3):
-                gr[i] = t[i] - sphere_c[s, i]
-                dist2 += gr[i] * gr[i]
-            dist = np.sqrt(dist2)
-            if dist >= sphere_r[s] or dist == 0.0:
-                continue
-            res = sphere_r[s] - dist
-            for i in range(3):
-                gr[i] = -gr[i] / dist
-        elif h >= 0:
-            best = np.inf
-            bi = -1
-            for q in range(planes.shape[1]):
-                dq = planes[h, q, 3] - (planes[h, q, 0] * t[0] + planes[h, q, 1] * t[1] + planes[h, q, 2] * t[2])
-                if dq <= 0.0:
-                    bi = -1
-                    break
-                if dq < best:
-                    best = dq
-                    bi = q
-            if bi < 0:
-                continue
-            res = best
-            for i in range(3):
-                gr[i] = -planes[h, bi, i]
+        res = intersection_depth(t, s, h, sphere_c, sphere_r, planes, gr)
+        if res <= 0.0:
+            continue
         r[0] = sqrtw * res
         cost += 0.5 * r[0] * r[0]
         if not want_jac:
