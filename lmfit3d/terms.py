@@ -177,6 +177,23 @@ def symmetrize_upper(jtj):
 
 
 @njit(cache=True, inline="always")
+def drop_small_columns(dx, isg, jac_threshold, cols, n):
+    """Jacobian thresholding (paper sec. 3.3.1): zero the columns a < n of cols (3, *) (vertex
+    Jacobian columns) whose projected landmark entries (dx @ cols[:, a]) / sigma are both below
+    ``jac_threshold``.  Returns True when a column was zeroed."""
+    zeroed = False
+    for a in range(n):
+        ja = (dx[0, 0] * cols[0, a] + dx[0, 1] * cols[1, a] + dx[0, 2] * cols[2, a]) * isg
+        jb = (dx[1, 0] * cols[0, a] + dx[1, 1] * cols[1, a] + dx[1, 2] * cols[2, a]) * isg
+        if abs(ja) < jac_threshold and abs(jb) < jac_threshold:
+            cols[0, a] = 0.0
+            cols[1, a] = 0.0
+            cols[2, a] = 0.0
+            zeroed = True
+    return zeroed
+
+
+@njit(cache=True, inline="always")
 def landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev, temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out):
     """Landmark and temporal residuals of landmark p at its posed vertex xv (3,) mm.
 
@@ -341,13 +358,7 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
                 for j in range(3):
                     am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
             if jac_threshold > 0.0:
-                for a in range(n):
-                    ja = (dx[0, 0] * jx[0, a] + dx[0, 1] * jx[1, a] + dx[0, 2] * jx[2, a]) * isg
-                    jb = (dx[1, 0] * jx[0, a] + dx[1, 1] * jx[1, a] + dx[1, 2] * jx[2, a]) * isg
-                    if abs(ja) < jac_threshold and abs(jb) < jac_threshold:
-                        jx[0, a] = 0.0
-                        jx[1, a] = 0.0
-                        jx[2, a] = 0.0
+                drop_small_columns(dx, isg, jac_threshold, jx, n)
         for a in range(n):
             j0 = jx[0, a]
             j1 = jx[1, a]
@@ -529,21 +540,8 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
                 col[i, a] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
         zeroed = False
         if has_lm and jac_threshold > 0.0:
-            for c in range(nc):
-                ja = (dx[0, 0] * dpose[0, c] + dx[0, 1] * dpose[1, c] + dx[0, 2] * dpose[2, c]) * isg
-                jb = (dx[1, 0] * dpose[0, c] + dx[1, 1] * dpose[1, c] + dx[1, 2] * dpose[2, c]) * isg
-                if abs(ja) < jac_threshold and abs(jb) < jac_threshold:
-                    dpose[0, c] = 0.0
-                    dpose[1, c] = 0.0
-                    dpose[2, c] = 0.0
-            for a in range(n):
-                ja = (dx[0, 0] * col[0, a] + dx[0, 1] * col[1, a] + dx[0, 2] * col[2, a]) * isg
-                jb = (dx[1, 0] * col[0, a] + dx[1, 1] * col[1, a] + dx[1, 2] * col[2, a]) * isg
-                if abs(ja) < jac_threshold and abs(jb) < jac_threshold:
-                    col[0, a] = 0.0
-                    col[1, a] = 0.0
-                    col[2, a] = 0.0
-                    zeroed = True
+            drop_small_columns(dx, isg, jac_threshold, dpose, nc)
+            zeroed = drop_small_columns(dx, isg, jac_threshold, col, n)
         if is_static and (zeroed or not has_tmp):
             _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
             is_static = False
