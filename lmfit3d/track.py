@@ -154,6 +154,10 @@ class VideoReader:
         self.name = self.path.stem
         if not self.path.is_file():
             raise ValueError(f"{self.path}: file not found")
+        if self.path.suffix.lower() in IMAGE_EXTENSIONS:
+            raise ValueError(f"{self.path}: an image, not a video (use `lmfit3d fit` for photos)")
+        if self.path.stat().st_size == 0:
+            raise ValueError(f"{self.path}: cannot open as a video (empty file)")
         reader = self._open()
         try:
             meta = reader.get_meta_data()
@@ -211,6 +215,10 @@ def read_image(path):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        raise ValueError(f"{path}: a video, not an image (use `lmfit3d track` for videos)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: cannot read as an image (empty file)")
     try:
         img = np.asarray(imageio.imread(str(path)))
     except Exception as exc:

@@ -169,7 +169,7 @@ def test_track_bad_inputs_are_reported_and_others_finish(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "missing.mp4: file not found" in err
-    assert "corrupt.mp4: cannot" in err and "empty.mp4: cannot" in err
+    assert "corrupt.mp4: cannot" in err and "empty.mp4: cannot open as a video (empty file)" in err
     assert "3 of 4 inputs failed" in err
     assert (out / f"{SMALL_CLIP.stem}.csv").is_file()
     assert not (out / "corrupt.csv").exists() and no_partial_files(out)
@@ -234,6 +234,14 @@ def test_fit_non_face_image_fails_cleanly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "wall.png: no face found" in err and "bad.jpg: cannot read as an image" in err
     assert list(out.iterdir()) == []
+
+
+def test_images_and_videos_swapped_are_named(tmp_path, capsys):
+    assert main(["track", str(MEDIA / "obama.jpg"), "-o", str(tmp_path), "-q"]) == 1
+    assert "obama.jpg: an image, not a video (use `lmfit3d fit` for photos)" in capsys.readouterr().err
+    assert main(["fit", str(SMALL_CLIP), "-o", str(tmp_path)]) == 1
+    assert "a video, not an image (use `lmfit3d track` for videos)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_folder_without_media_is_an_error(tmp_path, capsys):
