@@ -14,6 +14,9 @@ Backends:
   the face model with known ground truth (``data/mediapipe/``, made by
   ``tools/make_mediapipe_correspondence.py``), scaled by the ROI size, optionally combined with the
   spread of the predictions under jitter of the crop (``sigma_jitter`` > 0).
+* ``network``: lmfit3d's own probabilistic dense320 network (paper sec. 3.1; trained on synthetic
+  renders by ``tools/train_landmarks.py``, shipped in ``data/lmfit3d_dense320/``), which predicts a
+  sigma per landmark (:class:`NetworkLandmarks`).
 
 ROI strategies (paper sec. 3.3): ``"aligned"`` (real time: the crop is rotated so the eyes are level
 and scaled to the face) and ``"axis"`` (offline: no rotation, uniform scale, no distortion).
