@@ -6,7 +6,7 @@ on first attribute access, so ``import lmfit3d`` stays fast in constrained envir
 
 Pipeline modules, imports flowing one way::
 
-    model -> rotation / skinning -> camera -> imaging / render -> landmarks -> terms / gradients
+    model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> terms / gradients
           -> sparsity -> solvers -> fit -> predict (ONNX) -> track / capture -> cli
 """
 from importlib import import_module
@@ -14,7 +14,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "paths", "meshio", "model", "rotation", "skinning", "camera", "imaging", "render", "landmarks",
+    "paths", "meshio", "model", "rotation", "skinning", "camera", "calibration", "imaging", "render", "landmarks",
     "terms", "gradients", "sparsity", "solvers", "fit", "synthetic", "predict", "track", "capture", "cli",
 )
 _EXPORTS = {
