@@ -14,7 +14,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "paths", "meshio", "model", "rotation", "skinning", "camera", "calibration", "imaging", "render", "landmarks",
+    "paths", "meshio", "model", "rotation", "skinning", "camera", "calibration", "imaging", "render",
+    "landmarks",
     "terms", "gradients", "sparsity", "solvers", "fit", "synthetic", "predict", "track", "capture", "cli",
 )
 _EXPORTS = {
