@@ -21,7 +21,11 @@ def _modules_after(code):
     ("import lmfit3d.cli", ("numba", "numpy")),
     ("import lmfit3d.cli; lmfit3d.cli.build_parser().format_help()", ("numba", "numpy")),
     ("import lmfit3d.skinning", ()),
-], ids=["package", "cli", "cli-help", "skinning"])
+    ("import lmfit3d, importlib\nfor m in lmfit3d._SUBMODULES: importlib.import_module('lmfit3d.' + m)",
+     ("onnx", "tflite2onnx", "skimage", "jax")),
+    ("from lmfit3d.predict import MediaPipeLandmarks, NetworkLandmarks\nMediaPipeLandmarks(); NetworkLandmarks()",
+     ("onnx", "tflite2onnx", "skimage", "jax")),
+], ids=["package", "cli", "cli-help", "skinning", "every-module", "onnx-backends"])
 def test_import_is_light(code, also_absent):
     loaded = _modules_after(code)
     assert "lmfit3d" in loaded
