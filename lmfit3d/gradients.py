@@ -505,6 +505,18 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     return cost
 
 
+@njit(cache=True, inline="always")
+def _add_metric_gram(q, cols, n, blk):
+    """blk (n, n) += C^T q C for the 3x3 metric q and the 3 x n columns C = cols[:, :n]."""
+    qc = np.empty((3, n))
+    for i in range(3):
+        for c in range(n):
+            qc[i, c] = q[i, 0] * cols[0, c] + q[i, 1] * cols[1, c] + q[i, 2] * cols[2, c]
+    for c in range(n):
+        for c2 in range(n):
+            blk[c, c2] += cols[0, c] * qc[0, c2] + cols[1, c] * qc[1, c2] + cols[2, c] * qc[2, c2]
+
+
 @njit(cache=True)
 def _diag_vertex(p, base, e0, nk, nj, q, dpose, rm, r0, wsub, cm, sb, sj, expr_idx, expr_blocks, diag, pblk, iblk,
                  vid):
@@ -517,13 +529,7 @@ def _diag_vertex(p, base, e0, nk, nj, q, dpose, rm, r0, wsub, cm, sb, sj, expr_i
             v[i] = dpose[i, c]
         diag[base + c] += _quad(q, v)
     if pblk.shape[0] > 0:
-        qd = np.empty((3, POSE_SIZE))
-        for i in range(3):
-            for c in range(POSE_SIZE):
-                qd[i, c] = q[i, 0] * dpose[0, c] + q[i, 1] * dpose[1, c] + q[i, 2] * dpose[2, c]
-        for c in range(POSE_SIZE):
-            for c2 in range(POSE_SIZE):
-                pblk[c, c2] += dpose[0, c] * qd[0, c2] + dpose[1, c] * qd[1, c2] + dpose[2, c] * qd[2, c2]
+        _add_metric_gram(q, dpose, POSE_SIZE, pblk)
     for d in range(expr_idx.shape[1]):
         e = expr_idx[p, d]
         if e < 0:
@@ -548,13 +554,7 @@ def _diag_vertex(p, base, e0, nk, nj, q, dpose, rm, r0, wsub, cm, sb, sj, expr_i
                 vid[i, k] = v[i]
         diag[k] += _quad(q, v)
     if want_blk:
-        qv = np.empty((3, nk))
-        for i in range(3):
-            for k in range(nk):
-                qv[i, k] = q[i, 0] * vid[0, k] + q[i, 1] * vid[1, k] + q[i, 2] * vid[2, k]
-        for k in range(nk):
-            for k2 in range(nk):
-                iblk[k, k2] += vid[0, k] * qv[0, k2] + vid[1, k] * qv[1, k2] + vid[2, k] * qv[2, k2]
+        _add_metric_gram(q, vid, nk, iblk)
 
 
 @njit(cache=True, inline="always")
