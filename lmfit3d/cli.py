@@ -391,10 +391,9 @@ def _media_run(args, kind):
     if args.max_frames is not None and args.max_frames < 1:
         raise CommandLineError(f"--max-frames must be >= 1, got {args.max_frames}")
     opt = TrackOptions(backend=args.backend, roi_strategy=args.roi, sigma_jitter=args.sigma_jitter,
-                       fixed_sigma=args.fixed_sigma,
-                       iris=not args.no_iris,
-                       temporal_weight=args.temporal_weight, focal_px=args.focal, mesh_every=args.mesh_every,
-                       mesh_format=args.mesh_format, overlay=args.overlay, max_frames=args.max_frames,
+                       fixed_sigma=args.fixed_sigma, iris=not args.no_iris, temporal_weight=args.temporal_weight,
+                       focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
+                       overlay=args.overlay, max_frames=args.max_frames,
                        progress=not args.quiet and sys.stderr.isatty())
     inputs = args.inputs
     if not inputs:

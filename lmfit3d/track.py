@@ -111,6 +111,8 @@ class TrackOptions:
             raise ValueError(f"--mesh-format must be obj or ply, got {self.mesh_format!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "network" and self.sigma_jitter:
+            raise ValueError("--sigma-jitter applies to the mediapipe backend (the network predicts its sigma)")
         if self.identity_stride < 1:
             raise ValueError(f"identity_stride must be >= 1, got {self.identity_stride}")
         if self.sigma_jitter < 0:

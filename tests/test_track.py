@@ -189,6 +189,7 @@ def test_track_with_worker_processes(tmp_path, capsys):
     (["--mesh-every", "-1"], "--mesh-every must be >= 0"),
     (["--focal", "-5"], "--focal must be a positive"),
     (["--roi", "diagonal"], "invalid choice"),
+    (["--backend", "network", "--sigma-jitter", "2"], "--sigma-jitter applies to the mediapipe backend"),
 ])
 def test_track_bad_options(tmp_path, capsys, args, message):
     assert main(["track", str(SMALL_CLIP), "-o", str(tmp_path)] + args) == 2
