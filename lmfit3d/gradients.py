@@ -61,6 +61,19 @@ def identity_state(beta, mean, sb, out):
             out[p, i] = s
 
 
+@njit(cache=True, inline="always")
+def add_template_gradient(p, a, e0, expr_idx, expr_blocks, grad, acc_t):
+    """Chain d cost / d t_p = a (3,) (template point p) into the expression gradient through the
+    sparsity table, and into acc_t[p] (the identity gradient is formed from acc_t later)."""
+    for i in range(3):
+        acc_t[p, i] += a[i]
+    for d in range(expr_idx.shape[1]):
+        e = expr_idx[p, d]
+        if e < 0:
+            break
+        grad[e0 + e] += a[0] * expr_blocks[p, d, 0] + a[1] * expr_blocks[p, d, 1] + a[2] * expr_blocks[p, d, 2]
+
+
 @njit(cache=True)
 def intersection_grad(z, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes,
                       hull_of, sqrtw, grad, acc_t):
@@ -88,12 +101,7 @@ def intersection_grad(z, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
             continue
         for i in range(3):
             gr[i] *= sqrtw * r
-            acc_t[p, i] += gr[i]
-        for d in range(expr_idx.shape[1]):
-            e = expr_idx[p, d]
-            if e < 0:
-                break
-            grad[e0 + e] += gr[0] * expr_blocks[p, d, 0] + gr[1] * expr_blocks[p, d, 1] + gr[2] * expr_blocks[p, d, 2]
+        add_template_gradient(p, gr, e0, expr_idx, expr_blocks, grad, acc_t)
     return cost
 
 
@@ -420,13 +428,7 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
                             for i in range(3):
                                 ysum[m, i] += wk * cr[i]
                                 hsum[m, i] += wk * g[i]
-                for i in range(3):
-                    acc_t[p, i] += a[i]
-                for d in range(expr_idx.shape[1]):
-                    e = expr_idx[p, d]
-                    if e < 0:
-                        break
-                    grad[e0 + e] += a[0] * expr_blocks[p, d, 0] + a[1] * expr_blocks[p, d, 1] + a[2] * expr_blocks[p, d, 2]
+                add_template_gradient(p, a, e0, expr_idx, expr_blocks, grad, acc_t)
             if want_diag:
                 skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xw, rm, dpose, wsub, work)
                 _diag_vertex(p, base, e0, nk, nj, q[p], dpose, rm, r0, wsub, cm, sb, sj, expr_idx, expr_blocks, diag,
