@@ -31,3 +31,18 @@ def facex_dir():
 def rng():
     """Seeded generator: every test draws reproducible random inputs."""
     return np.random.default_rng(12345)
+
+
+def run_without_jit(test_file, selector, timeout=600):
+    """Run the tests of ``test_file`` matching ``-k selector`` in a subprocess with NUMBA_DISABLE_JIT=1,
+    so the kernels' Python source (not only their compiled form) is checked; returns pytest's stdout
+    (the caller checks how many passed) after asserting the run succeeded."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(test_file), "-q", "-o", "addopts=", "-p",
+                           "no:cacheprovider", "-k", selector], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout

@@ -11,8 +11,7 @@ from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_points, pose, single_
 from lmfit3d.solvers import bounded_step, cholesky_solve
 from lmfit3d.sparsity import build_sparsity
 from lmfit3d.synthetic import make_frame, random_params
-from lmfit3d.terms import (intersection_term, table_points_jacobian, tracking_plan, vertex_term,
-                           vertex_term_tracking)
+from lmfit3d.terms import intersection_term, table_points_jacobian, tracking_plan
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]
 EMPTY2, EMPTY1 = np.zeros((0, 0)), np.zeros(0)

@@ -1,9 +1,6 @@
 """The ONNX landmark front end: crops, ROIs, detector decoding, converted models, correspondence."""
-import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +8,7 @@ import pytest
 
 from lmfit3d.imaging import ROI, crop, warp_chw
 from lmfit3d.paths import shared_media_dir
+from conftest import run_without_jit
 from lmfit3d.predict import (FaceDetector, IrisPredictor, Manifest, MediaPipeLandmarks, _blazeface_anchors,
                              _weighted_nms, load_manifest, mediapipe_dir, roi_from_points)
 
@@ -266,12 +264,8 @@ def test_crop_kernel_without_jit_matches_reference():
         from numba.core.registry import CPUDispatcher
         assert not isinstance(warp_chw, CPUDispatcher)
         return
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-o", "addopts=", "-p",
-                           "no:cacheprovider", "-k", "crop_kernel"], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    assert re.search(r"\b3 passed\b", proc.stdout), proc.stdout[-500:]
+    out = run_without_jit(__file__, "crop_kernel")
+    assert re.search(r"\b3 passed\b", out), out[-500:]
 
 
 def test_sigma_jitter_adds_the_spread_of_jittered_crops():

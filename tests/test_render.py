@@ -1,14 +1,13 @@
 """The rasteriser and drawing kernels against plain NumPy references."""
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from lmfit3d.imaging import draw_points
 from lmfit3d.render import HIDDEN_REGIONS, model_albedo, rasterize, render, shade, vertex_normals, visible_faces
+from conftest import run_without_jit
 
 
 def _coverage_reference(uv, tri, w, h):
@@ -132,9 +131,5 @@ def test_kernels_without_jit_match_reference():
         from numba.core.registry import CPUDispatcher
         assert not isinstance(rasterize, CPUDispatcher)
         return
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-o", "addopts=", "-p",
-                           "no:cacheprovider", "-k", "coverage or culled or alpha or draw_points or without_jit"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    assert re.search(r"\b5 passed\b", proc.stdout), proc.stdout[-500:]
+    out = run_without_jit(__file__, "coverage or culled or alpha or draw_points or without_jit")
+    assert re.search(r"\b5 passed\b", out), out[-500:]

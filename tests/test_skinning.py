@@ -1,9 +1,6 @@
 """LBS kernels against a float64 NumPy reference, and their analytic Jacobians against finite differences."""
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +8,7 @@ from scipy.spatial.transform import Rotation
 
 from lmfit3d.model import JOINT_NAMES, Params
 from lmfit3d.skinning import POSE_DIM, ancestry, evaluate_mesh, evaluate_points
+from conftest import run_without_jit
 
 # Parameter blocks of the Jacobian columns: [root rot 3, translation 3, neck, head, eye_L, eye_R (3 each),
 # expression 53, identity 100].  Each entry: (first column, Params field, row of the field or None).
@@ -212,11 +210,6 @@ def test_reference_run_compiles_kernels_unless_jit_disabled():
 def test_kernels_without_jit_match_reference():
     """Run this file's reference and finite-difference tests in a subprocess with NUMBA_DISABLE_JIT=1,
     so the kernel source itself (not only its compiled form) is checked."""
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-o", "addopts=", "-p", "no:cacheprovider",
-         "-k", "(reference or finite_differences) and not without_jit"],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = proc.stdout.strip().splitlines()[-1]
-    assert re.match(rf"{3 + 3 + len(BLOCKS) + 1} passed\b", summary), proc.stdout[-2000:]
+    out = run_without_jit(__file__, "(reference or finite_differences) and not without_jit")
+    summary = out.strip().splitlines()[-1]
+    assert re.match(rf"{3 + 3 + len(BLOCKS) + 1} passed\b", summary), out[-2000:]
