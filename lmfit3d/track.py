@@ -578,14 +578,17 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
                 res[k][f] = v
             arr[f, :, 4:6] = fit.uv
             summary.success += 1
-            if outs.mesh_dir is not None and f % opt.mesh_every == 0:
-                from .meshio import write_obj, write_ply
-                (write_obj if opt.mesh_format == "obj" else write_ply)(
-                    outs.mesh_dir / f"frame_{f:06d}.{opt.mesh_format}", evaluate_mesh(model, p), model.faces)
+        # the full mesh, evaluated once for the mesh file and the overlay
+        want_mesh = vals is not None and outs.mesh_dir is not None and f % opt.mesh_every == 0
+        verts = evaluate_mesh(model, fit.params) if vals is not None and (want_mesh or frames is not None) else None
+        if want_mesh:
+            from .meshio import write_obj, write_ply
+            (write_obj if opt.mesh_format == "obj" else write_ply)(
+                outs.mesh_dir / f"frame_{f:06d}.{opt.mesh_format}", verts, model.faces)
         if frames is not None:
             frame = next(frames, None)
             if frame is not None:
-                outs.writer.append_data(overlay(frame, fit.params if vals is not None else None, focal))
+                outs.writer.append_data(overlay(frame, verts, focal))
         tm["write"] += time.perf_counter() - t
         if pbar is not None:
             pbar.update(1)
@@ -608,15 +611,14 @@ class _OverlayRenderer:
 
     def __init__(self, model):
         from .render import model_albedo, visible_faces
-        self.model = model
         self.faces = visible_faces(model)
         self.albedo = model_albedo(model)
 
-    def __call__(self, frame, params, focal):
-        if params is None:
+    def __call__(self, frame, v, focal):
+        """The frame with the camera-space mesh v (V, 3) mm drawn over it (the frame itself when v is None)."""
+        if v is None:
             return frame
         from .render import render, shade
-        v = evaluate_mesh(self.model, params)
         img, _, _ = render(v, self.faces, shade(v, self.faces, self.albedo), focal, frame.shape[1],
                            frame.shape[0], background=frame, alpha=0.55)
         return img
@@ -689,7 +691,7 @@ def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, i
                 cost=float(cost), iterations=int(iterations), status=int(status), units="mm")
     name = Path(path).stem
     (write_obj if opt.mesh_format == "obj" else write_ply)(out_dir / f"{name}.{opt.mesh_format}", verts, model.faces)
-    overlay = _OverlayRenderer(model)(img, p, focal)
+    overlay = _OverlayRenderer(model)(img, verts, focal)
     with atomic_write(out_dir / f"{name}_overlay.png", "wb") as fh:
         imageio.imwrite(fh, overlay, format="png")
     with atomic_write(out_dir / f"{name}.json", "w") as fh:
