@@ -12,9 +12,10 @@ Groups (``benchmark.group``) and goals (``extra_info["goal_us"]``):
   identity columns) on preallocated arrays; the template gather is done outside the timed call.
   Goal <= 20 us.  Baseline: the same quantities in vectorised NumPy.
 * ``table_jacobian-<set>``: the same frame through the fitter's sparsity table
-  (``terms.table_points_jacobian``): pose chain, template points from the table's expression
-  entries (inside the timed call), positions, pose Jacobian and the sparse expression Jacobian
-  (shapes moving the vertex by >= 0.01 mm).  Goal <= 20 us.
+  (``terms.table_points_jacobian``, structure-of-arrays, vertex index innermost): pose chain,
+  template points from the table's expression entries (inside the timed call), positions,
+  R_root M, pose Jacobian and the sparse expression Jacobian (shapes moving the vertex by
+  >= 0.01 mm).  Goal <= 20 us.
 * ``full_mesh``: ``evaluate_mesh`` (template T(beta, psi) from the bases, then LBS of all 26,719
   vertices), goal <= 3 ms; baseline: NumPy matrix products + einsum LBS.
 * ``skinning``: the ``skin_mesh`` kernel alone on a precomputed template and pose; baseline: the
@@ -30,9 +31,9 @@ from lmfit3d.fit import params_to_vector
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.model import Params
 from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_mesh, evaluate_points, points_jacobian, pose,
-                              pose_chain, skin_mesh)
+                              pose_chain, skin_mesh, soa_frame)
 from lmfit3d.sparsity import DEFAULT_THRESHOLD_MM, build_sparsity
-from lmfit3d.terms import table_points_jacobian
+from lmfit3d.terms import expression_jacobian, table_points_buffers, table_points_jacobian, table_soa
 
 SETS = ("dense320", "dense703")
 SEED = 2022
@@ -211,9 +212,10 @@ def test_points_jacobian_numpy(benchmark, points_problem):
 class TableProblem:
     """The same frame through the fitter's sparsity table (``terms.table_points_jacobian``).
 
-    Per frame: pose chain, template points T(beta, psi) from the table's expression entries (psi
-    changes every frame, so this is inside the timed call), positions, pose Jacobian (3 x 18) and
-    the sparse expression Jacobian (3 x D, only the shapes moving the vertex by >= ``threshold`` mm).
+    Per frame: pose chain and its root-applied products (``soa_frame``), template points
+    T(beta, psi) from the table's expression entries (psi changes every frame, so this is inside the
+    timed call), positions, R_root M, the pose Jacobian (18 columns) and the sparse expression
+    Jacobian (only the shapes moving the vertex by >= ``threshold`` mm), vertex index innermost.
     """
 
     def __init__(self, model, name, threshold=DEFAULT_THRESHOLD_MM):
@@ -221,38 +223,50 @@ class TableProblem:
         self.params = p
         self.ids = np.array(load_landmark_set(name))
         self.table = build_sparsity(model, self.ids, threshold)
-        self.x = params_to_vector(model, p, 1000.0)
-        self.t_beta = self.table.mean + self.table.identity_blocks @ p.identity
+        self.anc = ancestry(model.joint_parents)
+        self.soa = table_soa(self.table, self.anc)
+        self.psi = np.ascontiguousarray(p.expression, dtype=np.float64)
+        self.t_beta_t = np.ascontiguousarray((self.table.mean + self.table.identity_blocks @ p.identity).T)
         self.anc = ancestry(model.joint_parents)
         self.rot = np.ascontiguousarray(p.rotations, dtype=np.float64)
         self.joints = model.joints(p.identity)
         self.parents = model.joint_parents.astype(np.int64)
         self.trans = np.ascontiguousarray(p.translation, dtype=np.float64)
-        nj, n, d = model.n_joints, len(self.ids), self.table.expr_idx.shape[1]
+        nj = model.n_joints
         self.r0, self.jl0 = np.empty((3, 3)), np.empty((3, 3))
         self.rg, self.tg, self.gpos = np.empty((nj, 3, 3)), np.empty((nj, 3)), np.empty((nj, 3))
         self.bm, self.cm = np.empty((nj, 3, 3)), np.empty((nj, 3, 3))
-        self.xyz, self.jpose, self.jexpr = np.empty((n, 3)), np.empty((n, 3, POSE_DIM)), np.empty((n, 3, d))
+        (self.frame, self.xyz, self.rm, self.jpose, self.jexpr, self.t_work, self.sub,
+         self.ybuf) = table_points_buffers(self.soa, POSE_DIM)
 
     def run(self):
         pose_chain(self.rot, self.joints, self.parents, self.r0, self.jl0, self.rg, self.tg, self.gpos,
                    self.bm, self.cm)
-        tb = self.table
-        table_points_jacobian(self.x, self.t_beta, tb.expr_idx, tb.expr_blocks, tb.weights, self.anc, self.r0,
-                              self.trans, self.rg, self.tg, self.gpos, self.bm, self.xyz, self.jpose, self.jexpr)
+        soa_frame(self.r0, self.rg, self.tg, self.gpos, self.bm, self.frame)
+        s = self.soa
+        table_points_jacobian(self.psi, self.t_beta_t, s.expr_idx, s.counts, s.blocks_t, s.weights_t, s.ranges,
+                              self.anc, self.frame, self.trans, self.xyz, self.rm, self.jpose, self.t_work,
+                              self.sub, self.ybuf)
+
+    def run_explicit(self):
+        self.run()
+        expression_jacobian(self.soa.counts, self.soa.blocks_t, self.rm, self.jexpr)
 
 
 @pytest.fixture(scope="module", params=SETS)
 def table_problem(request, model):
     # with threshold 0 the table holds every shape: the kernel equals evaluate_points' dense Jacobian
     exact = TableProblem(model, request.param, threshold=0.0)
-    exact.run()
+    exact.run_explicit()
     x, jac = evaluate_points(model, exact.params, exact.ids)
-    np.testing.assert_allclose(exact.xyz, x, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(exact.jpose, jac[:, :, :POSE_DIM], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(exact.xyz.T, x, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(exact.jpose.transpose(2, 1, 0), jac[:, :, :POSE_DIM], rtol=0, atol=1e-9)
     np.testing.assert_allclose(exact.jexpr, jac[:, :, POSE_DIM:], rtol=0, atol=1e-9)
+    eb = model.expression_basis[exact.ids].astype(np.float64)      # factored form: R_root M E
+    rm = exact.rm.T.reshape(-1, 3, 3)
+    np.testing.assert_allclose(np.einsum("nij,nje->nie", rm, eb), jac[:, :, POSE_DIM:], rtol=0, atol=1e-9)
     prob = TableProblem(model, request.param)
-    prob.run()
+    prob.run_explicit()
     return request.param, prob
 
 
@@ -262,6 +276,14 @@ def test_table_jacobian_numba(benchmark, table_problem):
     benchmark.extra_info["n_points"] = len(prob.ids)
     benchmark.extra_info["mean_expression_entries"] = float((prob.table.expr_idx >= 0).sum(1).mean())
     benchmark(prob.run)
+    assert np.isfinite(prob.jpose).all() and np.isfinite(prob.rm).all()
+
+
+def test_table_jacobian_explicit(benchmark, table_problem):
+    name, prob = table_problem
+    _setup(benchmark, f"table_jacobian-{name}", "numba+explicit")
+    benchmark.extra_info["n_points"] = len(prob.ids)
+    benchmark(prob.run_explicit)
     assert np.isfinite(prob.jexpr).all()
 
 

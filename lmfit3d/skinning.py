@@ -476,3 +476,174 @@ def evaluate_points(model: FaceModel, params: Params, vertex_ids, with_identity=
                     np.ascontiguousarray(model.joint_identity), ancestry(model.joint_parents), st.r0,
                     st.translation, st.rg, st.tg, st.gpos, st.bm, st.cm, x, jac)
     return x, jac
+
+
+# --------------------------------------------------------------------------------------------
+# Structure-of-arrays kernels: many vertices at once, loops over vertices innermost (SIMD)
+# --------------------------------------------------------------------------------------------
+
+# Floating-point licences of the vectorised kernels: reassociation and fused multiply-add only, so
+# the compiler may vectorise sums across vertices; NaN and inf keep their IEEE meaning.
+SIMD_MATH = {"reassoc", "contract", "nsz"}
+
+
+def joint_ranges(weights_t, anc):
+    """Vertex ranges of each joint for the structure-of-arrays kernels, (J, 4) int64.
+
+    Columns 0:2, the range [lo, hi) of vertices with a non-zero weight on joint k; columns 2:4,
+    for k >= 1, the range of vertices with a non-zero weight anywhere in joint k's subtree (where
+    its rotation moves them); (0, 0) when empty.  ``weights_t`` is (J, n) skin weights, ``anc`` the
+    (J, J) :func:`ancestry`.  Outside these ranges the weights are 0, so skipping them is exact.
+    """
+    w = np.asarray(weights_t) != 0.0
+    nj = w.shape[0]
+    out = np.zeros((nj, 4), np.int64)
+    for k in range(nj):
+        for c, mask in ((0, w[k]), (2, w[np.asarray(anc)[:, k] != 0.0].any(0) if k else np.zeros(0, bool))):
+            nz = np.flatnonzero(mask)
+            if nz.size:
+                out[k, c:c + 2] = nz[0], nz[-1] + 1
+    return out
+
+
+@njit(cache=True)
+def init_pose_jacobian(ranges, jpose):
+    """Write the constant entries of a (POSE_DIM, 3, n) :func:`skin_points_soa` pose Jacobian once:
+    the translation block (identity) and, per joint m >= 1, zeros outside its subtree range."""
+    n = jpose.shape[2]
+    jpose[3:6] = 0.0
+    for i in range(3):
+        jpose[3 + i, i, :] = 1.0
+    for m in range(1, ranges.shape[0]):
+        c = 6 + 3 * (m - 1)
+        jpose[c:c + 3, :, :ranges[m, 2]] = 0.0
+        jpose[c:c + 3, :, ranges[m, 3]:n] = 0.0
+
+
+@njit(cache=True)
+def soa_frame(r0, rg, tg, gpos, bm, frame):
+    """Per-frame products for :func:`skin_points_soa`, frame (J, 2, 3, 4) out.
+
+    frame[k, 0] = [R_root Rg_k | R_root tg_k] (joint k's transform, root rotation applied);
+    frame[k, 1] = [R_root bm_k | R_root g_k] for k >= 1 (joint-rotation Jacobian factor and posed
+    joint location) and [J_l(root) | 0] for k = 0.
+    """
+    for k in range(rg.shape[0]):
+        for i in range(3):
+            for j in range(3):
+                a = 0.0
+                b = 0.0
+                for q in range(3):
+                    a += r0[i, q] * rg[k, q, j]
+                    b += r0[i, q] * bm[k, q, j]
+                frame[k, 0, i, j] = a
+                frame[k, 1, i, j] = b if k > 0 else bm[0, i, j]
+            frame[k, 0, i, 3] = r0[i, 0] * tg[k, 0] + r0[i, 1] * tg[k, 1] + r0[i, 2] * tg[k, 2]
+            frame[k, 1, i, 3] = (r0[i, 0] * gpos[k, 0] + r0[i, 1] * gpos[k, 1] + r0[i, 2] * gpos[k, 2]
+                                 if k > 0 else 0.0)
+
+
+@njit(cache=True, fastmath=SIMD_MATH)
+def skin_points_soa(t, w, ranges, anc, frame, trans, x_out, rm_out, jpose_out, sub, ybuf):
+    """Pose n vertices with their pose Jacobian, vertex index innermost (vectorised LBS).
+
+    x = trans + sum_k w_k R_root (Rg_k t + tg_k); the pose Jacobian columns are those of
+    :func:`skin_vertex`: root -[R v]_x J_l0, translation I, and per joint m >= 1
+    -[R_root (sum_{k in sub(m)} w_k y_k - W_m g_m)]_x R_root bm_m.
+
+    Parameters
+    ----------
+    t : (3, n) float64, template T(beta, psi) (mm), coordinate-major.
+    w : (J, n) float64, skin weights; ranges : (J, 4) int64 from :func:`joint_ranges`.
+    anc : (J, J) ancestry (:func:`ancestry`); frame : (J, 2, 3, 4) from :func:`soa_frame`.
+    trans : (3,) root translation (mm).
+    x_out : (3, n) out, camera-space positions (mm).
+    rm_out : (9, n) out, R_root M row-major per vertex (M = sum_k w_k Rg_k): d x / d t, so the
+        Jacobian of x over any template-space basis (identity, expression) is rm_out @ basis block.
+    jpose_out : (POSE_DIM, 3, n) in/out, d x / d [root rotation, translation, joints 1..J-1].  Its
+        constant entries (translation block, joint columns outside each subtree range) are
+        written once by :func:`init_pose_jacobian` and not touched here.
+    sub : (J, 4, n), ybuf : (3, n) workspaces (subtree sums w y and weights W; one joint's y).
+    """
+    nj = w.shape[0]
+    n = t.shape[1]
+    x_out[:, :] = 0.0
+    rm_out[:, :] = 0.0
+    for m in range(1, nj):
+        sub[m, :, ranges[m, 2]:ranges[m, 3]] = 0.0
+    # Every vertex loop runs over 1-D views with range(len): numba then emits no negative-index
+    # wrap-around and LLVM vectorises it; frame entries are hoisted into scalars.
+    for k in range(nj):
+        lo = ranges[k, 0]
+        hi = ranges[k, 1]
+        a00, a01, a02, a03 = frame[k, 0, 0, 0], frame[k, 0, 0, 1], frame[k, 0, 0, 2], frame[k, 0, 0, 3]
+        a10, a11, a12, a13 = frame[k, 0, 1, 0], frame[k, 0, 1, 1], frame[k, 0, 1, 2], frame[k, 0, 1, 3]
+        a20, a21, a22, a23 = frame[k, 0, 2, 0], frame[k, 0, 2, 1], frame[k, 0, 2, 2], frame[k, 0, 2, 3]
+        wr = w[k, lo:hi]
+        t0, t1, t2 = t[0, lo:hi], t[1, lo:hi], t[2, lo:hi]
+        y0, y1, y2 = ybuf[0, lo:hi], ybuf[1, lo:hi], ybuf[2, lo:hi]
+        x0, x1, x2 = x_out[0, lo:hi], x_out[1, lo:hi], x_out[2, lo:hi]
+        for p in range(hi - lo):
+            wk = wr[p]
+            u0 = wk * (a00 * t0[p] + a01 * t1[p] + a02 * t2[p] + a03)
+            u1 = wk * (a10 * t0[p] + a11 * t1[p] + a12 * t2[p] + a13)
+            u2 = wk * (a20 * t0[p] + a21 * t1[p] + a22 * t2[p] + a23)
+            y0[p] = u0
+            y1[p] = u1
+            y2[p] = u2
+            x0[p] += u0
+            x1[p] += u1
+            x2[p] += u2
+        for ij in range(9):
+            aij = frame[k, 0, ij // 3, ij % 3]
+            r = rm_out[ij, lo:hi]
+            for p in range(hi - lo):
+                r[p] += wr[p] * aij
+        for m in range(1, nj):
+            if anc[k, m] == 0.0:
+                continue
+            s0, s1, s2, s3 = sub[m, 0, lo:hi], sub[m, 1, lo:hi], sub[m, 2, lo:hi], sub[m, 3, lo:hi]
+            for p in range(hi - lo):
+                s0[p] += y0[p]
+                s1[p] += y1[p]
+                s2[p] += y2[p]
+                s3[p] += wr[p]
+    x0, x1, x2 = x_out[0], x_out[1], x_out[2]
+    # root rotation columns: -[x - trans]_x J_l0 = J_l0[:, j] x (x - trans), before x += trans
+    for j in range(3):
+        c0 = frame[0, 1, 0, j]
+        c1 = frame[0, 1, 1, j]
+        c2 = frame[0, 1, 2, j]
+        j0, j1, j2 = jpose_out[j, 0], jpose_out[j, 1], jpose_out[j, 2]
+        for p in range(n):
+            j0[p] = c1 * x2[p] - c2 * x1[p]
+            j1[p] = c2 * x0[p] - c0 * x2[p]
+            j2[p] = c0 * x1[p] - c1 * x0[p]
+    tx = trans[0]
+    ty = trans[1]
+    tz = trans[2]
+    for p in range(n):
+        x0[p] += tx
+        x1[p] += ty
+        x2[p] += tz
+    for m in range(1, nj):
+        g0 = frame[m, 1, 0, 3]
+        g1 = frame[m, 1, 1, 3]
+        g2 = frame[m, 1, 2, 3]
+        lo = ranges[m, 2]
+        hi = ranges[m, 3]
+        s0, s1, s2, s3 = sub[m, 0, lo:hi], sub[m, 1, lo:hi], sub[m, 2, lo:hi], sub[m, 3, lo:hi]
+        for j in range(3):
+            c0 = frame[m, 1, 0, j]
+            c1 = frame[m, 1, 1, j]
+            c2 = frame[m, 1, 2, j]
+            col = 6 + 3 * (m - 1) + j
+            j0, j1, j2 = jpose_out[col, 0, lo:hi], jpose_out[col, 1, lo:hi], jpose_out[col, 2, lo:hi]
+            for p in range(hi - lo):
+                wm = s3[p]
+                a0 = s0[p] - wm * g0
+                a1 = s1[p] - wm * g1
+                a2 = s2[p] - wm * g2
+                j0[p] = c1 * a2 - c2 * a1
+                j1[p] = c2 * a0 - c0 * a2
+                j2[p] = c0 * a1 - c1 * a0

@@ -20,7 +20,8 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .skinning import single_joint_frame, single_joint_of, skin_point, skin_vertex, skin_vertex_single
+from .skinning import (SIMD_MATH, init_pose_jacobian, joint_ranges, single_joint_frame, single_joint_of, skin_point, skin_points_soa, skin_vertex,
+                       skin_vertex_single)
 
 
 @njit(cache=True, inline="always")
@@ -129,42 +130,102 @@ def add_block(gi, jx, ax, n, jtj):
         a += 1
 
 
-@njit(cache=True)
-def table_points_jacobian(x, t_beta, expr_idx, expr_blocks, weights, anc, r0, trans, rg, tg, gpos, bm,
-                          xyz_out, jpose_out, jexpr_out):
-    """Landmark vertex positions and their sparse pose/expression Jacobian through the sparsity table.
+@dataclass(frozen=True)
+class TableSoA:
+    """The sparsity table laid out for :func:`table_points_jacobian` (vertex index innermost).
+
+    Attributes
+    ----------
+    expr_idx : (L, D) int64, as ``SparsityTable.expr_idx`` (-1 padded).
+    counts : (L,) int64, kept expression entries per landmark.
+    blocks_t : (L, 3, D) float64, ``SparsityTable.expr_blocks`` with xyz before the entry index.
+    weights_t : (J, L) float64, skin weights; ranges : (J, 4) int64 (``skinning.joint_ranges``).
+    """
+
+    expr_idx: np.ndarray
+    counts: np.ndarray
+    blocks_t: np.ndarray
+    weights_t: np.ndarray
+    ranges: np.ndarray
+
+
+def table_soa(table, anc):
+    """:class:`TableSoA` of a ``sparsity.SparsityTable`` (built once per landmark set); anc the
+    (J, J) ``skinning.ancestry`` of the model's joints."""
+    w_t = np.ascontiguousarray(table.weights.T)
+    return TableSoA(np.ascontiguousarray(table.expr_idx), (table.expr_idx >= 0).sum(1).astype(np.int64),
+                    np.ascontiguousarray(table.expr_blocks.transpose(0, 2, 1)), w_t, joint_ranges(w_t, anc))
+
+
+def table_points_buffers(soa, pose_dim):
+    """Output and work arrays of :func:`table_points_jacobian` and :func:`expression_jacobian` for a
+    :class:`TableSoA`: (frame, xyz, rm, jpose, jexpr, t_work, sub, ybuf), allocated once and re-used
+    every frame (the constant entries of jpose are written here)."""
+    (n, nd), nj = soa.expr_idx.shape, soa.weights_t.shape[0]
+    jpose = np.zeros((pose_dim, 3, n))
+    init_pose_jacobian(soa.ranges, jpose)
+    return (np.zeros((nj, 2, 3, 4)), np.empty((3, n)), np.empty((9, n)), jpose, np.empty((n, 3, nd)),
+            np.empty((3, n)), np.zeros((nj, 4, n)), np.empty((3, n)))
+
+
+@njit(cache=True, fastmath=SIMD_MATH)
+def table_points_jacobian(psi, t_beta_t, expr_idx, counts, blocks_t, weights_t, ranges, anc, frame, trans,
+                          xyz_out, rm_out, jpose_out, t_work, sub, ybuf):
+    """Landmark vertex positions and their Jacobian through the sparsity table (paper sec. 3.3.1).
+
+    Template points T(beta, psi) from the table's kept expression entries, then
+    ``skinning.skin_points_soa``: positions, the pose Jacobian (explicit) and R_root M, the factor
+    of every template-space Jacobian: d x_p / d psi_e = R_root M_p E_pe with E_pe the model's static
+    per-vertex basis block (as eos hands them out; :func:`expression_jacobian` expands it when
+    explicit columns are wanted).  Vertex index innermost where it vectorises.
 
     Parameters
     ----------
-    x : (P,) float64, full parameter vector (expression read from it).
-    t_beta, expr_idx, expr_blocks, weights, anc : as in :func:`vertex_term` (L landmarks, D entries).
-    r0 ... bm : pose chain of ``skinning.pose_chain`` at x; trans (3,) translation (mm).
-    xyz_out : (L, 3) out, camera-space positions (mm).
-    jpose_out : (L, 3, POSE_DIM) out, d x / d [root rotation, translation, joints] (columns of joints
-        that do not move the vertex are 0).
-    jexpr_out : (L, 3, D) out, column d = d x / d psi[expr_idx[p, d]] (mm per unit weight; 0 where
-        expr_idx is -1).
+    psi : (E,) float64, expression weights.
+    t_beta_t : (3, L) float64, template at the current identity T_mean + S beta (mm).
+    expr_idx, counts, blocks_t, weights_t, ranges : a :class:`TableSoA`.
+    anc : (J, J) ancestry; frame : (J, 2, 3, 4) ``skinning.soa_frame`` of the pose chain; trans (3,).
+    xyz_out : (3, L) out, camera-space positions (mm).
+    rm_out : (9, L) out, R_root M per landmark (row-major).
+    jpose_out : (POSE_DIM, 3, L) in/out, d x / d [root rotation, translation, joints] (from
+        :func:`table_points_buffers`).
+    t_work, ybuf : (3, L), sub : (J, 4, L) workspaces.
     """
-    nj = weights.shape[1]
-    nd = expr_idx.shape[1]
-    pd = 6 + 3 * (nj - 1)
-    t = np.empty(3)
-    rm = np.empty((3, 3))
-    wsub = np.empty(nj)
-    work = np.empty((nj + 5, 3))
-    for p in range(t_beta.shape[0]):
-        template_point(p, x, pd, t_beta, expr_idx, expr_blocks, t)
-        skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xyz_out[p], rm, jpose_out[p], wsub, work)
-        for d in range(nd):
-            if expr_idx[p, d] < 0:
-                for i in range(3):
-                    jexpr_out[p, i, d] = 0.0
-                continue
-            b0 = expr_blocks[p, d, 0]
-            b1 = expr_blocks[p, d, 1]
-            b2 = expr_blocks[p, d, 2]
-            for i in range(3):
-                jexpr_out[p, i, d] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
+    n = t_beta_t.shape[1]
+    for p in range(n):
+        c = counts[p]
+        idx = expr_idx[p, :c]
+        b0, b1, b2 = blocks_t[p, 0, :c], blocks_t[p, 1, :c], blocks_t[p, 2, :c]
+        s0 = t_beta_t[0, p]
+        s1 = t_beta_t[1, p]
+        s2 = t_beta_t[2, p]
+        for d in range(c):
+            we = psi[idx[d]]
+            s0 += we * b0[d]
+            s1 += we * b1[d]
+            s2 += we * b2[d]
+        t_work[0, p] = s0
+        t_work[1, p] = s1
+        t_work[2, p] = s2
+    skin_points_soa(t_work, weights_t, ranges, anc, frame, trans, xyz_out, rm_out, jpose_out, sub, ybuf)
+
+
+@njit(cache=True, fastmath=SIMD_MATH)
+def expression_jacobian(counts, blocks_t, rm, jexpr_out):
+    """Explicit sparse expression Jacobian: jexpr_out[p, :, d] = R_root M_p E_pd (mm per unit weight)
+    for the kept entries d < counts[p], 0 after them; (L, 3, D) out, rm (9, L) from
+    :func:`table_points_jacobian`."""
+    for p in range(counts.shape[0]):
+        c = counts[p]
+        b0, b1, b2 = blocks_t[p, 0, :c], blocks_t[p, 1, :c], blocks_t[p, 2, :c]
+        for i in range(3):
+            m0 = rm[3 * i, p]
+            m1 = rm[3 * i + 1, p]
+            m2 = rm[3 * i + 2, p]
+            out = jexpr_out[p, i]
+            for d in range(c):
+                out[d] = m0 * b0[d] + m1 * b1[d] + m2 * b2[d]
+            out[c:] = 0.0
 
 
 @njit(cache=True)

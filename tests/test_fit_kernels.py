@@ -3,15 +3,18 @@ position-only skinning, the intersection outside-test, unordered free columns, t
 Jacobian, and the per-frame problem re-use of the tracker."""
 import numpy as np
 import pytest
+from conftest import run_without_jit
 
 from lmfit3d.fit import FitConfig, FrameProblem, Tracker, _Intersection, masks, params_to_vector
 from lmfit3d.landmarks import load_landmark_set
+from lmfit3d.model import Params
 from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_points, pose, single_joint_frame, single_joint_of,
-                              skin_point, skin_vertex, skin_vertex_single)
+                              skin_point, skin_vertex, skin_vertex_single, soa_frame)
 from lmfit3d.solvers import bounded_step, cholesky_solve
 from lmfit3d.sparsity import build_sparsity
 from lmfit3d.synthetic import make_frame, random_params
-from lmfit3d.terms import intersection_term, table_points_jacobian, tracking_plan
+from lmfit3d.terms import (expression_jacobian, intersection_term, table_points_buffers, table_points_jacobian,
+                           table_soa, tracking_plan)
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]
 EMPTY2, EMPTY1 = np.zeros((0, 0)), np.zeros(0)
@@ -246,33 +249,53 @@ def test_unordered_free_columns_match_ordered(model, rng):
     np.testing.assert_allclose(b2[perm], b, rtol=1e-12, atol=1e-9)
 
 
-def test_table_points_jacobian_matches_dense(model, rng):
-    ids = load_landmark_set("dense320")
-    p = random_params(model, rng)
-    table = build_sparsity(model, ids, 0.0)                        # every shape: equals the dense kernel
-    x = params_to_vector(model, p, 800.0)
+def _table_points(model, table, p):
+    """soa_frame + table_points_jacobian + expression_jacobian for Params p, returned in the layout of
+    evaluate_points: x (L, 3), jpose (L, 3, POSE_DIM), jexpr (L, 3, D), R_root M (L, 3, 3)."""
+    anc = ancestry(model.joint_parents)
+    soa = table_soa(table, anc)
+    frame, xyz, rm, jpose, jexpr, t_work, sub, ybuf = table_points_buffers(soa, POSE_DIM)
     st = pose(model, p)
-    xyz, jp = np.empty((ids.size, 3)), np.empty((ids.size, 3, POSE_DIM))
-    je = np.empty((ids.size, 3, table.expr_idx.shape[1]))
-    t_beta = table.mean + table.identity_blocks @ p.identity
-    table_points_jacobian(x, t_beta, table.expr_idx, table.expr_blocks, table.weights,
-                          ancestry(model.joint_parents), st.r0, st.translation, st.rg, st.tg, st.gpos, st.bm,
-                          xyz, jp, je)
+    soa_frame(st.r0, st.rg, st.tg, st.gpos, st.bm, frame)
+    t_beta_t = np.ascontiguousarray((table.mean + table.identity_blocks @ p.identity).T)
+    for _ in range(2):                                             # re-used buffers give the same values
+        table_points_jacobian(np.asarray(p.expression, float), t_beta_t, soa.expr_idx, soa.counts,
+                              soa.blocks_t, soa.weights_t, soa.ranges, anc, frame, st.translation, xyz, rm,
+                              jpose, t_work, sub, ybuf)
+        expression_jacobian(soa.counts, soa.blocks_t, rm, jexpr)
+    return xyz.T, jpose.transpose(2, 1, 0), jexpr, rm.T.reshape(-1, 3, 3)
+
+
+@pytest.mark.parametrize("name", ["dense320", "dense703"])
+def test_table_points_jacobian_matches_dense(model, rng, name):
+    ids = load_landmark_set(name)
+    p = random_params(model, rng)
+    p = Params(p.identity, p.expression, p.rotations + rng.normal(scale=0.1, size=p.rotations.shape),
+               p.translation)                                      # every joint rotated
+    table = build_sparsity(model, ids, 0.0)                        # every shape: equals the dense kernel
+    xyz, jp, je, rm = _table_points(model, table, p)
     ref_x, ref_j = evaluate_points(model, p, ids)
     np.testing.assert_allclose(xyz, ref_x, rtol=0, atol=1e-9)
     np.testing.assert_allclose(jp, ref_j[:, :, :POSE_DIM], rtol=0, atol=1e-9)
     np.testing.assert_allclose(je, ref_j[:, :, POSE_DIM:], rtol=0, atol=1e-9)
+    # d x / d t = R_root M: a template displacement moves the posed point by rm @ displacement
+    eb = model.expression_basis[ids].astype(np.float64)
+    np.testing.assert_allclose(np.einsum("nij,nje->nie", rm, eb), ref_j[:, :, POSE_DIM:], atol=1e-9)
     # thresholded table: the kept columns are the dense ones, dropped shapes give zero columns
     sparse = build_sparsity(model, ids, 0.01)
-    je2 = np.empty((ids.size, 3, sparse.expr_idx.shape[1]))
-    table_points_jacobian(x, t_beta, sparse.expr_idx, sparse.expr_blocks, sparse.weights,
-                          ancestry(model.joint_parents), st.r0, st.translation, st.rg, st.tg, st.gpos, st.bm,
-                          xyz, jp, je2)
+    _, jp2, je2, _ = _table_points(model, sparse, p)
+    np.testing.assert_allclose(jp2, jp, rtol=0, atol=0.05)        # template without the dropped shapes
     ok = sparse.expr_idx >= 0
     rows = np.nonzero(ok)
     np.testing.assert_allclose(je2[rows[0], :, rows[1]], ref_j[rows[0], :, POSE_DIM + sparse.expr_idx[ok]],
                                rtol=0, atol=1e-9)
     assert np.all(je2.transpose(0, 2, 1)[~ok] == 0.0)
+
+
+def test_table_points_jacobian_without_jit():
+    """The SoA kernels' Python source (NUMBA_DISABLE_JIT=1) gives the same values."""
+    out = run_without_jit(__file__, "table_points_jacobian_matches_dense and dense320")
+    assert "1 passed" in out
 
 
 def test_tracker_reuses_problem_with_same_results(model, rng):
