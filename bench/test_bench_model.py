@@ -223,11 +223,9 @@ class TableProblem:
         self.params = p
         self.ids = np.array(load_landmark_set(name))
         self.table = build_sparsity(model, self.ids, threshold)
-        self.anc = ancestry(model.joint_parents)
-        self.soa = table_soa(self.table, self.anc)
+        self.soa = table_soa(self.table, model.joint_parents)
         self.psi = np.ascontiguousarray(p.expression, dtype=np.float64)
-        self.t_beta_t = np.ascontiguousarray((self.table.mean + self.table.identity_blocks @ p.identity).T)
-        self.anc = ancestry(model.joint_parents)
+        self.t_beta_t = self.soa.to_columns(self.table.mean + self.table.identity_blocks @ p.identity)
         self.rot = np.ascontiguousarray(p.rotations, dtype=np.float64)
         self.joints = model.joints(p.identity)
         self.parents = model.joint_parents.astype(np.int64)
@@ -243,14 +241,14 @@ class TableProblem:
         pose_chain(self.rot, self.joints, self.parents, self.r0, self.jl0, self.rg, self.tg, self.gpos,
                    self.bm, self.cm)
         soa_frame(self.r0, self.rg, self.tg, self.gpos, self.bm, self.frame)
-        s = self.soa
-        table_points_jacobian(self.psi, self.t_beta_t, s.expr_idx, s.counts, s.blocks_t, s.weights_t, s.ranges,
-                              self.anc, self.frame, self.trans, self.xyz, self.rm, self.jpose, self.t_work,
-                              self.sub, self.ybuf)
+        s, k = self.soa, self.soa.skin
+        table_points_jacobian(self.psi, self.t_beta_t, s.shape_idx, s.counts, s.blocks, k.weights_t, k.ranges,
+                              k.acc, k.complement, k.zero_ranges, k.wsub, self.frame, self.trans, self.xyz,
+                              self.rm, self.jpose, self.t_work, self.sub, self.ybuf)
 
     def run_explicit(self):
         self.run()
-        expression_jacobian(self.soa.counts, self.soa.blocks_t, self.rm, self.jexpr)
+        expression_jacobian(self.soa.counts, self.soa.blocks, self.rm, self.jexpr)
 
 
 @pytest.fixture(scope="module", params=SETS)
@@ -259,11 +257,14 @@ def table_problem(request, model):
     exact = TableProblem(model, request.param, threshold=0.0)
     exact.run_explicit()
     x, jac = evaluate_points(model, exact.params, exact.ids)
-    np.testing.assert_allclose(exact.xyz.T, x, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(exact.jpose.transpose(2, 1, 0), jac[:, :, :POSE_DIM], rtol=0, atol=1e-9)
-    np.testing.assert_allclose(exact.jexpr, jac[:, :, POSE_DIM:], rtol=0, atol=1e-9)
+    s = exact.soa                                                  # kernel order -> table order
+    np.testing.assert_allclose(s.to_rows(exact.xyz), x, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(s.to_rows(exact.jpose).transpose(0, 2, 1), jac[:, :, :POSE_DIM], rtol=0, atol=1e-9)
+    nd = exact.jexpr.shape[2]
+    jexpr = s.to_rows(exact.jexpr.reshape(-1, 3 * nd).T).reshape(-1, 3, nd)
+    np.testing.assert_allclose(jexpr, jac[:, :, POSE_DIM:], rtol=0, atol=1e-9)
     eb = model.expression_basis[exact.ids].astype(np.float64)      # factored form: R_root M E
-    rm = exact.rm.T.reshape(-1, 3, 3)
+    rm = s.to_rows(exact.rm).reshape(-1, 3, 3)
     np.testing.assert_allclose(np.einsum("nij,nje->nie", rm, eb), jac[:, :, POSE_DIM:], rtol=0, atol=1e-9)
     prob = TableProblem(model, request.param)
     prob.run_explicit()

@@ -487,23 +487,85 @@ def evaluate_points(model: FaceModel, params: Params, vertex_ids, with_identity=
 SIMD_MATH = {"reassoc", "contract", "nsz"}
 
 
-def joint_ranges(weights_t, anc):
-    """Vertex ranges of each joint for the structure-of-arrays kernels, (J, 4) int64.
+@dataclass(frozen=True)
+class SoaSkin:
+    """Static tables of :func:`skin_points_soa` for one vertex set (built by :func:`soa_skin`).
 
-    Columns 0:2, the range [lo, hi) of vertices with a non-zero weight on joint k; columns 2:4,
-    for k >= 1, the range of vertices with a non-zero weight anywhere in joint k's subtree (where
-    its rotation moves them); (0, 0) when empty.  ``weights_t`` is (J, n) skin weights, ``anc`` the
-    (J, J) :func:`ancestry`.  Outside these ranges the weights are 0, so skipping them is exact.
+    Attributes
+    ----------
+    weights_t : (J, n) float64, skin weights, joint-major.
+    ranges : (J, 6) int64, vertex ranges [lo, hi) per joint k: columns 0:2, the blended vertices
+        with a non-zero weight on k; 2:4 (k >= 1), where k's rotation moves vertices (non-zero
+        subtree weight); 4:6, a run of vertices skinned to k alone with weight 1 (no blending:
+        positions and R_root M are stored, not accumulated).  (0, 0) when empty.
+    acc : (J, J) float64, acc[k, m] = 1 when joint k's weighted transform w_k y_k is summed into the
+        subtree workspace of joint m >= 1.
+    complement : (J,) bool, joint m's workspace sums the joints *outside* its subtree (fewer vertices
+        to visit when the subtree holds most of the weight); the subtree sum is then x - sum.
+    zero_ranges : (J, 2) int64, the part of joint m's workspace cleared and summed into every call
+        (where contributing joints have weight).
+    wsub : (J, n) float64, subtree weight W_m = sum_{k in sub(m)} w_k per vertex (static).
     """
-    w = np.asarray(weights_t) != 0.0
-    nj = w.shape[0]
-    out = np.zeros((nj, 4), np.int64)
+
+    weights_t: np.ndarray
+    ranges: np.ndarray
+    acc: np.ndarray
+    complement: np.ndarray
+    zero_ranges: np.ndarray
+    wsub: np.ndarray
+
+
+def _span(mask):
+    nz = np.flatnonzero(mask)
+    return (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
+
+
+def _longest_run(mask):
+    """[lo, hi) of the longest run of True in a 1-D bool array ((0, 0) if none)."""
+    d = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    lo, hi = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    if lo.size == 0:
+        return 0, 0
+    i = int(np.argmax(hi - lo))
+    return int(lo[i]), int(hi[i])
+
+
+def soa_skin(weights, parents):
+    """:class:`SoaSkin` of (n, J) skin weights for a skeleton with ``parents`` (J,).
+
+    Vertices are best given grouped by the joints they are skinned to (``terms.table_soa`` sorts
+    them): each joint then visits one short range.  Each joint m >= 1 needs
+    sum_{k in sub(m)} w_k y_k; it is summed directly or as the complement
+    x - sum_{k not in sub(m)} w_k y_k, whichever visits fewer vertices (exact either way).
+    """
+    w = np.ascontiguousarray(np.asarray(weights, dtype=np.float64).T)
+    anc = ancestry(parents)
+    nj, n = w.shape
+    nz = w != 0.0
+    ranges = np.zeros((nj, 6), np.int64)
+    in_single = np.zeros(n, bool)
     for k in range(nj):
-        for c, mask in ((0, w[k]), (2, w[np.asarray(anc)[:, k] != 0.0].any(0) if k else np.zeros(0, bool))):
-            nz = np.flatnonzero(mask)
-            if nz.size:
-                out[k, c:c + 2] = nz[0], nz[-1] + 1
-    return out
+        alone = (w[k] == 1.0) & (nz.sum(0) == 1)
+        ranges[k, 4:6] = _longest_run(alone)
+        in_single[ranges[k, 4]:ranges[k, 5]] = True
+    full = np.array([_span(nz[k]) for k in range(nj)]).reshape(nj, 2)
+    for k in range(nj):
+        ranges[k, :2] = _span(nz[k] & ~in_single)
+    size = full[:, 1] - full[:, 0]
+    acc = np.zeros((nj, nj))
+    complement = np.zeros(nj, bool)
+    zero_ranges = np.zeros((nj, 2), np.int64)
+    for m in range(1, nj):
+        inside = anc[:, m] != 0.0
+        ranges[m, 2:4] = _span(nz[inside].any(0))
+        complement[m] = size[~inside].sum() < size[inside].sum()
+        contrib = ~inside if complement[m] else inside
+        acc[contrib, m] = 1.0
+        spans = ([] if complement[m] else [ranges[m, 2:4]]) + [full[k] for k in np.flatnonzero(contrib) if size[k]]
+        spans = [sp for sp in spans if sp[1] > sp[0]]
+        zero_ranges[m] = (min(sp[0] for sp in spans), max(sp[1] for sp in spans)) if spans else (0, 0)
+    wsub = np.ascontiguousarray(anc.T @ w)
+    return SoaSkin(w, ranges, acc, complement, zero_ranges, wsub)
 
 
 @njit(cache=True)
@@ -544,7 +606,8 @@ def soa_frame(r0, rg, tg, gpos, bm, frame):
 
 
 @njit(cache=True, fastmath=SIMD_MATH)
-def skin_points_soa(t, w, ranges, anc, frame, trans, x_out, rm_out, jpose_out, sub, ybuf):
+def skin_points_soa(t, w, ranges, acc, complement, zero_ranges, wsub, frame, trans, x_out, rm_out, jpose_out,
+                    sub, ybuf):
     """Pose n vertices with their pose Jacobian, vertex index innermost (vectorised LBS).
 
     x = trans + sum_k w_k R_root (Rg_k t + tg_k); the pose Jacobian columns are those of
@@ -554,96 +617,121 @@ def skin_points_soa(t, w, ranges, anc, frame, trans, x_out, rm_out, jpose_out, s
     Parameters
     ----------
     t : (3, n) float64, template T(beta, psi) (mm), coordinate-major.
-    w : (J, n) float64, skin weights; ranges : (J, 4) int64 from :func:`joint_ranges`.
-    anc : (J, J) ancestry (:func:`ancestry`); frame : (J, 2, 3, 4) from :func:`soa_frame`.
-    trans : (3,) root translation (mm).
+    w, ranges, acc, complement, zero_ranges, wsub : a :class:`SoaSkin`.
+    frame : (J, 2, 3, 4) from :func:`soa_frame`; trans : (3,) root translation (mm).
     x_out : (3, n) out, camera-space positions (mm).
     rm_out : (9, n) out, R_root M row-major per vertex (M = sum_k w_k Rg_k): d x / d t, so the
         Jacobian of x over any template-space basis (identity, expression) is rm_out @ basis block.
     jpose_out : (POSE_DIM, 3, n) in/out, d x / d [root rotation, translation, joints 1..J-1].  Its
         constant entries (translation block, joint columns outside each subtree range) are
         written once by :func:`init_pose_jacobian` and not touched here.
-    sub : (J, 4, n), ybuf : (3, n) workspaces (subtree sums w y and weights W; one joint's y).
+    sub : (J, 3, n), ybuf : (3, n) workspaces (subtree sums of w_k y_k; one joint's w_k y_k).
     """
     nj = w.shape[0]
     n = t.shape[1]
-    x_out[:, :] = 0.0
-    rm_out[:, :] = 0.0
-    for m in range(1, nj):
-        sub[m, :, ranges[m, 2]:ranges[m, 3]] = 0.0
-    # Every vertex loop runs over 1-D views with range(len): numba then emits no negative-index
-    # wrap-around and LLVM vectorises it; frame entries are hoisted into scalars.
+    blo = n
+    bhi = 0
     for k in range(nj):
-        lo = ranges[k, 0]
-        hi = ranges[k, 1]
-        a00, a01, a02, a03 = frame[k, 0, 0, 0], frame[k, 0, 0, 1], frame[k, 0, 0, 2], frame[k, 0, 0, 3]
-        a10, a11, a12, a13 = frame[k, 0, 1, 0], frame[k, 0, 1, 1], frame[k, 0, 1, 2], frame[k, 0, 1, 3]
-        a20, a21, a22, a23 = frame[k, 0, 2, 0], frame[k, 0, 2, 1], frame[k, 0, 2, 2], frame[k, 0, 2, 3]
-        wr = w[k, lo:hi]
-        t0, t1, t2 = t[0, lo:hi], t[1, lo:hi], t[2, lo:hi]
-        y0, y1, y2 = ybuf[0, lo:hi], ybuf[1, lo:hi], ybuf[2, lo:hi]
-        x0, x1, x2 = x_out[0, lo:hi], x_out[1, lo:hi], x_out[2, lo:hi]
-        for p in range(hi - lo):
-            wk = wr[p]
-            u0 = wk * (a00 * t0[p] + a01 * t1[p] + a02 * t2[p] + a03)
-            u1 = wk * (a10 * t0[p] + a11 * t1[p] + a12 * t2[p] + a13)
-            u2 = wk * (a20 * t0[p] + a21 * t1[p] + a22 * t2[p] + a23)
-            y0[p] = u0
-            y1[p] = u1
-            y2[p] = u2
-            x0[p] += u0
-            x1[p] += u1
-            x2[p] += u2
-        for ij in range(9):
-            aij = frame[k, 0, ij // 3, ij % 3]
-            r = rm_out[ij, lo:hi]
-            for p in range(hi - lo):
-                r[p] += wr[p] * aij
-        for m in range(1, nj):
-            if anc[k, m] == 0.0:
+        if ranges[k, 1] > ranges[k, 0]:
+            blo = min(blo, ranges[k, 0])
+            bhi = max(bhi, ranges[k, 1])
+    if bhi > blo:               # blended vertices are accumulated into
+        x_out[:, blo:bhi] = 0.0
+        rm_out[:, blo:bhi] = 0.0
+    for m in range(1, nj):
+        sub[m, :, zero_ranges[m, 0]:zero_ranges[m, 1]] = 0.0
+    # Every vertex loop writes one 1-D view and reads few others, with range(len): numba then emits
+    # no negative-index wrap-around and LLVM's alias checks stay few enough for it to vectorise.
+    for k in range(nj):
+        for single in (False, True):
+            lo = ranges[k, 4 if single else 0]
+            hi = ranges[k, 5 if single else 1]
+            if hi <= lo:
                 continue
-            s0, s1, s2, s3 = sub[m, 0, lo:hi], sub[m, 1, lo:hi], sub[m, 2, lo:hi], sub[m, 3, lo:hi]
-            for p in range(hi - lo):
-                s0[p] += y0[p]
-                s1[p] += y1[p]
-                s2[p] += y2[p]
-                s3[p] += wr[p]
-    x0, x1, x2 = x_out[0], x_out[1], x_out[2]
+            wr = w[k, lo:hi]
+            t0, t1, t2 = t[0, lo:hi], t[1, lo:hi], t[2, lo:hi]
+            for i in range(3):
+                a0 = frame[k, 0, i, 0]
+                a1 = frame[k, 0, i, 1]
+                a2 = frame[k, 0, i, 2]
+                a3 = frame[k, 0, i, 3]
+                y = ybuf[i, lo:hi]
+                x = x_out[i, lo:hi]
+                if single:          # weight 1, no other joint: store
+                    for p in range(hi - lo):
+                        x[p] = a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3
+                    y[:] = x
+                else:
+                    for p in range(hi - lo):
+                        y[p] = wr[p] * (a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3)
+                    for p in range(hi - lo):
+                        x[p] += y[p]
+                for m in range(1, nj):
+                    if acc[k, m] != 0.0:
+                        sm = sub[m, i, lo:hi]
+                        for p in range(hi - lo):
+                            sm[p] += y[p]
+            for ij in range(9):
+                aij = frame[k, 0, ij // 3, ij % 3]
+                r = rm_out[ij, lo:hi]
+                if single:
+                    r[:] = aij
+                else:
+                    for p in range(hi - lo):
+                        r[p] += wr[p] * aij
     # root rotation columns: -[x - trans]_x J_l0 = J_l0[:, j] x (x - trans), before x += trans
+    x0, x1, x2 = x_out[0], x_out[1], x_out[2]
     for j in range(3):
         c0 = frame[0, 1, 0, j]
         c1 = frame[0, 1, 1, j]
         c2 = frame[0, 1, 2, j]
-        j0, j1, j2 = jpose_out[j, 0], jpose_out[j, 1], jpose_out[j, 2]
-        for p in range(n):
-            j0[p] = c1 * x2[p] - c2 * x1[p]
-            j1[p] = c2 * x0[p] - c0 * x2[p]
-            j2[p] = c0 * x1[p] - c1 * x0[p]
-    tx = trans[0]
-    ty = trans[1]
-    tz = trans[2]
-    for p in range(n):
-        x0[p] += tx
-        x1[p] += ty
-        x2[p] += tz
+        _cross_col(c0, c1, c2, x0, x1, x2, jpose_out[j, 0], jpose_out[j, 1], jpose_out[j, 2])
     for m in range(1, nj):
-        g0 = frame[m, 1, 0, 3]
-        g1 = frame[m, 1, 1, 3]
-        g2 = frame[m, 1, 2, 3]
         lo = ranges[m, 2]
         hi = ranges[m, 3]
-        s0, s1, s2, s3 = sub[m, 0, lo:hi], sub[m, 1, lo:hi], sub[m, 2, lo:hi], sub[m, 3, lo:hi]
+        wm = wsub[m, lo:hi]
+        if complement[m]:
+            # subtree sum = x - (sum outside the subtree); that sum is 0 outside zero_ranges[m]
+            zlo = min(max(lo, zero_ranges[m, 0]), hi)
+            zhi = max(min(hi, zero_ranges[m, 1]), zlo)
+            for i in range(3):
+                g = frame[m, 1, i, 3]
+                _minus_offset(x_out[i, lo:zlo], wsub[m, lo:zlo], g, sub[m, i, lo:zlo])
+                s, x, wz = sub[m, i, zlo:zhi], x_out[i, zlo:zhi], wsub[m, zlo:zhi]
+                for p in range(zhi - zlo):
+                    s[p] = x[p] - s[p] - wz[p] * g
+                _minus_offset(x_out[i, zhi:hi], wsub[m, zhi:hi], g, sub[m, i, zhi:hi])
+        else:
+            for i in range(3):
+                s = sub[m, i, lo:hi]
+                g = frame[m, 1, i, 3]
+                for p in range(hi - lo):
+                    s[p] -= wm[p] * g
+        s0, s1, s2 = sub[m, 0, lo:hi], sub[m, 1, lo:hi], sub[m, 2, lo:hi]
         for j in range(3):
-            c0 = frame[m, 1, 0, j]
-            c1 = frame[m, 1, 1, j]
-            c2 = frame[m, 1, 2, j]
             col = 6 + 3 * (m - 1) + j
-            j0, j1, j2 = jpose_out[col, 0, lo:hi], jpose_out[col, 1, lo:hi], jpose_out[col, 2, lo:hi]
-            for p in range(hi - lo):
-                wm = s3[p]
-                a0 = s0[p] - wm * g0
-                a1 = s1[p] - wm * g1
-                a2 = s2[p] - wm * g2
-                j0[p] = c1 * a2 - c2 * a1
-                j1[p] = c2 * a0 - c0 * a2
-                j2[p] = c0 * a1 - c1 * a0
+            _cross_col(frame[m, 1, 0, j], frame[m, 1, 1, j], frame[m, 1, 2, j], s0, s1, s2,
+                       jpose_out[col, 0, lo:hi], jpose_out[col, 1, lo:hi], jpose_out[col, 2, lo:hi])
+    for i in range(3):
+        ti = trans[i]
+        x = x_out[i]
+        for p in range(n):
+            x[p] += ti
+
+
+@njit(cache=True, inline="always")
+def _minus_offset(x, w, g, out):
+    """out = x - w g for rows x, w and a scalar g."""
+    for p in range(x.shape[0]):
+        out[p] = x[p] - w[p] * g
+
+
+@njit(cache=True, inline="always")
+def _cross_col(c0, c1, c2, a0, a1, a2, o0, o1, o2):
+    """o = c x a for a constant vector c and vectors a given as three 1-D rows (one output per loop)."""
+    for p in range(a0.shape[0]):
+        o0[p] = c1 * a2[p] - c2 * a1[p]
+    for p in range(a0.shape[0]):
+        o1[p] = c2 * a0[p] - c0 * a2[p]
+    for p in range(a0.shape[0]):
+        o2[p] = c0 * a1[p] - c1 * a0[p]

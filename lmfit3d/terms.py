@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .skinning import (SIMD_MATH, init_pose_jacobian, joint_ranges, single_joint_frame, single_joint_of, skin_point, skin_points_soa, skin_vertex,
+from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, soa_skin, single_joint_frame, single_joint_of, skin_point, skin_points_soa, skin_vertex,
                        skin_vertex_single)
 
 
@@ -132,100 +132,121 @@ def add_block(gi, jx, ax, n, jtj):
 
 @dataclass(frozen=True)
 class TableSoA:
-    """The sparsity table laid out for :func:`table_points_jacobian` (vertex index innermost).
+    """The sparsity table laid out for :func:`table_points_jacobian` (landmark index innermost).
+
+    Landmarks are reordered (``order``) by the set of joints they are skinned to, so that the
+    kernels visit one vertex range per joint.  Inputs and outputs of the kernels are in that order;
+    :meth:`to_columns` and :meth:`to_rows` convert arrays in table order.
 
     Attributes
     ----------
-    expr_idx : (L, D) int64, as ``SparsityTable.expr_idx`` (-1 padded).
+    order : (L,) int64, table landmark of each kernel column.
+    shape_idx : (L, D) uint32, expression index of each kept entry (0 after the last; unsigned, so
+        the gather of psi needs no negative-index check and vectorises).
     counts : (L,) int64, kept expression entries per landmark.
-    blocks_t : (L, 3, D) float64, ``SparsityTable.expr_blocks`` with xyz before the entry index.
-    weights_t : (J, L) float64, skin weights; ranges : (J, 4) int64 (``skinning.joint_ranges``).
+    blocks : (L, 3, D) float64, the matching basis values E (mm per unit weight; 0 after the last).
+    skin : ``skinning.SoaSkin`` of the landmark vertices.
     """
 
-    expr_idx: np.ndarray
+    order: np.ndarray
+    shape_idx: np.ndarray
     counts: np.ndarray
-    blocks_t: np.ndarray
-    weights_t: np.ndarray
-    ranges: np.ndarray
+    blocks: np.ndarray
+    skin: SoaSkin
+
+    def to_columns(self, a):
+        """(L, k) array in table order -> (k, L) C-contiguous float64 in kernel order."""
+        return np.ascontiguousarray(np.asarray(a, dtype=np.float64)[self.order].T)
+
+    def to_rows(self, a):
+        """(..., L) array in kernel order (landmarks on the last axis) -> (L, ...) in table order."""
+        out = np.empty_like(np.moveaxis(a, -1, 0))
+        out[self.order] = np.moveaxis(a, -1, 0)
+        return out
 
 
-def table_soa(table, anc):
-    """:class:`TableSoA` of a ``sparsity.SparsityTable`` (built once per landmark set); anc the
-    (J, J) ``skinning.ancestry`` of the model's joints."""
-    w_t = np.ascontiguousarray(table.weights.T)
-    return TableSoA(np.ascontiguousarray(table.expr_idx), (table.expr_idx >= 0).sum(1).astype(np.int64),
-                    np.ascontiguousarray(table.expr_blocks.transpose(0, 2, 1)), w_t, joint_ranges(w_t, anc))
+def table_soa(table, parents):
+    """:class:`TableSoA` of a ``sparsity.SparsityTable`` (built once per landmark set); parents (J,)
+    the model's joint parents."""
+    nz = table.weights != 0.0
+    # joint sets in descending lexicographic order (root-skinned first); stable within a set
+    order = np.lexsort(tuple(~nz[:, k] for k in range(nz.shape[1] - 1, -1, -1)))
+    idx = np.where(table.expr_idx < 0, 0, table.expr_idx).astype(np.uint32)[order]
+    return TableSoA(order.astype(np.int64), np.ascontiguousarray(idx),
+                    (table.expr_idx >= 0).sum(1).astype(np.int64)[order],
+                    np.ascontiguousarray(table.expr_blocks.transpose(0, 2, 1)[order]),
+                    soa_skin(table.weights[order], parents))
 
 
 def table_points_buffers(soa, pose_dim):
     """Output and work arrays of :func:`table_points_jacobian` and :func:`expression_jacobian` for a
     :class:`TableSoA`: (frame, xyz, rm, jpose, jexpr, t_work, sub, ybuf), allocated once and re-used
-    every frame (the constant entries of jpose are written here)."""
-    (n, nd), nj = soa.expr_idx.shape, soa.weights_t.shape[0]
+    every frame (the constant entries of jpose and jexpr are written here)."""
+    (n, nd), nj = soa.shape_idx.shape, soa.skin.weights_t.shape[0]
     jpose = np.zeros((pose_dim, 3, n))
-    init_pose_jacobian(soa.ranges, jpose)
-    return (np.zeros((nj, 2, 3, 4)), np.empty((3, n)), np.empty((9, n)), jpose, np.empty((n, 3, nd)),
-            np.empty((3, n)), np.zeros((nj, 4, n)), np.empty((3, n)))
+    init_pose_jacobian(soa.skin.ranges, jpose)
+    return (np.zeros((nj, 2, 3, 4)), np.empty((3, n)), np.empty((9, n)), jpose, np.zeros((n, 3, nd)),
+            np.empty((3, n)), np.zeros((nj, 3, n)), np.empty((3, n)))
 
 
 @njit(cache=True, fastmath=SIMD_MATH)
-def table_points_jacobian(psi, t_beta_t, expr_idx, counts, blocks_t, weights_t, ranges, anc, frame, trans,
-                          xyz_out, rm_out, jpose_out, t_work, sub, ybuf):
+def table_points_jacobian(psi, t_beta_t, shape_idx, counts, blocks, weights_t, ranges, acc, complement,
+                          zero_ranges, wsub, frame, trans, xyz_out, rm_out, jpose_out, t_work, sub, ybuf):
     """Landmark vertex positions and their Jacobian through the sparsity table (paper sec. 3.3.1).
 
     Template points T(beta, psi) from the table's kept expression entries, then
     ``skinning.skin_points_soa``: positions, the pose Jacobian (explicit) and R_root M, the factor
     of every template-space Jacobian: d x_p / d psi_e = R_root M_p E_pe with E_pe the model's static
     per-vertex basis block (as eos hands them out; :func:`expression_jacobian` expands it when
-    explicit columns are wanted).  Vertex index innermost where it vectorises.
+    explicit columns are wanted).
 
     Parameters
     ----------
     psi : (E,) float64, expression weights.
-    t_beta_t : (3, L) float64, template at the current identity T_mean + S beta (mm).
-    expr_idx, counts, blocks_t, weights_t, ranges : a :class:`TableSoA`.
-    anc : (J, J) ancestry; frame : (J, 2, 3, 4) ``skinning.soa_frame`` of the pose chain; trans (3,).
+    t_beta_t : (3, L) float64, template at the current identity T_mean + S beta (mm), kernel order.
+    shape_idx, counts, blocks : a :class:`TableSoA`; weights_t ... wsub : its ``skin``
+        (``skinning.SoaSkin``).
+    frame : (J, 2, 3, 4) ``skinning.soa_frame`` of the pose chain; trans (3,).
     xyz_out : (3, L) out, camera-space positions (mm).
     rm_out : (9, L) out, R_root M per landmark (row-major).
     jpose_out : (POSE_DIM, 3, L) in/out, d x / d [root rotation, translation, joints] (from
         :func:`table_points_buffers`).
-    t_work, ybuf : (3, L), sub : (J, 4, L) workspaces.
+    t_work, ybuf : (3, L), sub : (J, 3, L) workspaces.
     """
-    n = t_beta_t.shape[1]
-    for p in range(n):
+    for p in range(t_beta_t.shape[1]):
         c = counts[p]
-        idx = expr_idx[p, :c]
-        b0, b1, b2 = blocks_t[p, 0, :c], blocks_t[p, 1, :c], blocks_t[p, 2, :c]
+        ix = shape_idx[p, :c]
+        b0, b1, b2 = blocks[p, 0, :c], blocks[p, 1, :c], blocks[p, 2, :c]
         s0 = t_beta_t[0, p]
         s1 = t_beta_t[1, p]
         s2 = t_beta_t[2, p]
         for d in range(c):
-            we = psi[idx[d]]
+            we = psi[ix[d]]
             s0 += we * b0[d]
             s1 += we * b1[d]
             s2 += we * b2[d]
         t_work[0, p] = s0
         t_work[1, p] = s1
         t_work[2, p] = s2
-    skin_points_soa(t_work, weights_t, ranges, anc, frame, trans, xyz_out, rm_out, jpose_out, sub, ybuf)
+    skin_points_soa(t_work, weights_t, ranges, acc, complement, zero_ranges, wsub, frame, trans, xyz_out, rm_out,
+                    jpose_out, sub, ybuf)
 
 
 @njit(cache=True, fastmath=SIMD_MATH)
-def expression_jacobian(counts, blocks_t, rm, jexpr_out):
+def expression_jacobian(counts, blocks, rm, jexpr_out):
     """Explicit sparse expression Jacobian: jexpr_out[p, :, d] = R_root M_p E_pd (mm per unit weight)
-    for the kept entries d < counts[p], 0 after them; (L, 3, D) out, rm (9, L) from
-    :func:`table_points_jacobian`."""
+    for the kept entries d < counts[p]; (L, 3, D) from :func:`table_points_buffers` (entries after
+    counts[p] stay 0), rm (9, L) from :func:`table_points_jacobian`."""
     for p in range(counts.shape[0]):
         c = counts[p]
-        b0, b1, b2 = blocks_t[p, 0, :c], blocks_t[p, 1, :c], blocks_t[p, 2, :c]
+        b0, b1, b2 = blocks[p, 0, :c], blocks[p, 1, :c], blocks[p, 2, :c]
         for i in range(3):
             m0 = rm[3 * i, p]
             m1 = rm[3 * i + 1, p]
             m2 = rm[3 * i + 2, p]
-            out = jexpr_out[p, i]
+            out = jexpr_out[p, i, :c]
             for d in range(c):
                 out[d] = m0 * b0[d] + m1 * b1[d] + m2 * b2[d]
-            out[c:] = 0.0
 
 
 @njit(cache=True)

@@ -252,18 +252,21 @@ def test_unordered_free_columns_match_ordered(model, rng):
 def _table_points(model, table, p):
     """soa_frame + table_points_jacobian + expression_jacobian for Params p, returned in the layout of
     evaluate_points: x (L, 3), jpose (L, 3, POSE_DIM), jexpr (L, 3, D), R_root M (L, 3, 3)."""
-    anc = ancestry(model.joint_parents)
-    soa = table_soa(table, anc)
+    soa = table_soa(table, model.joint_parents)
+    sk = soa.skin
     frame, xyz, rm, jpose, jexpr, t_work, sub, ybuf = table_points_buffers(soa, POSE_DIM)
     st = pose(model, p)
     soa_frame(st.r0, st.rg, st.tg, st.gpos, st.bm, frame)
-    t_beta_t = np.ascontiguousarray((table.mean + table.identity_blocks @ p.identity).T)
+    t_beta_t = soa.to_columns(table.mean + table.identity_blocks @ p.identity)
     for _ in range(2):                                             # re-used buffers give the same values
-        table_points_jacobian(np.asarray(p.expression, float), t_beta_t, soa.expr_idx, soa.counts,
-                              soa.blocks_t, soa.weights_t, soa.ranges, anc, frame, st.translation, xyz, rm,
-                              jpose, t_work, sub, ybuf)
-        expression_jacobian(soa.counts, soa.blocks_t, rm, jexpr)
-    return xyz.T, jpose.transpose(2, 1, 0), jexpr, rm.T.reshape(-1, 3, 3)
+        table_points_jacobian(np.asarray(p.expression, float), t_beta_t, soa.shape_idx, soa.counts,
+                              soa.blocks, sk.weights_t, sk.ranges, sk.acc, sk.complement, sk.zero_ranges,
+                              sk.wsub, frame, st.translation, xyz, rm, jpose, t_work, sub, ybuf)
+        expression_jacobian(soa.counts, soa.blocks, rm, jexpr)
+    assert np.array_equal(soa.counts[np.argsort(soa.order)], (table.expr_idx >= 0).sum(1))
+    nd = table.expr_idx.shape[1]
+    return (soa.to_rows(xyz), soa.to_rows(jpose).transpose(0, 2, 1),
+            soa.to_rows(jexpr.reshape(-1, 3 * nd).T).reshape(-1, 3, nd), soa.to_rows(rm).reshape(-1, 3, 3))
 
 
 @pytest.mark.parametrize("name", ["dense320", "dense703"])
