@@ -30,18 +30,22 @@ REPO = BENCH_DIR.parent
 THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
               "MKL_NUM_THREADS": "1"}
 
-ROWS = [  # (group, label)
-    ("points_jacobian-dense320", "landmark vertices + pose/expression Jacobian, dense320 "
-                                 "(pose_chain + points_jacobian)"),
-    ("points_jacobian-dense703", "landmark vertices + pose/expression Jacobian, dense703 "
-                                 "(pose_chain + points_jacobian)"),
-    ("table_jacobian-dense320", "landmark vertices + sparse pose/expression Jacobian through the sparsity "
-                                "table, dense320 (pose_chain + table_points_jacobian)"),
-    ("table_jacobian-dense703", "landmark vertices + sparse pose/expression Jacobian through the sparsity "
-                                "table, dense703 (pose_chain + table_points_jacobian)"),
-    ("full_mesh", "full mesh: template T(beta, psi) + LBS, 26,719 vertices (evaluate_mesh)"),
-    ("skinning", "LBS kernel alone on a precomputed template (skin_mesh)"),
-    ("load", "model load from the cache file (load_model, in-process cache cleared)"),
+ROWS = [  # (group, impl, label, baseline (group, impl) for the ratio column or None for NumPy)
+    ("points_jacobian-dense320", "numba", "landmark vertices + dense pose/expression Jacobian, dense320 "
+     "(pose_chain + points_jacobian, one vertex at a time)", None),
+    ("points_jacobian-dense703", "numba", "landmark vertices + dense pose/expression Jacobian, dense703 "
+     "(pose_chain + points_jacobian, one vertex at a time)", None),
+    ("table_jacobian-dense320", "numba", "landmark vertices + pose Jacobian + R_root M (factor of the "
+     "expression/identity Jacobian), dense320 (pose_chain + soa_frame + table_points_jacobian)",
+     ("points_jacobian-dense320", "numba")),
+    ("table_jacobian-dense703", "numba", "the same, dense703", ("points_jacobian-dense703", "numba")),
+    ("table_jacobian-dense320", "numba+explicit", "the same + explicit sparse expression Jacobian, dense320 "
+     "(+ expression_jacobian)", ("points_jacobian-dense320", "numba")),
+    ("table_jacobian-dense703", "numba+explicit", "the same + explicit sparse expression Jacobian, dense703",
+     ("points_jacobian-dense703", "numba")),
+    ("full_mesh", "numba", "full mesh: template T(beta, psi) + LBS, 26,719 vertices (evaluate_mesh)", None),
+    ("skinning", "numba", "LBS kernel alone on a precomputed template (skin_mesh)", None),
+    ("load", "numpy", "model load from the cache file (load_model, in-process cache cleared)", None),
 ]
 
 WARM_START = r"""
@@ -124,10 +128,10 @@ def table(bench, imports, warm):
     by_group = {}
     for b in bench["benchmarks"]:
         by_group.setdefault(b["group"], {})[b["extra_info"].get("impl", "numba")] = b
-    lines = ["| measurement | median | goal | numba / NumPy baseline |", "| --- | ---: | ---: | ---: |"]
-    for group, label in ROWS:
-        impls = by_group.get(group, {})
-        main = impls.get("numba") or next(iter(impls.values()), None)
+    lines = ["| measurement | median | goal | ratio to the baseline in the same run |",
+             "| --- | ---: | ---: | ---: |"]
+    for group, impl, label, baseline in ROWS:
+        main = by_group.get(group, {}).get(impl)
         if main is None:
             lines.append(f"| {label} | (not run) | | |")
             continue
@@ -138,9 +142,12 @@ def table(bench, imports, warm):
             goal_txt = f"{goal_us:g} us" if goal_us < 1000 else f"{goal_us / 1000:g} ms"
             goal = f"<= {goal_txt} ({'met' if med <= goal_us * 1e-6 else 'not met'})"
         ratio = ""
-        if "numba" in impls and "numpy" in impls:
-            base = impls["numpy"]["stats"]["median"]
-            ratio = f"{med / base:.3f} (NumPy {fmt_time(base)}: numba {base / med:.1f}x faster)"
+        base = (by_group.get(group, {}).get("numpy") if baseline is None
+                else by_group.get(baseline[0], {}).get(baseline[1]))
+        if base is not None and base is not main:
+            b = base["stats"]["median"]
+            name = "NumPy" if baseline is None else f"{baseline[0]} ({baseline[1]})"
+            ratio = f"{med / b:.3f} ({name} {fmt_time(b)}: {b / med:.1f}x faster)"
         lines.append(f"| {label} | {fmt_time(med)} | {goal} | {ratio} |")
     lines.append(f"| `import lmfit3d` (-X importtime, cumulative) | {fmt_time(imports['lmfit3d'] * 1e-6)} | | |")
     lines.append(f"| `import lmfit3d.skinning` (loads numpy, numba; -X importtime) | "
