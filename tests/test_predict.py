@@ -154,7 +154,7 @@ def test_onnx_matches_original_tflite(name, rng):
     ref = {tuple(o["shape"][-1:]): it.get_tensor(o["index"]) for o in it.get_output_details()}
     sess = ort.InferenceSession(str(mediapipe_dir() / f"{name}.onnx"), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {sess.get_inputs()[0].name: x})
-    assert len(outs) == len(ref)
+    assert 1 <= len(outs) <= len(ref)            # the iris model keeps only its iris output
     for o in outs:
         flat = o.reshape(-1)
         match = [r for r in ref.values() if r.size == flat.size]
@@ -185,6 +185,79 @@ def test_no_face_in_noise_or_flat_images(rng):
     assert mp.track(rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)) is None
     assert mp.track(np.full((300, 400, 3), 90, np.uint8)) is None
     assert mp.roi is None
+
+
+def _prelu_model(alpha, rng):
+    """A small ONNX graph: Conv -> PRelu -> Conv -> Add -> PRelu, slopes ``alpha`` (C,)."""
+    from onnx import TensorProto, helper, numpy_helper
+    c = alpha.size
+    inits = [numpy_helper.from_array(rng.normal(size=(c, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(size=(c, c, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(alpha.reshape(1, c, 1, 1).astype(np.float32), "a1"),
+             numpy_helper.from_array(alpha[::-1].reshape(1, c, 1, 1).astype(np.float32), "a2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["c1", "a1"], ["p1"]),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"]),
+             helper.make_node("Add", ["c2", "p1"], ["s"]),
+             helper.make_node("PRelu", ["s", "a2"], ["y"])]
+    g = helper.make_graph(nodes, "prelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("alpha_hi", [0.9, 1.6])       # every slope <= 1, and some above 1
+def test_converter_prelu_rewrite_is_exact(alpha_hi, rng):
+    """tools/convert_mediapipe.py replaces PRelu by Mul/Relu/Add (or Neg/Relu/Mul/Add) exactly."""
+    import sys
+    import onnxruntime as ort
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from convert_mediapipe import rewrite_prelu
+    alpha = np.linspace(-1.2, alpha_hi, 6)
+    model = _prelu_model(alpha, rng)
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert rewrite_prelu(model) == 2
+    assert "PRelu" not in {n.op_type for n in model.graph.node}
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert (ref < 0).any() and (ref > 0).any()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_iris_both_eyes_in_one_call_equal_one_eye_calls():
+    iris = IrisPredictor()
+    assert iris.batched                       # the converter makes the batch dynamic
+    img = _read("obama.jpg")
+    mp = MediaPipeLandmarks(iris=False)
+    pts = mp.track(img).points[:468]
+    rois = iris.eye_rois(pts)
+    both = iris.crop_points(img, rois)
+    one = np.concatenate([iris.crop_points(img, rois, (e,)) for e in (0, 1)])
+    np.testing.assert_allclose(both, one, atol=1e-4)
+    centres, sizes = iris(img, pts)
+    np.testing.assert_allclose(centres[1], rois[1].to_image(both[1:], 64)[0])
+    assert sizes[0] == rois[0].size
+
+
+def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
+    """With iris_policy="alternate" a tracked frame runs one eye (taking turns); the other eye's
+    centre follows its eye corners.  On a still image shown twice both policies nearly agree."""
+    from lmfit3d.track import VideoReader
+    import itertools
+    frames = list(itertools.islice(iter(VideoReader(MEDIA / "W040_level_3_happy_029.mp4")), 6))
+    alt, both = MediaPipeLandmarks(), MediaPipeLandmarks(iris_policy="both")
+    calls = []
+    orig = alt.iris.crop_points
+    alt.iris.crop_points = lambda image, rois, eyes=(0, 1): calls.append(tuple(eyes)) or orig(image, rois, eyes)
+    for f in frames:
+        pa, pb = alt.track(f), both.track(f)
+        eye_w = np.linalg.norm(pb.points[133] - pb.points[33])
+        assert np.abs(pa.points[:468] - pb.points[:468]).max() < 1e-6 * eye_w + 1e-3
+        assert np.linalg.norm(pa.points[468:] - pb.points[468:], axis=1).max() < 0.1 * eye_w
+    assert calls == [(0, 1), (0,), (1,), (0,), (1,), (0,)]      # detection frame: both eyes
+    alt.reset()
+    assert alt.track(frames[0]) is not None and calls[-1] == (0, 1)
+    with pytest.raises(ValueError, match="iris_policy"):
+        MediaPipeLandmarks(iris_policy="sometimes")
 
 
 def test_iris_centres_lie_between_the_eye_corners():
