@@ -96,6 +96,10 @@ def rewrite_prelu(model):
         k += 1
     del g.node[:]
     g.node.extend(nodes)
+    used = {i for nd in g.node for i in nd.input}
+    inits = [i for i in g.initializer if i.name in used]      # the PRelu slopes are gone
+    del g.initializer[:]
+    g.initializer.extend(inits)
     return k
 
 
