@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from .imaging import ROI, crop
 from .paths import cache_dir, data_dir
@@ -321,19 +322,33 @@ class LandmarkPredictor:
 def roi_from_points(pts, eye_points=(33, 263), scale=1.5, strategy="aligned"):
     """Square ROI around landmarks (N, 2) pixels: their bounding box (in the frame rotated so that
     ``pts[eye_points[0]] -> pts[eye_points[1]]`` is horizontal when ``strategy`` is "aligned"),
-    longest side times ``scale``."""
-    p = pts[np.isfinite(pts).all(1)]
-    lo, hi = p.min(0), p.max(0)
-    c = (lo + hi) / 2
+    longest side times ``scale``.  Non-finite points are ignored."""
+    pts = np.ascontiguousarray(pts, dtype=np.float64)
     rot = 0.0
     if strategy == "aligned":
         d = pts[eye_points[1]] - pts[eye_points[0]]
         rot = float(np.arctan2(-d[1], d[0]))
-        a = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])   # crop axes (columns)
-        q = (p - c) @ a                   # landmarks in the rotated frame
-        lo, hi = q.min(0), q.max(0)
-        c = c + a @ ((lo + hi) / 2)
-    return ROI(float(c[0]), float(c[1]), float((hi - lo).max()) * scale, rot)
+    cx, cy, side = _rotated_box(pts, rot)
+    return ROI(cx, cy, side * scale, rot)
+
+
+@njit(cache=True)
+def _rotated_box(pts, rot):
+    """Centre (image pixels) and longest side of the bounding box of the finite points (N, 2) in
+    the crop axes of rotation ``rot``: a0 = (cos, -sin), a1 = (sin, cos) (columns of the crop map)."""
+    c, s = np.cos(rot), np.sin(rot)
+    lo0 = lo1 = np.inf
+    hi0 = hi1 = -np.inf
+    for k in range(pts.shape[0]):
+        x, y = pts[k, 0], pts[k, 1]
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        p0 = c * x - s * y               # coordinates along a0 and a1
+        p1 = s * x + c * y
+        lo0, hi0 = min(lo0, p0), max(hi0, p0)
+        lo1, hi1 = min(lo1, p1), max(hi1, p1)
+    m0, m1 = (lo0 + hi0) / 2, (lo1 + hi1) / 2
+    return c * m0 + s * m1, -s * m0 + c * m1, max(hi0 - lo0, hi1 - lo1)
 
 
 def load_manifest(name="mediapipe"):

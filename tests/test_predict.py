@@ -103,6 +103,33 @@ def test_roi_from_points_recovers_rotation_and_centre(rng):
     np.testing.assert_allclose([axis.cx, axis.cy], (pts.min(0) + pts.max(0)) / 2)
 
 
+def _roi_reference(pts, eye_points, scale, strategy):
+    """Plain NumPy ROI around the finite points (the reference for the ``_rotated_box`` kernel)."""
+    p = pts[np.isfinite(pts).all(1)]
+    lo, hi = p.min(0), p.max(0)
+    c, rot = (lo + hi) / 2, 0.0
+    if strategy == "aligned":
+        d = pts[eye_points[1]] - pts[eye_points[0]]
+        rot = float(np.arctan2(-d[1], d[0]))
+        a = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])   # crop axes (columns)
+        q = (p - c) @ a
+        lo, hi = q.min(0), q.max(0)
+        c = c + a @ ((lo + hi) / 2)
+    return np.array([c[0], c[1], (hi - lo).max() * scale, rot])
+
+
+@pytest.mark.parametrize("strategy", ["aligned", "axis"])
+def test_roi_from_points_kernel_matches_numpy_reference(strategy, rng):
+    for _ in range(5):
+        pts = rng.normal(500, 120, size=(470, 2))
+        pts[rng.integers(0, 470, 5)] = np.nan             # missing points (iris without the iris net)
+        pts[rng.integers(0, 470, 2), 1] = np.inf
+        pts[33], pts[263] = rng.normal(500, 100, 2), rng.normal(500, 100, 2)
+        got = roi_from_points(pts, (33, 263), 1.5, strategy)
+        np.testing.assert_allclose([got.cx, got.cy, got.size, got.rotation],
+                                   _roi_reference(pts, (33, 263), 1.5, strategy), rtol=1e-12, atol=1e-9)
+
+
 # ------------------------------------------------------------------------------------------------
 # Detector decoding
 # ------------------------------------------------------------------------------------------------
@@ -332,13 +359,13 @@ def test_roi_strategy_is_validated():
 # ------------------------------------------------------------------------------------------------
 
 def test_crop_kernel_without_jit_matches_reference():
-    """The crop kernel's source (not only its compiled form) against the NumPy reference."""
+    """The crop and ROI kernels' source (not only their compiled form) against the NumPy references."""
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
         from numba.core.registry import CPUDispatcher
         assert not isinstance(warp_chw, CPUDispatcher)
         return
-    out = run_without_jit(__file__, "crop_kernel")
-    assert re.search(r"\b3 passed\b", out), out[-500:]
+    out = run_without_jit(__file__, "crop_kernel or roi_from_points_kernel")
+    assert re.search(r"\b5 passed\b", out), out[-500:]
 
 
 def test_sigma_jitter_adds_the_spread_of_jittered_crops():
