@@ -667,9 +667,16 @@ def image_landmarks(path, predictor):
     those landmarks (as when tracking)."""
     img = read_image(path)
     predictor.reset()
-    pred = predictor.track(img)
-    if pred is not None:
-        pred = predictor.track(img) or pred
+    policy = getattr(predictor, "iris_policy", None)
+    if policy is not None:
+        predictor.iris_policy = "both"          # a still: both eyes on each pass
+    try:
+        pred = predictor.track(img)
+        if pred is not None:
+            pred = predictor.track(img) or pred
+    finally:
+        if policy is not None:
+            predictor.iris_policy = policy
     if pred is None:
         raise ValueError(f"{path}: no face found")
     return img, pred

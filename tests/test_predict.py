@@ -283,6 +283,10 @@ def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
     assert calls == [(0, 1), (0,), (1,), (0,), (1,), (0,)]      # detection frame: both eyes
     alt.reset()
     assert alt.track(frames[0]) is not None and calls[-1] == (0, 1)
+    from lmfit3d.track import image_landmarks
+    del calls[:]
+    image_landmarks(MEDIA / "obama.jpg", alt)                  # stills: both eyes on both passes
+    assert calls == [(0, 1), (0, 1)] and alt.iris_policy == "alternate"
     with pytest.raises(ValueError, match="iris_policy"):
         MediaPipeLandmarks(iris_policy="sometimes")
 
