@@ -232,9 +232,37 @@ def _prelu_model(alpha, rng):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def test_converter_channel_pad_rewrite_is_exact(rng):
+    """tools/convert_mediapipe.py turns a channel-appending Pad into an identity 1x1 Conv; spatial
+    pads stay."""
+    import sys
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from convert_mediapipe import rewrite_channel_pad
+    inits = [numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 5, 0, 0], np.int64), "pc"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "ps"),
+             numpy_helper.from_array(rng.normal(size=(8, 3, 1, 1)).astype(np.float32), "w")]
+    nodes = [helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Pad", ["m", "pc"], ["p"]),
+             helper.make_node("Conv", ["m", "w"], ["c"]),
+             helper.make_node("Add", ["p", "c"], ["s"]),
+             helper.make_node("Pad", ["s", "ps"], ["y"])]
+    g = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    run = lambda mdl: ort.InferenceSession(mdl.SerializeToString(),  # noqa: E731
+                                           providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = run(model)
+    assert rewrite_channel_pad(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["MaxPool", "Conv", "Conv", "Add", "Pad"]
+    np.testing.assert_allclose(run(model), ref, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("alpha_hi", [0.9, 1.6])       # every slope <= 1, and some above 1
 def test_converter_prelu_rewrite_is_exact(alpha_hi, rng):
-    """tools/convert_mediapipe.py replaces PRelu by Mul/Relu/Add (or Neg/Relu/Mul/Add) exactly."""
+    """tools/convert_mediapipe.py replaces PRelu by depthwise 1x1 Conv/Relu/Add exactly."""
     import sys
     import onnxruntime as ort
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))

@@ -12,10 +12,14 @@ by the ``tools`` extra, never a runtime dependency) into ``$LMFIT3D_HOME/mediapi
 Graph rewrites for speed (onnxruntime, CPU), all exact up to float rounding (checked against the
 TFLite originals by tests/test_predict.py):
 
-* every ``PRelu(x, a)`` (per-channel slope) becomes ``x + Relu(x * (a - 1))`` (valid where every
-  a <= 1; else ``x + (1 - a) * Relu(-x)``).  onnxruntime's PRelu kernel is slow and breaks its NCHWc
-  conv chains (a reorder around every PRelu); Mul/Relu/Add are fused into the NCHWc convs instead:
-  face mesh 3.0 -> 1.25 ms, iris 3.3 -> 1.5 ms per crop (one thread; docs/NOTES_frontend.md);
+* every ``PRelu(x, a)`` (per-channel slope a) becomes ``x + Relu((a - 1) x)`` (valid where every
+  a <= 1; else ``x + (1 - a) Relu(-x)``), the per-channel scales as 1x1 depthwise convolutions;
+* every Pad that appends zero channels (the BlazeBlock residuals) becomes a 1x1 convolution with
+  identity weights.
+  onnxruntime's PRelu kernel is slow, and PRelu, Mul and Pad are outside its blocked NCHWc layout
+  (a reorder to NCHW and back around each); with only Conv, Relu, Add and MaxPool left, the whole
+  network runs in NCHWc: face mesh 3.0 -> 1.2 ms, iris 3.3 -> 1.35 ms per crop (one thread;
+  docs/NOTES_frontend.md);
 * the iris model keeps only its iris output (the eye-contour head is unused: -10 %) and takes a
   dynamic batch, so both eyes run in one call.
 
@@ -63,44 +67,89 @@ def _patch_tflite2onnx():
     tensor.Tensor.transform = transform
 
 
-CONVERT_VERSION = "2"     # bump when the conversion changes: cached ONNX files are then rebuilt
+CONVERT_VERSION = "3"     # bump when the conversion changes: cached ONNX files are then rebuilt
 STAMP = "convert_version.txt"
 KEEP_OUTPUTS = {"iris_landmark": ("output_iris",)}
 DYNAMIC_BATCH = ("iris_landmark",)
 
 
 def rewrite_prelu(model):
-    """Replace each PRelu node by Mul/Relu/Add (see the module docstring); returns the count."""
+    """Replace each PRelu node by 1x1 depthwise convolutions, Relu and Add (see the module docstring);
+    returns the count."""
     import numpy as np
     from onnx import helper, numpy_helper
     g = model.graph
     init = {i.name: i for i in g.initializer}
     nodes, k = [], 0
+
+    def dw(x, w, y, name):        # per-channel scale: 1x1 depthwise convolution, weights (C, 1, 1, 1)
+        g.initializer.append(numpy_helper.from_array(w.reshape(-1, 1, 1, 1).astype(np.float32), name + "_w"))
+        return helper.make_node("Conv", [x, name + "_w"], [y], name=name, group=w.size, kernel_shape=[1, 1])
+
     for nd in g.node:
         if nd.op_type != "PRelu" or nd.input[1] not in init:
             nodes.append(nd)
             continue
         x, y, p = nd.input[0], nd.output[0], f"{nd.output[0]}_prelu_"
-        a = numpy_helper.to_array(init[nd.input[1]]).astype(np.float32)
-        if (a <= 1).all():          # y = x + Relu(x (a - 1)): for x < 0, x + (a - 1) x = a x
-            g.initializer.append(numpy_helper.from_array(a - 1, p + "k"))
-            nodes += [helper.make_node("Mul", [x, p + "k"], [p + "m"], name=p + "mul"),
-                      helper.make_node("Relu", [p + "m"], [p + "r"], name=p + "relu"),
-                      helper.make_node("Add", [x, p + "r"], [y], name=p + "add")]
+        a = numpy_helper.to_array(init[nd.input[1]]).astype(np.float32).ravel()
+        if (a <= 1).all():          # y = x + Relu((a - 1) x): for x < 0, x + (a - 1) x = a x
+            nodes += [dw(x, a - 1, p + "m", p + "scale"),
+                      helper.make_node("Relu", [p + "m"], [p + "r"], name=p + "relu")]
         else:                       # y = x + (1 - a) Relu(-x)
-            g.initializer.append(numpy_helper.from_array(1 - a, p + "k"))
-            nodes += [helper.make_node("Neg", [x], [p + "n"], name=p + "neg"),
-                      helper.make_node("Relu", [p + "n"], [p + "r"], name=p + "relu"),
-                      helper.make_node("Mul", [p + "r", p + "k"], [p + "m"], name=p + "mul"),
-                      helper.make_node("Add", [x, p + "m"], [y], name=p + "add")]
+            nodes += [dw(x, -np.ones_like(a), p + "n", p + "neg"),
+                      helper.make_node("Relu", [p + "n"], [p + "nr"], name=p + "relu"),
+                      dw(p + "nr", 1 - a, p + "r", p + "scale")]
+        nodes.append(helper.make_node("Add", [x, p + "r"], [y], name=p + "add"))
         k += 1
     del g.node[:]
     g.node.extend(nodes)
+    _drop_unused_initializers(model)          # the PRelu slopes are gone
+    return k
+
+
+def rewrite_channel_pad(model):
+    """Replace each Pad that only appends zero channels (BlazeBlock residuals: C -> C + E) by a 1x1
+    convolution with identity weights (C + E, C, 1, 1), which onnxruntime keeps in its NCHWc layout
+    (a Pad needs a reorder to NCHW and back); returns the count."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    g = model.graph
+    init = {i.name: i for i in g.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.value_info) + list(inferred.input)}
+    nodes, k = [], 0
+    for nd in g.node:
+        pads = numpy_helper.to_array(init[nd.input[1]]) if nd.op_type == "Pad" and nd.input[1] in init else None
+        mode = [a.s for a in nd.attribute if a.name == "mode"]
+        value = nd.input[2] if len(nd.input) > 2 else ""
+        zero = not value or (value in init and not numpy_helper.to_array(init[value]).any())
+        shape = shapes.get(nd.input[0], [])
+        if (pads is None or pads.size != 8 or pads[[0, 1, 2, 3, 4, 6, 7]].any() or pads[5] <= 0
+                or mode not in ([], [b"constant"]) or not zero or len(shape) != 4 or shape[1] <= 0):
+            nodes.append(nd)
+            continue
+        c, e = shape[1], int(pads[5])
+        w = np.zeros((c + e, c, 1, 1), np.float32)
+        w[np.arange(c), np.arange(c)] = 1.0
+        name = f"{nd.output[0]}_padconv"
+        g.initializer.append(numpy_helper.from_array(w, name + "_w"))
+        nodes.append(helper.make_node("Conv", [nd.input[0], name + "_w"], [nd.output[0]], name=name,
+                                      kernel_shape=[1, 1]))
+        k += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    _drop_unused_initializers(model)
+    return k
+
+
+def _drop_unused_initializers(model):
+    g = model.graph
     used = {i for nd in g.node for i in nd.input}
-    inits = [i for i in g.initializer if i.name in used]      # the PRelu slopes are gone
+    inits = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(inits)
-    return k
 
 
 def keep_outputs(model, names):
@@ -145,6 +194,7 @@ def optimise(model, name):
     """The speed rewrites of the module docstring, in place; checked with onnx.checker."""
     import onnx
     rewrite_prelu(model)
+    rewrite_channel_pad(model)
     if name in KEEP_OUTPUTS:
         keep_outputs(model, KEEP_OUTPUTS[name])
     if name in DYNAMIC_BATCH:
