@@ -14,8 +14,9 @@ TFLite originals by tests/test_predict.py):
 
 * every ``PRelu(x, a)`` (per-channel slope a) becomes ``x + Relu((a - 1) x)`` (valid where every
   a <= 1; else ``x + (1 - a) Relu(-x)``), the per-channel scales as 1x1 depthwise convolutions;
-* every Pad that appends zero channels (the BlazeBlock residuals) becomes a 1x1 convolution with
-  identity weights.
+* in the face mesh and iris models, every Pad that appends zero channels (the BlazeBlock residuals)
+  becomes a 1x1 convolution with identity weights (in the detector, whose activations are plain
+  Relu, the Pads are cheaper and stay).
   onnxruntime's PRelu kernel is slow, and PRelu, Mul and Pad are outside its blocked NCHWc layout
   (a reorder to NCHW and back around each); with only Conv, Relu, Add and MaxPool left, the whole
   network runs in NCHWc: face mesh 3.0 -> 1.2 ms, iris 3.3 -> 1.35 ms per crop (one thread;
@@ -71,6 +72,7 @@ CONVERT_VERSION = "3"     # bump when the conversion changes: cached ONNX files 
 STAMP = "convert_version.txt"
 KEEP_OUTPUTS = {"iris_landmark": ("output_iris",)}
 DYNAMIC_BATCH = ("iris_landmark",)
+PAD_TO_CONV = ("face_landmark", "iris_landmark")    # the detector (Relu, no PRelu) is faster with its Pads
 
 
 def rewrite_prelu(model):
@@ -194,7 +196,8 @@ def optimise(model, name):
     """The speed rewrites of the module docstring, in place; checked with onnx.checker."""
     import onnx
     rewrite_prelu(model)
-    rewrite_channel_pad(model)
+    if name in PAD_TO_CONV:
+        rewrite_channel_pad(model)
     if name in KEEP_OUTPUTS:
         keep_outputs(model, KEEP_OUTPUTS[name])
     if name in DYNAMIC_BATCH:
