@@ -16,8 +16,8 @@ sys.path.insert(0, str(HERE))
 
 from fit_report import run_benchmarks  # noqa: E402
 
-ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "landmarks_track", "fit", "write", "end_to_end", "end_to_end_no_iris",
-         "end_to_end_decode")
+ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "landmarks_track", "fit", "write", "end_to_end",
+         "end_to_end_no_iris", "end_to_end_decode")
 LABEL = {"decode": "decode one 1080p frame (imageio/ffmpeg)",
          "detect": "detect (BlazeFace, whole frame)",
          "landmarks_mesh": "landmarks: face mesh only (--no-iris)",
