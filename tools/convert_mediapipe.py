@@ -2,8 +2,10 @@
 
 The models ship inside the PyPI wheel ``mediapipe==0.10.21`` (see ../shared/notes/mediapipe-onnx.md).
 This set-up step fetches that wheel with ``pip download --no-deps`` (or takes ``--wheel PATH``),
-extracts the three ``.tflite`` files (kept beside the output, for the parity test) and converts them with ``tflite2onnx`` (pure Python; installed
-by the ``tools`` extra, never a runtime dependency) into ``$LMFIT3D_HOME/mediapipe/``.
+extracts the three ``.tflite`` files (kept beside the output, for the parity test) and converts them
+with ``tflite2onnx`` (pure Python; installed by the ``tools`` extra, never a runtime dependency) into
+``$LMFIT3D_HOME/mediapipe/``.  ``convert_version.txt`` there records the conversion version; an
+older or missing stamp makes the next run convert again.
 
 ``tflite2onnx`` 0.4.1 fails on face_landmark.tflite: its PReLU alphas are fp16 constants of shape
 [1, 1, C] that pass through DEQUANTIZE, and the tool applies a 4-D NHWC->NCHW permutation to the
@@ -19,7 +21,7 @@ TFLite originals by tests/test_predict.py):
   Relu, the Pads are cheaper and stay).
   onnxruntime's PRelu kernel is slow, and PRelu, Mul and Pad are outside its blocked NCHWc layout
   (a reorder to NCHW and back around each); with only Conv, Relu, Add and MaxPool left, the whole
-  network runs in NCHWc: face mesh 3.0 -> 1.2 ms, iris 3.3 -> 1.35 ms per crop (one thread;
+  network runs in NCHWc: face mesh 3.0 -> 1.1 ms, iris 3.3 -> 1.3 ms per crop (one thread;
   docs/NOTES_frontend.md);
 * the iris model keeps only its iris output (the eye-contour head is unused: -10 %) and takes a
   dynamic batch, so both eyes run in one call.
