@@ -378,7 +378,7 @@ class IrisPredictor:
         outs = [o.name for o in self.session.get_outputs()]
         if self.OUTPUT not in outs:
             raise ValueError(f"iris model: no output {self.OUTPUT!r} (outputs: {outs})")
-        self.batched = not isinstance(inp.shape[0], int) or inp.shape[0] == 2
+        self.batched = not isinstance(inp.shape[0], int)       # a symbolic (dynamic) batch dimension
         self.roi_scale = roi_scale
         self._buf = np.empty((2, 3, 64, 64), np.float32)
 
