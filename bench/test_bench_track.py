@@ -9,7 +9,10 @@ Per-frame stages on frames of the 1080p clip ``W040_level_3_happy_029.mp4``:
 
 * ``detect``          BlazeFace on the whole frame (run on the first frame and when tracking is lost);
 * ``landmarks_mesh``  face mesh on the tracked ROI (crop + network);
-* ``landmarks``       face mesh + both iris crops (the default front end);
+* ``landmarks``       face mesh + both iris crops (``predict``: a still, or ``--iris-both``);
+* ``landmarks_track`` ``MediaPipeLandmarks.track`` on consecutive frames: the per-frame landmark cost
+                      of video tracking with the default iris policy (one eye per frame, alternating)
+                      and the next ROI;
 * ``fit``             ``Tracker.step`` on the MediaPipe landmarks (470 points, identity and focal held,
                       warm start from the previous frame);
 * ``write``           building and writing one frame's CSV and ARKit CSV rows (68 fitted points, gaze);
@@ -80,6 +83,15 @@ def test_landmarks(benchmark, frames, tracked):
     _info(benchmark, "landmarks", 3.5)
     pred = benchmark(mp.predict, frames[N_WARM], preds[N_WARM - 1].roi)
     assert pred.presence > 0.5 and np.isfinite(pred.mu).all()
+
+
+def test_landmarks_track(benchmark, frames):
+    mp = MediaPipeLandmarks()
+    seq = itertools.cycle(frames[N_WARM:])
+    mp.track(frames[N_WARM - 1])
+    _info(benchmark, "landmarks_track", 3.5)
+    pred = benchmark(lambda: mp.track(next(seq)))
+    assert pred is not None and pred.presence > 0.5 and np.isfinite(pred.mu).all()
 
 
 def test_fit(benchmark, tracked):

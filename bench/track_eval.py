@@ -142,7 +142,9 @@ def stills_table(model):
 
 def renders_table(model, n):
     rng = np.random.default_rng(2026)
-    preds = {"learnt": MediaPipeLandmarks(), "fixed": MediaPipeLandmarks(fixed_sigma=True)}
+    # stills: the iris network on both eyes of each pass (as lmfit3d.track.image_landmarks does)
+    preds = {"learnt": MediaPipeLandmarks(iris_policy="both"),
+             "fixed": MediaPipeLandmarks(fixed_sigma=True, iris_policy="both")}
     errs = {k: [] for k in preds}
     mask = model.face_mask()
     skipped = 0

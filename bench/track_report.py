@@ -16,12 +16,13 @@ sys.path.insert(0, str(HERE))
 
 from fit_report import run_benchmarks  # noqa: E402
 
-ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "fit", "write", "end_to_end", "end_to_end_no_iris",
-         "end_to_end_decode")
+ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "landmarks_track", "fit", "write", "end_to_end",
+         "end_to_end_no_iris", "end_to_end_decode")
 LABEL = {"decode": "decode one 1080p frame (imageio/ffmpeg)",
          "detect": "detect (BlazeFace, whole frame)",
          "landmarks_mesh": "landmarks: face mesh only (--no-iris)",
-         "landmarks": "landmarks: face mesh + 2 iris crops (default)",
+         "landmarks": "landmarks: face mesh + 2 iris crops (predict; stills, --iris-both)",
+         "landmarks_track": "landmarks while tracking: mesh + 1 iris crop, alternating (default)",
          "fit": "fit: Tracker.step, 470 landmarks, warm",
          "write": "write: CSV + ARKit rows of one frame",
          "end_to_end": "end to end per frame, pre-decoded frames (both passes, outputs)",

@@ -360,6 +360,9 @@ def _add_track(sub):
                    help="video files or folders of videos (default: the shared demo clip "
                         "../shared/media/W040_level_3_happy_029.mp4)")
     _add_media_options(p, default_output="out")
+    p.add_argument("--iris-both", action="store_true",
+                   help="run the iris network on both eyes of every frame (default: one eye per frame, "
+                        "taking turns; the other eye's iris follows its eye corners)")
     p.add_argument("--mesh-every", type=int, default=0, metavar="N", help="write a mesh every N frames")
     p.add_argument("--overlay", action="store_true", help="write NAME_overlay.mp4 with the fitted mesh")
     p.add_argument("--temporal-weight", type=float, default=None, metavar="W",
@@ -380,7 +383,7 @@ def _add_fit(sub):
     p.add_argument("--same-person", action="store_true",
                    help="the photos show one person: fit one shared identity to all of them together "
                         "(expression, pose and focal length per photo)")
-    p.set_defaults(func=_cmd_fit, mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
+    p.set_defaults(func=_cmd_fit, iris_both=True, mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
                    quiet=True)
 
 
@@ -391,7 +394,8 @@ def _media_run(args, kind):
     if args.max_frames is not None and args.max_frames < 1:
         raise CommandLineError(f"--max-frames must be >= 1, got {args.max_frames}")
     opt = TrackOptions(backend=args.backend, roi_strategy=args.roi, sigma_jitter=args.sigma_jitter,
-                       fixed_sigma=args.fixed_sigma, iris=not args.no_iris, temporal_weight=args.temporal_weight,
+                       fixed_sigma=args.fixed_sigma, iris=not args.no_iris,
+                       iris_policy="both" if args.iris_both else "alternate", temporal_weight=args.temporal_weight,
                        focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
                        overlay=args.overlay, max_frames=args.max_frames,
                        progress=not args.quiet and sys.stderr.isatty())

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from .imaging import ROI, crop
 from .paths import cache_dir, data_dir
@@ -321,19 +322,33 @@ class LandmarkPredictor:
 def roi_from_points(pts, eye_points=(33, 263), scale=1.5, strategy="aligned"):
     """Square ROI around landmarks (N, 2) pixels: their bounding box (in the frame rotated so that
     ``pts[eye_points[0]] -> pts[eye_points[1]]`` is horizontal when ``strategy`` is "aligned"),
-    longest side times ``scale``."""
-    p = pts[np.isfinite(pts).all(1)]
-    lo, hi = p.min(0), p.max(0)
-    c = (lo + hi) / 2
+    longest side times ``scale``.  Non-finite points are ignored."""
+    pts = np.ascontiguousarray(pts, dtype=np.float64)
     rot = 0.0
     if strategy == "aligned":
         d = pts[eye_points[1]] - pts[eye_points[0]]
         rot = float(np.arctan2(-d[1], d[0]))
-        a = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])   # crop axes (columns)
-        q = (p - c) @ a                   # landmarks in the rotated frame
-        lo, hi = q.min(0), q.max(0)
-        c = c + a @ ((lo + hi) / 2)
-    return ROI(float(c[0]), float(c[1]), float((hi - lo).max()) * scale, rot)
+    cx, cy, side = _rotated_box(pts, rot)
+    return ROI(cx, cy, side * scale, rot)
+
+
+@njit(cache=True)
+def _rotated_box(pts, rot):
+    """Centre (image pixels) and longest side of the bounding box of the finite points (N, 2) in
+    the crop axes of rotation ``rot``: a0 = (cos, -sin), a1 = (sin, cos) (columns of the crop map)."""
+    c, s = np.cos(rot), np.sin(rot)
+    lo0 = lo1 = np.inf
+    hi0 = hi1 = -np.inf
+    for k in range(pts.shape[0]):
+        x, y = pts[k, 0], pts[k, 1]
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        p0 = c * x - s * y               # coordinates along a0 and a1
+        p1 = s * x + c * y
+        lo0, hi0 = min(lo0, p0), max(hi0, p0)
+        lo1, hi1 = min(lo1, p1), max(hi1, p1)
+    m0, m1 = (lo0 + hi0) / 2, (lo1 + hi1) / 2
+    return c * m0 + s * m1, -s * m0 + c * m1, max(hi0 - lo0, hi1 - lo1)
 
 
 def load_manifest(name="mediapipe"):
@@ -347,39 +362,60 @@ def load_manifest(name="mediapipe"):
 class IrisPredictor:
     """MediaPipe iris model (64 x 64 eye crops): iris centres of both eyes from the eye corners.
 
-    MediaPipe's iris network is trained on one eye side; the other eye's crop is mirrored.
+    MediaPipe's iris network is trained on one eye side; the other eye's crop is mirrored.  The
+    converted model (``tools/convert_mediapipe.py``) takes a dynamic batch, so both eyes run in one
+    call; a model with a fixed batch of 1 (older conversions) is run once per eye.
     """
 
     # face-mesh points of the eye corners: subject's right eye (33, 133), left eye (362, 263)
     CORNERS = ((33, 133), (362, 263))
+    OUTPUT = "output_iris"
 
     def __init__(self, path=None, threads=1, roi_scale=2.3):
         self.session = _session(path or mediapipe_dir() / "iris_landmark.onnx", threads)
-        self.input_name = self.session.get_inputs()[0].name
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        outs = [o.name for o in self.session.get_outputs()]
+        if self.OUTPUT not in outs:
+            raise ValueError(f"iris model: no output {self.OUTPUT!r} (outputs: {outs})")
+        self.batched = not isinstance(inp.shape[0], int)       # a symbolic (dynamic) batch dimension
         self.roi_scale = roi_scale
-        self._buf = np.empty((1, 3, 64, 64), np.float32)
+        self._buf = np.empty((2, 3, 64, 64), np.float32)
 
     def eye_roi(self, a, b):
         d = b - a
         c = (a + b) / 2
         return ROI(float(c[0]), float(c[1]), float(np.hypot(*d) * self.roi_scale), float(np.arctan2(-d[1], d[0])))
 
+    def eye_rois(self, mesh_points):
+        """The two eye ROIs (subject's right eye, left eye) from the face-mesh points (N, 2) pixels."""
+        return [self.eye_roi(mesh_points[i], mesh_points[j]) for i, j in self.CORNERS]
+
+    def crop_points(self, image, rois, eyes=(0, 1)):
+        """Iris centres (len(eyes), 2) in crop pixels (0..64, unmirrored) of the eyes ``eyes``."""
+        for k, e in enumerate(eyes):
+            crop(image, rois[e], 64, scale=1.0 / 255.0, offset=0.0, mirror=e == 1, out=self._buf[k])
+        n = len(eyes)
+        if self.batched:
+            iris = self.session.run([self.OUTPUT], {self.input_name: self._buf[:n]})[0]
+        else:
+            iris = np.concatenate([self.session.run([self.OUTPUT], {self.input_name: self._buf[k:k + 1]})[0]
+                                   for k in range(n)])
+        p = iris.reshape(n, 5, 3)[:, 0, :2].astype(np.float64)
+        for k, e in enumerate(eyes):
+            if e == 1:
+                p[k, 0] = 64.0 - p[k, 0]
+        return p
+
     def __call__(self, image, mesh_points):
         """Iris centres (2, 2) image pixels (subject's right eye, left eye) and the eye crops' sizes (2,)."""
-        out = np.empty((2, 2))
-        sizes = np.empty(2)
-        for e, (i, j) in enumerate(self.CORNERS):
-            mirror = e == 1
-            a, b = mesh_points[i], mesh_points[j]
-            roi = self.eye_roi(a, b)
-            crop(image, roi, 64, scale=1.0 / 255.0, offset=0.0, mirror=mirror, out=self._buf[0])
-            _, iris = self.session.run(None, {self.input_name: self._buf})
-            p = iris.reshape(5, 3)[0, :2].astype(np.float64)
-            if mirror:
-                p[0] = 64.0 - p[0]
-            out[e] = roi.to_image(p[None], 64)[0]
-            sizes[e] = roi.size
-        return out, sizes
+        rois = self.eye_rois(mesh_points)
+        p = self.crop_points(image, rois)
+        out = np.stack([rois[e].to_image(p[e:e + 1], 64)[0] for e in range(2)])
+        return out, np.array([r.size for r in rois])
+
+
+IRIS_POLICIES = ("alternate", "both")
 
 
 @dataclass(frozen=True)
@@ -409,14 +445,26 @@ class MediaPipeLandmarks:
     roi_strategy : "aligned" (eyes level, real time) or "axis" (no rotation, offline).
     sigma_jitter : int, extra jittered crops for the sigma estimate (0 = table sigma only).
     iris : bool, run the iris network (gaze); without it the iris landmarks are missing (NaN).
+    iris_policy : "alternate" (default) or "both".  With "both", :meth:`track` runs the iris network
+        on both eyes of every frame (one batched call).  With "alternate", a tracked frame runs it on
+        one eye, the eyes taking turns; the other eye's iris centre is carried over from its last
+        measurement in the coordinates of its eye crop (fixed to the current frame's eye corners),
+        so head motion and eyelids are followed at once and only an eye rotation shows one frame
+        late in that eye.  It halves the iris cost (docs/NOTES_frontend.md: accuracy).  Frames after
+        a detection and :meth:`predict` always run both eyes.
     presence_threshold : float, face score under which tracking is lost and the detector runs again.
     fixed_sigma : bool, give every landmark the table's median sigma (ablation: no uncertainty).
     """
 
     def __init__(self, manifest=None, roi_strategy="aligned", sigma_jitter=0, iris=True, threads=1,
-                 presence_threshold=0.5, fixed_sigma=False):
+                 presence_threshold=0.5, fixed_sigma=False, iris_policy="alternate"):
         if roi_strategy not in ROI_STRATEGIES:
             raise ValueError(f"roi_strategy must be one of {ROI_STRATEGIES}, got {roi_strategy!r}")
+        if iris_policy not in IRIS_POLICIES:
+            raise ValueError(f"iris_policy must be one of {IRIS_POLICIES}, got {iris_policy!r}")
+        self.iris_policy = iris_policy
+        self._iris_crop = None          # last measured iris centres (2, 2) in eye-crop pixels
+        self._iris_next = 0             # the eye measured on the next alternating frame
         m = manifest or load_manifest("mediapipe")
         from dataclasses import replace
         self.manifest = replace(m, roi_strategy=roi_strategy)
@@ -448,15 +496,26 @@ class MediaPipeLandmarks:
         self.timings["detect"] += time.perf_counter() - t
         return [d.roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale) for d in dets[:max_candidates]]
 
-    def predict(self, image, roi):
-        """Landmarks of the face in ``roi`` (a :class:`Prediction`)."""
+    def predict(self, image, roi, eyes=(0, 1)):
+        """Landmarks of the face in ``roi`` (a :class:`Prediction`).
+
+        ``eyes``: the eyes (0: subject's right, 1: left) whose iris network runs; the iris centre
+        of an eye not run is carried from its last measurement (see ``iris_policy``).
+        """
         t = time.perf_counter()
         m = self.manifest
         _, _, presence, pts = self.mesh(image, roi)
         raw = np.full((470, 2), np.nan)
         raw[:468] = pts
         if self.iris is not None:
-            raw[468:], _ = self.iris(image, pts)
+            rois = self.iris.eye_rois(pts)
+            if self._iris_crop is None:
+                eyes = (0, 1)
+            c = self._iris_crop if self._iris_crop is not None else np.empty((2, 2))
+            c[list(eyes)] = self.iris.crop_points(image, rois, eyes)
+            self._iris_crop = c
+            for e in range(2):
+                raw[468 + e] = rois[e].to_image(c[e:e + 1], 64)[0]
         px = roi.size / m.input_size
         sig2 = (m.sigma_table * px) ** 2
         if self.sigma_jitter > 0:
@@ -469,6 +528,7 @@ class MediaPipeLandmarks:
         """Forget the tracked face (the next frame runs the full detector search)."""
         self.roi = None
         self._lost = 0
+        self._iris_crop = None
 
     def track(self, image):
         """Next frame of a video: ROI from the previous frame's landmarks, detector when lost.
@@ -480,11 +540,16 @@ class MediaPipeLandmarks:
         :class:`Prediction`, or None when no face is found.
         """
         if self.roi is not None:
-            pred = self.predict(image, self.roi)
+            eyes = (0, 1)
+            if self.iris_policy == "alternate":
+                eyes = (self._iris_next,)
+                self._iris_next ^= 1
+            pred = self.predict(image, self.roi, eyes)
             if pred.presence >= self.presence_threshold:
                 self.roi = self.mesh.roi_from_points(pred.points[:468])
                 return pred
         self.roi = None
+        self._iris_crop = None
         # while lost, the (slow) small-face window search runs on every ``search_every``-th frame only
         deep = self._lost % self.search_every == 0
         self._lost += 1

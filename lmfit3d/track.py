@@ -94,6 +94,7 @@ class TrackOptions:
     sigma_jitter: int = 0
     fixed_sigma: bool = False
     iris: bool = True
+    iris_policy: str = "alternate"
     temporal_weight: float = None
     focal_px: float = None
     mesh_every: int = 0
@@ -113,6 +114,8 @@ class TrackOptions:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend == "network" and self.sigma_jitter:
             raise ValueError("--sigma-jitter applies to the mediapipe backend (the network predicts its sigma)")
+        if self.iris_policy not in ("alternate", "both"):
+            raise ValueError(f"iris_policy must be alternate or both, got {self.iris_policy!r}")
         if self.identity_stride < 1:
             raise ValueError(f"identity_stride must be >= 1, got {self.identity_stride}")
         if self.sigma_jitter < 0:
@@ -656,7 +659,7 @@ def make_predictor(opt):
     if opt.backend == "network":
         return NetworkLandmarks(roi_strategy=opt.roi_strategy, fixed_sigma=opt.fixed_sigma)
     return MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter, iris=opt.iris,
-                              fixed_sigma=opt.fixed_sigma)
+                              fixed_sigma=opt.fixed_sigma, iris_policy=opt.iris_policy)
 
 
 def image_landmarks(path, predictor):
@@ -664,9 +667,16 @@ def image_landmarks(path, predictor):
     those landmarks (as when tracking)."""
     img = read_image(path)
     predictor.reset()
-    pred = predictor.track(img)
-    if pred is not None:
-        pred = predictor.track(img) or pred
+    policy = getattr(predictor, "iris_policy", None)
+    if policy is not None:
+        predictor.iris_policy = "both"          # a still: both eyes on each pass
+    try:
+        pred = predictor.track(img)
+        if pred is not None:
+            pred = predictor.track(img) or pred
+    finally:
+        if policy is not None:
+            predictor.iris_policy = policy
     if pred is None:
         raise ValueError(f"{path}: no face found")
     return img, pred

@@ -103,6 +103,33 @@ def test_roi_from_points_recovers_rotation_and_centre(rng):
     np.testing.assert_allclose([axis.cx, axis.cy], (pts.min(0) + pts.max(0)) / 2)
 
 
+def _roi_reference(pts, eye_points, scale, strategy):
+    """Plain NumPy ROI around the finite points (the reference for the ``_rotated_box`` kernel)."""
+    p = pts[np.isfinite(pts).all(1)]
+    lo, hi = p.min(0), p.max(0)
+    c, rot = (lo + hi) / 2, 0.0
+    if strategy == "aligned":
+        d = pts[eye_points[1]] - pts[eye_points[0]]
+        rot = float(np.arctan2(-d[1], d[0]))
+        a = np.array([[np.cos(rot), np.sin(rot)], [-np.sin(rot), np.cos(rot)]])   # crop axes (columns)
+        q = (p - c) @ a
+        lo, hi = q.min(0), q.max(0)
+        c = c + a @ ((lo + hi) / 2)
+    return np.array([c[0], c[1], (hi - lo).max() * scale, rot])
+
+
+@pytest.mark.parametrize("strategy", ["aligned", "axis"])
+def test_roi_from_points_kernel_matches_numpy_reference(strategy, rng):
+    for _ in range(5):
+        pts = rng.normal(500, 120, size=(470, 2))
+        pts[rng.integers(0, 470, 5)] = np.nan             # missing points (iris without the iris net)
+        pts[rng.integers(0, 470, 2), 1] = np.inf
+        pts[33], pts[263] = rng.normal(500, 100, 2), rng.normal(500, 100, 2)
+        got = roi_from_points(pts, (33, 263), 1.5, strategy)
+        np.testing.assert_allclose([got.cx, got.cy, got.size, got.rotation],
+                                   _roi_reference(pts, (33, 263), 1.5, strategy), rtol=1e-12, atol=1e-9)
+
+
 # ------------------------------------------------------------------------------------------------
 # Detector decoding
 # ------------------------------------------------------------------------------------------------
@@ -154,7 +181,7 @@ def test_onnx_matches_original_tflite(name, rng):
     ref = {tuple(o["shape"][-1:]): it.get_tensor(o["index"]) for o in it.get_output_details()}
     sess = ort.InferenceSession(str(mediapipe_dir() / f"{name}.onnx"), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {sess.get_inputs()[0].name: x})
-    assert len(outs) == len(ref)
+    assert 1 <= len(outs) <= len(ref)            # the iris model keeps only its iris output
     for o in outs:
         flat = o.reshape(-1)
         match = [r for r in ref.values() if r.size == flat.size]
@@ -185,6 +212,111 @@ def test_no_face_in_noise_or_flat_images(rng):
     assert mp.track(rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)) is None
     assert mp.track(np.full((300, 400, 3), 90, np.uint8)) is None
     assert mp.roi is None
+
+
+def _prelu_model(alpha, rng):
+    """A small ONNX graph: Conv -> PRelu -> Conv -> Add -> PRelu, slopes ``alpha`` (C,)."""
+    from onnx import TensorProto, helper, numpy_helper
+    c = alpha.size
+    inits = [numpy_helper.from_array(rng.normal(size=(c, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(size=(c, c, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(alpha.reshape(1, c, 1, 1).astype(np.float32), "a1"),
+             numpy_helper.from_array(alpha[::-1].reshape(1, c, 1, 1).astype(np.float32), "a2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["c1", "a1"], ["p1"]),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"]),
+             helper.make_node("Add", ["c2", "p1"], ["s"]),
+             helper.make_node("PRelu", ["s", "a2"], ["y"])]
+    g = helper.make_graph(nodes, "prelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_converter_channel_pad_rewrite_is_exact(rng):
+    """tools/convert_mediapipe.py turns a channel-appending Pad into an identity 1x1 Conv; spatial
+    pads stay."""
+    import sys
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from convert_mediapipe import rewrite_channel_pad
+    inits = [numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 5, 0, 0], np.int64), "pc"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "ps"),
+             numpy_helper.from_array(rng.normal(size=(8, 3, 1, 1)).astype(np.float32), "w")]
+    nodes = [helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Pad", ["m", "pc"], ["p"]),
+             helper.make_node("Conv", ["m", "w"], ["c"]),
+             helper.make_node("Add", ["p", "c"], ["s"]),
+             helper.make_node("Pad", ["s", "ps"], ["y"])]
+    g = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    run = lambda mdl: ort.InferenceSession(mdl.SerializeToString(),  # noqa: E731
+                                           providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = run(model)
+    assert rewrite_channel_pad(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["MaxPool", "Conv", "Conv", "Add", "Pad"]
+    np.testing.assert_allclose(run(model), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha_hi", [0.9, 1.6])       # every slope <= 1, and some above 1
+def test_converter_prelu_rewrite_is_exact(alpha_hi, rng):
+    """tools/convert_mediapipe.py replaces PRelu by depthwise 1x1 Conv/Relu/Add exactly."""
+    import sys
+    import onnxruntime as ort
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from convert_mediapipe import rewrite_prelu
+    alpha = np.linspace(-1.2, alpha_hi, 6)
+    model = _prelu_model(alpha, rng)
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert rewrite_prelu(model) == 2
+    assert "PRelu" not in {n.op_type for n in model.graph.node}
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert (ref < 0).any() and (ref > 0).any()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_iris_both_eyes_in_one_call_equal_one_eye_calls():
+    iris = IrisPredictor()
+    assert iris.batched                       # the converter makes the batch dynamic
+    img = _read("obama.jpg")
+    mp = MediaPipeLandmarks(iris=False)
+    pts = mp.track(img).points[:468]
+    rois = iris.eye_rois(pts)
+    both = iris.crop_points(img, rois)
+    one = np.concatenate([iris.crop_points(img, rois, (e,)) for e in (0, 1)])
+    np.testing.assert_allclose(both, one, atol=1e-4)
+    centres, sizes = iris(img, pts)
+    np.testing.assert_allclose(centres[1], rois[1].to_image(both[1:], 64)[0])
+    assert sizes[0] == rois[0].size
+
+
+def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
+    """With iris_policy="alternate" a tracked frame runs one eye (taking turns); the other eye's
+    centre follows its eye corners.  On a still image shown twice both policies nearly agree."""
+    from lmfit3d.track import VideoReader
+    import itertools
+    frames = list(itertools.islice(iter(VideoReader(MEDIA / "W040_level_3_happy_029.mp4")), 6))
+    alt, both = MediaPipeLandmarks(), MediaPipeLandmarks(iris_policy="both")
+    calls = []
+    orig = alt.iris.crop_points
+    alt.iris.crop_points = lambda image, rois, eyes=(0, 1): calls.append(tuple(eyes)) or orig(image, rois, eyes)
+    for f in frames:
+        pa, pb = alt.track(f), both.track(f)
+        eye_w = np.linalg.norm(pb.points[133] - pb.points[33])
+        assert np.abs(pa.points[:468] - pb.points[:468]).max() < 1e-6 * eye_w + 1e-3
+        assert np.linalg.norm(pa.points[468:] - pb.points[468:], axis=1).max() < 0.1 * eye_w
+    assert calls == [(0, 1), (0,), (1,), (0,), (1,), (0,)]      # detection frame: both eyes
+    alt.reset()
+    assert alt.track(frames[0]) is not None and calls[-1] == (0, 1)
+    from lmfit3d.track import image_landmarks
+    del calls[:]
+    image_landmarks(MEDIA / "obama.jpg", alt)                  # stills: both eyes on both passes
+    assert calls == [(0, 1), (0, 1)] and alt.iris_policy == "alternate"
+    with pytest.raises(ValueError, match="iris_policy"):
+        MediaPipeLandmarks(iris_policy="sometimes")
 
 
 def test_iris_centres_lie_between_the_eye_corners():
@@ -259,13 +391,13 @@ def test_roi_strategy_is_validated():
 # ------------------------------------------------------------------------------------------------
 
 def test_crop_kernel_without_jit_matches_reference():
-    """The crop kernel's source (not only its compiled form) against the NumPy reference."""
+    """The crop and ROI kernels' source (not only their compiled form) against the NumPy references."""
     if os.environ.get("NUMBA_DISABLE_JIT") == "1":
         from numba.core.registry import CPUDispatcher
         assert not isinstance(warp_chw, CPUDispatcher)
         return
-    out = run_without_jit(__file__, "crop_kernel")
-    assert re.search(r"\b3 passed\b", out), out[-500:]
+    out = run_without_jit(__file__, "crop_kernel or roi_from_points_kernel")
+    assert re.search(r"\b5 passed\b", out), out[-500:]
 
 
 def test_sigma_jitter_adds_the_spread_of_jittered_crops():

@@ -196,6 +196,14 @@ def test_track_bad_options(tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+def test_iris_policy_option_reaches_the_predictor():
+    from lmfit3d.track import TrackOptions, make_predictor
+    assert make_predictor(TrackOptions()).iris_policy == "alternate"
+    assert make_predictor(TrackOptions(iris_policy="both")).iris_policy == "both"
+    with pytest.raises(ValueError, match="iris_policy"):
+        TrackOptions(iris_policy="never")
+
+
 def test_unwritable_output_is_one_clear_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
