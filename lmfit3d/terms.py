@@ -396,11 +396,13 @@ class TrackingPlan:
     pose_ncols : (L,) int64, leading pose columns that can move the landmark (6 + 3 * last joint).
     pose_free : (POSE_DIM,) int64, free index of each pose column or -1.
     e_count : (L,) int64, free expression entries per landmark.
-    e_idx, e_pos : (L, D) int64, their expression indices (ascending) and table positions.
-    expr_free : (E,) int64, free index of each expression weight or -1.
-    ee_static : (E, E) float64, upper triangle of sum_p B_p^T B_p over the single-joint landmarks
-        (B_p their free expression blocks): their temporal expression block is w B_p^T R^T R B_p
-        with R a rotation, so it does not change from frame to frame.
+    e_idx, e_pos : (L, D) int64, their positions in ``expr_order`` (ascending) and table positions.
+    expr_free : (E,) int64, free index of the expression weight at each position of ``expr_order``, or -1.
+    ee_static : (E, E) float64, upper triangle (positions of ``expr_order``) of sum_p B_p^T B_p over
+        the single-joint landmarks (B_p their free expression blocks): their temporal expression
+        block is w B_p^T R^T R B_p with R a rotation, so it does not change from frame to frame.
+    expr_order : (E,) int64, expression index at each position (:func:`expression_order`); the
+        expression buffers of :func:`vertex_term_tracking` are indexed by position.
     """
 
     single: np.ndarray
@@ -411,6 +413,7 @@ class TrackingPlan:
     e_pos: np.ndarray
     expr_free: np.ndarray
     ee_static: np.ndarray
+    expr_order: np.ndarray
 
 
 def tracking_plan(table, col_map, pose_dim):
@@ -423,25 +426,66 @@ def tracking_plan(table, col_map, pose_dim):
     if (col_map[pose_dim + ne:] >= 0).any():
         return None
     nl, nd = table.expr_idx.shape
+    order = expression_order(table.expr_idx, np.flatnonzero(col_map[pose_dim:pose_dim + ne] >= 0), ne)
+    pos_of = np.empty(ne, np.int64)
+    pos_of[order] = np.arange(ne)
     single = single_joint_of(table.weights)
     act = table.joint_active
     last = np.where(act[:, 1:].any(1), act.shape[1] - 1 - np.argmax(act[:, :0:-1], axis=1), 0)
     pose_ncols = (6 + 3 * last).astype(np.int64)
-    expr_free = np.ascontiguousarray(col_map[pose_dim:pose_dim + ne])
+    expr_free = np.ascontiguousarray(col_map[pose_dim + order])
     e_count = np.zeros(nl, np.int64)
     e_idx = np.full((nl, nd), -1, np.int64)
     e_pos = np.full((nl, nd), -1, np.int64)
     ee_static = np.zeros((ne, ne))
     for p in range(nl):
-        ok = np.flatnonzero((table.expr_idx[p] >= 0) & (expr_free[np.maximum(table.expr_idx[p], 0)] >= 0))
-        ok = ok[np.argsort(table.expr_idx[p, ok], kind="stable")]
+        ok = np.flatnonzero((table.expr_idx[p] >= 0) & (col_map[pose_dim + np.maximum(table.expr_idx[p], 0)] >= 0))
+        ok = ok[np.argsort(pos_of[table.expr_idx[p, ok]], kind="stable")]
         e_count[p] = ok.size
-        e_idx[p, :ok.size] = table.expr_idx[p, ok]
+        e_idx[p, :ok.size] = pos_of[table.expr_idx[p, ok]]
         e_pos[p, :ok.size] = ok
         if single[p] >= 0 and ok.size:
             _add_gram(table.expr_blocks[p], e_idx[p], e_pos[p], ok.size, 1.0, ee_static)
     return TrackingPlan(single, pose_ncols, np.ascontiguousarray(col_map[:pose_dim]), e_count, e_idx, e_pos,
-                        expr_free, ee_static)
+                        expr_free, ee_static, order)
+
+
+def expression_order(expr_idx, free, ne):
+    """An order of the E expression weights in which each landmark's free entries lie close together.
+
+    :func:`vertex_term_tracking` adds a landmark's expression x expression block over the contiguous
+    position range from each entry to the landmark's last one (zeros in between), so the work is
+    sum over landmarks and entries of (last - position + 1).  Candidates: the natural order and the
+    spectral (Fiedler vector) order of the co-occurrence graph of the free expressions, both
+    directions; the cheapest is returned.  ``free`` lists the free expression indices; the held ones
+    go last.  Returns (E,) int64, the expression index at each position.
+    """
+    free = np.asarray(free, dtype=np.int64)
+    held = np.setdiff1d(np.arange(ne), free)
+    sets = [r[(r >= 0)] for r in np.asarray(expr_idx)]
+    sets = [r[np.isin(r, free)] for r in sets]
+    cands = [np.arange(ne)]
+    if free.size > 2:
+        co = np.zeros((ne, ne))
+        for r in sets:
+            co[np.ix_(r, r)] += 1.0
+        co = co[np.ix_(free, free)]
+        lap = np.diag(co.sum(1)) - co
+        fied = np.linalg.eigh(lap)[1][:, 1]
+        for f in (fied, -fied):
+            cands.append(np.concatenate([free[np.argsort(f, kind="stable")], held]))
+
+    def work(order):
+        pos = np.empty(ne, np.int64)
+        pos[order] = np.arange(ne)
+        w = 0
+        for r in sets:
+            if r.size:
+                q = pos[r]
+                w += int((q.max() + 1 - q).sum())
+        return w
+
+    return np.ascontiguousarray(min(cands, key=work), dtype=np.int64)
 
 
 @njit(cache=True)
@@ -502,8 +546,8 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
     wsub = np.empty(nj)
     work = np.empty((nj + 5, 3))
     col = np.empty((3, nd))
-    acol = np.empty((3, nd))
-    q = np.empty((2, nd))
+    acd = np.zeros((3, ne))                 # A-weighted columns, dense over expression positions
+    qd = np.zeros((2, ne))                  # projected columns / sigma, dense over expression positions
     uv = np.empty(2)
     dx = np.empty((2, 3))
     df = np.empty(2)
@@ -580,31 +624,44 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
             for c in range(nc):
                 pe[ea, c] += c0 * ap[0, c] + c1 * ap[1, c] + c2 * ap[2, c]
         # expression x expression
+        # (dense rows over the positions e_idx[p, a] .. e_idx[p, n - 1], zero between the entries:
+        # contiguous and vectorisable; adding the zeros changes nothing)
+        if n == 0:
+            continue
+        hi = e_idx[p, n - 1] + 1
         if is_static:
             if has_lm:
                 for a in range(n):
-                    q[0, a] = (dx[0, 0] * col[0, a] + dx[0, 1] * col[1, a] + dx[0, 2] * col[2, a]) * isg
-                    q[1, a] = (dx[1, 0] * col[0, a] + dx[1, 1] * col[1, a] + dx[1, 2] * col[2, a]) * isg
+                    ea = e_idx[p, a]
+                    qd[0, ea] = (dx[0, 0] * col[0, a] + dx[0, 1] * col[1, a] + dx[0, 2] * col[2, a]) * isg
+                    qd[1, ea] = (dx[1, 0] * col[0, a] + dx[1, 1] * col[1, a] + dx[1, 2] * col[2, a]) * isg
                 for a in range(n):
                     ea = e_idx[p, a]
-                    qa0 = q[0, a]
-                    qa1 = q[1, a]
-                    for b in range(a, n):
-                        ee[ea, e_idx[p, b]] += qa0 * q[0, b] + qa1 * q[1, b]
+                    qa0 = qd[0, ea]
+                    qa1 = qd[1, ea]
+                    for b in range(ea, hi):
+                        ee[ea, b] += qa0 * qd[0, b] + qa1 * qd[1, b]
+                for a in range(n):
+                    qd[0, e_idx[p, a]] = 0.0
+                    qd[1, e_idx[p, a]] = 0.0
         else:
-            for a in range(n):
-                c0 = col[0, a]
-                c1 = col[1, a]
-                c2 = col[2, a]
-                for i in range(3):
-                    acol[i, a] = am[i, 0] * c0 + am[i, 1] * c1 + am[i, 2] * c2
             for a in range(n):
                 ea = e_idx[p, a]
                 c0 = col[0, a]
                 c1 = col[1, a]
                 c2 = col[2, a]
-                for b in range(a, n):
-                    ee[ea, e_idx[p, b]] += c0 * acol[0, b] + c1 * acol[1, b] + c2 * acol[2, b]
+                for i in range(3):
+                    acd[i, ea] = am[i, 0] * c0 + am[i, 1] * c1 + am[i, 2] * c2
+            for a in range(n):
+                ea = e_idx[p, a]
+                c0 = col[0, a]
+                c1 = col[1, a]
+                c2 = col[2, a]
+                for b in range(ea, hi):
+                    ee[ea, b] += c0 * acd[0, b] + c1 * acd[1, b] + c2 * acd[2, b]
+            for a in range(n):
+                for i in range(3):
+                    acd[i, e_idx[p, a]] = 0.0
     if static_on:
         for a in range(ne):
             for b in range(a, ne):
