@@ -20,7 +20,7 @@ from .camera import focal_from_fov
 from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
 from .skinning import POSE_DIM, ancestry, pose_chain
-from .frame_lm import tracking_lm
+from .frame_lm import frame_cost, tracking_lm
 from .solvers import FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
 from .terms import (diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
@@ -293,6 +293,13 @@ class FrameProblem:
 
     def accumulate(self, z, jtj, jtr, want_jac):
         x = self.full(z)
+        plan = self._tracking_plan()
+        if plan is not None:            # tracking: the compiled evaluation tracking_lm uses
+            self._identity_state(x)
+            cost = frame_cost(x, want_jac, jtj, jtr, self._compiled_args(), _plan_tuple(plan),
+                              self._intersection_args(), self._ws_tuple(), self.uv, self.xyz)
+            self._positions_at = x
+            return cost
         cost = self.accumulate_full(x, jtj, jtr, want_jac)
         if self.col_map[self.sl["identity"].start] >= 0:
             cost += self.identity_prior(x, jtj, jtr, want_jac)
@@ -336,6 +343,10 @@ class FrameProblem:
             history)
         self._positions_at = x_last
         return self.full(z), FitResult(z, float(cost), int(it), int(status), history[:nh].copy())
+
+    def _ws_tuple(self):
+        ws = self.ws
+        return (self.rot, ws["r0"], ws["jl0"], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"])
 
     def _compiled_args(self):
         """The ``prob`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""

@@ -500,6 +500,177 @@ def _add_gram(blocks, e_idx, e_pos, n, scale, ee):
                                          + blocks[da, 2] * blocks[db, 2])
 
 
+@njit(cache=True, inline="always")
+def _axpy2(y, a0, x0, a1, x1):
+    """y += a0 x0 + a1 x1 for 1D views of equal length (a loop on views the compiler vectorises)."""
+    for j in range(y.shape[0]):
+        y[j] += a0 * x0[j] + a1 * x1[j]
+
+
+@njit(cache=True, inline="always")
+def _axpy3(y, a0, x0, a1, x1, a2, x2):
+    """y += a0 x0 + a1 x1 + a2 x2 for 1D views of equal length."""
+    for j in range(y.shape[0]):
+        y[j] += a0 * x0[j] + a1 * x1[j] + a2 * x2[j]
+
+
+@njit(cache=True, inline="always")
+def _explicit_pose_rows(nc, n, e_idx, dpose, am, g, col, ap, pp, pe, gp, ge):
+    """A landmark's pose x pose, expression x pose and gradient rows from its pose Jacobian
+    dpose (3, nc), metric am (3, 3), 3D gradient g (3,) and expression columns col (3, n)."""
+    for c in range(nc):
+        d0 = dpose[0, c]
+        d1 = dpose[1, c]
+        d2 = dpose[2, c]
+        ap[0, c] = am[0, 0] * d0 + am[0, 1] * d1 + am[0, 2] * d2
+        ap[1, c] = am[1, 0] * d0 + am[1, 1] * d1 + am[1, 2] * d2
+        ap[2, c] = am[2, 0] * d0 + am[2, 1] * d1 + am[2, 2] * d2
+        gp[c] += d0 * g[0] + d1 * g[1] + d2 * g[2]
+    for a in range(nc):
+        d0 = dpose[0, a]
+        d1 = dpose[1, a]
+        d2 = dpose[2, a]
+        _axpy3(pp[a, a:nc], d0, ap[0, a:nc], d1, ap[1, a:nc], d2, ap[2, a:nc])
+    for a in range(n):
+        ea = e_idx[a]
+        c0 = col[0, a]
+        c1 = col[1, a]
+        c2 = col[2, a]
+        ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
+        _axpy3(pe[ea, :nc], c0, ap[0, :nc], c1, ap[1, :nc], c2, ap[2, :nc])
+
+
+@njit(cache=True, inline="always")
+def _joint_group_add(k, xv, trans, am, g, col, e_idx, n, gsum, hs, ge):
+    """Pose rows of a landmark skinned to joint k alone, through per-joint sums.
+
+    Its pose Jacobian is D = S K_k + C_k with S = -[rv]_x (rv = x - translation) and K_k, C_k
+    (3, POSE_DIM) the same for every landmark of joint k (``skinning.skin_vertex_single``), so
+    D^T A D, D^T g and col^T A D need only the sums over the group of S^T A S, S^T A, A, S^T g, g
+    (gsum[k], 3 x 3 blocks and 3-vectors) and of col^T A S, col^T A per expression (hs[k], (E, 6));
+    :func:`_joint_group_finish` multiplies them out once per call.
+    """
+    r0 = xv[0] - trans[0]
+    r1 = xv[1] - trans[1]
+    r2 = xv[2] - trans[2]
+    # A S, S = -[r]_x = [[0, r2, -r1], [-r2, 0, r0], [r1, -r0, 0]]
+    as00 = -am[0, 1] * r2 + am[0, 2] * r1
+    as01 = am[0, 0] * r2 - am[0, 2] * r0
+    as02 = -am[0, 0] * r1 + am[0, 1] * r0
+    as10 = -am[1, 1] * r2 + am[1, 2] * r1
+    as11 = am[1, 0] * r2 - am[1, 2] * r0
+    as12 = -am[1, 0] * r1 + am[1, 1] * r0
+    as20 = -am[2, 1] * r2 + am[2, 2] * r1
+    as21 = am[2, 0] * r2 - am[2, 2] * r0
+    as22 = -am[2, 0] * r1 + am[2, 1] * r0
+    gs = gsum[k]
+    # rows 0-2: S^T A S; rows 3-5: S^T A; rows 6-8: A; row 9: S^T g; row 10: g
+    for j in range(3):
+        a0 = as00 if j == 0 else (as01 if j == 1 else as02)
+        a1 = as10 if j == 0 else (as11 if j == 1 else as12)
+        a2 = as20 if j == 0 else (as21 if j == 1 else as22)
+        gs[0, j] += -r2 * a1 + r1 * a2
+        gs[1, j] += r2 * a0 - r0 * a2
+        gs[2, j] += -r1 * a0 + r0 * a1
+    gs[3, 0] += as00
+    gs[3, 1] += as10
+    gs[3, 2] += as20
+    gs[4, 0] += as01
+    gs[4, 1] += as11
+    gs[4, 2] += as21
+    gs[5, 0] += as02
+    gs[5, 1] += as12
+    gs[5, 2] += as22
+    for i in range(3):
+        for j in range(3):
+            gs[6 + i, j] += am[i, j]
+    gs[9, 0] += -r2 * g[1] + r1 * g[2]
+    gs[9, 1] += r2 * g[0] - r0 * g[2]
+    gs[9, 2] += -r1 * g[0] + r0 * g[1]
+    for i in range(3):
+        gs[10, i] += g[i]
+    h = hs[k]
+    for a in range(n):
+        ea = e_idx[a]
+        c0 = col[0, a]
+        c1 = col[1, a]
+        c2 = col[2, a]
+        ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
+        h[ea, 0] += c0 * as00 + c1 * as10 + c2 * as20
+        h[ea, 1] += c0 * as01 + c1 * as11 + c2 * as21
+        h[ea, 2] += c0 * as02 + c1 * as12 + c2 * as22
+        h[ea, 3] += c0 * am[0, 0] + c1 * am[1, 0] + c2 * am[2, 0]
+        h[ea, 4] += c0 * am[0, 1] + c1 * am[1, 1] + c2 * am[2, 1]
+        h[ea, 5] += c0 * am[0, 2] + c1 * am[1, 2] + c2 * am[2, 2]
+
+
+@njit(cache=True)
+def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp):
+    """Add joint k's group sums (:func:`_joint_group_add`) into pp, pe and gp.
+
+    K_k, C_k (3, POSE_DIM): root rotation columns K = J_l0 (``r0bm[0]``), C = 0; translation K = 0,
+    C = I; joint m (an ancestor of k, or k) K = R_root bm_m, C = [R_root g_m]_x R_root bm_m; other
+    joints 0.  pp += K^T (SAS K + SA C) + C^T (SA^T K + A C), gp += K^T S^T g + C^T g,
+    pe += H_S K + H_A C.
+    """
+    nj = anc.shape[0]
+    pd = pp.shape[0]
+    kk = np.zeros((3, pd))
+    cc = np.zeros((3, pd))
+    for i in range(3):
+        for j in range(3):
+            kk[i, j] = r0bm[0, i, j]
+        cc[i, 3 + i] = 1.0
+    for m in range(1, nj):
+        if anc[k, m] == 0.0:
+            continue
+        c = 6 + 3 * (m - 1)
+        u0 = rgm[m, 0]
+        u1 = rgm[m, 1]
+        u2 = rgm[m, 2]
+        for j in range(3):
+            b0 = r0bm[m, 0, j]
+            b1 = r0bm[m, 1, j]
+            b2 = r0bm[m, 2, j]
+            kk[0, c + j] = b0
+            kk[1, c + j] = b1
+            kk[2, c + j] = b2
+            cc[0, c + j] = u1 * b2 - u2 * b1
+            cc[1, c + j] = u2 * b0 - u0 * b2
+            cc[2, c + j] = u0 * b1 - u1 * b0
+    gs = gsum[k]
+    t1 = np.zeros((3, pd))
+    t2 = np.zeros((3, pd))
+    for i in range(3):
+        for c in range(pd):
+            s1 = 0.0
+            s2 = 0.0
+            for q in range(3):
+                s1 += gs[i, q] * kk[q, c] + gs[3 + i, q] * cc[q, c]
+                s2 += gs[3 + q, i] * kk[q, c] + gs[6 + i, q] * cc[q, c]
+            t1[i, c] = s1
+            t2[i, c] = s2
+    for a in range(pd):
+        gp[a] += (kk[0, a] * gs[9, 0] + kk[1, a] * gs[9, 1] + kk[2, a] * gs[9, 2]
+                  + cc[0, a] * gs[10, 0] + cc[1, a] * gs[10, 1] + cc[2, a] * gs[10, 2])
+        for b in range(a, pd):
+            pp[a, b] += (kk[0, a] * t1[0, b] + kk[1, a] * t1[1, b] + kk[2, a] * t1[2, b]
+                         + cc[0, a] * t2[0, b] + cc[1, a] * t2[1, b] + cc[2, a] * t2[2, b])
+    h = hs[k]
+    for e in range(h.shape[0]):
+        h0 = h[e, 0]
+        h1 = h[e, 1]
+        h2 = h[e, 2]
+        h3 = h[e, 3]
+        h4 = h[e, 4]
+        h5 = h[e, 5]
+        if h0 == 0.0 and h1 == 0.0 and h2 == 0.0 and h3 == 0.0 and h4 == 0.0 and h5 == 0.0:
+            continue
+        for c in range(pd):
+            pe[e, c] += (h0 * kk[0, c] + h1 * kk[1, c] + h2 * kk[2, c]
+                         + h3 * cc[0, c] + h4 * cc[1, c] + h5 * cc[2, c])
+
+
 @njit(cache=True)
 def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc,
                          r0, trans, rg, tg, gpos, bm, mu, inv_sigma, temporal_sqrtw, prev,
@@ -538,6 +709,16 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
     r0bm = np.empty((nj, 3, 3))
     rgm = np.empty((nj, 3))
     single_joint_frame(r0, rg, gpos, bm, rmk, r0bm, rgm)
+    gsum = np.zeros((nj, 11, 3))            # per-joint sums of _joint_group_add
+    hs = np.zeros((nj, ne, 6))
+    nck = np.zeros(nj, np.int64)            # pose columns of a landmark skinned to joint k alone
+    for kj in range(nj):
+        for m in range(1, nj):
+            if anc[kj, m] != 0.0:
+                nck[kj] = 6 + 3 * m
+        if nck[kj] == 0:
+            nck[kj] = 6
+    used = np.zeros(nj, np.bool_)
     t = np.empty(3)
     xv = np.empty(3)
     rm = np.empty((3, 3))
@@ -583,8 +764,9 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
             for i in range(3):
                 col[i, a] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
         zeroed = False
+        pose_zeroed = False
         if has_lm and jac_threshold > 0.0:
-            drop_small_columns(dx, isg, jac_threshold, dpose, nc)
+            pose_zeroed = drop_small_columns(dx, isg, jac_threshold, dpose, nc)
             zeroed = drop_small_columns(dx, isg, jac_threshold, col, n)
         if is_static and (zeroed or not has_tmp):
             _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
@@ -599,30 +781,12 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
                 g[i] += (dx[0, i] * r_u + dx[1, i] * r_v) * isg
                 for j in range(3):
                     am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
-        # pose x pose
-        for c in range(nc):
-            d0 = dpose[0, c]
-            d1 = dpose[1, c]
-            d2 = dpose[2, c]
-            ap[0, c] = am[0, 0] * d0 + am[0, 1] * d1 + am[0, 2] * d2
-            ap[1, c] = am[1, 0] * d0 + am[1, 1] * d1 + am[1, 2] * d2
-            ap[2, c] = am[2, 0] * d0 + am[2, 1] * d1 + am[2, 2] * d2
-            gp[c] += d0 * g[0] + d1 * g[1] + d2 * g[2]
-        for a in range(nc):
-            d0 = dpose[0, a]
-            d1 = dpose[1, a]
-            d2 = dpose[2, a]
-            for b in range(a, nc):
-                pp[a, b] += d0 * ap[0, b] + d1 * ap[1, b] + d2 * ap[2, b]
-        # expression x pose, expression gradient
-        for a in range(n):
-            ea = e_idx[p, a]
-            c0 = col[0, a]
-            c1 = col[1, a]
-            c2 = col[2, a]
-            ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
-            for c in range(nc):
-                pe[ea, c] += c0 * ap[0, c] + c1 * ap[1, c] + c2 * ap[2, c]
+        if k >= 0 and nc == nck[k] and not pose_zeroed:
+            # one-joint landmark: pose rows through the per-joint sums (_joint_group_add)
+            _joint_group_add(k, xv, trans, am, g, col, e_idx[p], n, gsum, hs, ge)
+            used[k] = True
+        else:
+            _explicit_pose_rows(nc, n, e_idx[p], dpose, am, g, col, ap, pp, pe, gp, ge)
         # expression x expression
         # (dense rows over the positions e_idx[p, a] .. e_idx[p, n - 1], zero between the entries:
         # contiguous and vectorisable; adding the zeros changes nothing)
@@ -639,8 +803,7 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
                     ea = e_idx[p, a]
                     qa0 = qd[0, ea]
                     qa1 = qd[1, ea]
-                    for b in range(ea, hi):
-                        ee[ea, b] += qa0 * qd[0, b] + qa1 * qd[1, b]
+                    _axpy2(ee[ea, ea:hi], qa0, qd[0, ea:hi], qa1, qd[1, ea:hi])
                 for a in range(n):
                     qd[0, e_idx[p, a]] = 0.0
                     qd[1, e_idx[p, a]] = 0.0
@@ -657,11 +820,13 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
                 c0 = col[0, a]
                 c1 = col[1, a]
                 c2 = col[2, a]
-                for b in range(ea, hi):
-                    ee[ea, b] += c0 * acd[0, b] + c1 * acd[1, b] + c2 * acd[2, b]
+                _axpy3(ee[ea, ea:hi], c0, acd[0, ea:hi], c1, acd[1, ea:hi], c2, acd[2, ea:hi])
             for a in range(n):
                 for i in range(3):
                     acd[i, e_idx[p, a]] = 0.0
+    for kj in range(nj):
+        if used[kj]:
+            _joint_group_finish(kj, anc, r0bm, rgm, gsum, hs, pp, pe, gp)
     if static_on:
         for a in range(ne):
             for b in range(a, ne):
