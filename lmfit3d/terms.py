@@ -460,11 +460,11 @@ def expression_order(expr_idx, free, ne):
     directions; the cheapest is returned.  ``free`` lists the free expression indices; the held ones
     go last.  Returns (E,) int64, the expression index at each position.
     """
-    free = np.asarray(free, dtype=np.int64)
+    free = np.sort(np.asarray(free, dtype=np.int64))
     held = np.setdiff1d(np.arange(ne), free)
     sets = [r[(r >= 0)] for r in np.asarray(expr_idx)]
     sets = [r[np.isin(r, free)] for r in sets]
-    cands = [np.arange(ne)]
+    cands = [np.concatenate([free, held])]
     if free.size > 2:
         co = np.zeros((ne, ne))
         for r in sets:
@@ -755,7 +755,11 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
             if is_static:
                 _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
             continue
-        # expression columns rm B (free entries)
+        # expression columns rm B (free entries) and, with a landmark residual, their projected rows
+        # q = dx col / sigma (dense over positions in qd), thresholded as drop_small_columns does
+        zeroed = False
+        pose_zeroed = False
+        thresh = has_lm and jac_threshold > 0.0
         for a in range(n):
             d = e_pos[p, a]
             b0 = expr_blocks[p, d, 0]
@@ -763,11 +767,21 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
             b2 = expr_blocks[p, d, 2]
             for i in range(3):
                 col[i, a] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
-        zeroed = False
-        pose_zeroed = False
-        if has_lm and jac_threshold > 0.0:
+            if has_lm:
+                q0 = (dx[0, 0] * col[0, a] + dx[0, 1] * col[1, a] + dx[0, 2] * col[2, a]) * isg
+                q1 = (dx[1, 0] * col[0, a] + dx[1, 1] * col[1, a] + dx[1, 2] * col[2, a]) * isg
+                if thresh and abs(q0) < jac_threshold and abs(q1) < jac_threshold:
+                    col[0, a] = 0.0
+                    col[1, a] = 0.0
+                    col[2, a] = 0.0
+                    q0 = 0.0
+                    q1 = 0.0
+                    zeroed = True
+                ea = e_idx[p, a]
+                qd[0, ea] = q0
+                qd[1, ea] = q1
+        if thresh:
             pose_zeroed = drop_small_columns(dx, isg, jac_threshold, dpose, nc)
-            zeroed = drop_small_columns(dx, isg, jac_threshold, col, n)
         if is_static and (zeroed or not has_tmp):
             _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
             is_static = False
@@ -797,16 +811,7 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
             if has_lm:
                 for a in range(n):
                     ea = e_idx[p, a]
-                    qd[0, ea] = (dx[0, 0] * col[0, a] + dx[0, 1] * col[1, a] + dx[0, 2] * col[2, a]) * isg
-                    qd[1, ea] = (dx[1, 0] * col[0, a] + dx[1, 1] * col[1, a] + dx[1, 2] * col[2, a]) * isg
-                for a in range(n):
-                    ea = e_idx[p, a]
-                    qa0 = qd[0, ea]
-                    qa1 = qd[1, ea]
-                    _axpy2(ee[ea, ea:hi], qa0, qd[0, ea:hi], qa1, qd[1, ea:hi])
-                for a in range(n):
-                    qd[0, e_idx[p, a]] = 0.0
-                    qd[1, e_idx[p, a]] = 0.0
+                    _axpy2(ee[ea, ea:hi], qd[0, ea], qd[0, ea:hi], qd[1, ea], qd[1, ea:hi])
         else:
             for a in range(n):
                 ea = e_idx[p, a]
@@ -824,6 +829,10 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
             for a in range(n):
                 for i in range(3):
                     acd[i, e_idx[p, a]] = 0.0
+        if has_lm:
+            for a in range(n):
+                qd[0, e_idx[p, a]] = 0.0
+                qd[1, e_idx[p, a]] = 0.0
     for kj in range(nj):
         if used[kj]:
             _joint_group_finish(kj, anc, r0bm, rgm, gsum, hs, pp, pe, gp)
