@@ -590,18 +590,22 @@ def _joint_group_add(k, xv, trans, am, g, col, e_idx, n, gsum, hs, ge):
     for i in range(3):
         gs[10, i] += g[i]
     h = hs[k]
+    g0, g1, g2 = g[0], g[1], g[2]
+    a00, a01, a02 = am[0, 0], am[0, 1], am[0, 2]
+    a10, a11, a12 = am[1, 0], am[1, 1], am[1, 2]
+    a20, a21, a22 = am[2, 0], am[2, 1], am[2, 2]
     for a in range(n):
         ea = e_idx[a]
         c0 = col[0, a]
         c1 = col[1, a]
         c2 = col[2, a]
-        ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
+        ge[ea] += c0 * g0 + c1 * g1 + c2 * g2
         h[ea, 0] += c0 * as00 + c1 * as10 + c2 * as20
         h[ea, 1] += c0 * as01 + c1 * as11 + c2 * as21
         h[ea, 2] += c0 * as02 + c1 * as12 + c2 * as22
-        h[ea, 3] += c0 * am[0, 0] + c1 * am[1, 0] + c2 * am[2, 0]
-        h[ea, 4] += c0 * am[0, 1] + c1 * am[1, 1] + c2 * am[2, 1]
-        h[ea, 5] += c0 * am[0, 2] + c1 * am[1, 2] + c2 * am[2, 2]
+        h[ea, 3] += c0 * a00 + c1 * a10 + c2 * a20
+        h[ea, 4] += c0 * a01 + c1 * a11 + c2 * a21
+        h[ea, 5] += c0 * a02 + c1 * a12 + c2 * a22
 
 
 @njit(cache=True)
@@ -760,26 +764,35 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
         zeroed = False
         pose_zeroed = False
         thresh = has_lm and jac_threshold > 0.0
+        m00, m01, m02 = rm[0, 0], rm[0, 1], rm[0, 2]         # scalars: the loop keeps them in registers
+        m10, m11, m12 = rm[1, 0], rm[1, 1], rm[1, 2]
+        m20, m21, m22 = rm[2, 0], rm[2, 1], rm[2, 2]
+        x00, x01, x02 = dx[0, 0], dx[0, 1], dx[0, 2]
+        x10, x11, x12 = dx[1, 0], dx[1, 1], dx[1, 2]
         for a in range(n):
             d = e_pos[p, a]
             b0 = expr_blocks[p, d, 0]
             b1 = expr_blocks[p, d, 1]
             b2 = expr_blocks[p, d, 2]
-            for i in range(3):
-                col[i, a] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
+            c0 = m00 * b0 + m01 * b1 + m02 * b2
+            c1 = m10 * b0 + m11 * b1 + m12 * b2
+            c2 = m20 * b0 + m21 * b1 + m22 * b2
             if has_lm:
-                q0 = (dx[0, 0] * col[0, a] + dx[0, 1] * col[1, a] + dx[0, 2] * col[2, a]) * isg
-                q1 = (dx[1, 0] * col[0, a] + dx[1, 1] * col[1, a] + dx[1, 2] * col[2, a]) * isg
+                q0 = (x00 * c0 + x01 * c1 + x02 * c2) * isg
+                q1 = (x10 * c0 + x11 * c1 + x12 * c2) * isg
                 if thresh and abs(q0) < jac_threshold and abs(q1) < jac_threshold:
-                    col[0, a] = 0.0
-                    col[1, a] = 0.0
-                    col[2, a] = 0.0
+                    c0 = 0.0
+                    c1 = 0.0
+                    c2 = 0.0
                     q0 = 0.0
                     q1 = 0.0
                     zeroed = True
                 ea = e_idx[p, a]
                 qd[0, ea] = q0
                 qd[1, ea] = q1
+            col[0, a] = c0
+            col[1, a] = c1
+            col[2, a] = c2
         if thresh:
             pose_zeroed = drop_small_columns(dx, isg, jac_threshold, dpose, nc)
         if is_static and (zeroed or not has_tmp):
