@@ -694,7 +694,14 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
       w B^T B is the static ``ee_static``, so their expression block needs only the two projection
       rows (2 multiply-adds per entry instead of 3).  A landmark without a temporal residual, or
       with an expression column dropped by ``jac_threshold``, has its static part subtracted and
-      takes the 3-row path.
+      takes the 3-row path;
+    * the expression buffers are indexed by position in the plan's ``expr_order``, in which each
+      landmark's entries lie close together: its expression x expression rows run over the
+      contiguous range up to its last entry (zeros in between), a loop the compiler vectorises;
+    * single-joint landmarks whose pose columns all pass ``jac_threshold`` add their pose x pose,
+      expression x pose and pose gradient rows through per-joint 3 x 3 sums
+      (:func:`_joint_group_add`, exact: their pose Jacobian is S K_k + C_k with S = -[x - t]_x),
+      multiplied out once per joint at the end (:func:`_joint_group_finish`).
 
     Returns the cost 0.5 |r|^2 of the landmark and temporal terms.
     """
