@@ -360,12 +360,7 @@ class FrameProblem:
         """The ``inter`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (a dummy one when the term is off)."""
         it = self.inter
         if it is None or self.cfg.w_intersection <= 0:
-            if _NO_INTER[0] is None:
-                e = self.model.n_expression
-                i1, f1 = np.zeros(1, np.int64), np.zeros(1)
-                _NO_INTER[0] = (False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)),
-                                np.zeros((1, 3)), f1, i1, np.zeros((1, 1, 4)), i1, 0.0, f1, np.zeros((e, 1)))
-            return _NO_INTER[0]
+            return _NO_INTER
         return (True, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c, it.sphere_r, it.sphere_of,
                 it.planes, it.hull_of, float(np.sqrt(2.0 * self.cfg.w_intersection)), it.skip_base, it.skip_proj)
 
@@ -378,7 +373,9 @@ class FrameProblem:
 
 
 _NO_IDENT = np.zeros((1, 3, 0))
-_NO_INTER = [None]          # dummy intersection tuple for tracking_lm, built on first use
+_I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
+_NO_INTER = (False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)), _F1, _I1,
+             np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)))       # intersection term off (tracking_lm)
 
 
 def _plan_tuple(plan):

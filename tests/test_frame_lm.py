@@ -8,7 +8,7 @@ from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.skinning import POSE_DIM
 from lmfit3d.sparsity import build_sparsity
 from lmfit3d.synthetic import make_frame, random_params
-from lmfit3d.terms import expression_order, symmetrize_upper, tracking_plan
+from lmfit3d.terms import expression_order, intersection_term, symmetrize_upper, tracking_plan
 
 
 def _clip(model, rng, name, n_frames=4):
@@ -117,8 +117,12 @@ def test_compiled_frame_cost_equals_terms(model, rng, tw):
     np.testing.assert_allclose(b, b_ref, rtol=1e-10, atol=1e-12 * np.abs(b_ref).max())
     empty2, empty1 = np.zeros((0, 0)), np.zeros(0)
     assert prob.accumulate(z, empty2, empty1, False) == pytest.approx(cost_ref, rel=1e-13)
-    it = prob.inter
-    assert it is not None and np.sqrt(2.0 * cfg.w_intersection) > 0
+    it = prob.inter                                           # the intersection term fired
+    e0 = POSE_DIM
+    inter_cost = intersection_term(prob.full(z), e0, it.t_beta, it.table.expr_idx, it.table.expr_blocks,
+                                   it.sphere_c, it.sphere_r, it.sphere_of, it.planes, it.hull_of,
+                                   np.sqrt(2.0 * cfg.w_intersection), prob.col_map, False, empty2, empty1)
+    assert inter_cost > 0.0
 
 
 def test_expression_order(model, rng):
