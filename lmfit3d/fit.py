@@ -354,7 +354,7 @@ class FrameProblem:
         return (self.cx, self.cy, self.t_beta, self.table.expr_idx, self.table.expr_blocks, self.table.weights,
                 self.anc, self.joints, self.parents, self.mu, self.inv_sigma, float(self.tw), self.prev,
                 self.col_map, float(self.cfg.jac_threshold), self.expr_inv, self.joint_inv, self.zero_e,
-                self.zero_j, _NO_IDENT, sl["expression"].start, sl["joints"].start, sl["joints"].stop)
+                self.zero_j, sl["expression"].start, sl["joints"].start, sl["joints"].stop)
 
     def _intersection_args(self):
         """The ``inter`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (a dummy one when the term is off)."""

@@ -12,7 +12,7 @@ The problem is passed as three tuples of plain arrays and scalars (built by
 :meth:`lmfit3d.fit.FrameProblem._compiled_args`):
 
 * ``prob``: ``(cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma,
-  temporal_sqrtw, prev, col_map, jac_threshold, expr_inv, joint_inv, zero_e, zero_j, no_ident, e0,
+  temporal_sqrtw, prev, col_map, jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0,
   j0, j1)``, the arguments of the terms in ``FrameProblem.accumulate_full``;
 * ``plan``: the arrays of ``terms.TrackingPlan`` in field order;
 * ``inter``: ``(use, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
@@ -25,7 +25,8 @@ from numba import njit
 
 from .skinning import pose_chain
 from .solvers import lm_trial, projected_gradient_inf
-from .terms import diagonal_prior, intersection_term, symmetrize_upper, vertex_term, vertex_term_tracking
+from .terms import (diagonal_prior, intersection_term, symmetrize_upper, vertex_cost_tracking,
+                    vertex_term_tracking)
 
 
 @njit(cache=True)
@@ -37,7 +38,7 @@ def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, ws, uv, xyz):
     ``ws`` = (rot, r0, jl0, rg, tg, gpos, bm, cm) pose-chain workspaces.  Returns the cost.
     """
     (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
-     jac_threshold, expr_inv, joint_inv, zero_e, zero_j, no_ident, e0, j0, j1) = prob
+     jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0, j0, j1) = prob
     single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static = plan
     rot, r0, jl0, rg, tg, gpos, bm, cm = ws
     focal = x[x.shape[0] - 1]
@@ -53,9 +54,8 @@ def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, ws, uv, xyz):
                                     rg, tg, gpos, bm, mu, inv_sigma, tw, prev, single, pose_ncols, pose_free,
                                     e_count, e_idx, e_pos, expr_free, ee_static, jac_threshold, jtj, jtr, uv, xyz)
     else:
-        cost = vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, no_ident, no_ident,
-                           r0, trans, rg, tg, gpos, bm, cm, mu, inv_sigma, tw, prev, col_map, jac_threshold,
-                           want_jac, jtj, jtr, uv, xyz)
+        cost = vertex_cost_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, single, r0, trans,
+                                    rg, tg, mu, inv_sigma, tw, prev, uv, xyz)
     if col_map[e0] >= 0:
         cost += diagonal_prior(x, e0, zero_e, expr_inv, col_map, want_jac, jtj, jtr)
     if col_map[j0] >= 0 or col_map[j1 - 1] >= 0:

@@ -899,6 +899,41 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
 
 
 @njit(cache=True)
+def vertex_cost_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, single, r0, trans, rg, tg,
+                         mu, inv_sigma, temporal_sqrtw, prev, uv_out, xyz_out):
+    """:func:`vertex_term` without Jacobian (cost, uv_out, xyz_out), same results bit for bit.
+
+    Landmarks skinned to one joint (``single`` from :func:`tracking_plan`) are posed without the
+    loop over skin weights: R_root (Rg_k t + tg_k) + trans, the operations ``skinning.skin_point``
+    performs for a weight of exactly 1.
+    """
+    nl = t_beta.shape[0]
+    e0 = 6 + 3 * (weights.shape[1] - 1)
+    t = np.empty(3)
+    xv = np.empty(3)
+    uv = np.empty(2)
+    dx = np.empty((2, 3))
+    df = np.empty(2)
+    g = np.empty(3)
+    cost = 0.0
+    for p in range(nl):
+        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
+        k = single[p]
+        if k >= 0:
+            v0 = tg[k, 0] + rg[k, 0, 0] * t[0] + rg[k, 0, 1] * t[1] + rg[k, 0, 2] * t[2]
+            v1 = tg[k, 1] + rg[k, 1, 0] * t[0] + rg[k, 1, 1] * t[1] + rg[k, 1, 2] * t[2]
+            v2 = tg[k, 2] + rg[k, 2, 0] * t[0] + rg[k, 2, 1] * t[1] + rg[k, 2, 2] * t[2]
+            for i in range(3):
+                xv[i] = r0[i, 0] * v0 + r0[i, 1] * v1 + r0[i, 2] * v2 + trans[i]
+        else:
+            skin_point(t, weights[p], r0, trans, rg, tg, xv)
+        c, _, _, _, _ = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev, temporal_sqrtw, uv, dx, df, g,
+                                       uv_out, xyz_out)
+        cost += c
+    return cost
+
+
+@njit(cache=True)
 def diagonal_prior(x, start, mean, inv_std, col_map, want_jac, jtj, jtr):
     """Gaussian prior on x[start:start+n]: residual (x - mean) * inv_std, one per parameter."""
     cost = 0.0
