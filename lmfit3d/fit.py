@@ -21,7 +21,7 @@ from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
 from .skinning import POSE_DIM, ancestry, pose_chain
 from .frame_lm import frame_cost, tracking_lm
-from .solvers import FitResult, levenberg_marquardt
+from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
 from .terms import (diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
                     tracking_plan, vertex_term, vertex_term_tracking)
@@ -338,9 +338,9 @@ class FrameProblem:
         x_last = np.empty(self.n_full)
         history = np.empty(max_iter + 1)
         cost, it, status, nh = tracking_lm(
-            z, self.base, self.free, lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, 1e-3, 1e12,
-            1e-9, self._compiled_args(), _plan_tuple(plan), self._intersection_args(), self.uv, self.xyz, x_last,
-            history)
+            z, self.base, self.free, lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, LAMBDA0,
+            LAMBDA_MAX, DIAG_FLOOR, self._compiled_args(), _plan_tuple(plan), self._intersection_args(), self.uv,
+            self.xyz, x_last, history)
         self._positions_at = x_last
         return self.full(z), FitResult(z, float(cost), int(it), int(status), history[:nh].copy())
 
@@ -377,12 +377,14 @@ _I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
 _NO_INTER = (False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)), _F1, _I1,
              np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)))       # intersection term off (tracking_lm)
 
-
-def _plan_tuple(plan):
-    return (plan.single, plan.pose_ncols, plan.pose_free, plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free,
-            plan.ee_static)
 _EMPTY2 = np.zeros((0, 0))
 _EMPTY1 = np.zeros(0)
+
+
+def _plan_tuple(plan):
+    """The ``plan`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (TrackingPlan arrays the kernels read)."""
+    return (plan.single, plan.pose_ncols, plan.pose_free, plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free,
+            plan.ee_static)
 
 
 class KeyframeProblem:
