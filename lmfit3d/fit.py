@@ -20,7 +20,8 @@ from .camera import focal_from_fov
 from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
 from .skinning import POSE_DIM, ancestry, pose_chain
-from .solvers import levenberg_marquardt
+from .frame_lm import frame_cost, tracking_lm
+from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
 from .terms import (diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
                     tracking_plan, vertex_term, vertex_term_tracking)
@@ -292,6 +293,13 @@ class FrameProblem:
 
     def accumulate(self, z, jtj, jtr, want_jac):
         x = self.full(z)
+        plan = self._tracking_plan()
+        if plan is not None:            # tracking: the compiled evaluation tracking_lm uses
+            self._identity_state(x)
+            cost = frame_cost(x, want_jac, jtj, jtr, self._compiled_args(), _plan_tuple(plan),
+                              self._intersection_args(), self._ws_tuple(), self.uv, self.xyz)
+            self._positions_at = x
+            return cost
         cost = self.accumulate_full(x, jtj, jtr, want_jac)
         if self.col_map[self.sl["identity"].start] >= 0:
             cost += self.identity_prior(x, jtj, jtr, want_jac)
@@ -311,13 +319,50 @@ class FrameProblem:
     def bounds(self):
         return self._lo[self.free], self._hi[self.free]
 
-    def solve(self, x, mask, max_iter):
-        """LM over the parameters in ``mask`` starting at full vector x; returns (x, FitResult)."""
+    def solve(self, x, mask, max_iter, compiled=True):
+        """LM over the parameters in ``mask`` starting at full vector x; returns (x, FitResult).
+
+        With identity and focal length held (a tracking plan exists) and ``compiled`` True, the solve
+        runs in one numba call (:func:`lmfit3d.frame_lm.tracking_lm`, same iterations and costs as
+        :func:`~lmfit3d.solvers.levenberg_marquardt`, which runs otherwise).
+        """
         self.set_free(mask, x)
         lo, hi = self.bounds()
-        res = levenberg_marquardt(self.accumulate, x[self.free], lo, hi, max_iter=max_iter,
-                                  ftol=self.cfg.ftol, xtol=self.cfg.xtol, gtol=self.cfg.gtol)
-        return self.full(res.x), res
+        plan = self._tracking_plan() if compiled else None
+        if plan is None:
+            res = levenberg_marquardt(self.accumulate, x[self.free], lo, hi, max_iter=max_iter,
+                                      ftol=self.cfg.ftol, xtol=self.cfg.xtol, gtol=self.cfg.gtol)
+            return self.full(res.x), res
+        self._identity_state(self.base)
+        z = np.array(self.base[self.free])
+        x_last = np.empty(self.n_full)
+        history = np.empty(max_iter + 1)
+        cost, it, status, nh = tracking_lm(
+            z, self.base, self.free, lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, LAMBDA0,
+            LAMBDA_MAX, DIAG_FLOOR, self._compiled_args(), _plan_tuple(plan), self._intersection_args(), self.uv,
+            self.xyz, x_last, history)
+        self._positions_at = x_last
+        return self.full(z), FitResult(z, float(cost), int(it), int(status), history[:nh].copy())
+
+    def _ws_tuple(self):
+        ws = self.ws
+        return (self.rot, ws["r0"], ws["jl0"], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"])
+
+    def _compiled_args(self):
+        """The ``prob`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""
+        sl = self.sl
+        return (self.cx, self.cy, self.t_beta, self.table.expr_idx, self.table.expr_blocks, self.table.weights,
+                self.anc, self.joints, self.parents, self.mu, self.inv_sigma, float(self.tw), self.prev,
+                self.col_map, float(self.cfg.jac_threshold), self.expr_inv, self.joint_inv, self.zero_e,
+                self.zero_j, sl["expression"].start, sl["joints"].start, sl["joints"].stop)
+
+    def _intersection_args(self):
+        """The ``inter`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (a dummy one when the term is off)."""
+        it = self.inter
+        if it is None or self.cfg.w_intersection <= 0:
+            return _NO_INTER
+        return (True, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c, it.sphere_r, it.sphere_of,
+                it.planes, it.hull_of, float(np.sqrt(2.0 * self.cfg.w_intersection)), it.skip_base, it.skip_proj)
 
     def landmark_positions(self, x):
         """Camera-space landmark vertex positions (L, 3) mm and projections (L, 2) at x."""
@@ -328,8 +373,18 @@ class FrameProblem:
 
 
 _NO_IDENT = np.zeros((1, 3, 0))
+_I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
+_NO_INTER = (False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)), _F1, _I1,
+             np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)))       # intersection term off (tracking_lm)
+
 _EMPTY2 = np.zeros((0, 0))
 _EMPTY1 = np.zeros(0)
+
+
+def _plan_tuple(plan):
+    """The ``plan`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (TrackingPlan arrays the kernels read)."""
+    return (plan.single, plan.pose_ncols, plan.pose_free, plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free,
+            plan.ee_static)
 
 
 class KeyframeProblem:

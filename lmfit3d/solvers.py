@@ -170,8 +170,13 @@ def bounded_step(jtj, jtr, damp, z, lo, hi, step):
     return True
 
 
+LAMBDA0 = 1e-3          # defaults of levenberg_marquardt (also used by frame_lm.tracking_lm's caller)
+LAMBDA_MAX = 1e12
+DIAG_FLOOR = 1e-9
+
+
 def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, ftol=1e-6,
-                        xtol=1e-8, gtol=1e-8, lambda0=1e-3, lambda_max=1e12, diag_floor=1e-9):
+                        xtol=1e-8, gtol=1e-8, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX, diag_floor=DIAG_FLOOR):
     """Minimise 0.5 |r(z)|^2 with bounds by Levenberg-Marquardt.
 
     Parameters

@@ -11,6 +11,7 @@ Full parameter layout (indices into one frame's parameter vector)::
     [18:18+E] expression   [18+E:18+E+K] identity   [18+E+K] focal length
 """
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -22,7 +23,12 @@ DEFAULT_THRESHOLD_MM = 0.01
 
 def layout(model: FaceModel):
     """Slices of the full per-frame parameter vector: dict name -> slice, and the total size."""
-    e, k = model.n_expression, model.n_identity
+    sl, n = _layout(model.n_expression, model.n_identity)
+    return dict(sl), n
+
+
+@lru_cache(maxsize=8)
+def _layout(e, k):
     sl = {"root_rotation": slice(0, 3), "translation": slice(3, 6), "joints": slice(6, POSE_DIM),
           "expression": slice(POSE_DIM, POSE_DIM + e), "identity": slice(POSE_DIM + e, POSE_DIM + e + k),
           "focal": slice(POSE_DIM + e + k, POSE_DIM + e + k + 1)}

@@ -478,11 +478,13 @@ class TrackingPlan:
     pose_ncols : (L,) int64, leading pose columns that can move the landmark (6 + 3 * last joint).
     pose_free : (POSE_DIM,) int64, free index of each pose column or -1.
     e_count : (L,) int64, free expression entries per landmark.
-    e_idx, e_pos : (L, D) int64, their expression indices (ascending) and table positions.
-    expr_free : (E,) int64, free index of each expression weight or -1.
-    ee_static : (E, E) float64, upper triangle of sum_p B_p^T B_p over the single-joint landmarks
-        (B_p their free expression blocks): their temporal expression block is w B_p^T R^T R B_p
-        with R a rotation, so it does not change from frame to frame.
+    e_idx, e_pos : (L, D) int64, their positions in ``expr_order`` (ascending) and table positions.
+    expr_free : (E,) int64, free index of the expression weight at each position of ``expr_order``, or -1.
+    ee_static : (E, E) float64, upper triangle (positions of ``expr_order``) of sum_p B_p^T B_p over
+        the single-joint landmarks (B_p their free expression blocks): their temporal expression
+        block is w B_p^T R^T R B_p with R a rotation, so it does not change from frame to frame.
+    expr_order : (E,) int64, expression index at each position (:func:`expression_order`); the
+        expression buffers of :func:`vertex_term_tracking` are indexed by position.
     """
 
     single: np.ndarray
@@ -493,6 +495,7 @@ class TrackingPlan:
     e_pos: np.ndarray
     expr_free: np.ndarray
     ee_static: np.ndarray
+    expr_order: np.ndarray
 
 
 def tracking_plan(table, col_map, pose_dim):
@@ -505,25 +508,66 @@ def tracking_plan(table, col_map, pose_dim):
     if (col_map[pose_dim + ne:] >= 0).any():
         return None
     nl, nd = table.expr_idx.shape
+    order = expression_order(table.expr_idx, np.flatnonzero(col_map[pose_dim:pose_dim + ne] >= 0), ne)
+    pos_of = np.empty(ne, np.int64)
+    pos_of[order] = np.arange(ne)
     single = single_joint_of(table.weights)
     act = table.joint_active
     last = np.where(act[:, 1:].any(1), act.shape[1] - 1 - np.argmax(act[:, :0:-1], axis=1), 0)
     pose_ncols = (6 + 3 * last).astype(np.int64)
-    expr_free = np.ascontiguousarray(col_map[pose_dim:pose_dim + ne])
+    expr_free = np.ascontiguousarray(col_map[pose_dim + order])
     e_count = np.zeros(nl, np.int64)
     e_idx = np.full((nl, nd), -1, np.int64)
     e_pos = np.full((nl, nd), -1, np.int64)
     ee_static = np.zeros((ne, ne))
     for p in range(nl):
-        ok = np.flatnonzero((table.expr_idx[p] >= 0) & (expr_free[np.maximum(table.expr_idx[p], 0)] >= 0))
-        ok = ok[np.argsort(table.expr_idx[p, ok], kind="stable")]
+        ok = np.flatnonzero((table.expr_idx[p] >= 0) & (col_map[pose_dim + np.maximum(table.expr_idx[p], 0)] >= 0))
+        ok = ok[np.argsort(pos_of[table.expr_idx[p, ok]], kind="stable")]
         e_count[p] = ok.size
-        e_idx[p, :ok.size] = table.expr_idx[p, ok]
+        e_idx[p, :ok.size] = pos_of[table.expr_idx[p, ok]]
         e_pos[p, :ok.size] = ok
         if single[p] >= 0 and ok.size:
             _add_gram(table.expr_blocks[p], e_idx[p], e_pos[p], ok.size, 1.0, ee_static)
     return TrackingPlan(single, pose_ncols, np.ascontiguousarray(col_map[:pose_dim]), e_count, e_idx, e_pos,
-                        expr_free, ee_static)
+                        expr_free, ee_static, order)
+
+
+def expression_order(expr_idx, free, ne):
+    """An order of the E expression weights in which each landmark's free entries lie close together.
+
+    :func:`vertex_term_tracking` adds a landmark's expression x expression block over the contiguous
+    position range from each entry to the landmark's last one (zeros in between), so the work is
+    sum over landmarks and entries of (last - position + 1).  Candidates: the natural order and the
+    spectral (Fiedler vector) order of the co-occurrence graph of the free expressions, both
+    directions; the cheapest is returned.  ``free`` lists the free expression indices; the held ones
+    go last.  Returns (E,) int64, the expression index at each position.
+    """
+    free = np.sort(np.asarray(free, dtype=np.int64))
+    held = np.setdiff1d(np.arange(ne), free)
+    sets = [r[(r >= 0)] for r in np.asarray(expr_idx)]
+    sets = [r[np.isin(r, free)] for r in sets]
+    cands = [np.concatenate([free, held])]
+    if free.size > 2:
+        co = np.zeros((ne, ne))
+        for r in sets:
+            co[np.ix_(r, r)] += 1.0
+        co = co[np.ix_(free, free)]
+        lap = np.diag(co.sum(1)) - co
+        fied = np.linalg.eigh(lap)[1][:, 1]
+        for f in (fied, -fied):
+            cands.append(np.concatenate([free[np.argsort(f, kind="stable")], held]))
+
+    def work(order):
+        pos = np.empty(ne, np.int64)
+        pos[order] = np.arange(ne)
+        w = 0
+        for r in sets:
+            if r.size:
+                q = pos[r]
+                w += int((q.max() + 1 - q).sum())
+        return w
+
+    return np.ascontiguousarray(min(cands, key=work), dtype=np.int64)
 
 
 @njit(cache=True)
@@ -536,6 +580,181 @@ def _add_gram(blocks, e_idx, e_pos, n, scale, ee):
             db = e_pos[b]
             ee[ea, e_idx[b]] += scale * (blocks[da, 0] * blocks[db, 0] + blocks[da, 1] * blocks[db, 1]
                                          + blocks[da, 2] * blocks[db, 2])
+
+
+@njit(cache=True, inline="always")
+def _axpy2(y, a0, x0, a1, x1):
+    """y += a0 x0 + a1 x1 for 1D views of equal length (a loop on views the compiler vectorises)."""
+    for j in range(y.shape[0]):
+        y[j] += a0 * x0[j] + a1 * x1[j]
+
+
+@njit(cache=True, inline="always")
+def _axpy3(y, a0, x0, a1, x1, a2, x2):
+    """y += a0 x0 + a1 x1 + a2 x2 for 1D views of equal length."""
+    for j in range(y.shape[0]):
+        y[j] += a0 * x0[j] + a1 * x1[j] + a2 * x2[j]
+
+
+@njit(cache=True, inline="always")
+def _explicit_pose_rows(nc, n, e_idx, dpose, am, g, col, ap, pp, pe, gp, ge):
+    """A landmark's pose x pose, expression x pose and gradient rows from its pose Jacobian
+    dpose (3, nc), metric am (3, 3), 3D gradient g (3,) and expression columns col (3, n)."""
+    for c in range(nc):
+        d0 = dpose[0, c]
+        d1 = dpose[1, c]
+        d2 = dpose[2, c]
+        ap[0, c] = am[0, 0] * d0 + am[0, 1] * d1 + am[0, 2] * d2
+        ap[1, c] = am[1, 0] * d0 + am[1, 1] * d1 + am[1, 2] * d2
+        ap[2, c] = am[2, 0] * d0 + am[2, 1] * d1 + am[2, 2] * d2
+        gp[c] += d0 * g[0] + d1 * g[1] + d2 * g[2]
+    for a in range(nc):
+        d0 = dpose[0, a]
+        d1 = dpose[1, a]
+        d2 = dpose[2, a]
+        _axpy3(pp[a, a:nc], d0, ap[0, a:nc], d1, ap[1, a:nc], d2, ap[2, a:nc])
+    for a in range(n):
+        ea = e_idx[a]
+        c0 = col[0, a]
+        c1 = col[1, a]
+        c2 = col[2, a]
+        ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
+        _axpy3(pe[ea, :nc], c0, ap[0, :nc], c1, ap[1, :nc], c2, ap[2, :nc])
+
+
+@njit(cache=True, inline="always")
+def _joint_group_add(k, xv, trans, am, g, col, e_idx, n, gsum, hs, ge):
+    """Pose rows of a landmark skinned to joint k alone, through per-joint sums.
+
+    Its pose Jacobian is D = S K_k + C_k with S = -[rv]_x (rv = x - translation) and K_k, C_k
+    (3, POSE_DIM) the same for every landmark of joint k (``skinning.skin_vertex_single``), so
+    D^T A D, D^T g and col^T A D need only the sums over the group of S^T A S, S^T A, A, S^T g, g
+    (gsum[k], 3 x 3 blocks and 3-vectors) and of col^T A S, col^T A per expression (hs[k], (E, 6));
+    :func:`_joint_group_finish` multiplies them out once per call.
+    """
+    r0 = xv[0] - trans[0]
+    r1 = xv[1] - trans[1]
+    r2 = xv[2] - trans[2]
+    # A S, S = -[r]_x = [[0, r2, -r1], [-r2, 0, r0], [r1, -r0, 0]]
+    as00 = -am[0, 1] * r2 + am[0, 2] * r1
+    as01 = am[0, 0] * r2 - am[0, 2] * r0
+    as02 = -am[0, 0] * r1 + am[0, 1] * r0
+    as10 = -am[1, 1] * r2 + am[1, 2] * r1
+    as11 = am[1, 0] * r2 - am[1, 2] * r0
+    as12 = -am[1, 0] * r1 + am[1, 1] * r0
+    as20 = -am[2, 1] * r2 + am[2, 2] * r1
+    as21 = am[2, 0] * r2 - am[2, 2] * r0
+    as22 = -am[2, 0] * r1 + am[2, 1] * r0
+    gs = gsum[k]
+    # rows 0-2: S^T A S; rows 3-5: S^T A; rows 6-8: A; row 9: S^T g; row 10: g
+    for j in range(3):
+        a0 = as00 if j == 0 else (as01 if j == 1 else as02)
+        a1 = as10 if j == 0 else (as11 if j == 1 else as12)
+        a2 = as20 if j == 0 else (as21 if j == 1 else as22)
+        gs[0, j] += -r2 * a1 + r1 * a2
+        gs[1, j] += r2 * a0 - r0 * a2
+        gs[2, j] += -r1 * a0 + r0 * a1
+    gs[3, 0] += as00
+    gs[3, 1] += as10
+    gs[3, 2] += as20
+    gs[4, 0] += as01
+    gs[4, 1] += as11
+    gs[4, 2] += as21
+    gs[5, 0] += as02
+    gs[5, 1] += as12
+    gs[5, 2] += as22
+    for i in range(3):
+        for j in range(3):
+            gs[6 + i, j] += am[i, j]
+    gs[9, 0] += -r2 * g[1] + r1 * g[2]
+    gs[9, 1] += r2 * g[0] - r0 * g[2]
+    gs[9, 2] += -r1 * g[0] + r0 * g[1]
+    for i in range(3):
+        gs[10, i] += g[i]
+    h = hs[k]
+    g0, g1, g2 = g[0], g[1], g[2]
+    a00, a01, a02 = am[0, 0], am[0, 1], am[0, 2]
+    a10, a11, a12 = am[1, 0], am[1, 1], am[1, 2]
+    a20, a21, a22 = am[2, 0], am[2, 1], am[2, 2]
+    for a in range(n):
+        ea = e_idx[a]
+        c0 = col[0, a]
+        c1 = col[1, a]
+        c2 = col[2, a]
+        ge[ea] += c0 * g0 + c1 * g1 + c2 * g2
+        h[ea, 0] += c0 * as00 + c1 * as10 + c2 * as20
+        h[ea, 1] += c0 * as01 + c1 * as11 + c2 * as21
+        h[ea, 2] += c0 * as02 + c1 * as12 + c2 * as22
+        h[ea, 3] += c0 * a00 + c1 * a10 + c2 * a20
+        h[ea, 4] += c0 * a01 + c1 * a11 + c2 * a21
+        h[ea, 5] += c0 * a02 + c1 * a12 + c2 * a22
+
+
+@njit(cache=True)
+def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp):
+    """Add joint k's group sums (:func:`_joint_group_add`) into pp, pe and gp.
+
+    K_k, C_k (3, POSE_DIM): root rotation columns K = J_l0 (``r0bm[0]``), C = 0; translation K = 0,
+    C = I; joint m (an ancestor of k, or k) K = R_root bm_m, C = [R_root g_m]_x R_root bm_m; other
+    joints 0.  pp += K^T (SAS K + SA C) + C^T (SA^T K + A C), gp += K^T S^T g + C^T g,
+    pe += H_S K + H_A C.
+    """
+    nj = anc.shape[0]
+    pd = pp.shape[0]
+    kk = np.zeros((3, pd))
+    cc = np.zeros((3, pd))
+    for i in range(3):
+        for j in range(3):
+            kk[i, j] = r0bm[0, i, j]
+        cc[i, 3 + i] = 1.0
+    for m in range(1, nj):
+        if anc[k, m] == 0.0:
+            continue
+        c = 6 + 3 * (m - 1)
+        u0 = rgm[m, 0]
+        u1 = rgm[m, 1]
+        u2 = rgm[m, 2]
+        for j in range(3):
+            b0 = r0bm[m, 0, j]
+            b1 = r0bm[m, 1, j]
+            b2 = r0bm[m, 2, j]
+            kk[0, c + j] = b0
+            kk[1, c + j] = b1
+            kk[2, c + j] = b2
+            cc[0, c + j] = u1 * b2 - u2 * b1
+            cc[1, c + j] = u2 * b0 - u0 * b2
+            cc[2, c + j] = u0 * b1 - u1 * b0
+    gs = gsum[k]
+    t1 = np.zeros((3, pd))
+    t2 = np.zeros((3, pd))
+    for i in range(3):
+        for c in range(pd):
+            s1 = 0.0
+            s2 = 0.0
+            for q in range(3):
+                s1 += gs[i, q] * kk[q, c] + gs[3 + i, q] * cc[q, c]
+                s2 += gs[3 + q, i] * kk[q, c] + gs[6 + i, q] * cc[q, c]
+            t1[i, c] = s1
+            t2[i, c] = s2
+    for a in range(pd):
+        gp[a] += (kk[0, a] * gs[9, 0] + kk[1, a] * gs[9, 1] + kk[2, a] * gs[9, 2]
+                  + cc[0, a] * gs[10, 0] + cc[1, a] * gs[10, 1] + cc[2, a] * gs[10, 2])
+        for b in range(a, pd):
+            pp[a, b] += (kk[0, a] * t1[0, b] + kk[1, a] * t1[1, b] + kk[2, a] * t1[2, b]
+                         + cc[0, a] * t2[0, b] + cc[1, a] * t2[1, b] + cc[2, a] * t2[2, b])
+    h = hs[k]
+    for e in range(h.shape[0]):
+        h0 = h[e, 0]
+        h1 = h[e, 1]
+        h2 = h[e, 2]
+        h3 = h[e, 3]
+        h4 = h[e, 4]
+        h5 = h[e, 5]
+        if h0 == 0.0 and h1 == 0.0 and h2 == 0.0 and h3 == 0.0 and h4 == 0.0 and h5 == 0.0:
+            continue
+        for c in range(pd):
+            pe[e, c] += (h0 * kk[0, c] + h1 * kk[1, c] + h2 * kk[2, c]
+                         + h3 * cc[0, c] + h4 * cc[1, c] + h5 * cc[2, c])
 
 
 @njit(cache=True)
@@ -557,7 +776,14 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
       w B^T B is the static ``ee_static``, so their expression block needs only the two projection
       rows (2 multiply-adds per entry instead of 3).  A landmark without a temporal residual, or
       with an expression column dropped by ``jac_threshold``, has its static part subtracted and
-      takes the 3-row path.
+      takes the 3-row path;
+    * the expression buffers are indexed by position in the plan's ``expr_order``, in which each
+      landmark's entries lie close together: its expression x expression rows run over the
+      contiguous range up to its last entry (zeros in between), a loop the compiler vectorises;
+    * single-joint landmarks whose pose columns all pass ``jac_threshold`` add their pose x pose,
+      expression x pose and pose gradient rows through per-joint 3 x 3 sums
+      (:func:`_joint_group_add`, exact: their pose Jacobian is S K_k + C_k with S = -[x - t]_x),
+      multiplied out once per joint at the end (:func:`_joint_group_finish`).
 
     Returns the cost 0.5 |r|^2 of the landmark and temporal terms.
     """
@@ -576,6 +802,16 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
     r0bm = np.empty((nj, 3, 3))
     rgm = np.empty((nj, 3))
     single_joint_frame(r0, rg, gpos, bm, rmk, r0bm, rgm)
+    gsum = np.zeros((nj, 11, 3))            # per-joint sums of _joint_group_add
+    hs = np.zeros((nj, ne, 6))
+    nck = np.zeros(nj, np.int64)            # pose columns of a landmark skinned to joint k alone
+    for kj in range(nj):
+        for m in range(1, nj):
+            if anc[kj, m] != 0.0:
+                nck[kj] = 6 + 3 * m
+        if nck[kj] == 0:
+            nck[kj] = 6
+    used = np.zeros(nj, np.bool_)
     t = np.empty(3)
     xv = np.empty(3)
     rm = np.empty((3, 3))
@@ -584,8 +820,8 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
     wsub = np.empty(nj)
     work = np.empty((nj + 5, 3))
     col = np.empty((3, nd))
-    acol = np.empty((3, nd))
-    q = np.empty((2, nd))
+    acd = np.zeros((3, ne))                 # A-weighted columns, dense over expression positions
+    qd = np.zeros((2, ne))                  # projected columns / sigma, dense over expression positions
     uv = np.empty(2)
     dx = np.empty((2, 3))
     df = np.empty(2)
@@ -612,18 +848,42 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
             if is_static:
                 _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
             continue
-        # expression columns rm B (free entries)
+        # expression columns rm B (free entries) and, with a landmark residual, their projected rows
+        # q = dx col / sigma (dense over positions in qd), thresholded as drop_small_columns does
+        zeroed = False
+        pose_zeroed = False
+        thresh = has_lm and jac_threshold > 0.0
+        m00, m01, m02 = rm[0, 0], rm[0, 1], rm[0, 2]         # scalars: the loop keeps them in registers
+        m10, m11, m12 = rm[1, 0], rm[1, 1], rm[1, 2]
+        m20, m21, m22 = rm[2, 0], rm[2, 1], rm[2, 2]
+        x00, x01, x02 = dx[0, 0], dx[0, 1], dx[0, 2]
+        x10, x11, x12 = dx[1, 0], dx[1, 1], dx[1, 2]
         for a in range(n):
             d = e_pos[p, a]
             b0 = expr_blocks[p, d, 0]
             b1 = expr_blocks[p, d, 1]
             b2 = expr_blocks[p, d, 2]
-            for i in range(3):
-                col[i, a] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
-        zeroed = False
-        if has_lm and jac_threshold > 0.0:
-            drop_small_columns(dx, isg, jac_threshold, dpose, nc)
-            zeroed = drop_small_columns(dx, isg, jac_threshold, col, n)
+            c0 = m00 * b0 + m01 * b1 + m02 * b2
+            c1 = m10 * b0 + m11 * b1 + m12 * b2
+            c2 = m20 * b0 + m21 * b1 + m22 * b2
+            if has_lm:
+                q0 = (x00 * c0 + x01 * c1 + x02 * c2) * isg
+                q1 = (x10 * c0 + x11 * c1 + x12 * c2) * isg
+                if thresh and abs(q0) < jac_threshold and abs(q1) < jac_threshold:
+                    c0 = 0.0
+                    c1 = 0.0
+                    c2 = 0.0
+                    q0 = 0.0
+                    q1 = 0.0
+                    zeroed = True
+                ea = e_idx[p, a]
+                qd[0, ea] = q0
+                qd[1, ea] = q1
+            col[0, a] = c0
+            col[1, a] = c1
+            col[2, a] = c2
+        if thresh:
+            pose_zeroed = drop_small_columns(dx, isg, jac_threshold, dpose, nc)
         if is_static and (zeroed or not has_tmp):
             _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
             is_static = False
@@ -637,56 +897,47 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
                 g[i] += (dx[0, i] * r_u + dx[1, i] * r_v) * isg
                 for j in range(3):
                     am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
-        # pose x pose
-        for c in range(nc):
-            d0 = dpose[0, c]
-            d1 = dpose[1, c]
-            d2 = dpose[2, c]
-            ap[0, c] = am[0, 0] * d0 + am[0, 1] * d1 + am[0, 2] * d2
-            ap[1, c] = am[1, 0] * d0 + am[1, 1] * d1 + am[1, 2] * d2
-            ap[2, c] = am[2, 0] * d0 + am[2, 1] * d1 + am[2, 2] * d2
-            gp[c] += d0 * g[0] + d1 * g[1] + d2 * g[2]
-        for a in range(nc):
-            d0 = dpose[0, a]
-            d1 = dpose[1, a]
-            d2 = dpose[2, a]
-            for b in range(a, nc):
-                pp[a, b] += d0 * ap[0, b] + d1 * ap[1, b] + d2 * ap[2, b]
-        # expression x pose, expression gradient
-        for a in range(n):
-            ea = e_idx[p, a]
-            c0 = col[0, a]
-            c1 = col[1, a]
-            c2 = col[2, a]
-            ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
-            for c in range(nc):
-                pe[ea, c] += c0 * ap[0, c] + c1 * ap[1, c] + c2 * ap[2, c]
+        if k >= 0 and nc == nck[k] and not pose_zeroed:
+            # one-joint landmark: pose rows through the per-joint sums (_joint_group_add)
+            _joint_group_add(k, xv, trans, am, g, col, e_idx[p], n, gsum, hs, ge)
+            used[k] = True
+        else:
+            _explicit_pose_rows(nc, n, e_idx[p], dpose, am, g, col, ap, pp, pe, gp, ge)
         # expression x expression
+        # (dense rows over the positions e_idx[p, a] .. e_idx[p, n - 1], zero between the entries:
+        # contiguous and vectorisable; adding the zeros changes nothing)
+        if n == 0:
+            continue
+        hi = e_idx[p, n - 1] + 1
         if is_static:
             if has_lm:
                 for a in range(n):
-                    q[0, a] = (dx[0, 0] * col[0, a] + dx[0, 1] * col[1, a] + dx[0, 2] * col[2, a]) * isg
-                    q[1, a] = (dx[1, 0] * col[0, a] + dx[1, 1] * col[1, a] + dx[1, 2] * col[2, a]) * isg
-                for a in range(n):
                     ea = e_idx[p, a]
-                    qa0 = q[0, a]
-                    qa1 = q[1, a]
-                    for b in range(a, n):
-                        ee[ea, e_idx[p, b]] += qa0 * q[0, b] + qa1 * q[1, b]
+                    _axpy2(ee[ea, ea:hi], qd[0, ea], qd[0, ea:hi], qd[1, ea], qd[1, ea:hi])
         else:
-            for a in range(n):
-                c0 = col[0, a]
-                c1 = col[1, a]
-                c2 = col[2, a]
-                for i in range(3):
-                    acol[i, a] = am[i, 0] * c0 + am[i, 1] * c1 + am[i, 2] * c2
             for a in range(n):
                 ea = e_idx[p, a]
                 c0 = col[0, a]
                 c1 = col[1, a]
                 c2 = col[2, a]
-                for b in range(a, n):
-                    ee[ea, e_idx[p, b]] += c0 * acol[0, b] + c1 * acol[1, b] + c2 * acol[2, b]
+                for i in range(3):
+                    acd[i, ea] = am[i, 0] * c0 + am[i, 1] * c1 + am[i, 2] * c2
+            for a in range(n):
+                ea = e_idx[p, a]
+                c0 = col[0, a]
+                c1 = col[1, a]
+                c2 = col[2, a]
+                _axpy3(ee[ea, ea:hi], c0, acd[0, ea:hi], c1, acd[1, ea:hi], c2, acd[2, ea:hi])
+            for a in range(n):
+                for i in range(3):
+                    acd[i, e_idx[p, a]] = 0.0
+        if has_lm:
+            for a in range(n):
+                qd[0, e_idx[p, a]] = 0.0
+                qd[1, e_idx[p, a]] = 0.0
+    for kj in range(nj):
+        if used[kj]:
+            _joint_group_finish(kj, anc, r0bm, rgm, gsum, hs, pp, pe, gp)
     if static_on:
         for a in range(ne):
             for b in range(a, ne):
@@ -726,6 +977,41 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
                 jtj[fa, fb] += ee[a, b]
             else:
                 jtj[fb, fa] += ee[a, b]
+    return cost
+
+
+@njit(cache=True)
+def vertex_cost_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, single, r0, trans, rg, tg,
+                         mu, inv_sigma, temporal_sqrtw, prev, uv_out, xyz_out):
+    """:func:`vertex_term` without Jacobian (cost, uv_out, xyz_out), same results bit for bit.
+
+    Landmarks skinned to one joint (``single`` from :func:`tracking_plan`) are posed without the
+    loop over skin weights: R_root (Rg_k t + tg_k) + trans, the operations ``skinning.skin_point``
+    performs for a weight of exactly 1.
+    """
+    nl = t_beta.shape[0]
+    e0 = 6 + 3 * (weights.shape[1] - 1)
+    t = np.empty(3)
+    xv = np.empty(3)
+    uv = np.empty(2)
+    dx = np.empty((2, 3))
+    df = np.empty(2)
+    g = np.empty(3)
+    cost = 0.0
+    for p in range(nl):
+        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
+        k = single[p]
+        if k >= 0:
+            v0 = tg[k, 0] + rg[k, 0, 0] * t[0] + rg[k, 0, 1] * t[1] + rg[k, 0, 2] * t[2]
+            v1 = tg[k, 1] + rg[k, 1, 0] * t[0] + rg[k, 1, 1] * t[1] + rg[k, 1, 2] * t[2]
+            v2 = tg[k, 2] + rg[k, 2, 0] * t[0] + rg[k, 2, 1] * t[1] + rg[k, 2, 2] * t[2]
+            for i in range(3):
+                xv[i] = r0[i, 0] * v0 + r0[i, 1] * v1 + r0[i, 2] * v2 + trans[i]
+        else:
+            skin_point(t, weights[p], r0, trans, rg, tg, xv)
+        c, _, _, _, _ = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev, temporal_sqrtw, uv, dx, df, g,
+                                       uv_out, xyz_out)
+        cost += c
     return cost
 
 

@@ -190,9 +190,15 @@ def test_tracking_plan(model, rng):
         b = np.zeros((3, 53))
         b[:, t.expr_idx[p, ok]] = t.expr_blocks[p, ok].T
         ref += b.T @ b
-    np.testing.assert_allclose(plan.ee_static, np.triu(ref), rtol=1e-12, atol=1e-12)
+    o = plan.expr_order                      # buffers are indexed by position in expr_order
+    assert sorted(o.tolist()) == list(range(53))
+    np.testing.assert_allclose(plan.ee_static, np.triu(ref[np.ix_(o, o)]), rtol=1e-12, atol=1e-12)
     assert (plan.pose_free[:6] == np.arange(6)).all() and (plan.pose_free[6:] == -1).all()
-    assert (plan.expr_free == 6 + np.arange(53)).all()
+    assert (plan.expr_free == 6 + o).all()
+    for p in range(t.n_landmarks):           # e_idx: ascending positions of the landmark's entries
+        e = plan.e_idx[p, :plan.e_count[p]]
+        assert (np.diff(e) > 0).all()
+        np.testing.assert_array_equal(o[e], t.expr_idx[p, plan.e_pos[p, :plan.e_count[p]]])
     assert plan.pose_ncols.max() == POSE_DIM and plan.pose_ncols.min() >= 6
 
 

@@ -1,0 +1,155 @@
+"""The compiled per-frame LM loop (``frame_lm.tracking_lm``) against the general solver, the compiled
+frame evaluation against the term-by-term Python composition, and the plan's expression order."""
+import numpy as np
+import pytest
+
+from lmfit3d.fit import FitConfig, FrameProblem, Tracker, _Intersection, masks, params_to_vector
+from lmfit3d.landmarks import load_landmark_set
+from lmfit3d.skinning import POSE_DIM
+from lmfit3d.sparsity import build_sparsity
+from lmfit3d.synthetic import make_frame, random_params
+from lmfit3d.terms import expression_order, intersection_term, symmetrize_upper, tracking_plan
+
+
+def _clip(model, rng, name, n_frames=4):
+    """A short synthetic clip with head motion and expression drift; returns (ids, true params, frames)."""
+    ids = load_landmark_set(name)
+    p0 = random_params(model, rng, yaw_deg=12.0)
+    d_expr = np.where(p0.expression > 0, rng.uniform(-0.05, 0.05, size=model.n_expression), 0.0)
+    frames = []
+    for f in range(n_frames):
+        rot = p0.rotations.copy()
+        rot[0, 1] += np.radians(1.5 * f)
+        psi = np.clip(p0.expression + f * d_expr, 0.0, 1.0)
+        frames.append(make_frame(model, p0.replace(rotations=rot, expression=psi), ids, rng, noise_px=1.0,
+                                 outlier_fraction=0.1))
+    return ids, p0, frames
+
+
+def _same_fit(a, b):
+    (xa, ra), (xb, rb) = a, b
+    assert ra.iterations == rb.iterations and ra.status == rb.status
+    assert ra.cost == rb.cost
+    np.testing.assert_array_equal(ra.history, rb.history)
+    np.testing.assert_array_equal(ra.x, rb.x)
+    np.testing.assert_array_equal(xa, xb)
+
+
+@pytest.mark.parametrize("name,eyes,w_inter", [("dense320", True, 10.0), ("dense703", True, 10.0),
+                                               ("dense320", False, 0.0)])
+def test_tracking_lm_equals_general_solver(model, rng, name, eyes, w_inter):
+    """Same iterations, status, cost history and parameters, bit for bit, on the frames of a tracked clip
+    (the tracker's own frame masks), from a cold pose-only start, and when max_iter stops the solve."""
+    ids, p0, frames = _clip(model, rng, name)
+    cam = frames[0].camera
+    cfg = FitConfig(fit_eyes=eyes, w_intersection=w_inter)
+    tr = Tracker(model, ids, (cam.width, cam.height), cam.focal, cfg, identity=p0.identity)
+    seen_iters = set()
+    for f, fr in enumerate(frames):
+        x_prev, prev = (tr.x.copy(), tr.prev.copy()) if tr.x is not None else (None, None)
+        tr.step(fr.mu, fr.sigma)
+        if x_prev is None:
+            continue
+        prob = tr._problem(fr.mu, fr.sigma, prev)
+        for max_iter in (cfg.max_iter, 1):
+            fast = prob.solve(x_prev, tr._frame_mask, max_iter)
+            slow = prob.solve(x_prev, tr._frame_mask, max_iter, compiled=False)
+            _same_fit(fast, slow)
+            seen_iters.add(fast[1].iterations)
+            np.testing.assert_array_equal(prob.landmark_positions(fast[0])[0], tr._problem(
+                fr.mu, fr.sigma, prev).landmark_positions(fast[0])[0])
+    assert len(seen_iters) >= 2                       # converged solves and stopped ones
+    # cold start: pose only, no temporal term (the tracker's initialisation solves)
+    fr = frames[0]
+    prob = tr._problem(fr.mu, fr.sigma, None)
+    x0 = params_to_vector(model, p0.replace(expression=np.zeros(model.n_expression)), cam.focal)
+    x0[0:3] = 0.0
+    _same_fit(prob.solve(x0, masks(model, "pose"), 30), prob.solve(x0, masks(model, "pose"), 30, compiled=False))
+
+
+def test_tracking_lm_with_active_bounds_and_no_plan(model, rng):
+    """Expressions pushed onto their bounds (active set in the bounded step) give the same solve; with
+    the identity free there is no tracking plan and both paths are the general solver."""
+    ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
+    fr = frames[0]
+    table = build_sparsity(model, ids, 0.01)
+    cfg = FitConfig()
+    inter = _Intersection(model, p0.identity, 0.01)
+    prev = fr.vertices[ids] + rng.normal(scale=0.3, size=(ids.size, 3))
+    prob = FrameProblem(model, table, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+    x = params_to_vector(model, p0, fr.camera.focal)
+    e = slice(POSE_DIM, POSE_DIM + model.n_expression)
+    x[e] = np.where(rng.random(model.n_expression) < 0.5, 0.0, 1.0)
+    mask = masks(model, "pose", "joints", "expression")
+    fast, slow = prob.solve(x, mask, 10), prob.solve(x, mask, 10, compiled=False)
+    _same_fit(fast, slow)
+    assert ((fast[0][e] == 0.0) | (fast[0][e] == 1.0)).any()
+    mask_id = masks(model, "pose", "expression", "identity")
+    prob.set_free(mask_id, x)
+    assert prob._tracking_plan() is None
+    _same_fit(prob.solve(x, mask_id, 2), prob.solve(x, mask_id, 2, compiled=False))
+
+
+@pytest.mark.parametrize("tw", [0.05, 0.0])
+def test_compiled_frame_cost_equals_terms(model, rng, tw):
+    """FrameProblem.accumulate (the compiled evaluation when tracking) equals the term-by-term
+    composition accumulate_full + symmetrisation: cost to rounding, J^T J and J^T r to 1e-10."""
+    ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
+    fr = frames[0]
+    table = build_sparsity(model, ids, 0.01)
+    cfg = FitConfig(w_temporal=tw)
+    inter = _Intersection(model, p0.identity, 0.01)
+    prev = fr.vertices[ids] + rng.normal(scale=0.5, size=(ids.size, 3))
+    prob = FrameProblem(model, table, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+    x = params_to_vector(model, p0, fr.camera.focal)
+    e = slice(POSE_DIM, POSE_DIM + model.n_expression)
+    x[e] = rng.uniform(0.0, 1.0, model.n_expression)       # strong expressions: intersections fire
+    prob.set_free(masks(model, "pose", "joints", "expression"), x)
+    z = x[prob.free]
+    n = z.size
+    a, b = np.zeros((n, n)), np.zeros(n)
+    cost = prob.accumulate(z, a, b, True)
+    a_ref, b_ref = np.zeros((n, n)), np.zeros(n)
+    cost_ref = prob.accumulate_full(prob.full(z), a_ref, b_ref, True)
+    symmetrize_upper(a_ref)
+    assert cost == pytest.approx(cost_ref, rel=1e-13)
+    np.testing.assert_allclose(a, a_ref, rtol=1e-10, atol=1e-12 * np.abs(a_ref).max())
+    np.testing.assert_allclose(b, b_ref, rtol=1e-10, atol=1e-12 * np.abs(b_ref).max())
+    empty2, empty1 = np.zeros((0, 0)), np.zeros(0)
+    assert prob.accumulate(z, empty2, empty1, False) == pytest.approx(cost_ref, rel=1e-13)
+    it = prob.inter                                           # the intersection term fired
+    e0 = POSE_DIM
+    inter_cost = intersection_term(prob.full(z), e0, it.t_beta, it.table.expr_idx, it.table.expr_blocks,
+                                   it.sphere_c, it.sphere_r, it.sphere_of, it.planes, it.hull_of,
+                                   np.sqrt(2.0 * cfg.w_intersection), prob.col_map, False, empty2, empty1)
+    assert inter_cost > 0.0
+
+
+def test_expression_order(model, rng):
+    """A permutation with the free expressions first when some are held, never more work than the
+    natural order (the work measure of the docstring, recomputed here)."""
+    ids = load_landmark_set("dense320")
+    table = build_sparsity(model, ids, 0.01)
+    ne = model.n_expression
+
+    def work(order, free):
+        pos = np.empty(ne, int)
+        pos[order] = np.arange(ne)
+        total = 0
+        for r in table.expr_idx:
+            q = pos[r[(r >= 0) & np.isin(r, free)]]
+            total += int((q.max() + 1 - q).sum()) if q.size else 0
+        return total
+
+    for free in (np.arange(ne), np.sort(rng.choice(ne, 30, replace=False))):
+        order = expression_order(table.expr_idx, free, ne)
+        assert sorted(order.tolist()) == list(range(ne))
+        assert work(order, free) <= work(np.arange(ne), free)
+        if free.size < ne:
+            assert set(order[free.size:].tolist()) == set(range(ne)) - set(free.tolist())
+    full = expression_order(table.expr_idx, np.arange(ne), ne)
+    assert work(full, np.arange(ne)) < 0.8 * work(np.arange(ne), np.arange(ne))     # the ordering pays
+    col_map = np.full(POSE_DIM + ne + model.n_identity + 1, -1, np.int64)
+    col_map[:POSE_DIM + ne] = np.arange(POSE_DIM + ne)
+    plan = tracking_plan(table, col_map, POSE_DIM)
+    np.testing.assert_array_equal(plan.expr_order, full)
