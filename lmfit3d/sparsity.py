@@ -97,13 +97,12 @@ def build_sparsity(model: FaceModel, vertex_ids, threshold=DEFAULT_THRESHOLD_MM)
         raise ValueError(f"threshold must be >= 0 mm, got {threshold}")
     eb = model.expression_basis[ids].astype(np.float64)            # (L, 3, E)
     keep = np.abs(eb).max(1) >= threshold if threshold > 0 else np.ones(eb.shape[::2], bool)
-    d = max(int(keep.sum(1).max()), 1)
-    expr_idx = np.full((ids.size, d), -1, np.int64)
-    expr_blocks = np.zeros((ids.size, d, 3))
-    for i in range(ids.size):
-        cols = np.flatnonzero(keep[i])
-        expr_idx[i, :cols.size] = cols
-        expr_blocks[i, :cols.size] = eb[i, :, cols]
+    counts = keep.sum(1)
+    d = max(int(counts.max()), 1)
+    cols = np.argsort(~keep, axis=1, kind="stable")[:, :d]          # kept shapes first, ascending
+    valid = np.arange(d)[None, :] < counts[:, None]
+    expr_idx = np.where(valid, cols, -1).astype(np.int64)
+    expr_blocks = np.where(valid[:, :, None], eb.transpose(0, 2, 1)[np.arange(ids.size)[:, None], cols], 0.0)
     w = model.skin_weights[ids].astype(np.float64)
     anc = ancestry(model.joint_parents)
     active = (w @ anc) > 0

@@ -1047,25 +1047,22 @@ def intersection_skip_test(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sp
     t_beta = np.asarray(t_beta, dtype=np.float64)
     n = t_beta.shape[0]
     base = np.full(n, -np.inf)
+    u = np.zeros((n, 3))
+    sp = np.flatnonzero(np.asarray(sphere_of) >= 0)
+    v = t_beta[sp] - np.asarray(sphere_c)[sphere_of[sp]]
+    dist = np.linalg.norm(v, axis=1)
+    sp, v, dist = sp[dist > 0], v[dist > 0], dist[dist > 0]
+    u[sp] = v / dist[:, None]
+    base[sp] = dist - np.asarray(sphere_r)[sphere_of[sp]]
+    for h in range(planes.shape[0]):
+        hp = np.flatnonzero((np.asarray(hull_of) == h) & (np.asarray(sphere_of) < 0))
+        out = t_beta[hp] @ planes[h, :, :3].T - planes[h, :, 3]          # (n_h, planes)
+        q = np.argmax(out, axis=1)
+        u[hp] = planes[h, q, :3]
+        base[hp] = out[np.arange(hp.size), q]
+    rows, cols = np.nonzero((expr_idx >= 0) & np.isfinite(base)[:, None])
     proj = np.zeros((n_expression, n))
-    for p in range(n):
-        s, h = sphere_of[p], hull_of[p]
-        if s >= 0:
-            v = t_beta[p] - sphere_c[s]
-            dist = np.linalg.norm(v)
-            if dist == 0.0:
-                continue
-            u = v / dist
-            base[p] = dist - sphere_r[s]
-        elif h >= 0:
-            out = planes[h, :, :3] @ t_beta[p] - planes[h, :, 3]
-            q = int(np.argmax(out))
-            u = planes[h, q, :3]
-            base[p] = out[q]
-        else:
-            continue
-        ok = expr_idx[p] >= 0
-        proj[expr_idx[p, ok], p] = expr_blocks[p, ok] @ u
+    proj[expr_idx[rows, cols], rows] = np.einsum("ni,ni->n", expr_blocks[rows, cols], u[rows])
     return base, proj
 
 
