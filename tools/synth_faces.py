@@ -81,7 +81,7 @@ def _value_noise_at(x, y, z, seed):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fbm_at(px, py, pz, c0, c1, c2, seed, octaves):
     """:func:`noise3` at one point (p_x, p_y, p_z) with cell (c0, c1, c2): the same octave sum."""
     acc, amp, tot = 0.0, 1.0, 0.0
