@@ -141,3 +141,19 @@ def test_point_noise_equals_the_array_noise(rng):
         c = np.broadcast_to(np.asarray(cell, float), (3,))
         got = np.array([sf._fbm_at(x, y, z, c[0], c[1], c[2], 11, octaves) for x, y, z in p])
         np.testing.assert_array_equal(got, ref)
+
+
+def test_noise2_equals_the_first_channel_of_the_generic_crop():
+    for h, w, cell, octaves in ((64, 64, 4.0, 3), (40, 56, 17.0, 4), (32, 32, 1.5, 2)):
+        r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+        got = sf.noise2(r1, h, w, cell, octaves)
+        ref, amp, tot = np.zeros((h, w)), 1.0, 0.0
+        for o in range(octaves):
+            c = max(cell / 2 ** o, 1.0)
+            g = int(np.ceil(max(h, w) / c)) + 1
+            grid = r2.integers(0, 256, size=(g, g, 3), dtype=np.uint8)
+            ref += amp * crop(grid, ROI(g / 2.0, g / 2.0, g - 1.0), max(h, w))[0, :h, :w]
+            tot += amp
+            amp *= 0.5
+        np.testing.assert_allclose(got, ref / tot, rtol=0, atol=1e-6)
+        assert r1.random() == r2.random()
