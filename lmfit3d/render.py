@@ -12,23 +12,31 @@ from .camera import project_points
 
 @njit(cache=True)
 def vertex_normals(verts, faces, out):
-    """Area-weighted unit vertex normals out (V, 3) of a triangle mesh."""
+    """Area-weighted unit vertex normals out (V, 3) of a triangle mesh (scalar loops, no temporaries)."""
     out[:] = 0.0
     for t in range(faces.shape[0]):
         a, b, c = faces[t, 0], faces[t, 1], faces[t, 2]
-        e1 = verts[b] - verts[a]
-        e2 = verts[c] - verts[a]
-        n0 = e1[1] * e2[2] - e1[2] * e2[1]
-        n1 = e1[2] * e2[0] - e1[0] * e2[2]
-        n2 = e1[0] * e2[1] - e1[1] * e2[0]
-        for k in (a, b, c):
-            out[k, 0] += n0
-            out[k, 1] += n1
-            out[k, 2] += n2
+        ax, ay, az = verts[a, 0], verts[a, 1], verts[a, 2]
+        e10, e11, e12 = verts[b, 0] - ax, verts[b, 1] - ay, verts[b, 2] - az
+        e20, e21, e22 = verts[c, 0] - ax, verts[c, 1] - ay, verts[c, 2] - az
+        n0 = e11 * e22 - e12 * e21
+        n1 = e12 * e20 - e10 * e22
+        n2 = e10 * e21 - e11 * e20
+        out[a, 0] += n0
+        out[a, 1] += n1
+        out[a, 2] += n2
+        out[b, 0] += n0
+        out[b, 1] += n1
+        out[b, 2] += n2
+        out[c, 0] += n0
+        out[c, 1] += n1
+        out[c, 2] += n2
     for k in range(out.shape[0]):
         n = np.sqrt(out[k, 0] ** 2 + out[k, 1] ** 2 + out[k, 2] ** 2)
         if n > 0:
-            out[k] /= n
+            out[k, 0] /= n
+            out[k, 1] /= n
+            out[k, 2] /= n
 
 
 @njit(cache=True)
@@ -37,7 +45,7 @@ def rasterize(uv, depth, faces, colors, alpha, image, zbuf, tri_id, bary):
 
     uv : (V, 2) pixel positions; depth : (V,) positive distance along the view axis (mm);
     faces : (T, 3) int; colors : (V, 3) float in [0, 1]; alpha : float, blend factor of the mesh
-    over what ``image`` holds.  zbuf (H, W) float64 (init +inf), tri_id (H, W) int64 (init -1) and
+    over what ``image`` holds (0: the image is not touched, only the buffers below).  zbuf (H, W) float64 (init +inf), tri_id (H, W) int64 (init -1) and
     bary (H, W, 3) float32 receive the nearest triangle and its perspective-correct barycentrics.
     Back faces (clockwise on screen) are culled.
     """
@@ -53,10 +61,13 @@ def rasterize(uv, depth, faces, colors, alpha, image, zbuf, tri_id, bary):
         area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
         if area >= 0:              # counter-clockwise in model space is clockwise with v down
             continue
-        x0 = max(int(np.floor(min(ax, bx, cx))), 0)
-        x1 = min(int(np.ceil(max(ax, bx, cx))), w - 1)
-        y0 = max(int(np.floor(min(ay, by, cy))), 0)
-        y1 = min(int(np.ceil(max(ay, by, cy))), h - 1)
+        # candidate pixels: those whose centre (x + 0.5, y + 0.5) lies in the triangle's bounding box
+        x0 = max(int(np.ceil(min(ax, bx, cx) - 0.5)), 0)
+        x1 = min(int(np.floor(max(ax, bx, cx) - 0.5)), w - 1)
+        y0 = max(int(np.ceil(min(ay, by, cy) - 0.5)), 0)
+        y1 = min(int(np.floor(max(ay, by, cy) - 0.5)), h - 1)
+        if x0 > x1 or y0 > y1:
+            continue
         inv = 1.0 / area
         for y in range(y0, y1 + 1):
             py = y + 0.5
@@ -81,6 +92,8 @@ def rasterize(uv, depth, faces, colors, alpha, image, zbuf, tri_id, bary):
                 bary[y, x, 0] = q0
                 bary[y, x, 1] = q1
                 bary[y, x, 2] = q2
+                if alpha == 0.0:       # ids and barycentrics only: the image is left as it is
+                    continue
                 for k in range(3):
                     col = q0 * colors[a, k] + q1 * colors[b, k] + q2 * colors[c, k]
                     image[y, x, k] = (1.0 - alpha) * image[y, x, k] + alpha * col

@@ -43,7 +43,8 @@ from lmfit3d.imaging import ROI, crop  # noqa: E402
 from lmfit3d.landmarks import load_landmark_set  # noqa: E402
 from lmfit3d.model import Params, load_model  # noqa: E402
 from lmfit3d.predict import roi_from_points  # noqa: E402
-from lmfit3d.render import render, vertex_normals, visible_faces  # noqa: E402
+from lmfit3d.camera import project_points  # noqa: E402
+from lmfit3d.render import rasterize, vertex_normals, visible_faces  # noqa: E402
 from lmfit3d.skinning import evaluate_mesh  # noqa: E402
 
 ROI_SCALE = 1.6                # ROI side / longest side of the ibug68 box (aligned frame)
@@ -63,23 +64,40 @@ def _lattice(i, j, k, seed):
     return (h & 0xFFFFFF) / 16777215.0
 
 
+@njit(cache=True, inline="always")
+def _value_noise_at(x, y, z, seed):
+    """Value noise at one lattice-space point (the body of :func:`value_noise3`)."""
+    i0, j0, k0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
+    fx, fy, fz = x - i0, y - j0, z - k0
+    sx, sy, sz = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy), fz * fz * (3 - 2 * fz)
+    acc = 0.0
+    for di in range(2):
+        wx = sx if di else 1 - sx
+        for dj in range(2):
+            wy = sy if dj else 1 - sy
+            for dk in range(2):
+                wz = sz if dk else 1 - sz
+                acc += wx * wy * wz * _lattice(i0 + di, j0 + dj, k0 + dk, seed)
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _fbm_at(px, py, pz, c0, c1, c2, seed, octaves):
+    """:func:`noise3` at one point (p_x, p_y, p_z) with cell (c0, c1, c2): the same octave sum."""
+    acc, amp, tot = 0.0, 1.0, 0.0
+    for o in range(octaves):
+        f = 2.0 ** o
+        acc += amp * _value_noise_at(px / (c0 / f), py / (c1 / f), pz / (c2 / f), seed + 17 * o)
+        tot += amp
+        amp *= 0.5
+    return acc / tot
+
+
 @njit(cache=True)
 def value_noise3(p, scale, seed, out):
     """Smooth value noise in [0, 1] at points p (N, 3) (units of p / ``scale`` (3,) per lattice cell)."""
     for n in range(p.shape[0]):
-        x, y, z = p[n, 0] / scale[0], p[n, 1] / scale[1], p[n, 2] / scale[2]
-        i0, j0, k0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
-        fx, fy, fz = x - i0, y - j0, z - k0
-        sx, sy, sz = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy), fz * fz * (3 - 2 * fz)
-        acc = 0.0
-        for di in range(2):
-            wx = sx if di else 1 - sx
-            for dj in range(2):
-                wy = sy if dj else 1 - sy
-                for dk in range(2):
-                    wz = sz if dk else 1 - sz
-                    acc += wx * wy * wz * _lattice(i0 + di, j0 + dj, k0 + dk, seed)
-        out[n] = acc
+        out[n] = _value_noise_at(p[n, 0] / scale[0], p[n, 1] / scale[1], p[n, 2] / scale[2], seed)
 
 
 def noise3(p, cell, seed, octaves=1):
@@ -97,16 +115,56 @@ def noise3(p, cell, seed, octaves=1):
     return out / tot
 
 
+@njit(cache=True, fastmath=True)
+def _warp_first_channel(image, m, out_size, out):
+    """Channel 0 of :func:`lmfit3d.imaging.warp_chw` (scale 1/255, no mirror) into out (S, S) float32:
+    the same bilinear sums, a third of the work (noise2 keeps only that channel)."""
+    h, w = image.shape[0], image.shape[1]
+    scale = np.float32(1.0 / 255.0)
+    for i in range(out_size):
+        yc = i + 0.5
+        u = m[0, 0] * 0.5 + m[0, 1] * yc + m[0, 2] - 0.5
+        v = m[1, 0] * 0.5 + m[1, 1] * yc + m[1, 2] - 0.5
+        du = m[0, 0]
+        dv = m[1, 0]
+        for j in range(out_size):
+            uf = np.floor(u)
+            vf = np.floor(v)
+            u0 = int(uf)
+            v0 = int(vf)
+            fu = u - uf
+            fv = v - vf
+            if u0 >= 0 and v0 >= 0 and u0 + 1 < w and v0 + 1 < h:
+                acc = ((1.0 - fu) * (1.0 - fv) * image[v0, u0, 0] + fu * (1.0 - fv) * image[v0, u0 + 1, 0]
+                       + (1.0 - fu) * fv * image[v0 + 1, u0, 0] + fu * fv * image[v0 + 1, u0 + 1, 0])
+            else:
+                acc = 0.0
+                for dvv in range(2):
+                    vv = v0 + dvv
+                    if vv < 0 or vv >= h:
+                        continue
+                    wv = fv if dvv else 1.0 - fv
+                    for duu in range(2):
+                        uu = u0 + duu
+                        if uu < 0 or uu >= w:
+                            continue
+                        acc += wv * (fu if duu else 1.0 - fu) * image[vv, uu, 0]
+            out[i, j] = acc * scale
+            u += du
+            v += dv
+
+
 def noise2(rng, h, w, cell, octaves=3):
     """Multi-octave 2D value noise image (h, w) in about [0, 1] (bilinear upsampling of random grids)."""
     out = np.zeros((h, w))
+    up = np.empty((max(h, w), max(h, w)), np.float32)
     amp, tot = 1.0, 0.0
     for o in range(octaves):
         c = max(cell / 2 ** o, 1.0)
         g = int(np.ceil(max(h, w) / c)) + 1
-        grid = rng.integers(0, 256, size=(g, g, 3), dtype=np.uint8)
-        up = crop(grid, ROI(g / 2.0, g / 2.0, g - 1.0), max(h, w))[0, :h, :w]
-        out += amp * up
+        grid = rng.integers(0, 256, size=(g, g, 3), dtype=np.uint8)     # 3 channels: the same random stream
+        _warp_first_channel(grid, ROI(g / 2.0, g / 2.0, g - 1.0).matrix(max(h, w)), max(h, w), up)
+        out += amp * up[:h, :w]
         tot += amp
         amp *= 0.5
     return out / tot
@@ -179,8 +237,20 @@ def procedural_background(rng, h, w):
         return img * (0.8 + 0.2 * noise2(rng, h, w, 30)[..., None])
     else:                                           # flat
         t = np.full((h, w, 1), 0.0)
-    img = c0 * (1 - t) + c1 * t
-    return np.clip(img + rng.normal(0, 0.02, (h, w, 1)) * noise2(rng, h, w, 4)[..., None], 0, 1)
+    grain = rng.normal(0, 0.02, (h, w, 1))
+    out = np.empty((h, w, 3))
+    _blend_grain(np.ascontiguousarray(t[..., 0]), c0, c1, grain[..., 0], noise2(rng, h, w, 4), out)
+    return out
+
+
+@njit(cache=True)
+def _blend_grain(t, c0, c1, grain, n2, out):
+    """out = clip(c0 (1 - t) + c1 t + grain n2, 0, 1) per pixel (t, grain, n2 (h, w); c0, c1 (3,))."""
+    for y in range(t.shape[0]):
+        for x in range(t.shape[1]):
+            g = grain[y, x] * n2[y, x]
+            for k in range(3):
+                out[y, x, k] = min(max(c0[k] * (1 - t[y, x]) + c1[k] * t[y, x] + g, 0.0), 1.0)
 
 
 def background(rng, photos, h, w):
@@ -225,6 +295,140 @@ def _dist_to_polyline(pts, line):
         t = np.clip(((pts - a) @ ab) / (ab @ ab), 0, 1)
         d = np.minimum(d, np.linalg.norm(pts - (a + t[:, None] * ab), axis=1))
     return d
+
+
+# ----------------------------------------------------------------------------------------------
+# per-pixel appearance and shading (one numba pass; the parameters come from FaceSynth.appearance)
+# ----------------------------------------------------------------------------------------------
+
+# rows of the colour table
+C_SKIN, C_LIP, C_HAIR, C_BROW, C_STUBBLE, C_IRIS, C_WHITE, C_TEETH, C_MOUTH = range(9)
+# scalar parameters
+(A_BLOT, A_RED_CHEEK, A_RED_NOSE, A_PORES, A_SPEC, A_STRAND, _, _, A_BROW_W, A_BROW_BLEND, A_LID_W, A_STUBBLE,
+ A_STUBBLE_THR, A_SCALP, A_HAIRLINE, A_BACK_LINE, A_HAIR_CELL, _, _, A_IRIS_COS, A_PUPIL_COS, A_N) = range(22)
+# per-vertex attribute columns and region flags
+V_CHEEK, V_NOSE, V_LIPS, V_EYE_COS, V_BROW_DIST, V_LID_DIST = range(6)
+F_LIPS, F_LIPS_INNER, F_SKIN, F_BEARD, F_EYE, F_TEETH, F_MOUTH = 1, 2, 4, 8, 16, 32, 64
+
+
+@njit(cache=True)
+def shade_pixels(img, tri, bary, faces, T, verts, nv, vattr, vflags, cols, a, seed, amb, ld, li, shin, gain):
+    """Shade the drawn pixels of ``img`` (H, W, 3) float64 in place, then scale all by ``gain`` and clip.
+
+    tri (H, W) int64 and bary (H, W, 3) float32 from the rasteriser; faces (T, 3) int64; T (V, 3)
+    neutral template (mm, texture space of the 3D noise); verts, nv (V, 3) posed camera-space
+    vertices and unit normals; vattr (V, 6) float64 (``V_*``) and vflags (V,) uint8 (``F_*``) per
+    vertex; cols (9, 3) and a (A_N,) from ``FaceSynth.appearance``; amb (3,), ld, li (L, 3) unit
+    light directions and colours; shin Blinn-Phong exponent.  Region lookups use the pixel's nearest
+    vertex (largest barycentric); noise is evaluated only where it shows.
+    """
+    h, w = img.shape[0], img.shape[1]
+    nl = ld.shape[0]
+    for y in range(h):
+        for x in range(w):
+            t = tri[y, x]
+            if t >= 0:
+                i0, i1, i2 = faces[t, 0], faces[t, 1], faces[t, 2]
+                w0, w1, w2 = np.float64(bary[y, x, 0]), np.float64(bary[y, x, 1]), np.float64(bary[y, x, 2])
+                if w0 >= w1 and w0 >= w2:
+                    near = i0
+                elif w1 >= w2:
+                    near = i1
+                else:
+                    near = i2
+                fl = vflags[near]
+                px = w0 * T[i0, 0] + w1 * T[i1, 0] + w2 * T[i2, 0]
+                py = w0 * T[i0, 1] + w1 * T[i1, 1] + w2 * T[i2, 1]
+                pz = w0 * T[i0, 2] + w1 * T[i1, 2] + w2 * T[i2, 2]
+                scalp = False
+                if a[A_SCALP] != 0.0 and fl & F_SKIN:
+                    if pz > 30:
+                        scalp = py > a[A_HAIRLINE] - 45 * (abs(px) / 85) ** 2
+                    else:
+                        scalp = py > (55.0 if pz > -20 else a[A_BACK_LINE])
+                ks = 0.6 if fl & F_EYE else (0.1 if scalp else a[A_SPEC])
+                c0, c1, c2 = cols[C_SKIN, 0], cols[C_SKIN, 1], cols[C_SKIN, 2]
+                if fl & F_MOUTH:
+                    c0, c1, c2 = cols[C_MOUTH, 0], cols[C_MOUTH, 1], cols[C_MOUTH, 2]
+                elif fl & F_TEETH:
+                    c0, c1, c2 = cols[C_TEETH, 0], cols[C_TEETH, 1], cols[C_TEETH, 2]
+                elif fl & F_EYE:
+                    cosang = w0 * vattr[i0, V_EYE_COS] + w1 * vattr[i1, V_EYE_COS] + w2 * vattr[i2, V_EYE_COS]
+                    if cosang > a[A_PUPIL_COS]:
+                        c0 = c1 = c2 = 0.02
+                    elif cosang > a[A_IRIS_COS]:
+                        f = 0.7 + 0.6 * _fbm_at(px, py, pz, 0.7, 0.7, 0.7, seed + 5, 1)
+                        c0, c1, c2 = cols[C_IRIS, 0] * f, cols[C_IRIS, 1] * f, cols[C_IRIS, 2] * f
+                    else:
+                        c0, c1, c2 = cols[C_WHITE, 0], cols[C_WHITE, 1], cols[C_WHITE, 2]
+                elif scalp:
+                    f = 0.55 + 0.9 * _fbm_at(px, py, pz, a[A_HAIR_CELL], a[A_HAIR_CELL + 1], a[A_HAIR_CELL + 2],
+                                             seed + 4, 3)
+                    c0, c1, c2 = cols[C_HAIR, 0] * f, cols[C_HAIR, 1] * f, cols[C_HAIR, 2] * f
+                else:
+                    # skin: blotches, redness, pores, lips, brows, eyelid line, stubble
+                    f = 1 + a[A_BLOT] * (_fbm_at(px, py, pz, 25.0, 25.0, 25.0, seed, 3) - 0.5)
+                    c0, c1, c2 = c0 * f, c1 * f, c2 * f
+                    red = ((w0 * vattr[i0, V_CHEEK] + w1 * vattr[i1, V_CHEEK] + w2 * vattr[i2, V_CHEEK]) * a[A_RED_CHEEK]
+                           + (w0 * vattr[i0, V_NOSE] + w1 * vattr[i1, V_NOSE] + w2 * vattr[i2, V_NOSE]) * a[A_RED_NOSE])
+                    c1 *= 1 - red * 0.35
+                    c2 *= 1 - red * 0.3
+                    f = 1 + a[A_PORES] * (_fbm_at(px, py, pz, 0.9, 0.9, 0.9, seed + 1, 1) - 0.5)
+                    c0, c1, c2 = c0 * f, c1 * f, c2 * f
+                    lipw = min(max((w0 * vattr[i0, V_LIPS] + w1 * vattr[i1, V_LIPS] + w2 * vattr[i2, V_LIPS]) * 1.2,
+                                   0.0), 1.0)
+                    if lipw > 0 and (not fl & F_LIPS_INNER or fl & F_LIPS):
+                        c0 = c0 * (1 - lipw) + cols[C_LIP, 0] * lipw
+                        c1 = c1 * (1 - lipw) + cols[C_LIP, 1] * lipw
+                        c2 = c2 * (1 - lipw) + cols[C_LIP, 2] * lipw
+                    bf = min(max((a[A_BROW_W] - vattr[near, V_BROW_DIST]) / 1.5, 0.0), 1.0)
+                    if bf > 0:
+                        strands = _fbm_at(px, py, pz, a[A_STRAND], a[A_STRAND + 1], a[A_STRAND + 2], seed + 2, 2)
+                        brow = bf * min(max(0.6 + strands, 0.0), 1.0)
+                        g = 1 - brow * a[A_BROW_BLEND]
+                        c0 = c0 * g + cols[C_BROW, 0] * brow * 0.9
+                        c1 = c1 * g + cols[C_BROW, 1] * brow * 0.9
+                        c2 = c2 * g + cols[C_BROW, 2] * brow * 0.9
+                    lid = min(max((a[A_LID_W] - vattr[near, V_LID_DIST]) / 0.8, 0.0), 1.0)
+                    if lid > 0:
+                        g = 1 - 0.7 * lid
+                        c0, c1, c2 = c0 * g, c1 * g, c2 * g
+                    if a[A_STUBBLE] != 0.0 and fl & F_BEARD:
+                        if _fbm_at(px, py, pz, 0.6, 0.6, 0.6, seed + 3, 1) > a[A_STUBBLE_THR]:
+                            c0 = c0 * 0.5 + cols[C_STUBBLE, 0]
+                            c1 = c1 * 0.5 + cols[C_STUBBLE, 1]
+                            c2 = c2 * 0.5 + cols[C_STUBBLE, 2]
+                c0, c1, c2 = min(max(c0, 0.0), 1.0), min(max(c1, 0.0), 1.0), min(max(c2, 0.0), 1.0)
+                # Lambert (ambient + directional) and Blinn-Phong specular, interpolated normal
+                n0 = w0 * nv[i0, 0] + w1 * nv[i1, 0] + w2 * nv[i2, 0]
+                n1 = w0 * nv[i0, 1] + w1 * nv[i1, 1] + w2 * nv[i2, 1]
+                n2 = w0 * nv[i0, 2] + w1 * nv[i1, 2] + w2 * nv[i2, 2]
+                nn = max(np.sqrt(n0 * n0 + n1 * n1 + n2 * n2), 1e-9)
+                n0, n1, n2 = n0 / nn, n1 / nn, n2 / nn
+                q0 = w0 * verts[i0, 0] + w1 * verts[i1, 0] + w2 * verts[i2, 0]
+                q1 = w0 * verts[i0, 1] + w1 * verts[i1, 1] + w2 * verts[i2, 1]
+                q2 = w0 * verts[i0, 2] + w1 * verts[i1, 2] + w2 * verts[i2, 2]
+                qn = np.sqrt(q0 * q0 + q1 * q1 + q2 * q2)
+                v0, v1, v2 = -q0 / qn, -q1 / qn, -q2 / qn
+                s0, s1, s2 = amb[0], amb[1], amb[2]
+                spec = 0.0
+                for k in range(nl):
+                    l0, l1, l2 = ld[k, 0], ld[k, 1], ld[k, 2]
+                    ndl = max(n0 * l0 + n1 * l1 + n2 * l2, 0.0)
+                    s0 += ndl * li[k, 0]
+                    s1 += ndl * li[k, 1]
+                    s2 += ndl * li[k, 2]
+                    if ndl > 0:
+                        h0, h1, h2 = v0 + l0, v1 + l1, v2 + l2
+                        hn = max(np.sqrt(h0 * h0 + h1 * h1 + h2 * h2), 1e-9)
+                        h0, h1, h2 = h0 / hn, h1 / hn, h2 / hn
+                        ndh = max(n0 * h0 + n1 * h1 + n2 * h2, 0.0)
+                        spec += ks * ndh ** shin * ((li[k, 0] + li[k, 1] + li[k, 2]) / 3.0)
+                img[y, x, 0] = c0 * s0 + spec
+                img[y, x, 1] = c1 * s1 + spec
+                img[y, x, 2] = c2 * s2 + spec
+            for k in range(3):
+                img[y, x, k] = min(max(img[y, x, k] * gain, 0.0), 1.0)
 
 
 class FaceSynth:
@@ -280,6 +484,14 @@ class FaceSynth:
         self.cheek *= front
         self.nose_tip = np.exp(-np.sum((T[:, :2] - tib[30, :2]) ** 2, 1) / (2 * 12.0 ** 2)) * front
         self.brow_top = tib[19, 1]
+        # the same, packed for shade_pixels
+        self.vattr = np.ascontiguousarray(np.stack([self.cheek, self.nose_tip, self.lips.astype(float), self.eye_cos,
+                                                    self.brow_dist, self.lid_dist], 1))
+        self.vflags = (self.lips * F_LIPS | self.lips_inner * F_LIPS_INNER | self.skin * F_SKIN | self.beard * F_BEARD
+                       | self.eyeball * F_EYE | self.teeth * F_TEETH | self.mouth * F_MOUTH).astype(np.uint8)
+        self.faces = np.ascontiguousarray(self.faces, dtype=np.int64)
+        self._no_colour = np.zeros((model.n_vertices, 3))
+        self._no_image = np.zeros((self.image_px, self.image_px, 3), np.float32)
 
     # -- parameters ------------------------------------------------------------------------------
     def random_params(self, rng):
@@ -308,68 +520,58 @@ class FaceSynth:
         return Params(beta, psi, rot, np.zeros(3))
 
     # -- appearance ------------------------------------------------------------------------------
-    def albedo(self, rng, vids, bary, seed):
-        """Per-pixel albedo (N, 3) and specular strength (N,) for pixels on triangles ``vids`` (N, 3)."""
-        T = self.T
-        p = np.einsum("nk,nkd->nd", bary, T[vids])           # template position (mm)
-        near = vids[np.arange(len(vids)), bary.argmax(1)]       # nearest vertex (region lookups)
-        lerp = lambda a: np.einsum("nk,nk->n", bary, a[vids])  # noqa: E731
+    def appearance(self, rng):
+        """Random appearance of one face: colours (9, 3) (rows ``C_*``) and scalars (``A_N``,) (``A_*``).
+
+        The draws come in a fixed order (the sample's random stream); :func:`shade_pixels` uses them.
+        """
+        cols = np.zeros((9, 3))
+        a = np.zeros(A_N)
         t = rng.random() ** 1.3
         skin = SKIN_LIGHT * (1 - t) + SKIN_DARK * t
         skin = np.clip(skin * rng.uniform(0.9, 1.1, 3), 0.02, 1)
-        col = np.tile(skin, (len(p), 1))
-        blot = noise3(p, 25.0, seed, octaves=3)
-        col *= (1 + rng.uniform(0.05, 0.25) * (blot - 0.5))[:, None]
-        red = lerp(self.cheek) * rng.uniform(0, 0.5) + lerp(self.nose_tip) * rng.uniform(0, 0.4)
-        col *= (1 - red[:, None] * np.array([0.0, 0.35, 0.3]))
-        pores = noise3(p, 0.9, seed + 1)
-        col *= (1 + rng.uniform(0.02, 0.12) * (pores - 0.5))[:, None]
-        spec = np.full(len(p), rng.uniform(0.02, 0.3))
-        # lips
-        lipw = np.clip(lerp(self.lips.astype(float)) * 1.2, 0, 1) * (~self.lips_inner[near] | self.lips[near])
+        a[A_BLOT] = rng.uniform(0.05, 0.25)                      # low-frequency blotches
+        a[A_RED_CHEEK] = rng.uniform(0, 0.5)                     # redness of cheeks and nose
+        a[A_RED_NOSE] = rng.uniform(0, 0.4)
+        a[A_PORES] = rng.uniform(0.02, 0.12)
+        a[A_SPEC] = rng.uniform(0.02, 0.3)
         lipcol = skin * rng.uniform(0.55, 0.9) * np.array([1.0, rng.uniform(0.55, 0.8), rng.uniform(0.6, 0.85)])
         if rng.random() < 0.15:
             lipcol = rng.random(3) * 0.7
-        col = col * (1 - lipw[:, None]) + lipcol * lipw[:, None]
-        # brows
         hair = HAIR[rng.integers(len(HAIR))] * rng.uniform(0.8, 1.2)
-        strands = noise3(p, np.array([0.5, 4.0, 4.0]) * rng.uniform(0.7, 1.4), seed + 2, octaves=2)
-        bw = rng.uniform(2.5, 5.5)
-        brow = np.clip((bw - self.brow_dist[near]) / 1.5, 0, 1) * np.clip(0.6 + strands, 0, 1)
-        browcol = hair * 0.8 if rng.random() < 0.8 else skin * 0.35
-        col = col * (1 - brow[:, None] * rng.uniform(0.6, 1.0)) + browcol * brow[:, None] * 0.9
-        # eyelid line (lashes are not drawn)
-        lid = np.clip((rng.uniform(0.8, 2.0) - self.lid_dist[near]) / 0.8, 0, 1)
-        col *= (1 - 0.7 * lid)[:, None]
-        # stubble / beard
-        if rng.random() < 0.25:
-            st = (noise3(p, 0.6, seed + 3) > rng.uniform(0.35, 0.7)) * self.beard[near]
-            col = np.where(st[:, None], col * 0.5 + hair * 0.5 * rng.uniform(0.3, 1.0), col)
-        # scalp hair
-        if rng.random() < 0.85:
-            h0 = rng.uniform(self.brow_top + 20, self.brow_top + 55)
-            front = p[:, 2] > 30
-            scalp = np.where(front, p[:, 1] > h0 - 45 * (np.abs(p[:, 0]) / 85) ** 2,
-                             p[:, 1] > np.where(p[:, 2] > -20, 55, rng.uniform(-90, -20)))
-            scalp &= self.skin[near]
-            hs = noise3(p, np.array([1.0, 12.0, 1.0]) * rng.uniform(0.5, 2), seed + 4, octaves=3)
-            hc = hair * (0.55 + 0.9 * hs)[:, None]
-            col = np.where(scalp[:, None], hc, col)
-            spec = np.where(scalp, 0.1, spec)
-        # eyes, teeth, mouth
-        cosang = np.einsum("nk,nk->n", bary, self.eye_cos[vids])
-        eye = self.eyeball[near]
-        iris_c = np.cos(np.radians(rng.uniform(24, 30)))
-        pupil_c = np.cos(np.radians(rng.uniform(9, 14)))
-        iris = IRIS[rng.integers(len(IRIS))] * rng.uniform(0.7, 1.3)
-        icol = np.where((cosang > iris_c)[:, None], iris * (0.7 + 0.6 * noise3(p, 0.7, seed + 5))[:, None],
-                        np.array([0.88, 0.85, 0.8]) * rng.uniform(0.7, 1.0))
-        icol = np.where((cosang > pupil_c)[:, None], 0.02, icol)
-        col = np.where(eye[:, None], icol, col)
-        spec = np.where(eye, 0.6, spec)
-        col = np.where(self.teeth[near][:, None], np.array([0.9, 0.87, 0.78]) * rng.uniform(0.6, 1.0), col)
-        col = np.where(self.mouth[near][:, None], np.array([0.4, 0.12, 0.12]) * rng.uniform(0.3, 0.8), col)
-        return np.clip(col, 0, 1), spec
+        a[A_STRAND:A_STRAND + 3] = np.array([0.5, 4.0, 4.0]) * rng.uniform(0.7, 1.4)   # brow strands cell
+        a[A_BROW_W] = rng.uniform(2.5, 5.5)
+        cols[C_BROW] = hair * 0.8 if rng.random() < 0.8 else skin * 0.35
+        a[A_BROW_BLEND] = rng.uniform(0.6, 1.0)
+        a[A_LID_W] = rng.uniform(0.8, 2.0)                        # eyelid line (lashes are not drawn)
+        if rng.random() < 0.25:                                  # stubble
+            a[A_STUBBLE] = 1.0
+            a[A_STUBBLE_THR] = rng.uniform(0.35, 0.7)
+            cols[C_STUBBLE] = hair * 0.5 * rng.uniform(0.3, 1.0)
+        if rng.random() < 0.85:                                  # scalp hair
+            a[A_SCALP] = 1.0
+            a[A_HAIRLINE] = rng.uniform(self.brow_top + 20, self.brow_top + 55)
+            a[A_BACK_LINE] = rng.uniform(-90, -20)
+            a[A_HAIR_CELL:A_HAIR_CELL + 3] = np.array([1.0, 12.0, 1.0]) * rng.uniform(0.5, 2)
+        a[A_IRIS_COS] = np.cos(np.radians(rng.uniform(24, 30)))
+        a[A_PUPIL_COS] = np.cos(np.radians(rng.uniform(9, 14)))
+        cols[C_IRIS] = IRIS[rng.integers(len(IRIS))] * rng.uniform(0.7, 1.3)
+        cols[C_WHITE] = np.array([0.88, 0.85, 0.8]) * rng.uniform(0.7, 1.0)
+        cols[C_TEETH] = np.array([0.9, 0.87, 0.78]) * rng.uniform(0.6, 1.0)
+        cols[C_MOUTH] = np.array([0.4, 0.12, 0.12]) * rng.uniform(0.3, 0.8)
+        cols[C_SKIN], cols[C_LIP], cols[C_HAIR] = skin, lipcol, hair
+        return cols, a
+
+    def lighting(self, rng):
+        """Random lights: ambient (3,), directions (L, 3), colours (L, 3), shininess, image gain."""
+        amb = rng.uniform(0.15, 0.55) * (1 + rng.uniform(-0.15, 0.15, 3))
+        shin = rng.uniform(8, 60)
+        lds, lis = [], []
+        for k in range(rng.integers(1, 3)):
+            ld = np.array([rng.uniform(-1, 1), rng.uniform(-0.5, 1), rng.uniform(0.1, 1.2)])
+            lds.append(ld / np.linalg.norm(ld))
+            lis.append(rng.uniform(0.4, 1.0) * (1.0 if k == 0 else 0.5) * (1 + rng.uniform(-0.2, 0.2, 3)))
+        return amb, np.array(lds), np.array(lis), shin, rng.uniform(0.8, 1.2)
 
     # -- one sample ------------------------------------------------------------------------------
     def sample(self, rng, augment=True):
@@ -384,37 +586,17 @@ class FaceSynth:
         shift = rng.normal(0, 0.05, size=2) * depth
         p = p.replace(translation=np.array([shift[0], shift[1], -depth]))
         verts = evaluate_mesh(m, p)
-        img0, tri, bary = render(verts, self.faces, np.zeros(3), cam.focal, H, H)
+        tri, bary = self.rasterize(verts, cam)
         pts = cam.project(verts[self.lm])
-        # per-pixel shading
-        bg = background(rng, self.photos, H, H)
-        img = bg.copy()
-        mask = tri >= 0
-        fi = tri[mask]
-        vids = self.faces[fi]
-        b = bary[mask].astype(np.float64)
-        alb, ks = self.albedo(rng, vids, b, int(rng.integers(1 << 20)))
+        # per-pixel appearance and shading, one pass over the image (background in place)
+        img = np.ascontiguousarray(background(rng, self.photos, H, H), dtype=np.float64)
+        seed = int(rng.integers(1 << 20))
+        cols, app = self.appearance(rng)
         nv = np.empty_like(verts)
         vertex_normals(verts, self.faces, nv)
-        n = np.einsum("nk,nkd->nd", b, nv[vids])
-        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-9)
-        pos = np.einsum("nk,nkd->nd", b, verts[vids])
-        view = -pos / np.linalg.norm(pos, axis=1, keepdims=True)
-        amb = rng.uniform(0.15, 0.55) * (1 + rng.uniform(-0.15, 0.15, 3))
-        shade = np.tile(amb, (len(n), 1))
-        specular = np.zeros(len(n))
-        shin = rng.uniform(8, 60)
-        for k in range(rng.integers(1, 3)):
-            ld = np.array([rng.uniform(-1, 1), rng.uniform(-0.5, 1), rng.uniform(0.1, 1.2)])
-            ld /= np.linalg.norm(ld)
-            li = rng.uniform(0.4, 1.0) * (1.0 if k == 0 else 0.5) * (1 + rng.uniform(-0.2, 0.2, 3))
-            ndl = np.clip(n @ ld, 0, None)
-            shade += ndl[:, None] * li
-            hv = view + ld
-            hv /= np.maximum(np.linalg.norm(hv, axis=1, keepdims=True), 1e-9)
-            specular += ks * np.clip(np.einsum("nd,nd->n", n, hv), 0, None) ** shin * (ndl > 0) * li.mean()
-        img[mask] = alb * shade + specular[:, None]
-        img = np.clip(img * rng.uniform(0.8, 1.2), 0, 1)
+        amb, ld, li, shin, gain = self.lighting(rng)
+        shade_pixels(img, tri, bary, self.faces, self.T, verts, nv, self.vattr, self.vflags, cols, app, seed,
+                     amb, ld, li, shin, gain)
         # visibility: depth test at each landmark's pixel
         zc = -verts[:, 2]
         u = np.floor(pts).astype(np.int64)
@@ -442,6 +624,18 @@ class FaceSynth:
             out[f"points_{strategy}"] = roi.to_crop(pts, self.crop_px)
             out[f"roi_{strategy}"] = np.array([roi.cx, roi.cy, roi.size, roi.rotation])
         return out
+
+    def rasterize(self, verts, cam):
+        """Triangle ids (H, W) int64 (-1: background) and perspective-correct barycentrics (H, W, 3)
+        float32 of the drawn mesh (what :func:`lmfit3d.render.render` returns, without its image)."""
+        H = self.image_px
+        uv = np.empty((verts.shape[0], 2))
+        project_points(verts, float(cam.focal), H / 2.0, H / 2.0, uv)
+        zbuf = np.full((H, H), np.inf)
+        tri = np.full((H, H), -1, np.int64)
+        bary = np.zeros((H, H, 3), np.float32)
+        rasterize(uv, -verts[:, 2], self.faces, self._no_colour, 0.0, self._no_image, zbuf, tri, bary)
+        return tri, bary
 
     def roi(self, pts, strategy, jitter=(0.0, 0.0, 0.0, 0.0)):
         """The ROI of a face from its dense703 image points, with relative jitter (dx, dy, log scale, rot)."""
