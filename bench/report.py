@@ -36,7 +36,7 @@ ROWS = [  # (group, impl, label, baseline (group, impl) for the ratio column or 
     ("points_jacobian-dense703", "numba", "landmark vertices + dense pose/expression Jacobian, dense703 "
      "(pose_chain + points_jacobian, one vertex at a time)", None),
     ("table_jacobian-dense320", "numba", "landmark vertices + pose Jacobian + R_root M (factor of the "
-     "expression/identity Jacobian), dense320 (pose_chain + soa_frame + table_points_jacobian)",
+     "expression/identity Jacobian), dense320 (table_points_jacobian: pose chain included)",
      ("points_jacobian-dense320", "numba")),
     ("table_jacobian-dense703", "numba", "the same, dense703", ("points_jacobian-dense703", "numba")),
     ("table_jacobian-dense320", "numba+explicit", "the same + explicit sparse expression Jacobian, dense320 "

@@ -20,8 +20,8 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, soa_skin, single_joint_frame, single_joint_of, skin_point, skin_points_soa, skin_vertex,
-                       skin_vertex_single)
+from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, single_joint_frame, single_joint_of,
+                       skin_point, skin_points_soa, skin_vertex, skin_vertex_single, soa_frame, soa_skin)
 
 
 @njit(cache=True, inline="always")
@@ -136,21 +136,22 @@ class TableSoA:
 
     Landmarks are reordered (``order``) by the set of joints they are skinned to, so that the
     kernels visit one vertex range per joint.  Inputs and outputs of the kernels are in that order;
-    :meth:`to_columns` and :meth:`to_rows` convert arrays in table order.
+    :meth:`to_columns` and :meth:`to_rows` convert arrays in table order.  The kept expression
+    entries are stored compressed by landmark (CSR): those of kernel landmark p are ptr[p]:ptr[p+1].
 
     Attributes
     ----------
     order : (L,) int64, table landmark of each kernel column.
-    shape_idx : (L, D) uint32, expression index of each kept entry (0 after the last; unsigned, so
-        the gather of psi needs no negative-index check and vectorises).
-    counts : (L,) int64, kept expression entries per landmark.
-    blocks : (L, 3, D) float64, the matching basis values E (mm per unit weight; 0 after the last).
+    ptr : (L + 1,) int64, entry offsets.
+    shape_idx : (N,) uint32, expression index of each entry (unsigned: the gather of psi needs no
+        negative-index check, so it vectorises).
+    blocks : (3, N) float64, the matching basis values E (mm per unit weight).
     skin : ``skinning.SoaSkin`` of the landmark vertices.
     """
 
     order: np.ndarray
+    ptr: np.ndarray
     shape_idx: np.ndarray
-    counts: np.ndarray
     blocks: np.ndarray
     skin: SoaSkin
 
@@ -164,6 +165,11 @@ class TableSoA:
         out[self.order] = np.moveaxis(a, -1, 0)
         return out
 
+    def entries(self):
+        """(landmark in table order, expression index) of each entry, two (N,) int64 arrays."""
+        lm = np.repeat(self.order, np.diff(self.ptr))
+        return lm, self.shape_idx.astype(np.int64)
+
 
 def table_soa(table, parents):
     """:class:`TableSoA` of a ``sparsity.SparsityTable`` (built once per landmark set); parents (J,)
@@ -171,60 +177,69 @@ def table_soa(table, parents):
     nz = table.weights != 0.0
     # joint sets in descending lexicographic order (root-skinned first); stable within a set
     order = np.lexsort(tuple(~nz[:, k] for k in range(nz.shape[1] - 1, -1, -1)))
-    idx = np.where(table.expr_idx < 0, 0, table.expr_idx).astype(np.uint32)[order]
-    return TableSoA(order.astype(np.int64), np.ascontiguousarray(idx),
-                    (table.expr_idx >= 0).sum(1).astype(np.int64)[order],
-                    np.ascontiguousarray(table.expr_blocks.transpose(0, 2, 1)[order]),
-                    soa_skin(table.weights[order], parents))
+    kept = table.expr_idx[order] >= 0
+    ptr = np.r_[0, np.cumsum(kept.sum(1))].astype(np.int64)
+    return TableSoA(order.astype(np.int64), ptr, table.expr_idx[order][kept].astype(np.uint32),
+                    np.ascontiguousarray(table.expr_blocks[order][kept].T), soa_skin(table.weights[order], parents))
 
 
-def table_points_buffers(soa, pose_dim):
-    """Output and work arrays of :func:`table_points_jacobian` and :func:`expression_jacobian` for a
-    :class:`TableSoA`: (frame, xyz, rm, jpose, jexpr, t_work, sub, ybuf), allocated once and re-used
-    every frame (the constant entries of jpose and jexpr are written here)."""
-    (n, nd), nj = soa.shape_idx.shape, soa.skin.weights_t.shape[0]
-    jpose = np.zeros((pose_dim, 3, n))
+def table_points_buffers(soa, n_joints):
+    """Work and output arrays of :func:`table_points_jacobian` and :func:`expression_jacobian` for
+    a :class:`TableSoA`, allocated once and re-used every frame (the constant entries of jpose are
+    written here): a tuple (chain, chain_t, frame, xyz, rm, jpose, jexpr, t_work, sub, ybuf)."""
+    n, nj = soa.ptr.size - 1, n_joints
+    jpose = np.zeros((6 + 3 * (nj - 1), 3, n))
     init_pose_jacobian(soa.skin.ranges, jpose)
-    return (np.zeros((nj, 2, 3, 4)), np.empty((3, n)), np.empty((9, n)), jpose, np.zeros((n, 3, nd)),
-            np.empty((3, n)), np.zeros((nj, 3, n)), np.empty((3, n)))
+    return (np.zeros((2 + 3 * nj, 3, 3)), np.zeros((2, nj, 3)), np.zeros((nj, 2, 3, 4)), np.empty((3, n)),
+            np.empty((9, n)), jpose, np.empty((3, soa.shape_idx.size)), np.empty((3, n)), np.zeros((nj, 3, n)),
+            np.empty((3, n)))
 
 
 @njit(cache=True, fastmath=SIMD_MATH)
-def table_points_jacobian(psi, t_beta_t, shape_idx, counts, blocks, weights_t, ranges, acc, complement,
-                          zero_ranges, wsub, frame, trans, xyz_out, rm_out, jpose_out, t_work, sub, ybuf):
+def table_points_jacobian(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges,
+                          acc, complement, zero_ranges, wsub, chain, chain_t, frame, xyz_out, rm_out, jpose_out,
+                          t_work, sub, ybuf):
     """Landmark vertex positions and their Jacobian through the sparsity table (paper sec. 3.3.1).
 
-    Template points T(beta, psi) from the table's kept expression entries, then
-    ``skinning.skin_points_soa``: positions, the pose Jacobian (explicit) and R_root M, the factor
-    of every template-space Jacobian: d x_p / d psi_e = R_root M_p E_pe with E_pe the model's static
-    per-vertex basis block (as eos hands them out; :func:`expression_jacobian` expands it when
-    explicit columns are wanted).
+    One call per frame: the pose chain (``skinning.pose_chain``, ``skinning.soa_frame``), template
+    points T(beta, psi) from the table's kept expression entries, then ``skinning.skin_points_soa``:
+    positions, the pose Jacobian (explicit) and R_root M, the factor of every template-space
+    Jacobian: d x_p / d psi_e = R_root M_p E_pe with E_pe the model's static per-vertex basis block
+    (as eos hands them out; :func:`expression_jacobian` expands it when explicit entries are wanted).
 
     Parameters
     ----------
+    rot : (J, 3) float64, axis-angle per joint (row 0: root); trans : (3,) translation (mm).
+    joints : (J, 3) float64, bind locations J(beta) (mm); parents : (J,) int64.
     psi : (E,) float64, expression weights.
     t_beta_t : (3, L) float64, template at the current identity T_mean + S beta (mm), kernel order.
-    shape_idx, counts, blocks : a :class:`TableSoA`; weights_t ... wsub : its ``skin``
+    ptr, shape_idx, blocks : a :class:`TableSoA`; weights_t ... wsub : its ``skin``
         (``skinning.SoaSkin``).
-    frame : (J, 2, 3, 4) ``skinning.soa_frame`` of the pose chain; trans (3,).
+    chain : (2 + 3 J, 3, 3), chain_t : (2, J, 3), frame : (J, 2, 3, 4) workspaces: the pose chain
+        (r0, J_l(root), Rg, bm, cm; tg, g) and ``soa_frame``.
     xyz_out : (3, L) out, camera-space positions (mm).
     rm_out : (9, L) out, R_root M per landmark (row-major).
     jpose_out : (POSE_DIM, 3, L) in/out, d x / d [root rotation, translation, joints] (from
         :func:`table_points_buffers`).
     t_work, ybuf : (3, L), sub : (J, 3, L) workspaces.
     """
+    nj = rot.shape[0]
+    rg, bm, cm = chain[2:2 + nj], chain[2 + nj:2 + 2 * nj], chain[2 + 2 * nj:2 + 3 * nj]
+    pose_chain(rot, joints, parents, chain[0], chain[1], rg, chain_t[0], chain_t[1], bm, cm)
+    soa_frame(chain[0], rg, chain_t[0], chain_t[1], bm, frame)
+    b0, b1, b2 = blocks[0], blocks[1], blocks[2]
     for p in range(t_beta_t.shape[1]):
-        c = counts[p]
-        ix = shape_idx[p, :c]
-        b0, b1, b2 = blocks[p, 0, :c], blocks[p, 1, :c], blocks[p, 2, :c]
+        lo = ptr[p]
+        hi = ptr[p + 1]
+        ix, c0, c1, c2 = shape_idx[lo:hi], b0[lo:hi], b1[lo:hi], b2[lo:hi]
         s0 = t_beta_t[0, p]
         s1 = t_beta_t[1, p]
         s2 = t_beta_t[2, p]
-        for d in range(c):
+        for d in range(hi - lo):
             we = psi[ix[d]]
-            s0 += we * b0[d]
-            s1 += we * b1[d]
-            s2 += we * b2[d]
+            s0 += we * c0[d]
+            s1 += we * c1[d]
+            s2 += we * c2[d]
         t_work[0, p] = s0
         t_work[1, p] = s1
         t_work[2, p] = s2
@@ -233,19 +248,20 @@ def table_points_jacobian(psi, t_beta_t, shape_idx, counts, blocks, weights_t, r
 
 
 @njit(cache=True, fastmath=SIMD_MATH)
-def expression_jacobian(counts, blocks, rm, jexpr_out):
-    """Explicit sparse expression Jacobian: jexpr_out[p, :, d] = R_root M_p E_pd (mm per unit weight)
-    for the kept entries d < counts[p]; (L, 3, D) from :func:`table_points_buffers` (entries after
-    counts[p] stay 0), rm (9, L) from :func:`table_points_jacobian`."""
-    for p in range(counts.shape[0]):
-        c = counts[p]
-        b0, b1, b2 = blocks[p, 0, :c], blocks[p, 1, :c], blocks[p, 2, :c]
+def expression_jacobian(ptr, blocks, rm, jexpr_out):
+    """Explicit sparse expression Jacobian: jexpr_out[:, q] = R_root M_p E_q (mm per unit weight) for
+    each kept entry q of landmark p (ptr[p] <= q < ptr[p + 1], expression ``shape_idx[q]``);
+    (3, N) out, rm (9, L) from :func:`table_points_jacobian`."""
+    for p in range(ptr.size - 1):
+        lo = ptr[p]
+        hi = ptr[p + 1]
+        b0, b1, b2 = blocks[0, lo:hi], blocks[1, lo:hi], blocks[2, lo:hi]
         for i in range(3):
             m0 = rm[3 * i, p]
             m1 = rm[3 * i + 1, p]
             m2 = rm[3 * i + 2, p]
-            out = jexpr_out[p, i, :c]
-            for d in range(c):
+            out = jexpr_out[i, lo:hi]
+            for d in range(hi - lo):
                 out[d] = m0 * b0[d] + m1 * b1[d] + m2 * b2[d]
 
 

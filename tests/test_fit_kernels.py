@@ -9,7 +9,7 @@ from lmfit3d.fit import FitConfig, FrameProblem, Tracker, _Intersection, masks, 
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.model import Params
 from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_points, pose, single_joint_frame, single_joint_of,
-                              skin_point, skin_vertex, skin_vertex_single, soa_frame)
+                              skin_point, skin_vertex, skin_vertex_single)
 from lmfit3d.solvers import bounded_step, cholesky_solve
 from lmfit3d.sparsity import build_sparsity
 from lmfit3d.synthetic import make_frame, random_params
@@ -256,23 +256,24 @@ def test_unordered_free_columns_match_ordered(model, rng):
 
 
 def _table_points(model, table, p):
-    """soa_frame + table_points_jacobian + expression_jacobian for Params p, returned in the layout of
-    evaluate_points: x (L, 3), jpose (L, 3, POSE_DIM), jexpr (L, 3, D), R_root M (L, 3, 3)."""
+    """table_points_jacobian + expression_jacobian for Params p, in the layout of evaluate_points:
+    x (L, 3), jpose (L, 3, POSE_DIM), jexpr (L, 3, E) (dropped shapes 0), R_root M (L, 3, 3)."""
     soa = table_soa(table, model.joint_parents)
     sk = soa.skin
-    frame, xyz, rm, jpose, jexpr, t_work, sub, ybuf = table_points_buffers(soa, POSE_DIM)
-    st = pose(model, p)
-    soa_frame(st.r0, st.rg, st.tg, st.gpos, st.bm, frame)
+    chain, chain_t, frame, xyz, rm, jpose, jexpr, t_work, sub, ybuf = table_points_buffers(soa, model.n_joints)
     t_beta_t = soa.to_columns(table.mean + table.identity_blocks @ p.identity)
+    rot = np.ascontiguousarray(p.rotations, dtype=np.float64)
     for _ in range(2):                                             # re-used buffers give the same values
-        table_points_jacobian(np.asarray(p.expression, float), t_beta_t, soa.shape_idx, soa.counts,
-                              soa.blocks, sk.weights_t, sk.ranges, sk.acc, sk.complement, sk.zero_ranges,
-                              sk.wsub, frame, st.translation, xyz, rm, jpose, t_work, sub, ybuf)
-        expression_jacobian(soa.counts, soa.blocks, rm, jexpr)
-    assert np.array_equal(soa.counts[np.argsort(soa.order)], (table.expr_idx >= 0).sum(1))
-    nd = table.expr_idx.shape[1]
-    return (soa.to_rows(xyz), soa.to_rows(jpose).transpose(0, 2, 1),
-            soa.to_rows(jexpr.reshape(-1, 3 * nd).T).reshape(-1, 3, nd), soa.to_rows(rm).reshape(-1, 3, 3))
+        table_points_jacobian(rot, model.joints(p.identity), model.joint_parents.astype(np.int64),
+                              np.asarray(p.translation, float), np.asarray(p.expression, float), t_beta_t, soa.ptr,
+                              soa.shape_idx, soa.blocks, sk.weights_t, sk.ranges, sk.acc, sk.complement,
+                              sk.zero_ranges, sk.wsub, chain, chain_t, frame, xyz, rm, jpose, t_work, sub, ybuf)
+        expression_jacobian(soa.ptr, soa.blocks, rm, jexpr)
+    lm, e = soa.entries()
+    assert np.array_equal(np.bincount(lm, minlength=table.n_landmarks), (table.expr_idx >= 0).sum(1))
+    dense = np.zeros((table.n_landmarks, 3, model.n_expression))
+    dense[lm, :, e] = jexpr.T
+    return soa.to_rows(xyz), soa.to_rows(jpose).transpose(0, 2, 1), dense, soa.to_rows(rm).reshape(-1, 3, 3)
 
 
 @pytest.mark.parametrize("name", ["dense320", "dense703"])
@@ -290,15 +291,17 @@ def test_table_points_jacobian_matches_dense(model, rng, name):
     # d x / d t = R_root M: a template displacement moves the posed point by rm @ displacement
     eb = model.expression_basis[ids].astype(np.float64)
     np.testing.assert_allclose(np.einsum("nij,nje->nie", rm, eb), ref_j[:, :, POSE_DIM:], atol=1e-9)
-    # thresholded table: the kept columns are the dense ones, dropped shapes give zero columns
+    # thresholded table: the kept entries are the dense ones, dropped shapes give zero columns;
+    # positions leave out the dropped (< 0.01 mm) shapes
     sparse = build_sparsity(model, ids, 0.01)
-    _, jp2, je2, _ = _table_points(model, sparse, p)
-    np.testing.assert_allclose(jp2, jp, rtol=0, atol=0.05)        # template without the dropped shapes
-    ok = sparse.expr_idx >= 0
-    rows = np.nonzero(ok)
-    np.testing.assert_allclose(je2[rows[0], :, rows[1]], ref_j[rows[0], :, POSE_DIM + sparse.expr_idx[ok]],
+    x2, jp2, je2, _ = _table_points(model, sparse, p)
+    assert 0 < np.abs(x2 - ref_x).max() < 0.05
+    kept = np.zeros((ids.size, model.n_expression), bool)
+    rows, cols = np.nonzero(sparse.expr_idx >= 0)
+    kept[rows, sparse.expr_idx[rows, cols]] = True
+    np.testing.assert_allclose(je2.transpose(0, 2, 1)[kept], ref_j[:, :, POSE_DIM:].transpose(0, 2, 1)[kept],
                                rtol=0, atol=1e-9)
-    assert np.all(je2.transpose(0, 2, 1)[~ok] == 0.0)
+    assert np.all(je2.transpose(0, 2, 1)[~kept] == 0.0)
 
 
 def test_table_points_jacobian_without_jit():
