@@ -157,22 +157,28 @@ class _Intersection:
             self.sphere_of, self.planes, self.hull_of, model.n_expression)
 
 
-_INTERSECTIONS = {}
+# Per-process caches of static data that trackers rebuild otherwise (a video's two passes, the
+# videos of a batch): key -> (owner, value); the owner object is kept so that its id stays unique.
+_INTERSECTIONS, _TABLES, _PLANS = {}, {}, {}
+
+
+def _cached(cache, key, owner, build, size):
+    hit = cache.get(key)
+    if hit is not None and hit[0] is owner:
+        return hit[1]
+    value = build()
+    while len(cache) >= size:
+        cache.pop(next(iter(cache)))
+    cache[key] = (owner, value)
+    return value
 
 
 def intersection_data(model: FaceModel, beta, threshold):
     """:class:`_Intersection` for an identity, from a small cache shared by all trackers of this
     process (a video's second pass re-uses the identity of its first; ~20 ms a build)."""
     beta = np.ascontiguousarray(beta, dtype=np.float64)
-    key = (id(model), beta.tobytes(), float(threshold))
-    hit = _INTERSECTIONS.get(key)
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    data = _Intersection(model, beta, threshold)
-    while len(_INTERSECTIONS) >= 4:
-        _INTERSECTIONS.pop(next(iter(_INTERSECTIONS)))
-    _INTERSECTIONS[key] = (model, data)
-    return data
+    return _cached(_INTERSECTIONS, (id(model), beta.tobytes(), float(threshold)), model,
+                   lambda: _Intersection(model, beta, threshold), 4)
 
 
 class FrameProblem:
@@ -304,7 +310,8 @@ class FrameProblem:
         """The :class:`~lmfit3d.terms.TrackingPlan` of the current col_map (None: identity/focal free)."""
         key = self.col_map.tobytes()
         if key not in self._plans:
-            self._plans[key] = tracking_plan(self.table, self.col_map, POSE_DIM)
+            self._plans[key] = _cached(_PLANS, (id(self.table), key), self.table,
+                                       lambda: tracking_plan(self.table, self.col_map, POSE_DIM), 32)
         return self._plans[key]
 
     def identity_prior(self, x, jtj, jtr, want_jac):
@@ -523,7 +530,9 @@ class Tracker:
     def __init__(self, model, vertex_ids, image_size, focal=None, config=None, identity=None):
         self.model = model
         self.cfg = config or FitConfig()
-        self.table = build_sparsity(model, vertex_ids, self.cfg.sparsity_threshold_mm)
+        ids = np.ascontiguousarray(vertex_ids, dtype=np.int64)
+        thr = float(self.cfg.sparsity_threshold_mm)
+        self.table = _cached(_TABLES, (id(model), ids.tobytes(), thr), model, lambda: build_sparsity(model, ids, thr), 8)
         self.image_size = (float(image_size[0]), float(image_size[1]))
         self.focal_known = focal is not None
         self.focal = float(focal) if focal is not None else focal_from_fov(image_size[0], 45.0)

@@ -532,18 +532,17 @@ def tracking_plan(table, col_map, pose_dim):
     last = np.where(act[:, 1:].any(1), act.shape[1] - 1 - np.argmax(act[:, :0:-1], axis=1), 0)
     pose_ncols = (6 + 3 * last).astype(np.int64)
     expr_free = np.ascontiguousarray(col_map[pose_dim + order])
-    e_count = np.zeros(nl, np.int64)
-    e_idx = np.full((nl, nd), -1, np.int64)
-    e_pos = np.full((nl, nd), -1, np.int64)
+    # per landmark its free entries, sorted by position in ``order`` (stable: table order on ties)
+    idx0 = np.maximum(table.expr_idx, 0)
+    ok = (table.expr_idx >= 0) & (col_map[pose_dim + idx0] >= 0)
+    key = np.where(ok, pos_of[idx0], ne)
+    srt = np.argsort(key, axis=1, kind="stable")
+    e_count = ok.sum(1).astype(np.int64)
+    valid = np.arange(nd)[None, :] < e_count[:, None]
+    e_pos = np.where(valid, srt, -1).astype(np.int64)
+    e_idx = np.where(valid, np.take_along_axis(key, srt, axis=1), -1).astype(np.int64)
     ee_static = np.zeros((ne, ne))
-    for p in range(nl):
-        ok = np.flatnonzero((table.expr_idx[p] >= 0) & (col_map[pose_dim + np.maximum(table.expr_idx[p], 0)] >= 0))
-        ok = ok[np.argsort(pos_of[table.expr_idx[p, ok]], kind="stable")]
-        e_count[p] = ok.size
-        e_idx[p, :ok.size] = pos_of[table.expr_idx[p, ok]]
-        e_pos[p, :ok.size] = ok
-        if single[p] >= 0 and ok.size:
-            _add_gram(table.expr_blocks[p], e_idx[p], e_pos[p], ok.size, 1.0, ee_static)
+    _static_gram(table.expr_blocks, e_idx, e_pos, e_count, single, ee_static)
     return TrackingPlan(single, pose_ncols, np.ascontiguousarray(col_map[:pose_dim]), e_count, e_idx, e_pos,
                         expr_free, ee_static, order)
 
@@ -560,30 +559,38 @@ def expression_order(expr_idx, free, ne):
     """
     free = np.sort(np.asarray(free, dtype=np.int64))
     held = np.setdiff1d(np.arange(ne), free)
-    sets = [r[(r >= 0)] for r in np.asarray(expr_idx)]
-    sets = [r[np.isin(r, free)] for r in sets]
+    expr_idx = np.asarray(expr_idx)
+    member = np.zeros((expr_idx.shape[0], ne), bool)          # landmark x expression: a free entry
+    rows, cols = np.nonzero(expr_idx >= 0)
+    member[rows, expr_idx[rows, cols]] = True
+    is_free = np.zeros(ne, bool)
+    is_free[free] = True
+    member &= is_free[None, :]
     cands = [np.concatenate([free, held])]
     if free.size > 2:
-        co = np.zeros((ne, ne))
-        for r in sets:
-            co[np.ix_(r, r)] += 1.0
-        co = co[np.ix_(free, free)]
+        k = member[:, free].astype(np.float64)
+        co = k.T @ k                                            # co-occurrence counts
         lap = np.diag(co.sum(1)) - co
         fied = np.linalg.eigh(lap)[1][:, 1]
         for f in (fied, -fied):
             cands.append(np.concatenate([free[np.argsort(f, kind="stable")], held]))
+    count = member.sum(1)
 
     def work(order):
         pos = np.empty(ne, np.int64)
         pos[order] = np.arange(ne)
-        w = 0
-        for r in sets:
-            if r.size:
-                q = pos[r]
-                w += int((q.max() + 1 - q).sum())
-        return w
+        last = np.where(member, pos[None, :], -1).max(1)
+        return int((count * (last + 1) - (member * pos[None, :]).sum(1)).sum())
 
     return np.ascontiguousarray(min(cands, key=work), dtype=np.int64)
+
+
+@njit(cache=True)
+def _static_gram(blocks, e_idx, e_pos, e_count, single, ee):
+    """ee += B_a . B_b over the free entry pairs of every one-joint landmark (``single`` >= 0)."""
+    for p in range(e_idx.shape[0]):
+        if single[p] >= 0 and e_count[p] > 0:
+            _add_gram(blocks[p], e_idx[p], e_pos[p], e_count[p], 1.0, ee)
 
 
 @njit(cache=True)
