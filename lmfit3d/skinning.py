@@ -643,6 +643,9 @@ def skin_points_soa(t, w, ranges, acc, complement, zero_ranges, wsub, frame, tra
     # Every vertex loop writes one 1-D view and reads few others, with range(len): numba then emits
     # no negative-index wrap-around and LLVM's alias checks stay few enough for it to vectorise.
     for k in range(nj):
+        feeds = False               # does joint k's w y go into some subtree workspace?
+        for m in range(1, nj):
+            feeds = feeds or acc[k, m] != 0.0
         for single in (False, True):
             lo = ranges[k, 4 if single else 0]
             hi = ranges[k, 5 if single else 1]
@@ -660,7 +663,8 @@ def skin_points_soa(t, w, ranges, acc, complement, zero_ranges, wsub, frame, tra
                 if single:          # weight 1, no other joint: store
                     for p in range(hi - lo):
                         x[p] = a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3
-                    y[:] = x
+                    if feeds:
+                        y[:] = x
                 else:
                     for p in range(hi - lo):
                         y[p] = wr[p] * (a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3)
