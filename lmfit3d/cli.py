@@ -375,11 +375,14 @@ def _add_track(sub):
 def _add_fit(sub):
     p = sub.add_parser(
         "fit", help="fit still images",
-        description="Fit the model to the most confident face of each image: writes NAME.obj/.ply "
-                    "(mm, camera coordinates), NAME.json (parameters) and NAME_overlay.png.",
+        description="Fit the model to every face of each image (largest first): writes NAME.obj/.ply "
+                    "(mm, camera coordinates) and NAME.json (parameters) for the largest face, "
+                    "NAME_face1.*, NAME_face2.* ... for the others, and NAME_overlay.png with all of them.",
         formatter_class=_SubFormatter)
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
     _add_media_options(p)
+    p.add_argument("--max-faces", type=int, default=10, metavar="N",
+                   help="fit at most N faces per image, largest first (1: the largest face only)")
     p.add_argument("--same-person", action="store_true",
                    help="the photos show one person: fit one shared identity to all of them together "
                         "(expression, pose and focal length per photo)")
@@ -398,7 +401,7 @@ def _media_run(args, kind):
                        iris_policy="both" if args.iris_both else "alternate", temporal_weight=args.temporal_weight,
                        focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
                        overlay=args.overlay, max_frames=args.max_frames,
-                       progress=not args.quiet and sys.stderr.isatty())
+                       max_faces=getattr(args, "max_faces", 10), progress=not args.quiet and sys.stderr.isatty())
     inputs = args.inputs
     if not inputs:
         from .paths import shared_media_dir
@@ -420,7 +423,9 @@ def _media_run(args, kind):
             print(f"{path}: {res.frames} frames, {res.success} with a face ({100 * res.success_rate:.1f} %), "
                   f"{fps:.1f} frames/s -> {args.output}")
         else:
-            print(f"{path}: fitted (rms {res['fit_rms_px']:.2f} px) -> {args.output}")
+            n = res.get("faces", 1)
+            what = f"{n} faces fitted, the largest" if n > 1 else "fitted"
+            print(f"{path}: {what} (rms {res['fit_rms_px']:.2f} px) -> {args.output}")
 
     model_path = args.model
     if model_path is not None and not Path(model_path).is_file():

@@ -103,6 +103,7 @@ class TrackOptions:
     max_frames: int = None
     cut_threshold: float = 0.35
     identity_stride: int = 2
+    max_faces: int = 10
     progress: bool = True
 
     def __post_init__(self):
@@ -118,6 +119,8 @@ class TrackOptions:
             raise ValueError(f"iris_policy must be alternate or both, got {self.iris_policy!r}")
         if self.identity_stride < 1:
             raise ValueError(f"identity_stride must be >= 1, got {self.identity_stride}")
+        if self.max_faces < 1:
+            raise ValueError(f"--max-faces must be >= 1, got {self.max_faces}")
         if self.sigma_jitter < 0:
             raise ValueError(f"--sigma-jitter must be >= 0, got {self.sigma_jitter}")
         if self.focal_px is not None and not (np.isfinite(self.focal_px) and self.focal_px > 0):
@@ -682,11 +685,9 @@ def image_landmarks(path, predictor):
     return img, pred
 
 
-def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, iterations, status):
-    """NAME.obj/.ply (camera mm), NAME_overlay.png and NAME.json for one fitted photo; returns the JSON dict."""
-    import imageio.v2 as imageio
+def _still_result(path, model, img, params, focal, pred, uv, cost, iterations, status):
+    """(JSON dict, camera-space mesh (V, 3) mm) of one fitted face of a photo."""
     from .camera import Camera
-    from .meshio import write_obj, write_ply
     p = params
     size = (img.shape[1], img.shape[0])
     verts = evaluate_mesh(model, p)
@@ -699,21 +700,41 @@ def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, i
                 joint_rotations={n: r.tolist() for n, r in zip(model.joint_names[1:], p.rotations[1:])},
                 head_rotation=matrix_to_axis_angle(g[2]).tolist(), landmarks68=uv68.tolist(),
                 cost=float(cost), iterations=int(iterations), status=int(status), units="mm")
-    name = Path(path).stem
-    (write_obj if opt.mesh_format == "obj" else write_ply)(out_dir / f"{name}.{opt.mesh_format}", verts, model.faces)
-    overlay = _OverlayRenderer(model)(img, verts, focal)
+    return info, verts
+
+
+def _write_still_files(out_dir, name, model, opt, img, focal, results):
+    """NAME.obj/.ply and NAME.json per face (NAME_faceK.* for the K-th face after the first) and one
+    NAME_overlay.png with every face; results: [(info, verts), ...], largest face first."""
+    import imageio.v2 as imageio
+    from .meshio import write_obj, write_ply
+    overlay = img
+    render = _OverlayRenderer(model)
+    for k, (info, verts) in enumerate(results):
+        stem = name if k == 0 else f"{name}_face{k}"
+        (write_obj if opt.mesh_format == "obj" else write_ply)(out_dir / f"{stem}.{opt.mesh_format}", verts,
+                                                               model.faces)
+        with atomic_write(out_dir / f"{stem}.json", "w") as fh:
+            json.dump(info, fh, indent=1)
+        overlay = render(overlay, verts, focal)
     with atomic_write(out_dir / f"{name}_overlay.png", "wb") as fh:
         imageio.imwrite(fh, overlay, format="png")
-    with atomic_write(out_dir / f"{name}.json", "w") as fh:
-        json.dump(info, fh, indent=1)
+
+
+def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, iterations, status):
+    """NAME.obj/.ply (camera mm), NAME_overlay.png and NAME.json for one fitted photo; returns the JSON dict."""
+    info, verts = _still_result(path, model, img, params, focal, pred, uv, cost, iterations, status)
+    _write_still_files(out_dir, Path(path).stem, model, opt, img, focal, [(info, verts)])
     return info
 
 
 def fit_image(path, out_dir, options=None, model=None, predictor=None):
-    """Fit one still image: writes NAME.obj (or .ply) mesh, NAME.json parameters, NAME_overlay.png.
+    """Fit every face of one still image (at most ``options.max_faces``, largest first).
 
-    The face is the largest confirmed detection; identity, expression, pose (and focal length when
-    not given) are fitted to its landmarks.  Returns the dict written to NAME.json.
+    Writes NAME.obj (or .ply) and NAME.json for the largest face, NAME_face1.*, NAME_face2.* ... for
+    the others, and one NAME_overlay.png with all of them.  Identity, expression and pose are fitted
+    per face; the photo has one camera, so an unknown focal length is fitted on the largest face and
+    held for the others.  Returns the largest face's JSON dict (its "faces" entry counts the faces).
     """
     from .model import load_model
     opt = options or TrackOptions()
@@ -721,13 +742,29 @@ def fit_image(path, out_dir, options=None, model=None, predictor=None):
     _check_out_dir(out_dir)
     model = model or load_model()
     mp = predictor or make_predictor(opt)
-    img, pred = image_landmarks(path, mp)
-    tracker = Tracker(model, mp.vertex_ids, (img.shape[1], img.shape[0]), opt.focal_px, opt.config())
-    fit = tracker.step(pred.mu, pred.sigma)
-    if fit is None or fit.status < 0:
-        raise ValueError(f"{path}: the fit failed")
-    return write_still(path, out_dir, model, opt, img, fit.params, fit.focal, pred, fit.uv, fit.cost,
-                       fit.iterations, fit.status)
+    if hasattr(mp, "faces"):
+        img = read_image(path)
+        preds = mp.faces(img, opt.max_faces)
+        if not preds:
+            raise ValueError(f"{path}: no face found")
+    else:
+        img, pred = image_landmarks(path, mp)
+        preds = [pred]
+    size = (img.shape[1], img.shape[0])
+    focal, results = opt.focal_px, []
+    for k, pred in enumerate(preds):
+        fit = Tracker(model, mp.vertex_ids, size, focal, opt.config()).step(pred.mu, pred.sigma)
+        if fit is None or fit.status < 0:
+            if k == 0:
+                raise ValueError(f"{path}: the fit failed")
+            continue                                # a smaller face that does not fit is left out
+        focal = fit.focal
+        results.append(_still_result(path, model, img, fit.params, fit.focal, pred, fit.uv, fit.cost,
+                                     fit.iterations, fit.status))
+    for k, (info, _) in enumerate(results):
+        info.update(face=k, faces=len(results))
+    _write_still_files(out_dir, Path(path).stem, model, opt, img, focal, results)
+    return results[0][0]
 
 
 def fit_same_person(paths, out_dir, options=None, model=None, predictor=None):

@@ -232,6 +232,27 @@ def test_fit_stills_against_annotations(tmp_path, model):
     assert max(nmes) < 0.15 and np.mean(nmes) < 0.11, nmes
 
 
+def test_fit_every_face_of_a_photo(tmp_path, capsys):
+    """Two people: one mesh and JSON each (the largest keeps NAME.*), one camera (focal), one overlay;
+    --max-faces 1 keeps the largest only."""
+    assert main(["fit", str(MEDIA / "two_people.jpg"), "-o", str(tmp_path)]) == 0
+    assert "2 faces fitted" in capsys.readouterr().out
+    a, b = (json.loads((tmp_path / f"{s}.json").read_text()) for s in ("two_people", "two_people_face1"))
+    assert (a["face"], b["face"], a["faces"], b["faces"]) == (0, 1, 2, 2)
+    assert a["focal_px"] == b["focal_px"] and a["fit_rms_px"] < 5 and b["fit_rms_px"] < 5
+    w = a["image_size"][0]
+    xa, xb = np.array(a["landmarks68"])[:, 0].mean(), np.array(b["landmarks68"])[:, 0].mean()
+    assert min(xa, xb) < w / 2 < max(xa, xb)                    # one face on each side of the photo
+    assert np.sign(a["translation_mm"][0]) != np.sign(b["translation_mm"][0])
+    assert (tmp_path / "two_people_face1.obj").is_file() and (tmp_path / "two_people_overlay.png").is_file()
+    one = tmp_path / "one"
+    assert main(["fit", str(MEDIA / "two_people.jpg"), "--max-faces", "1", "-o", str(one)]) == 0
+    assert sorted(p.name for p in one.iterdir()) == ["two_people.json", "two_people.obj", "two_people_overlay.png"]
+    assert json.loads((one / "two_people.json").read_text())["translation_mm"] == a["translation_mm"]
+    assert main(["fit", str(MEDIA / "two_people.jpg"), "--max-faces", "0", "-o", str(one)]) == 2
+    assert "--max-faces must be >= 1" in capsys.readouterr().err
+
+
 def test_fit_non_face_image_fails_cleanly(tmp_path, capsys):
     import imageio.v2 as imageio
     img = tmp_path / "wall.png"
