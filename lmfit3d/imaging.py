@@ -76,7 +76,8 @@ def _touch_rows(image, m, out_size, mirror, i0, i1):
 
 @njit(cache=True, fastmath=True)
 def warp_chw(image, m, out_size, mirror, scale, offset, out):
-    """Bilinear crop of an (H, W, 3) uint8 image into out (3, S, S) float32 = pixel * scale + offset.
+    """Bilinear crop of an (H, W, 3) uint8 image into out (C, S, S) float32 = pixel * scale + offset
+    (channels 0..C-1, C <= 3).
 
     m is the (2, 3) crop-to-image affine map (pixel coordinates); pixels outside the image read 0.
     ``mirror`` flips the crop horizontally (crop x -> S - x).  (fastmath: every value is finite.)
@@ -118,12 +119,12 @@ def _warp_rows(image, m, out_size, mirror, scale, offset, out, i0, i1):
                 w01 = fu * (1.0 - fv)
                 w10 = (1.0 - fu) * fv
                 w11 = fu * fv
-                for c in range(3):
+                for c in range(out.shape[0]):
                     acc = (w00 * image[v0, u0, c] + w01 * image[v0, u0 + 1, c]
                            + w10 * image[v0 + 1, u0, c] + w11 * image[v0 + 1, u0 + 1, c])
                     out[c, i, j] = acc * scale + offset
             else:
-                for c in range(3):
+                for c in range(out.shape[0]):
                     acc = 0.0
                     for dvv in range(2):
                         vv = v0 + dvv
@@ -167,5 +168,5 @@ def draw_points(image, pts, radius, color):
                 if x < 0 or x >= w:
                     continue
                 if (x + 0.5 - u) ** 2 + (y + 0.5 - v) ** 2 <= r2:
-                    for c in range(3):
+                    for c in range(out.shape[0]):
                         image[y, x, c] = color[c]

@@ -588,21 +588,12 @@ def soa_frame(r0, rg, tg, gpos, bm, frame):
 
     frame[k, 0] = [R_root Rg_k | R_root tg_k] (joint k's transform, root rotation applied);
     frame[k, 1] = [R_root bm_k | R_root g_k] for k >= 1 (joint-rotation Jacobian factor and posed
-    joint location) and [J_l(root) | 0] for k = 0.
+    joint location) and [J_l(root) | 0] for k = 0: the products of :func:`single_joint_frame`.
     """
+    single_joint_frame(r0, rg, gpos, bm, frame[:, 0, :, :3], frame[:, 1, :, :3], frame[:, 1, :, 3])
     for k in range(rg.shape[0]):
         for i in range(3):
-            for j in range(3):
-                a = 0.0
-                b = 0.0
-                for q in range(3):
-                    a += r0[i, q] * rg[k, q, j]
-                    b += r0[i, q] * bm[k, q, j]
-                frame[k, 0, i, j] = a
-                frame[k, 1, i, j] = b if k > 0 else bm[0, i, j]
             frame[k, 0, i, 3] = r0[i, 0] * tg[k, 0] + r0[i, 1] * tg[k, 1] + r0[i, 2] * tg[k, 2]
-            frame[k, 1, i, 3] = (r0[i, 0] * gpos[k, 0] + r0[i, 1] * gpos[k, 1] + r0[i, 2] * gpos[k, 2]
-                                 if k > 0 else 0.0)
 
 
 @njit(cache=True, fastmath=SIMD_MATH)

@@ -39,7 +39,7 @@ from numba import njit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmfit3d.camera import Camera  # noqa: E402
-from lmfit3d.imaging import ROI, crop  # noqa: E402
+from lmfit3d.imaging import ROI, crop, warp_chw  # noqa: E402
 from lmfit3d.landmarks import load_landmark_set  # noqa: E402
 from lmfit3d.model import Params, load_model  # noqa: E402
 from lmfit3d.predict import roi_from_points  # noqa: E402
@@ -115,56 +115,18 @@ def noise3(p, cell, seed, octaves=1):
     return out / tot
 
 
-@njit(cache=True, fastmath=True)
-def _warp_first_channel(image, m, out_size, out):
-    """Channel 0 of :func:`lmfit3d.imaging.warp_chw` (scale 1/255, no mirror) into out (S, S) float32:
-    the same bilinear sums, a third of the work (noise2 keeps only that channel)."""
-    h, w = image.shape[0], image.shape[1]
-    scale = np.float32(1.0 / 255.0)
-    for i in range(out_size):
-        yc = i + 0.5
-        u = m[0, 0] * 0.5 + m[0, 1] * yc + m[0, 2] - 0.5
-        v = m[1, 0] * 0.5 + m[1, 1] * yc + m[1, 2] - 0.5
-        du = m[0, 0]
-        dv = m[1, 0]
-        for j in range(out_size):
-            uf = np.floor(u)
-            vf = np.floor(v)
-            u0 = int(uf)
-            v0 = int(vf)
-            fu = u - uf
-            fv = v - vf
-            if u0 >= 0 and v0 >= 0 and u0 + 1 < w and v0 + 1 < h:
-                acc = ((1.0 - fu) * (1.0 - fv) * image[v0, u0, 0] + fu * (1.0 - fv) * image[v0, u0 + 1, 0]
-                       + (1.0 - fu) * fv * image[v0 + 1, u0, 0] + fu * fv * image[v0 + 1, u0 + 1, 0])
-            else:
-                acc = 0.0
-                for dvv in range(2):
-                    vv = v0 + dvv
-                    if vv < 0 or vv >= h:
-                        continue
-                    wv = fv if dvv else 1.0 - fv
-                    for duu in range(2):
-                        uu = u0 + duu
-                        if uu < 0 or uu >= w:
-                            continue
-                        acc += wv * (fu if duu else 1.0 - fu) * image[vv, uu, 0]
-            out[i, j] = acc * scale
-            u += du
-            v += dv
-
-
 def noise2(rng, h, w, cell, octaves=3):
     """Multi-octave 2D value noise image (h, w) in about [0, 1] (bilinear upsampling of random grids)."""
     out = np.zeros((h, w))
-    up = np.empty((max(h, w), max(h, w)), np.float32)
+    up = np.empty((1, max(h, w), max(h, w)), np.float32)             # channel 0 of the crop only
     amp, tot = 1.0, 0.0
     for o in range(octaves):
         c = max(cell / 2 ** o, 1.0)
         g = int(np.ceil(max(h, w) / c)) + 1
         grid = rng.integers(0, 256, size=(g, g, 3), dtype=np.uint8)     # 3 channels: the same random stream
-        _warp_first_channel(grid, ROI(g / 2.0, g / 2.0, g - 1.0).matrix(max(h, w)), max(h, w), up)
-        out += amp * up[:h, :w]
+        warp_chw(grid, ROI(g / 2.0, g / 2.0, g - 1.0).matrix(max(h, w)), max(h, w), False, np.float32(1.0 / 255.0),
+                 np.float32(0.0), up)
+        out += amp * up[0, :h, :w]
         tot += amp
         amp *= 0.5
     return out / tot
