@@ -232,6 +232,48 @@ def test_intersection_skip_changes_nothing(model, rng):
     assert seen_inside
 
 
+def _skip_test_reference(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of, ne):
+    """One vertex at a time, as the docstring of intersection_skip_test states it."""
+    n = t_beta.shape[0]
+    base, proj = np.full(n, -np.inf), np.zeros((ne, n))
+    for p in range(n):
+        if sphere_of[p] >= 0:
+            v = t_beta[p] - sphere_c[sphere_of[p]]
+            u = v / np.linalg.norm(v)
+            base[p] = np.linalg.norm(v) - sphere_r[sphere_of[p]]
+        elif hull_of[p] >= 0:
+            out = planes[hull_of[p], :, :3] @ t_beta[p] - planes[hull_of[p], :, 3]
+            u, base[p] = planes[hull_of[p], np.argmax(out), :3], out.max()
+        else:
+            continue
+        ok = expr_idx[p] >= 0
+        proj[expr_idx[p, ok], p] = expr_blocks[p, ok] @ u
+    return base, proj
+
+
+def test_intersection_skip_test_matches_reference(model, rng):
+    inter = _Intersection(model, 0.5 * rng.normal(size=model.n_identity), 0.01)
+    it = inter.table
+    base, proj = _skip_test_reference(inter.t_beta, it.expr_idx, it.expr_blocks, inter.sphere_c, inter.sphere_r,
+                                      inter.sphere_of, inter.planes, inter.hull_of, model.n_expression)
+    assert (inter.sphere_of >= 0).any() and (inter.hull_of >= 0).any()
+    np.testing.assert_allclose(inter.skip_base, base, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(inter.skip_proj, proj, rtol=0, atol=1e-12)
+
+
+def test_static_data_is_shared_between_trackers(model, rng):
+    """Sparsity tables, tracking plans and intersection data are built once per process and key."""
+    from lmfit3d.fit import intersection_data
+    ids = load_landmark_set("dense320")
+    a, b = Tracker(model, ids, (640, 480)), Tracker(model, ids, (800, 600))
+    assert a.table is b.table
+    assert Tracker(model, ids[:100], (640, 480)).table is not a.table
+    beta = rng.normal(size=model.n_identity)
+    d = intersection_data(model, beta, 0.01)
+    assert intersection_data(model, beta.copy(), 0.01) is d
+    assert intersection_data(model, beta + 1e-6, 0.01) is not d
+
+
 def test_unordered_free_columns_match_ordered(model, rng):
     """Free columns in another order (as KeyframeProblem's shared-first layout) give the permuted system."""
     fr = make_frame(model, random_params(model, rng), IDS, rng, noise_px=1.0)

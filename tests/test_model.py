@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import run_without_jit
 
 from lmfit3d.cli import main
 from lmfit3d.meshio import MeshFormatError, read_obj_vertices
@@ -54,6 +55,28 @@ def test_unit_expression_weight_gives_expression_obj(model, facex_dir, name):
     np.testing.assert_allclose(mesh, expected, rtol=0, atol=F32_TOL_MM)
     # the shape does move the mesh, so the comparison above is not against the neutral by accident
     assert np.abs(expected - _obj_mm(facex_dir, "generic_neutral_mesh")).max() > 0.5
+
+
+def test_template_kernel_matches_numpy(rng):
+    """The fused template pass equals v + S beta + E psi in float64 NumPy (zero rows of E skipped)."""
+    from lmfit3d.model import template_kernel
+    v = rng.normal(size=30).astype(np.float32)
+    s = rng.normal(size=(30, 7)).astype(np.float32)
+    e = rng.normal(size=(30, 5)).astype(np.float32)
+    e[::3] = 0.0
+    rows = (e != 0).any(1)
+    beta, psi = rng.normal(size=7), rng.uniform(0, 1, 5)
+    ref = v.astype(float) + s.astype(float) @ beta + e.astype(float) @ psi
+    for b, p, want in ((beta, psi, ref), (beta, np.zeros(0), ref - e.astype(float) @ psi),
+                       (np.zeros(0), np.zeros(0), v.astype(float))):
+        out = np.empty(30)
+        template_kernel(v, s, b, e, p, rows, out)
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+
+
+def test_template_kernel_without_jit():
+    out = run_without_jit(__file__, "template_kernel_matches_numpy")
+    assert "1 passed" in out
 
 
 def test_expression_names_are_ict_order(model):
