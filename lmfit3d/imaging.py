@@ -168,5 +168,5 @@ def draw_points(image, pts, radius, color):
                 if x < 0 or x >= w:
                     continue
                 if (x + 0.5 - u) ** 2 + (y + 0.5 - v) ** 2 <= r2:
-                    for c in range(out.shape[0]):
+                    for c in range(3):
                         image[y, x, c] = color[c]
