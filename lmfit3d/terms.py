@@ -21,7 +21,7 @@ from numba import njit
 
 from .camera import project_jac
 from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, single_joint_frame, single_joint_of,
-                       skin_point, skin_points_soa, skin_vertex, skin_vertex_single, soa_frame, soa_skin)
+                       skin_point, skin_points_soa, skin_positions_soa, skin_vertex, soa_frame, soa_skin)
 
 
 @njit(cache=True, inline="always")
@@ -195,6 +195,42 @@ def table_points_buffers(soa, n_joints):
             np.empty((3, n)))
 
 
+@njit(cache=True, inline="always")
+def soa_template(psi, t_beta_t, ptr, shape_idx, blocks, t_out):
+    """t_out (3, L) = T(beta, psi) per kernel column: t_beta_t + the table's kept entries
+    (``TableSoA.ptr``, ``shape_idx``, ``blocks``) weighted by psi (E,)."""
+    b0, b1, b2 = blocks[0], blocks[1], blocks[2]
+    for p in range(t_beta_t.shape[1]):
+        lo = ptr[p]
+        hi = ptr[p + 1]
+        ix, c0, c1, c2 = shape_idx[lo:hi], b0[lo:hi], b1[lo:hi], b2[lo:hi]
+        s0 = t_beta_t[0, p]
+        s1 = t_beta_t[1, p]
+        s2 = t_beta_t[2, p]
+        for d in range(hi - lo):
+            we = psi[ix[d]]
+            s0 += we * c0[d]
+            s1 += we * c1[d]
+            s2 += we * c2[d]
+        t_out[0, p] = s0
+        t_out[1, p] = s1
+        t_out[2, p] = s2
+
+
+@njit(cache=True, fastmath=SIMD_MATH)
+def table_points(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges, chain,
+                 chain_t, frame, xyz_out, t_work, ybuf):
+    """Positions only of :func:`table_points_jacobian` (same arguments, same sums; no R_root M and
+    no pose Jacobian, the same positions bit for bit): the pose chain in ``chain``/``chain_t``,
+    positions (3, L) mm in xyz_out; t_work, ybuf (3, L) workspaces."""
+    nj = rot.shape[0]
+    rg, bm, cm = chain[2:2 + nj], chain[2 + nj:2 + 2 * nj], chain[2 + 2 * nj:2 + 3 * nj]
+    pose_chain(rot, joints, parents, chain[0], chain[1], rg, chain_t[0], chain_t[1], bm, cm)
+    soa_frame(chain[0], rg, chain_t[0], chain_t[1], bm, frame)
+    soa_template(psi, t_beta_t, ptr, shape_idx, blocks, t_work)
+    skin_positions_soa(t_work, weights_t, ranges, frame, trans, xyz_out, ybuf)
+
+
 @njit(cache=True, fastmath=SIMD_MATH)
 def table_points_jacobian(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges,
                           acc, complement, zero_ranges, wsub, chain, chain_t, frame, xyz_out, rm_out, jpose_out,
@@ -227,22 +263,7 @@ def table_points_jacobian(rot, joints, parents, trans, psi, t_beta_t, ptr, shape
     rg, bm, cm = chain[2:2 + nj], chain[2 + nj:2 + 2 * nj], chain[2 + 2 * nj:2 + 3 * nj]
     pose_chain(rot, joints, parents, chain[0], chain[1], rg, chain_t[0], chain_t[1], bm, cm)
     soa_frame(chain[0], rg, chain_t[0], chain_t[1], bm, frame)
-    b0, b1, b2 = blocks[0], blocks[1], blocks[2]
-    for p in range(t_beta_t.shape[1]):
-        lo = ptr[p]
-        hi = ptr[p + 1]
-        ix, c0, c1, c2 = shape_idx[lo:hi], b0[lo:hi], b1[lo:hi], b2[lo:hi]
-        s0 = t_beta_t[0, p]
-        s1 = t_beta_t[1, p]
-        s2 = t_beta_t[2, p]
-        for d in range(hi - lo):
-            we = psi[ix[d]]
-            s0 += we * c0[d]
-            s1 += we * c1[d]
-            s2 += we * c2[d]
-        t_work[0, p] = s0
-        t_work[1, p] = s1
-        t_work[2, p] = s2
+    soa_template(psi, t_beta_t, ptr, shape_idx, blocks, t_work)
     skin_points_soa(t_work, weights_t, ranges, acc, complement, zero_ranges, wsub, frame, trans, xyz_out, rm_out,
                     jpose_out, sub, ybuf)
 
@@ -781,17 +802,19 @@ def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp):
 
 
 @njit(cache=True)
-def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc,
-                         r0, trans, rg, tg, gpos, bm, mu, inv_sigma, temporal_sqrtw, prev,
+def vertex_term_tracking(focal, cx, cy, xyz_t, rm_t, jpose, col_of, expr_blocks, anc,
+                         r0, trans, rg, gpos, bm, mu, inv_sigma, temporal_sqrtw, prev,
                          single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static,
                          jac_threshold, jtj, jtr, uv_out, xyz_out):
     """:func:`vertex_term` with its Jacobian, when identity and focal length are held (tracking).
 
-    Same cost, positions and (up to rounding) J^T J and J^T r as ``vertex_term(..., want_jac=True)``
-    with an empty identity basis and the focal column fixed; the plan arrays come from
-    :func:`tracking_plan` for the same ``col_map``.  Faster because
+    Same cost, positions and J^T J and J^T r as ``vertex_term(..., want_jac=True)`` up to rounding
+    (1e-13 relative on the cost), with an empty identity basis and the focal column fixed; the plan
+    arrays come from :func:`tracking_plan` for the same ``col_map``.  Faster because
 
-    * landmarks skinned to one joint use ``skinning.skin_vertex_single``;
+    * positions, R_root M and the pose Jacobian of all landmarks come from one structure-of-arrays
+      pass (:func:`table_points_jacobian`, kernel order): xyz_t (3, L), rm_t (9, L), jpose
+      (POSE_DIM, 3, L); col_of (L,) int64 is the kernel column of each table landmark;
     * the blocks are summed in small dense buffers indexed by parameter (pose x pose, expression x
       pose, expression x expression) with no index look-up in the pose loops, then scattered into
       jtj once per call;
@@ -810,12 +833,11 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
 
     Returns the cost 0.5 |r|^2 of the landmark and temporal terms.
     """
-    nl = t_beta.shape[0]
-    nj = weights.shape[1]
+    nl = col_of.shape[0]
+    nj = anc.shape[0]
     ne = expr_free.shape[0]
     pd = pose_free.shape[0]
-    e0 = pd
-    nd = expr_idx.shape[1]
+    nd = e_idx.shape[1]
     pp = np.zeros((pd, pd))
     pe = np.zeros((ne, pd))
     ee = np.zeros((ne, ne))
@@ -835,13 +857,9 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
         if nck[kj] == 0:
             nck[kj] = 6
     used = np.zeros(nj, np.bool_)
-    t = np.empty(3)
     xv = np.empty(3)
-    rm = np.empty((3, 3))
     dpose = np.zeros((3, pd))
     ap = np.empty((3, pd))
-    wsub = np.empty(nj)
-    work = np.empty((nj + 5, 3))
     col = np.empty((3, nd))
     acd = np.zeros((3, ne))                 # A-weighted columns, dense over expression positions
     qd = np.zeros((2, ne))                  # projected columns / sigma, dense over expression positions
@@ -854,13 +872,12 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
     static_on = tw2 > 0.0
     cost = 0.0
     for p in range(nl):
-        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
+        q = col_of[p]
+        xv[0] = xyz_t[0, q]
+        xv[1] = xyz_t[1, q]
+        xv[2] = xyz_t[2, q]
         k = single[p]
         nc = pose_ncols[p]
-        if k >= 0:
-            skin_vertex_single(t, k, anc, r0, trans, rg, tg, rmk, r0bm, rgm, xv, rm, dpose, nc)
-        else:
-            skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
         c, r_u, r_v, has_lm, has_tmp = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev,
                                                       temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out)
         cost += c
@@ -876,9 +893,15 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
         zeroed = False
         pose_zeroed = False
         thresh = has_lm and jac_threshold > 0.0
-        m00, m01, m02 = rm[0, 0], rm[0, 1], rm[0, 2]         # scalars: the loop keeps them in registers
-        m10, m11, m12 = rm[1, 0], rm[1, 1], rm[1, 2]
-        m20, m21, m22 = rm[2, 0], rm[2, 1], rm[2, 2]
+        group = k >= 0 and nc == nck[k]
+        if thresh or not group:         # this landmark's pose Jacobian, explicitly
+            for c in range(nc):
+                dpose[0, c] = jpose[c, 0, q]
+                dpose[1, c] = jpose[c, 1, q]
+                dpose[2, c] = jpose[c, 2, q]
+        m00, m01, m02 = rm_t[0, q], rm_t[1, q], rm_t[2, q]   # scalars: the loop keeps them in registers
+        m10, m11, m12 = rm_t[3, q], rm_t[4, q], rm_t[5, q]
+        m20, m21, m22 = rm_t[6, q], rm_t[7, q], rm_t[8, q]
         x00, x01, x02 = dx[0, 0], dx[0, 1], dx[0, 2]
         x10, x11, x12 = dx[1, 0], dx[1, 1], dx[1, 2]
         for a in range(n):
@@ -920,7 +943,7 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
                 g[i] += (dx[0, i] * r_u + dx[1, i] * r_v) * isg
                 for j in range(3):
                     am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
-        if k >= 0 and nc == nck[k] and not pose_zeroed:
+        if group and not pose_zeroed:
             # one-joint landmark: pose rows through the per-joint sums (_joint_group_add)
             _joint_group_add(k, xv, trans, am, g, col, e_idx[p], n, gsum, hs, ge)
             used[k] = True
@@ -1004,34 +1027,21 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
 
 
 @njit(cache=True)
-def vertex_cost_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, single, r0, trans, rg, tg,
-                         mu, inv_sigma, temporal_sqrtw, prev, uv_out, xyz_out):
-    """:func:`vertex_term` without Jacobian (cost, uv_out, xyz_out), same results bit for bit.
-
-    Landmarks skinned to one joint (``single`` from :func:`tracking_plan`) are posed without the
-    loop over skin weights: R_root (Rg_k t + tg_k) + trans, the operations ``skinning.skin_point``
-    performs for a weight of exactly 1.
-    """
-    nl = t_beta.shape[0]
-    e0 = 6 + 3 * (weights.shape[1] - 1)
-    t = np.empty(3)
-    xv = np.empty(3)
+def vertex_cost_tracking(focal, cx, cy, xyz_t, col_of, mu, inv_sigma, temporal_sqrtw, prev, uv_out, xyz_out):
+    """Cost of the landmark and temporal terms (:func:`vertex_term` without Jacobian) at the positions
+    xyz_t (3, L) mm in kernel order (:func:`table_points`); col_of (L,) int64 the kernel column of
+    each table landmark.  Writes uv_out (L, 2), xyz_out (L, 3) in table order; returns the cost."""
     uv = np.empty(2)
     dx = np.empty((2, 3))
     df = np.empty(2)
     g = np.empty(3)
+    xv = np.empty(3)
     cost = 0.0
-    for p in range(nl):
-        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
-        k = single[p]
-        if k >= 0:
-            v0 = tg[k, 0] + rg[k, 0, 0] * t[0] + rg[k, 0, 1] * t[1] + rg[k, 0, 2] * t[2]
-            v1 = tg[k, 1] + rg[k, 1, 0] * t[0] + rg[k, 1, 1] * t[1] + rg[k, 1, 2] * t[2]
-            v2 = tg[k, 2] + rg[k, 2, 0] * t[0] + rg[k, 2, 1] * t[1] + rg[k, 2, 2] * t[2]
-            for i in range(3):
-                xv[i] = r0[i, 0] * v0 + r0[i, 1] * v1 + r0[i, 2] * v2 + trans[i]
-        else:
-            skin_point(t, weights[p], r0, trans, rg, tg, xv)
+    for p in range(col_of.shape[0]):
+        q = col_of[p]
+        xv[0] = xyz_t[0, q]
+        xv[1] = xyz_t[1, q]
+        xv[2] = xyz_t[2, q]
         c, _, _, _, _ = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev, temporal_sqrtw, uv, dx, df, g,
                                        uv_out, xyz_out)
         cost += c
