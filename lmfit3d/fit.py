@@ -23,7 +23,7 @@ from .skinning import POSE_DIM, ancestry, pose_chain
 from .frame_lm import frame_cost, landmark_terms, tracking_lm
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
-from .terms import (diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
+from .terms import (PJ_ROWS, diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
                     table_points_buffers, table_soa, tracking_plan, vertex_term)
 
 
@@ -205,6 +205,10 @@ class FrameProblem:
         self.parents = model.joint_parents.astype(np.int64)
         self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
         self.inter = intersection
+        # structure-of-arrays layout of the table for the tracking evaluation (frame_lm.landmark_terms)
+        self.soa = _cached(_SOAS, id(table), table, lambda: table_soa(table, model.joint_parents), 8)
+        self.col_of = np.empty(table.n_landmarks, np.int64)
+        self.col_of[self.soa.order] = np.arange(table.n_landmarks)
         self.set_frame(mu, sigma, prev)
         nj = model.n_joints
         self.ws = dict(r0=np.empty((3, 3)), jl0=np.empty((3, 3)), rg=np.empty((nj, 3, 3)),
@@ -213,12 +217,8 @@ class FrameProblem:
         self.uv = np.empty((table.n_landmarks, 2))
         self.xyz = np.empty((table.n_landmarks, 3))
         self.rot = np.empty((nj, 3))
-        # structure-of-arrays layout of the table for the tracking evaluation (frame_lm.landmark_terms)
-        self.soa = _cached(_SOAS, id(table), table, lambda: table_soa(table, model.joint_parents), 8)
-        self.col_of = np.empty(table.n_landmarks, np.int64)
-        self.col_of[self.soa.order] = np.arange(table.n_landmarks)
-        bufs = table_points_buffers(self.soa, nj)
-        self._soa_ws = (self.rot,) + bufs[:6] + bufs[7:]          # all but jexpr
+        self._soa_ws = ((self.rot,) + table_points_buffers(self.soa, nj)
+                        + (np.zeros((PJ_ROWS, table.n_landmarks)), np.empty((2, self.soa.shape_idx.size))))
         e = model.n_expression
         self.expr_inv = np.full(e, np.sqrt(2.0 * config.w_expression))
         self.joint_inv = np.full(3 * (nj - 1), np.sqrt(2.0 * config.w_joints))
@@ -244,6 +244,7 @@ class FrameProblem:
         else:
             self.prev = np.ascontiguousarray(prev, dtype=np.float64)
             self.tw = np.sqrt(2.0 * self.cfg.w_temporal)
+        self._frame_soa()
 
     def set_free(self, mask, base=None):
         """Choose the free parameters (boolean mask over the full layout)."""
@@ -384,7 +385,14 @@ class FrameProblem:
         """The ``soa`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""
         s, sk = self.soa, self.soa.skin
         return (self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, sk.weights_t, sk.ranges, sk.acc,
-                sk.complement, sk.zero_ranges, sk.wsub)
+                sk.complement, sk.zero_ranges, sk.wsub, self.mu_t, self.isg_t, self.prev_t)
+
+    def _frame_soa(self):
+        """The frame's mu, 1/sigma and prev in the kernel order of ``self.soa``."""
+        o = self.soa.order
+        self.mu_t = np.ascontiguousarray(self.mu[o].T)
+        self.isg_t = np.ascontiguousarray(self.inv_sigma[o])
+        self.prev_t = np.ascontiguousarray(self.prev[o].T)
 
     def _compiled_args(self):
         """The ``prob`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""

@@ -18,10 +18,12 @@ The problem is passed as four tuples of plain arrays and scalars (built by
 * ``inter``: ``(use, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
   sqrtw, skip_base, skip_proj)`` of the intersection term (``use`` False: term off);
 * ``soa``: ``(t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement,
-  zero_ranges, wsub)``: the template at the current identity in kernel order, the kernel column
-  of each table landmark and the arrays of ``terms.TableSoA`` / ``skinning.SoaSkin``;
-* ``ws``: ``(rot, chain, chain_t, frame, xyz_t, rm_t, jpose, t_work, sub, ybuf)``: joint rotations
-  (J, 3) and the buffers of ``terms.table_points_buffers`` (jpose's constant entries written there).
+  zero_ranges, wsub, mu_t, isg_t, prev_t)``: the template at the current identity in kernel order,
+  the kernel column of each table landmark, the arrays of ``terms.TableSoA`` / ``skinning.SoaSkin``
+  and the frame's mu, 1/sigma and previous positions in kernel order;
+* ``ws``: ``(rot, chain, chain_t, frame, xyz_t, rm_t, jpose, jexpr, t_work, sub, ybuf, pj, qe)``:
+  joint rotations (J, 3), the buffers of ``terms.table_points_buffers`` (jpose's constant entries
+  written there), pj (``terms.PJ_ROWS``, L) and qe (2, N).
 """
 import math
 
@@ -29,25 +31,29 @@ import numpy as np
 from numba import njit
 
 from .solvers import lm_trial, projected_gradient_inf
-from .terms import (diagonal_prior, intersection_term, symmetrize_upper, table_points, table_points_jacobian,
-                    vertex_cost_tracking, vertex_term_tracking)
+from .terms import (PJ_NC, diagonal_prior, expression_jacobian, intersection_term, landmark_positions_soa,
+                    pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper, table_points,
+                    table_points_jacobian, vertex_term_tracking)
 
 
 @njit(cache=True)
 def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     """Landmark + temporal terms of the tracking problem at the full vector x (cost returned).
 
-    One structure-of-arrays pass over the landmarks (``terms.table_points_jacobian``: pose chain,
-    template points, positions, R_root M, pose Jacobian; ``terms.table_points``, positions only,
-    when ``want_jac`` is False), then ``terms.vertex_term_tracking`` (adds the upper triangle of
-    J^T J and J^T r into jtj, jtr) or ``terms.vertex_cost_tracking``.  Positions of x in uv (L, 2),
-    xyz (L, 3), table order.
+    Vectorised structure-of-arrays passes over the landmarks (kernel order): pose chain, template
+    points, positions, R_root M and pose Jacobian (``terms.table_points_jacobian``; positions only,
+    ``terms.table_points``, when ``want_jac`` is False), projections, residuals and costs
+    (``terms.project_soa``); for J^T J also the expression columns (``terms.expression_jacobian``),
+    their projections (``terms.project_columns_soa``) and the pose-column threshold test
+    (``terms.pose_threshold_soa``); then ``terms.vertex_term_tracking`` adds the upper triangle of
+    J^T J and J^T r into jtj, jtr.  Positions of x in uv (L, 2), xyz (L, 3), table order.
     """
     (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
      jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0, j0, j1) = prob
     single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static = plan
-    t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement, zero_ranges, wsub = soa
-    rot, chain, chain_t, frame, xyz_t, rm_t, jpose, t_work, sub, ybuf = ws
+    (t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement, zero_ranges, wsub, mu_t, isg_t,
+     prev_t) = soa
+    rot, chain, chain_t, frame, xyz_t, rm_t, jpose, jexpr, t_work, sub, ybuf, pj, qe = ws
     nj = rot.shape[0]
     focal = x[x.shape[0] - 1]
     for i in range(3):
@@ -60,14 +66,24 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     if not want_jac:
         table_points(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges, chain,
                      chain_t, frame, xyz_t, t_work, ybuf)
-        return vertex_cost_tracking(focal, cx, cy, xyz_t, col_of, mu, inv_sigma, tw, prev, uv, xyz)
+        cost = project_soa(focal, cx, cy, tw, xyz_t, mu_t, isg_t, prev_t, pj)
+        landmark_positions_soa(xyz_t, pj, col_of, uv, xyz)
+        return cost
     table_points_jacobian(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges,
                           acc, complement, zero_ranges, wsub, chain, chain_t, frame, xyz_t, rm_t, jpose, t_work,
                           sub, ybuf)
-    return vertex_term_tracking(focal, cx, cy, xyz_t, rm_t, jpose, col_of, expr_blocks, anc, chain[0], trans,
-                                chain[2:2 + nj], chain_t[1], chain[2 + nj:2 + 2 * nj], mu, inv_sigma, tw, prev,
-                                single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static,
-                                jac_threshold, jtj, jtr, uv, xyz)
+    cost = project_soa(focal, cx, cy, tw, xyz_t, mu_t, isg_t, prev_t, pj)
+    expression_jacobian(ptr, blocks, rm_t, jexpr)
+    project_columns_soa(focal, ptr, jexpr, pj, isg_t, qe)
+    if jac_threshold > 0.0:
+        for p in range(col_of.shape[0]):
+            pj[PJ_NC, col_of[p]] = pose_ncols[p]
+        pose_threshold_soa(focal, jac_threshold, jpose, pj, isg_t)
+    vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_blocks, anc, chain[0], trans,
+                         chain[2:2 + nj], chain_t[1], chain[2 + nj:2 + 2 * nj], inv_sigma, tw, prev, single,
+                         pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static, jac_threshold, jtj,
+                         jtr, uv, xyz)
+    return cost
 
 
 @njit(cache=True)
