@@ -23,8 +23,8 @@ from .skinning import POSE_DIM, ancestry, pose_chain
 from .frame_lm import frame_cost, landmark_terms, tracking_lm
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
-from .terms import (PJ_ROWS, diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
-                    table_points_buffers, table_soa, tracking_plan, vertex_term)
+from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, frame_columns, intersection_skip_test,
+                    intersection_term, symmetrize_upper, table_points_buffers, table_soa, tracking_plan, vertex_term)
 
 
 @dataclass(frozen=True)
@@ -209,6 +209,8 @@ class FrameProblem:
         self.soa = _cached(_SOAS, id(table), table, lambda: table_soa(table, model.joint_parents), 8)
         self.col_of = np.empty(table.n_landmarks, np.int64)
         self.col_of[self.soa.order] = np.arange(table.n_landmarks)
+        nl = table.n_landmarks
+        self.mu_t, self.isg_t, self.prev_t = np.empty((2, nl)), np.empty(nl), np.empty((3, nl))
         self.set_frame(mu, sigma, prev)
         nj = model.n_joints
         self.ws = dict(r0=np.empty((3, 3)), jl0=np.empty((3, 3)), rg=np.empty((nj, 3, 3)),
@@ -389,10 +391,11 @@ class FrameProblem:
 
     def _frame_soa(self):
         """The frame's mu, 1/sigma and prev in the kernel order of ``self.soa``."""
-        o = self.soa.order
-        self.mu_t = np.ascontiguousarray(self.mu[o].T)
-        self.isg_t = np.ascontiguousarray(self.inv_sigma[o])
-        self.prev_t = np.ascontiguousarray(self.prev[o].T)
+        nl = self.table.n_landmarks
+        if self.mu.shape != (nl, 2) or self.inv_sigma.shape != (nl,) or self.prev.shape != (nl, 3):
+            raise ValueError(f"need mu ({nl}, 2), sigma ({nl},) and prev ({nl}, 3), got {self.mu.shape}, "
+                             f"{self.inv_sigma.shape} and {self.prev.shape}")
+        frame_columns(self.soa.order, self.mu, self.inv_sigma, self.prev, self.mu_t, self.isg_t, self.prev_t)
 
     def _compiled_args(self):
         """The ``prob`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""
@@ -634,7 +637,7 @@ class Tracker:
         m, sl = self.model, layout(self.model)[0]
         mu = np.ascontiguousarray(mu, dtype=np.float64)
         sigma = np.asarray(sigma, dtype=np.float64)
-        if np.isfinite(mu).all(1).sum() < 3:
+        if (count_finite_rows(mu) if mu.ndim == 2 else np.isfinite(mu).all(1).sum()) < 3:
             self.reset()
             return None
         prob = self._step_problem(mu, sigma, self.prev)

@@ -183,6 +183,33 @@ def table_soa(table, parents):
                     np.ascontiguousarray(table.expr_blocks[order][kept].T), soa_skin(table.weights[order], parents))
 
 
+@njit(cache=True)
+def frame_columns(order, mu, inv_sigma, prev, mu_t, isg_t, prev_t):
+    """A frame's landmark data in the kernel order of a :class:`TableSoA` (``order``): mu (L, 2),
+    inv_sigma (L,), prev (L, 3) -> mu_t (2, L), isg_t (L,), prev_t (3, L) out (what ``to_columns``
+    gives, without temporaries: called once per tracked frame)."""
+    for q in range(order.shape[0]):
+        p = order[q]
+        mu_t[0, q] = mu[p, 0]
+        mu_t[1, q] = mu[p, 1]
+        isg_t[q] = inv_sigma[p]
+        prev_t[0, q] = prev[p, 0]
+        prev_t[1, q] = prev[p, 1]
+        prev_t[2, q] = prev[p, 2]
+
+
+@njit(cache=True)
+def count_finite_rows(a):
+    """Number of rows of a (n, k) float64 array whose entries are all finite."""
+    c = 0
+    for i in range(a.shape[0]):
+        ok = True
+        for j in range(a.shape[1]):
+            ok = ok and np.isfinite(a[i, j])
+        c += ok
+    return c
+
+
 def table_points_buffers(soa, n_joints):
     """Work and output arrays of :func:`table_points_jacobian` and :func:`expression_jacobian` for
     a :class:`TableSoA`, allocated once and re-used every frame (the constant entries of jpose are
