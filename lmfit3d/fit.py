@@ -20,11 +20,11 @@ from .camera import focal_from_fov
 from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
 from .skinning import POSE_DIM, ancestry, pose_chain
-from .frame_lm import frame_cost, tracking_lm
+from .frame_lm import frame_cost, landmark_terms, tracking_lm
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
-from .terms import (diagonal_prior, intersection_skip_test, intersection_term, symmetrize_upper,
-                    tracking_plan, vertex_term, vertex_term_tracking)
+from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, frame_columns, intersection_skip_test,
+                    intersection_term, symmetrize_upper, table_points_buffers, table_soa, tracking_plan, vertex_term)
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class _Intersection:
 
 # Per-process caches of static data that trackers rebuild otherwise (a video's two passes, the
 # videos of a batch): key -> (owner, value); the owner object is kept so that its id stays unique.
-_INTERSECTIONS, _TABLES, _PLANS = {}, {}, {}
+_INTERSECTIONS, _TABLES, _PLANS, _SOAS = {}, {}, {}, {}
 
 
 def _cached(cache, key, owner, build, size):
@@ -205,6 +205,12 @@ class FrameProblem:
         self.parents = model.joint_parents.astype(np.int64)
         self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
         self.inter = intersection
+        # structure-of-arrays layout of the table for the tracking evaluation (frame_lm.landmark_terms)
+        self.soa = _cached(_SOAS, id(table), table, lambda: table_soa(table, model.joint_parents), 8)
+        self.col_of = np.empty(table.n_landmarks, np.int64)
+        self.col_of[self.soa.order] = np.arange(table.n_landmarks)
+        nl = table.n_landmarks
+        self.mu_t, self.isg_t, self.prev_t = np.empty((2, nl)), np.empty(nl), np.empty((3, nl))
         self.set_frame(mu, sigma, prev)
         nj = model.n_joints
         self.ws = dict(r0=np.empty((3, 3)), jl0=np.empty((3, 3)), rg=np.empty((nj, 3, 3)),
@@ -213,6 +219,8 @@ class FrameProblem:
         self.uv = np.empty((table.n_landmarks, 2))
         self.xyz = np.empty((table.n_landmarks, 3))
         self.rot = np.empty((nj, 3))
+        self._soa_ws = ((self.rot,) + table_points_buffers(self.soa, nj)
+                        + (np.zeros((PJ_ROWS, table.n_landmarks)), np.empty((2, self.soa.shape_idx.size))))
         e = model.n_expression
         self.expr_inv = np.full(e, np.sqrt(2.0 * config.w_expression))
         self.joint_inv = np.full(3 * (nj - 1), np.sqrt(2.0 * config.w_joints))
@@ -238,6 +246,7 @@ class FrameProblem:
         else:
             self.prev = np.ascontiguousarray(prev, dtype=np.float64)
             self.tw = np.sqrt(2.0 * self.cfg.w_temporal)
+        self._frame_soa()
 
     def set_free(self, mask, base=None):
         """Choose the free parameters (boolean mask over the full layout)."""
@@ -252,6 +261,7 @@ class FrameProblem:
         key = beta.tobytes()
         if key != self._beta_key:
             self.t_beta = self.table.mean + self.table.identity_blocks @ beta
+            self.t_beta_t = self.soa.to_columns(self.t_beta)
             self.joints = self.model.joint_mean + self.sj @ beta
             self._beta_key = key
         return beta
@@ -282,21 +292,17 @@ class FrameProblem:
         """Landmark + temporal terms at x; leaves the positions of x in self.xyz / self.uv."""
         ws = self.ws
         self._identity_state(x)
+        plan = self._tracking_plan()
+        if plan is not None:            # the evaluation of the compiled loop (frame_lm)
+            cost = landmark_terms(x, want_jac, jtj, jtr, self._compiled_args(), _plan_tuple(plan), self._soa_args(),
+                                  self._soa_ws, self.uv, self.xyz)
+            self._positions_at = x.copy()
+            return cost
         rot = self.rot
         rot[0] = x[0:3]
         rot[1:] = x[6:POSE_DIM].reshape(-1, 3)
         pose_chain(rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
                    ws["gpos"], ws["bm"], ws["cm"])
-        plan = self._tracking_plan() if want_jac else None
-        if plan is not None:
-            cost = vertex_term_tracking(
-                x, x[-1], self.cx, self.cy, self.t_beta, self.table.expr_idx, self.table.expr_blocks,
-                self.table.weights, self.anc, ws["r0"], x[3:6], ws["rg"], ws["tg"], ws["gpos"], ws["bm"],
-                self.mu, self.inv_sigma, self.tw, self.prev, plan.single, plan.pose_ncols, plan.pose_free,
-                plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free, plan.ee_static, self.cfg.jac_threshold,
-                jtj, jtr, self.uv, self.xyz)
-            self._positions_at = x.copy()
-            return cost
         sb = self.table.identity_blocks if self.col_map[self.sl["identity"].start] >= 0 else _NO_IDENT
         cost = vertex_term(x, x[-1], self.cx, self.cy, self.t_beta, self.table.expr_idx,
                            self.table.expr_blocks, self.table.weights, self.anc, sb, self.sj,
@@ -330,7 +336,7 @@ class FrameProblem:
         if plan is not None:            # tracking: the compiled evaluation tracking_lm uses
             self._identity_state(x)
             cost = frame_cost(x, want_jac, jtj, jtr, self._compiled_args(), _plan_tuple(plan),
-                              self._intersection_args(), self._ws_tuple(), self.uv, self.xyz)
+                              self._intersection_args(), self._soa_args(), self._soa_ws, self.uv, self.xyz)
             self._positions_at = x
             return cost
         cost = self.accumulate_full(x, jtj, jtr, want_jac)
@@ -372,14 +378,24 @@ class FrameProblem:
         history = np.empty(max_iter + 1)
         cost, it, status, nh = tracking_lm(
             z, self.base, self.free, lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, LAMBDA0,
-            LAMBDA_MAX, DIAG_FLOOR, self._compiled_args(), _plan_tuple(plan), self._intersection_args(), self.uv,
-            self.xyz, x_last, history)
+            LAMBDA_MAX, DIAG_FLOOR, self._compiled_args(), _plan_tuple(plan), self._intersection_args(),
+            self._soa_args(), self._soa_ws, self.uv, self.xyz, x_last, history)
         self._positions_at = x_last
         return self.full(z), FitResult(z, float(cost), int(it), int(status), history[:nh].copy())
 
-    def _ws_tuple(self):
-        ws = self.ws
-        return (self.rot, ws["r0"], ws["jl0"], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"])
+    def _soa_args(self):
+        """The ``soa`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""
+        s, sk = self.soa, self.soa.skin
+        return (self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, sk.weights_t, sk.ranges, sk.acc,
+                sk.complement, sk.zero_ranges, sk.wsub, self.mu_t, self.isg_t, self.prev_t)
+
+    def _frame_soa(self):
+        """The frame's mu, 1/sigma and prev in the kernel order of ``self.soa``."""
+        nl = self.table.n_landmarks
+        if self.mu.shape != (nl, 2) or self.inv_sigma.shape != (nl,) or self.prev.shape != (nl, 3):
+            raise ValueError(f"need mu ({nl}, 2), sigma ({nl},) and prev ({nl}, 3), got {self.mu.shape}, "
+                             f"{self.inv_sigma.shape} and {self.prev.shape}")
+        frame_columns(self.soa.order, self.mu, self.inv_sigma, self.prev, self.mu_t, self.isg_t, self.prev_t)
 
     def _compiled_args(self):
         """The ``prob`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""
@@ -621,7 +637,7 @@ class Tracker:
         m, sl = self.model, layout(self.model)[0]
         mu = np.ascontiguousarray(mu, dtype=np.float64)
         sigma = np.asarray(sigma, dtype=np.float64)
-        if np.isfinite(mu).all(1).sum() < 3:
+        if (count_finite_rows(mu) if mu.ndim == 2 else np.isfinite(mu).all(1).sum()) < 3:
             self.reset()
             return None
         prob = self._step_problem(mu, sigma, self.prev)

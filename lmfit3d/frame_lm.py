@@ -8,54 +8,95 @@ here instead, in one numba call: the same energy, the same algorithm step for st
 active-set bounded step, termination tests and their order), hence the same iterations, costs
 and parameters (bit for bit; ``tests/test_fit_kernels.py`` checks it against the general solver).
 
-The problem is passed as three tuples of plain arrays and scalars (built by
-:meth:`lmfit3d.fit.FrameProblem._compiled_args`):
+The problem is passed as four tuples of plain arrays and scalars (built by
+:meth:`lmfit3d.fit.FrameProblem._compiled_args` and its neighbours) and one of workspaces:
 
 * ``prob``: ``(cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma,
   temporal_sqrtw, prev, col_map, jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0,
   j0, j1)``, the arguments of the terms in ``FrameProblem.accumulate_full``;
 * ``plan``: the arrays of ``terms.TrackingPlan`` in field order;
 * ``inter``: ``(use, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
-  sqrtw, skip_base, skip_proj)`` of the intersection term (``use`` False: term off).
+  sqrtw, skip_base, skip_proj)`` of the intersection term (``use`` False: term off);
+* ``soa``: ``(t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement,
+  zero_ranges, wsub, mu_t, isg_t, prev_t)``: the template at the current identity in kernel order,
+  the kernel column of each table landmark, the arrays of ``terms.TableSoA`` / ``skinning.SoaSkin``
+  and the frame's mu, 1/sigma and previous positions in kernel order;
+* ``ws``: ``(rot, chain, chain_t, frame, xyz_t, rm_t, jpose, jexpr, t_work, sub, ybuf, pj, qe)``:
+  joint rotations (J, 3), the buffers of ``terms.table_points_buffers`` (jpose's constant entries
+  written there), pj (``terms.PJ_ROWS``, L) and qe (2, N).
 """
 import math
 
 import numpy as np
 from numba import njit
 
-from .skinning import pose_chain
 from .solvers import lm_trial, projected_gradient_inf
-from .terms import (diagonal_prior, intersection_term, symmetrize_upper, vertex_cost_tracking,
-                    vertex_term_tracking)
+from .terms import (PJ_NC, diagonal_prior, expression_jacobian, intersection_term, landmark_positions_soa,
+                    pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper, table_points,
+                    table_points_jacobian, vertex_term_tracking)
 
 
 @njit(cache=True)
-def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, ws, uv, xyz):
-    """``FrameProblem.accumulate_full`` + symmetrisation for the tracking problem, compiled.
+def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
+    """Landmark + temporal terms of the tracking problem at the full vector x (cost returned).
 
-    x (P,) full vector; when ``want_jac`` adds J^T J (full, symmetric) and J^T r into the zeroed
-    jtj (n, n), jtr (n,).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
-    ``ws`` = (rot, r0, jl0, rg, tg, gpos, bm, cm) pose-chain workspaces.  Returns the cost.
+    Vectorised structure-of-arrays passes over the landmarks (kernel order): pose chain, template
+    points, positions, R_root M and pose Jacobian (``terms.table_points_jacobian``; positions only,
+    ``terms.table_points``, when ``want_jac`` is False), projections, residuals and costs
+    (``terms.project_soa``); for J^T J also the expression columns (``terms.expression_jacobian``),
+    their projections (``terms.project_columns_soa``) and the pose-column threshold test
+    (``terms.pose_threshold_soa``); then ``terms.vertex_term_tracking`` adds the upper triangle of
+    J^T J and J^T r into jtj, jtr.  Positions of x in uv (L, 2), xyz (L, 3), table order.
     """
     (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
      jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0, j0, j1) = prob
     single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static = plan
-    rot, r0, jl0, rg, tg, gpos, bm, cm = ws
+    (t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement, zero_ranges, wsub, mu_t, isg_t,
+     prev_t) = soa
+    rot, chain, chain_t, frame, xyz_t, rm_t, jpose, jexpr, t_work, sub, ybuf, pj, qe = ws
+    nj = rot.shape[0]
     focal = x[x.shape[0] - 1]
     for i in range(3):
         rot[0, i] = x[i]
-    for k in range(1, rot.shape[0]):
+    for k in range(1, nj):
         for i in range(3):
             rot[k, i] = x[3 + 3 * k + i]
-    pose_chain(rot, joints, parents, r0, jl0, rg, tg, gpos, bm, cm)
     trans = x[3:6]
-    if want_jac:
-        cost = vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, r0, trans,
-                                    rg, tg, gpos, bm, mu, inv_sigma, tw, prev, single, pose_ncols, pose_free,
-                                    e_count, e_idx, e_pos, expr_free, ee_static, jac_threshold, jtj, jtr, uv, xyz)
-    else:
-        cost = vertex_cost_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, single, r0, trans,
-                                    rg, tg, mu, inv_sigma, tw, prev, uv, xyz)
+    psi = x[e0:e0 + expr_inv.shape[0]]
+    if not want_jac:
+        table_points(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges, chain,
+                     chain_t, frame, xyz_t, t_work, ybuf)
+        cost = project_soa(focal, cx, cy, tw, xyz_t, mu_t, isg_t, prev_t, pj)
+        landmark_positions_soa(xyz_t, pj, col_of, uv, xyz)
+        return cost
+    table_points_jacobian(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges,
+                          acc, complement, zero_ranges, wsub, chain, chain_t, frame, xyz_t, rm_t, jpose, t_work,
+                          sub, ybuf)
+    cost = project_soa(focal, cx, cy, tw, xyz_t, mu_t, isg_t, prev_t, pj)
+    expression_jacobian(ptr, blocks, rm_t, jexpr)
+    project_columns_soa(focal, ptr, jexpr, pj, isg_t, qe)
+    if jac_threshold > 0.0:
+        for p in range(col_of.shape[0]):
+            pj[PJ_NC, col_of[p]] = pose_ncols[p]
+        pose_threshold_soa(focal, jac_threshold, jpose, pj, isg_t)
+    vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_blocks, anc, chain[0], trans,
+                         chain[2:2 + nj], chain_t[1], chain[2 + nj:2 + 2 * nj], inv_sigma, tw, prev, single,
+                         pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static, jac_threshold, jtj,
+                         jtr, uv, xyz)
+    return cost
+
+
+@njit(cache=True)
+def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
+    """``FrameProblem.accumulate_full`` + symmetrisation for the tracking problem, compiled.
+
+    x (P,) full vector; when ``want_jac`` adds J^T J (full, symmetric) and J^T r into the zeroed
+    jtj (n, n), jtr (n,).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
+    ``soa`` and ``ws``: the tables and workspaces of :func:`landmark_terms`.  Returns the cost.
+    """
+    (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
+     jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0, j0, j1) = prob
+    cost = landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz)
     if col_map[e0] >= 0:
         cost += diagonal_prior(x, e0, zero_e, expr_inv, col_map, want_jac, jtj, jtr)
     if col_map[j0] >= 0 or col_map[j1 - 1] >= 0:
@@ -98,7 +139,7 @@ def _termination_status(cost_old, cost_new, step_norm, x_norm, ftol, xtol):
 
 @njit(cache=True)
 def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor,
-                prob, plan, inter, uv, xyz, x_last, history):
+                prob, plan, inter, soa, ws, uv, xyz, x_last, history):
     """:func:`lmfit3d.solvers.levenberg_marquardt` on the tracking problem, in one compiled call.
 
     Parameters
@@ -107,7 +148,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     base : (P,) float64, full vector supplying the held parameters; free : (n,) int64 its free indices.
     lo, hi : (n,) float64 box bounds.
     max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor : as in ``levenberg_marquardt``.
-    prob, plan, inter : problem tuples (module docstring).
+    prob, plan, inter, soa : problem tuples (module docstring); ws : workspaces of :func:`landmark_terms`.
     uv (L, 2), xyz (L, 3) : out, landmark positions of the last evaluation, made at x_last (P,) (out).
     history : (max_iter + 1,) float64 out, cost after each iteration (history[0] = start).
 
@@ -116,9 +157,6 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     (cost, iterations, status, n_history) : float, int, int (``solvers.STATUS_MESSAGES``), int.
     """
     n = z.shape[0]
-    nj = prob[7].shape[0]
-    ws = (np.empty((nj, 3)), np.empty((3, 3)), np.empty((3, 3)), np.empty((nj, 3, 3)), np.empty((nj, 3)),
-          np.empty((nj, 3)), np.empty((nj, 3, 3)), np.empty((nj, 3, 3)))
     for i in range(n):
         z[i] = min(max(z[i], lo[i]), hi[i])
     x = base.copy()
@@ -134,7 +172,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     jac = n >= 0
     no_jac = not jac
     _set_full(x, free, z)
-    cost = frame_cost(x, jac, jtj, jtr, prob, plan, inter, ws, uv, xyz)
+    cost = frame_cost(x, jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
     x_last[:] = x
     history[0] = cost
     nh = 1
@@ -161,7 +199,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
                 break
             continue
         _set_full(x, free, z_new)
-        cost_new = frame_cost(x, no_jac, empty2, empty1, prob, plan, inter, ws, uv, xyz)
+        cost_new = frame_cost(x, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
         x_last[:] = x
         rho = (cost - cost_new) / pred if pred > 0 else -1.0
         lam, nu = _damping_update(lam, nu, rho)
@@ -175,7 +213,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
                 break                       # converged: J^T J at z is not needed
             jtj[:] = 0.0
             jtr[:] = 0.0
-            cost = frame_cost(x, jac, jtj, jtr, prob, plan, inter, ws, uv, xyz)
+            cost = frame_cost(x, jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
             history[nh - 1] = cost
         else:
             history[nh] = cost

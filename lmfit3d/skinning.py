@@ -714,6 +714,55 @@ def skin_points_soa(t, w, ranges, acc, complement, zero_ranges, wsub, frame, tra
             x[p] += ti
 
 
+@njit(cache=True, fastmath=SIMD_MATH)
+def skin_positions_soa(t, w, ranges, frame, trans, x_out, ybuf):
+    """Positions only of :func:`skin_points_soa` (no R_root M, no pose Jacobian): the same
+    operations, so the same positions bit for bit.
+
+    t (3, n) template (mm); w, ranges from a :class:`SoaSkin`; frame (J, 2, 3, 4) from
+    :func:`soa_frame`; trans (3,) mm; x_out (3, n) out, camera-space positions (mm); ybuf (3, n)
+    workspace (w_k y_k stored before it is added, as :func:`skin_points_soa` does).
+    """
+    nj = w.shape[0]
+    n = t.shape[1]
+    blo = n
+    bhi = 0
+    for k in range(nj):
+        if ranges[k, 1] > ranges[k, 0]:
+            blo = min(blo, ranges[k, 0])
+            bhi = max(bhi, ranges[k, 1])
+    if bhi > blo:
+        x_out[:, blo:bhi] = 0.0
+    for k in range(nj):
+        for single in (False, True):
+            lo = ranges[k, 4 if single else 0]
+            hi = ranges[k, 5 if single else 1]
+            if hi <= lo:
+                continue
+            wr = w[k, lo:hi]
+            t0, t1, t2 = t[0, lo:hi], t[1, lo:hi], t[2, lo:hi]
+            for i in range(3):
+                a0 = frame[k, 0, i, 0]
+                a1 = frame[k, 0, i, 1]
+                a2 = frame[k, 0, i, 2]
+                a3 = frame[k, 0, i, 3]
+                x = x_out[i, lo:hi]
+                if single:
+                    for p in range(hi - lo):
+                        x[p] = a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3
+                else:
+                    y = ybuf[i, lo:hi]
+                    for p in range(hi - lo):
+                        y[p] = wr[p] * (a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3)
+                    for p in range(hi - lo):
+                        x[p] += y[p]
+    for i in range(3):
+        ti = trans[i]
+        x = x_out[i]
+        for p in range(n):
+            x[p] += ti
+
+
 @njit(cache=True, inline="always")
 def _minus_offset(x, w, g, out):
     """out = x - w g for rows x, w and a scalar g."""

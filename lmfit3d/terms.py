@@ -21,7 +21,7 @@ from numba import njit
 
 from .camera import project_jac
 from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, single_joint_frame, single_joint_of,
-                       skin_point, skin_points_soa, skin_vertex, skin_vertex_single, soa_frame, soa_skin)
+                       skin_point, skin_points_soa, skin_positions_soa, skin_vertex, soa_frame, soa_skin)
 
 
 @njit(cache=True, inline="always")
@@ -183,6 +183,33 @@ def table_soa(table, parents):
                     np.ascontiguousarray(table.expr_blocks[order][kept].T), soa_skin(table.weights[order], parents))
 
 
+@njit(cache=True)
+def frame_columns(order, mu, inv_sigma, prev, mu_t, isg_t, prev_t):
+    """A frame's landmark data in the kernel order of a :class:`TableSoA` (``order``): mu (L, 2),
+    inv_sigma (L,), prev (L, 3) -> mu_t (2, L), isg_t (L,), prev_t (3, L) out (what ``to_columns``
+    gives, without temporaries: called once per tracked frame)."""
+    for q in range(order.shape[0]):
+        p = order[q]
+        mu_t[0, q] = mu[p, 0]
+        mu_t[1, q] = mu[p, 1]
+        isg_t[q] = inv_sigma[p]
+        prev_t[0, q] = prev[p, 0]
+        prev_t[1, q] = prev[p, 1]
+        prev_t[2, q] = prev[p, 2]
+
+
+@njit(cache=True)
+def count_finite_rows(a):
+    """Number of rows of a (n, k) float64 array whose entries are all finite."""
+    c = 0
+    for i in range(a.shape[0]):
+        ok = True
+        for j in range(a.shape[1]):
+            ok = ok and np.isfinite(a[i, j])
+        c += ok
+    return c
+
+
 def table_points_buffers(soa, n_joints):
     """Work and output arrays of :func:`table_points_jacobian` and :func:`expression_jacobian` for
     a :class:`TableSoA`, allocated once and re-used every frame (the constant entries of jpose are
@@ -193,6 +220,42 @@ def table_points_buffers(soa, n_joints):
     return (np.zeros((2 + 3 * nj, 3, 3)), np.zeros((2, nj, 3)), np.zeros((nj, 2, 3, 4)), np.empty((3, n)),
             np.empty((9, n)), jpose, np.empty((3, soa.shape_idx.size)), np.empty((3, n)), np.zeros((nj, 3, n)),
             np.empty((3, n)))
+
+
+@njit(cache=True, inline="always")
+def soa_template(psi, t_beta_t, ptr, shape_idx, blocks, t_out):
+    """t_out (3, L) = T(beta, psi) per kernel column: t_beta_t + the table's kept entries
+    (``TableSoA.ptr``, ``shape_idx``, ``blocks``) weighted by psi (E,)."""
+    b0, b1, b2 = blocks[0], blocks[1], blocks[2]
+    for p in range(t_beta_t.shape[1]):
+        lo = ptr[p]
+        hi = ptr[p + 1]
+        ix, c0, c1, c2 = shape_idx[lo:hi], b0[lo:hi], b1[lo:hi], b2[lo:hi]
+        s0 = t_beta_t[0, p]
+        s1 = t_beta_t[1, p]
+        s2 = t_beta_t[2, p]
+        for d in range(hi - lo):
+            we = psi[ix[d]]
+            s0 += we * c0[d]
+            s1 += we * c1[d]
+            s2 += we * c2[d]
+        t_out[0, p] = s0
+        t_out[1, p] = s1
+        t_out[2, p] = s2
+
+
+@njit(cache=True, fastmath=SIMD_MATH)
+def table_points(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges, chain,
+                 chain_t, frame, xyz_out, t_work, ybuf):
+    """Positions only of :func:`table_points_jacobian` (same arguments, same sums; no R_root M and
+    no pose Jacobian, the same positions bit for bit): the pose chain in ``chain``/``chain_t``,
+    positions (3, L) mm in xyz_out; t_work, ybuf (3, L) workspaces."""
+    nj = rot.shape[0]
+    rg, bm, cm = chain[2:2 + nj], chain[2 + nj:2 + 2 * nj], chain[2 + 2 * nj:2 + 3 * nj]
+    pose_chain(rot, joints, parents, chain[0], chain[1], rg, chain_t[0], chain_t[1], bm, cm)
+    soa_frame(chain[0], rg, chain_t[0], chain_t[1], bm, frame)
+    soa_template(psi, t_beta_t, ptr, shape_idx, blocks, t_work)
+    skin_positions_soa(t_work, weights_t, ranges, frame, trans, xyz_out, ybuf)
 
 
 @njit(cache=True, fastmath=SIMD_MATH)
@@ -227,22 +290,7 @@ def table_points_jacobian(rot, joints, parents, trans, psi, t_beta_t, ptr, shape
     rg, bm, cm = chain[2:2 + nj], chain[2 + nj:2 + 2 * nj], chain[2 + 2 * nj:2 + 3 * nj]
     pose_chain(rot, joints, parents, chain[0], chain[1], rg, chain_t[0], chain_t[1], bm, cm)
     soa_frame(chain[0], rg, chain_t[0], chain_t[1], bm, frame)
-    b0, b1, b2 = blocks[0], blocks[1], blocks[2]
-    for p in range(t_beta_t.shape[1]):
-        lo = ptr[p]
-        hi = ptr[p + 1]
-        ix, c0, c1, c2 = shape_idx[lo:hi], b0[lo:hi], b1[lo:hi], b2[lo:hi]
-        s0 = t_beta_t[0, p]
-        s1 = t_beta_t[1, p]
-        s2 = t_beta_t[2, p]
-        for d in range(hi - lo):
-            we = psi[ix[d]]
-            s0 += we * c0[d]
-            s1 += we * c1[d]
-            s2 += we * c2[d]
-        t_work[0, p] = s0
-        t_work[1, p] = s1
-        t_work[2, p] = s2
+    soa_template(psi, t_beta_t, ptr, shape_idx, blocks, t_work)
     skin_points_soa(t_work, weights_t, ranges, acc, complement, zero_ranges, wsub, frame, trans, xyz_out, rm_out,
                     jpose_out, sub, ybuf)
 
@@ -780,18 +828,117 @@ def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp):
                          + h3 * cc[0, c] + h4 * cc[1, c] + h5 * cc[2, c])
 
 
+# rows of the per-landmark projection table of :func:`project_soa` (kernel order, (PJ_ROWS, L))
+PJ_IZ, PJ_A, PJ_B, PJ_U, PJ_V, PJ_LM, PJ_RU, PJ_RV, PJ_TMP, PJ_COST, PJ_NC, PJ_PZ = range(12)
+PJ_ROWS = 12
+
+
+@njit(cache=True, fastmath=SIMD_MATH)
+def project_soa(focal, cx, cy, temporal_sqrtw, xyz_t, mu_t, isg_t, prev_t, pj):
+    """Projection and residuals of all landmarks, landmark index innermost (vectorised).
+
+    xyz_t (3, L) camera-space positions (mm), mu_t (2, L) pixels (NaN: missing), isg_t (L,) 1/sigma,
+    prev_t (3, L) previous positions (NaN: no temporal residual), all in kernel order.  Fills the rows
+    PJ_IZ (-1/z), PJ_A, PJ_B (x/(-z), y/(-z)), PJ_U, PJ_V (pixels), PJ_LM (1: landmark residual),
+    PJ_RU, PJ_RV ((pi - mu) / sigma, 0 when missing), PJ_TMP (1: temporal residual), PJ_COST (the cost
+    of both terms per landmark) of pj; returns their sum (``landmark_point``'s costs).
+    """
+    n = xyz_t.shape[1]
+    x0, x1, x2 = xyz_t[0], xyz_t[1], xyz_t[2]
+    m0, m1 = mu_t[0], mu_t[1]
+    p0, p1, p2 = prev_t[0], prev_t[1], prev_t[2]
+    iz, a, b, u, v = pj[PJ_IZ], pj[PJ_A], pj[PJ_B], pj[PJ_U], pj[PJ_V]
+    lm, ru, rv, tmp, cost = pj[PJ_LM], pj[PJ_RU], pj[PJ_RV], pj[PJ_TMP], pj[PJ_COST]
+    # one output per loop: the compiler vectorises each
+    for q in range(n):
+        iz[q] = -1.0 / x2[q]
+    for q in range(n):
+        a[q] = x0[q] * iz[q]
+    for q in range(n):
+        b[q] = x1[q] * iz[q]
+    for q in range(n):
+        u[q] = cx + focal * a[q]
+    for q in range(n):
+        v[q] = cy - focal * b[q]
+    for q in range(n):
+        lm[q] = 0.0 if (np.isnan(m0[q]) or np.isnan(m1[q])) else 1.0
+    for q in range(n):
+        ru[q] = (u[q] - m0[q]) * isg_t[q] if lm[q] != 0.0 else 0.0
+    for q in range(n):
+        rv[q] = (v[q] - m1[q]) * isg_t[q] if lm[q] != 0.0 else 0.0
+    on = temporal_sqrtw > 0.0
+    for q in range(n):
+        tmp[q] = 1.0 if (on and not np.isnan(p0[q])) else 0.0
+    tw = temporal_sqrtw
+    for q in range(n):
+        d0 = tw * (x0[q] - p0[q])
+        d1 = tw * (x1[q] - p1[q])
+        d2 = tw * (x2[q] - p2[q])
+        ct = 0.5 * (d0 * d0 + d1 * d1 + d2 * d2)
+        cost[q] = 0.5 * (ru[q] * ru[q] + rv[q] * rv[q]) + (ct if tmp[q] != 0.0 else 0.0)
+    total = 0.0
+    for q in range(n):
+        total += cost[q]
+    return total
+
+
+@njit(cache=True, fastmath=SIMD_MATH)
+def project_columns_soa(focal, ptr, jexpr, pj, isg_t, qe):
+    """Projected expression columns q = dpi col / sigma (2, N) of every kept table entry (qe out),
+    col = jexpr (3, N) from :func:`expression_jacobian`; pj from :func:`project_soa`."""
+    iz, av, bv = pj[PJ_IZ], pj[PJ_A], pj[PJ_B]
+    q0, q1 = qe[0], qe[1]
+    for p in range(ptr.size - 1):
+        lo = ptr[p]
+        hi = ptr[p + 1]
+        fi = focal * iz[p]
+        s = isg_t[p]
+        x02 = fi * av[p]
+        x12 = -fi * bv[p]
+        c0, c1, c2 = jexpr[0, lo:hi], jexpr[1, lo:hi], jexpr[2, lo:hi]
+        o0, o1 = q0[lo:hi], q1[lo:hi]
+        for d in range(hi - lo):
+            o0[d] = (fi * c0[d] + x02 * c2[d]) * s
+        for d in range(hi - lo):
+            o1[d] = (x12 * c2[d] - fi * c1[d]) * s
+
+
+@njit(cache=True, fastmath=SIMD_MATH)
+def pose_threshold_soa(focal, jac_threshold, jpose, pj, isg_t):
+    """pj[PJ_PZ] = 1 for the landmarks with a landmark residual and a pose column c < pj[PJ_NC] whose two
+    projected entries are both below ``jac_threshold`` (``drop_small_columns`` would drop it), else 0."""
+    n = jpose.shape[2]
+    iz, av, bv, lm, ncq, pz = pj[PJ_IZ], pj[PJ_A], pj[PJ_B], pj[PJ_LM], pj[PJ_NC], pj[PJ_PZ]
+    for q in range(n):
+        pz[q] = 0.0
+    for c in range(jpose.shape[0]):
+        j0, j1, j2 = jpose[c, 0], jpose[c, 1], jpose[c, 2]
+        for q in range(n):
+            fi = focal * iz[q]
+            ja = (fi * j0[q] + fi * av[q] * j2[q]) * isg_t[q]
+            jb = (-fi * bv[q] * j2[q] - fi * j1[q]) * isg_t[q]
+            small = abs(ja) < jac_threshold and abs(jb) < jac_threshold and c < ncq[q] and lm[q] != 0.0
+            pz[q] = 1.0 if small else pz[q]
+
+
 @njit(cache=True)
-def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc,
-                         r0, trans, rg, tg, gpos, bm, mu, inv_sigma, temporal_sqrtw, prev,
+def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_blocks, anc,
+                         r0, trans, rg, gpos, bm, inv_sigma, temporal_sqrtw, prev,
                          single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static,
                          jac_threshold, jtj, jtr, uv_out, xyz_out):
     """:func:`vertex_term` with its Jacobian, when identity and focal length are held (tracking).
 
-    Same cost, positions and (up to rounding) J^T J and J^T r as ``vertex_term(..., want_jac=True)``
-    with an empty identity basis and the focal column fixed; the plan arrays come from
-    :func:`tracking_plan` for the same ``col_map``.  Faster because
+    Same cost, positions and J^T J and J^T r as ``vertex_term(..., want_jac=True)`` up to rounding
+    (1e-13 relative on the cost), with an empty identity basis and the focal column fixed; the plan
+    arrays come from :func:`tracking_plan` for the same ``col_map``.  Faster because
 
-    * landmarks skinned to one joint use ``skinning.skin_vertex_single``;
+    * positions, the pose Jacobian, the expression columns and the projections of all landmarks
+      come from vectorised structure-of-arrays passes (kernel order; ``frame_lm.landmark_terms``):
+      xyz_t (3, L) and jpose (POSE_DIM, 3, L) from :func:`table_points_jacobian`, jexpr (3, N) from
+      :func:`expression_jacobian` (ptr (L + 1,) its entry offsets), pj (PJ_ROWS, L) from
+      :func:`project_soa` (PJ_NC, PJ_PZ filled: :func:`pose_threshold_soa`), qe (2, N) from
+      :func:`project_columns_soa`; col_of (L,) int64 is the kernel column of each table landmark.
+      The cost is :func:`project_soa`'s; this kernel only accumulates;
     * the blocks are summed in small dense buffers indexed by parameter (pose x pose, expression x
       pose, expression x expression) with no index look-up in the pose loops, then scattered into
       jtj once per call;
@@ -808,14 +955,14 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
       (:func:`_joint_group_add`, exact: their pose Jacobian is S K_k + C_k with S = -[x - t]_x),
       multiplied out once per joint at the end (:func:`_joint_group_finish`).
 
-    Returns the cost 0.5 |r|^2 of the landmark and temporal terms.
+    Adds the upper triangle of J^T J into jtj (n, n) and J^T r into jtr (n,); writes the positions
+    uv_out (L, 2), xyz_out (L, 3) in table order.
     """
-    nl = t_beta.shape[0]
-    nj = weights.shape[1]
+    nl = col_of.shape[0]
+    nj = anc.shape[0]
     ne = expr_free.shape[0]
     pd = pose_free.shape[0]
-    e0 = pd
-    nd = expr_idx.shape[1]
+    nd = e_idx.shape[1]
     pp = np.zeros((pd, pd))
     pe = np.zeros((ne, pd))
     ee = np.zeros((ne, ne))
@@ -835,35 +982,41 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
         if nck[kj] == 0:
             nck[kj] = 6
     used = np.zeros(nj, np.bool_)
-    t = np.empty(3)
     xv = np.empty(3)
-    rm = np.empty((3, 3))
     dpose = np.zeros((3, pd))
     ap = np.empty((3, pd))
-    wsub = np.empty(nj)
-    work = np.empty((nj + 5, 3))
     col = np.empty((3, nd))
     acd = np.zeros((3, ne))                 # A-weighted columns, dense over expression positions
     qd = np.zeros((2, ne))                  # projected columns / sigma, dense over expression positions
-    uv = np.empty(2)
     dx = np.empty((2, 3))
-    df = np.empty(2)
     am = np.empty((3, 3))
     g = np.empty(3)
     tw2 = temporal_sqrtw * temporal_sqrtw
     static_on = tw2 > 0.0
-    cost = 0.0
     for p in range(nl):
-        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
+        q = col_of[p]
+        xv[0] = xyz_t[0, q]
+        xv[1] = xyz_t[1, q]
+        xv[2] = xyz_t[2, q]
         k = single[p]
         nc = pose_ncols[p]
-        if k >= 0:
-            skin_vertex_single(t, k, anc, r0, trans, rg, tg, rmk, r0bm, rgm, xv, rm, dpose, nc)
-        else:
-            skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
-        c, r_u, r_v, has_lm, has_tmp = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev,
-                                                      temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out)
-        cost += c
+        uv_out[p, 0] = pj[PJ_U, q]
+        uv_out[p, 1] = pj[PJ_V, q]
+        for i in range(3):
+            xyz_out[p, i] = xv[i]
+        has_lm = pj[PJ_LM, q] != 0.0
+        has_tmp = pj[PJ_TMP, q] != 0.0
+        r_u = pj[PJ_RU, q]
+        r_v = pj[PJ_RV, q]
+        fi = focal * pj[PJ_IZ, q]
+        dx[0, 0] = fi
+        dx[0, 1] = 0.0
+        dx[0, 2] = fi * pj[PJ_A, q]
+        dx[1, 0] = 0.0
+        dx[1, 1] = -fi
+        dx[1, 2] = -fi * pj[PJ_B, q]
+        for i in range(3):
+            g[i] = temporal_sqrtw * (temporal_sqrtw * (xv[i] - prev[p, i])) if has_tmp else 0.0
         isg = inv_sigma[p]
         n = e_count[p]
         is_static = static_on and k >= 0
@@ -874,24 +1027,26 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
         # expression columns rm B (free entries) and, with a landmark residual, their projected rows
         # q = dx col / sigma (dense over positions in qd), thresholded as drop_small_columns does
         zeroed = False
-        pose_zeroed = False
         thresh = has_lm and jac_threshold > 0.0
-        m00, m01, m02 = rm[0, 0], rm[0, 1], rm[0, 2]         # scalars: the loop keeps them in registers
-        m10, m11, m12 = rm[1, 0], rm[1, 1], rm[1, 2]
-        m20, m21, m22 = rm[2, 0], rm[2, 1], rm[2, 2]
-        x00, x01, x02 = dx[0, 0], dx[0, 1], dx[0, 2]
-        x10, x11, x12 = dx[1, 0], dx[1, 1], dx[1, 2]
+        pose_zeroed = thresh and pj[PJ_PZ, q] != 0.0       # a pose column is dropped (pose_threshold_soa)
+        group = k >= 0 and nc == nck[k]
+        explicit = pose_zeroed or not group
+        if explicit:                    # this landmark's pose Jacobian, explicitly
+            for c in range(nc):
+                dpose[0, c] = jpose[c, 0, q]
+                dpose[1, c] = jpose[c, 1, q]
+                dpose[2, c] = jpose[c, 2, q]
+            if thresh:
+                drop_small_columns(dx, isg, jac_threshold, dpose, nc)
+        base = ptr[q]
         for a in range(n):
-            d = e_pos[p, a]
-            b0 = expr_blocks[p, d, 0]
-            b1 = expr_blocks[p, d, 1]
-            b2 = expr_blocks[p, d, 2]
-            c0 = m00 * b0 + m01 * b1 + m02 * b2
-            c1 = m10 * b0 + m11 * b1 + m12 * b2
-            c2 = m20 * b0 + m21 * b1 + m22 * b2
+            j = base + e_pos[p, a]
+            c0 = jexpr[0, j]
+            c1 = jexpr[1, j]
+            c2 = jexpr[2, j]
             if has_lm:
-                q0 = (x00 * c0 + x01 * c1 + x02 * c2) * isg
-                q1 = (x10 * c0 + x11 * c1 + x12 * c2) * isg
+                q0 = qe[0, j]
+                q1 = qe[1, j]
                 if thresh and abs(q0) < jac_threshold and abs(q1) < jac_threshold:
                     c0 = 0.0
                     c1 = 0.0
@@ -905,8 +1060,6 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
             col[0, a] = c0
             col[1, a] = c1
             col[2, a] = c2
-        if thresh:
-            pose_zeroed = drop_small_columns(dx, isg, jac_threshold, dpose, nc)
         if is_static and (zeroed or not has_tmp):
             _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
             is_static = False
@@ -920,7 +1073,7 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
                 g[i] += (dx[0, i] * r_u + dx[1, i] * r_v) * isg
                 for j in range(3):
                     am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
-        if k >= 0 and nc == nck[k] and not pose_zeroed:
+        if not explicit:
             # one-joint landmark: pose rows through the per-joint sums (_joint_group_add)
             _joint_group_add(k, xv, trans, am, g, col, e_idx[p], n, gsum, hs, ge)
             used[k] = True
@@ -1000,42 +1153,19 @@ def vertex_term_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weight
                 jtj[fa, fb] += ee[a, b]
             else:
                 jtj[fb, fa] += ee[a, b]
-    return cost
 
 
 @njit(cache=True)
-def vertex_cost_tracking(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, single, r0, trans, rg, tg,
-                         mu, inv_sigma, temporal_sqrtw, prev, uv_out, xyz_out):
-    """:func:`vertex_term` without Jacobian (cost, uv_out, xyz_out), same results bit for bit.
-
-    Landmarks skinned to one joint (``single`` from :func:`tracking_plan`) are posed without the
-    loop over skin weights: R_root (Rg_k t + tg_k) + trans, the operations ``skinning.skin_point``
-    performs for a weight of exactly 1.
-    """
-    nl = t_beta.shape[0]
-    e0 = 6 + 3 * (weights.shape[1] - 1)
-    t = np.empty(3)
-    xv = np.empty(3)
-    uv = np.empty(2)
-    dx = np.empty((2, 3))
-    df = np.empty(2)
-    g = np.empty(3)
-    cost = 0.0
-    for p in range(nl):
-        template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
-        k = single[p]
-        if k >= 0:
-            v0 = tg[k, 0] + rg[k, 0, 0] * t[0] + rg[k, 0, 1] * t[1] + rg[k, 0, 2] * t[2]
-            v1 = tg[k, 1] + rg[k, 1, 0] * t[0] + rg[k, 1, 1] * t[1] + rg[k, 1, 2] * t[2]
-            v2 = tg[k, 2] + rg[k, 2, 0] * t[0] + rg[k, 2, 1] * t[1] + rg[k, 2, 2] * t[2]
-            for i in range(3):
-                xv[i] = r0[i, 0] * v0 + r0[i, 1] * v1 + r0[i, 2] * v2 + trans[i]
-        else:
-            skin_point(t, weights[p], r0, trans, rg, tg, xv)
-        c, _, _, _, _ = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev, temporal_sqrtw, uv, dx, df, g,
-                                       uv_out, xyz_out)
-        cost += c
-    return cost
+def landmark_positions_soa(xyz_t, pj, col_of, uv_out, xyz_out):
+    """uv_out (L, 2) pixels and xyz_out (L, 3) mm in table order from the kernel-order xyz_t (3, L)
+    and pj (:func:`project_soa`); col_of (L,) the kernel column of each table landmark."""
+    for p in range(col_of.shape[0]):
+        q = col_of[p]
+        uv_out[p, 0] = pj[PJ_U, q]
+        uv_out[p, 1] = pj[PJ_V, q]
+        xyz_out[p, 0] = xyz_t[0, q]
+        xyz_out[p, 1] = xyz_t[1, q]
+        xyz_out[p, 2] = xyz_t[2, q]
 
 
 @njit(cache=True)
