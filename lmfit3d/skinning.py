@@ -619,16 +619,8 @@ def skin_points_soa(t, w, ranges, acc, complement, zero_ranges, wsub, frame, tra
     sub : (J, 3, n), ybuf : (3, n) workspaces (subtree sums of w_k y_k; one joint's w_k y_k).
     """
     nj = w.shape[0]
-    n = t.shape[1]
-    blo = n
-    bhi = 0
-    for k in range(nj):
-        if ranges[k, 1] > ranges[k, 0]:
-            blo = min(blo, ranges[k, 0])
-            bhi = max(bhi, ranges[k, 1])
-    if bhi > blo:               # blended vertices are accumulated into
-        x_out[:, blo:bhi] = 0.0
-        rm_out[:, blo:bhi] = 0.0
+    blo, bhi = _clear_blended(ranges, x_out)
+    rm_out[:, blo:bhi] = 0.0
     for m in range(1, nj):
         sub[m, :, zero_ranges[m, 0]:zero_ranges[m, 1]] = 0.0
     # Every vertex loop writes one 1-D view and reads few others, with range(len): numba then emits
@@ -643,24 +635,9 @@ def skin_points_soa(t, w, ranges, acc, complement, zero_ranges, wsub, frame, tra
             if hi <= lo:
                 continue
             wr = w[k, lo:hi]
-            t0, t1, t2 = t[0, lo:hi], t[1, lo:hi], t[2, lo:hi]
+            _joint_positions(t, wr, frame, k, single, lo, hi, x_out, ybuf, feeds)
             for i in range(3):
-                a0 = frame[k, 0, i, 0]
-                a1 = frame[k, 0, i, 1]
-                a2 = frame[k, 0, i, 2]
-                a3 = frame[k, 0, i, 3]
                 y = ybuf[i, lo:hi]
-                x = x_out[i, lo:hi]
-                if single:          # weight 1, no other joint: store
-                    for p in range(hi - lo):
-                        x[p] = a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3
-                    if feeds:
-                        y[:] = x
-                else:
-                    for p in range(hi - lo):
-                        y[p] = wr[p] * (a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3)
-                    for p in range(hi - lo):
-                        x[p] += y[p]
                 for m in range(1, nj):
                     if acc[k, m] != 0.0:
                         sm = sub[m, i, lo:hi]
@@ -707,11 +684,7 @@ def skin_points_soa(t, w, ranges, acc, complement, zero_ranges, wsub, frame, tra
             col = 6 + 3 * (m - 1) + j
             _cross_col(frame[m, 1, 0, j], frame[m, 1, 1, j], frame[m, 1, 2, j], s0, s1, s2,
                        jpose_out[col, 0, lo:hi], jpose_out[col, 1, lo:hi], jpose_out[col, 2, lo:hi])
-    for i in range(3):
-        ti = trans[i]
-        x = x_out[i]
-        for p in range(n):
-            x[p] += ti
+    _add_translation(trans, x_out)
 
 
 @njit(cache=True, fastmath=SIMD_MATH)
@@ -723,43 +696,65 @@ def skin_positions_soa(t, w, ranges, frame, trans, x_out, ybuf):
     :func:`soa_frame`; trans (3,) mm; x_out (3, n) out, camera-space positions (mm); ybuf (3, n)
     workspace (w_k y_k stored before it is added, as :func:`skin_points_soa` does).
     """
-    nj = w.shape[0]
-    n = t.shape[1]
-    blo = n
-    bhi = 0
-    for k in range(nj):
-        if ranges[k, 1] > ranges[k, 0]:
-            blo = min(blo, ranges[k, 0])
-            bhi = max(bhi, ranges[k, 1])
-    if bhi > blo:
-        x_out[:, blo:bhi] = 0.0
-    for k in range(nj):
+    _clear_blended(ranges, x_out)
+    for k in range(w.shape[0]):
         for single in (False, True):
             lo = ranges[k, 4 if single else 0]
             hi = ranges[k, 5 if single else 1]
-            if hi <= lo:
-                continue
-            wr = w[k, lo:hi]
-            t0, t1, t2 = t[0, lo:hi], t[1, lo:hi], t[2, lo:hi]
-            for i in range(3):
-                a0 = frame[k, 0, i, 0]
-                a1 = frame[k, 0, i, 1]
-                a2 = frame[k, 0, i, 2]
-                a3 = frame[k, 0, i, 3]
-                x = x_out[i, lo:hi]
-                if single:
-                    for p in range(hi - lo):
-                        x[p] = a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3
-                else:
-                    y = ybuf[i, lo:hi]
-                    for p in range(hi - lo):
-                        y[p] = wr[p] * (a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3)
-                    for p in range(hi - lo):
-                        x[p] += y[p]
+            if hi > lo:
+                _joint_positions(t, w[k, lo:hi], frame, k, single, lo, hi, x_out, ybuf, False)
+    _add_translation(trans, x_out)
+
+
+@njit(cache=True, inline="always")
+def _clear_blended(ranges, x_out):
+    """Zero x_out (3, n) over the vertices blended from several joints (the union of the weight
+    ranges, columns 0:2 of ``ranges``), which are summed into; returns that range (lo, hi)."""
+    n = x_out.shape[1]
+    blo = n
+    bhi = 0
+    for k in range(ranges.shape[0]):
+        if ranges[k, 1] > ranges[k, 0]:
+            blo = min(blo, ranges[k, 0])
+            bhi = max(bhi, ranges[k, 1])
+    if bhi <= blo:
+        return 0, 0
+    x_out[:, blo:bhi] = 0.0
+    return blo, bhi
+
+
+@njit(cache=True, inline="always")
+def _joint_positions(t, wr, frame, k, single, lo, hi, x_out, ybuf, keep_y):
+    """Joint k's part of the positions over vertices lo..hi-1 (before the root translation): for a
+    run of vertices skinned to k alone, x = A_k t + c_k is stored (and copied to ybuf when keep_y);
+    for blended vertices ybuf = w_k (A_k t + c_k) and x += ybuf.  wr = w[k, lo:hi]."""
+    t0, t1, t2 = t[0, lo:hi], t[1, lo:hi], t[2, lo:hi]
+    for i in range(3):
+        a0 = frame[k, 0, i, 0]
+        a1 = frame[k, 0, i, 1]
+        a2 = frame[k, 0, i, 2]
+        a3 = frame[k, 0, i, 3]
+        x = x_out[i, lo:hi]
+        y = ybuf[i, lo:hi]
+        if single:
+            for p in range(hi - lo):
+                x[p] = a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3
+            if keep_y:
+                y[:] = x
+        else:
+            for p in range(hi - lo):
+                y[p] = wr[p] * (a0 * t0[p] + a1 * t1[p] + a2 * t2[p] + a3)
+            for p in range(hi - lo):
+                x[p] += y[p]
+
+
+@njit(cache=True, inline="always")
+def _add_translation(trans, x_out):
+    """x_out (3, n) += trans (3,)."""
     for i in range(3):
         ti = trans[i]
         x = x_out[i]
-        for p in range(n):
+        for p in range(x.shape[0]):
             x[p] += ti
 
 
