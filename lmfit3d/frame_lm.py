@@ -25,12 +25,10 @@ The problem is passed as four tuples of plain arrays and scalars (built by
   joint rotations (J, 3), the buffers of ``terms.table_points_buffers`` (jpose's constant entries
   written there), pj (``terms.PJ_ROWS``, L) and qe (2, N).
 """
-import math
-
 import numpy as np
 from numba import njit
 
-from .solvers import lm_trial, projected_gradient_inf
+from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status
 from .terms import (PJ_NC, diagonal_prior, expression_jacobian, intersection_term, landmark_positions_soa,
                     pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper, table_points,
                     table_points_jacobian, vertex_term_tracking)
@@ -118,26 +116,6 @@ def _set_full(x, free, z):
 
 
 @njit(cache=True)
-def _damping_update(lam, nu, rho):
-    """``solvers.damping_update`` (math.pow is the C pow that Python's ``**`` uses: same bits)."""
-    if rho > 0:
-        return lam * max(1.0 / 3.0, 1.0 - math.pow(2.0 * rho - 1.0, 3.0)), 2.0
-    return lam * nu, nu * 2.0
-
-
-@njit(cache=True)
-def _termination_status(cost_old, cost_new, step_norm, x_norm, ftol, xtol):
-    """``solvers.termination_status`` after an accepted step (gradient test off, as the solver calls it)."""
-    if not (np.isfinite(cost_new) and np.isfinite(step_norm)):
-        return -1
-    if cost_old - cost_new <= ftol * max(cost_old, 1e-300):
-        return 1
-    if step_norm <= xtol * (x_norm + xtol):
-        return 2
-    return 0
-
-
-@njit(cache=True)
 def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor,
                 prob, plan, inter, soa, ws, uv, xyz, x_last, history):
     """:func:`lmfit3d.solvers.levenberg_marquardt` on the tracking problem, in one compiled call.
@@ -191,7 +169,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
             break
         ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new)
         if not ok:
-            lam, nu = _damping_update(lam, nu, -1.0)
+            lam, nu = damping_update(lam, nu, -1.0)
             history[nh] = cost
             nh += 1
             if lam > lambda_max:
@@ -202,9 +180,9 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
         cost_new = frame_cost(x, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
         x_last[:] = x
         rho = (cost - cost_new) / pred if pred > 0 else -1.0
-        lam, nu = _damping_update(lam, nu, rho)
+        lam, nu = damping_update(lam, nu, rho)
         if rho > 0 and np.isfinite(cost_new):
-            status = _termination_status(cost, cost_new, dz_norm, z_norm, ftol, xtol)
+            status = termination_status(cost, cost_new, dz_norm, z_norm, np.inf, ftol, xtol, 0.0)
             z[:] = z_new
             cost = cost_new
             history[nh] = cost

@@ -13,6 +13,7 @@ success lambda *= max(1/3, 1 - (2 rho - 1)^3), on failure lambda *= nu, nu *= 2 
 gain-ratio rule).  The bounded step (with its small Cholesky) is one numba kernel, and a step that
 ends the solve is not followed by another J^T J accumulation (the cost at z is already known).
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +57,10 @@ class FitResult:
         return STATUS_MESSAGES[self.status]
 
 
+@njit(cache=True)
 def termination_status(cost_old, cost_new, step_norm, x_norm, grad_inf, ftol, xtol, gtol):
-    """Convergence test after an accepted step; returns a status code (0 = keep going)."""
+    """Convergence test after an accepted step; returns a status code (0 = keep going).
+    (A kernel, so ``frame_lm``'s compiled loop calls the same test.)"""
     if not (np.isfinite(cost_new) and np.isfinite(step_norm)):
         return -1
     if grad_inf <= gtol:
@@ -69,10 +72,12 @@ def termination_status(cost_old, cost_new, step_norm, x_norm, grad_inf, ftol, xt
     return 0
 
 
+@njit(cache=True)
 def damping_update(lam, nu, rho):
-    """Nielsen's update of the damping lambda from the gain ratio rho; returns (lambda, nu)."""
+    """Nielsen's update of the damping lambda from the gain ratio rho; returns (lambda, nu).
+    (math.pow is the C pow that Python's ``**`` uses; numba's ``**`` differs in the last bit.)"""
     if rho > 0:
-        return lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), 2.0
+        return lam * max(1.0 / 3.0, 1.0 - math.pow(2.0 * rho - 1.0, 3.0)), 2.0
     return lam * nu, nu * 2.0
 
 
