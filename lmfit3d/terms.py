@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
+from .simd import W, axpy2_8, axpy3_8, padded
 from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, single_joint_frame, single_joint_of,
                        skin_point, skin_points_soa, skin_positions_soa, skin_vertex, soa_frame, soa_skin)
 
@@ -965,7 +966,6 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
     nd = e_idx.shape[1]
     pp = np.zeros((pd, pd))
     pe = np.zeros((ne, pd))
-    ee = np.zeros((ne, ne))
     gp = np.zeros(pd)
     ge = np.zeros(ne)
     rmk = np.empty((nj, 3, 3))
@@ -986,8 +986,15 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
     dpose = np.zeros((3, pd))
     ap = np.empty((3, pd))
     col = np.empty((3, nd))
-    acd = np.zeros((3, ne))                 # A-weighted columns, dense over expression positions
-    qd = np.zeros((2, ne))                  # projected columns / sigma, dense over expression positions
+    # expression buffers padded for the W-wide row updates (simd): a row from any position runs in
+    # whole chunks over zeros past its end
+    nep = padded(ne)
+    ee = np.zeros((ne, nep))
+    acd = np.zeros((3, nep))                # A-weighted columns, dense over expression positions
+    qd = np.zeros((2, nep))                 # projected columns / sigma, dense over expression positions
+    acd0 = acd[0]
+    acd1 = acd[1]
+    acd2 = acd[2]
     dx = np.empty((2, 3))
     am = np.empty((3, 3))
     g = np.empty(3)
@@ -1087,9 +1094,15 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
         hi = e_idx[p, n - 1] + 1
         if is_static:
             if has_lm:
+                q0r = qd[0]
+                q1r = qd[1]
                 for a in range(n):
                     ea = e_idx[p, a]
-                    _axpy2(ee[ea, ea:hi], qd[0, ea], qd[0, ea:hi], qd[1, ea], qd[1, ea:hi])
+                    row = ee[ea]
+                    a0 = q0r[ea]
+                    a1 = q1r[ea]
+                    for c in range(ea, hi, W):
+                        axpy2_8(row, c, a0, q0r, a1, q1r, c)
         else:
             for a in range(n):
                 ea = e_idx[p, a]
@@ -1103,7 +1116,9 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
                 c0 = col[0, a]
                 c1 = col[1, a]
                 c2 = col[2, a]
-                _axpy3(ee[ea, ea:hi], c0, acd[0, ea:hi], c1, acd[1, ea:hi], c2, acd[2, ea:hi])
+                row = ee[ea]
+                for c in range(ea, hi, W):
+                    axpy3_8(row, c, c0, acd0, c1, acd1, c2, acd2, c)
             for a in range(n):
                 for i in range(3):
                     acd[i, e_idx[p, a]] = 0.0

@@ -1,0 +1,78 @@
+"""lmfit3d.simd: the compiled W-wide updates equal their Python definitions bit for bit."""
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.errors import TypingError
+
+from lmfit3d.simd import W, axpy2_8, axpy3_8, axpy8, n_chunks, padded
+
+
+@njit
+def _all_three(y, yo, a, x0, x1, x2, xo):
+    axpy8(y, yo, a[0], x0, xo)
+    axpy2_8(y, yo + 3, a[1], x0, a[2], x1, xo + 1)
+    axpy3_8(y, yo + W, a[3], x0, a[4], x1, a[5], x2, xo)
+
+
+def _all_three_py(y, yo, a, x0, x1, x2, xo):
+    axpy8(y, yo, a[0], x0, xo)
+    axpy2_8(y, yo + 3, a[1], x0, a[2], x1, xo + 1)
+    axpy3_8(y, yo + W, a[3], x0, a[4], x1, a[5], x2, xo)
+
+
+@njit
+def _rows(ee, qds, starts, stops):
+    """ee[s, s:t] += q0[s] q0[s:t] + q1[s] q1[s:t] in W-wide chunks, (q0, q1) = qds[r] zero outside [s, t)."""
+    for r in range(starts.size):
+        s = starts[r]
+        row = ee[s]
+        q0 = qds[r, 0]
+        q1 = qds[r, 1]
+        for c in range(s, stops[r], W):
+            axpy2_8(row, c, q0[s], q0, q1[s], q1, c)
+
+
+def test_compiled_equals_python(rng):
+    for yo, xo in ((0, 0), (5, 2), (13, 9)):
+        y = rng.normal(size=40)
+        x = rng.normal(size=(3, 24))
+        a = rng.normal(size=6)
+        y_jit, y_py = y.copy(), y.copy()
+        _all_three(y_jit, yo, a, x[0], x[1], x[2], xo)
+        _all_three_py(y_py, yo, a, x[0], x[1], x[2], xo)
+        np.testing.assert_array_equal(y_jit, y_py)
+        assert not np.array_equal(y_jit, y)                   # something was added
+        # untouched outside the updated lanes
+        np.testing.assert_array_equal(y_jit[:yo], y[:yo])
+        np.testing.assert_array_equal(y_jit[yo + 2 * W:], y[yo + 2 * W:])
+
+
+def test_chunked_rows_equal_numpy_rows(rng):
+    """Rows of any start and length, run as whole chunks over a zero-padded buffer, equal plain row updates."""
+    ne = 37
+    width = padded(ne)
+    assert width % W == 0 and width >= ne + W - 1
+    starts = rng.integers(0, ne, size=200)
+    stops = np.minimum(starts + rng.integers(1, 20, size=200), ne)
+    qds = np.zeros((200, 2, width))
+    ee = np.zeros((ne, width))
+    ref = np.zeros((ne, ne))
+    for r, (s, t) in enumerate(zip(starts, stops)):
+        qds[r, :, s:t] = rng.normal(size=(2, t - s))
+        q0, q1 = qds[r, 0], qds[r, 1]
+        ref[s, s:t] += q0[s] * q0[s:t] + q1[s] * q1[s:t]
+    _rows(ee, qds, starts, stops)
+    np.testing.assert_allclose(ee[:, :ne], ref, rtol=1e-13, atol=1e-13)
+    assert not ee[:, ne:].any()                                # padding only ever gained zeros
+    assert n_chunks(17) == 3 and n_chunks(16) == 2 and n_chunks(0) == 0
+
+
+def test_rejects_non_contiguous_or_wrong_dtype():
+    @njit
+    def f(y, x):
+        axpy8(y, 0, 1.0, x, 0)
+
+    with pytest.raises(TypingError):
+        f(np.zeros(16), np.zeros((2, 16))[:, 0])               # strided view
+    with pytest.raises(TypingError):
+        f(np.zeros(16), np.zeros(16, np.float32))
