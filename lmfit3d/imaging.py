@@ -5,6 +5,7 @@ An ROI is a square in the image given by its centre (pixels), side length ``size
 ``(cos r, -sin r)`` in image coordinates with v down).  Image coordinates follow the README:
 origin at the top-left corner, u right, v down, pixel (i, j) centred at (i + 0.5, j + 0.5).
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +24,10 @@ class ROI:
     def matrix(self, out_size):
         """(2, 3) affine map from crop pixel coordinates (0..out_size) to image coordinates."""
         s = self.size / out_size
-        c, n = np.cos(self.rotation) * s, np.sin(self.rotation) * s
-        # crop x axis -> image (c, -n), crop y axis (down) -> image (n, c)
-        a = np.array([[c, n], [-n, c]])
-        t = np.array([self.cx, self.cy]) - a @ np.array([out_size / 2.0, out_size / 2.0])
-        return np.column_stack([a, t])
+        c, n = math.cos(self.rotation) * s, math.sin(self.rotation) * s
+        h = out_size / 2.0
+        # crop x axis -> image (c, -n), crop y axis (down) -> image (n, c); the crop centre -> (cx, cy)
+        return np.array([[c, n, self.cx - (c * h + n * h)], [-n, c, self.cy - (-n * h + c * h)]])
 
     def to_image(self, pts, out_size):
         """Map crop pixel coordinates (N, 2) to image pixel coordinates."""
@@ -182,15 +182,37 @@ def _prefetch_taps(flat, u, v, h, w, row, last):
     _prefetch(flat, min(k + row, last))
 
 
-def crop(image, roi, out_size, scale=1.0 / 255.0, offset=0.0, mirror=False, out=None):
-    """Crop ``roi`` of an (H, W, 3) uint8 RGB image to a (3, S, S) float32 array (NCHW body)."""
+def as_image(image):
+    """``image`` as a C-contiguous (H, W, 3) uint8 RGB array; ValueError otherwise."""
     image = np.ascontiguousarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    return image
+
+
+def crop(image, roi, out_size, scale=1.0 / 255.0, offset=0.0, mirror=False, out=None):
+    """Crop ``roi`` of an (H, W, 3) uint8 RGB image to a (3, S, S) float32 array (NCHW body)."""
+    image = as_image(image)
     if out is None:
         out = np.empty((3, out_size, out_size), np.float32)
     warp_chw(image, roi.matrix(out_size), out_size, mirror, scale, offset, out)
     return out
+
+
+@njit(cache=True)
+def affine_points(src, dim, m, out):
+    """Map network points to image pixels: ``out[k] = m @ (src[dim k], src[dim k + 1], 1)`` for
+    k < len(out).
+
+    src : (>= dim * len(out),) float32 or float64, flat network output, ``dim`` numbers per point
+    (x, y first, crop pixels); m : (2, 3) float64 crop-to-image map (:meth:`ROI.matrix`);
+    out : (K, 2) float64, written in place.
+    """
+    for k in range(out.shape[0]):
+        x = np.float64(src[dim * k])
+        y = np.float64(src[dim * k + 1])
+        out[k, 0] = x * m[0, 0] + y * m[0, 1] + m[0, 2]
+        out[k, 1] = x * m[1, 0] + y * m[1, 1] + m[1, 2]
 
 
 @njit(cache=True)
