@@ -574,7 +574,7 @@ class MediaPipeLandmarks:
             var = np.concatenate([self.mesh.jitter_variance(image, roi, pts, self.sigma_jitter), np.zeros(2)])
             sigma = np.sqrt((m.sigma_table * px) ** 2 + var[m.points])
         else:
-            sigma = m.sigma_table * px          # equals sqrt((table px)^2): sqrt of a square is exact
+            sigma = np.sqrt((m.sigma_table * px) ** 2)      # not table * px: the same bits as before
         self.timings["landmarks"] += time.perf_counter() - t
         return Prediction(raw[m.points], sigma, presence, raw, roi)
 
