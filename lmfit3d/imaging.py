@@ -92,10 +92,10 @@ def warp_chw(image, m, out_size, mirror, scale, offset, out):
     While output row i is interpolated, the image lines under row i + 1's sample line (both image
     rows of its bilinear taps, about one prefetch per 16 image pixels) are prefetched.  A crop of
     a frame that is not in cache is bound by memory latency: a rotated crop row crosses many image
-    rows, which the hardware prefetchers do not follow (cold 192 x 192 crop of a 1080p frame:
-    1.37 ms plain, 0.62 ms with the earlier block-wise touching loads, 0.49 ms with these
-    prefetches; docs/NOTES_frontend.md, docs/NOTES_frontend4.md).  Interior pixels convert their
-    uint8 taps through a look-up table (exact).  Returns 0.
+    rows, which the hardware prefetchers do not follow.  Interior pixels convert their uint8 taps
+    through a look-up table (exact).  Cold 192 x 192 crop of a 1080p frame: 1.37 ms without
+    prefetching, 0.62 ms with the earlier block-wise touching loads, 0.42 ms now (warm: 0.37 ->
+    0.26 ms; docs/NOTES_frontend.md, docs/NOTES_frontend4.md).  Returns 0.
     """
     h, w = image.shape[0], image.shape[1]
     nc = out.shape[0]
