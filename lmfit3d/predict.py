@@ -22,6 +22,7 @@ ROI strategies (paper sec. 3.3): ``"aligned"`` (real time: the crop is rotated s
 and scaled to the face) and ``"axis"`` (offline: no rotation, uniform scale, no distortion).
 """
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from .imaging import ROI, crop
+from .imaging import ROI, affine_points, as_image, crop, warp_chw
 from .paths import cache_dir, data_dir
 
 ROI_STRATEGIES = ("aligned", "axis")
@@ -60,6 +61,11 @@ def _session(path, threads=1):
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))
+
+
+def _sigmoid1(x):
+    """:func:`_sigmoid` of one number (a Python float; no NumPy scalar overhead on the hot path)."""
+    return 1.0 / (1.0 + math.exp(-min(max(float(x), -80.0), 80.0)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,16 +278,57 @@ class LandmarkPredictor:
         self._rng_seed = seed
         s = manifest.input_size
         self._buf = np.empty((1, 3, s, s), np.float32)
+        self._names = [manifest.mu_output] + [o for o in (manifest.sigma_output, manifest.presence_output)
+                                              if o is not None]
+
+    def _forward(self, image, roi):
+        """Crop ``roi`` of a checked image (:func:`as_image`) into the input tensor and run the
+        network; its outputs in the order mu, sigma, presence (those the manifest names)."""
+        m = self.m
+        warp_chw(image, roi.matrix(m.input_size), m.input_size, False, m.scale, m.offset, self._buf[0])
+        return self.session.run(self._names, {self.input_name: self._buf})
+
+    def _extras(self, res):
+        """log sigma (N,) float64 or None, and presence, from the outputs of :meth:`_forward`."""
+        m = self.m
+        k = 1
+        logsig = None
+        if m.sigma_output is not None:
+            logsig = res[k].reshape(-1).astype(np.float64)
+            k += 1
+        presence = 1.0 if m.presence_output is None else _sigmoid1(res[k].reshape(-1)[0])
+        return logsig, presence
 
     def _run(self, image, roi):
+        """Network points (N, 2) float64 crop pixels, log sigma (N,) or None, presence."""
+        res = self._forward(image, roi)
+        pts = res[0].reshape(-1, self.m.point_dim)[:, :2].astype(np.float64)
+        return (pts,) + self._extras(res)
+
+    def image_points(self, image, roi, out=None):
+        """Every network point in image pixels, without mu/sigma selection (the tracking hot path).
+
+        Parameters
+        ----------
+        image : (H, W, 3) uint8 RGB; roi : ROI;
+        out : (>= N, 2) float64, optional; rows 0..N-1 receive the points.
+
+        Returns
+        -------
+        points : (N, 2) float64 image pixels (a view of ``out`` when given); log sigma (N,) float64 or
+        None; presence : float in [0, 1].
+        """
         m = self.m
-        crop(image, roi, m.input_size, scale=m.scale, offset=m.offset, out=self._buf[0])
-        names = [m.mu_output] + [o for o in (m.sigma_output, m.presence_output) if o is not None]
-        res = dict(zip(names, self.session.run(names, {self.input_name: self._buf})))
-        pts = res[m.mu_output].reshape(-1, m.point_dim)[:, :2].astype(np.float64)
-        logsig = None if m.sigma_output is None else res[m.sigma_output].reshape(-1).astype(np.float64)
-        presence = 1.0 if m.presence_output is None else float(_sigmoid(res[m.presence_output].ravel()[0]))
-        return pts, logsig, presence
+        res = self._forward(as_image(image), roi)
+        mu = res[0].reshape(-1)
+        n = mu.size // m.point_dim
+        if out is None:
+            out = np.empty((n, 2))
+        elif out.ndim != 2 or out.shape[0] < n or out.shape[1] != 2 or out.dtype != np.float64:
+            raise ValueError(f"out must be (>= {n}, 2) float64, got {out.shape} {out.dtype}")
+        pts = out[:n]
+        affine_points(mu, m.point_dim, roi.matrix(m.input_size), pts)
+        return (pts,) + self._extras(res)
 
     def __call__(self, image, roi):
         """Predict on one ROI.
@@ -292,8 +339,8 @@ class LandmarkPredictor:
         all_points : (N, 2) every network point in image pixels (for the next ROI).
         """
         m = self.m
-        pts, logsig, presence = self._run(image, roi)
-        img_pts = roi.to_image(pts, m.input_size)
+        image = as_image(image)
+        img_pts, logsig, presence = self.image_points(image, roi)
         px = roi.size / m.input_size            # image pixels per crop pixel
         if logsig is not None:
             sig2 = (np.exp(logsig[m.points]) * px) ** 2
@@ -310,7 +357,7 @@ class LandmarkPredictor:
         samples = [points]
         for dx, dy, ds in offsets:
             r = ROI(roi.cx + dx * roi.size, roi.cy + dy * roi.size, roi.size * (1 + ds), roi.rotation)
-            samples.append(r.to_image(self._run(image, r)[0], self.m.input_size))
+            samples.append(r.to_image(self._run(as_image(image), r)[0], self.m.input_size))
         return np.stack(samples).var(0).sum(1) / 2.0
 
     def roi_from_points(self, pts):
@@ -326,8 +373,8 @@ def roi_from_points(pts, eye_points=(33, 263), scale=1.5, strategy="aligned"):
     pts = np.ascontiguousarray(pts, dtype=np.float64)
     rot = 0.0
     if strategy == "aligned":
-        d = pts[eye_points[1]] - pts[eye_points[0]]
-        rot = float(np.arctan2(-d[1], d[0]))
+        a, b = pts[eye_points[0]].tolist(), pts[eye_points[1]].tolist()
+        rot = math.atan2(-(b[1] - a[1]), b[0] - a[0])
     cx, cy, side = _rotated_box(pts, rot)
     return ROI(cx, cy, side * scale, rot)
 
@@ -381,15 +428,19 @@ class IrisPredictor:
         self.batched = not isinstance(inp.shape[0], int)       # a symbolic (dynamic) batch dimension
         self.roi_scale = roi_scale
         self._buf = np.empty((2, 3, 64, 64), np.float32)
+        self._corners = np.array(self.CORNERS, np.int64).ravel()
 
     def eye_roi(self, a, b):
-        d = b - a
-        c = (a + b) / 2
-        return ROI(float(c[0]), float(c[1]), float(np.hypot(*d) * self.roi_scale), float(np.arctan2(-d[1], d[0])))
+        """The eye crop's ROI from its two corners a, b (2,) pixels: centred between them, side
+        ``roi_scale`` times their distance, rotated so a -> b is horizontal."""
+        ax, ay, bx, by = float(a[0]), float(a[1]), float(b[0]), float(b[1])
+        dx, dy = bx - ax, by - ay
+        return ROI((ax + bx) / 2, (ay + by) / 2, math.hypot(dx, dy) * self.roi_scale, math.atan2(-dy, dx))
 
     def eye_rois(self, mesh_points):
         """The two eye ROIs (subject's right eye, left eye) from the face-mesh points (N, 2) pixels."""
-        return [self.eye_roi(mesh_points[i], mesh_points[j]) for i, j in self.CORNERS]
+        q = mesh_points[self._corners].tolist()
+        return [self.eye_roi(q[0], q[1]), self.eye_roi(q[2], q[3])]
 
     def crop_points(self, image, rois, eyes=(0, 1)):
         """Iris centres (len(eyes), 2) in crop pixels (0..64, unmirrored) of the eyes ``eyes``."""
@@ -504,9 +555,9 @@ class MediaPipeLandmarks:
         """
         t = time.perf_counter()
         m = self.manifest
-        _, _, presence, pts = self.mesh(image, roi)
-        raw = np.full((470, 2), np.nan)
-        raw[:468] = pts
+        image = as_image(image)
+        raw = np.empty((470, 2))
+        pts, _, presence = self.mesh.image_points(image, roi, out=raw)       # raw[:468]
         if self.iris is not None:
             rois = self.iris.eye_rois(pts)
             if self._iris_crop is None:
@@ -515,14 +566,17 @@ class MediaPipeLandmarks:
             c[list(eyes)] = self.iris.crop_points(image, rois, eyes)
             self._iris_crop = c
             for e in range(2):
-                raw[468 + e] = rois[e].to_image(c[e:e + 1], 64)[0]
+                affine_points(c[e], 2, rois[e].matrix(64), raw[468 + e:469 + e])
+        else:
+            raw[468:] = np.nan
         px = roi.size / m.input_size
-        sig2 = (m.sigma_table * px) ** 2
         if self.sigma_jitter > 0:
             var = np.concatenate([self.mesh.jitter_variance(image, roi, pts, self.sigma_jitter), np.zeros(2)])
-            sig2 = sig2 + var[m.points]
+            sigma = np.sqrt((m.sigma_table * px) ** 2 + var[m.points])
+        else:
+            sigma = np.sqrt((m.sigma_table * px) ** 2)      # not table * px: the same bits as before
         self.timings["landmarks"] += time.perf_counter() - t
-        return Prediction(raw[m.points], np.sqrt(sig2), presence, raw, roi)
+        return Prediction(raw[m.points], sigma, presence, raw, roi)
 
     def reset(self):
         """Forget the tracked face (the next frame runs the full detector search)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmfit3d.imaging import ROI, crop, warp_chw
+from lmfit3d.imaging import ROI, affine_points, crop, warp_chw
 from lmfit3d.paths import shared_media_dir
 from conftest import run_without_jit
 from lmfit3d.predict import (FaceDetector, IrisPredictor, Manifest, MediaPipeLandmarks, _blazeface_anchors,
@@ -62,6 +62,45 @@ def test_crop_kernel_matches_numpy_reference(rng, mirror):
     ref = _warp_reference(image, m, 24, mirror, 2.0 / 255.0, -1.0)
     np.testing.assert_allclose(out, ref, atol=1e-5)
     assert (out == -1.0).any(), "the ROI reaches outside the image: those pixels must read 0 -> -1"
+
+
+@pytest.mark.parametrize("shape, roi, size, channels", [
+    ((120, 90, 3), ROI(44.7, 61.2, 70.0, -0.3), 32, 3),      # inside the image, 2x down-sampling
+    ((120, 90, 3), ROI(44.7, 61.2, 70.0, -0.3), 32, 1),      # first channel only (tools/synth_faces.py)
+    ((40, 30, 3), ROI(35.0, -4.0, 50.0, 1.2), 20, 3),        # mostly outside: border pixels and clamps
+    ((40, 30, 3), ROI(200.0, 300.0, 10.0, 0.0), 8, 3),       # wholly outside: every pixel reads 0
+    ((1, 17, 3), ROI(8.0, 0.5, 12.0, 0.1), 9, 3),            # one image row
+    ((23, 1, 3), ROI(0.5, 11.0, 12.0, 0.0), 9, 2),           # one image column
+    ((300, 400, 3), ROI(210.3, 140.9, 280.0, 0.07), 24, 3),  # strong down-sampling (prefetch every column)
+])
+def test_crop_kernel_matches_numpy_reference_in_every_case(rng, shape, roi, size, channels):
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    m = roi.matrix(size)
+    for mirror in (False, True):
+        out = np.full((channels, size, size), 7.0, np.float32)
+        warp_chw(image, m, size, mirror, 2.0 / 255.0, -1.0, out)
+        ref = _warp_reference(image, m, size, mirror, 2.0 / 255.0, -1.0)[:channels]
+        np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_roi_matrix_matches_reference(rng):
+    """ROI.matrix (float math) against the affine map written with NumPy: rotation, scale, centre."""
+    for _ in range(20):
+        roi = ROI(*rng.uniform(-100, 2000, 2), rng.uniform(1, 900), rng.uniform(-3, 3))
+        s = roi.size / 192
+        a = np.array([[np.cos(roi.rotation), np.sin(roi.rotation)], [-np.sin(roi.rotation), np.cos(roi.rotation)]]) * s
+        ref = np.column_stack([a, np.array([roi.cx, roi.cy]) - a @ [96.0, 96.0]])
+        np.testing.assert_allclose(roi.matrix(192), ref, rtol=1e-13, atol=1e-10)
+
+
+@pytest.mark.parametrize("dim, dtype", [(2, np.float64), (3, np.float32), (3, np.float64)])
+def test_affine_points_kernel_matches_numpy_reference(rng, dim, dtype):
+    src = rng.uniform(-10, 200, size=(50, dim)).astype(dtype)
+    m = ROI(600.0, 400.0, 350.0, 0.3).matrix(192)
+    out = np.full((48, 2), np.nan)                       # fewer rows than points: only those are mapped
+    affine_points(src.reshape(-1), dim, m, out)
+    ref = src[:48, :2].astype(np.float64) @ m[:, :2].T + m[:, 2]
+    np.testing.assert_allclose(out, ref, rtol=1e-13, atol=1e-10)
 
 
 def test_crop_identity_roi_copies_pixels(rng):
@@ -319,6 +358,32 @@ def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
         MediaPipeLandmarks(iris_policy="sometimes")
 
 
+def test_tracking_fast_path_matches_the_plain_numpy_path():
+    """MediaPipeLandmarks.predict (affine_points, sigma = table * px, eye ROIs in float math) equals
+    the plain path: network points mapped with ROI.to_image, eye crops from those points, iris
+    centres mapped with ROI.to_image, sigma = sqrt((table px)^2)."""
+    img = _read("obama.jpg")
+    mp = MediaPipeLandmarks(iris_policy="both")
+    roi = mp.track(img).roi
+    pred = mp.predict(img, roi)
+    pts_crop, _, presence = mp.mesh._run(img, roi)
+    pts = roi.to_image(pts_crop, 192)
+    np.testing.assert_allclose(pred.points[:468], pts, rtol=0, atol=1e-9)
+    assert pred.presence == pytest.approx(presence, rel=1e-12)
+    rois = mp.iris.eye_rois(pts)
+    iris = mp.iris.crop_points(img, rois)
+    ref = np.stack([rois[e].to_image(iris[e:e + 1], 64)[0] for e in range(2)])
+    np.testing.assert_allclose(pred.points[468:], ref, rtol=0, atol=1e-6)
+    m = mp.manifest
+    px = roi.size / 192
+    np.testing.assert_array_equal(pred.sigma, np.sqrt((m.sigma_table * px) ** 2))
+    np.testing.assert_array_equal(pred.mu, pred.points[m.points])
+    no_iris = MediaPipeLandmarks(iris=False).predict(img, roi)
+    assert np.isnan(no_iris.points[468:]).all() and np.isfinite(no_iris.points[:468]).all()
+    with pytest.raises(ValueError, match="out must be"):
+        mp.mesh.image_points(img, roi, out=np.empty((10, 2)))
+
+
 def test_iris_centres_lie_between_the_eye_corners():
     mp = MediaPipeLandmarks()
     img = _read("obama.jpg")
@@ -396,8 +461,8 @@ def test_crop_kernel_without_jit_matches_reference():
         from numba.core.registry import CPUDispatcher
         assert not isinstance(warp_chw, CPUDispatcher)
         return
-    out = run_without_jit(__file__, "crop_kernel or roi_from_points_kernel")
-    assert re.search(r"\b5 passed\b", out), out[-500:]
+    out = run_without_jit(__file__, "crop_kernel or roi_from_points_kernel or affine_points_kernel")
+    assert re.search(r"\b15 passed\b", out), out[-500:]
 
 
 def test_sigma_jitter_adds_the_spread_of_jittered_crops():
