@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .simd import W, axpy2_8, axpy3_8, padded
+from .simd import W, vaxpy2, vaxpy3, padded
 from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, single_joint_frame, single_joint_of,
                        skin_point, skin_points_soa, skin_positions_soa, skin_vertex, soa_frame, soa_skin)
 
@@ -655,23 +655,10 @@ def _add_gram(blocks, e_idx, e_pos, n, scale, ee):
 
 
 @njit(cache=True, inline="always")
-def _axpy2(y, a0, x0, a1, x1):
-    """y += a0 x0 + a1 x1 for 1D views of equal length (a loop on views the compiler vectorises)."""
-    for j in range(y.shape[0]):
-        y[j] += a0 * x0[j] + a1 * x1[j]
-
-
-@njit(cache=True, inline="always")
-def _axpy3(y, a0, x0, a1, x1, a2, x2):
-    """y += a0 x0 + a1 x1 + a2 x2 for 1D views of equal length."""
-    for j in range(y.shape[0]):
-        y[j] += a0 * x0[j] + a1 * x1[j] + a2 * x2[j]
-
-
-@njit(cache=True, inline="always")
 def _explicit_pose_rows(nc, n, e_idx, dpose, am, g, col, ap, pp, pe, gp, ge):
     """A landmark's pose x pose, expression x pose and gradient rows from its pose Jacobian
-    dpose (3, nc), metric am (3, 3), 3D gradient g (3,) and expression columns col (3, n)."""
+    dpose (3, nc), metric am (3, 3), 3D gradient g (3,) and expression columns col (3, n).
+    ap (3, P'), pp (POSE_DIM, P') and pe (E, P') have P' = simd.padded(POSE_DIM) columns."""
     for c in range(nc):
         d0 = dpose[0, c]
         d1 = dpose[1, c]
@@ -680,29 +667,44 @@ def _explicit_pose_rows(nc, n, e_idx, dpose, am, g, col, ap, pp, pe, gp, ge):
         ap[1, c] = am[1, 0] * d0 + am[1, 1] * d1 + am[1, 2] * d2
         ap[2, c] = am[2, 0] * d0 + am[2, 1] * d1 + am[2, 2] * d2
         gp[c] += d0 * g[0] + d1 * g[1] + d2 * g[2]
+    # rows in W-wide chunks over the padded buffers: ap is zero from column nc on
+    for i in range(3):
+        for c in range(nc, ap.shape[1]):
+            ap[i, c] = 0.0
+    ap0 = ap[0]
+    ap1 = ap[1]
+    ap2 = ap[2]
     for a in range(nc):
+        row = pp[a]
         d0 = dpose[0, a]
         d1 = dpose[1, a]
         d2 = dpose[2, a]
-        _axpy3(pp[a, a:nc], d0, ap[0, a:nc], d1, ap[1, a:nc], d2, ap[2, a:nc])
+        for c in range(a, nc, W):
+            vaxpy3(row, c, d0, ap0, d1, ap1, d2, ap2, c)
     for a in range(n):
         ea = e_idx[a]
         c0 = col[0, a]
         c1 = col[1, a]
         c2 = col[2, a]
         ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
-        _axpy3(pe[ea, :nc], c0, ap[0, :nc], c1, ap[1, :nc], c2, ap[2, :nc])
+        row = pe[ea]
+        for c in range(0, nc, W):
+            vaxpy3(row, c, c0, ap0, c1, ap1, c2, ap2, c)
+
+
+HL = 8                  # lanes per expression of the joint-group sums (a multiple of simd.W)
 
 
 @njit(cache=True, inline="always")
-def _joint_group_add(k, xv, trans, am, g, col, e_idx, n, gsum, hs, ge):
+def _joint_group_add(k, xv, trans, am, g, col, e_idx, n, gsum, hs, srow):
     """Pose rows of a landmark skinned to joint k alone, through per-joint sums.
 
     Its pose Jacobian is D = S K_k + C_k with S = -[rv]_x (rv = x - translation) and K_k, C_k
     (3, POSE_DIM) the same for every landmark of joint k (``skinning.skin_vertex_single``), so
     D^T A D, D^T g and col^T A D need only the sums over the group of S^T A S, S^T A, A, S^T g, g
-    (gsum[k], 3 x 3 blocks and 3-vectors) and of col^T A S, col^T A per expression (hs[k], (E, 6));
-    :func:`_joint_group_finish` multiplies them out once per call.
+    (gsum[k], 3 x 3 blocks and 3-vectors) and of col^T A S, col^T A and col^T g per expression (hs[k],
+    (E * HL,): HL = 8 lanes per expression, the last one 0; srow (3, HL) work); :func:`_joint_group_finish`
+    multiplies them out once per call.
     """
     r0 = xv[0] - trans[0]
     r1 = xv[1] - trans[1]
@@ -743,33 +745,28 @@ def _joint_group_add(k, xv, trans, am, g, col, e_idx, n, gsum, hs, ge):
     gs[9, 2] += -r1 * g[0] + r0 * g[1]
     for i in range(3):
         gs[10, i] += g[i]
+    # per expression entry HL lanes of hs[k]: col^T A S (3), col^T A (3), col^T g, 0
+    s0 = srow[0]
+    s1 = srow[1]
+    s2 = srow[2]
+    s0[0], s0[1], s0[2], s0[3], s0[4], s0[5], s0[6] = as00, as01, as02, am[0, 0], am[0, 1], am[0, 2], g[0]
+    s1[0], s1[1], s1[2], s1[3], s1[4], s1[5], s1[6] = as10, as11, as12, am[1, 0], am[1, 1], am[1, 2], g[1]
+    s2[0], s2[1], s2[2], s2[3], s2[4], s2[5], s2[6] = as20, as21, as22, am[2, 0], am[2, 1], am[2, 2], g[2]
     h = hs[k]
-    g0, g1, g2 = g[0], g[1], g[2]
-    a00, a01, a02 = am[0, 0], am[0, 1], am[0, 2]
-    a10, a11, a12 = am[1, 0], am[1, 1], am[1, 2]
-    a20, a21, a22 = am[2, 0], am[2, 1], am[2, 2]
     for a in range(n):
-        ea = e_idx[a]
-        c0 = col[0, a]
-        c1 = col[1, a]
-        c2 = col[2, a]
-        ge[ea] += c0 * g0 + c1 * g1 + c2 * g2
-        h[ea, 0] += c0 * as00 + c1 * as10 + c2 * as20
-        h[ea, 1] += c0 * as01 + c1 * as11 + c2 * as21
-        h[ea, 2] += c0 * as02 + c1 * as12 + c2 * as22
-        h[ea, 3] += c0 * a00 + c1 * a10 + c2 * a20
-        h[ea, 4] += c0 * a01 + c1 * a11 + c2 * a21
-        h[ea, 5] += c0 * a02 + c1 * a12 + c2 * a22
+        o = HL * e_idx[a]
+        for c in range(0, HL, W):
+            vaxpy3(h, o + c, col[0, a], s0, col[1, a], s1, col[2, a], s2, c)
 
 
 @njit(cache=True)
-def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp):
+def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp, ge):
     """Add joint k's group sums (:func:`_joint_group_add`) into pp, pe and gp.
 
     K_k, C_k (3, POSE_DIM): root rotation columns K = J_l0 (``r0bm[0]``), C = 0; translation K = 0,
     C = I; joint m (an ancestor of k, or k) K = R_root bm_m, C = [R_root g_m]_x R_root bm_m; other
     joints 0.  pp += K^T (SAS K + SA C) + C^T (SA^T K + A C), gp += K^T S^T g + C^T g,
-    pe += H_S K + H_A C.
+    pe += H_S K + H_A C, ge += the gradient lane of hs[k].
     """
     nj = anc.shape[0]
     pd = pp.shape[0]
@@ -815,13 +812,15 @@ def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp):
             pp[a, b] += (kk[0, a] * t1[0, b] + kk[1, a] * t1[1, b] + kk[2, a] * t1[2, b]
                          + cc[0, a] * t2[0, b] + cc[1, a] * t2[1, b] + cc[2, a] * t2[2, b])
     h = hs[k]
-    for e in range(h.shape[0]):
-        h0 = h[e, 0]
-        h1 = h[e, 1]
-        h2 = h[e, 2]
-        h3 = h[e, 3]
-        h4 = h[e, 4]
-        h5 = h[e, 5]
+    for e in range(ge.shape[0]):
+        o = HL * e
+        h0 = h[o]
+        h1 = h[o + 1]
+        h2 = h[o + 2]
+        h3 = h[o + 3]
+        h4 = h[o + 4]
+        h5 = h[o + 5]
+        ge[e] += h[o + 6]
         if h0 == 0.0 and h1 == 0.0 and h2 == 0.0 and h3 == 0.0 and h4 == 0.0 and h5 == 0.0:
             continue
         for c in range(pd):
@@ -964,8 +963,9 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
     ne = expr_free.shape[0]
     pd = pose_free.shape[0]
     nd = e_idx.shape[1]
-    pp = np.zeros((pd, pd))
-    pe = np.zeros((ne, pd))
+    pdp = padded(pd)                        # pose buffers padded for the W-wide rows
+    pp = np.zeros((pd, pdp))
+    pe = np.zeros((ne, pdp))
     gp = np.zeros(pd)
     ge = np.zeros(ne)
     rmk = np.empty((nj, 3, 3))
@@ -973,7 +973,8 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
     rgm = np.empty((nj, 3))
     single_joint_frame(r0, rg, gpos, bm, rmk, r0bm, rgm)
     gsum = np.zeros((nj, 11, 3))            # per-joint sums of _joint_group_add
-    hs = np.zeros((nj, ne, 6))
+    hs = np.zeros((nj, ne * HL))         # per joint and expression: HL lanes (_joint_group_add)
+    srow = np.zeros((3, HL))
     nck = np.zeros(nj, np.int64)            # pose columns of a landmark skinned to joint k alone
     for kj in range(nj):
         for m in range(1, nj):
@@ -984,7 +985,7 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
     used = np.zeros(nj, np.bool_)
     xv = np.empty(3)
     dpose = np.zeros((3, pd))
-    ap = np.empty((3, pd))
+    ap = np.empty((3, pdp))
     col = np.empty((3, nd))
     # expression buffers padded for the W-wide row updates (simd): a row from any position runs in
     # whole chunks over zeros past its end
@@ -1082,7 +1083,7 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
                     am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
         if not explicit:
             # one-joint landmark: pose rows through the per-joint sums (_joint_group_add)
-            _joint_group_add(k, xv, trans, am, g, col, e_idx[p], n, gsum, hs, ge)
+            _joint_group_add(k, xv, trans, am, g, col, e_idx[p], n, gsum, hs, srow)
             used[k] = True
         else:
             _explicit_pose_rows(nc, n, e_idx[p], dpose, am, g, col, ap, pp, pe, gp, ge)
@@ -1102,7 +1103,7 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
                     a0 = q0r[ea]
                     a1 = q1r[ea]
                     for c in range(ea, hi, W):
-                        axpy2_8(row, c, a0, q0r, a1, q1r, c)
+                        vaxpy2(row, c, a0, q0r, a1, q1r, c)
         else:
             for a in range(n):
                 ea = e_idx[p, a]
@@ -1118,7 +1119,7 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
                 c2 = col[2, a]
                 row = ee[ea]
                 for c in range(ea, hi, W):
-                    axpy3_8(row, c, c0, acd0, c1, acd1, c2, acd2, c)
+                    vaxpy3(row, c, c0, acd0, c1, acd1, c2, acd2, c)
             for a in range(n):
                 for i in range(3):
                     acd[i, e_idx[p, a]] = 0.0
@@ -1128,7 +1129,7 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
                 qd[1, e_idx[p, a]] = 0.0
     for kj in range(nj):
         if used[kj]:
-            _joint_group_finish(kj, anc, r0bm, rgm, gsum, hs, pp, pe, gp)
+            _joint_group_finish(kj, anc, r0bm, rgm, gsum, hs, pp, pe, gp, ge)
     if static_on:
         for a in range(ne):
             for b in range(a, ne):
