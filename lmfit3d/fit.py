@@ -23,8 +23,9 @@ from .skinning import POSE_DIM, ancestry, pose_chain
 from .frame_lm import frame_cost, landmark_terms, tracking_lm
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
-from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, frame_columns, intersection_skip_test,
-                    intersection_term, symmetrize_upper, table_points_buffers, table_soa, tracking_plan, vertex_term)
+from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, frame_columns, intersection_skip_blocks,
+                    intersection_skip_test, intersection_term, symmetrize_upper, table_points_buffers, table_soa,
+                    tracking_plan, vertex_term)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class _Intersection:
         self.skip_base, self.skip_proj = intersection_skip_test(
             self.t_beta, self.table.expr_idx, self.table.expr_blocks, self.sphere_c, self.sphere_r,
             self.sphere_of, self.planes, self.hull_of, model.n_expression)
+        self.skip_block = intersection_skip_blocks(self.skip_base, self.skip_proj)
 
 
 # Per-process caches of static data that trackers rebuild otherwise (a video's two passes, the
@@ -285,7 +287,7 @@ class FrameProblem:
             cost += intersection_term(x, e0, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c,
                                       it.sphere_r, it.sphere_of, it.planes, it.hull_of,
                                       np.sqrt(2.0 * cfg.w_intersection), cm, want_jac, jtj, jtr,
-                                      it.skip_base, it.skip_proj)
+                                      it.skip_base, it.skip_proj, it.skip_block)
         return cost
 
     def _vertex_term(self, x, jtj, jtr, want_jac):
@@ -411,7 +413,8 @@ class FrameProblem:
         if it is None or self.cfg.w_intersection <= 0:
             return _NO_INTER
         return (True, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c, it.sphere_r, it.sphere_of,
-                it.planes, it.hull_of, float(np.sqrt(2.0 * self.cfg.w_intersection)), it.skip_base, it.skip_proj)
+                it.planes, it.hull_of, float(np.sqrt(2.0 * self.cfg.w_intersection)), it.skip_base, it.skip_proj,
+                it.skip_block)
 
     def landmark_positions(self, x):
         """Camera-space landmark vertex positions (L, 3) mm and projections (L, 2) at x."""
@@ -424,7 +427,7 @@ class FrameProblem:
 _NO_IDENT = np.zeros((1, 3, 0))
 _I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
 _NO_INTER = (False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)), _F1, _I1,
-             np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)))       # intersection term off (tracking_lm)
+             np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)), np.zeros((1, 1)))   # term off (tracking_lm)
 
 _EMPTY2 = np.zeros((0, 0))
 _EMPTY1 = np.zeros(0)

@@ -16,7 +16,7 @@ The problem is passed as four tuples of plain arrays and scalars (built by
   j0, j1)``, the arguments of the terms in ``FrameProblem.accumulate_full``;
 * ``plan``: the arrays of ``terms.TrackingPlan`` in field order;
 * ``inter``: ``(use, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
-  sqrtw, skip_base, skip_proj)`` of the intersection term (``use`` False: term off);
+  sqrtw, skip_base, skip_proj, skip_block)`` of the intersection term (``use`` False: term off);
 * ``soa``: ``(t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement,
   zero_ranges, wsub, mu_t, isg_t, prev_t)``: the template at the current identity in kernel order,
   the kernel column of each table landmark, the arrays of ``terms.TableSoA`` / ``skinning.SoaSkin``
@@ -100,10 +100,10 @@ def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
     if col_map[j0] >= 0 or col_map[j1 - 1] >= 0:
         cost += diagonal_prior(x, j0, zero_j, joint_inv, col_map, want_jac, jtj, jtr)
     (use, it_beta, it_idx, it_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of, sqrtw, skip_base,
-     skip_proj) = inter
+     skip_proj, skip_block) = inter
     if use and col_map[e0] >= 0:
         cost += intersection_term(x, e0, it_beta, it_idx, it_blocks, sphere_c, sphere_r, sphere_of, planes,
-                                  hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base, skip_proj)
+                                  hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base, skip_proj, skip_block)
     if want_jac:
         symmetrize_upper(jtj)
     return cost

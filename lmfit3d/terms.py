@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .simd import W, vaxpy2, vaxpy3, padded
+from .simd import W, padded, vaxpy, vaxpy2, vaxpy3
 from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, single_joint_frame, single_joint_of,
                        skin_point, skin_points_soa, skin_positions_soa, skin_vertex, soa_frame, soa_skin)
 
@@ -1235,6 +1235,33 @@ def intersection_skip_test(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sp
     return base, proj
 
 
+SKIP_BLOCK = 16             # vertices per block of :func:`intersection_skip_blocks`
+
+
+def intersection_skip_blocks(skip_base, skip_proj, size=SKIP_BLOCK):
+    """Block bounds of :func:`intersection_skip_test` for a first, cheaper test: (2 E + 1, B) float64.
+
+    Vertices are taken in blocks of ``size`` consecutive ones (B = ceil(n / size)).  Row 0 holds
+    the smallest ``skip_base`` of each block, rows 1 .. E the smallest and rows E + 1 .. 2 E the
+    largest ``skip_proj`` entry of each expression over the block, so that
+    ``row0 + sum_e psi_e (row[1 + e] if psi_e >= 0 else row[1 + E + e])`` is at most the bound
+    ``skip_base + psi @ skip_proj`` of every vertex of the block: when it is >= 1e-9 the whole block
+    is outside and :func:`intersection_term` skips it without the per-vertex sums.
+    """
+    base = np.asarray(skip_base, dtype=np.float64)
+    proj = np.asarray(skip_proj, dtype=np.float64)
+    n = base.size
+    ne = proj.shape[0]
+    nb = -(-n // size)
+    out = np.empty((2 * ne + 1, nb))
+    for b in range(nb):
+        sl = slice(b * size, min((b + 1) * size, n))
+        out[0, b] = base[sl].min()
+        out[1:ne + 1, b] = proj[:, sl].min(1)
+        out[ne + 1:, b] = proj[:, sl].max(1)
+    return out
+
+
 @njit(cache=True, inline="always")
 def intersection_depth(t, s, h, sphere_c, sphere_r, planes, gr):
     """Penetration depth (mm, > 0 inside) of template point t (3,) into eyeball sphere s (s >= 0) or
@@ -1274,7 +1301,8 @@ def intersection_depth(t, s, h, sphere_c, sphere_r, planes, gr):
 
 @njit(cache=True)
 def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of,
-                      planes, hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base=None, skip_proj=None):
+                      planes, hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base=None, skip_proj=None,
+                      skip_block=None):
     """Skin vertices inside eyeball spheres or teeth hulls, in template (head) space.
 
     Eyelid, lip and teeth vertices all follow the head joint rigidly, so the test runs on the
@@ -1291,6 +1319,9 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
         ``skip_base + psi @ skip_proj`` bounds how far each vertex lies outside its sphere or hull
         (mm); vertices with a bound >= 1e-9 are skipped without building their template point
         (same result, less work).
+    skip_block : (2 E + 1, B) float64, optional, from :func:`intersection_skip_blocks` (with
+        skip_base and skip_proj): blocks of SKIP_BLOCK vertices whose block bound is >= 1e-9 are
+        skipped before the per-vertex sums (most frames: all of them).
     """
     cost = 0.0
     nd = expr_idx.shape[1]
@@ -1301,15 +1332,43 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
     jrow = np.empty((1, nd))
     r = np.empty(1)
     skip = skip_base is not None and skip_proj is not None
-    outside = np.empty(t_beta.shape[0])
+    nv = t_beta.shape[0]
+    outside = np.empty(nv)
     if skip:
-        outside[:] = skip_base
-        for e in range(skip_proj.shape[0]):
-            we = x[e0 + e]
-            if we != 0.0:
+        ne = skip_proj.shape[0]
+        blocks = skip_block is not None
+        nb = skip_block.shape[1] if blocks else 1
+        bsize = SKIP_BLOCK if blocks else nv
+        bound = np.empty(nb)
+        if blocks:                      # block bounds first (psi_e times the block's extreme entry)
+            bound[:] = skip_block[0]
+            for e in range(ne):
+                we = x[e0 + e]
+                if we != 0.0:
+                    pb = skip_block[1 + e] if we > 0.0 else skip_block[1 + ne + e]
+                    for b in range(nb):
+                        bound[b] += we * pb[b]
+        else:
+            bound[0] = -np.inf
+        for b in range(nb):
+            lo = b * bsize
+            hi = min(lo + bsize, nv)
+            if bound[b] >= 1e-9:
+                outside[lo:hi] = bound[b]
+                continue
+            outside[lo:hi] = skip_base[lo:hi]
+            full = hi - lo == bsize and bsize % W == 0
+            for e in range(ne):
+                we = x[e0 + e]
+                if we == 0.0:
+                    continue
                 pe = skip_proj[e]
-                for p in range(outside.shape[0]):
-                    outside[p] += we * pe[p]
+                if full:                # W-wide chunks (short loops: the vectoriser's checks cost more)
+                    for c in range(lo, hi, W):
+                        vaxpy(outside, c, we, pe, c)
+                else:
+                    for p in range(lo, hi):
+                        outside[p] += we * pe[p]
     for p in range(t_beta.shape[0]):
         s = sphere_of[p]
         h = hull_of[p]

@@ -13,7 +13,7 @@ from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_points, pose, single_
 from lmfit3d.solvers import bounded_step, cholesky_solve
 from lmfit3d.sparsity import build_sparsity
 from lmfit3d.synthetic import make_frame, random_params
-from lmfit3d.terms import (expression_jacobian, intersection_term, table_points, table_points_buffers,
+from lmfit3d.terms import (SKIP_BLOCK, expression_jacobian, intersection_term, table_points, table_points_buffers,
                            table_points_jacobian, table_soa, tracking_plan)
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]
@@ -220,21 +220,38 @@ def test_intersection_skip_changes_nothing(model, rng):
     for scale in (0.0, 0.3, 1.0, 2.5):
         x[e0:e0 + n_exp] = scale * rng.uniform(0.0, 1.0, size=n_exp) * (rng.random(n_exp) < 0.4)
         out = []
-        for skip in (False, True):
+        for extra in ((), (inter.skip_base, inter.skip_proj), (inter.skip_base, inter.skip_proj, inter.skip_block)):
             jtj, jtr = np.zeros((n_exp, n_exp)), np.zeros(n_exp)
-            extra = (inter.skip_base, inter.skip_proj) if skip else ()
             c = intersection_term(x, e0, inter.t_beta, it.expr_idx, it.expr_blocks, inter.sphere_c,
                                   inter.sphere_r, inter.sphere_of, inter.planes, inter.hull_of, 2.0, col_map,
                                   True, jtj, jtr, *extra)
             out.append((c, jtj, jtr))
-        assert out[0][0] == out[1][0]
-        np.testing.assert_array_equal(out[0][1], out[1][1])
-        np.testing.assert_array_equal(out[0][2], out[1][2])
+        for o in out[1:]:
+            assert out[0][0] == o[0]
+            np.testing.assert_array_equal(out[0][1], o[1])
+            np.testing.assert_array_equal(out[0][2], o[2])
         seen_inside |= out[0][0] > 0
         bound = inter.skip_base + x[e0:e0 + n_exp] @ inter.skip_proj
         if scale == 0.0:
             assert (bound >= 1e-9).mean() > 0.9                    # at rest nearly all are skipped
     assert seen_inside
+
+
+def test_intersection_skip_blocks_bound_every_vertex(model, rng):
+    """The block bound is at most the per-vertex bound of each vertex of its block, for weights of
+    either sign; at rest it already proves most blocks outside."""
+    inter = _Intersection(model, 0.5 * rng.normal(size=model.n_identity), 0.01)
+    base, proj, blk = inter.skip_base, inter.skip_proj, inter.skip_block
+    ne, n = proj.shape
+    assert blk.shape == (2 * ne + 1, -(-n // SKIP_BLOCK))
+    for scale in (0.0, 0.5, 2.0):
+        psi = scale * rng.normal(size=ne) * (rng.random(ne) < 0.5)
+        vertex = base + psi @ proj
+        block = blk[0] + np.where(psi >= 0, psi, 0) @ blk[1:ne + 1] + np.where(psi < 0, psi, 0) @ blk[ne + 1:]
+        per_block_min = np.array([vertex[b * SKIP_BLOCK:(b + 1) * SKIP_BLOCK].min() for b in range(block.size)])
+        assert (block <= per_block_min + 1e-12).all()
+        if scale == 0.0:
+            assert (block >= 1e-9).mean() > 0.5
 
 
 def _skip_test_reference(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of, ne):
