@@ -53,6 +53,16 @@ def vaxpy3(y, yo, a0, x0, a1, x1, a2, x2, xo):
     y[yo:yo + W] += a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W] + a2 * x2[xo:xo + W]
 
 
+def vset2(y, yo, a0, x0, a1, x1, xo):
+    """y[yo:yo + W] = a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W]."""
+    y[yo:yo + W] = a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W]
+
+
+def vset3(y, yo, a0, x0, a1, x1, a2, x2, xo):
+    """y[yo:yo + W] = (a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W]) + a2 * x2[xo:xo + W]."""
+    y[yo:yo + W] = a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W] + a2 * x2[xo:xo + W]
+
+
 def _is_row(t):
     return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == types.float64
 
@@ -67,8 +77,8 @@ def _splat(builder, v):
     return builder.shuffle_vector(u, u, ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W))
 
 
-def _codegen(n_terms):
-    """Lowering of y[yo:yo+W] += sum_k a_k x_k[xo:xo+W] (summed left to right), n_terms sources."""
+def _codegen(n_terms, add=True):
+    """Lowering of y[yo:yo+W] (+)= sum_k a_k x_k[xo:xo+W] (summed left to right), n_terms sources."""
 
     def codegen(context, builder, signature, args):
         ty = signature.args
@@ -81,7 +91,7 @@ def _codegen(n_terms):
             term = builder.fmul(_splat(builder, a), builder.load(px, align=8))
             acc = term if acc is None else builder.fadd(acc, term)
         py = _vec_ptr(context, builder, ty[0], args[0], yo)
-        builder.store(builder.fadd(builder.load(py, align=8), acc), py, align=8)
+        builder.store(builder.fadd(builder.load(py, align=8), acc) if add else acc, py, align=8)
         return context.get_dummy_value()
 
     return codegen
@@ -113,6 +123,16 @@ def _vaxpy3_ir(typingctx, y, yo, a0, x0, a1, x1, a2, x2, xo):
     return _signature(y, yo, (a0, a1, a2), (x0, x1, x2), xo), _codegen(3)
 
 
+@intrinsic
+def _vset2_ir(typingctx, y, yo, a0, x0, a1, x1, xo):
+    return _signature(y, yo, (a0, a1), (x0, x1), xo), _codegen(2, add=False)
+
+
+@intrinsic
+def _vset3_ir(typingctx, y, yo, a0, x0, a1, x1, a2, x2, xo):
+    return _signature(y, yo, (a0, a1, a2), (x0, x1, x2), xo), _codegen(3, add=False)
+
+
 def _check(name, y, rows):
     for t in (y, *rows):
         if not _is_row(t):
@@ -137,4 +157,16 @@ def _ol_vaxpy3(y, yo, a0, x0, a1, x1, a2, x2, xo):
     return lambda y, yo, a0, x0, a1, x1, a2, x2, xo: _vaxpy3_ir(y, yo, a0, x0, a1, x1, a2, x2, xo)
 
 
-__all__ = ["W", "padded", "n_chunks", "vaxpy", "vaxpy2", "vaxpy3"]
+@overload(vset2, inline="always")
+def _ol_vset2(y, yo, a0, x0, a1, x1, xo):
+    _check("vset2", y, (x0, x1))
+    return lambda y, yo, a0, x0, a1, x1, xo: _vset2_ir(y, yo, a0, x0, a1, x1, xo)
+
+
+@overload(vset3, inline="always")
+def _ol_vset3(y, yo, a0, x0, a1, x1, a2, x2, xo):
+    _check("vset3", y, (x0, x1, x2))
+    return lambda y, yo, a0, x0, a1, x1, a2, x2, xo: _vset3_ir(y, yo, a0, x0, a1, x1, a2, x2, xo)
+
+
+__all__ = ["W", "padded", "n_chunks", "vaxpy", "vaxpy2", "vaxpy3", "vset2", "vset3"]

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .simd import W, padded, vaxpy, vaxpy2, vaxpy3
+from .simd import W, padded, vaxpy, vaxpy2, vaxpy3, vset2, vset3
 from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, single_joint_frame, single_joint_of,
                        skin_point, skin_points_soa, skin_positions_soa, skin_vertex, soa_frame, soa_skin)
 
@@ -301,17 +301,24 @@ def expression_jacobian(ptr, blocks, rm, jexpr_out):
     """Explicit sparse expression Jacobian: jexpr_out[:, q] = R_root M_p E_q (mm per unit weight) for
     each kept entry q of landmark p (ptr[p] <= q < ptr[p + 1], expression ``shape_idx[q]``);
     (3, N) out, rm (9, L) from :func:`table_points_jacobian`."""
+    nn = ptr[ptr.size - 1]
+    b0, b1, b2 = blocks[0], blocks[1], blocks[2]
     for p in range(ptr.size - 1):
         lo = ptr[p]
         hi = ptr[p + 1]
-        b0, b1, b2 = blocks[0, lo:hi], blocks[1, lo:hi], blocks[2, lo:hi]
         for i in range(3):
             m0 = rm[3 * i, p]
             m1 = rm[3 * i + 1, p]
             m2 = rm[3 * i + 2, p]
-            out = jexpr_out[i, lo:hi]
-            for d in range(hi - lo):
-                out[d] = m0 * b0[d] + m1 * b1[d] + m2 * b2[d]
+            out = jexpr_out[i]
+            # W-wide chunks (rows of ~20 entries: the vectoriser's checks would cost more); a chunk
+            # running past hi writes the next landmark's entries, rewritten when it comes (p ascends)
+            for c in range(lo, hi, W):
+                if c + W <= nn:
+                    vset3(out, c, m0, b0, m1, b1, m2, b2, c)
+                else:
+                    for d in range(c, hi):
+                        out[d] = m0 * b0[d] + m1 * b1[d] + m2 * b2[d]
 
 
 @njit(cache=True)
@@ -888,19 +895,22 @@ def project_columns_soa(focal, ptr, jexpr, pj, isg_t, qe):
     col = jexpr (3, N) from :func:`expression_jacobian`; pj from :func:`project_soa`."""
     iz, av, bv = pj[PJ_IZ], pj[PJ_A], pj[PJ_B]
     q0, q1 = qe[0], qe[1]
+    c0, c1, c2 = jexpr[0], jexpr[1], jexpr[2]
+    nn = ptr[ptr.size - 1]
     for p in range(ptr.size - 1):
         lo = ptr[p]
         hi = ptr[p + 1]
-        fi = focal * iz[p]
-        s = isg_t[p]
-        x02 = fi * av[p]
-        x12 = -fi * bv[p]
-        c0, c1, c2 = jexpr[0, lo:hi], jexpr[1, lo:hi], jexpr[2, lo:hi]
-        o0, o1 = q0[lo:hi], q1[lo:hi]
-        for d in range(hi - lo):
-            o0[d] = (fi * c0[d] + x02 * c2[d]) * s
-        for d in range(hi - lo):
-            o1[d] = (x12 * c2[d] - fi * c1[d]) * s
+        fs = focal * iz[p] * isg_t[p]
+        a2 = fs * av[p]
+        b2 = -fs * bv[p]
+        for c in range(lo, hi, W):          # W-wide chunks, as in expression_jacobian
+            if c + W <= nn:
+                vset2(q0, c, fs, c0, a2, c2, c)
+                vset2(q1, c, b2, c2, -fs, c1, c)
+            else:
+                for d in range(c, hi):
+                    q0[d] = fs * c0[d] + a2 * c2[d]
+                    q1[d] = b2 * c2[d] - fs * c1[d]
 
 
 @njit(cache=True, fastmath=SIMD_MATH)

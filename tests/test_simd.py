@@ -4,20 +4,18 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from lmfit3d.simd import W, vaxpy2, vaxpy3, vaxpy, n_chunks, padded
+from lmfit3d.simd import W, n_chunks, padded, vaxpy, vaxpy2, vaxpy3, vset2, vset3
 
 
-@njit
-def _all_three(y, yo, a, x0, x1, x2, xo):
+def _all_py(y, yo, a, x0, x1, x2, xo):
     vaxpy(y, yo, a[0], x0, xo)
     vaxpy2(y, yo + 3, a[1], x0, a[2], x1, xo + 1)
     vaxpy3(y, yo + W, a[3], x0, a[4], x1, a[5], x2, xo)
+    vset2(y, yo + 2 * W + 1, a[1], x1, a[3], x2, xo)
+    vset3(y, yo + 3 * W + 2, a[4], x2, a[0], x0, a[2], x1, xo + 2)
 
 
-def _all_three_py(y, yo, a, x0, x1, x2, xo):
-    vaxpy(y, yo, a[0], x0, xo)
-    vaxpy2(y, yo + 3, a[1], x0, a[2], x1, xo + 1)
-    vaxpy3(y, yo + W, a[3], x0, a[4], x1, a[5], x2, xo)
+_all = njit(_all_py)
 
 
 @njit
@@ -34,17 +32,20 @@ def _rows(ee, qds, starts, stops):
 
 def test_compiled_equals_python(rng):
     for yo, xo in ((0, 0), (5, 2), (13, 9)):
-        y = rng.normal(size=40)
+        y = rng.normal(size=48)
         x = rng.normal(size=(3, 24))
         a = rng.normal(size=6)
         y_jit, y_py = y.copy(), y.copy()
-        _all_three(y_jit, yo, a, x[0], x[1], x[2], xo)
-        _all_three_py(y_py, yo, a, x[0], x[1], x[2], xo)
+        _all(y_jit, yo, a, x[0], x[1], x[2], xo)
+        _all_py(y_py, yo, a, x[0], x[1], x[2], xo)
         np.testing.assert_array_equal(y_jit, y_py)
         assert not np.array_equal(y_jit, y)                   # something was added
         # untouched outside the updated lanes
         np.testing.assert_array_equal(y_jit[:yo], y[:yo])
-        np.testing.assert_array_equal(y_jit[yo + 2 * W:], y[yo + 2 * W:])
+        np.testing.assert_array_equal(y_jit[yo + 4 * W + 2:], y[yo + 4 * W + 2:])
+        np.testing.assert_array_equal(y_jit[yo + 3 * W + 2:yo + 4 * W + 2],      # vset3 overwrote
+                                      (a[4] * x[2, xo + 2:xo + 2 + W] + a[0] * x[0, xo + 2:xo + 2 + W])
+                                      + a[2] * x[1, xo + 2:xo + 2 + W])
 
 
 def test_chunked_rows_equal_numpy_rows(rng):
