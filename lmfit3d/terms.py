@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
-from .simd import W, padded, vaxpy, vaxpy2, vaxpy3, vset2, vset3
+from .simd import W, padded, vaxpy, vaxpy2, vaxpy3, vset2
 from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, single_joint_frame, single_joint_of,
                        skin_point, skin_points_soa, skin_positions_soa, skin_vertex, soa_frame, soa_skin)
 
@@ -301,24 +301,17 @@ def expression_jacobian(ptr, blocks, rm, jexpr_out):
     """Explicit sparse expression Jacobian: jexpr_out[:, q] = R_root M_p E_q (mm per unit weight) for
     each kept entry q of landmark p (ptr[p] <= q < ptr[p + 1], expression ``shape_idx[q]``);
     (3, N) out, rm (9, L) from :func:`table_points_jacobian`."""
-    nn = ptr[ptr.size - 1]
-    b0, b1, b2 = blocks[0], blocks[1], blocks[2]
     for p in range(ptr.size - 1):
         lo = ptr[p]
         hi = ptr[p + 1]
+        b0, b1, b2 = blocks[0, lo:hi], blocks[1, lo:hi], blocks[2, lo:hi]
         for i in range(3):
             m0 = rm[3 * i, p]
             m1 = rm[3 * i + 1, p]
             m2 = rm[3 * i + 2, p]
-            out = jexpr_out[i]
-            # W-wide chunks (rows of ~20 entries: the vectoriser's checks would cost more); a chunk
-            # running past hi writes the next landmark's entries, rewritten when it comes (p ascends)
-            for c in range(lo, hi, W):
-                if c + W <= nn:
-                    vset3(out, c, m0, b0, m1, b1, m2, b2, c)
-                else:
-                    for d in range(c, hi):
-                        out[d] = m0 * b0[d] + m1 * b1[d] + m2 * b2[d]
+            out = jexpr_out[i, lo:hi]
+            for d in range(hi - lo):
+                out[d] = m0 * b0[d] + m1 * b1[d] + m2 * b2[d]
 
 
 @njit(cache=True)
@@ -903,7 +896,9 @@ def project_columns_soa(focal, ptr, jexpr, pj, isg_t, qe):
         fs = focal * iz[p] * isg_t[p]
         a2 = fs * av[p]
         b2 = -fs * bv[p]
-        for c in range(lo, hi, W):          # W-wide chunks, as in expression_jacobian
+        # W-wide chunks (rows of ~20 entries: the vectoriser's checks would cost more); a chunk
+        # running past hi writes the next landmark's entries, rewritten when it comes (p ascends)
+        for c in range(lo, hi, W):
             if c + W <= nn:
                 vset2(q0, c, fs, c0, a2, c2, c)
                 vset2(q1, c, b2, c2, -fs, c1, c)
@@ -927,8 +922,11 @@ def pose_threshold_soa(focal, jac_threshold, jpose, pj, isg_t):
             fi = focal * iz[q]
             ja = (fi * j0[q] + fi * av[q] * j2[q]) * isg_t[q]
             jb = (-fi * bv[q] * j2[q] - fi * j1[q]) * isg_t[q]
-            small = abs(ja) < jac_threshold and abs(jb) < jac_threshold and c < ncq[q] and lm[q] != 0.0
-            pz[q] = 1.0 if small else pz[q]
+            # bitwise & (no short-circuit branches, so the loop vectorises); counts, made 0/1 below
+            small = (abs(ja) < jac_threshold) & (abs(jb) < jac_threshold) & (c < ncq[q]) & (lm[q] != 0.0)
+            pz[q] += 1.0 if small else 0.0
+    for q in range(n):
+        pz[q] = 1.0 if pz[q] > 0.0 else 0.0
 
 
 @njit(cache=True)
