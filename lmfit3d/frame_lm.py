@@ -28,7 +28,7 @@ The problem is passed as four tuples of plain arrays and scalars (built by
 import numpy as np
 from numba import njit
 
-from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status
+from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
 from .terms import (PJ_NC, diagonal_prior, expression_jacobian, intersection_term, landmark_positions_soa,
                     pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper, table_points,
                     table_points_jacobian, vertex_term_tracking)
@@ -145,6 +145,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     step = np.empty(n)
     damp = np.empty(n)
     z_new = np.empty(n)
+    work = trial_workspace(n)
     # want_jac as run-time booleans: a literal True/False argument makes numba compile a separate
     # specialisation of frame_cost, measured 15 % slower (and not bit-identical to the Python path's)
     jac = n >= 0
@@ -167,7 +168,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
             history[nh] = cost
             nh += 1
             break
-        ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new)
+        ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new, work)
         if not ok:
             lam, nu = damping_update(lam, nu, -1.0)
             history[nh] = cost

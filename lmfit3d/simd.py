@@ -13,6 +13,9 @@ reference of the tests) with a numba overload that lowers to LLVM ``<8 x double>
 multiplies, adds and a store, in the same order of operations, hence bit for bit the same result
 as the Python version.  LLVM splits the vectors for narrower machines (AVX2, SSE2).
 
+:func:`dot8` is the matching W-wide dot product (the back substitution of the Cholesky solve and the
+predicted reduction of ``solvers.lm_trial``): one vector multiply and a fixed tree of adds.
+
 **No bounds checks**: the caller guarantees ``yo + W <= y.size`` and ``xo + W <= x.size``.  The
 arrays must be 1-D, C-contiguous float64 (a row view ``a[i]`` or ``a[i, j:]`` of a C array is).
 """
@@ -50,6 +53,15 @@ def axpy2_8(y, yo, a0, x0, a1, x1, xo):
 def axpy3_8(y, yo, a0, x0, a1, x1, a2, x2, xo):
     """y[yo:yo + W] += ((a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W]) + a2 * x2[xo:xo + W])."""
     y[yo:yo + W] += a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W] + a2 * x2[xo:xo + W]
+
+
+def dot8(x, xo, y, yo):
+    """sum(x[xo:xo + W] * y[yo:yo + W]) as a float, the W products summed as a tree: lanes i and i + 4,
+    then i and i + 2, then 0 and 1 (the order of the compiled horizontal sum)."""
+    p = x[xo:xo + W] * y[yo:yo + W]
+    q = p[:4] + p[4:]
+    r = q[:2] + q[2:]
+    return float(r[0] + r[1])
 
 
 def _is_row(t):
@@ -112,6 +124,33 @@ def _axpy3_8_ir(typingctx, y, yo, a0, x0, a1, x1, a2, x2, xo):
     return _signature(y, yo, (a0, a1, a2), (x0, x1, x2), xo), _codegen(3)
 
 
+def _half(builder, v, start, width):
+    """Lanes start .. start + width - 1 of vector v."""
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(start, start + width)))
+    return builder.shuffle_vector(v, v, mask)
+
+
+def _dot_codegen(context, builder, signature, args):
+    ty = signature.args
+    xo = context.cast(builder, args[1], ty[1], types.int64)
+    yo = context.cast(builder, args[3], ty[3], types.int64)
+    px = _vec_ptr(context, builder, ty[0], args[0], xo)
+    py = _vec_ptr(context, builder, ty[2], args[2], yo)
+    v = builder.fmul(builder.load(px, align=8), builder.load(py, align=8))
+    q = builder.fadd(_half(builder, v, 0, 4), _half(builder, v, 4, 4))
+    r = builder.fadd(_half(builder, q, 0, 2), _half(builder, q, 2, 2))
+    i32 = ir.IntType(32)
+    return builder.fadd(builder.extract_element(r, ir.Constant(i32, 0)),
+                        builder.extract_element(r, ir.Constant(i32, 1)))
+
+
+@intrinsic
+def _dot8_ir(typingctx, x, xo, y, yo):
+    if not (_is_row(x) and _is_row(y) and isinstance(xo, types.Integer) and isinstance(yo, types.Integer)):
+        return None
+    return types.float64(x, xo, y, yo), _dot_codegen
+
+
 def _check(name, y, rows):
     for t in (y, *rows):
         if not _is_row(t):
@@ -136,4 +175,10 @@ def _ol_axpy3_8(y, yo, a0, x0, a1, x1, a2, x2, xo):
     return lambda y, yo, a0, x0, a1, x1, a2, x2, xo: _axpy3_8_ir(y, yo, a0, x0, a1, x1, a2, x2, xo)
 
 
-__all__ = ["W", "padded", "n_chunks", "axpy8", "axpy2_8", "axpy3_8"]
+@overload(dot8, inline="always")
+def _ol_dot8(x, xo, y, yo):
+    _check("dot8", x, (y,))
+    return lambda x, xo, y, yo: _dot8_ir(x, xo, y, yo)
+
+
+__all__ = ["W", "padded", "n_chunks", "axpy8", "axpy2_8", "axpy3_8", "dot8"]
