@@ -21,6 +21,7 @@ from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
 from .skinning import POSE_DIM, ancestry, pose_chain
 from .frame_lm import frame_cost, landmark_terms, tracking_lm
+from .simd import W, n_chunks
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
 from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, frame_columns, intersection_skip_test,
@@ -155,6 +156,28 @@ class _Intersection:
         self.skip_base, self.skip_proj = intersection_skip_test(
             self.t_beta, self.table.expr_idx, self.table.expr_blocks, self.sphere_c, self.sphere_r,
             self.sphere_of, self.planes, self.hull_of, model.n_expression)
+        self._far_test(model.n_expression)
+
+    def _far_test(self, n_expression):
+        """The outside-test of the vertices that can come near, for frame_lm.intersection_far.
+
+        A vertex whose bound ``skip_base + psi @ skip_proj`` stays >= 1e-6 mm for every psi in
+        [0, 1]^E (base + sum of the negative proj entries) is always skipped by the term and left out.
+        The others, zero padded to whole W-wide chunks: far_base (N,) (+inf padding), far_proj (E, N),
+        and per expression the chunks holding a non-zero entry, far_chunks[far_ptr[e]:far_ptr[e + 1]]
+        (column offsets).
+        """
+        tested = (self.sphere_of >= 0) | (self.hull_of >= 0)
+        lowest = self.skip_base + np.minimum(self.skip_proj, 0.0).sum(0)
+        near = np.flatnonzero(tested & ~(lowest >= 1e-6))
+        nw = max(n_chunks(near.size), 1) * W
+        self.far_base = np.full(nw, np.inf)
+        self.far_base[:near.size] = self.skip_base[near]
+        self.far_proj = np.zeros((n_expression, nw))
+        self.far_proj[:, :near.size] = self.skip_proj[:, near]
+        nz = (self.far_proj.reshape(n_expression, -1, W) != 0.0).any(2)        # (E, chunks)
+        self.far_ptr = np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64)
+        self.far_chunks = (np.nonzero(nz)[1] * W).astype(np.int64)              # row-major: by expression
 
 
 # Per-process caches of static data that trackers rebuild otherwise (a video's two passes, the
@@ -226,6 +249,7 @@ class FrameProblem:
         self.joint_inv = np.full(3 * (nj - 1), np.sqrt(2.0 * config.w_joints))
         self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
         self._beta_key = None
+        self._far_out = None        # work buffer of frame_lm.intersection_far
         self._positions_at = None
         self._plans = {}            # col_map bytes -> TrackingPlan or None
         self._lo, self._hi = self.bounds_full()
@@ -410,8 +434,11 @@ class FrameProblem:
         it = self.inter
         if it is None or self.cfg.w_intersection <= 0:
             return _NO_INTER
+        if self._far_out is None or self._far_out.shape != it.far_base.shape:
+            self._far_out = np.empty_like(it.far_base)
         return (True, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c, it.sphere_r, it.sphere_of,
-                it.planes, it.hull_of, float(np.sqrt(2.0 * self.cfg.w_intersection)), it.skip_base, it.skip_proj)
+                it.planes, it.hull_of, float(np.sqrt(2.0 * self.cfg.w_intersection)), it.skip_base, it.skip_proj,
+                it.far_base, it.far_proj, it.far_ptr, it.far_chunks, self._far_out)
 
     def landmark_positions(self, x):
         """Camera-space landmark vertex positions (L, 3) mm and projections (L, 2) at x."""
@@ -424,7 +451,8 @@ class FrameProblem:
 _NO_IDENT = np.zeros((1, 3, 0))
 _I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
 _NO_INTER = (False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)), _F1, _I1,
-             np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)))       # intersection term off (tracking_lm)
+             np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)), np.zeros(W), np.zeros((1, W)),
+             np.zeros(2, np.int64), _I1, np.zeros(W))       # intersection term off (tracking_lm)
 
 _EMPTY2 = np.zeros((0, 0))
 _EMPTY1 = np.zeros(0)

@@ -16,7 +16,9 @@ The problem is passed as four tuples of plain arrays and scalars (built by
   j0, j1)``, the arguments of the terms in ``FrameProblem.accumulate_full``;
 * ``plan``: the arrays of ``terms.TrackingPlan`` in field order;
 * ``inter``: ``(use, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
-  sqrtw, skip_base, skip_proj)`` of the intersection term (``use`` False: term off);
+  sqrtw, skip_base, skip_proj, far_base, far_proj, far_ptr, far_chunks, far_out)`` of the intersection
+  term (``use`` False: term off); the last five: the outside-test of :func:`intersection_far` and its
+  work buffer (``fit._Intersection._far_test``);
 * ``soa``: ``(t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement,
   zero_ranges, wsub, mu_t, isg_t, prev_t)``: the template at the current identity in kernel order,
   the kernel column of each table landmark, the arrays of ``terms.TableSoA`` / ``skinning.SoaSkin``
@@ -28,6 +30,7 @@ The problem is passed as four tuples of plain arrays and scalars (built by
 import numpy as np
 from numba import njit
 
+from .simd import W, axpy8
 from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
 from .terms import (PJ_NC, diagonal_prior, expression_jacobian, intersection_term, landmark_positions_soa,
                     pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper, table_points,
@@ -84,6 +87,44 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     return cost
 
 
+SKIP_MARGIN = 1e-9      # terms.intersection_term skips a vertex whose outside-test bound is >= this (mm)
+
+
+@njit(cache=True)
+def intersection_far(x, e0, far_base, far_proj, far_ptr, far_chunks, far_out):
+    """True when the outside-test of ``terms.intersection_term`` skips every vertex at x: the term
+    then adds nothing (cost 0, no J^T J entries) and need not run.  False: run it.
+
+    far_base (N,), far_proj (E, N), N a multiple of ``simd.W``: the term's ``skip_base`` and
+    ``skip_proj`` for the vertices that can come near when psi is in [0, 1] (the others are skipped by
+    the term for every such psi), zero padded; far_chunks[far_ptr[e]:far_ptr[e + 1]]: the W-wide
+    chunks of far_proj[e] holding non-zero entries; far_out (N,) work.  far_out = far_base + sum_e
+    psi_e far_proj[e] over the non-zero psi_e in the term's order, each entry by the term's own
+    operations (one multiply and one add per expression, W lanes at a time; the chunks left out
+    would add zeros), so a vertex passes here exactly when the term skips it.  A psi outside [0, 1]
+    returns False.
+    """
+    ne = far_proj.shape[0]
+    for e in range(ne):
+        we = x[e0 + e]
+        if not (we >= 0.0 and we <= 1.0):
+            return False
+    nw = far_base.shape[0]
+    for c in range(nw):
+        far_out[c] = far_base[c]
+    for e in range(ne):
+        we = x[e0 + e]
+        if we != 0.0:
+            pe = far_proj[e]
+            for k in range(far_ptr[e], far_ptr[e + 1]):
+                c = far_chunks[k]
+                axpy8(far_out, c, we, pe, c)
+    for c in range(nw):
+        if not (far_out[c] >= SKIP_MARGIN):
+            return False
+    return True
+
+
 @njit(cache=True)
 def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
     """``FrameProblem.accumulate_full`` + symmetrisation for the tracking problem, compiled.
@@ -100,8 +141,8 @@ def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
     if col_map[j0] >= 0 or col_map[j1 - 1] >= 0:
         cost += diagonal_prior(x, j0, zero_j, joint_inv, col_map, want_jac, jtj, jtr)
     (use, it_beta, it_idx, it_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of, sqrtw, skip_base,
-     skip_proj) = inter
-    if use and col_map[e0] >= 0:
+     skip_proj, far_base, far_proj, far_ptr, far_chunks, far_out) = inter
+    if use and col_map[e0] >= 0 and not intersection_far(x, e0, far_base, far_proj, far_ptr, far_chunks, far_out):
         cost += intersection_term(x, e0, it_beta, it_idx, it_blocks, sphere_c, sphere_r, sphere_of, planes,
                                   hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base, skip_proj)
     if want_jac:
