@@ -21,11 +21,11 @@ from .camera import focal_from_fov
 from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
 from .skinning import POSE_DIM, ancestry, pose_chain
-from .frame_lm import frame_cost, landmark_terms, tracking_lm
+from .frame_lm import frame_cost, frame_inputs, landmark_terms, tracking_lm
 from .simd import W, n_chunks
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
-from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, frame_columns, intersection_skip_test,
+from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, intersection_skip_test,
                     intersection_term, symmetrize_upper, table_points_buffers, table_soa, tracking_plan, vertex_term)
 
 
@@ -272,14 +272,14 @@ class FrameProblem:
         intersection data are kept, so a tracker builds its problem once.
         """
         self.mu = np.ascontiguousarray(mu, dtype=np.float64)
-        self.inv_sigma = 1.0 / np.asarray(sigma, dtype=np.float64)
+        sigma = np.ascontiguousarray(sigma, dtype=np.float64)
         if prev is None:
             self.prev = np.full((self.table.n_landmarks, 3), np.nan)
             self.tw = 0.0
         else:
             self.prev = np.ascontiguousarray(prev, dtype=np.float64)
             self.tw = self._tw_on
-        self._frame_soa()
+        self._frame_soa(sigma)
 
     def set_free(self, mask, base=None):
         """Choose the free parameters (boolean mask over the full layout).
@@ -383,7 +383,7 @@ class FrameProblem:
         plan = self._tracking_plan()
         if plan is not None:            # tracking: the compiled evaluation tracking_lm uses
             self._identity_state(x)
-            cost = frame_cost(x, want_jac, jtj, jtr, self._compiled_args(), self._plan_args[1],
+            cost = frame_cost(x, want_jac, True, jtj, jtr, self._compiled_args(), self._plan_args[1],
                               self._intersection_args(), self._soa_args(), self._soa_ws, self.uv, self.xyz)
             self._positions_at = x
             return cost
@@ -441,13 +441,14 @@ class FrameProblem:
             self._soa_key = self.t_beta_t
         return self._soa_tuple
 
-    def _frame_soa(self):
-        """The frame's mu, 1/sigma and prev in the kernel order of ``self.soa``."""
+    def _frame_soa(self, sigma):
+        """1/sigma, and the frame's mu, 1/sigma and prev in the kernel order of ``self.soa``."""
         nl = self.table.n_landmarks
-        if self.mu.shape != (nl, 2) or self.inv_sigma.shape != (nl,) or self.prev.shape != (nl, 3):
+        if self.mu.shape != (nl, 2) or sigma.shape != (nl,) or self.prev.shape != (nl, 3):
             raise ValueError(f"need mu ({nl}, 2), sigma ({nl},) and prev ({nl}, 3), got {self.mu.shape}, "
-                             f"{self.inv_sigma.shape} and {self.prev.shape}")
-        frame_columns(self.soa.order, self.mu, self.inv_sigma, self.prev, self.mu_t, self.isg_t, self.prev_t)
+                             f"{sigma.shape} and {self.prev.shape}")
+        self.inv_sigma = np.empty(nl)
+        frame_inputs(self.soa.order, self.mu, sigma, self.prev, self.inv_sigma, self.mu_t, self.isg_t, self.prev_t)
 
     def _compiled_args(self):
         """The ``prob`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""

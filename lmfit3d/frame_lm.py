@@ -32,9 +32,18 @@ from numba import njit
 
 from .simd import W, axpy8
 from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
-from .terms import (PJ_NC, diagonal_prior, expression_jacobian, intersection_term, landmark_positions_soa,
-                    pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper, table_points,
-                    table_points_jacobian, vertex_term_tracking)
+from .terms import (PJ_NC, diagonal_prior, expression_jacobian, frame_columns, intersection_term,
+                    landmark_positions_soa, pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper,
+                    table_points, table_points_jacobian, vertex_term_tracking)
+
+
+@njit(cache=True)
+def frame_inputs(order, mu, sigma, prev, inv_sigma, mu_t, isg_t, prev_t):
+    """A frame's data for the kernels in one call: inv_sigma (L,) = 1 / sigma (L,) out, then
+    ``terms.frame_columns`` (mu (L, 2), inv_sigma, prev (L, 3) -> mu_t (2, L), isg_t (L,), prev_t (3, L))."""
+    for i in range(sigma.shape[0]):
+        inv_sigma[i] = 1.0 / sigma[i]
+    frame_columns(order, mu, inv_sigma, prev, mu_t, isg_t, prev_t)
 
 
 @njit(cache=True)
@@ -126,11 +135,11 @@ def intersection_far(x, e0, far_base, far_proj, far_ptr, far_chunks, far_out):
 
 
 @njit(cache=True)
-def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
+def frame_cost(x, want_jac, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
     """``FrameProblem.accumulate_full`` + symmetrisation for the tracking problem, compiled.
 
-    x (P,) full vector; when ``want_jac`` adds J^T J (full, symmetric) and J^T r into the zeroed
-    jtj (n, n), jtr (n,).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
+    x (P,) full vector; when ``want_jac`` adds J^T J and J^T r into the zeroed jtj (n, n), jtr (n,):
+    full and symmetric when ``full``, else the upper triangle only (all that ``solvers.lm_trial`` reads).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
     ``soa`` and ``ws``: the tables and workspaces of :func:`landmark_terms`.  Returns the cost.
     """
     (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
@@ -145,7 +154,7 @@ def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
     if use and col_map[e0] >= 0 and not intersection_far(x, e0, far_base, far_proj, far_ptr, far_chunks, far_out):
         cost += intersection_term(x, e0, it_beta, it_idx, it_blocks, sphere_c, sphere_r, sphere_of, planes,
                                   hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base, skip_proj)
-    if want_jac:
+    if want_jac and full:
         symmetrize_upper(jtj)
     return cost
 
@@ -190,9 +199,9 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     # want_jac as run-time booleans: a literal True/False argument makes numba compile a separate
     # specialisation of frame_cost, measured 15 % slower (and not bit-identical to the Python path's)
     jac = n >= 0
-    no_jac = not jac
+    no_jac = not jac            # also frame_cost's ``full``: lm_trial reads the upper triangle only
     _set_full(x, free, z)
-    cost = frame_cost(x, jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
+    cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
     x_last[:] = x
     history[0] = cost
     nh = 1
@@ -219,7 +228,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
                 break
             continue
         _set_full(x, free, z_new)
-        cost_new = frame_cost(x, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
+        cost_new = frame_cost(x, no_jac, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
         x_last[:] = x
         rho = (cost - cost_new) / pred if pred > 0 else -1.0
         lam, nu = damping_update(lam, nu, rho)
@@ -233,7 +242,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
                 break                       # converged: J^T J at z is not needed
             jtj[:] = 0.0
             jtr[:] = 0.0
-            cost = frame_cost(x, jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
+            cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
             history[nh - 1] = cost
         else:
             history[nh] = cost

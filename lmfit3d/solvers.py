@@ -160,7 +160,7 @@ def cholesky_solve(a, b):
 def bounded_step(jtj, jtr, damp, z, lo, hi, step, work):
     """Damped Gauss-Newton step with box bounds into ``step``; False if not positive definite.
 
-    Solves (J^T J + diag(damp)) step = -J^T r (jtj symmetric, full, C order).  Variables at a bound
+    Solves (J^T J + diag(damp)) step = -J^T r (jtj symmetric, C order; only its upper triangle is read).  Variables at a bound
     whose gradient pushes outwards are held; a variable the step would carry across a bound is pinned
     to that bound and the remaining system re-solved (a few rounds at most), so the step stays a
     descent step instead of being clipped afterwards.  ``work``: :func:`trial_workspace` (n).
@@ -188,7 +188,7 @@ def bounded_step(jtj, jtr, damp, z, lo, hi, step, work):
             s = -jtr[i]
             for q in range(m, npin):
                 j = idx[q]
-                s -= ji[j] * step[j]
+                s -= (ji[j] if j > i else jtj[j, i]) * step[j]
             for c in range(r, m):
                 row[c] = ji[idx[c]]
             row[r] += damp[i]
@@ -300,7 +300,8 @@ def lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new, work):
 
     damp = lam * max(diag(jtj), diag_floor); step from :func:`bounded_step` (``work``: its
     :func:`trial_workspace`); z_new = clip(z + step); with dz = z_new - z, the predicted reduction
-    pred = -jtr.dz - dz.jtj.dz / 2 (jtj symmetric, full, C order; rows by ``simd.dot8``).
+    pred = -jtr.dz - dz.jtj.dz / 2, dz.jtj.dz = sum_i dz_i (jtj_ii dz_i + 2 sum_{j > i} jtj_ij dz_j)
+    (jtj symmetric, C order; only its upper triangle is read, by ``simd.dot8`` rows).
     Returns (ok, pred, |dz|, |z|); ok False when the damped system is not positive definite.
     """
     n = z.size
@@ -311,7 +312,6 @@ def lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new, work):
     for i in range(n):
         z_new[i] = min(max(z[i] + step[i], lo[i]), hi[i])
         step[i] = z_new[i] - z[i]                  # dz
-    nv = n - n % W                                  # whole W-wide chunks of a row, then the tail
     lin = 0.0
     quad = 0.0
     dz2 = 0.0
@@ -321,11 +321,13 @@ def lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new, work):
         lin += jtr[i] * di
         ri = jtj[i]
         s = 0.0
-        for c in range(0, nv, W):
+        c = i + 1
+        while c + W <= n:                           # whole W-wide chunks of the row, then the tail
             s += dot8(ri, c, step, c)
-        for j in range(nv, n):
+            c += W
+        for j in range(c, n):
             s += ri[j] * step[j]
-        quad += di * s
+        quad += di * (ri[i] * di + 2.0 * s)
         dz2 += di * di
         z2 += z[i] * z[i]
     return True, -lin - 0.5 * quad, np.sqrt(dz2), np.sqrt(z2)
