@@ -382,6 +382,13 @@ def test_table_points_jacobian_without_jit():
     assert "1 passed" in out
 
 
+def test_solver_kernels_without_jit():
+    """The padded factorisation and bounded step in their Python source (NUMBA_DISABLE_JIT=1, the
+    simd helpers' NumPy definitions) also solve: the padding keeps every W-wide slice in bounds."""
+    out = run_without_jit(__file__, "cholesky_solve_matches_numpy or bounded_step_matches_reference")
+    assert "3 passed" in out
+
+
 def test_tracker_reuses_problem_with_same_results(model, rng):
     """A tracker's re-used per-frame problem gives the fits of a fresh problem per frame."""
     ids = load_landmark_set("dense320")

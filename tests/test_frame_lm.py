@@ -2,6 +2,7 @@
 frame evaluation against the term-by-term Python composition, and the plan's expression order."""
 import numpy as np
 import pytest
+from conftest import run_without_jit
 
 from lmfit3d.fit import FitConfig, FrameProblem, Tracker, _Intersection, masks, params_to_vector
 from lmfit3d.frame_lm import intersection_far
@@ -154,6 +155,12 @@ def test_expression_order(model, rng):
     col_map[:POSE_DIM + ne] = np.arange(POSE_DIM + ne)
     plan = tracking_plan(table, col_map, POSE_DIM)
     np.testing.assert_array_equal(plan.expr_order, full)
+
+
+def test_intersection_far_without_jit():
+    """intersection_far's Python source (NUMBA_DISABLE_JIT=1, simd.axpy8's NumPy definition) agrees too."""
+    out = run_without_jit(__file__, "intersection_far_is_the_terms_own_skip_test")
+    assert "1 passed" in out
 
 
 def test_intersection_far_is_the_terms_own_skip_test(model, rng):
