@@ -92,7 +92,7 @@ def trial_workspace(n):
     solution (zero padded); idx (n,) int64, free then pinned indices; fixed (n,) bool.
     """
     w = padded(n + 1)
-    return np.zeros((n, w)), np.zeros(w), np.empty(n, np.int64), np.empty(n, np.bool_)
+    return np.empty((n, w)), np.empty(w), np.empty(n, np.int64), np.empty(n, np.bool_)   # filled per use
 
 
 @njit(cache=True)
@@ -153,6 +153,7 @@ def cholesky_solve(a, b):
     work, x, _, _ = trial_workspace(n)
     work[:, :n] = a
     work[:, n] = b
+    work[:, n + 1:] = 0.0
     return x[:n].copy() if ldl_solve_padded(work, n, x) else None
 
 
