@@ -15,15 +15,17 @@ Real-time policy (paper sec. 3.3.1), implemented by :class:`Tracker`:
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from .camera import focal_from_fov
 from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
 from .skinning import POSE_DIM, ancestry, pose_chain
-from .frame_lm import frame_cost, landmark_terms, tracking_lm
+from .frame_lm import frame_cost, frame_inputs, landmark_terms, tracking_lm
+from .simd import W, n_chunks
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
-from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, frame_columns, intersection_skip_blocks,
+from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, intersection_skip_blocks,
                     intersection_skip_test, intersection_term, symmetrize_upper, table_points_buffers, table_soa,
                     tracking_plan, vertex_term)
 
@@ -78,10 +80,12 @@ def params_to_vector(model, params: Params, focal):
 
 def vector_to_params(model, x):
     """Unpack the full vector into (Params, focal)."""
-    sl, _ = layout(model)
-    rot = np.vstack([x[sl["root_rotation"]], x[sl["joints"]].reshape(-1, 3)])
-    return Params(x[sl["identity"]].copy(), x[sl["expression"]].copy(), rot,
-                  x[sl["translation"]].copy()), float(x[sl["focal"]][0])
+    e, k = model.n_expression, model.n_identity
+    rot = np.empty((POSE_DIM // 3 - 1, 3))
+    rot[0] = x[0:3]
+    rot[1:] = x[6:POSE_DIM].reshape(-1, 3)
+    return Params(x[POSE_DIM + e:POSE_DIM + e + k].copy(), x[POSE_DIM:POSE_DIM + e].copy(), rot,
+                  x[3:6].copy()), float(x[POSE_DIM + e + k])
 
 
 class _Intersection:
@@ -157,6 +161,28 @@ class _Intersection:
             self.t_beta, self.table.expr_idx, self.table.expr_blocks, self.sphere_c, self.sphere_r,
             self.sphere_of, self.planes, self.hull_of, model.n_expression)
         self.skip_block = intersection_skip_blocks(self.skip_base, self.skip_proj)
+        self._far_test(model.n_expression)
+
+    def _far_test(self, n_expression):
+        """The outside-test of the vertices that can come near, for frame_lm.intersection_far.
+
+        A vertex whose bound ``skip_base + psi @ skip_proj`` stays >= 1e-6 mm for every psi in
+        [0, 1]^E (base + sum of the negative proj entries) is always skipped by the term and left out.
+        The others, zero padded to whole W-wide chunks: far_base (N,) (+inf padding), far_proj (E, N),
+        and per expression the chunks holding a non-zero entry, far_chunks[far_ptr[e]:far_ptr[e + 1]]
+        (column offsets).
+        """
+        tested = (self.sphere_of >= 0) | (self.hull_of >= 0)
+        lowest = self.skip_base + np.minimum(self.skip_proj, 0.0).sum(0)
+        near = np.flatnonzero(tested & ~(lowest >= 1e-6))
+        nw = max(n_chunks(near.size), 1) * W
+        self.far_base = np.full(nw, np.inf)
+        self.far_base[:near.size] = self.skip_base[near]
+        self.far_proj = np.zeros((n_expression, nw))
+        self.far_proj[:, :near.size] = self.skip_proj[:, near]
+        nz = (self.far_proj.reshape(n_expression, -1, W) != 0.0).any(2)        # (E, chunks)
+        self.far_ptr = np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64)
+        self.far_chunks = (np.nonzero(nz)[1] * W).astype(np.int64)              # row-major: by expression
 
 
 # Per-process caches of static data that trackers rebuild otherwise (a video's two passes, the
@@ -213,6 +239,7 @@ class FrameProblem:
         self.col_of[self.soa.order] = np.arange(table.n_landmarks)
         nl = table.n_landmarks
         self.mu_t, self.isg_t, self.prev_t = np.empty((2, nl)), np.empty(nl), np.empty((3, nl))
+        self._tw_on = float(np.sqrt(2.0 * config.w_temporal))
         self.set_frame(mu, sigma, prev)
         nj = model.n_joints
         self.ws = dict(r0=np.empty((3, 3)), jl0=np.empty((3, 3)), rg=np.empty((nj, 3, 3)),
@@ -228,9 +255,15 @@ class FrameProblem:
         self.joint_inv = np.full(3 * (nj - 1), np.sqrt(2.0 * config.w_joints))
         self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
         self._beta_key = None
+        self._far_out = None        # work buffer of frame_lm.intersection_far
         self._positions_at = None
         self._plans = {}            # col_map bytes -> TrackingPlan or None
         self._lo, self._hi = self.bounds_full()
+        self._mask_key = self._mask_cm = self.col_map = None
+        self._plan_cm = self._plan = None      # col_map -> TrackingPlan of the last lookup, and its tuple
+        self._plan_args = None
+        self._inter_args = None                # (intersection data, its tuple)
+        self._soa_key = self._soa_tuple = None
         self.set_free(np.zeros(self.n_full, bool))
 
     def set_frame(self, mu, sigma, prev=None):
@@ -241,20 +274,29 @@ class FrameProblem:
         intersection data are kept, so a tracker builds its problem once.
         """
         self.mu = np.ascontiguousarray(mu, dtype=np.float64)
-        self.inv_sigma = 1.0 / np.asarray(sigma, dtype=np.float64)
+        sigma = np.ascontiguousarray(sigma, dtype=np.float64)
         if prev is None:
             self.prev = np.full((self.table.n_landmarks, 3), np.nan)
             self.tw = 0.0
         else:
             self.prev = np.ascontiguousarray(prev, dtype=np.float64)
-            self.tw = np.sqrt(2.0 * self.cfg.w_temporal)
-        self._frame_soa()
+            self.tw = self._tw_on
+        self._frame_soa(sigma)
 
     def set_free(self, mask, base=None):
-        """Choose the free parameters (boolean mask over the full layout)."""
-        self.free = np.flatnonzero(mask)
-        self.col_map = np.full(self.n_full, -1, np.int64)
-        self.col_map[self.free] = np.arange(self.free.size)
+        """Choose the free parameters (boolean mask over the full layout).
+
+        The index arrays of the last mask are kept (a tracker passes the same mask every frame) unless
+        ``col_map`` was replaced meanwhile (``KeyframeProblem`` does); they are never modified in place.
+        """
+        mask = np.asarray(mask, dtype=bool)
+        key = mask.tobytes()
+        if key != self._mask_key or self.col_map is not self._mask_cm:
+            self.free = np.flatnonzero(mask)
+            self.col_map = np.full(self.n_full, -1, np.int64)
+            self.col_map[self.free] = np.arange(self.free.size)
+            self._free_lo, self._free_hi = self._lo[self.free], self._hi[self.free]
+            self._mask_key, self._mask_cm = key, self.col_map
         if base is not None:
             self.base = np.array(base, dtype=np.float64)
 
@@ -296,8 +338,8 @@ class FrameProblem:
         self._identity_state(x)
         plan = self._tracking_plan()
         if plan is not None:            # the evaluation of the compiled loop (frame_lm)
-            cost = landmark_terms(x, want_jac, jtj, jtr, self._compiled_args(), _plan_tuple(plan), self._soa_args(),
-                                  self._soa_ws, self.uv, self.xyz)
+            cost = landmark_terms(x, want_jac, jtj, jtr, self._compiled_args(), self._plan_args[1],
+                                  self._soa_args(), self._soa_ws, self.uv, self.xyz)
             self._positions_at = x.copy()
             return cost
         rot = self.rot
@@ -316,11 +358,17 @@ class FrameProblem:
 
     def _tracking_plan(self):
         """The :class:`~lmfit3d.terms.TrackingPlan` of the current col_map (None: identity/focal free)."""
+        if self.col_map is self._plan_cm:
+            return self._plan
         key = self.col_map.tobytes()
         if key not in self._plans:
             self._plans[key] = _cached(_PLANS, (id(self.table), key), self.table,
                                        lambda: tracking_plan(self.table, self.col_map, POSE_DIM), 32)
-        return self._plans[key]
+        plan = self._plans[key]
+        self._plan_cm, self._plan = self.col_map, plan
+        if self._plan_args is None or self._plan_args[0] is not plan:
+            self._plan_args = (plan, None if plan is None else _plan_tuple(plan))
+        return plan
 
     def identity_prior(self, x, jtj, jtr, want_jac):
         """Identity term: the dominant component of the GMM prior (exact for one component)."""
@@ -337,7 +385,7 @@ class FrameProblem:
         plan = self._tracking_plan()
         if plan is not None:            # tracking: the compiled evaluation tracking_lm uses
             self._identity_state(x)
-            cost = frame_cost(x, want_jac, jtj, jtr, self._compiled_args(), _plan_tuple(plan),
+            cost = frame_cost(x, want_jac, True, jtj, jtr, self._compiled_args(), self._plan_args[1],
                               self._intersection_args(), self._soa_args(), self._soa_ws, self.uv, self.xyz)
             self._positions_at = x
             return cost
@@ -358,7 +406,7 @@ class FrameProblem:
         return lo, hi
 
     def bounds(self):
-        return self._lo[self.free], self._hi[self.free]
+        return self._free_lo.copy(), self._free_hi.copy()
 
     def solve(self, x, mask, max_iter, compiled=True):
         """LM over the parameters in ``mask`` starting at full vector x; returns (x, FitResult).
@@ -368,7 +416,7 @@ class FrameProblem:
         :func:`~lmfit3d.solvers.levenberg_marquardt`, which runs otherwise).
         """
         self.set_free(mask, x)
-        lo, hi = self.bounds()
+        lo, hi = self._free_lo, self._free_hi
         plan = self._tracking_plan() if compiled else None
         if plan is None:
             res = levenberg_marquardt(self.accumulate, x[self.free], lo, hi, max_iter=max_iter,
@@ -380,24 +428,29 @@ class FrameProblem:
         history = np.empty(max_iter + 1)
         cost, it, status, nh = tracking_lm(
             z, self.base, self.free, lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, LAMBDA0,
-            LAMBDA_MAX, DIAG_FLOOR, self._compiled_args(), _plan_tuple(plan), self._intersection_args(),
+            LAMBDA_MAX, DIAG_FLOOR, self._compiled_args(), self._plan_args[1], self._intersection_args(),
             self._soa_args(), self._soa_ws, self.uv, self.xyz, x_last, history)
-        self._positions_at = x_last
-        return self.full(z), FitResult(z, float(cost), int(it), int(status), history[:nh].copy())
+        x = self.full(z)
+        self._positions_at = x if _same(x, x_last) else x_last
+        return x, FitResult(z, float(cost), int(it), int(status), history[:nh].copy())
 
     def _soa_args(self):
         """The ``soa`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""
-        s, sk = self.soa, self.soa.skin
-        return (self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, sk.weights_t, sk.ranges, sk.acc,
-                sk.complement, sk.zero_ranges, sk.wsub, self.mu_t, self.isg_t, self.prev_t)
+        if self._soa_key is not self.t_beta_t:       # the frame columns are written in place
+            s, sk = self.soa, self.soa.skin
+            self._soa_tuple = (self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, sk.weights_t, sk.ranges,
+                               sk.acc, sk.complement, sk.zero_ranges, sk.wsub, self.mu_t, self.isg_t, self.prev_t)
+            self._soa_key = self.t_beta_t
+        return self._soa_tuple
 
-    def _frame_soa(self):
-        """The frame's mu, 1/sigma and prev in the kernel order of ``self.soa``."""
+    def _frame_soa(self, sigma):
+        """1/sigma, and the frame's mu, 1/sigma and prev in the kernel order of ``self.soa``."""
         nl = self.table.n_landmarks
-        if self.mu.shape != (nl, 2) or self.inv_sigma.shape != (nl,) or self.prev.shape != (nl, 3):
+        if self.mu.shape != (nl, 2) or sigma.shape != (nl,) or self.prev.shape != (nl, 3):
             raise ValueError(f"need mu ({nl}, 2), sigma ({nl},) and prev ({nl}, 3), got {self.mu.shape}, "
-                             f"{self.inv_sigma.shape} and {self.prev.shape}")
-        frame_columns(self.soa.order, self.mu, self.inv_sigma, self.prev, self.mu_t, self.isg_t, self.prev_t)
+                             f"{sigma.shape} and {self.prev.shape}")
+        self.inv_sigma = np.empty(nl)
+        frame_inputs(self.soa.order, self.mu, sigma, self.prev, self.inv_sigma, self.mu_t, self.isg_t, self.prev_t)
 
     def _compiled_args(self):
         """The ``prob`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""
@@ -412,14 +465,21 @@ class FrameProblem:
         it = self.inter
         if it is None or self.cfg.w_intersection <= 0:
             return _NO_INTER
-        return (True, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c, it.sphere_r, it.sphere_of,
-                it.planes, it.hull_of, float(np.sqrt(2.0 * self.cfg.w_intersection)), it.skip_base, it.skip_proj,
-                it.skip_block)
+        if self._inter_args is not None and self._inter_args[0] is it:
+            return self._inter_args[1]
+        if self._far_out is None or self._far_out.shape != it.far_base.shape:
+            self._far_out = np.empty_like(it.far_base)
+        self._inter_args = (it, (True, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c,
+                                 it.sphere_r, it.sphere_of, it.planes, it.hull_of,
+                                 float(np.sqrt(2.0 * self.cfg.w_intersection)), it.skip_base, it.skip_proj,
+                                 it.skip_block, it.far_base, it.far_proj, it.far_ptr, it.far_chunks,
+                                 self._far_out))
+        return self._inter_args[1]
 
     def landmark_positions(self, x):
         """Camera-space landmark vertex positions (L, 3) mm and projections (L, 2) at x."""
         x = np.asarray(x, dtype=np.float64)
-        if self._positions_at is None or not np.array_equal(x, self._positions_at):
+        if self._positions_at is None or not (x is self._positions_at or _same(x, self._positions_at)):
             self._vertex_term(x, _EMPTY2, _EMPTY1, False)       # else: the solver's last evaluation
         return self.xyz.copy(), self.uv.copy()
 
@@ -427,10 +487,26 @@ class FrameProblem:
 _NO_IDENT = np.zeros((1, 3, 0))
 _I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
 _NO_INTER = (False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)), _F1, _I1,
-             np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)), np.zeros((1, 1)))   # term off (tracking_lm)
+             np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(W),
+             np.zeros((1, W)), np.zeros(2, np.int64), _I1, np.zeros(W))       # intersection term off (tracking_lm)
 
 _EMPTY2 = np.zeros((0, 0))
 _EMPTY1 = np.zeros(0)
+
+
+@njit(cache=True)
+def _same_kernel(a, b):
+    for i in range(a.shape[0]):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+def _same(a, b):
+    """np.array_equal for two float64 vectors (1-D), without its Python overhead."""
+    if a.shape != b.shape or a.ndim != 1 or a.dtype != np.float64 or b.dtype != np.float64:
+        return bool(np.array_equal(a, b))
+    return _same_kernel(a, b)
 
 
 def _plan_tuple(plan):
@@ -564,6 +640,7 @@ class Tracker:
         self.inter = None
         self._frame_prob = None      # per-frame problem, re-used from frame to frame
         self._frame_mask = masks(model, "pose", "joints", "expression", eyes=self.cfg.fit_eyes)
+        self._sl = layout(model)[0]
 
     def _intersection(self):
         if self.cfg.w_intersection <= 0:
@@ -637,7 +714,7 @@ class Tracker:
 
     def step(self, mu, sigma):
         """Fit one frame; returns a :class:`FrameFit`.  A frame with < 3 landmarks resets tracking."""
-        m, sl = self.model, layout(self.model)[0]
+        m, sl = self.model, self._sl
         mu = np.ascontiguousarray(mu, dtype=np.float64)
         sigma = np.asarray(sigma, dtype=np.float64)
         if (count_finite_rows(mu) if mu.ndim == 2 else np.isfinite(mu).all(1).sum()) < 3:

@@ -16,7 +16,9 @@ The problem is passed as four tuples of plain arrays and scalars (built by
   j0, j1)``, the arguments of the terms in ``FrameProblem.accumulate_full``;
 * ``plan``: the arrays of ``terms.TrackingPlan`` in field order;
 * ``inter``: ``(use, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
-  sqrtw, skip_base, skip_proj, skip_block)`` of the intersection term (``use`` False: term off);
+  sqrtw, skip_base, skip_proj, skip_block, far_base, far_proj, far_ptr, far_chunks, far_out)`` of the intersection
+  term (``use`` False: term off); the last five: the outside-test of :func:`intersection_far` and its
+  work buffer (``fit._Intersection._far_test``);
 * ``soa``: ``(t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement,
   zero_ranges, wsub, mu_t, isg_t, prev_t)``: the template at the current identity in kernel order,
   the kernel column of each table landmark, the arrays of ``terms.TableSoA`` / ``skinning.SoaSkin``
@@ -28,10 +30,20 @@ The problem is passed as four tuples of plain arrays and scalars (built by
 import numpy as np
 from numba import njit
 
-from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status
-from .terms import (PJ_NC, diagonal_prior, expression_jacobian, intersection_term, landmark_positions_soa,
-                    pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper, table_points,
-                    table_points_jacobian, vertex_term_tracking)
+from .simd import W, vaxpy
+from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
+from .terms import (PJ_NC, diagonal_prior, expression_jacobian, frame_columns, intersection_term,
+                    landmark_positions_soa, pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper,
+                    table_points, table_points_jacobian, vertex_term_tracking)
+
+
+@njit(cache=True)
+def frame_inputs(order, mu, sigma, prev, inv_sigma, mu_t, isg_t, prev_t):
+    """A frame's data for the kernels in one call: inv_sigma (L,) = 1 / sigma (L,) out, then
+    ``terms.frame_columns`` (mu (L, 2), inv_sigma, prev (L, 3) -> mu_t (2, L), isg_t (L,), prev_t (3, L))."""
+    for i in range(sigma.shape[0]):
+        inv_sigma[i] = 1.0 / sigma[i]
+    frame_columns(order, mu, inv_sigma, prev, mu_t, isg_t, prev_t)
 
 
 @njit(cache=True)
@@ -84,12 +96,50 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     return cost
 
 
+SKIP_MARGIN = 1e-9      # terms.intersection_term skips a vertex whose outside-test bound is >= this (mm)
+
+
 @njit(cache=True)
-def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
+def intersection_far(x, e0, far_base, far_proj, far_ptr, far_chunks, far_out):
+    """True when the outside-test of ``terms.intersection_term`` skips every vertex at x: the term
+    then adds nothing (cost 0, no J^T J entries) and need not run.  False: run it.
+
+    far_base (N,), far_proj (E, N), N a multiple of ``simd.W``: the term's ``skip_base`` and
+    ``skip_proj`` for the vertices that can come near when psi is in [0, 1] (the others are skipped by
+    the term for every such psi), zero padded; far_chunks[far_ptr[e]:far_ptr[e + 1]]: the W-wide
+    chunks of far_proj[e] holding non-zero entries; far_out (N,) work.  far_out = far_base + sum_e
+    psi_e far_proj[e] over the non-zero psi_e in the term's order, each entry by the term's own
+    operations (one multiply and one add per expression, W lanes at a time; the chunks left out
+    would add zeros), so a vertex passes here exactly when the term skips it.  A psi outside [0, 1]
+    returns False.
+    """
+    ne = far_proj.shape[0]
+    for e in range(ne):
+        we = x[e0 + e]
+        if not (we >= 0.0 and we <= 1.0):
+            return False
+    nw = far_base.shape[0]
+    for c in range(nw):
+        far_out[c] = far_base[c]
+    for e in range(ne):
+        we = x[e0 + e]
+        if we != 0.0:
+            pe = far_proj[e]
+            for k in range(far_ptr[e], far_ptr[e + 1]):
+                c = far_chunks[k]
+                vaxpy(far_out, c, we, pe, c)
+    for c in range(nw):
+        if not (far_out[c] >= SKIP_MARGIN):
+            return False
+    return True
+
+
+@njit(cache=True)
+def frame_cost(x, want_jac, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
     """``FrameProblem.accumulate_full`` + symmetrisation for the tracking problem, compiled.
 
-    x (P,) full vector; when ``want_jac`` adds J^T J (full, symmetric) and J^T r into the zeroed
-    jtj (n, n), jtr (n,).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
+    x (P,) full vector; when ``want_jac`` adds J^T J and J^T r into the zeroed jtj (n, n), jtr (n,):
+    full and symmetric when ``full``, else the upper triangle only (all that ``solvers.lm_trial`` reads).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
     ``soa`` and ``ws``: the tables and workspaces of :func:`landmark_terms`.  Returns the cost.
     """
     (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
@@ -100,11 +150,11 @@ def frame_cost(x, want_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
     if col_map[j0] >= 0 or col_map[j1 - 1] >= 0:
         cost += diagonal_prior(x, j0, zero_j, joint_inv, col_map, want_jac, jtj, jtr)
     (use, it_beta, it_idx, it_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of, sqrtw, skip_base,
-     skip_proj, skip_block) = inter
-    if use and col_map[e0] >= 0:
+     skip_proj, skip_block, far_base, far_proj, far_ptr, far_chunks, far_out) = inter
+    if use and col_map[e0] >= 0 and not intersection_far(x, e0, far_base, far_proj, far_ptr, far_chunks, far_out):
         cost += intersection_term(x, e0, it_beta, it_idx, it_blocks, sphere_c, sphere_r, sphere_of, planes,
                                   hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base, skip_proj, skip_block)
-    if want_jac:
+    if want_jac and full:
         symmetrize_upper(jtj)
     return cost
 
@@ -145,12 +195,13 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     step = np.empty(n)
     damp = np.empty(n)
     z_new = np.empty(n)
+    work = trial_workspace(n)
     # want_jac as run-time booleans: a literal True/False argument makes numba compile a separate
     # specialisation of frame_cost, measured 15 % slower (and not bit-identical to the Python path's)
     jac = n >= 0
-    no_jac = not jac
+    no_jac = not jac            # also frame_cost's ``full``: lm_trial reads the upper triangle only
     _set_full(x, free, z)
-    cost = frame_cost(x, jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
+    cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
     x_last[:] = x
     history[0] = cost
     nh = 1
@@ -167,7 +218,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
             history[nh] = cost
             nh += 1
             break
-        ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new)
+        ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new, work)
         if not ok:
             lam, nu = damping_update(lam, nu, -1.0)
             history[nh] = cost
@@ -177,7 +228,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
                 break
             continue
         _set_full(x, free, z_new)
-        cost_new = frame_cost(x, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
+        cost_new = frame_cost(x, no_jac, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
         x_last[:] = x
         rho = (cost - cost_new) / pred if pred > 0 else -1.0
         lam, nu = damping_update(lam, nu, rho)
@@ -191,7 +242,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
                 break                       # converged: J^T J at z is not needed
             jtj[:] = 0.0
             jtr[:] = 0.0
-            cost = frame_cost(x, jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
+            cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
             history[nh - 1] = cost
         else:
             history[nh] = cost

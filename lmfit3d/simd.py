@@ -14,6 +14,9 @@ multiplies, adds and a store, in the same order of operations, hence bit for bit
 as the Python version.  W = 4 (256 bits): measured faster than 8 lanes on the accumulation rows
 (AMD Zen 4; AVX2 machines run it natively); LLVM splits the vectors on SSE2-only machines.
 
+:func:`vdot` is the matching W-wide dot product (the back substitution of the Cholesky solve and the
+predicted reduction of ``solvers.lm_trial``): one vector multiply and a fixed tree of adds.
+
 **No bounds checks**: the caller guarantees ``yo + W <= y.size`` and ``xo + W <= x.size``.  The
 arrays must be 1-D, C-contiguous float64 (a row view ``a[i]`` or ``a[i, j:]`` of a C array is).
 """
@@ -61,6 +64,16 @@ def vset2(y, yo, a0, x0, a1, x1, xo):
 def vset3(y, yo, a0, x0, a1, x1, a2, x2, xo):
     """y[yo:yo + W] = (a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W]) + a2 * x2[xo:xo + W]."""
     y[yo:yo + W] = a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W] + a2 * x2[xo:xo + W]
+
+
+def vdot(x, xo, y, yo):
+    """sum(x[xo:xo + W] * y[yo:yo + W]) as a float, the W products summed as a tree (halves added
+    lane by lane until one is left: the order of the compiled horizontal sum)."""
+    p = x[xo:xo + W] * y[yo:yo + W]
+    while p.size > 1:
+        h = p.size // 2
+        p = p[:h] + p[h:]
+    return float(p[0])
 
 
 def _is_row(t):
@@ -133,6 +146,33 @@ def _vset3_ir(typingctx, y, yo, a0, x0, a1, x1, a2, x2, xo):
     return _signature(y, yo, (a0, a1, a2), (x0, x1, x2), xo), _codegen(3, add=False)
 
 
+def _half(builder, v, start, width):
+    """Lanes start .. start + width - 1 of vector v."""
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(start, start + width)))
+    return builder.shuffle_vector(v, v, mask)
+
+
+def _dot_codegen(context, builder, signature, args):
+    ty = signature.args
+    xo = context.cast(builder, args[1], ty[1], types.int64)
+    yo = context.cast(builder, args[3], ty[3], types.int64)
+    px = _vec_ptr(context, builder, ty[0], args[0], xo)
+    py = _vec_ptr(context, builder, ty[2], args[2], yo)
+    v = builder.fmul(builder.load(px, align=8), builder.load(py, align=8))
+    w = W
+    while w > 1:
+        w //= 2
+        v = builder.fadd(_half(builder, v, 0, w), _half(builder, v, w, w))
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+
+@intrinsic
+def _vdot_ir(typingctx, x, xo, y, yo):
+    if not (_is_row(x) and _is_row(y) and isinstance(xo, types.Integer) and isinstance(yo, types.Integer)):
+        return None
+    return types.float64(x, xo, y, yo), _dot_codegen
+
+
 def _check(name, y, rows):
     for t in (y, *rows):
         if not _is_row(t):
@@ -169,4 +209,10 @@ def _ol_vset3(y, yo, a0, x0, a1, x1, a2, x2, xo):
     return lambda y, yo, a0, x0, a1, x1, a2, x2, xo: _vset3_ir(y, yo, a0, x0, a1, x1, a2, x2, xo)
 
 
-__all__ = ["W", "padded", "n_chunks", "vaxpy", "vaxpy2", "vaxpy3", "vset2", "vset3"]
+@overload(vdot, inline="always")
+def _ol_vdot(x, xo, y, yo):
+    _check("vdot", x, (y,))
+    return lambda x, xo, y, yo: _vdot_ir(x, xo, y, yo)
+
+
+__all__ = ["W", "padded", "n_chunks", "vaxpy", "vaxpy2", "vaxpy3", "vset2", "vset3", "vdot"]

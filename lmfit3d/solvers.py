@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from .simd import W, padded, vaxpy, vaxpy3, vdot
+
 STATUS_MESSAGES = {
     -1: "non-finite cost or step",
     0: "maximum number of iterations reached",
@@ -82,87 +84,125 @@ def damping_update(lam, nu, rho):
 
 
 @njit(cache=True)
-def cholesky_solve_into(a, b, n):
-    """Solve a[:n, :n] x = b[:n] in place for symmetric positive-definite a (lower triangle read).
+def trial_workspace(n):
+    """Workspaces of :func:`bounded_step` / :func:`lm_trial` for n parameters (allocated once per solve).
 
-    ``a`` is overwritten by its Cholesky factor L (lower triangle) and ``b`` by x.  Returns False
-    (a and b then hold garbage) when a pivot is not positive and finite.
+    Returns (a, x, idx, fixed): a (n, padded(n + 1)) float64, the damped sub-system (upper triangle,
+    row-wise, right-hand side in column m, zero padding after it); x (padded(n + 1),) float64, the
+    solution (zero padded); idx (n,) int64, free then pinned indices; fixed (n,) bool.
     """
-    for j in range(n):
-        s = a[j, j]
-        for k in range(j):
-            s -= a[j, k] * a[j, k]
-        if not (s > 0.0) or not np.isfinite(s):
-            return False
-        d = np.sqrt(s)
-        a[j, j] = d
-        for i in range(j + 1, n):
-            s = a[i, j]
-            for k in range(j):
-                s -= a[i, k] * a[j, k]
-            a[i, j] = s / d
-    for i in range(n):                      # L y = b
-        s = b[i]
-        for k in range(i):
-            s -= a[i, k] * b[k]
-        b[i] = s / a[i, i]
-    for i in range(n - 1, -1, -1):          # L^T x = y
-        s = b[i]
-        for k in range(i + 1, n):
-            s -= a[k, i] * b[k]
-        b[i] = s / a[i, i]
+    w = padded(n + 1)
+    return np.empty((n, w)), np.empty(w), np.empty(n, np.int64), np.empty(n, np.bool_)   # filled per use
+
+
+@njit(cache=True)
+def ldl_solve_padded(a, m, x):
+    """Solve an m x m symmetric positive-definite system held in a padded work matrix, in place.
+
+    a : (>= m, >= m + W) float64, C order: rows 0..m-1 hold the upper triangle a[r, r:m] of the
+        matrix, the right-hand side in column m and zeros in columns m + 1 .. m + W - 1 (the lower
+        part is not read).  Overwritten by the factor.
+    x : (>= m + W,) float64 out: the solution in x[:m], zeros in x[m:m + W].
+
+    Right-looking (outer-product) factorisation A = R^T D^-1 R, D = diag(R), rows updated three pivots
+    at a time by W-wide vector updates (``simd.vaxpy3``; the right-hand side column is carried along,
+    so R x = c leaves only the back substitution, by ``simd.vdot``).  Returns False (a and x then hold
+    garbage) when a pivot is not positive and finite.
+    """
+    k = 0
+    while k < m:
+        b = min(3, m - k)
+        for p in range(k, k + b):                   # pivots of this block, updating the block's rows
+            rp = a[p]
+            s = rp[p]
+            if not (s > 0.0) or not np.isfinite(s):
+                return False
+            x[p] = 1.0 / s
+            for q in range(p + 1, k + b):
+                f = -rp[q] * x[p]
+                rq = a[q]
+                for c in range(q, m + 1, W):
+                    vaxpy(rq, c, f, rp, c)
+        if b == 3:                                  # rank-3 update of the trailing rows
+            r0, r1, r2 = a[k], a[k + 1], a[k + 2]
+            d0, d1, d2 = x[k], x[k + 1], x[k + 2]
+            for i in range(k + 3, m):
+                ri = a[i]
+                f0, f1, f2 = -r0[i] * d0, -r1[i] * d1, -r2[i] * d2
+                for c in range(i, m + 1, W):
+                    vaxpy3(ri, c, f0, r0, f1, r1, f2, r2, c)
+        k += b
+    for j in range(m, m + W):
+        x[j] = 0.0
+    for r in range(m - 1, -1, -1):                  # R x = c (x[r] holds 1 / pivot until here)
+        rr = a[r]
+        s = rr[m]
+        for c in range(r + 1, m, W):
+            s -= vdot(rr, c, x, c)
+        x[r] = s * x[r]
     return True
 
 
 def cholesky_solve(a, b):
-    """Solve a x = b for symmetric positive-definite a (n, n); None if a is not SPD."""
-    a = np.array(a, dtype=np.float64, order="C")
-    x = np.array(b, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] != a.shape[1] or x.shape != (a.shape[0],):
-        raise ValueError(f"need a (n, n) and b (n,), got {a.shape} and {x.shape}")
-    return x if cholesky_solve_into(a, x, x.size) else None
+    """Solve a x = b for symmetric positive-definite a (n, n); None if a is not SPD (upper triangle read)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or b.shape != (a.shape[0],):
+        raise ValueError(f"need a (n, n) and b (n,), got {a.shape} and {b.shape}")
+    n = b.size
+    work, x, _, _ = trial_workspace(n)
+    work[:, :n] = a
+    work[:, n] = b
+    work[:, n + 1:] = 0.0
+    return x[:n].copy() if ldl_solve_padded(work, n, x) else None
 
 
 @njit(cache=True)
-def bounded_step(jtj, jtr, damp, z, lo, hi, step):
+def bounded_step(jtj, jtr, damp, z, lo, hi, step, work):
     """Damped Gauss-Newton step with box bounds into ``step``; False if not positive definite.
 
-    Solves (J^T J + diag(damp)) step = -J^T r (jtj symmetric, full).  Variables at a bound whose
-    gradient pushes outwards are held; a variable the step would carry across a bound is pinned to
-    that bound and the remaining system re-solved (a few rounds at most), so the step stays a
-    descent step instead of being clipped afterwards.
+    Solves (J^T J + diag(damp)) step = -J^T r (jtj symmetric, C order; only its upper triangle is read).  Variables at a bound
+    whose gradient pushes outwards are held; a variable the step would carry across a bound is pinned
+    to that bound and the remaining system re-solved (a few rounds at most), so the step stays a
+    descent step instead of being clipped afterwards.  ``work``: :func:`trial_workspace` (n).
     """
+    a, x, idx, fixed = work
     n = z.size
-    fixed = np.empty(n, np.bool_)
     for i in range(n):
         fixed[i] = (z[i] <= lo[i] and jtr[i] > 0.0) or (z[i] >= hi[i] and jtr[i] < 0.0)
         step[i] = 0.0
-    a = np.empty((n, n))
-    rhs = np.empty(n)
-    idx = np.empty(n, np.int64)
     for _ in range(n + 1):
         m = 0
         for i in range(n):
             if not fixed[i]:
                 idx[m] = i
                 m += 1
+        npin = m                                    # held variables with a non-zero step follow
+        for i in range(n):
+            if fixed[i] and step[i] != 0.0:
+                idx[npin] = i
+                npin += 1
         for r in range(m):
             i = idx[r]
+            ji = jtj[i]
+            row = a[r]
             s = -jtr[i]
-            for j in range(n):
-                if fixed[j]:
-                    s -= jtj[i, j] * step[j]
-            rhs[r] = s
-            for c in range(r + 1):
-                a[r, c] = jtj[i, idx[c]]
-            a[r, r] += damp[i]
-        if not cholesky_solve_into(a, rhs, m):
+            for q in range(m, npin):
+                j = idx[q]
+                s -= (ji[j] if j > i else jtj[j, i]) * step[j]
+            for c in range(r, m):
+                row[c] = ji[idx[c]]
+            row[r] += damp[i]
+            row[m] = s
+            for c in range(m + 1, m + W):
+                row[c] = 0.0
+        if not ldl_solve_padded(a, m, x):
             return False
         crossed = False
         for r in range(m):
-            if not np.isfinite(rhs[r]):
+            if not np.isfinite(x[r]):
                 return False
-            step[idx[r]] = rhs[r]
+            step[idx[r]] = x[r]
         for r in range(m):
             i = idx[r]
             zt = z[i] + step[i]
@@ -210,6 +250,7 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
     step = np.empty(n)
     damp = np.empty(n)
     z_new = np.empty(n)
+    work = trial_workspace(n)
     cost = accumulate(z, jtj, jtr, True)
     history = [cost]
     if not np.isfinite(cost):
@@ -224,7 +265,7 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
             status = 3
             history.append(cost)
             break
-        ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new)
+        ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new, work)
         if not ok:
             lam, nu = damping_update(lam, nu, -1.0)
             history.append(cost)
@@ -255,17 +296,19 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
 
 
 @njit(cache=True)
-def lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new):
+def lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new, work):
     """One trial step of :func:`levenberg_marquardt` (one kernel instead of a few NumPy calls).
 
-    damp = lam * max(diag(jtj), diag_floor); step from :func:`bounded_step`; z_new = clip(z + step);
-    with dz = z_new - z, the predicted reduction pred = -jtr.dz - dz.jtj.dz / 2 (jtj symmetric, full).
+    damp = lam * max(diag(jtj), diag_floor); step from :func:`bounded_step` (``work``: its
+    :func:`trial_workspace`); z_new = clip(z + step); with dz = z_new - z, the predicted reduction
+    pred = -jtr.dz - dz.jtj.dz / 2, dz.jtj.dz = sum_i dz_i (jtj_ii dz_i + 2 sum_{j > i} jtj_ij dz_j)
+    (jtj symmetric, C order; only its upper triangle is read, by ``simd.vdot`` rows).
     Returns (ok, pred, |dz|, |z|); ok False when the damped system is not positive definite.
     """
     n = z.size
     for i in range(n):
         damp[i] = lam * max(jtj[i, i], diag_floor)
-    if not bounded_step(jtj, jtr, damp, z, lo, hi, step):
+    if not bounded_step(jtj, jtr, damp, z, lo, hi, step, work):
         return False, 0.0, 0.0, 0.0
     for i in range(n):
         z_new[i] = min(max(z[i] + step[i], lo[i]), hi[i])
@@ -277,10 +320,15 @@ def lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new):
     for i in range(n):
         di = step[i]
         lin += jtr[i] * di
+        ri = jtj[i]
         s = 0.0
-        for j in range(n):
-            s += jtj[i, j] * step[j]
-        quad += di * s
+        c = i + 1
+        while c + W <= n:                           # whole W-wide chunks of the row, then the tail
+            s += vdot(ri, c, step, c)
+            c += W
+        for j in range(c, n):
+            s += ri[j] * step[j]
+        quad += di * (ri[i] * di + 2.0 * s)
         dz2 += di * di
         z2 += z[i] * z[i]
     return True, -lin - 0.5 * quad, np.sqrt(dz2), np.sqrt(z2)

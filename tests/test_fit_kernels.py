@@ -10,7 +10,7 @@ from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.model import Params
 from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_points, pose, single_joint_frame, single_joint_of,
                               skin_point, skin_vertex, skin_vertex_single)
-from lmfit3d.solvers import bounded_step, cholesky_solve
+from lmfit3d.solvers import bounded_step, cholesky_solve, trial_workspace
 from lmfit3d.sparsity import build_sparsity
 from lmfit3d.synthetic import make_frame, random_params
 from lmfit3d.terms import (SKIP_BLOCK, expression_jacobian, intersection_term, table_points, table_points_buffers,
@@ -26,9 +26,11 @@ def _spd(rng, n):
 
 
 def test_cholesky_solve_matches_numpy(rng):
-    for n in (1, 5, 40):
+    for n in (1, 2, 3, 4, 5, 8, 9, 40, 71):               # the blocked factorisation's edge cases
         a, b = _spd(rng, n), rng.normal(size=n)
         np.testing.assert_allclose(cholesky_solve(a, b), np.linalg.solve(a, b), rtol=1e-10, atol=1e-12)
+        junk = np.triu(a) + np.tril(rng.normal(size=(n, n)), -1)      # only the upper triangle is read
+        np.testing.assert_array_equal(cholesky_solve(junk, b), cholesky_solve(a, b))
     assert cholesky_solve(-np.eye(3), np.ones(3)) is None            # not positive definite
     assert cholesky_solve(np.diag([1.0, 0.0, 1.0]), np.ones(3)) is None
     with pytest.raises(ValueError, match="n, n"):
@@ -53,20 +55,20 @@ def _bounded_step_reference(jtj, jtr, damp, z, lo, hi):
     return step
 
 
-def test_bounded_step_matches_reference(rng):
+@pytest.mark.parametrize("n", [12, 45])
+def test_bounded_step_matches_reference(rng, n):
     n_pinned = 0
     for trial in range(20):
-        n = 12
         jtj = _spd(rng, n)
         jtr = rng.normal(scale=5.0, size=n)
         damp = 1e-3 * np.diag(jtj)
         lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
         lo[6:], hi[6:] = 0.0, 1.0                                   # bounded block, as the expression
         z = rng.uniform(0.0, 1.0, size=n)
-        z[6:8] = 0.0                                                # at the lower bound
-        z[8] = 1.0                                                  # at the upper bound
+        z[6:n:5] = 0.0                                              # at the lower bound
+        z[8:n:7] = 1.0                                              # at the upper bound
         step = np.empty(n)
-        assert bounded_step(jtj, jtr, damp, z, lo, hi, step)
+        assert bounded_step(jtj, jtr, damp, z, lo, hi, step, trial_workspace(n))
         ref = _bounded_step_reference(jtj, jtr, damp, z, lo, hi)
         np.testing.assert_allclose(step, ref, rtol=1e-9, atol=1e-12)
         assert np.all(z + step >= lo - 1e-12) and np.all(z + step <= hi + 1e-12)
@@ -74,7 +76,7 @@ def test_bounded_step_matches_reference(rng):
     assert n_pinned > 20                                            # bounds were active / crossed
     step = np.empty(2)
     assert not bounded_step(-np.eye(2), np.ones(2), np.zeros(2), np.zeros(2), np.full(2, -np.inf),
-                            np.full(2, np.inf), step)
+                            np.full(2, np.inf), step, trial_workspace(2))
 
 
 def test_skin_point_equals_skin_vertex(model, rng):
@@ -395,6 +397,13 @@ def test_table_points_jacobian_without_jit():
     """The SoA kernels' Python source (NUMBA_DISABLE_JIT=1) gives the same values."""
     out = run_without_jit(__file__, "table_points_jacobian_matches_dense and dense320")
     assert "1 passed" in out
+
+
+def test_solver_kernels_without_jit():
+    """The padded factorisation and bounded step in their Python source (NUMBA_DISABLE_JIT=1, the
+    simd helpers' NumPy definitions) also solve: the padding keeps every W-wide slice in bounds."""
+    out = run_without_jit(__file__, "cholesky_solve_matches_numpy or bounded_step_matches_reference")
+    assert "3 passed" in out
 
 
 def test_tracker_reuses_problem_with_same_results(model, rng):

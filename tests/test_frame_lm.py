@@ -2,8 +2,10 @@
 frame evaluation against the term-by-term Python composition, and the plan's expression order."""
 import numpy as np
 import pytest
+from conftest import run_without_jit
 
 from lmfit3d.fit import FitConfig, FrameProblem, Tracker, _Intersection, masks, params_to_vector
+from lmfit3d.frame_lm import intersection_far
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.skinning import POSE_DIM
 from lmfit3d.sparsity import build_sparsity
@@ -153,3 +155,44 @@ def test_expression_order(model, rng):
     col_map[:POSE_DIM + ne] = np.arange(POSE_DIM + ne)
     plan = tracking_plan(table, col_map, POSE_DIM)
     np.testing.assert_array_equal(plan.expr_order, full)
+
+
+def test_intersection_far_without_jit():
+    """intersection_far's Python source (NUMBA_DISABLE_JIT=1, simd.vaxpy's NumPy definition) agrees too."""
+    out = run_without_jit(__file__, "intersection_far_is_the_terms_own_skip_test")
+    assert "1 passed" in out
+
+
+def test_intersection_far_is_the_terms_own_skip_test(model, rng):
+    """intersection_far says True exactly when every tested vertex passes the term's outside-test
+    (summed in the term's order, NumPy reference), and the term then adds nothing; psi outside
+    [0, 1] answers False (the pruned vertex set assumes bounded weights)."""
+    inter = _Intersection(model, random_params(model, rng).identity, 0.01)
+    e0, ne = POSE_DIM, model.n_expression
+    tested = (inter.sphere_of >= 0) | (inter.hull_of >= 0)
+    args = (inter.far_base, inter.far_proj, inter.far_ptr, inter.far_chunks, np.empty_like(inter.far_base))
+    assert inter.far_base.size < inter.skip_base.size                   # some vertices are never near
+    seen = set()
+    for trial in range(60):
+        x = np.zeros(POSE_DIM + ne + 1)
+        scale = (0.05, 0.3, 1.0)[trial % 3]
+        x[e0:e0 + ne] = np.where(rng.random(ne) < 0.5, 0.0, rng.uniform(0.0, scale, ne))
+        out = inter.skip_base.copy()
+        for e in range(ne):
+            if x[e0 + e] != 0.0:
+                out = out + x[e0 + e] * inter.skip_proj[e]
+        expect = bool(np.all(out[tested] >= 1e-9))
+        got = intersection_far(x, e0, *args)
+        assert got == expect
+        seen.add(got)
+        if got:
+            col_map = np.full(x.size, -1, np.int64)
+            col_map[e0:e0 + ne] = np.arange(ne)
+            jtj, jtr = np.zeros((ne, ne)), np.zeros(ne)
+            assert intersection_term(x, e0, inter.t_beta, inter.table.expr_idx, inter.table.expr_blocks,
+                                     inter.sphere_c, inter.sphere_r, inter.sphere_of, inter.planes, inter.hull_of,
+                                     1.0, col_map, True, jtj, jtr, inter.skip_base, inter.skip_proj) == 0.0
+            assert not jtj.any() and not jtr.any()
+    assert seen == {True, False}
+    x[e0] = -0.1
+    assert not intersection_far(x, e0, *args)

@@ -4,7 +4,7 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
-from lmfit3d.simd import W, n_chunks, padded, vaxpy, vaxpy2, vaxpy3, vset2, vset3
+from lmfit3d.simd import W, n_chunks, padded, vaxpy, vaxpy2, vaxpy3, vdot, vset2, vset3
 
 
 def _all_py(y, yo, a, x0, x1, x2, xo):
@@ -68,6 +68,26 @@ def test_chunked_rows_equal_numpy_rows(rng):
     assert n_chunks(4 * W + 1) == 5 and n_chunks(4 * W) == 4 and n_chunks(0) == 0
 
 
+@njit
+def _dots(x, y, offsets):
+    out = np.empty(offsets.shape[0])
+    for k in range(offsets.shape[0]):
+        out[k] = vdot(x, offsets[k, 0], y, offsets[k, 1])
+    return out
+
+
+def test_vdot_equals_python_and_numpy(rng):
+    """The compiled vdot equals its Python definition bit for bit and np.dot to rounding."""
+    x = rng.normal(size=40) * np.exp(rng.normal(scale=3.0, size=40))      # wide magnitudes: order matters
+    y = rng.normal(size=33)
+    offsets = np.array([[0, 0], [5, 2], [31, 25], [17, 9]], np.int64)
+    got = _dots(x, y, offsets)
+    ref = np.array([vdot(x, a, y, b) for a, b in offsets])
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_allclose(got, [x[a:a + W] @ y[b:b + W] for a, b in offsets], rtol=1e-12)
+    assert isinstance(vdot(x, 0, y, 0), float)
+
+
 def test_rejects_non_contiguous_or_wrong_dtype():
     @njit
     def f(y, x):
@@ -77,3 +97,10 @@ def test_rejects_non_contiguous_or_wrong_dtype():
         f(np.zeros(16), np.zeros((2, 16))[:, 0])               # strided view
     with pytest.raises(TypingError):
         f(np.zeros(16), np.zeros(16, np.float32))
+
+    @njit
+    def g(y, x):
+        return vdot(y, 0, x, 0)
+
+    with pytest.raises(TypingError):
+        g(np.zeros(16), np.zeros((2, 16))[:, 0])
