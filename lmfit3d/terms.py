@@ -655,9 +655,10 @@ def _add_gram(blocks, e_idx, e_pos, n, scale, ee):
 
 
 @njit(cache=True, inline="always")
-def _explicit_pose_rows(nc, n, e_idx, dpose, am, g, col, ap, pp, pe, gp, ge):
+def _explicit_pose_rows(nc, n, e_idx, dpose, am, g, jexpr, base, e_pos, ap, pp, pe, gp, ge):
     """A landmark's pose x pose, expression x pose and gradient rows from its pose Jacobian
-    dpose (3, nc), metric am (3, 3), 3D gradient g (3,) and expression columns col (3, n).
+    dpose (3, nc), metric am (3, 3), 3D gradient g (3,) and expression columns
+    jexpr[:, base + e_pos[a]] (a < n).
     ap (3, P'), pp (POSE_DIM, P') and pe (E, P') have P' = simd.padded(POSE_DIM) columns."""
     for c in range(nc):
         d0 = dpose[0, c]
@@ -683,9 +684,10 @@ def _explicit_pose_rows(nc, n, e_idx, dpose, am, g, col, ap, pp, pe, gp, ge):
             vaxpy3(row, c, d0, ap0, d1, ap1, d2, ap2, c)
     for a in range(n):
         ea = e_idx[a]
-        c0 = col[0, a]
-        c1 = col[1, a]
-        c2 = col[2, a]
+        j = base + e_pos[a]
+        c0 = jexpr[0, j]
+        c1 = jexpr[1, j]
+        c2 = jexpr[2, j]
         ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
         row = pe[ea]
         for c in range(0, nc, W):
@@ -696,15 +698,15 @@ HL = 8                  # lanes per expression of the joint-group sums (a multip
 
 
 @njit(cache=True, inline="always")
-def _joint_group_add(k, xv, trans, am, g, col, e_idx, n, gsum, hs, srow):
+def _joint_group_add(k, xv, trans, am, g, jexpr, base, e_pos, e_idx, n, gsum, hs, srow):
     """Pose rows of a landmark skinned to joint k alone, through per-joint sums.
 
     Its pose Jacobian is D = S K_k + C_k with S = -[rv]_x (rv = x - translation) and K_k, C_k
     (3, POSE_DIM) the same for every landmark of joint k (``skinning.skin_vertex_single``), so
     D^T A D, D^T g and col^T A D need only the sums over the group of S^T A S, S^T A, A, S^T g, g
-    (gsum[k], 3 x 3 blocks and 3-vectors) and of col^T A S, col^T A and col^T g per expression (hs[k],
-    (E * HL,): HL = 8 lanes per expression, the last one 0; srow (3, HL) work); :func:`_joint_group_finish`
-    multiplies them out once per call.
+    (gsum[k], 3 x 3 blocks and 3-vectors) and of col^T A S, col^T A and col^T g per expression
+    (col = jexpr[:, base + e_pos[a]] for a < n; hs[k] (E * HL,): HL = 8 lanes per expression, the
+    last one 0; srow (3, HL) work); :func:`_joint_group_finish` multiplies them out once per call.
     """
     r0 = xv[0] - trans[0]
     r1 = xv[1] - trans[1]
@@ -755,8 +757,12 @@ def _joint_group_add(k, xv, trans, am, g, col, e_idx, n, gsum, hs, srow):
     h = hs[k]
     for a in range(n):
         o = HL * e_idx[a]
+        j = base + e_pos[a]
+        c0 = jexpr[0, j]
+        c1 = jexpr[1, j]
+        c2 = jexpr[2, j]
         for c in range(0, HL, W):
-            vaxpy3(h, o + c, col[0, a], s0, col[1, a], s1, col[2, a], s2, c)
+            vaxpy3(h, o + c, c0, s0, c1, s1, c2, s2, c)
 
 
 @njit(cache=True)
@@ -943,7 +949,8 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
     * positions, the pose Jacobian, the expression columns and the projections of all landmarks
       come from vectorised structure-of-arrays passes (kernel order; ``frame_lm.landmark_terms``):
       xyz_t (3, L) and jpose (POSE_DIM, 3, L) from :func:`table_points_jacobian`, jexpr (3, N) from
-      :func:`expression_jacobian` (ptr (L + 1,) its entry offsets), pj (PJ_ROWS, L) from
+      :func:`expression_jacobian` (ptr (L + 1,) its entry offsets; entries dropped by jac_threshold are
+      zeroed there in place), pj (PJ_ROWS, L) from
       :func:`project_soa` (PJ_NC, PJ_PZ filled: :func:`pose_threshold_soa`), qe (2, N) from
       :func:`project_columns_soa`; col_of (L,) int64 is the kernel column of each table landmark.
       The cost is :func:`project_soa`'s; this kernel only accumulates;
@@ -994,7 +1001,6 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
     xv = np.empty(3)
     dpose = np.zeros((3, pd))
     ap = np.empty((3, pdp))
-    col = np.empty((3, nd))
     # expression buffers padded for the W-wide row updates (simd): a row from any position runs in
     # whole chunks over zeros past its end
     nep = padded(ne)
@@ -1054,28 +1060,25 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
                 dpose[2, c] = jpose[c, 2, q]
             if thresh:
                 drop_small_columns(dx, isg, jac_threshold, dpose, nc)
+        # the columns are read from jexpr[:, base + e_pos[p, a]]; a dropped one is zeroed there
+        # (jexpr is this evaluation's scratch)
         base = ptr[q]
-        for a in range(n):
-            j = base + e_pos[p, a]
-            c0 = jexpr[0, j]
-            c1 = jexpr[1, j]
-            c2 = jexpr[2, j]
-            if has_lm:
+        ep = e_pos[p]
+        if has_lm:
+            for a in range(n):
+                j = base + ep[a]
                 q0 = qe[0, j]
                 q1 = qe[1, j]
                 if thresh and abs(q0) < jac_threshold and abs(q1) < jac_threshold:
-                    c0 = 0.0
-                    c1 = 0.0
-                    c2 = 0.0
+                    jexpr[0, j] = 0.0
+                    jexpr[1, j] = 0.0
+                    jexpr[2, j] = 0.0
                     q0 = 0.0
                     q1 = 0.0
                     zeroed = True
                 ea = e_idx[p, a]
                 qd[0, ea] = q0
                 qd[1, ea] = q1
-            col[0, a] = c0
-            col[1, a] = c1
-            col[2, a] = c2
         if is_static and (zeroed or not has_tmp):
             _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
             is_static = False
@@ -1091,10 +1094,10 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
                     am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
         if not explicit:
             # one-joint landmark: pose rows through the per-joint sums (_joint_group_add)
-            _joint_group_add(k, xv, trans, am, g, col, e_idx[p], n, gsum, hs, srow)
+            _joint_group_add(k, xv, trans, am, g, jexpr, base, ep, e_idx[p], n, gsum, hs, srow)
             used[k] = True
         else:
-            _explicit_pose_rows(nc, n, e_idx[p], dpose, am, g, col, ap, pp, pe, gp, ge)
+            _explicit_pose_rows(nc, n, e_idx[p], dpose, am, g, jexpr, base, ep, ap, pp, pe, gp, ge)
         # expression x expression
         # (dense rows over the positions e_idx[p, a] .. e_idx[p, n - 1], zero between the entries:
         # contiguous and vectorisable; adding the zeros changes nothing)
@@ -1115,16 +1118,18 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
         else:
             for a in range(n):
                 ea = e_idx[p, a]
-                c0 = col[0, a]
-                c1 = col[1, a]
-                c2 = col[2, a]
+                j = base + ep[a]
+                c0 = jexpr[0, j]
+                c1 = jexpr[1, j]
+                c2 = jexpr[2, j]
                 for i in range(3):
                     acd[i, ea] = am[i, 0] * c0 + am[i, 1] * c1 + am[i, 2] * c2
             for a in range(n):
                 ea = e_idx[p, a]
-                c0 = col[0, a]
-                c1 = col[1, a]
-                c2 = col[2, a]
+                j = base + ep[a]
+                c0 = jexpr[0, j]
+                c1 = jexpr[1, j]
+                c2 = jexpr[2, j]
                 row = ee[ea]
                 for c in range(ea, hi, W):
                     vaxpy3(row, c, c0, acd0, c1, acd1, c2, acd2, c)
