@@ -776,8 +776,8 @@ def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp, ge):
     """
     nj = anc.shape[0]
     pd = pp.shape[0]
-    kk = np.zeros((3, pd))
-    cc = np.zeros((3, pd))
+    kk = np.zeros((3, pe.shape[1]))        # padded like pe (zeros past pd) for the W-wide pe rows
+    cc = np.zeros((3, pe.shape[1]))
     for i in range(3):
         for j in range(3):
             kk[i, j] = r0bm[0, i, j]
@@ -818,6 +818,7 @@ def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp, ge):
             pp[a, b] += (kk[0, a] * t1[0, b] + kk[1, a] * t1[1, b] + kk[2, a] * t1[2, b]
                          + cc[0, a] * t2[0, b] + cc[1, a] * t2[1, b] + cc[2, a] * t2[2, b])
     h = hs[k]
+    kk0, kk1, kk2, cc0, cc1, cc2 = kk[0], kk[1], kk[2], cc[0], cc[1], cc[2]
     for e in range(ge.shape[0]):
         o = HL * e
         h0 = h[o]
@@ -829,9 +830,10 @@ def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp, ge):
         ge[e] += h[o + 6]
         if h0 == 0.0 and h1 == 0.0 and h2 == 0.0 and h3 == 0.0 and h4 == 0.0 and h5 == 0.0:
             continue
-        for c in range(pd):
-            pe[e, c] += (h0 * kk[0, c] + h1 * kk[1, c] + h2 * kk[2, c]
-                         + h3 * cc[0, c] + h4 * cc[1, c] + h5 * cc[2, c])
+        row = pe[e]
+        for c in range(0, pd, W):
+            vaxpy3(row, c, h0, kk0, h1, kk1, h2, kk2, c)
+            vaxpy3(row, c, h3, cc0, h4, cc1, h5, cc2, c)
 
 
 # rows of the per-landmark projection table of :func:`project_soa` (kernel order, (PJ_ROWS, L))
