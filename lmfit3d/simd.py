@@ -61,11 +61,6 @@ def vset2(y, yo, a0, x0, a1, x1, xo):
     y[yo:yo + W] = a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W]
 
 
-def vset3(y, yo, a0, x0, a1, x1, a2, x2, xo):
-    """y[yo:yo + W] = (a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W]) + a2 * x2[xo:xo + W]."""
-    y[yo:yo + W] = a0 * x0[xo:xo + W] + a1 * x1[xo:xo + W] + a2 * x2[xo:xo + W]
-
-
 def vdot(x, xo, y, yo):
     """sum(x[xo:xo + W] * y[yo:yo + W]) as a float, the W products summed as a tree (halves added
     lane by lane until one is left: the order of the compiled horizontal sum)."""
@@ -141,11 +136,6 @@ def _vset2_ir(typingctx, y, yo, a0, x0, a1, x1, xo):
     return _signature(y, yo, (a0, a1), (x0, x1), xo), _codegen(2, add=False)
 
 
-@intrinsic
-def _vset3_ir(typingctx, y, yo, a0, x0, a1, x1, a2, x2, xo):
-    return _signature(y, yo, (a0, a1, a2), (x0, x1, x2), xo), _codegen(3, add=False)
-
-
 def _half(builder, v, start, width):
     """Lanes start .. start + width - 1 of vector v."""
     mask = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(start, start + width)))
@@ -203,16 +193,10 @@ def _ol_vset2(y, yo, a0, x0, a1, x1, xo):
     return lambda y, yo, a0, x0, a1, x1, xo: _vset2_ir(y, yo, a0, x0, a1, x1, xo)
 
 
-@overload(vset3, inline="always")
-def _ol_vset3(y, yo, a0, x0, a1, x1, a2, x2, xo):
-    _check("vset3", y, (x0, x1, x2))
-    return lambda y, yo, a0, x0, a1, x1, a2, x2, xo: _vset3_ir(y, yo, a0, x0, a1, x1, a2, x2, xo)
-
-
 @overload(vdot, inline="always")
 def _ol_vdot(x, xo, y, yo):
     _check("vdot", x, (y,))
     return lambda x, xo, y, yo: _vdot_ir(x, xo, y, yo)
 
 
-__all__ = ["W", "padded", "n_chunks", "vaxpy", "vaxpy2", "vaxpy3", "vset2", "vset3", "vdot"]
+__all__ = ["W", "padded", "n_chunks", "vaxpy", "vaxpy2", "vaxpy3", "vset2", "vdot"]
