@@ -1168,22 +1168,18 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
         if fa < 0:
             continue
         jtr[fa] += ge[a]
+        # min / max instead of a branch on the order of the free indices (unpredictable when the
+        # expression order permutes them)
         for c in range(pd):
             fc = pose_free[c]
             if fc < 0:
                 continue
-            if fc <= fa:
-                jtj[fc, fa] += pe[a, c]
-            else:
-                jtj[fa, fc] += pe[a, c]
+            jtj[min(fa, fc), max(fa, fc)] += pe[a, c]
         for b in range(a, ne):
             fb = expr_free[b]
             if fb < 0:
                 continue
-            if fa <= fb:
-                jtj[fa, fb] += ee[a, b]
-            else:
-                jtj[fb, fa] += ee[a, b]
+            jtj[min(fa, fb), max(fa, fb)] += ee[a, b]
 
 
 @njit(cache=True)
