@@ -153,7 +153,8 @@ def report(times, eyes, fidx, probes, switched, block):
     print(f"correlation of block medians with the arithmetic probe {np.corrcoef(bt, pa)[0, 1]:.2f}, "
           f"with the memory probe {np.corrcoef(bt, pm)[0, 1]:.2f}")
     sec = [np.median(ms[:nb * block, j].reshape(nb, block), 1) for j in (1, 2, 4)]
-    print(f"correlation of block medians between sections: mesh crop / mesh net {np.corrcoef(sec[0], sec[1])[0, 1]:.2f}, "
+    print("correlation of block medians between sections: "
+          f"mesh crop / mesh net {np.corrcoef(sec[0], sec[1])[0, 1]:.2f}, "
           f"mesh net / iris net {np.corrcoef(sec[1], sec[2])[0, 1]:.2f}")
 
 

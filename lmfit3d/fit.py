@@ -627,7 +627,8 @@ class Tracker:
         self.cfg = config or FitConfig()
         ids = np.ascontiguousarray(vertex_ids, dtype=np.int64)
         thr = float(self.cfg.sparsity_threshold_mm)
-        self.table = _cached(_TABLES, (id(model), ids.tobytes(), thr), model, lambda: build_sparsity(model, ids, thr), 8)
+        self.table = _cached(_TABLES, (id(model), ids.tobytes(), thr), model,
+                             lambda: build_sparsity(model, ids, thr), 8)
         self.image_size = (float(image_size[0]), float(image_size[1]))
         self.focal_known = focal is not None
         self.focal = float(focal) if focal is not None else focal_from_fov(image_size[0], 45.0)

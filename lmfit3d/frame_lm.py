@@ -16,9 +16,9 @@ The problem is passed as four tuples of plain arrays and scalars (built by
   j0, j1)``, the arguments of the terms in ``FrameProblem.accumulate_full``;
 * ``plan``: the arrays of ``terms.TrackingPlan`` in field order;
 * ``inter``: ``(use, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
-  sqrtw, skip_base, skip_proj, skip_block, far_base, far_proj, far_ptr, far_chunks, far_out)`` of the intersection
-  term (``use`` False: term off); the last five: the outside-test of :func:`intersection_far` and its
-  work buffer (``fit._Intersection._far_test``);
+  sqrtw, skip_base, skip_proj, skip_block, far_base, far_proj, far_ptr, far_chunks, far_out)`` of the
+  intersection term (``use`` False: term off); the last five: the outside-test of
+  :func:`intersection_far` and its work buffer (``fit._Intersection._far_test``);
 * ``soa``: ``(t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement,
   zero_ranges, wsub, mu_t, isg_t, prev_t)``: the template at the current identity in kernel order,
   the kernel column of each table landmark, the arrays of ``terms.TableSoA`` / ``skinning.SoaSkin``
@@ -139,7 +139,8 @@ def frame_cost(x, want_jac, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
     """``FrameProblem.accumulate_full`` + symmetrisation for the tracking problem, compiled.
 
     x (P,) full vector; when ``want_jac`` adds J^T J and J^T r into the zeroed jtj (n, n), jtr (n,):
-    full and symmetric when ``full``, else the upper triangle only (all that ``solvers.lm_trial`` reads).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
+    full and symmetric when ``full``, else the upper triangle only (all that ``solvers.lm_trial``
+    reads).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
     ``soa`` and ``ws``: the tables and workspaces of :func:`landmark_terms`.  Returns the cost.
     """
     (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,

@@ -161,10 +161,11 @@ def cholesky_solve(a, b):
 def bounded_step(jtj, jtr, damp, z, lo, hi, step, work):
     """Damped Gauss-Newton step with box bounds into ``step``; False if not positive definite.
 
-    Solves (J^T J + diag(damp)) step = -J^T r (jtj symmetric, C order; only its upper triangle is read).  Variables at a bound
-    whose gradient pushes outwards are held; a variable the step would carry across a bound is pinned
-    to that bound and the remaining system re-solved (a few rounds at most), so the step stays a
-    descent step instead of being clipped afterwards.  ``work``: :func:`trial_workspace` (n).
+    Solves (J^T J + diag(damp)) step = -J^T r (jtj symmetric, C order; only its upper triangle is
+    read).  Variables at a bound whose gradient pushes outwards are held; a variable the step would
+    carry across a bound is pinned to that bound and the remaining system re-solved (a few rounds at
+    most), so the step stays a descent step instead of being clipped afterwards.  ``work``:
+    :func:`trial_workspace` (n).
     """
     a, x, idx, fixed = work
     n = z.size
