@@ -393,6 +393,14 @@ def test_table_points_equals_table_points_jacobian(model, rng, name):
     assert np.abs(ref - ref_x).max() < 0.05                        # and they are the landmark positions
 
 
+def test_vertex_term_tracking_without_jit():
+    """The tracking accumulation's Python source (NUMBA_DISABLE_JIT=1, simd's NumPy definitions) gives
+    the same values: this also shows every W-wide row stays inside its padded buffer (a NumPy slice
+    past the end would not broadcast), which the compiled kernels do not check."""
+    out = run_without_jit(__file__, "vertex_term_tracking_matches_vertex_term")
+    assert "7 passed" in out
+
+
 def test_table_points_jacobian_without_jit():
     """The SoA kernels' Python source (NUMBA_DISABLE_JIT=1) gives the same values."""
     out = run_without_jit(__file__, "table_points_jacobian_matches_dense and dense320")
