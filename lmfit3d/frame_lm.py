@@ -32,9 +32,9 @@ from numba import njit
 
 from .simd import W, vaxpy
 from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
-from .terms import (PJ_NC, diagonal_prior, expression_jacobian, frame_columns, intersection_term,
-                    landmark_positions_soa, pose_threshold_soa, project_columns_soa, project_soa, symmetrize_upper,
-                    table_points, table_points_jacobian, vertex_term_tracking)
+from .terms import (PJ_NC, SKIP_MARGIN, diagonal_prior, expression_jacobian, frame_columns,
+                    intersection_term, landmark_positions_soa, pose_threshold_soa, project_columns_soa,
+                    project_soa, symmetrize_upper, table_points, table_points_jacobian, vertex_term_tracking)
 
 
 @njit(cache=True)
@@ -94,9 +94,6 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
                          pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static, jac_threshold, jtj,
                          jtr, uv, xyz)
     return cost
-
-
-SKIP_MARGIN = 1e-9      # terms.intersection_term skips a vertex whose outside-test bound is >= this (mm)
 
 
 @njit(cache=True)

@@ -1247,6 +1247,7 @@ def intersection_skip_test(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sp
 
 
 SKIP_BLOCK = 16             # vertices per block of :func:`intersection_skip_blocks`
+SKIP_MARGIN = 1e-9          # intersection_term skips a vertex whose outside-test bound is >= this (mm)
 
 
 def intersection_skip_blocks(skip_base, skip_proj, size=SKIP_BLOCK):
@@ -1364,7 +1365,7 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
         for b in range(nb):
             lo = b * bsize
             hi = min(lo + bsize, nv)
-            if bound[b] >= 1e-9:
+            if bound[b] >= SKIP_MARGIN:
                 outside[lo:hi] = bound[b]
                 continue
             outside[lo:hi] = skip_base[lo:hi]
@@ -1383,7 +1384,7 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
     for p in range(t_beta.shape[0]):
         s = sphere_of[p]
         h = hull_of[p]
-        if (s < 0 and h < 0) or (skip and outside[p] >= 1e-9):
+        if (s < 0 and h < 0) or (skip and outside[p] >= SKIP_MARGIN):
             continue
         template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
         res = intersection_depth(t, s, h, sphere_c, sphere_r, planes, gr)
