@@ -12,6 +12,7 @@ Real-time policy (paper sec. 3.3.1), implemented by :class:`Tracker`:
    far (at most ``max_keyframes``, the first frame always being one).  The refit solves for identity
    (+ focal) with each keyframe's pose and expression held, then re-solves those per keyframe.
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,11 @@ class FitConfig:
     Weights multiply the paper's terms: E = E_landmarks + w_identity E_identity
     + w_expression |psi|^2 + w_joints |theta_{1..4}|^2 + w_temporal sum |x_t - x_{t-1}|^2 (mm^2, over the
     landmark vertices) + w_intersection sum d^2 (mm^2).
+
+    ``jtj_reuse_rho``: in the per-frame tracking solves (identity and focal length held) J^T J is
+    kept after an accepted step whose gain ratio is >= this (the trust-region "very successful"
+    threshold 3/4 by default) and only J^T r is evaluated at the new point
+    (``solvers.levenberg_marquardt``, ``reuse_rho``); ``inf`` turns the re-use off.
     """
 
     w_identity: float = 1.0
@@ -51,6 +57,7 @@ class FitConfig:
     ftol: float = 1e-3
     xtol: float = 1e-6
     gtol: float = 1e-6
+    jtj_reuse_rho: float = 0.75
     keyframe_angle_deg: float = 10.0
     max_keyframes: int = 5
     fit_eyes: bool = True
@@ -61,6 +68,8 @@ class FitConfig:
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if not (self.jtj_reuse_rho > 0):
+            raise ValueError(f"jtj_reuse_rho must be > 0 (inf: no re-use), got {self.jtj_reuse_rho}")
         if self.max_iter < 1 or self.max_iter_init < 1:
             raise ValueError("max_iter must be >= 1")
 
@@ -417,22 +426,24 @@ class FrameProblem:
         """
         self.set_free(mask, x)
         lo, hi = self._free_lo, self._free_hi
-        plan = self._tracking_plan() if compiled else None
-        if plan is None:
+        plan = self._tracking_plan()
+        # J^T J re-use needs J^T r alone, which the tracking evaluation gives (frame_lm)
+        reuse = math.inf if plan is None else float(self.cfg.jtj_reuse_rho)
+        if plan is None or not compiled:
             res = levenberg_marquardt(self.accumulate, x[self.free], lo, hi, max_iter=max_iter,
-                                      ftol=self.cfg.ftol, xtol=self.cfg.xtol, gtol=self.cfg.gtol)
+                                      ftol=self.cfg.ftol, xtol=self.cfg.xtol, gtol=self.cfg.gtol, reuse_rho=reuse)
             return self.full(res.x), res
         self._identity_state(self.base)
         z = np.array(self.base[self.free])
         x_last = np.empty(self.n_full)
         history = np.empty(max_iter + 1)
-        cost, it, status, nh = tracking_lm(
+        cost, it, status, nh, n_jtj = tracking_lm(
             z, self.base, self.free, lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, LAMBDA0,
-            LAMBDA_MAX, DIAG_FLOOR, self._compiled_args(), self._plan_args[1], self._intersection_args(),
+            LAMBDA_MAX, DIAG_FLOOR, reuse, self._compiled_args(), self._plan_args[1], self._intersection_args(),
             self._soa_args(), self._soa_ws, self.uv, self.xyz, x_last, history)
         x = self.full(z)
         self._positions_at = x if _same(x, x_last) else x_last
-        return x, FitResult(z, float(cost), int(it), int(status), history[:nh].copy())
+        return x, FitResult(z, float(cost), int(it), int(status), history[:nh].copy(), int(n_jtj))
 
     def _soa_args(self):
         """The ``soa`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""

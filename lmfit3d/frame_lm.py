@@ -33,8 +33,8 @@ from numba import njit
 from .simd import W, vaxpy
 from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
 from .terms import (PJ_NC, SKIP_MARGIN, diagonal_prior, expression_jacobian, frame_columns,
-                    intersection_term, landmark_positions_soa, pose_threshold_soa, project_columns_soa,
-                    project_soa, symmetrize_upper, table_points, table_points_jacobian, vertex_term_tracking)
+                    intersection_term, landmark_gradient_soa, landmark_positions_soa, pose_threshold_soa,
+                    project_columns_soa, project_soa, symmetrize_upper, table_points, table_points_jacobian, vertex_term_tracking)
 
 
 @njit(cache=True)
@@ -56,7 +56,8 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     (``terms.project_soa``); for J^T J also the expression columns (``terms.expression_jacobian``),
     their projections (``terms.project_columns_soa``) and the pose-column threshold test
     (``terms.pose_threshold_soa``); then ``terms.vertex_term_tracking`` adds the upper triangle of
-    J^T J and J^T r into jtj, jtr.  Positions of x in uv (L, 2), xyz (L, 3), table order.
+    J^T J and J^T r into jtj, jtr; with an empty (0, 0) jtj ``terms.landmark_gradient_soa`` adds
+    J^T r alone.  Positions of x in uv (L, 2), xyz (L, 3), table order.
     """
     (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
      jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0, j0, j1) = prob
@@ -83,6 +84,11 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
                           acc, complement, zero_ranges, wsub, chain, chain_t, frame, xyz_t, rm_t, jpose, t_work,
                           sub, ybuf)
     cost = project_soa(focal, cx, cy, tw, xyz_t, mu_t, isg_t, prev_t, pj)
+    if jtj.shape[0] == 0:               # J^T r alone (the solver keeps its J^T J); t_work, ybuf: free now
+        landmark_gradient_soa(focal, tw, xyz_t, rm_t, jpose, pj, prev_t, isg_t, ptr, shape_idx, blocks, col_map,
+                              e0, t_work, ybuf, jtr)
+        landmark_positions_soa(xyz_t, pj, col_of, uv, xyz)
+        return cost
     expression_jacobian(ptr, blocks, rm_t, jexpr)
     project_columns_soa(focal, ptr, jexpr, pj, isg_t, qe)
     if jac_threshold > 0.0:
@@ -137,7 +143,7 @@ def frame_cost(x, want_jac, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
 
     x (P,) full vector; when ``want_jac`` adds J^T J and J^T r into the zeroed jtj (n, n), jtr (n,):
     full and symmetric when ``full``, else the upper triangle only (all that ``solvers.lm_trial``
-    reads).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
+    reads); J^T r alone when jtj is empty (0, 0).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
     ``soa`` and ``ws``: the tables and workspaces of :func:`landmark_terms`.  Returns the cost.
     """
     (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
@@ -164,7 +170,7 @@ def _set_full(x, free, z):
 
 
 @njit(cache=True)
-def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor,
+def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho,
                 prob, plan, inter, soa, ws, uv, xyz, x_last, history):
     """:func:`lmfit3d.solvers.levenberg_marquardt` on the tracking problem, in one compiled call.
 
@@ -173,14 +179,16 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     z : (n,) float64, in/out: start (projected onto [lo, hi] here), final free parameters on return.
     base : (P,) float64, full vector supplying the held parameters; free : (n,) int64 its free indices.
     lo, hi : (n,) float64 box bounds.
-    max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor : as in ``levenberg_marquardt``.
+    max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho : as in ``levenberg_marquardt``
+        (J^T J re-use: the gradient evaluations run :func:`landmark_terms` with an empty jtj).
     prob, plan, inter, soa : problem tuples (module docstring); ws : workspaces of :func:`landmark_terms`.
     uv (L, 2), xyz (L, 3) : out, landmark positions of the last evaluation, made at x_last (P,) (out).
     history : (max_iter + 1,) float64 out, cost after each iteration (history[0] = start).
 
     Returns
     -------
-    (cost, iterations, status, n_history) : float, int, int (``solvers.STATUS_MESSAGES``), int.
+    (cost, iterations, status, n_history, jtj_evals) : float, int, int (``solvers.STATUS_MESSAGES``), int,
+    int.
     """
     n = z.shape[0]
     for i in range(n):
@@ -200,11 +208,13 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     no_jac = not jac            # also frame_cost's ``full``: lm_trial reads the upper triangle only
     _set_full(x, free, z)
     cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
+    n_jtj = 1
+    fresh = True
     x_last[:] = x
     history[0] = cost
     nh = 1
     if not np.isfinite(cost):
-        return cost, 0, -1, nh
+        return cost, 0, -1, nh, n_jtj
     lam = lambda0
     nu = 2.0
     status = 0
@@ -229,8 +239,20 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
         cost_new = frame_cost(x, no_jac, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
         x_last[:] = x
         rho = (cost - cost_new) / pred if pred > 0 else -1.0
+        accepted = rho > 0 and np.isfinite(cost_new)
+        if not accepted and not fresh:      # a kept J^T J failed: refresh it at z, same lambda
+            _set_full(x, free, z)
+            jtj[:] = 0.0
+            jtr[:] = 0.0
+            cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
+            x_last[:] = x
+            n_jtj += 1
+            fresh = True
+            history[nh] = cost
+            nh += 1
+            continue
         lam, nu = damping_update(lam, nu, rho)
-        if rho > 0 and np.isfinite(cost_new):
+        if accepted:
             status = termination_status(cost, cost_new, dz_norm, z_norm, np.inf, ftol, xtol, 0.0)
             z[:] = z_new
             cost = cost_new
@@ -238,9 +260,14 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
             nh += 1
             if status != 0:
                 break                       # converged: J^T J at z is not needed
-            jtj[:] = 0.0
             jtr[:] = 0.0
-            cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
+            fresh = not rho >= reuse_rho
+            if fresh:
+                jtj[:] = 0.0
+                n_jtj += 1
+                cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
+            else:                           # J^T r alone (empty jtj), J^T J kept
+                cost = frame_cost(x, jac, no_jac, empty2, jtr, prob, plan, inter, soa, ws, uv, xyz)
             history[nh - 1] = cost
         else:
             history[nh] = cost
@@ -248,4 +275,4 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
             if lam > lambda_max:
                 status = 4
                 break
-    return cost, it, status, nh
+    return cost, it, status, nh, n_jtj

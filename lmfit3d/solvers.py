@@ -12,6 +12,14 @@ set), so bounded expression weights do not stall the solve.  Damping follows Nie
 success lambda *= max(1/3, 1 - (2 rho - 1)^3), on failure lambda *= nu, nu *= 2 (the clamped
 gain-ratio rule).  The bounded step (with its small Cholesky) is one numba kernel, and a step that
 ends the solve is not followed by another J^T J accumulation (the cost at z is already known).
+
+J^T J re-use (``reuse_rho``, off by default): after a very successful step (rho >= reuse_rho, e.g.
+the trust-region threshold 3/4: the quadratic model of the last J^T J predicted the decrease well)
+only J^T r is evaluated at the new point and the last J^T J is kept; the gradient, the cost and the
+tests stay exact, the model's curvature is that of an earlier point.  A step made with such a kept
+J^T J that fails is not held against the damping: J^T J is refreshed at the current point and
+the step retried with the same lambda.  This saves the J^T J outer products (the bulk of an
+evaluation) in the late iterations of a warm-started frame, where the curvature hardly changes.
 """
 import math
 from dataclasses import dataclass
@@ -42,6 +50,8 @@ class FitResult:
     iterations : int, iterations performed (accepted or rejected steps).
     status : int, key of ``STATUS_MESSAGES`` (>= 1 converged, 0 out of iterations, < 0 failure).
     history : ndarray (iterations + 1,) float64, cost after each iteration (history[0] = start).
+    jtj_evals : int, J^T J accumulations (1 + the refreshes; the other evaluations of an accepted
+        step's point computed J^T r alone, see ``reuse_rho`` of :func:`levenberg_marquardt`).
     """
 
     x: np.ndarray
@@ -49,6 +59,7 @@ class FitResult:
     iterations: int
     status: int
     history: np.ndarray
+    jtj_evals: int = 1
 
     @property
     def success(self):
@@ -222,20 +233,25 @@ DIAG_FLOOR = 1e-9
 
 
 def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, ftol=1e-6,
-                        xtol=1e-8, gtol=1e-8, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX, diag_floor=DIAG_FLOOR):
+                        xtol=1e-8, gtol=1e-8, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX, diag_floor=DIAG_FLOOR,
+                        reuse_rho=math.inf):
     """Minimise 0.5 |r(z)|^2 with bounds by Levenberg-Marquardt.
 
     Parameters
     ----------
     accumulate : callable(z, jtj, jtr, want_jac) -> float
         Returns the cost at z; when ``want_jac`` adds the symmetric J^T J and J^T r into the
-        zeroed (n, n) and (n,) arrays (otherwise the arrays may be empty and are not touched).
+        zeroed (n, n) and (n,) arrays (otherwise the arrays may be empty and are not touched);
+        with ``reuse_rho`` finite it is also called with want_jac True and an empty (0, 0) jtj,
+        and must then add J^T r alone.
     z0 : (n,) float64, start (projected onto the bounds).
     lower, upper : (n,) float64, optional box bounds (-inf / inf where free).
     max_iter : int, most iterations (each computes one step; rejected steps count).
     ftol, xtol, gtol : float, termination tolerances (relative cost reduction, relative step,
         gradient infinity norm).
     lambda0 : float, initial damping relative to diag(J^T J).
+    reuse_rho : float, keep J^T J after an accepted step whose gain ratio is >= reuse_rho (module
+        docstring); inf (default): a fresh J^T J after every accepted step (classic LM).
 
     Returns
     -------
@@ -253,6 +269,8 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
     z_new = np.empty(n)
     work = trial_workspace(n)
     cost = accumulate(z, jtj, jtr, True)
+    n_jtj = 1
+    fresh = True                            # J^T J is that of z
     history = [cost]
     if not np.isfinite(cost):
         return FitResult(z, cost, 0, -1, np.array(history))
@@ -276,24 +294,36 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
             continue
         cost_new = accumulate(z_new, _EMPTY2, _EMPTY1, False)
         rho = (cost - cost_new) / pred if pred > 0 else -1.0
+        accepted = rho > 0 and np.isfinite(cost_new)
+        if not accepted and not fresh:      # a kept J^T J failed: refresh it at z, same lambda
+            jtj[:] = 0.0
+            jtr[:] = 0.0
+            cost = accumulate(z, jtj, jtr, True)
+            n_jtj += 1
+            fresh = True
+            history.append(cost)
+            continue
         lam, nu = damping_update(lam, nu, rho)
-        if rho > 0 and np.isfinite(cost_new):
+        if accepted:
             status = termination_status(cost, cost_new, dz_norm, z_norm, np.inf, ftol, xtol, gtol)
             z = z_new.copy()
             cost = cost_new
             history.append(cost)
             if status != 0:
                 break                       # converged: J^T J at z is not needed
-            jtj[:] = 0.0
             jtr[:] = 0.0
-            cost = accumulate(z, jtj, jtr, True)
+            fresh = not rho >= reuse_rho
+            if fresh:
+                jtj[:] = 0.0
+                n_jtj += 1
+            cost = accumulate(z, jtj if fresh else _EMPTY2, jtr, True)
             history[-1] = cost
         else:
             history.append(cost)
             if lam > lambda_max:
                 status = 4
                 break
-    return FitResult(z, float(cost), it, status, np.array(history))
+    return FitResult(z, float(cost), it, status, np.array(history), n_jtj)
 
 
 @njit(cache=True)

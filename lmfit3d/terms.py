@@ -4,6 +4,9 @@ Every term follows one contract: given the full per-frame parameter vector (layo
 ``lmfit3d.sparsity``) and ``col_map`` (full index -> free index, -1 when fixed), it returns its
 cost 0.5 * sum(r^2) and, when asked, adds J^T J and J^T r of its residuals r into the free-parameter
 system.  J is never formed: per-landmark rows are accumulated through the static sparsity table.
+Asked with an empty (0, 0) jtj, :func:`diagonal_prior`, :func:`intersection_term` and the tracking
+evaluation (``frame_lm.landmark_terms``, via :func:`landmark_gradient_soa`) add J^T r alone (the
+gradient evaluations of the solver's J^T J re-use); :func:`vertex_term` needs a full jtj.
 
 Residuals (cost = 0.5 |r|^2):
 
@@ -27,13 +30,17 @@ from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, singl
 
 @njit(cache=True, inline="always")
 def _accumulate(jrow, nrows, cols, n, r, col_map, jtj, jtr):
-    """jtj[ca, cb] += sum_rows jrow[row, a] jrow[row, b]; jtr[ca] += sum_rows jrow[row, a] r[row]."""
+    """jtj[ca, cb] += sum_rows jrow[row, a] jrow[row, b]; jtr[ca] += sum_rows jrow[row, a] r[row].
+    An empty jtj (0, 0): J^T r only."""
+    hess = jtj.shape[0] > 0
     for a in range(n):
         ca = col_map[cols[a]]
         s = 0.0
         for q in range(nrows):
             s += jrow[q, a] * r[q]
         jtr[ca] += s
+        if not hess:
+            continue
         for b in range(a, n):
             cb = col_map[cols[b]]
             s = 0.0
@@ -937,6 +944,61 @@ def pose_threshold_soa(focal, jac_threshold, jpose, pj, isg_t):
         pz[q] = 1.0 if pz[q] > 0.0 else 0.0
 
 
+@njit(cache=True, fastmath=SIMD_MATH)
+def landmark_gradient_soa(focal, temporal_sqrtw, xyz_t, rm_t, jpose, pj, prev_t, isg_t, ptr, shape_idx, blocks,
+                          col_map, e0, g_t, h_t, jtr):
+    """J^T r alone of the landmark and temporal terms (tracking: identity and focal length held).
+
+    The gradient evaluation of the J^T J re-use policy (``solvers.levenberg_marquardt``, ``reuse_rho``):
+    per landmark the 3D gradient g = dpi^T r / sigma + w_t (x - x_prev) of its residuals (3, L in
+    g_t), then d/d pose = sum_p jpose_p^T g_p and d/d psi_e = sum over the entries of shape e of
+    E_pe . (R_root M_p)^T g_p (h_t (3, L) = (R_root M)^T g).  No Jacobian thresholding (the exact
+    gradient); O(L POSE_DIM + N) instead of the outer products of :func:`vertex_term_tracking`.
+
+    Inputs in kernel order: xyz_t (3, L), rm_t (9, L), jpose (POSE_DIM, 3, L) from
+    :func:`table_points_jacobian`, pj from :func:`project_soa`, prev_t (3, L), isg_t (L,); ptr,
+    shape_idx, blocks of the ``TableSoA``; col_map (P,) full -> free index (-1 held), e0 the first
+    expression index.  g_t, h_t (3, L) work; adds into jtr (n,).
+    """
+    n = xyz_t.shape[1]
+    iz, av, bv, ru, rv, tmp = pj[PJ_IZ], pj[PJ_A], pj[PJ_B], pj[PJ_RU], pj[PJ_RV], pj[PJ_TMP]
+    x0, x1, x2 = xyz_t[0], xyz_t[1], xyz_t[2]
+    p0, p1, p2 = prev_t[0], prev_t[1], prev_t[2]
+    g0, g1, g2 = g_t[0], g_t[1], g_t[2]
+    tw2 = temporal_sqrtw * temporal_sqrtw
+    for q in range(n):
+        fs = focal * iz[q] * isg_t[q]
+        t = tw2 if tmp[q] != 0.0 else 0.0
+        # (a missing landmark has ru = rv = 0; a missing previous position has tmp = 0)
+        g0[q] = fs * ru[q] + (t * (x0[q] - p0[q]) if t != 0.0 else 0.0)
+        g1[q] = -fs * rv[q] + (t * (x1[q] - p1[q]) if t != 0.0 else 0.0)
+        g2[q] = fs * (av[q] * ru[q] - bv[q] * rv[q]) + (t * (x2[q] - p2[q]) if t != 0.0 else 0.0)
+    for c in range(jpose.shape[0]):
+        f = col_map[c]
+        if f < 0:
+            continue
+        j0, j1, j2 = jpose[c, 0], jpose[c, 1], jpose[c, 2]
+        s = 0.0
+        for q in range(n):
+            s += j0[q] * g0[q] + j1[q] * g1[q] + j2[q] * g2[q]
+        jtr[f] += s
+    for j in range(3):
+        m0, m1, m2 = rm_t[j], rm_t[3 + j], rm_t[6 + j]
+        hj = h_t[j]
+        for q in range(n):
+            hj[q] = m0[q] * g0[q] + m1[q] * g1[q] + m2[q] * g2[q]
+    h0, h1, h2 = h_t[0], h_t[1], h_t[2]
+    b0, b1, b2 = blocks[0], blocks[1], blocks[2]
+    for q in range(n):
+        a0 = h0[q]
+        a1 = h1[q]
+        a2 = h2[q]
+        for d in range(ptr[q], ptr[q + 1]):
+            f = col_map[e0 + shape_idx[d]]
+            if f >= 0:
+                jtr[f] += b0[d] * a0 + b1[d] * a1 + b2[d] * a2
+
+
 @njit(cache=True)
 def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_blocks, anc,
                          r0, trans, rg, gpos, bm, inv_sigma, temporal_sqrtw, prev,
@@ -1205,7 +1267,8 @@ def diagonal_prior(x, start, mean, inv_std, col_map, want_jac, jtj, jtr):
         cost += 0.5 * r * r
         if want_jac and col_map[c] >= 0:
             f = col_map[c]
-            jtj[f, f] += inv_std[i] * inv_std[i]
+            if jtj.shape[0] > 0:
+                jtj[f, f] += inv_std[i] * inv_std[i]
             jtr[f] += inv_std[i] * r
     return cost
 
