@@ -2,8 +2,9 @@
 
 Runs ``pytest bench/test_bench_fit.py --benchmark-only --benchmark-json=TMP`` (one thread), then
 prints per landmark set the median time of each benchmark, and the speed-up of ours against the
-SciPy baseline measured in the same run (``scipy median / our median``), with the solvers'
-iterations / function evaluations and final costs.
+SciPy baseline measured in the same run (``scipy median / our median``) and against our own solver
+with J^T J re-use off (the classic LM, same run), with the solvers' iterations (J^T J
+accumulations) / function evaluations and final costs.
 
 Usage::
 
@@ -21,8 +22,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ("step", "lm_solve", "scipy_trf", "scipy_trf_ftol")
+ORDER = ("step", "step_classic", "lm_solve", "scipy_trf", "scipy_trf_ftol")
 LABEL = {"step": "Tracker.step (policy + LM)",
+         "step_classic": "Tracker.step, J^T J re-use off (classic LM)",
          "lm_solve": "FrameProblem.solve (bare LM)",
          "scipy_trf": "scipy least_squares trf, 2-point (default tol)",
          "scipy_trf_ftol": "scipy least_squares trf, 2-point (our ftol/xtol)"}
@@ -80,6 +82,8 @@ def report(data):
                 continue
             st, info = b["stats"], b.get("extra_info", {})
             its = info.get("iterations", info.get("nfev", ""))
+            if "jtj_evals" in info:
+                its = f"{its} ({info['jtj_evals']} J^T J)"
             ratio = f"{ref_med / st['median']:.1f}x" if ref_med else "n/a"
             cost = info.get("cost")
             lines.append(f"| {name} | {LABEL[kind]} | {fmt_ms(st['median'])} | {fmt_ms(st['iqr'])} | "
@@ -95,6 +99,10 @@ def report(data):
             parts = [f"{name}: step median {med:.3f} ms"]
             if goal is not None:
                 parts.append(f"goal <= {goal:g} ms {'met' if med <= goal else 'NOT met'} ({med / goal:.1f}x the goal)")
+            classic = group.get("step_classic")
+            if classic:
+                c_ms = classic["stats"]["median"] * 1e3
+                parts.append(f"J^T J re-use off {c_ms:.3f} ms ({c_ms / med:.2f}x the time of re-use on)")
             if lm:
                 lm_ms = lm["stats"]["median"] * 1e3
                 parts.append(f"policy overhead (step - bare LM) {med - lm_ms:.3f} ms")

@@ -16,6 +16,8 @@ timed call restores the tracker's warm state (``x``, ``prev``) and steps frame `
 Benchmarks (group = landmark set):
 
 * ``step``          ``Tracker.step(mu, sigma)``: problem set-up + LM solve + landmark positions;
+* ``step_classic``  the same with J^T J re-use off (``FitConfig(jtj_reuse_rho=inf)``: a fresh
+                    J^T J after every accepted step), the previous solver, as a same-run baseline;
 * ``lm_solve``      the bare ``FrameProblem.solve(x, masks(...), max_iter)`` on the same problem;
 * ``scipy_trf``     ``scipy.optimize.least_squares`` (trf, 2-point finite-difference Jacobian,
                     ``x_scale="jac"``, default tolerances) on the same energy from the same start
@@ -127,25 +129,32 @@ class Scenario:
 
 
 _SCENARIOS = {}
+CLASSIC = FitConfig(jtj_reuse_rho=float("inf"))
 
 
-def scenario(model, name):
-    if name not in _SCENARIOS:
-        _SCENARIOS[name] = Scenario(model, name)
-    return _SCENARIOS[name]
+def scenario(model, name, classic=False):
+    key = (name, classic)
+    if key not in _SCENARIOS:
+        _SCENARIOS[key] = Scenario(model, name, CLASSIC if classic else None)
+    return _SCENARIOS[key]
 
 
 # -- benchmarks ----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("classic", [False, True], ids=["reuse", "classic"])
 @pytest.mark.parametrize("name", SETS)
-def test_step(benchmark, face_model, name):
-    sc = scenario(face_model, name)
+def test_step(benchmark, face_model, name, classic):
+    sc = scenario(face_model, name, classic)
     benchmark.group = name
-    benchmark.extra_info.update(kind="step", landmarks=name, goal_ms=GOAL_MS[name])
+    benchmark.extra_info.update(kind="step_classic" if classic else "step", landmarks=name)
+    if not classic:
+        benchmark.extra_info.update(goal_ms=GOAL_MS[name])
     fit = benchmark(sc.step)
     assert len(sc.tracker.keyframes) == sc.n_keyframes == 0, "keyframe refit inside the timed call"
-    benchmark.extra_info.update(cost=fit.cost, iterations=fit.iterations, status=fit.status)
+    benchmark.extra_info.update(cost=fit.cost, iterations=fit.iterations, status=fit.status,
+                                jtj_evals=fit.jtj_evals)
     assert np.isfinite(fit.cost)
+    assert (fit.jtj_evals == fit.iterations) if classic else (fit.jtj_evals < fit.iterations)
 
 
 @pytest.mark.parametrize("name", SETS)
@@ -155,7 +164,8 @@ def test_lm_solve(benchmark, face_model, name):
     benchmark.group = name
     benchmark.extra_info.update(kind="lm_solve", landmarks=name)
     _, res = benchmark(sc.lm_solve, prob)
-    benchmark.extra_info.update(cost=res.cost, iterations=res.iterations, status=res.status)
+    benchmark.extra_info.update(cost=res.cost, iterations=res.iterations, status=res.status,
+                                jtj_evals=res.jtj_evals)
     assert np.isfinite(res.cost)
 
 

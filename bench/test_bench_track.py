@@ -14,16 +14,19 @@ Per-frame stages on frames of the 1080p clip ``W040_level_3_happy_029.mp4``:
                       of video tracking with the default iris policy (one eye per frame, alternating)
                       and the next ROI;
 * ``fit``             ``Tracker.step`` on the MediaPipe landmarks (470 points, identity and focal held,
-                      warm start from the previous frame);
+                      warm start from the previous frame); ``fit_classic`` the same with J^T J re-use
+                      off (``FitConfig.jtj_reuse_rho = inf``, the previous solver);
 * ``write``           building and writing one frame's CSV and ARKit CSV rows (68 fitted points, gaze);
 * ``decode``          decoding one 1080p frame with imageio/ffmpeg.
 * ``end_to_end``      ``track_video`` over ``N_E2E`` pre-decoded frames (both passes: landmarks + identity
                       keyframes, then the held-identity fit and the outputs), per frame;
   ``end_to_end_decode`` the same reading the file; ``end_to_end_no_iris`` pre-decoded, ``--no-iris``.
 
-Baselines in the same run: ``fit`` is compared with ``decode`` and ``landmarks`` (what dominates a frame).
+Baselines in the same run: ``fit`` is compared with ``decode`` and ``landmarks`` (what dominates a frame),
+and with ``fit_classic``.
 Goals (issue 4): fit <= 0.5 ms, landmarks <= 3.5 ms, end to end >= 100 frames/s without decoding.
 """
+import dataclasses
 import itertools
 
 import numpy as np
@@ -94,19 +97,31 @@ def test_landmarks_track(benchmark, frames):
     assert pred is not None and pred.presence > 0.5 and np.isfinite(pred.mu).all()
 
 
-def test_fit(benchmark, tracked):
+@pytest.mark.parametrize("classic", [False, True], ids=["reuse", "classic"])
+def test_fit(benchmark, tracked, model, classic):
+    """``fit``; ``fit_classic``: the same frame with J^T J re-use off (the previous solver, a same-run
+    baseline), from the same warm state."""
     _, preds, held = tracked
-    x0, prev0 = held.x.copy(), held.prev.copy()
+    if classic:
+        cfg = dataclasses.replace(held.cfg, jtj_reuse_rho=float("inf"))
+        tr = Tracker(model, held.table.vertex_ids, held.image_size, held.focal, cfg, held.identity)
+        for p in preds[:N_WARM]:
+            tr.step(p.mu, p.sigma)
+        x0, prev0 = held.x.copy(), held.prev.copy()
+    else:
+        tr = held
+        x0, prev0 = held.x.copy(), held.prev.copy()
     p = preds[N_WARM]
 
     def step():
-        held.x, held.prev = x0.copy(), prev0.copy()
-        return held.step(p.mu, p.sigma)
+        tr.x, tr.prev = x0.copy(), prev0.copy()
+        return tr.step(p.mu, p.sigma)
 
-    _info(benchmark, "fit", 0.5)
+    _info(benchmark, "fit_classic" if classic else "fit", None if classic else 0.5)
     fit = benchmark(step)
-    benchmark.extra_info["iterations"] = int(fit.iterations)
+    benchmark.extra_info.update(iterations=int(fit.iterations), jtj_evals=int(fit.jtj_evals))
     assert fit.status >= 0
+    assert (fit.jtj_evals == fit.iterations) if classic else (fit.jtj_evals < fit.iterations)
 
 
 def test_decode(benchmark):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(HERE))
 
 from fit_report import run_benchmarks  # noqa: E402
 
-ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "landmarks_track", "fit", "write", "end_to_end",
+ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "landmarks_track", "fit", "fit_classic", "write", "end_to_end",
          "end_to_end_no_iris", "end_to_end_decode")
 LABEL = {"decode": "decode one 1080p frame (imageio/ffmpeg)",
          "detect": "detect (BlazeFace, whole frame)",
@@ -24,6 +24,7 @@ LABEL = {"decode": "decode one 1080p frame (imageio/ffmpeg)",
          "landmarks": "landmarks: face mesh + 2 iris crops (predict; stills, --iris-both)",
          "landmarks_track": "landmarks while tracking: mesh + 1 iris crop, alternating (default)",
          "fit": "fit: Tracker.step, 470 landmarks, warm",
+         "fit_classic": "fit, J^T J re-use off (classic LM; same-run baseline)",
          "write": "write: CSV + ARKit rows of one frame",
          "end_to_end": "end to end per frame, pre-decoded frames (both passes, outputs)",
          "end_to_end_no_iris": "end to end per frame, pre-decoded frames, --no-iris",
@@ -56,8 +57,14 @@ def table(data):
             lines.append("")
             lines.append(f"Stage split inside `{k}` (ms per frame, last round): " +
                          ", ".join(f"{s} {v:.2f}" for s, v in st.items()))
-    if "fit" in by and "iterations" in by["fit"]["extra_info"]:
-        lines.append(f"\nLM iterations in the timed fit: {by['fit']['extra_info']['iterations']}.")
+    for k in ("fit", "fit_classic"):
+        if k in by and "iterations" in by[k]["extra_info"]:
+            info = by[k]["extra_info"]
+            lines.append(f"\nLM iterations in the timed `{k}`: {info['iterations']} "
+                         f"({info.get('jtj_evals', '?')} J^T J accumulations).")
+    if "fit" in by and "fit_classic" in by:
+        r = by["fit_classic"]["stats"]["median"] / by["fit"]["stats"]["median"]
+        lines.append(f"`fit_classic` / `fit` (J^T J re-use speed-up, same run): {r:.2f}x.")
     return "\n".join(lines)
 
 

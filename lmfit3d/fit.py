@@ -610,7 +610,8 @@ def initial_pose(model, table, mu, focal, image_size):
 
 @dataclass
 class FrameFit:
-    """Result of one frame: parameters, focal, projected landmarks and solver results."""
+    """Result of one frame: parameters, focal, projected landmarks and solver results
+    (``jtj_evals``: J^T J accumulations of the frame's solve, ``FitResult.jtj_evals``)."""
     params: Params
     focal: float
     uv: np.ndarray
@@ -618,6 +619,7 @@ class FrameFit:
     iterations: int
     status: int
     success: bool
+    jtj_evals: int = 1
 
 
 class Tracker:
@@ -750,7 +752,7 @@ class Tracker:
         self.x = x
         self.prev, uv = prob.landmark_positions(x)
         params, focal = vector_to_params(m, x)
-        return FrameFit(params, focal, uv, res.cost, res.iterations, res.status, res.status >= 0)
+        return FrameFit(params, focal, uv, res.cost, res.iterations, res.status, res.status >= 0, res.jtj_evals)
 
 
 @dataclass

@@ -144,6 +144,78 @@ def test_lm_solves_rosenbrock_with_bounds():
     assert res_b.x[0] <= 0.5 and abs(res_b.x[0] - 0.5) < 1e-6
 
 
+def _rosenbrock_log(calls):
+    """Rosenbrock residuals; logs (mode, z) per call, mode 'cost', 'grad' (empty jtj) or 'full'."""
+    def acc(z, jtj, jtr, want):
+        calls.append(("cost" if not want else ("grad" if jtj.shape[0] == 0 else "full"), z.copy()))
+        r = np.array([10 * (z[1] - z[0] ** 2), 1 - z[0]])
+        if want:
+            j = np.array([[-20 * z[0], 10.0], [-1.0, 0.0]])
+            if jtj.shape[0]:
+                jtj += j.T @ j
+            jtr += j.T @ r
+        return 0.5 * r @ r
+    return acc
+
+
+@pytest.mark.parametrize("reuse_rho", [0.75, 1e-3])
+def test_lm_jtj_reuse_policy(reuse_rho):
+    """J^T J re-use: converges to the same minimum downhill; J^T r alone only at accepted points;
+    a step that fails with a kept J^T J is followed by a fresh J^T J at the current point."""
+    calls = []
+    kw = dict(max_iter=500, ftol=1e-15, xtol=1e-15, gtol=1e-12)
+    res = levenberg_marquardt(_rosenbrock_log(calls), np.array([-1.2, 1.0]), reuse_rho=reuse_rho, **kw)
+    assert res.success and np.allclose(res.x, 1.0, atol=1e-6)
+    assert np.all(np.diff(res.history) <= 1e-12)
+    modes = [m for m, _ in calls]
+    assert res.jtj_evals == modes.count("full") and "grad" in modes
+    current = calls[0][1]                    # the accepted point
+    stale = refreshed = 0
+    for (m_prev, z_prev), (m, z) in zip(calls, calls[1:]):
+        if m == "grad":                     # at the trial point just evaluated (accepted)
+            assert m_prev == "cost"
+            np.testing.assert_array_equal(z, z_prev)
+            current, stale = z, True
+        elif m == "full":
+            if stale and m_prev == "cost" and not np.array_equal(z, z_prev):
+                np.testing.assert_array_equal(z, current)       # refresh after a failed step
+                refreshed += 1
+            current, stale = z, False
+    if reuse_rho < 0.01:
+        assert refreshed > 0                 # aggressive re-use: the refresh path ran
+    classic = levenberg_marquardt(_rosenbrock_log([]), np.array([-1.2, 1.0]), **kw)
+    assert classic.jtj_evals > res.jtj_evals
+    np.testing.assert_allclose(res.x, classic.x, atol=1e-6)
+
+
+def test_tracking_with_jtj_reuse_recovers_noiseless_clip(model, rng):
+    """Tracked frames (J^T J re-use on, its default) of a noiseless moving clip: < 0.1 mm, and J^T J
+    was kept on some frames (fewer J^T J accumulations than iterations)."""
+    from lmfit3d.fit import Tracker
+    from lmfit3d.landmarks import load_landmark_set
+    from lmfit3d.skinning import evaluate_mesh
+    ids = load_landmark_set("dense320")
+    p0 = random_params(model, rng, yaw_deg=10.0)
+    d_expr = np.where(p0.expression > 0, rng.uniform(-0.04, 0.04, size=model.n_expression), 0.0)
+    cfg = FitConfig()
+    assert cfg.jtj_reuse_rho < 1.0
+    face = model.face_mask()
+    tr, kept = None, 0
+    for f in range(5):
+        rot = p0.rotations.copy()
+        rot[0, 1] += np.radians(2.0 * f)
+        psi = np.clip(p0.expression + f * d_expr, 0.0, 1.0)
+        fr = make_frame(model, p0.replace(rotations=rot, expression=psi), ids, rng, noise_px=0.0)
+        if tr is None:
+            tr = Tracker(model, ids, (fr.camera.width, fr.camera.height), fr.camera.focal, cfg,
+                         identity=p0.identity)
+        fit = tr.step(fr.mu, np.full(ids.size, 0.02))
+        assert fit.success and 1 <= fit.jtj_evals <= fit.iterations
+        assert np.abs(evaluate_mesh(model, fit.params) - fr.vertices)[face].max() < 0.1
+        kept += fit.jtj_evals < fit.iterations
+    assert kept > 0
+
+
 @pytest.mark.parametrize("name", ["dense703", "dense320"])
 def test_noiseless_recovery_below_tenth_mm(model, rng, name):
     from lmfit3d.landmarks import load_landmark_set

@@ -30,7 +30,7 @@ def _clip(model, rng, name, n_frames=4):
 
 def _same_fit(a, b):
     (xa, ra), (xb, rb) = a, b
-    assert ra.iterations == rb.iterations and ra.status == rb.status
+    assert ra.iterations == rb.iterations and ra.status == rb.status and ra.jtj_evals == rb.jtj_evals
     assert ra.cost == rb.cost
     np.testing.assert_array_equal(ra.history, rb.history)
     np.testing.assert_array_equal(ra.x, rb.x)
@@ -47,6 +47,7 @@ def test_tracking_lm_equals_general_solver(model, rng, name, eyes, w_inter):
     cfg = FitConfig(fit_eyes=eyes, w_intersection=w_inter)
     tr = Tracker(model, ids, (cam.width, cam.height), cam.focal, cfg, identity=p0.identity)
     seen_iters = set()
+    kept = 0
     for f, fr in enumerate(frames):
         x_prev, prev = (tr.x.copy(), tr.prev.copy()) if tr.x is not None else (None, None)
         tr.step(fr.mu, fr.sigma)
@@ -58,9 +59,11 @@ def test_tracking_lm_equals_general_solver(model, rng, name, eyes, w_inter):
             slow = prob.solve(x_prev, tr._frame_mask, max_iter, compiled=False)
             _same_fit(fast, slow)
             seen_iters.add(fast[1].iterations)
+            kept += fast[1].jtj_evals < fast[1].iterations
             np.testing.assert_array_equal(prob.landmark_positions(fast[0])[0], tr._problem(
                 fr.mu, fr.sigma, prev).landmark_positions(fast[0])[0])
     assert len(seen_iters) >= 2                       # converged solves and stopped ones
+    assert kept > 0                                   # J^T J re-use (FitConfig default) took part
     # cold start: pose only, no temporal term (the tracker's initialisation solves)
     fr = frames[0]
     prob = tr._problem(fr.mu, fr.sigma, None)
@@ -125,6 +128,43 @@ def test_compiled_frame_cost_equals_terms(model, rng, tw):
                                    it.sphere_c, it.sphere_r, it.sphere_of, it.planes, it.hull_of,
                                    np.sqrt(2.0 * cfg.w_intersection), prob.col_map, False, empty2, empty1)
     assert inter_cost > 0.0
+
+
+@pytest.mark.parametrize("tw", [0.05, 0.0])
+def test_gradient_alone_equals_full_evaluation(model, rng, tw):
+    """J^T r alone (an empty jtj: the solver's J^T J re-use) equals the J^T r of the full evaluation
+    without Jacobian thresholding (to 1e-10), with the same cost and positions, with landmarks and
+    previous positions missing and the intersection term firing."""
+    ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
+    fr = frames[0]
+    table = build_sparsity(model, ids, 0.01)
+    inter = _Intersection(model, p0.identity, 0.01)
+    mu = fr.mu.copy()
+    mu[rng.random(ids.size) < 0.1] = np.nan
+    prev = fr.vertices[ids] + rng.normal(scale=0.5, size=(ids.size, 3))
+    prev[rng.random(ids.size) < 0.1] = np.nan
+    x = params_to_vector(model, p0, fr.camera.focal)
+    x[POSE_DIM:POSE_DIM + model.n_expression] = rng.uniform(0.0, 1.0, model.n_expression)
+    for jac_threshold, rtol in ((0.0, 1e-10), (1e-8, 1e-6)):
+        cfg = FitConfig(w_temporal=tw, jac_threshold=jac_threshold)
+        prob = FrameProblem(model, table, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+        prob.set_free(masks(model, "pose", "joints", "expression"), x)
+        z = x[prob.free]
+        n = z.size
+        a, b = np.zeros((n, n)), np.zeros(n)
+        cost = prob.accumulate(z, a, b, True)
+        uv = prob.uv.copy()
+        g = np.zeros(n)
+        assert prob.accumulate(z, np.zeros((0, 0)), g, True) == cost
+        np.testing.assert_array_equal(prob.uv, uv)
+        np.testing.assert_allclose(g, b, rtol=rtol, atol=rtol * np.abs(b).max())
+        assert np.abs(b).max() > 0
+
+
+def test_gradient_alone_without_jit():
+    """The same under NUMBA_DISABLE_JIT (the kernels' Python source; an empty jtj is never indexed)."""
+    out = run_without_jit(__file__, "gradient_alone_equals_full_evaluation")
+    assert "2 passed" in out
 
 
 def test_expression_order(model, rng):
