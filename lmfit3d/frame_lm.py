@@ -34,7 +34,8 @@ from .simd import W, vaxpy
 from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
 from .terms import (PJ_NC, SKIP_MARGIN, diagonal_prior, expression_jacobian, frame_columns,
                     intersection_term, landmark_gradient_soa, landmark_positions_soa, pose_threshold_soa,
-                    project_columns_soa, project_soa, symmetrize_upper, table_points, table_points_jacobian, vertex_term_tracking)
+                    project_columns_soa, project_soa, symmetrize_upper, table_points, table_points_jacobian,
+                    vertex_term_tracking)
 
 
 @njit(cache=True)
@@ -143,7 +144,8 @@ def frame_cost(x, want_jac, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
 
     x (P,) full vector; when ``want_jac`` adds J^T J and J^T r into the zeroed jtj (n, n), jtr (n,):
     full and symmetric when ``full``, else the upper triangle only (all that ``solvers.lm_trial``
-    reads); J^T r alone when jtj is empty (0, 0).  Leaves the landmark positions of x in uv (L, 2) and xyz (L, 3).
+    reads); J^T r alone when jtj is empty (0, 0).  Leaves the landmark positions of x in uv (L, 2)
+    and xyz (L, 3).
     ``soa`` and ``ws``: the tables and workspaces of :func:`landmark_terms`.  Returns the cost.
     """
     (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,

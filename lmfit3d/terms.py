@@ -950,8 +950,8 @@ def landmark_gradient_soa(focal, temporal_sqrtw, xyz_t, rm_t, jpose, pj, prev_t,
     """J^T r alone of the landmark and temporal terms (tracking: identity and focal length held).
 
     The gradient evaluation of the J^T J re-use policy (``solvers.levenberg_marquardt``, ``reuse_rho``):
-    per landmark the 3D gradient g = dpi^T r / sigma + w_t (x - x_prev) of its residuals (3, L in
-    g_t), then d/d pose = sum_p jpose_p^T g_p and d/d psi_e = sum over the entries of shape e of
+    per landmark the 3D gradient g = dpi^T r / sigma + temporal_sqrtw^2 (x - x_prev) of its residuals
+    (3, L in g_t), then d/d pose = sum_p jpose_p^T g_p and d/d psi_e = sum over the entries of shape e of
     E_pe . (R_root M_p)^T g_p (h_t (3, L) = (R_root M)^T g).  No Jacobian thresholding (the exact
     gradient); O(L POSE_DIM + N) instead of the outer products of :func:`vertex_term_tracking`.
 
