@@ -159,6 +159,10 @@ def test_gradient_alone_equals_full_evaluation(model, rng, tw):
         np.testing.assert_array_equal(prob.uv, uv)
         np.testing.assert_allclose(g, b, rtol=rtol, atol=rtol * np.abs(b).max())
         assert np.abs(b).max() > 0
+    it, empty2, empty1 = prob.inter, np.zeros((0, 0)), np.zeros(0)      # the intersection term fired
+    assert intersection_term(prob.full(z), POSE_DIM, it.t_beta, it.table.expr_idx, it.table.expr_blocks,
+                             it.sphere_c, it.sphere_r, it.sphere_of, it.planes, it.hull_of,
+                             np.sqrt(2.0 * cfg.w_intersection), prob.col_map, False, empty2, empty1) > 0.0
 
 
 def test_gradient_alone_without_jit():
