@@ -351,6 +351,8 @@ class FrameProblem:
                                   self._soa_args(), self._soa_ws, self.uv, self.xyz)
             self._positions_at = x.copy()
             return cost
+        if want_jac and jtj.shape[0] == 0:      # vertex_term would write past an empty jtj
+            raise ValueError("J^T r alone (an empty jtj) needs the tracking evaluation: identity and focal held")
         rot = self.rot
         rot[0] = x[0:3]
         rot[1:] = x[6:POSE_DIM].reshape(-1, 3)

@@ -331,3 +331,12 @@ def test_fit_landmarks_rejects_bad_arguments(model):
         fit_landmarks(mu, image_size=(64, 64), model=model)
     with pytest.raises(ValueError, match="unknown landmark set"):
         fit_landmarks(mu, landmark_set="nope", image_size=(64, 64), model=model)
+
+
+@pytest.mark.parametrize("field,value", [("jtj_reuse_rho", 0.0), ("jtj_reuse_rho", -0.5),
+                                         ("jtj_reuse_rho", float("nan")), ("w_temporal", -1.0),
+                                         ("jac_threshold", float("inf")), ("max_iter", 0)])
+def test_fit_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field.split("_")[0]):
+        FitConfig(**{field: value})
+    FitConfig(jtj_reuse_rho=float("inf"))                  # the classic LM: allowed

@@ -165,6 +165,19 @@ def test_gradient_alone_equals_full_evaluation(model, rng, tw):
                              np.sqrt(2.0 * cfg.w_intersection), prob.col_map, False, empty2, empty1) > 0.0
 
 
+def test_gradient_alone_needs_the_tracking_evaluation(model, rng):
+    """With the identity free (no tracking plan) an empty jtj is refused, not written past."""
+    ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
+    fr = frames[0]
+    prob = FrameProblem(model, build_sparsity(model, ids, 0.01), fr.mu, fr.sigma,
+                        (fr.camera.width, fr.camera.height), FitConfig(), None, None)
+    x = params_to_vector(model, p0, fr.camera.focal)
+    prob.set_free(masks(model, "pose", "expression", "identity"), x)
+    assert prob._tracking_plan() is None
+    with pytest.raises(ValueError, match="tracking evaluation"):
+        prob.accumulate(x[prob.free], np.zeros((0, 0)), np.zeros(prob.free.size), True)
+
+
 def test_gradient_alone_without_jit():
     """The same under NUMBA_DISABLE_JIT (the kernels' Python source; an empty jtj is never indexed)."""
     out = run_without_jit(__file__, "gradient_alone_equals_full_evaluation")
