@@ -367,6 +367,8 @@ def _add_track(sub):
     p.add_argument("--overlay", action="store_true", help="write NAME_overlay.mp4 with the fitted mesh")
     p.add_argument("--temporal-weight", type=float, default=None, metavar="W",
                    help="weight of the temporal smoothing term (default 0.1; 0 = off)")
+    p.add_argument("--no-frame-noise", action="store_true",
+                   help="fit with the learnt sigma alone (default: plus each shot's frame-to-frame landmark noise)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_track)
@@ -399,6 +401,7 @@ def _media_run(args, kind):
     opt = TrackOptions(backend=args.backend, roi_strategy=args.roi, sigma_jitter=args.sigma_jitter,
                        fixed_sigma=args.fixed_sigma, iris=not args.no_iris,
                        iris_policy="both" if args.iris_both else "alternate", temporal_weight=args.temporal_weight,
+                       frame_noise=not args.no_frame_noise,
                        focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
                        overlay=args.overlay, max_frames=args.max_frames,
                        max_faces=getattr(args, "max_faces", 10), progress=not args.quiet and sys.stderr.isatty())

@@ -104,6 +104,7 @@ class TrackOptions:
     cut_threshold: float = 0.35
     identity_stride: int = 2
     max_faces: int = 10
+    frame_noise: bool = True
     progress: bool = True
 
     def __post_init__(self):
@@ -546,6 +547,63 @@ def _is_cut(mu, prev_centre, threshold):
     return c, prev_centre is not None and np.hypot(*(c - prev_centre)) > threshold * extent
 
 
+def shot_segments(mu, cut_threshold):
+    """Shot of each frame (n,) int64 (-1: fewer than 3 landmarks) from mu (n, L, 2): a new shot starts
+    after a frame without a face and at a scene cut (:func:`_is_cut`), as the second pass resets."""
+    seg = np.full(mu.shape[0], -1, np.int64)
+    cur, prev_c = -1, None
+    for f in range(mu.shape[0]):
+        m = np.asarray(mu[f], dtype=np.float64)
+        if np.isfinite(m).all(1).sum() < 3:
+            prev_c = None
+            continue
+        prev_c, cut = _is_cut(m, prev_c, cut_threshold)
+        if cut or f == 0 or seg[f - 1] < 0:
+            cur += 1
+        seg[f] = cur
+    return seg
+
+
+def frame_noise_variance(mu, seg):
+    """Frame-to-frame noise of the landmarks, per shot: (n,) float64 variance (pixels^2, per axis);
+    mu (n, L, 2) pixels (NaN: missing; read a frame at a time, so a memmap stays on disk), seg (n,)
+    from :func:`shot_segments`.
+
+    The learnt sigma (``predict``) is the error of a single prediction, mostly a bias that moves with
+    the face; the detector's frame-to-frame noise on real video is about the same in image pixels for
+    small and large faces, so on small faces it exceeds that sigma and the fit follows it.  Estimate:
+    the second difference d = mu_(t+1) - 2 mu_t + mu_(t-1) of white noise of variance s^2 per axis
+    has |d|^2 = 6 s^2 chi^2_2, median 12 ln(2) s^2; smooth motion adds little at video rates.  Per
+    triple of consecutive distinct frames of a shot (a frame equal to the one before, from frame-rate
+    conversion, is skipped) the median of |d|^2 over the landmarks, per shot the median over its
+    triples, divided by 12 ln 2.  A shot with no such triple gets 0.  The second pass fits with
+    sigma^2 + this variance.
+    """
+    n = mu.shape[0]
+    out = np.zeros(n)
+    per = {}                                            # shot -> medians of its triples
+    last = []                                           # the shot's last two distinct frames
+    for f in range(n):
+        s = seg[f]
+        if s < 0:
+            last = []
+            continue
+        if f == 0 or seg[f - 1] != s:
+            last = []
+        m = np.asarray(mu[f], dtype=np.float64)
+        if last and np.array_equal(m, last[-1], equal_nan=True):
+            continue                                    # a repeated frame
+        if len(last) == 2:
+            d2 = ((m - 2 * last[1] + last[0]) ** 2).sum(1)
+            d2 = d2[np.isfinite(d2)]
+            if d2.size:
+                per.setdefault(s, []).append(np.median(d2))
+        last = (last + [m])[-2:]
+    for s, vals in per.items():
+        out[seg == s] = np.median(vals) / (12.0 * np.log(2.0))
+    return out
+
+
 def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm, reader):
     tracker = Tracker(model, vids, image_size, focal, cfg, identity)
     rows = FrameRows(model, identity, focal, image_size, reader.fps)
@@ -558,6 +616,13 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
     overlay = _OverlayRenderer(model) if opt.overlay else None
     pbar = _progress(opt.progress, n, f"{reader.name} fit")
     prev_c = None
+    if opt.frame_noise:
+        t = time.perf_counter()
+        mu_all = arr[:n, :, 0:2]                # a view of the disk-backed array: memory stays flat
+        noise = frame_noise_variance(mu_all, shot_segments(mu_all, opt.cut_threshold))
+        tm["fit"] += time.perf_counter() - t
+    else:
+        noise = np.zeros(n)
     for f in range(n):
         rec = np.asarray(arr[f], dtype=np.float64)
         mu, sigma, presence = rec[:, 0:2], rec[:, 2], rec[:, 3]
@@ -567,7 +632,8 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
             prev_c, cut = _is_cut(mu, prev_c, opt.cut_threshold)
             if cut:
                 tracker.reset()
-            fit = tracker.step(mu, np.where(np.isfinite(sigma), sigma, 1.0))
+            sigma = np.where(np.isfinite(sigma), sigma, 1.0)
+            fit = tracker.step(mu, np.sqrt(sigma * sigma + noise[f]) if noise[f] > 0 else sigma)
         else:
             prev_c = None
             tracker.reset()
@@ -607,7 +673,7 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
                expression=res["expression"], success=res["success"], confidence=res["confidence"],
                cost=res["cost"], iterations=res["iterations"], status=res["status"],
                landmarks68=res["landmarks68"], fit_rms_px=res["fit_rms_px"], vertex_ids=np.asarray(vids),
-               mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]),
+               mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]), frame_noise_px=np.sqrt(noise),
                landmarks_fitted=np.asarray(arr[:n, :, 4:6]), units=np.array("mm"))
     outs.commit(npz)
 

@@ -133,6 +133,50 @@ def test_fitted_landmarks_are_steadier_than_the_detections(tracked):
     assert best_lag(raw, fit) == 0
 
 
+def _noisy_track(rng, n, sigma, start=(100.0, 100.0), n_landmarks=60):
+    """(n, L, 2) landmarks: a 50-px face drifting smoothly (slow sinusoid) plus white noise sigma px."""
+    t = np.arange(n)[:, None, None]
+    base = rng.uniform(-25, 25, size=(1, n_landmarks, 2)) + np.array(start)
+    motion = np.stack([8 * np.sin(t[..., 0] / 15.0), 5 * np.cos(t[..., 0] / 20.0)], axis=-1)
+    return base + motion + rng.normal(scale=sigma, size=(n, n_landmarks, 2))
+
+
+def test_frame_noise_variance_recovers_the_noise_per_shot(rng):
+    """Two shots (a scene cut between them) with 0.6 and 1.5 px of noise, a frame without a face and a
+    shot of two frames: each shot's estimate is its own noise (within 15 %), the short shot gets 0."""
+    from lmfit3d.track import frame_noise_variance, shot_segments
+    a = _noisy_track(rng, 80, 0.6)
+    b = _noisy_track(rng, 80, 1.5, start=(400.0, 300.0))       # the cut: the face jumps across the frame
+    gap = np.full((1,) + a.shape[1:], np.nan)
+    c = _noisy_track(rng, 2, 1.0)
+    mu = np.concatenate([a, b, gap, c])
+    seg = shot_segments(mu, 0.35)
+    assert (seg[:80] == 0).all() and (seg[80:160] == 1).all() and seg[160] == -1 and (seg[161:] == 2).all()
+    var = frame_noise_variance(mu, seg)
+    assert np.sqrt(var[0]) == pytest.approx(0.6, rel=0.15) and np.unique(var[:80]).size == 1
+    assert np.sqrt(var[100]) == pytest.approx(1.5, rel=0.15)
+    assert var[160] == 0 and (var[161:] == 0).all()
+    # frames repeated by frame-rate conversion are left out (they would read as motion, not noise)
+    rep = np.repeat(a[:40], 2, axis=0)
+    assert np.sqrt(frame_noise_variance(rep, shot_segments(rep, 0.35))[0]) == pytest.approx(0.6, rel=0.2)
+    # missing landmarks are ignored, and noiseless smooth motion reads as (almost) no noise
+    a2 = a.copy()
+    a2[:, :10] = np.nan
+    assert np.sqrt(frame_noise_variance(a2, seg[:80])[0]) == pytest.approx(0.6, rel=0.15)
+    smooth = _noisy_track(rng, 80, 0.0)
+    assert np.sqrt(frame_noise_variance(smooth, shot_segments(smooth, 0.35))[0]) < 0.05
+
+
+def test_frame_noise_is_written_and_can_be_turned_off(tmp_path):
+    """The NPZ holds the per-frame noise (positive on a real clip); --no-frame-noise gives zeros."""
+    for flag, tag in ((True, "on"), (False, "off")):
+        out = tmp_path / tag
+        track_video(SMALL_CLIP, out, TrackOptions(progress=False, max_frames=12, frame_noise=flag))
+        z = np.load(out / f"{SMALL_CLIP.stem}.npz")
+        assert z["frame_noise_px"].shape == (12,)
+        assert (z["frame_noise_px"] > 0).all() if flag else (z["frame_noise_px"] == 0).all()
+
+
 def test_frames_without_a_face_give_rows_with_success_0(tmp_path):
     """A clip whose middle frames hold no face: rows with success=0 there, tracking resumes."""
     import imageio.v2 as imageio
