@@ -401,7 +401,7 @@ def _media_run(args, kind):
     opt = TrackOptions(backend=args.backend, roi_strategy=args.roi, sigma_jitter=args.sigma_jitter,
                        fixed_sigma=args.fixed_sigma, iris=not args.no_iris,
                        iris_policy="both" if args.iris_both else "alternate", temporal_weight=args.temporal_weight,
-                       frame_noise=not args.no_frame_noise,
+                       frame_noise=not getattr(args, "no_frame_noise", False),     # track only
                        focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
                        overlay=args.overlay, max_frames=args.max_frames,
                        max_faces=getattr(args, "max_faces", 10), progress=not args.quiet and sys.stderr.isatty())

@@ -175,6 +175,9 @@ def test_frame_noise_is_written_and_can_be_turned_off(tmp_path):
         z = np.load(out / f"{SMALL_CLIP.stem}.npz")
         assert z["frame_noise_px"].shape == (12,)
         assert (z["frame_noise_px"] > 0).all() if flag else (z["frame_noise_px"] == 0).all()
+    out = tmp_path / "cli"
+    assert main(["track", str(SMALL_CLIP), "-o", str(out), "--max-frames", "6", "-q", "--no-frame-noise"]) == 0
+    assert (np.load(out / f"{SMALL_CLIP.stem}.npz")["frame_noise_px"] == 0).all()
 
 
 def test_frames_without_a_face_give_rows_with_success_0(tmp_path):
