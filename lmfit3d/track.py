@@ -9,8 +9,9 @@
    when unknown) on keyframes from the whole clip, until it holds ``max_keyframes`` of them.
 2. Track the clip again with that identity (and focal) held, the temporal term on, each landmark's
    sigma widened by its shot's frame-to-frame noise (:func:`frame_noise_variance`, from the stored
-   landmarks; ``frame_noise``), and stream the outputs: ``NAME.csv``, ``NAME_arkit.csv``, optional meshes and overlay video; ``NAME.npz`` at
-   the end.  Every output is written to a temporary file and renamed when complete.
+   landmarks; ``frame_noise``), and stream the outputs: ``NAME.csv``, ``NAME_arkit.csv``, optional
+   meshes and overlay video; ``NAME.npz`` at the end.  Every output is written to a temporary file
+   and renamed when complete.
 
 Pose columns (README "Conventions"): ``pose_T*`` is the root translation (model origin in camera
 coordinates, mm); ``pose_R*`` the root rotation (axis-angle, radians, camera axes); ``head_R*`` the
