@@ -102,15 +102,11 @@ def test_fit(benchmark, tracked, model, classic):
     """``fit``; ``fit_classic``: the same frame with J^T J re-use off (the previous solver, a same-run
     baseline), from the same warm state."""
     _, preds, held = tracked
-    if classic:
+    tr = held
+    if classic:                 # held's warm state, solved by a tracker with the re-use off
         cfg = dataclasses.replace(held.cfg, jtj_reuse_rho=float("inf"))
         tr = Tracker(model, held.table.vertex_ids, held.image_size, held.focal, cfg, held.identity)
-        for p in preds[:N_WARM]:
-            tr.step(p.mu, p.sigma)
-        x0, prev0 = held.x.copy(), held.prev.copy()
-    else:
-        tr = held
-        x0, prev0 = held.x.copy(), held.prev.copy()
+    x0, prev0 = held.x.copy(), held.prev.copy()
     p = preds[N_WARM]
 
     def step():

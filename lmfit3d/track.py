@@ -551,7 +551,8 @@ def _is_cut(mu, prev_centre, threshold):
 
 def shot_segments(mu, cut_threshold):
     """Shot of each frame (n,) int64 (-1: fewer than 3 landmarks) from mu (n, L, 2): a new shot starts
-    after a frame without a face and at a scene cut (:func:`_is_cut`), as the second pass resets."""
+    after a frame without a face and at a scene cut (:func:`_is_cut`); the second pass starts the
+    tracker afresh at each."""
     seg = np.full(mu.shape[0], -1, np.int64)
     cur, prev_c = -1, None
     for f in range(mu.shape[0]):
@@ -617,27 +618,24 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
     frames = iter(reader) if opt.overlay else None
     overlay = _OverlayRenderer(model) if opt.overlay else None
     pbar = _progress(opt.progress, n, f"{reader.name} fit")
-    prev_c = None
-    if opt.frame_noise:
-        t = time.perf_counter()
-        mu_all = arr[:n, :, 0:2]                # a view of the disk-backed array: memory stays flat
-        noise = frame_noise_variance(mu_all, shot_segments(mu_all, opt.cut_threshold))
-        tm["fit"] += time.perf_counter() - t
-    else:
-        noise = np.zeros(n)
+    # shots (cuts, frames without a face) once, from the stored landmarks (a view of the disk-backed
+    # array: memory stays flat); the tracker starts afresh at each shot
+    t = time.perf_counter()
+    mu_all = arr[:n, :, 0:2]
+    seg = shot_segments(mu_all, opt.cut_threshold)
+    noise = frame_noise_variance(mu_all, seg) if opt.frame_noise else np.zeros(n)
+    tm["fit"] += time.perf_counter() - t
     for f in range(n):
         rec = np.asarray(arr[f], dtype=np.float64)
         mu, sigma, presence = rec[:, 0:2], rec[:, 2], rec[:, 3]
         fit = None
         t = time.perf_counter()
-        if np.isfinite(mu).all(1).sum() >= 3:
-            prev_c, cut = _is_cut(mu, prev_c, opt.cut_threshold)
-            if cut:
+        if seg[f] >= 0:
+            if f == 0 or seg[f - 1] != seg[f]:
                 tracker.reset()
             sigma = np.where(np.isfinite(sigma), sigma, 1.0)
             fit = tracker.step(mu, np.sqrt(sigma * sigma + noise[f]) if noise[f] > 0 else sigma)
         else:
-            prev_c = None
             tracker.reset()
         tm["fit"] += time.perf_counter() - t
         t = time.perf_counter()
