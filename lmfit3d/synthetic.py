@@ -85,15 +85,54 @@ class RenderedFace:
     faces: np.ndarray         # (T, 3) the drawn triangles
 
 
+# Expression groups of ``strong_expression`` (ARKit names; a group is drawn as a whole).
+EXPRESSION_GROUPS = {
+    "talk": ("jawOpen", "mouthFunnel", "mouthPucker", "mouthClose", "mouthLowerDown_L", "mouthLowerDown_R",
+             "mouthUpperUp_L", "mouthUpperUp_R", "mouthStretch_L", "mouthStretch_R", "mouthRollLower",
+             "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthPress_L", "mouthPress_R"),
+    "blink": ("eyeBlink_L", "eyeBlink_R", "eyeSquint_L", "eyeSquint_R", "eyeWide_L", "eyeWide_R"),
+    "smile": ("mouthSmile_L", "mouthSmile_R", "cheekSquint_L", "cheekSquint_R", "mouthDimple_L",
+              "mouthDimple_R", "mouthFrown_L", "mouthFrown_R"),
+    "brows": ("browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R", "browDown_L",
+              "browDown_R", "noseSneer_L", "noseSneer_R"),
+    "cheeks": ("cheekPuff_L", "cheekPuff_R", "jawLeft", "jawRight", "jawForward", "mouthLeft", "mouthRight"),
+}
+
+
+def strong_expression(model, rng, max_groups=3):
+    """A strong random expression psi (E,) in [0, 1]: 1-``max_groups`` groups of
+    :data:`EXPRESSION_GROUPS`, in each 1-3 shapes at U(0.3, 1) (a symmetric pair when both sides are
+    drawn keeps one weight +- 0.15); ``jawOpen`` at U(0.2, 1) in half of the talking draws."""
+    names = list(model.expression_names)
+    psi = np.zeros(model.n_expression)
+    groups = rng.choice(list(EXPRESSION_GROUPS), size=rng.integers(1, max_groups + 1), replace=False)
+    for g in groups:
+        shapes = [n for n in EXPRESSION_GROUPS[g] if n in names]
+        for n in rng.choice(shapes, size=min(len(shapes), rng.integers(1, 4)), replace=False):
+            w = rng.uniform(0.3, 1.0)
+            psi[names.index(n)] = w
+            twin = n[:-1] + ("R" if n.endswith("_L") else "L") if n[-2:] in ("_L", "_R") else None
+            if twin in names and rng.random() < 0.7:
+                psi[names.index(twin)] = np.clip(w + rng.uniform(-0.15, 0.15), 0.0, 1.0)
+        if g == "talk" and "jawOpen" in names and rng.random() < 0.5:
+            psi[names.index("jawOpen")] = rng.uniform(0.2, 1.0)
+    return psi
+
+
 def render_random_face(model, rng, expressive=True, image_px=512, face_px=260.0, yaw_deg=30.0,
-                       pitch_deg=15.0, roll_deg=10.0, identity_scale=0.8):
+                       pitch_deg=15.0, roll_deg=10.0, identity_scale=0.8, expression=None):
     """Render a random face: identity from the prior (x ``identity_scale``), 1-3 expression shapes
-    at 0.1-0.7 (when ``expressive``), random head pose and gaze, focal (20-50 degree FOV), skin tone,
-    light and grey background; the head fills about ``face_px`` pixels."""
+    at 0.1-0.7 (when ``expressive``; ``expression`` (E,) given: that one), random head pose and gaze,
+    focal (20-50 degree FOV), skin tone, light and grey background; the head fills about ``face_px``
+    pixels."""
     from .render import model_albedo, render, shade, visible_faces
     beta = rng.normal(size=model.n_identity) * identity_scale
     psi = np.zeros(model.n_expression)
-    if expressive:
+    if expression is not None:
+        psi = np.asarray(expression, dtype=np.float64)
+        if psi.shape != (model.n_expression,):
+            raise ValueError(f"expression must have shape ({model.n_expression},), got {psi.shape}")
+    elif expressive:
         act = rng.choice(model.n_expression, size=rng.integers(1, 4), replace=False)
         psi[act] = rng.uniform(0.1, 0.7, size=act.size)
     rot = np.zeros((model.n_joints, 3))

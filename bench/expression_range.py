@@ -1,0 +1,146 @@
+"""Range of motion of the fitted face against the landmarks it was fitted to (issue 13).
+
+A fit can be steady because it follows the face, or because it does not move.  This script reports
+both sides: for each clip, the *range ratio* of facial distances (5-95 percentile range of a distance
+measured on the fitted landmarks / the same range on the predicted landmarks; 1 = the fit moves as
+much as the face) next to the steadiness ratio (raw jitter / fitted jitter, ``track_eval.jitter``).
+
+Features (MediaPipe face-mesh points; pairs averaged where two or three are listed):
+
+=================  ==========================================
+inner lip gap      13-14, 82-87, 312-317
+outer lip height   0-17
+mouth width        61-291
+eye aperture R/L   159-145 / 386-374
+brow-eye R/L       105-159 / 334-386
+=================  ==========================================
+
+Run::
+
+    python bench/expression_range.py [NPZ ...]          # ratios of tracked outputs (lmfit3d track)
+    python bench/expression_range.py --track [--backend mediapipe|network] [--out DIR]
+
+``--track`` tracks the shared talking clips first (default options) and writes a markdown table.
+"""
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# (name, list of point pairs) on MediaPipe's 468-point mesh
+FEATURES = (
+    ("inner lip gap", ((13, 14), (82, 87), (312, 317))),
+    ("outer lip height", ((0, 17),)),
+    ("mouth width", ((61, 291),)),
+    ("eye aperture R", ((159, 145),)),
+    ("eye aperture L", ((386, 374),)),
+    ("brow-eye R", ((105, 159),)),
+    ("brow-eye L", ((334, 386),)),
+)
+CLIPS = ("W040_level_3_happy_029.mp4", "W023_level_2_surprised_010.mp4", "QoT0S2vu9m4_00002.mp4",
+         "short_hamilton_clip.mp4")
+
+
+def feature_series(points, pairs):
+    """Mean distance (F,) over ``pairs`` of point indices in (F, L, 2) trajectories (pixels)."""
+    d = [np.linalg.norm(points[:, a] - points[:, b], axis=1) for a, b in pairs]
+    return np.mean(d, axis=0)
+
+
+def spread(x, lo=5.0, hi=95.0):
+    """5-95 percentile range of the finite values of ``x`` (nan if fewer than 5)."""
+    x = x[np.isfinite(x)]
+    return float(np.percentile(x, hi) - np.percentile(x, lo)) if x.size >= 5 else float("nan")
+
+
+def range_ratios(mu, fitted, point_index=None):
+    """Range ratio of every feature: spread on ``fitted`` / spread on ``mu``.
+
+    Parameters
+    ----------
+    mu, fitted : (F, L, 2) float, predicted and fitted landmarks (pixels; nan where not fitted).
+    point_index : (468,) int or None, column of each MediaPipe point in ``mu`` (identity if None).
+
+    Returns
+    -------
+    dict name -> float
+    """
+    mu = np.asarray(mu, np.float64)
+    fitted = np.asarray(fitted, np.float64)
+    if mu.shape != fitted.shape or mu.ndim != 3:
+        raise ValueError(f"mu and fitted must be equal (F, L, 2) arrays, got {mu.shape}, {fitted.shape}")
+    if point_index is not None:
+        mu, fitted = mu[:, point_index], fitted[:, point_index]
+    ok = np.isfinite(fitted).all(axis=(1, 2)) & np.isfinite(mu).all(axis=(1, 2))
+    out = {}
+    for name, pairs in FEATURES:
+        out[name] = spread(feature_series(fitted[ok], pairs)) / spread(feature_series(mu[ok], pairs))
+    return out
+
+
+def npz_ratios(path):
+    """Range ratios and steadiness of one ``lmfit3d track`` NPZ (MediaPipe backend)."""
+    from track_eval import best_lag, jitter
+    d = np.load(path)
+    mu, fit = d["mu"], d["landmarks_fitted"]
+    r = range_ratios(mu, fit)
+    ok = d["success"]
+    raw_j = jitter(np.where(ok[:, None, None], mu, np.nan), mu)
+    fit_j = jitter(np.where(ok[:, None, None], fit, np.nan), mu)
+    r["steadiness"] = raw_j / fit_j
+    r["lag"] = best_lag(np.where(ok[:, None, None], mu, np.nan), np.where(ok[:, None, None], fit, np.nan))
+    return r
+
+
+def table(rows):
+    """Markdown table of {clip: ratios}."""
+    names = [n for n, _ in FEATURES]
+    head = "| clip | " + " | ".join(names) + " | steadier x | lag |"
+    lines = [head, "|" + "---|" * (len(names) + 3)]
+    for clip, r in rows.items():
+        cells = [f"{r[n]:.2f}" for n in names] + [f"{r['steadiness']:.2f}", f"{r['lag']:d}"]
+        lines.append(f"| {clip} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def track_clips(out_dir, extra=()):
+    from lmfit3d.cli import main as cli_main
+    from lmfit3d.paths import shared_media_dir
+    media = shared_media_dir()
+    paths = [str(media / c) for c in CLIPS if (media / c).exists()]
+    rc = cli_main(["track", *paths, "-o", str(out_dir), "-q", *extra])
+    if rc not in (0, None):
+        raise SystemExit(f"track failed ({rc})")
+    return [Path(out_dir) / (Path(p).stem + ".npz") for p in paths]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("npz", nargs="*")
+    ap.add_argument("--track", action="store_true", help="track the shared clips first")
+    ap.add_argument("--out", default=None, help="folder for the tracked outputs (default: a temporary one)")
+    ap.add_argument("--track-args", default="", help="extra options for lmfit3d track (one string)")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    paths = [Path(p) for p in args.npz]
+    if args.track:
+        out = Path(args.out or tempfile.mkdtemp(prefix="lmfit3d_range_"))
+        paths += track_clips(out, args.track_args.split())
+    if not paths:
+        ap.error("give NPZ files or --track")
+    rows = {p.stem: npz_ratios(p) for p in paths}
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
