@@ -366,9 +366,13 @@ def _add_track(sub):
     p.add_argument("--mesh-every", type=int, default=0, metavar="N", help="write a mesh every N frames")
     p.add_argument("--overlay", action="store_true", help="write NAME_overlay.mp4 with the fitted mesh")
     p.add_argument("--temporal-weight", type=float, default=None, metavar="W",
-                   help="weight of the temporal smoothing term (default 0.1; 0 = off)")
+                   help="weight of the temporal term pulling each frame towards the previous one "
+                        "(default 0 on smoothed tracks, 0.1 with --no-smooth)")
     p.add_argument("--no-frame-noise", action="store_true",
-                   help="fit with the learnt sigma alone (default: plus each shot's frame-to-frame landmark noise)")
+                   help="fit the raw landmarks with the learnt sigma alone (no noise estimate, no smoothing)")
+    p.add_argument("--no-smooth", action="store_true",
+                   help="fit the raw landmarks with the temporal term (default 0.1) instead of the "
+                        "zero-lag smoothed tracks (default: smoothed, temporal weight 0)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_track)
@@ -402,6 +406,7 @@ def _media_run(args, kind):
                        fixed_sigma=args.fixed_sigma, iris=not args.no_iris,
                        iris_policy="both" if args.iris_both else "alternate", temporal_weight=args.temporal_weight,
                        frame_noise=not getattr(args, "no_frame_noise", False),     # track only
+                       smooth=not getattr(args, "no_smooth", False),
                        focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
                        overlay=args.overlay, max_frames=args.max_frames,
                        max_faces=getattr(args, "max_faces", 10), progress=not args.quiet and sys.stderr.isatty())

@@ -7,9 +7,11 @@
    append mu/sigma to a disk-backed array.  The real-time tracker runs along on every
    ``identity_stride``-th frame (2) with the identity free, refitting identity (and focal length
    when unknown) on keyframes from the whole clip, until it holds ``max_keyframes`` of them.
-2. Track the clip again with that identity (and focal) held, the temporal term on, each landmark's
-   sigma widened by its shot's frame-to-frame noise (:func:`frame_noise_variance`, from the stored
-   landmarks; ``frame_noise``), and stream the outputs: ``NAME.csv``, ``NAME_arkit.csv``, optional
+2. Track the clip again with that identity (and focal) held, on landmark tracks smoothed without
+   lag (``lmfit3d.temporal``: a constant-velocity Kalman/RTS smoother whose process noise follows the
+   motion, with the shot's frame-to-frame noise :func:`frame_noise_variance` as the measurement
+   noise; ``smooth``), each landmark's sigma widened by the smoother's variance (without ``smooth``:
+   by the frame noise, with the temporal term on), and stream the outputs: ``NAME.csv``, ``NAME_arkit.csv``, optional
    meshes and overlay video; ``NAME.npz`` at the end.  Every output is written to a temporary file
    and renamed when complete.
 
@@ -107,6 +109,7 @@ class TrackOptions:
     identity_stride: int = 2
     max_faces: int = 10
     frame_noise: bool = True
+    smooth: bool = True
     progress: bool = True
 
     def __post_init__(self):
@@ -133,9 +136,12 @@ class TrackOptions:
 
     def config(self):
         """The fitter's settings: FitConfig defaults, with the temporal weight of video tracking
-        (``TRACK_TEMPORAL_WEIGHT`` unless given; 0.1 halves the landmark jitter of the shared clips
-        without a frame of lag, see the README)."""
-        w = TRACK_TEMPORAL_WEIGHT if self.temporal_weight is None else self.temporal_weight
+        unless given: 0 when the landmark tracks are smoothed (``smooth``: the zero-lag smoother
+        gives the steadiness, and a pull towards the previous frame would damp every expression),
+        else ``TRACK_TEMPORAL_WEIGHT``."""
+        w = self.temporal_weight
+        if w is None:
+            w = 0.0 if (self.smooth and self.frame_noise) else TRACK_TEMPORAL_WEIGHT
         return FitConfig(w_temporal=w)
 
 
@@ -607,24 +613,44 @@ def frame_noise_variance(mu, seg):
     return out
 
 
-def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm, reader):
-    tracker = Tracker(model, vids, image_size, focal, cfg, identity)
-    rows = FrameRows(model, identity, focal, image_size, reader.fps)
-    ne, nj = model.n_expression, model.n_joints
-    res = dict(expression=np.full((n, ne), np.nan), rotations=np.full((n, nj, 3), np.nan),
-               translation=np.full((n, 3), np.nan), success=np.zeros(n, bool), confidence=np.zeros(n),
-               cost=np.full(n, np.nan), iterations=np.zeros(n, np.int64), status=np.full(n, -2, np.int64),
-               landmarks68=np.full((n, 68, 2), np.nan), fit_rms_px=np.full(n, np.nan))
+def smooth_shots(arr, n, seg, noise, block=64, out=None):
+    """Smoothed landmark tracks of every shot (``temporal.smooth_tracks``), block by block.
+
+    Parameters
+    ----------
+    arr : (>= n, L, >= 2) float array, mu in columns 0:2 (the disk-backed landmark store).
+    seg : (n,) int shot of each frame (-1: no face); noise : (n,) frame noise variance (pixels^2).
+
+    Returns
+    -------
+    (n, L, 3) float32 array (``out`` if given, e.g. disk-backed): smoothed x, y (pixels) and posterior
+    variance (pixels^2); frames outside any shot are nan.  Memory: one shot of ``block`` landmarks.
+    """
+    from .temporal import smooth_tracks
+    L = arr.shape[1]
+    out = np.empty((n, L, 3), np.float32) if out is None else out
+    out[:] = np.nan
+    for s in np.unique(seg[seg >= 0]):
+        frames = np.flatnonzero(seg == s)
+        a, b = frames[0], frames[-1] + 1
+        for c in range(0, L, block):
+            mu = np.asarray(arr[a:b, c:c + block, 0:2], dtype=np.float64)
+            ok = np.isfinite(mu).all(axis=2)
+            if not ok.all():                    # points a network did not return: stay missing
+                filled = np.where(ok[..., None], mu, 0.0)
+                mean = filled.sum(axis=0) / np.maximum(ok.sum(axis=0), 1)[:, None]
+                mu = np.where(ok[..., None], mu, mean[None])
+            sm, var = smooth_tracks(mu, float(noise[a]))
+            out[a:b, c:c + block, 0:2] = np.where(ok[..., None], sm, np.nan)
+            out[a:b, c:c + block, 2] = var
+    return out
+
+
+def _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, opt, outs, summary, tm, reader):
+    """Pass 2's per-frame loop: fit (smoothed tracks when given), write rows, meshes and overlay."""
     frames = iter(reader) if opt.overlay else None
     overlay = _OverlayRenderer(model) if opt.overlay else None
     pbar = _progress(opt.progress, n, f"{reader.name} fit")
-    # shots (cuts, frames without a face) once, from the stored landmarks (a view of the disk-backed
-    # array: memory stays flat); the tracker starts afresh at each shot
-    t = time.perf_counter()
-    mu_all = arr[:n, :, 0:2]
-    seg = shot_segments(mu_all, opt.cut_threshold)
-    noise = frame_noise_variance(mu_all, seg) if opt.frame_noise else np.zeros(n)
-    tm["fit"] += time.perf_counter() - t
     for f in range(n):
         rec = np.asarray(arr[f], dtype=np.float64)
         mu, sigma, presence = rec[:, 0:2], rec[:, 2], rec[:, 3]
@@ -634,7 +660,11 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
             if f == 0 or seg[f - 1] != seg[f]:
                 tracker.reset()
             sigma = np.where(np.isfinite(sigma), sigma, 1.0)
-            fit = tracker.step(mu, np.sqrt(sigma * sigma + noise[f]) if noise[f] > 0 else sigma)
+            if smooth is not None:              # smoothed tracks, sigma widened by their variance
+                sm = np.asarray(smooth[f], dtype=np.float64)
+                fit = tracker.step(sm[:, 0:2], np.sqrt(sigma * sigma + sm[:, 2]))
+            else:
+                fit = tracker.step(mu, np.sqrt(sigma * sigma + noise[f]) if noise[f] > 0 else sigma)
         else:
             tracker.reset()
         tm["fit"] += time.perf_counter() - t
@@ -666,6 +696,36 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
             pbar.update(1)
     if pbar is not None:
         pbar.close()
+
+
+def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm, reader):
+    tracker = Tracker(model, vids, image_size, focal, cfg, identity)
+    rows = FrameRows(model, identity, focal, image_size, reader.fps)
+    ne, nj = model.n_expression, model.n_joints
+    res = dict(expression=np.full((n, ne), np.nan), rotations=np.full((n, nj, 3), np.nan),
+               translation=np.full((n, 3), np.nan), success=np.zeros(n, bool), confidence=np.zeros(n),
+               cost=np.full(n, np.nan), iterations=np.zeros(n, np.int64), status=np.full(n, -2, np.int64),
+               landmarks68=np.full((n, 68, 2), np.nan), fit_rms_px=np.full(n, np.nan))
+    # shots (cuts, frames without a face) once, from the stored landmarks (a view of the disk-backed
+    # array: memory stays flat); the tracker starts afresh at each shot
+    t = time.perf_counter()
+    mu_all = arr[:n, :, 0:2]
+    seg = shot_segments(mu_all, opt.cut_threshold)
+    noise = frame_noise_variance(mu_all, seg) if opt.frame_noise else np.zeros(n)
+    smooth = None
+    if opt.smooth and opt.frame_noise:
+        path = getattr(arr, "filename", None)
+        store = (np.lib.format.open_memmap(str(path) + ".smooth.npy", mode="w+", dtype=np.float32,
+                                           shape=(n, arr.shape[1], 3)) if path else None)
+        smooth = smooth_shots(arr, n, seg, noise, out=store)
+    tm["fit"] += time.perf_counter() - t
+    try:
+        _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, opt, outs, summary, tm, reader)
+    finally:
+        if smooth is not None and getattr(smooth, "filename", None):
+            name = smooth.filename
+            del smooth
+            os.unlink(name)
     npz = dict(identity=identity, focal_px=np.array(focal), image_size=np.array(image_size),
                fps=np.array(reader.fps), expression_names=np.array(model.expression_names),
                joint_names=np.array(model.joint_names[1:]), root_rotation=res["rotations"][:, 0],

@@ -141,3 +141,37 @@ def test_tool_check_detects_a_stale_file(face_model, tmp_path):
     res = subprocess.run([sys.executable, str(TOOL), "--check", "--out-dir", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 1
+
+
+# MediaPipe point pairs across an opening: (upper, lower) inner lip and (upper, lower) eyelid
+_LIP_PAIRS = ((13, 14), (82, 87), (312, 317))
+_LID_PAIRS = ((159, 145), (386, 374))
+
+
+def _pair_distance(model, vids, pairs, **shapes):
+    psi = np.zeros(model.n_expression)
+    for name, w in shapes.items():
+        psi[list(model.expression_names).index(name)] = w
+    t = model.template(expression=psi)
+    return np.array([np.linalg.norm(t[vids[a]] - t[vids[b]]) for a, b in pairs])
+
+
+@pytest.mark.parametrize("name", ["mediapipe", "ibug68"])
+def test_correspondence_opens_with_the_mouth_and_closes_with_the_lids(face_model, name):
+    """Upper and lower inner-lip points sit on different lips, upper and lower lid points on
+    different lids: jawOpen opens their gap by > 10 mm (the lips move apart) and a blink closes the
+    lids' gap to < 40 % of its open size (issue 13: the old table put 13 and 14 on one lip)."""
+    from lmfit3d.predict import load_manifest
+    if name == "ibug68":            # iBUG points 62/66 etc.: the same contours (our network's labels)
+        ibug = load_landmark_set("ibug68")
+        vids = {13: ibug[62], 14: ibug[66], 82: ibug[61], 87: ibug[67], 312: ibug[63], 317: ibug[65],
+                159: ibug[38], 145: ibug[40], 386: ibug[43], 374: ibug[47]}
+    else:
+        man = load_manifest("mediapipe")
+        vids = dict(zip(man.points.tolist(), man.vertex_ids.tolist()))
+    closed = _pair_distance(face_model, vids, _LIP_PAIRS)
+    opened = _pair_distance(face_model, vids, _LIP_PAIRS, jawOpen=1.0)
+    assert (opened - closed > 10.0).all(), (closed, opened)
+    open_eyes = _pair_distance(face_model, vids, _LID_PAIRS)
+    blink = _pair_distance(face_model, vids, _LID_PAIRS, eyeBlink_L=1.0, eyeBlink_R=1.0)
+    assert (blink < 0.4 * open_eyes).all(), (open_eyes, blink)
