@@ -125,7 +125,6 @@ def render_random_face(model, rng, expressive=True, image_px=512, face_px=260.0,
     at 0.1-0.7 (when ``expressive``; ``expression`` (E,) given: that one), random head pose and gaze,
     focal (20-50 degree FOV), skin tone, light and grey background; the head fills about ``face_px``
     pixels."""
-    from .render import model_albedo, render, shade, visible_faces
     beta = rng.normal(size=model.n_identity) * identity_scale
     psi = np.zeros(model.n_expression)
     if expression is not None:
@@ -143,15 +142,35 @@ def render_random_face(model, rng, expressive=True, image_px=512, face_px=260.0,
     depth = cam.focal * FACE_WIDTH_MM / face_px
     shift = rng.uniform(-0.1, 0.1, size=2) * depth
     p = Params(beta, psi, rot, np.array([shift[0], shift[1], -depth]))
+    look = random_look(model, rng, beta, image_px)
+    return render_face(model, p, cam, look)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What a render looks like besides the geometry: per-vertex albedo, light direction, background."""
+    albedo: np.ndarray        # (V, 3) in [0, 1]
+    light: np.ndarray         # (3,) direction towards the light (camera axes)
+    background: np.ndarray    # (H, W, 3) uint8
+
+
+def random_look(model, rng, identity, image_px):
+    """A random skin tone (light to dark), light direction and grey background."""
+    from .render import model_albedo
     skin = np.clip(np.array([0.85, 0.62, 0.52]) * rng.uniform(0.45, 1.1) + rng.uniform(-0.05, 0.05, 3), 0.05, 1)
     light = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.2, 0.8), 1.0])
     bg = np.full((image_px, image_px, 3), int(rng.integers(30, 200)), np.uint8)
-    verts = evaluate_mesh(model, p)
+    return Look(model_albedo(model, skin=skin, identity=identity), light, bg)
+
+
+def render_face(model, params, camera, look):
+    """Render ``params`` (camera-space pose) through ``camera`` with ``look``: a :class:`RenderedFace`."""
+    from .render import render, shade, visible_faces
+    verts = evaluate_mesh(model, params)
     faces = visible_faces(model)
-    alb = model_albedo(model, skin=skin, identity=beta)
-    img, tri, bary = render(verts, faces, shade(verts, faces, alb, light), cam.focal, image_px, image_px,
-                            background=bg)
-    return RenderedFace(img, p, cam, verts, tri, bary, faces)
+    img, tri, bary = render(verts, faces, shade(verts, faces, look.albedo, look.light), camera.focal,
+                            camera.width, camera.height, background=look.background)
+    return RenderedFace(img, params, camera, verts, tri, bary, faces)
 
 
 # --------------------------------------------------------------------------------------------
