@@ -90,7 +90,8 @@ def render_sequence(model, rng, nf, yaw_deg, face_px, image_px=None):
     t = np.arange(nf) / FPS
     for f in range(nf):
         rot = np.zeros((model.n_joints, 3))
-        rot[0] = np.radians([4.0 * np.sin(0.7 * t[f]), yaw_deg + 6.0 * np.sin(0.5 * t[f]), 2.0 * np.sin(0.3 * t[f])])
+        rot[0] = np.radians([4.0 * np.sin(0.7 * t[f]), yaw_deg + 6.0 * np.sin(0.5 * t[f]),
+                             2.0 * np.sin(0.3 * t[f])])
         p = Params(beta, psi[f], rot, np.array([0.0, 0.0, -depth]))
         frames.append(render_face(model, p, cam, look).image)
         params.append(p)

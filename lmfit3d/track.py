@@ -11,8 +11,8 @@
    lag (``lmfit3d.temporal``: a constant-velocity Kalman/RTS smoother whose process noise follows the
    motion, with the shot's frame-to-frame noise :func:`frame_noise_variance` as the measurement
    noise; ``smooth``), each landmark's sigma widened by the smoother's variance (without ``smooth``:
-   by the frame noise, with the temporal term on), and stream the outputs: ``NAME.csv``, ``NAME_arkit.csv``, optional
-   meshes and overlay video; ``NAME.npz`` at the end.  Every output is written to a temporary file
+   by the frame noise, with the temporal term on), and stream the outputs: ``NAME.csv``,
+   ``NAME_arkit.csv``, optional meshes and overlay video; ``NAME.npz`` at the end.  Every output is written to a temporary file
    and renamed when complete.
 
 Pose columns (README "Conventions"): ``pose_T*`` is the root translation (model origin in camera
