@@ -133,7 +133,8 @@ def run_sequence(model, k, nf, smooth=True):
                      np.concatenate([d["root_rotation"][f][None], d["joint_rotations"][f]]), d["translation"][f])
               if ok[f] else None for f in range(nf)]
     true_psi = np.stack([p.expression for p in truth])
-    vids = dict(zip(load_manifest("mediapipe").points.tolist(), load_manifest("mediapipe").vertex_ids.tolist()))
+    man = load_manifest("mediapipe")
+    vids = dict(zip(man.points.tolist(), man.vertex_ids.tolist()))
     return dict(yaw=yaw, face_px=face_px, ok=ok, psi=d["expression"], true=true_psi,
                 gap=gaps_mm(model, fitted, vids), true_gap=gaps_mm(model, truth, vids))
 

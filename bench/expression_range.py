@@ -46,8 +46,6 @@ FEATURES = (
     ("brow-eye R", ((105, 159),)),
     ("brow-eye L", ((334, 386),)),
 )
-CLIPS = ("W040_level_3_happy_029.mp4", "W023_level_2_surprised_010.mp4", "QoT0S2vu9m4_00002.mp4",
-         "short_hamilton_clip.mp4")
 
 
 def feature_series(points, pairs):
@@ -113,6 +111,7 @@ def table(rows):
 
 
 def track_clips(out_dir, extra=()):
+    from track_eval import CLIPS
     from lmfit3d.cli import main as cli_main
     from lmfit3d.paths import shared_media_dir
     media = shared_media_dir()
