@@ -407,16 +407,23 @@ def load_manifest(name="mediapipe"):
 
 
 class IrisPredictor:
-    """MediaPipe iris model (64 x 64 eye crops): iris centres of both eyes from the eye corners.
+    """MediaPipe iris model (64 x 64 eye crops): iris centres and eyelid contours of both eyes.
 
     MediaPipe's iris network is trained on one eye side; the other eye's crop is mirrored.  The
     converted model (``tools/convert_mediapipe.py``) takes a dynamic batch, so both eyes run in one
-    call; a model with a fixed batch of 1 (older conversions) is run once per eye.
+    call; a model with a fixed batch of 1 (older conversions) is run once per eye.  Its eye-contour
+    head (the first 16 of 71 points: the eyelid contour, :data:`LID_POINTS` order) closes with the
+    lids where the face mesh does not (issue 13); conversions without that head give no lids.
     """
 
     # face-mesh points of the eye corners: subject's right eye (33, 133), left eye (362, 263)
     CORNERS = ((33, 133), (362, 263))
     OUTPUT = "output_iris"
+    LIDS_OUTPUT = "output_eyes_contours_and_brows"
+    # face-mesh points of the eye-contour head's first 16 points (MediaPipe's iris refinement):
+    # subject's right eye, left eye; lower lid corner to corner, then the upper lid
+    LID_POINTS = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173),
+                  (263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398))
 
     def __init__(self, path=None, threads=1, roi_scale=2.3):
         self.session = _session(path or mediapipe_dir() / "iris_landmark.onnx", threads)
@@ -425,6 +432,8 @@ class IrisPredictor:
         outs = [o.name for o in self.session.get_outputs()]
         if self.OUTPUT not in outs:
             raise ValueError(f"iris model: no output {self.OUTPUT!r} (outputs: {outs})")
+        self.has_lids = self.LIDS_OUTPUT in outs
+        self._outputs = [self.OUTPUT] + ([self.LIDS_OUTPUT] if self.has_lids else [])
         self.batched = not isinstance(inp.shape[0], int)       # a symbolic (dynamic) batch dimension
         self.roi_scale = roi_scale
         self._buf = np.empty((2, 3, 64, 64), np.float32)
@@ -444,19 +453,27 @@ class IrisPredictor:
 
     def crop_points(self, image, rois, eyes=(0, 1)):
         """Iris centres (len(eyes), 2) in crop pixels (0..64, unmirrored) of the eyes ``eyes``."""
+        return self.crop_landmarks(image, rois, eyes)[0]
+
+    def crop_landmarks(self, image, rois, eyes=(0, 1)):
+        """Iris centres (n, 2) and eyelid contours (n, 16, 2, :data:`LID_POINTS` order; None without
+        the contour head) in crop pixels (0..64, unmirrored) of the n eyes ``eyes``."""
         for k, e in enumerate(eyes):
             crop(image, rois[e], 64, scale=1.0 / 255.0, offset=0.0, mirror=e == 1, out=self._buf[k])
         n = len(eyes)
         if self.batched:
-            iris = self.session.run([self.OUTPUT], {self.input_name: self._buf[:n]})[0]
+            res = self.session.run(self._outputs, {self.input_name: self._buf[:n]})
         else:
-            iris = np.concatenate([self.session.run([self.OUTPUT], {self.input_name: self._buf[k:k + 1]})[0]
-                                   for k in range(n)])
-        p = iris.reshape(n, 5, 3)[:, 0, :2].astype(np.float64)
+            runs = [self.session.run(self._outputs, {self.input_name: self._buf[k:k + 1]}) for k in range(n)]
+            res = [np.concatenate([r[j] for r in runs]) for j in range(len(self._outputs))]
+        p = res[0].reshape(n, 5, 3)[:, 0, :2].astype(np.float64)
+        lids = res[1].reshape(n, 71, 3)[:, :16, :2].astype(np.float64) if self.has_lids else None
         for k, e in enumerate(eyes):
             if e == 1:
                 p[k, 0] = 64.0 - p[k, 0]
-        return p
+                if lids is not None:
+                    lids[k, :, 0] = 64.0 - lids[k, :, 0]
+        return p, lids
 
     def __call__(self, image, mesh_points):
         """Iris centres (2, 2) image pixels (subject's right eye, left eye) and the eye crops' sizes (2,)."""
@@ -508,7 +525,7 @@ class MediaPipeLandmarks:
     """
 
     def __init__(self, manifest=None, roi_strategy="aligned", sigma_jitter=0, iris=True, threads=1,
-                 presence_threshold=0.5, fixed_sigma=False, iris_policy="alternate"):
+                 presence_threshold=0.5, fixed_sigma=False, iris_policy="alternate", refine_lids=True):
         if roi_strategy not in ROI_STRATEGIES:
             raise ValueError(f"roi_strategy must be one of {ROI_STRATEGIES}, got {roi_strategy!r}")
         if iris_policy not in IRIS_POLICIES:
@@ -516,6 +533,8 @@ class MediaPipeLandmarks:
         self.iris_policy = iris_policy
         self._iris_crop = None          # last measured iris centres (2, 2) in eye-crop pixels
         self._iris_next = 0             # the eye measured on the next alternating frame
+        self.refine_lids = refine_lids
+        self._lid_delta = np.zeros((2, 16, 2))  # iris-net lids - mesh lids, eye-crop pixels
         m = manifest or load_manifest("mediapipe")
         from dataclasses import replace
         self.manifest = replace(m, roi_strategy=roi_strategy)
@@ -563,10 +582,12 @@ class MediaPipeLandmarks:
             if self._iris_crop is None:
                 eyes = (0, 1)
             c = self._iris_crop if self._iris_crop is not None else np.empty((2, 2))
-            c[list(eyes)] = self.iris.crop_points(image, rois, eyes)
+            c[list(eyes)], lids = self.iris.crop_landmarks(image, rois, eyes)
             self._iris_crop = c
             for e in range(2):
                 affine_points(c[e], 2, rois[e].matrix(64), raw[468 + e:469 + e])
+            if lids is not None and self.refine_lids:
+                self._refine_lids(raw, rois, eyes, lids)
         else:
             raw[468:] = np.nan
         px = roi.size / m.input_size
@@ -577,6 +598,18 @@ class MediaPipeLandmarks:
             sigma = np.sqrt((m.sigma_table * px) ** 2)      # not table * px: the same bits as before
         self.timings["landmarks"] += time.perf_counter() - t
         return Prediction(raw[m.points], sigma, presence, raw, roi)
+
+    def _refine_lids(self, raw, rois, eyes, lids):
+        """Replace the mesh's 2 x 16 eyelid points in ``raw`` by the iris network's contours (as
+        MediaPipe's iris refinement does).  An eye not run this frame keeps its mesh points moved by
+        the last measured offset (iris-net lids - mesh lids, in its eye crop's pixels), so the lids
+        follow this frame's mesh at once."""
+        for e in range(2):
+            idx = list(IrisPredictor.LID_POINTS[e])
+            mesh = rois[e].to_crop(raw[idx], 64)
+            if e in eyes:
+                self._lid_delta[e] = lids[list(eyes).index(e)] - mesh
+            raw[idx] = rois[e].to_image(mesh + self._lid_delta[e], 64)
 
     def reset(self):
         """Forget the tracked face (the next frame runs the full detector search)."""

@@ -23,8 +23,9 @@ TFLite originals by tests/test_predict.py):
   (a reorder to NCHW and back around each); with only Conv, Relu, Add and MaxPool left, the whole
   network runs in NCHWc: face mesh 3.0 -> 1.1 ms, iris 3.3 -> 1.3 ms per crop (one thread;
   docs/NOTES_frontend.md);
-* the iris model keeps only its iris output (the eye-contour head is unused: -10 %) and takes a
-  dynamic batch, so both eyes run in one call.
+* the iris model keeps its iris and eye-contour outputs (the eyelid contour refines the mesh's
+  lid points, issue 13; version 3 dropped it for 10 % of the iris time) and takes a dynamic batch,
+  so both eyes run in one call.
 
 Usage::
 
@@ -70,9 +71,9 @@ def _patch_tflite2onnx():
     tensor.Tensor.transform = transform
 
 
-CONVERT_VERSION = "3"     # bump when the conversion changes: cached ONNX files are then rebuilt
+CONVERT_VERSION = "4"     # bump when the conversion changes: cached ONNX files are then rebuilt
 STAMP = "convert_version.txt"
-KEEP_OUTPUTS = {"iris_landmark": ("output_iris",)}
+KEEP_OUTPUTS = {"iris_landmark": ("output_iris", "output_eyes_contours_and_brows")}
 DYNAMIC_BATCH = ("iris_landmark",)
 PAD_TO_CONV = ("face_landmark", "iris_landmark")    # the detector (Relu, no PRelu) is faster with its Pads
 

@@ -132,7 +132,7 @@ def run(n_renders=N_RENDERS, seed=SEED, verbose=True, old_table=None):
                             offset=0.0, mu_output="conv2d_21", point_dim=3, presence_output="conv2d_31",
                             vertex_ids=np.zeros(470, np.int64), points=np.arange(470),
                             sigma_table=np.ones(470))
-    mp = MediaPipeLandmarks(raw_manifest)
+    mp = MediaPipeLandmarks(raw_manifest, iris_policy="both")
     rng = np.random.default_rng(seed)
     n_half = n_renders // 2
     pos3d = np.full((n_half, 468, 3), np.nan)
