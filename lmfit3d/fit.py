@@ -39,6 +39,11 @@ class FitConfig:
     + w_expression |psi|^2 + w_joints |theta_{1..4}|^2 + w_temporal sum |x_t - x_{t-1}|^2 (mm^2, over the
     landmark vertices) + w_intersection sum d^2 (mm^2).
 
+    ``fit_gaze_shapes``: the eyeLook* shapes (:data:`GAZE_SHAPES`, the lids following the gaze) are
+    held at 0 unless True: gaze is the eye joints' job, and free eyeLook weights took up lid motion
+    and identity mismatch (issue 13: eyeLookIn 0.4-0.6 on renders looking straight ahead); outputs
+    derive them from the eye rotations (``track.gaze_blendshapes``).
+
     ``jtj_reuse_rho``: in the per-frame tracking solves (identity and focal length held) J^T J is
     kept after an accepted step whose gain ratio is >= this (the trust-region "very successful"
     threshold 3/4 by default) and only J^T r is evaluated at the new point
@@ -61,6 +66,7 @@ class FitConfig:
     keyframe_angle_deg: float = 10.0
     max_keyframes: int = 5
     fit_eyes: bool = True
+    fit_gaze_shapes: bool = False
 
     def __post_init__(self):
         for name in ("w_identity", "w_expression", "w_joints", "w_temporal", "w_intersection",
@@ -577,8 +583,13 @@ class KeyframeProblem:
         return [self.frame_x(res.x, i) for i in range(len(self.xs))], res
 
 
-def masks(model, *blocks, eyes=True):
-    """Boolean mask over the full layout for named blocks ('pose', 'joints', 'expression', ...)."""
+GAZE_SHAPES = ("eyeLookDown_L", "eyeLookDown_R", "eyeLookIn_L", "eyeLookIn_R", "eyeLookOut_L",
+               "eyeLookOut_R", "eyeLookUp_L", "eyeLookUp_R")
+
+
+def masks(model, *blocks, eyes=True, gaze_shapes=True):
+    """Boolean mask over the full layout for named blocks ('pose', 'joints', 'expression', ...);
+    ``gaze_shapes=False`` leaves the :data:`GAZE_SHAPES` out of 'expression'."""
     sl, n = layout(model)
     m = np.zeros(n, bool)
     for b in blocks:
@@ -590,6 +601,11 @@ def masks(model, *blocks, eyes=True):
                 m[12:18] = False
         else:
             m[sl[b]] = True
+            if b == "expression" and not gaze_shapes:
+                e0 = sl["expression"].start
+                for i, name in enumerate(model.expression_names):
+                    if name in GAZE_SHAPES:
+                        m[e0 + i] = False
     return m
 
 
@@ -655,7 +671,8 @@ class Tracker:
         self._inter_key = None
         self.inter = None
         self._frame_prob = None      # per-frame problem, re-used from frame to frame
-        self._frame_mask = masks(model, "pose", "joints", "expression", eyes=self.cfg.fit_eyes)
+        self._frame_mask = masks(model, "pose", "joints", "expression", eyes=self.cfg.fit_eyes,
+                                 gaze_shapes=self.cfg.fit_gaze_shapes)
         self._sl = layout(model)[0]
 
     def _intersection(self):
@@ -722,7 +739,8 @@ class Tracker:
             shared[sl["focal"]] = True
         probs = [self._problem(mu, sg) for _, mu, sg in self.keyframes]
         kp = KeyframeProblem(probs, [kx for kx, _, _ in self.keyframes], shared,
-                             masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes))
+                             masks(m, "pose", "joints", "expression", eyes=self.cfg.fit_eyes,
+                                   gaze_shapes=self.cfg.fit_gaze_shapes))
         xs, _ = kp.solve(self.cfg)
         self.identity = xs[0][sl["identity"]].copy()
         self.focal = float(xs[0][sl["focal"]][0])

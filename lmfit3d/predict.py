@@ -412,18 +412,28 @@ class IrisPredictor:
     MediaPipe's iris network is trained on one eye side; the other eye's crop is mirrored.  The
     converted model (``tools/convert_mediapipe.py``) takes a dynamic batch, so both eyes run in one
     call; a model with a fixed batch of 1 (older conversions) is run once per eye.  Its eye-contour
-    head (the first 16 of 71 points: the eyelid contour, :data:`LID_POINTS` order) closes with the
-    lids where the face mesh does not (issue 13); conversions without that head give no lids.
+    head (71 points: the eyelid contour, the rings around the eye and the brow, :data:`EYE_POINTS`
+    order) closes with the lids where the face mesh does not (issue 13); conversions without that
+    head give no contours.
     """
 
     # face-mesh points of the eye corners: subject's right eye (33, 133), left eye (362, 263)
     CORNERS = ((33, 133), (362, 263))
     OUTPUT = "output_iris"
     LIDS_OUTPUT = "output_eyes_contours_and_brows"
-    # face-mesh points of the eye-contour head's first 16 points (MediaPipe's iris refinement):
-    # subject's right eye, left eye; lower lid corner to corner, then the upper lid
-    LID_POINTS = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173),
-                  (263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398))
+    # face-mesh points of the eye-contour head's 71 points (MediaPipe's iris refinement), subject's
+    # right eye, then left eye: lower lid corner to corner, upper lid, two rings around the eye
+    # (lower, upper), the brow region.  Checked against the mesh's nearest points on real photos.
+    EYE_POINTS = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173,
+                   130, 25, 110, 24, 23, 22, 26, 112, 243, 247, 30, 29, 27, 28, 56, 190,
+                   226, 31, 228, 229, 230, 231, 232, 233, 244, 113, 225, 224, 223, 222, 221, 189,
+                   35, 124, 46, 53, 52, 65, 143, 111, 117, 118, 119, 120, 121, 128, 245,
+                   156, 70, 63, 105, 66, 107, 55, 193),
+                  (263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398,
+                   359, 255, 339, 254, 253, 252, 256, 341, 463, 467, 260, 259, 257, 258, 286, 414,
+                   446, 261, 448, 449, 450, 451, 452, 453, 464, 342, 445, 444, 443, 442, 441, 413,
+                   265, 353, 276, 283, 282, 295, 372, 340, 346, 347, 348, 349, 350, 357, 465,
+                   383, 300, 293, 334, 296, 336, 285, 417))
 
     def __init__(self, path=None, threads=1, roi_scale=2.3):
         self.session = _session(path or mediapipe_dir() / "iris_landmark.onnx", threads)
@@ -456,7 +466,7 @@ class IrisPredictor:
         return self.crop_landmarks(image, rois, eyes)[0]
 
     def crop_landmarks(self, image, rois, eyes=(0, 1)):
-        """Iris centres (n, 2) and eyelid contours (n, 16, 2, :data:`LID_POINTS` order; None without
+        """Iris centres (n, 2) and eye contours (n, 71, 2, :data:`EYE_POINTS` order; None without
         the contour head) in crop pixels (0..64, unmirrored) of the n eyes ``eyes``."""
         for k, e in enumerate(eyes):
             crop(image, rois[e], 64, scale=1.0 / 255.0, offset=0.0, mirror=e == 1, out=self._buf[k])
@@ -467,7 +477,7 @@ class IrisPredictor:
             runs = [self.session.run(self._outputs, {self.input_name: self._buf[k:k + 1]}) for k in range(n)]
             res = [np.concatenate([r[j] for r in runs]) for j in range(len(self._outputs))]
         p = res[0].reshape(n, 5, 3)[:, 0, :2].astype(np.float64)
-        lids = res[1].reshape(n, 71, 3)[:, :16, :2].astype(np.float64) if self.has_lids else None
+        lids = res[1].reshape(n, 71, 3)[:, :, :2].astype(np.float64) if self.has_lids else None
         for k, e in enumerate(eyes):
             if e == 1:
                 p[k, 0] = 64.0 - p[k, 0]
@@ -484,6 +494,9 @@ class IrisPredictor:
 
 
 IRIS_POLICIES = ("alternate", "both")
+# how many of the iris network's 71 eye-contour points replace the mesh's (IrisPredictor.EYE_POINTS
+# order: 16 lid points, 32 in the two rings around the eye, 23 towards the brow)
+REFINED_EYE_POINTS = 48
 
 
 @dataclass(frozen=True)
@@ -534,7 +547,8 @@ class MediaPipeLandmarks:
         self._iris_crop = None          # last measured iris centres (2, 2) in eye-crop pixels
         self._iris_next = 0             # the eye measured on the next alternating frame
         self.refine_lids = refine_lids
-        self._lid_delta = np.zeros((2, 16, 2))  # iris-net lids - mesh lids, eye-crop pixels
+        self.refined_eye_points = REFINED_EYE_POINTS
+        self._lid_delta = np.zeros((2, 71, 2))  # iris-net eye contour - mesh points, eye-crop pixels
         m = manifest or load_manifest("mediapipe")
         from dataclasses import replace
         self.manifest = replace(m, roi_strategy=roi_strategy)
@@ -600,16 +614,17 @@ class MediaPipeLandmarks:
         return Prediction(raw[m.points], sigma, presence, raw, roi)
 
     def _refine_lids(self, raw, rois, eyes, lids):
-        """Replace the mesh's 2 x 16 eyelid points in ``raw`` by the iris network's contours (as
+        """Replace the mesh's 2 x 71 eye-region points in ``raw`` by the iris network's contours (as
         MediaPipe's iris refinement does).  An eye not run this frame keeps its mesh points moved by
         the last measured offset (iris-net lids - mesh lids, in its eye crop's pixels), so the lids
         follow this frame's mesh at once."""
+        n = self.refined_eye_points
         for e in range(2):
-            idx = list(IrisPredictor.LID_POINTS[e])
+            idx = list(IrisPredictor.EYE_POINTS[e][:n])
             mesh = rois[e].to_crop(raw[idx], 64)
             if e in eyes:
-                self._lid_delta[e] = lids[list(eyes).index(e)] - mesh
-            raw[idx] = rois[e].to_image(mesh + self._lid_delta[e], 64)
+                self._lid_delta[e, :n] = lids[list(eyes).index(e), :n] - mesh
+            raw[idx] = rois[e].to_image(mesh + self._lid_delta[e, :n], 64)
 
     def reset(self):
         """Forget the tracked face (the next frame runs the full detector search)."""

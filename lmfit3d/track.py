@@ -87,6 +87,10 @@ def yaw_pitch_roll(r):
 
 
 TRACK_TEMPORAL_WEIGHT = 0.1
+# expression prior of landmark-network tracking: the networks' systematic errors otherwise show as
+# constant spurious weights (renders, bench/dynamics_eval.py: MAE over 53 shapes 0.107 at 1, 0.086
+# at 3; the shared clips' range ratios change by <= 0.06)
+TRACK_EXPRESSION_WEIGHT = 3.0
 BACKENDS = ("mediapipe", "network")
 
 
@@ -138,11 +142,11 @@ class TrackOptions:
         """The fitter's settings: FitConfig defaults, with the temporal weight of video tracking
         unless given: 0 when the landmark tracks are smoothed (``smooth``: the zero-lag smoother
         gives the steadiness, and a pull towards the previous frame would damp every expression),
-        else ``TRACK_TEMPORAL_WEIGHT``."""
+        else ``TRACK_TEMPORAL_WEIGHT``; the expression prior ``TRACK_EXPRESSION_WEIGHT``."""
         w = self.temporal_weight
         if w is None:
             w = 0.0 if (self.smooth and self.frame_noise) else TRACK_TEMPORAL_WEIGHT
-        return FitConfig(w_temporal=w)
+        return FitConfig(w_temporal=w, w_expression=TRACK_EXPRESSION_WEIGHT)
 
 
 @dataclass
@@ -284,6 +288,29 @@ def gaze_angles(model, rotations):
     for e, j in enumerate((3, 4)):
         d = rodrigues(rotations[j])[:, 2]          # forward axis of the eye in its parent (head) frame
         out[e] = np.arctan2(d[0], d[2]), np.arctan2(d[1], np.hypot(d[0], d[2]))
+    return out
+
+
+GAZE_FULL_DEG = 30.0    # eye rotation (degrees) at which a derived eyeLook* weight reaches 1
+
+
+def gaze_blendshapes(model, rotations, full_deg=GAZE_FULL_DEG):
+    """eyeLook* weights (E,) from the eye joints (zero elsewhere), ARKit's meaning: per eye, Up/Down
+    from the pitch, In (towards the nose) / Out from the yaw, 1 at ``full_deg`` degrees.
+
+    For when the fit holds the eyeLook* shapes at 0 (``FitConfig.fit_gaze_shapes``): the gaze
+    lives in the eye joints, and the outputs still carry ARKit's eyeLook* curves.
+    """
+    names = list(model.expression_names)
+    out = np.zeros(len(names))
+    gz = gaze_angles(model, rotations) / np.radians(full_deg)      # (left, right) x (yaw, pitch)
+    for e, side in enumerate(("_L", "_R")):
+        yaw, pitch = gz[e]
+        inward = -yaw if side == "_L" else yaw       # yaw > 0 turns towards the subject's left
+        for shape, w in (("eyeLookUp", pitch), ("eyeLookDown", -pitch), ("eyeLookIn", inward),
+                         ("eyeLookOut", -inward)):
+            if shape + side in names:
+                out[names.index(shape + side)] = min(max(w, 0.0), 1.0)
     return out
 
 
@@ -513,9 +540,13 @@ class FrameRows:
     frame without a fit (a row with success=0 and empty fields).
     """
 
-    def __init__(self, model, identity, focal, image_size, fps):
+    def __init__(self, model, identity, focal, image_size, fps, derive_gaze=False):
         from .camera import Camera
+        from .fit import GAZE_SHAPES
         self.model = model
+        # eyeLook* columns from the eye joints (the fit held those shapes at 0)
+        self.gaze_ids = ([i for i, n in enumerate(model.expression_names) if n in GAZE_SHAPES]
+                         if derive_gaze else [])
         self.ibug = PointEvaluator(model, load_landmark_set("ibug68"), identity)
         self.cam = Camera(focal, *image_size)
         self.focal = focal
@@ -538,11 +569,15 @@ class FrameRows:
         g = _global_rotations(self.model, p.rotations)
         gz = gaze_angles(self.model, p.rotations)
         conf = float(presence) if np.isfinite(presence) else 0.0
+        expr = p.expression
+        if self.gaze_ids:
+            expr = expr.copy()
+            expr[self.gaze_ids] = gaze_blendshapes(self.model, p.rotations)[self.gaze_ids]
         row += [f"{conf:.4f}"] + _format(p.translation, p.rotations[0], matrix_to_axis_angle(g[2]), gz.mean(0),
-                                          gz, [self.focal, rms], p.expression, uv68[:, 0], uv68[:, 1])
+                                          gz, [self.focal, rms], expr, uv68[:, 0], uv68[:, 1])
         # ARKit (degrees): head yaw/pitch/roll of the head's global rotation in camera axes; eyes in the head
         angles = [yaw_pitch_roll(g[2])] + [yaw_pitch_roll(rodrigues(p.rotations[j])) for j in (3, 4)]
-        ark += [f"{v:.4f}" for v in self.ark_map @ p.expression]
+        ark += [f"{v:.4f}" for v in self.ark_map @ expr]
         ark += [f"{np.degrees(v):.4f}" for trio in angles for v in trio]
         return row, ark, dict(landmarks68=uv68, fit_rms_px=rms, confidence=conf)
 
@@ -700,7 +735,7 @@ def _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, op
 
 def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm, reader):
     tracker = Tracker(model, vids, image_size, focal, cfg, identity)
-    rows = FrameRows(model, identity, focal, image_size, reader.fps)
+    rows = FrameRows(model, identity, focal, image_size, reader.fps, derive_gaze=not cfg.fit_gaze_shapes)
     ne, nj = model.n_expression, model.n_joints
     res = dict(expression=np.full((n, ne), np.nan), rotations=np.full((n, nj, 3), np.nan),
                translation=np.full((n, 3), np.nan), success=np.zeros(n, bool), confidence=np.zeros(n),

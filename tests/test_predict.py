@@ -343,7 +343,7 @@ def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
     orig = alt.iris.crop_landmarks
     alt.iris.crop_landmarks = lambda image, rois, eyes=(0, 1): calls.append(tuple(eyes)) or orig(image, rois, eyes)
     lids = np.zeros(468, bool)
-    lids[np.ravel(IrisPredictor.LID_POINTS)] = True
+    lids[np.ravel(IrisPredictor.EYE_POINTS)] = True
     for f in frames:
         pa, pb = alt.track(f), both.track(f)
         eye_w = np.linalg.norm(pb.points[133] - pb.points[33])
@@ -373,7 +373,7 @@ def test_tracking_fast_path_matches_the_plain_numpy_path():
     pred = mp.predict(img, roi)
     pts_crop, _, presence = mp.mesh._run(img, roi)
     pts = roi.to_image(pts_crop, 192)
-    lid_ids = np.array(IrisPredictor.LID_POINTS)
+    lid_ids = np.array(IrisPredictor.EYE_POINTS)
     lids = np.zeros(468, bool)
     lids[lid_ids.ravel()] = True
     np.testing.assert_allclose(pred.points[:468][~lids], pts[~lids], rtol=0, atol=1e-9)
