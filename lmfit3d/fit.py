@@ -39,10 +39,11 @@ class FitConfig:
     + w_expression |psi|^2 + w_joints |theta_{1..4}|^2 + w_temporal sum |x_t - x_{t-1}|^2 (mm^2, over the
     landmark vertices) + w_intersection sum d^2 (mm^2).
 
-    ``fit_gaze_shapes``: the eyeLook* shapes (:data:`GAZE_SHAPES`, the lids following the gaze) are
-    held at 0 unless True: gaze is the eye joints' job, and free eyeLook weights took up lid motion
-    and identity mismatch (issue 13: eyeLookIn 0.4-0.6 on renders looking straight ahead); outputs
-    derive them from the eye rotations (``track.gaze_blendshapes``).
+    ``fit_gaze_shapes``: False holds the eyeLook* shapes (:data:`GAZE_SHAPES`, the lids following the
+    gaze) at 0.  Video tracking does (``track.TrackOptions.config``): gaze is the eye joints' job, and
+    free eyeLook weights took up lid motion and the landmark network's bias (issue 13: eyeLookIn
+    0.4-0.6 on renders looking straight ahead); its outputs derive them from the eye rotations
+    (``track.gaze_blendshapes``).
 
     ``jtj_reuse_rho``: in the per-frame tracking solves (identity and focal length held) J^T J is
     kept after an accepted step whose gain ratio is >= this (the trust-region "very successful"
@@ -66,7 +67,7 @@ class FitConfig:
     keyframe_angle_deg: float = 10.0
     max_keyframes: int = 5
     fit_eyes: bool = True
-    fit_gaze_shapes: bool = False
+    fit_gaze_shapes: bool = True
 
     def __post_init__(self):
         for name in ("w_identity", "w_expression", "w_joints", "w_temporal", "w_intersection",

@@ -142,11 +142,12 @@ class TrackOptions:
         """The fitter's settings: FitConfig defaults, with the temporal weight of video tracking
         unless given: 0 when the landmark tracks are smoothed (``smooth``: the zero-lag smoother
         gives the steadiness, and a pull towards the previous frame would damp every expression),
-        else ``TRACK_TEMPORAL_WEIGHT``; the expression prior ``TRACK_EXPRESSION_WEIGHT``."""
+        else ``TRACK_TEMPORAL_WEIGHT``; the expression prior ``TRACK_EXPRESSION_WEIGHT``; the gaze
+        shapes held at 0 (``FitConfig.fit_gaze_shapes``; the outputs derive them from the eyes)."""
         w = self.temporal_weight
         if w is None:
             w = 0.0 if (self.smooth and self.frame_noise) else TRACK_TEMPORAL_WEIGHT
-        return FitConfig(w_temporal=w, w_expression=TRACK_EXPRESSION_WEIGHT)
+        return FitConfig(w_temporal=w, w_expression=TRACK_EXPRESSION_WEIGHT, fit_gaze_shapes=False)
 
 
 @dataclass

@@ -343,7 +343,7 @@ def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
     orig = alt.iris.crop_landmarks
     alt.iris.crop_landmarks = lambda image, rois, eyes=(0, 1): calls.append(tuple(eyes)) or orig(image, rois, eyes)
     lids = np.zeros(468, bool)
-    lids[np.ravel(IrisPredictor.EYE_POINTS)] = True
+    lids[np.ravel(np.array(IrisPredictor.EYE_POINTS)[:, :alt.refined_eye_points])] = True
     for f in frames:
         pa, pb = alt.track(f), both.track(f)
         eye_w = np.linalg.norm(pb.points[133] - pb.points[33])
@@ -373,7 +373,7 @@ def test_tracking_fast_path_matches_the_plain_numpy_path():
     pred = mp.predict(img, roi)
     pts_crop, _, presence = mp.mesh._run(img, roi)
     pts = roi.to_image(pts_crop, 192)
-    lid_ids = np.array(IrisPredictor.EYE_POINTS)
+    lid_ids = np.array(IrisPredictor.EYE_POINTS)[:, :mp.refined_eye_points]
     lids = np.zeros(468, bool)
     lids[lid_ids.ravel()] = True
     np.testing.assert_allclose(pred.points[:468][~lids], pts[~lids], rtol=0, atol=1e-9)
@@ -383,7 +383,8 @@ def test_tracking_fast_path_matches_the_plain_numpy_path():
     ref = np.stack([rois[e].to_image(iris[e:e + 1], 64)[0] for e in range(2)])
     np.testing.assert_allclose(pred.points[468:], ref, rtol=0, atol=1e-6)
     for e in range(2):          # lids: the iris network's eyelid contour replaces the mesh's
-        np.testing.assert_allclose(pred.points[lid_ids[e]], rois[e].to_image(lid_crop[e], 64), atol=1e-6)
+        np.testing.assert_allclose(pred.points[lid_ids[e]], rois[e].to_image(lid_crop[e, :lid_ids.shape[1]], 64),
+                                   atol=1e-6)
     plain = MediaPipeLandmarks(iris_policy="both", refine_lids=False).predict(img, roi)
     np.testing.assert_allclose(plain.points[:468], pts, rtol=0, atol=1e-9)
     m = mp.manifest
@@ -486,3 +487,26 @@ def test_sigma_jitter_adds_the_spread_of_jittered_crops():
     np.testing.assert_allclose(b.sigma[468:], a.sigma[468:])     # iris points: table sigma only
     fixed = MediaPipeLandmarks(fixed_sigma=True).track(img)
     assert np.ptp(fixed.sigma[:468]) < 1e-9 and np.ptp(a.sigma) > 1.0
+
+
+def test_iris_network_lids_close_with_a_rendered_blink(model):
+    """Issue 13: on a rendered face with eyeBlink_L/R = 0.9 the refined lid points (iris network's
+    eye contour) are nearer the true lid aperture than the face mesh's own points, which stay open."""
+    from lmfit3d.synthetic import render_random_face
+    psi = np.zeros(model.n_expression)
+    names = list(model.expression_names)
+    psi[names.index("eyeBlink_L")] = psi[names.index("eyeBlink_R")] = 0.9
+    rng = np.random.default_rng(7)
+    errs = {True: [], False: []}
+    for _ in range(3):
+        sc = render_random_face(model, rng, expression=psi, yaw_deg=10.0, pitch_deg=5.0)
+        vid = dict(zip(load_manifest().points.tolist(), load_manifest().vertex_ids.tolist()))
+        true = sc.camera.project(sc.vertices[[vid[159], vid[145], vid[386], vid[374]]])
+        true_ap = np.linalg.norm(true[0::2] - true[1::2], axis=1)
+        for refine in (True, False):
+            mp = MediaPipeLandmarks(iris_policy="both", refine_lids=refine)
+            p = mp.track(sc.image)
+            p = mp.track(sc.image)
+            ap = np.array([np.linalg.norm(p.points[159] - p.points[145]), np.linalg.norm(p.points[386] - p.points[374])])
+            errs[refine].append(np.abs(ap - true_ap))
+    assert np.mean(errs[True]) < 0.7 * np.mean(errs[False]), errs

@@ -68,6 +68,48 @@ def test_gaze_angles_follow_the_eye_joints(model):
     np.testing.assert_allclose(g[1], [0.0, -0.1], atol=1e-12)
 
 
+def test_gaze_blendshapes_follow_the_eye_joints(model):
+    """eyeLook* weights from the eye rotations: the left eye turning to the subject's left looks Out,
+    the right eye turning the same way looks In; pitch down gives Down; 1 at GAZE_FULL_DEG, clipped;
+    every other shape 0."""
+    from lmfit3d.track import GAZE_FULL_DEG, gaze_blendshapes
+    names = list(model.expression_names)
+    rot = np.zeros((model.n_joints, 3))
+    half = np.radians(GAZE_FULL_DEG) / 2
+    rot[3] = [0.0, half, 0.0]
+    rot[4] = [0.0, half, 0.0]
+    w = gaze_blendshapes(model, rot)
+    assert w[names.index("eyeLookOut_L")] == pytest.approx(0.5) and w[names.index("eyeLookIn_R")] == pytest.approx(0.5)
+    assert w[names.index("eyeLookIn_L")] == 0 and w[names.index("eyeLookOut_R")] == 0
+    rot[4] = [3 * half, 0.0, 0.0]                  # right eye far down: clipped at 1
+    w = gaze_blendshapes(model, rot)
+    assert w[names.index("eyeLookDown_R")] == 1.0 and w[names.index("eyeLookUp_R")] == 0
+    look = [i for i, n in enumerate(names) if n.startswith("eyeLook")]
+    assert len(look) == 8 and np.delete(w, look).max() == 0
+
+
+def test_tracking_holds_the_gaze_shapes_and_writes_them_from_the_eyes(tracked, model):
+    """The tracked NPZ keeps eyeLook* at 0 (FitConfig.fit_gaze_shapes False); the CSV's eyeLook*
+    columns are the gaze-derived weights of each frame's eye rotations."""
+    from lmfit3d.track import gaze_blendshapes
+    _, out = tracked
+    z = np.load(out / f"{SMALL_CLIP.stem}.npz")
+    names = list(model.expression_names)
+    look = [i for i, n in enumerate(names) if n.startswith("eyeLook")]
+    ok = z["success"]
+    assert (z["expression"][ok][:, look] == 0).all()
+    other = np.delete(z["expression"][ok], look, axis=1)
+    assert np.abs(other).max() > 0.05                               # the other shapes are fitted
+    import csv
+    with open(out / f"{SMALL_CLIP.stem}.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    f = int(np.flatnonzero(ok)[3])
+    rot = np.concatenate([z["root_rotation"][f][None], z["joint_rotations"][f]])
+    expect = gaze_blendshapes(model, rot)
+    for i in look:
+        assert float(rows[f][names[i]]) == pytest.approx(expect[i], abs=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------
 # track
 # ------------------------------------------------------------------------------------------------
