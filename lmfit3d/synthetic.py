@@ -155,12 +155,51 @@ class Look:
 
 
 def random_look(model, rng, identity, image_px):
-    """A random skin tone (light to dark), light direction and grey background."""
+    """A random skin tone (light to dark) with darker brows and reddish lips
+    (:func:`paint_brows_and_lips`), light direction and grey background."""
     from .render import model_albedo
     skin = np.clip(np.array([0.85, 0.62, 0.52]) * rng.uniform(0.45, 1.1) + rng.uniform(-0.05, 0.05, 3), 0.05, 1)
     light = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.2, 0.8), 1.0])
     bg = np.full((image_px, image_px, 3), int(rng.integers(30, 200)), np.uint8)
-    return Look(model_albedo(model, skin=skin, identity=identity), light, bg)
+    alb = model_albedo(model, skin=skin, identity=identity)
+    paint_brows_and_lips(model, alb, identity, brow=rng.uniform(0.25, 0.5), lip=rng.uniform(0.75, 0.95))
+    return Look(alb, light, bg)
+
+
+def _inside(poly, pts):
+    """Points (N, 2) inside the closed polygon (K, 2) (even-odd rule)."""
+    inside = np.zeros(len(pts), bool)
+    for a, b in zip(poly, np.roll(poly, -1, axis=0)):
+        cross = (a[1] > pts[:, 1]) != (b[1] > pts[:, 1])
+        x = a[0] + (pts[:, 1] - a[1]) * (b[0] - a[0]) / np.where(b[1] == a[1], 1e-12, b[1] - a[1])
+        inside ^= cross & (pts[:, 0] < x)
+    return inside
+
+
+def paint_brows_and_lips(model, albedo, identity=None, brow=0.35, lip=0.85, brow_mm=3.5):
+    """Darken the brows and redden the lips of a per-vertex albedo (V, 3) in place.
+
+    Brows: face vertices within ``brow_mm`` (frontal x-y distance) of the iBUG brow polylines
+    (points 17-21, 22-26), in front of the eyes; they get ``brow`` x their colour.  Lips: face
+    vertices inside the outer lip contour (iBUG 48-59, frontal x-y), in front of the mouth corners;
+    they get (1, 0.72, 0.75) x ``lip`` x their colour.  So MediaPipe sees brows and lips on renders
+    as on real faces (correspondence learning, the dynamics benchmark).
+    """
+    from .landmarks import load_landmark_set
+    ib = load_landmark_set("ibug68")
+    t = model.template(identity)
+    face = model.region_mask("face")
+    for a, b in ((17, 22), (22, 27)):
+        line = t[ib[a:b]]
+        front = face & (t[:, 2] > line[:, 2].min() - 6.0)
+        d = np.full(len(t), np.inf)
+        for p, q in zip(line[:-1, :2], line[1:, :2]):
+            u = np.clip(((t[:, :2] - p) @ (q - p)) / max(float((q - p) @ (q - p)), 1e-12), 0.0, 1.0)
+            d = np.minimum(d, np.linalg.norm(t[:, :2] - (p + u[:, None] * (q - p)), axis=1))
+        albedo[front & (d < brow_mm)] *= brow
+    outer = t[ib[48:60]]
+    lips = face & (t[:, 2] > outer[:, 2].min() - 3.0) & _inside(outer[:, :2], t[:, :2])
+    albedo[lips] *= np.array([1.0, 0.72, 0.75]) * lip
 
 
 def render_face(model, params, camera, look):
