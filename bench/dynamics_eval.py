@@ -15,7 +15,7 @@ Run::
 
     python bench/dynamics_eval.py [--sequences 6] [--frames 120] [--no-smooth]
 
-Prints a markdown table (the README's "Expression dynamics" table).
+Prints a markdown table (docs/results.md, "Known expression curves on renders").
 """
 import argparse
 import os

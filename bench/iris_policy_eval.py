@@ -1,4 +1,4 @@
-"""Accuracy cost of the alternating iris policy (issue 4, docs/NOTES_frontend.md); prints a markdown table.
+"""Accuracy cost of the alternating iris policy (issue 4, docs/history/NOTES_frontend.md); prints a markdown table.
 
 Run::
 

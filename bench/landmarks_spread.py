@@ -1,4 +1,4 @@
-"""Where the per-call spread of the tracking landmarks comes from (issue 4, docs/NOTES_frontend5.md).
+"""Where the per-call spread of the tracking landmarks comes from (issue 4, docs/history/NOTES_frontend5.md).
 
 Run::
 

@@ -1,4 +1,4 @@
-"""Run the model benchmarks and print a markdown table for the README.
+"""Run the model benchmarks and print a markdown table for docs/results.md.
 
 Usage::
 

@@ -11,7 +11,7 @@ Groups (``benchmark.group``) and goals (``extra_info["goal_us"]``):
   (``tests/test_synth_shading.py``), on the same render and random stream.
 * ``synth_sample``: one full training sample (``FaceSynth.sample``: mesh, raster, shading,
   background, occluders, both crops, augmentation).  Goal <= 36 ms, the issue's 100k samples in
-  30 min with 2 workers.  The old code's figure is in docs/NOTES_synth_speed.md (alternating runs).
+  30 min with 2 workers.  The old code's figure is in docs/history/NOTES_synth_speed.md (alternating runs).
 
 Every benchmark first checks that what it times computes the right thing.
 """

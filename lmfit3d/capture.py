@@ -985,3 +985,25 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
         outs.abort()
         raise
     return res
+
+
+def fit_same_person(paths, out_dir, options=None, model=None, predictor=None):
+    """Several photos of one person (``lmfit3d fit --same-person``): one identity shared by all,
+    expression, pose and focal length per photo, fitted together (:func:`fit_stills`).
+
+    Photos without a face are reported (ValueError) before anything is written.  Writes the
+    outputs of :func:`fit_image` per photo; returns their JSON dicts.
+    """
+    from .track import (TrackOptions, _check_out_dir, image_landmarks, make_predictor, write_still)
+    opt = options or TrackOptions()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    model = model or load_model()
+    mp = predictor or make_predictor(opt)
+    got = [image_landmarks(p, mp) for p in paths]
+    sizes = np.array([(img.shape[1], img.shape[0]) for img, _ in got], dtype=np.float64)
+    res = fit_stills(np.stack([pr.mu for _, pr in got]), np.stack([pr.sigma for _, pr in got]),
+                     vertex_ids=mp.vertex_ids, image_size=sizes, focal_px=opt.focal_px, model=model)
+    return [write_still(path, out_dir, model, opt, img, res.params(k), res.focal[k], pred, res.uv[k, k],
+                        res.cost[k], res.iterations, res.status[k])
+            for k, (path, (img, pred)) in enumerate(zip(paths, got))]

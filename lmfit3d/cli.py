@@ -440,7 +440,7 @@ def _media_run(args, kind):
         raise ValueError(f"{model_path}: model file not found")
     if getattr(args, "same_person", False):
         from .model import load_model
-        from .track import fit_same_person
+        from .capture import fit_same_person
         if len(paths) < 2:
             raise CommandLineError("--same-person needs at least two photos")
         infos = fit_same_person(paths, args.output, opt, load_model(model_path))

@@ -95,7 +95,7 @@ def warp_chw(image, m, out_size, mirror, scale, offset, out):
     rows, which the hardware prefetchers do not follow.  Interior pixels convert their uint8 taps
     through a look-up table (exact).  Cold 192 x 192 crop of a 1080p frame: 1.37 ms without
     prefetching, 0.62 ms with the earlier block-wise touching loads, 0.42 ms now (warm: 0.37 ->
-    0.26 ms; docs/NOTES_frontend.md, docs/NOTES_frontend4.md).  Returns 0.
+    0.26 ms; docs/history/NOTES_frontend.md, docs/history/NOTES_frontend4.md).  Returns 0.
     """
     h, w = image.shape[0], image.shape[1]
     nc = out.shape[0]

@@ -66,7 +66,7 @@ SCLERA_R = (23021, 23790)
 UPPER_TEETH = (17039, 19246)
 LOWER_TEETH = (19247, 21450)
 
-# Procedural neck/head skinning (model cm before scaling; documented in the README).
+# Procedural neck/head skinning (model cm before scaling; documented in docs/architecture.md).
 # Two cut planes containing the x axis, each given by a back point and a front point (y, z).
 HEAD_CUT = ((-4.0, -7.0), (-9.0, 8.0))
 NECK_CUT = ((-11.0, -7.0), (-14.0, 6.0))

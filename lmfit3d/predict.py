@@ -531,7 +531,7 @@ class MediaPipeLandmarks:
         one eye, the eyes taking turns; the other eye's iris centre is carried over from its last
         measurement in the coordinates of its eye crop (fixed to the current frame's eye corners),
         so head motion and eyelids are followed at once and only an eye rotation shows one frame
-        late in that eye.  It halves the iris cost (docs/NOTES_frontend.md: accuracy).  Frames after
+        late in that eye.  It halves the iris cost (docs/history/NOTES_frontend.md: accuracy).  Frames after
         a detection and :meth:`predict` always run both eyes.
     presence_threshold : float, face score under which tracking is lost and the detector runs again.
     fixed_sigma : bool, give every landmark the table's median sigma (ablation: no uncertainty).

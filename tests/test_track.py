@@ -163,7 +163,7 @@ def test_fitted_landmarks_follow_the_detections(tracked):
 
 def test_fitted_landmarks_are_steadier_than_the_detections(tracked):
     """Frame-to-frame jitter (median |second difference|) of the fitted landmarks against the raw
-    network landmarks (the README's table has the full clips; goal there: at least 2x), no lag."""
+    network landmarks (docs/results.md has the full clips; goal there: at least 2x), no lag."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     from track_eval import best_lag, jitter

@@ -22,7 +22,7 @@ TFLite originals by tests/test_predict.py):
   onnxruntime's PRelu kernel is slow, and PRelu, Mul and Pad are outside its blocked NCHWc layout
   (a reorder to NCHW and back around each); with only Conv, Relu, Add and MaxPool left, the whole
   network runs in NCHWc: face mesh 3.0 -> 1.1 ms, iris 3.3 -> 1.3 ms per crop (one thread;
-  docs/NOTES_frontend.md);
+  docs/history/NOTES_frontend.md);
 * the iris model keeps its iris and eye-contour outputs (the eyelid contour refines the mesh's
   lid points, issue 13; version 3 dropped it for 10 % of the iris time) and takes a dynamic batch,
   so both eyes run in one call.
