@@ -18,9 +18,11 @@ brow-eye R/L       105-159 / 334-386
 Run::
 
     python bench/expression_range.py [NPZ ...]          # ratios of tracked outputs (lmfit3d track)
-    python bench/expression_range.py --track [--backend mediapipe|network] [--out DIR]
+    python bench/expression_range.py --track [--out DIR] [--track-args "--backend network"]
 
 ``--track`` tracks the shared talking clips first (default options) and writes a markdown table.
+Outputs of other landmark sets (``--backend network``: dense320) are measured on the same features
+through their iBUG 68 points (:data:`FEATURES_IBUG`).
 """
 import argparse
 import os
@@ -48,6 +50,18 @@ FEATURES = (
 )
 
 
+# the same features on iBUG 68 points (0-based), for landmark sets that contain ibug68
+FEATURES_IBUG = (
+    ("inner lip gap", ((62, 66), (61, 67), (63, 65))),
+    ("outer lip height", ((51, 57),)),
+    ("mouth width", ((48, 54),)),
+    ("eye aperture R", ((37, 41), (38, 40))),
+    ("eye aperture L", ((43, 47), (44, 46))),
+    ("brow-eye R", ((19, 37),)),
+    ("brow-eye L", ((24, 44),)),
+)
+
+
 def feature_series(points, pairs):
     """Mean distance (F,) over ``pairs`` of point indices in (F, L, 2) trajectories (pixels)."""
     d = [np.linalg.norm(points[:, a] - points[:, b], axis=1) for a, b in pairs]
@@ -60,13 +74,15 @@ def spread(x, lo=5.0, hi=95.0):
     return float(np.percentile(x, hi) - np.percentile(x, lo)) if x.size >= 5 else float("nan")
 
 
-def range_ratios(mu, fitted, point_index=None):
+def range_ratios(mu, fitted, point_index=None, features=FEATURES):
     """Range ratio of every feature: spread on ``fitted`` / spread on ``mu``.
 
     Parameters
     ----------
     mu, fitted : (F, L, 2) float, predicted and fitted landmarks (pixels; nan where not fitted).
-    point_index : (468,) int or None, column of each MediaPipe point in ``mu`` (identity if None).
+    point_index : (P,) int or None, column in ``mu`` of each point the features index (identity if
+        None).
+    features : :data:`FEATURES` (MediaPipe points) or :data:`FEATURES_IBUG`.
 
     Returns
     -------
@@ -80,17 +96,22 @@ def range_ratios(mu, fitted, point_index=None):
         mu, fitted = mu[:, point_index], fitted[:, point_index]
     ok = np.isfinite(fitted).all(axis=(1, 2)) & np.isfinite(mu).all(axis=(1, 2))
     out = {}
-    for name, pairs in FEATURES:
+    for name, pairs in features:
         out[name] = spread(feature_series(fitted[ok], pairs)) / spread(feature_series(mu[ok], pairs))
     return out
 
 
 def npz_ratios(path):
-    """Range ratios and steadiness of one ``lmfit3d track`` NPZ (MediaPipe backend)."""
+    """Range ratios and steadiness of one ``lmfit3d track`` NPZ (either backend)."""
     from track_eval import best_lag, jitter
     d = np.load(path)
     mu, fit = d["mu"], d["landmarks_fitted"]
-    r = range_ratios(mu, fit)
+    if mu.shape[1] == 470:
+        r = range_ratios(mu, fit)
+    else:                           # another landmark set: its iBUG 68 points
+        from lmfit3d.landmarks import load_landmark_set
+        col = {int(v): i for i, v in enumerate(d["vertex_ids"])}
+        r = range_ratios(mu, fit, [col[int(v)] for v in load_landmark_set("ibug68")], FEATURES_IBUG)
     ok = d["success"]
     raw_j = jitter(np.where(ok[:, None, None], mu, np.nan), mu)
     fit_j = jitter(np.where(ok[:, None, None], fit, np.nan), mu)

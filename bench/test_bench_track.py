@@ -117,7 +117,8 @@ def test_fit(benchmark, tracked, model, classic):
     fit = benchmark(step)
     benchmark.extra_info.update(iterations=int(fit.iterations), jtj_evals=int(fit.jtj_evals))
     assert fit.status >= 0
-    assert (fit.jtj_evals == fit.iterations) if classic else (fit.jtj_evals < fit.iterations)
+    # classic: a fresh J^T J after every accepted step (a rejected one re-uses it with more damping)
+    assert (1 <= fit.jtj_evals <= fit.iterations) if classic else (fit.jtj_evals < fit.iterations)
 
 
 def test_decode(benchmark):

@@ -245,6 +245,34 @@ def test_smoothing_follows_the_mouth_that_the_temporal_term_damps(tmp_path):
     assert s["outer lip height"] > o["outer lip height"] + 0.1, (s, o)
 
 
+def test_range_ratios_measure_how_far_the_fit_moves(rng):
+    """bench/expression_range.range_ratios: a fit whose inner lips open half as far as the
+    landmarks reads 0.5 on the inner-lip gap and 1 elsewhere; the iBUG variant reads the same
+    through a column map."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from expression_range import FEATURES_IBUG, range_ratios
+    f = 60
+    base = rng.uniform(0, 200, size=(1, 470, 2)) * (1 + 0.1 * np.sin(np.arange(f) / 5.0))[:, None, None]
+    gap = 10 * (1 + np.sin(np.arange(f) / 3.0))
+    mu, fit = base.copy(), base.copy()
+    for up, lo in ((13, 14), (82, 87), (312, 317)):
+        mu[:, lo] = mu[:, up] + np.stack([0 * gap, 2 + gap], axis=1)
+        fit[:, lo] = fit[:, up] + np.stack([0 * gap, 2 + 0.5 * gap], axis=1)
+    r = range_ratios(mu, fit)
+    assert r["inner lip gap"] == pytest.approx(0.5, rel=1e-6)
+    assert all(v == pytest.approx(1.0) for k, v in r.items() if k != "inner lip gap")
+    cols = rng.permutation(470)[:68]                   # iBUG point k lives in column cols[k]
+    mu2, fit2 = mu.copy(), fit.copy()
+    for (a, b), (c, d) in zip(((13, 14), (82, 87), (312, 317)), ((62, 66), (61, 67), (63, 65))):
+        mu2[:, cols[c]], mu2[:, cols[d]] = mu[:, a], mu[:, b]
+        fit2[:, cols[c]], fit2[:, cols[d]] = fit[:, a], fit[:, b]
+    r2 = range_ratios(mu2, fit2, cols, FEATURES_IBUG)
+    assert r2["inner lip gap"] == pytest.approx(0.5, rel=1e-6)
+    with pytest.raises(ValueError, match="equal"):
+        range_ratios(mu, fit[:, :10])
+
+
 def test_smooth_shots_respects_shots_and_missing_points(rng):
     """Each shot is smoothed on its own (a jump at a cut is not smeared), frames without a face
     stay nan, a point missing in every frame of a shot stays missing."""
