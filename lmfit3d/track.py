@@ -35,6 +35,7 @@ from .landmarks import load_landmark_set
 from .paths import atomic_write
 from .rotation import matrix_to_axis_angle, rodrigues
 from .skinning import evaluate_mesh, pose, skin_mesh
+from .temporal import is_cut, frame_noise_variance, shot_segments, smooth_shots
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -468,7 +469,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
                 rec[:, 0:2] = pred.mu
                 rec[:, 2] = pred.sigma
                 rec[:, 3] = pred.presence
-                prev_c, cut = _is_cut(pred.mu, prev_c, opt.cut_threshold)
+                prev_c, cut = is_cut(pred.mu, prev_c, opt.cut_threshold)
                 if cut:
                     tracker.reset()                 # scene cut: no warm start, no temporal term
                 # identity pass: every ``identity_stride``-th frame, until the keyframe set is full
@@ -581,105 +582,6 @@ class FrameRows:
         ark += [f"{v:.4f}" for v in self.ark_map @ expr]
         ark += [f"{np.degrees(v):.4f}" for trio in angles for v in trio]
         return row, ark, dict(landmarks68=uv68, fit_rms_px=rms, confidence=conf)
-
-
-def _is_cut(mu, prev_centre, threshold):
-    """Landmark centroid (2,) and whether it jumped by more than ``threshold`` x the landmarks' extent
-    since the previous frame (a scene cut: the tracker then starts afresh)."""
-    c = np.nanmean(mu, 0)
-    extent = float((np.nanmax(mu, 0) - np.nanmin(mu, 0)).max())
-    return c, prev_centre is not None and np.hypot(*(c - prev_centre)) > threshold * extent
-
-
-def shot_segments(mu, cut_threshold):
-    """Shot of each frame (n,) int64 (-1: fewer than 3 landmarks) from mu (n, L, 2): a new shot starts
-    after a frame without a face and at a scene cut (:func:`_is_cut`); the second pass starts the
-    tracker afresh at each."""
-    seg = np.full(mu.shape[0], -1, np.int64)
-    cur, prev_c = -1, None
-    for f in range(mu.shape[0]):
-        m = np.asarray(mu[f], dtype=np.float64)
-        if np.isfinite(m).all(1).sum() < 3:
-            prev_c = None
-            continue
-        prev_c, cut = _is_cut(m, prev_c, cut_threshold)
-        if cut or f == 0 or seg[f - 1] < 0:
-            cur += 1
-        seg[f] = cur
-    return seg
-
-
-def frame_noise_variance(mu, seg):
-    """Frame-to-frame noise of the landmarks, per shot: (n,) float64 variance (pixels^2, per axis);
-    mu (n, L, 2) pixels (NaN: missing; read a frame at a time, so a memmap stays on disk), seg (n,)
-    from :func:`shot_segments`.
-
-    The learnt sigma (``predict``) is the error of a single prediction, mostly a bias that moves with
-    the face; the detector's frame-to-frame noise on real video is about the same in image pixels for
-    small and large faces, so on small faces it exceeds that sigma and the fit follows it.  Estimate:
-    the second difference d = mu_(t+1) - 2 mu_t + mu_(t-1) of white noise of variance s^2 per axis
-    has |d|^2 = 6 s^2 chi^2_2, median 12 ln(2) s^2; smooth motion adds little at video rates.  Per
-    triple of consecutive distinct frames of a shot (a frame equal to the one before, from frame-rate
-    conversion, is skipped) the median of |d|^2 over the landmarks, per shot the median over its
-    triples, divided by 12 ln 2.  A shot with no such triple gets 0.  The second pass fits with
-    sigma^2 + this variance.
-    """
-    n = mu.shape[0]
-    out = np.zeros(n)
-    per = {}                                            # shot -> medians of its triples
-    last = []                                           # the shot's last two distinct frames
-    for f in range(n):
-        s = seg[f]
-        if s < 0:
-            last = []
-            continue
-        if f == 0 or seg[f - 1] != s:
-            last = []
-        m = np.asarray(mu[f], dtype=np.float64)
-        if last and np.array_equal(m, last[-1], equal_nan=True):
-            continue                                    # a repeated frame
-        if len(last) == 2:
-            d2 = ((m - 2 * last[1] + last[0]) ** 2).sum(1)
-            d2 = d2[np.isfinite(d2)]
-            if d2.size:
-                per.setdefault(s, []).append(np.median(d2))
-        last = (last + [m])[-2:]
-    for s, vals in per.items():
-        out[seg == s] = np.median(vals) / (12.0 * np.log(2.0))
-    return out
-
-
-def smooth_shots(arr, n, seg, noise, block=64, out=None):
-    """Smoothed landmark tracks of every shot (``temporal.smooth_tracks``), block by block.
-
-    Parameters
-    ----------
-    arr : (>= n, L, >= 2) float array, mu in columns 0:2 (the disk-backed landmark store).
-    seg : (n,) int shot of each frame (-1: no face); noise : (n,) frame noise variance (pixels^2).
-
-    Returns
-    -------
-    (n, L, 3) float32 array (``out`` if given, e.g. disk-backed): smoothed x, y (pixels) and posterior
-    variance (pixels^2); frames outside any shot are nan.  Memory: one shot of ``block`` landmarks.
-    """
-    from .temporal import smooth_tracks
-    L = arr.shape[1]
-    out = np.empty((n, L, 3), np.float32) if out is None else out
-    out[:] = np.nan
-    for s in np.unique(seg[seg >= 0]):
-        frames = np.flatnonzero(seg == s)
-        a, b = frames[0], frames[-1] + 1
-        for c in range(0, L, block):
-            mu = np.asarray(arr[a:b, c:c + block, 0:2], dtype=np.float64)
-            ok = np.isfinite(mu).all(axis=2)
-            if not ok.all():                    # points a network did not return: stay missing
-                filled = np.where(ok[..., None], mu, 0.0)
-                mean = filled.sum(axis=0) / np.maximum(ok.sum(axis=0), 1)[:, None]
-                mu = np.where(ok[..., None], mu, mean[None])
-            sm, var = smooth_tracks(mu, float(noise[a]))
-            out[a:b, c:c + block, 0:2] = np.where(ok[..., None], sm, np.nan)
-            out[a:b, c:c + block, 2] = var
-    return out
 
 
 def _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, opt, outs, summary, tm, reader):

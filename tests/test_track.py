@@ -186,7 +186,7 @@ def _noisy_track(rng, n, sigma, start=(100.0, 100.0), n_landmarks=60):
 def test_frame_noise_variance_recovers_the_noise_per_shot(rng):
     """Two shots (a scene cut between them) with 0.6 and 1.5 px of noise, a frame without a face and a
     shot of two frames: each shot's estimate is its own noise (within 15 %), the short shot gets 0."""
-    from lmfit3d.track import frame_noise_variance, shot_segments
+    from lmfit3d.temporal import frame_noise_variance, shot_segments
     a = _noisy_track(rng, 80, 0.6)
     b = _noisy_track(rng, 80, 1.5, start=(400.0, 300.0))       # the cut: the face jumps across the frame
     gap = np.full((1,) + a.shape[1:], np.nan)
@@ -276,7 +276,7 @@ def test_range_ratios_measure_how_far_the_fit_moves(rng):
 def test_smooth_shots_respects_shots_and_missing_points(rng):
     """Each shot is smoothed on its own (a jump at a cut is not smeared), frames without a face
     stay nan, a point missing in every frame of a shot stays missing."""
-    from lmfit3d.track import smooth_shots
+    from lmfit3d.temporal import smooth_shots
     a = _noisy_track(rng, 40, 0.8)
     b = _noisy_track(rng, 40, 0.8, start=(300.0, 250.0))
     mu = np.concatenate([a, np.full((1,) + a.shape[1:], np.nan), b])
