@@ -52,6 +52,7 @@ from .calibration import (Calibration, parse_calibration, read_calibration,  # n
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
 from .camera import focal_from_fov
+from .energy import Intersection, identity_prior
 from .fit import FitConfig, Tracker, _Intersection, fit_landmarks
 from .gradients import CAMERA_SIZE, POSE_SIZE, capture_energy
 from .landmarks import resolve_vertex_ids
@@ -208,14 +209,12 @@ class CaptureProblem:
         self.parents = model.joint_parents.astype(np.int64)
         self.anc = ancestry(model.joint_parents)
         beta0 = np.zeros(self.nk) if identity0 is None else np.asarray(identity0, dtype=np.float64)
-        if fc.w_intersection > 0:
-            it = _Intersection(model, beta0, fc.sparsity_threshold_mm)
-            self.inter = (it.table.mean, it.table.identity_blocks, it.table.expr_idx, it.table.expr_blocks,
-                          it.sphere_c, it.sphere_r, it.sphere_of, it.planes, it.hull_of)
-        else:
-            self.inter = (np.zeros((0, 3)), np.zeros((0, 3, self.nk)), np.zeros((0, 1), np.int64),
-                          np.zeros((0, 1, 3)), np.zeros((2, 3)), np.ones(2), np.zeros(0, np.int64),
-                          np.zeros((2, 1, 4)), np.zeros(0, np.int64))
+        # the intersection geometry at the identity mean with its basis (None: term off)
+        self.geometry = (_Intersection(model, beta0, fc.sparsity_threshold_mm).geometry(identity_free=True)
+                         if fc.w_intersection > 0 else None)
+        self.inter = self.geometry if self.geometry is not None else Intersection(
+            np.zeros((0, 3)), np.zeros((0, 3, self.nk)), np.zeros((0, 1), np.int64), np.zeros((0, 1, 3)),
+            np.zeros((2, 3)), np.ones(2), np.zeros(0, np.int64), np.zeros((2, 1, 4)), np.zeros(0, np.int64))
         self._frame_cost = np.empty(self.n_frames)
         self._all_frames = np.ones(self.n_frames, bool)
         self.nfev = 0
@@ -248,25 +247,11 @@ class CaptureProblem:
                               self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.jidx,
                               self.jcount, self.obs, self.block_ok, self.camera_gradient, self.centre,
                               fc.w_expression, fc.w_joints, fc.w_temporal, *self.inter, fc.w_intersection,
-                              grad, diag, uv, self._frame_cost, pose_gn, id_gn, id_frames)
+                              fc.loss_c, grad, diag, uv, self._frame_cost, pose_gn, id_gn, id_frames)
 
     def identity_prior(self, beta):
-        """GMM prior w_id (-log sum_c w_c N(beta; m_c, diag s_c^2) + const): cost, gradient, GN diagonal.
-
-        The constant makes it 0.5 w_id |(beta - m) / s|^2 for one component (the real-time fitter's).
-        """
-        m, w = self.model, self.cfg.fit.w_identity
-        lognorm = np.log(m.gmm_weights) - np.log(m.gmm_stds).sum(1)
-        d = (beta[None] - m.gmm_means) / m.gmm_stds
-        logp = lognorm - 0.5 * (d * d).sum(1)
-        top = logp.max()
-        lse = top + np.log(np.exp(logp - top).sum())
-        resp = np.exp(logp - lse)
-        ltop = lognorm.max()
-        const = ltop + np.log(np.exp(lognorm - ltop).sum())
-        grad = w * (resp[:, None] * d / m.gmm_stds).sum(0)
-        diag = w * (resp[:, None] / m.gmm_stds ** 2).sum(0)
-        return w * (const - lse), grad, diag
+        """(cost, gradient (K,), Gauss-Newton diagonal (K,)) of the identity term (``energy.identity_prior``)."""
+        return identity_prior(self.model, beta, self.cfg.fit.w_identity)
 
     def energy(self, z, want_grad=True, want_diag=False):
         """(cost, gradient (N,) or None, GN diagonal (N,) or None) at the full vector z."""

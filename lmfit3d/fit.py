@@ -19,10 +19,12 @@ import numpy as np
 from numba import njit
 
 from .camera import focal_from_fov
+from .energy import FrameLayout, Intersection, identity_prior, loss_parameter, residual_scale
 from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
 from .skinning import POSE_DIM, ancestry, pose_chain
-from .frame_lm import frame_cost, frame_inputs, landmark_terms, tracking_lm
+from .frame_lm import (FrameState, IntersectionState, PlanState, SoaState, Workspace, frame_cost, frame_inputs,
+                       landmark_terms, tracking_lm)
 from .simd import W, n_chunks
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
@@ -49,6 +51,9 @@ class FitConfig:
     kept after an accepted step whose gain ratio is >= this (the trust-region "very successful"
     threshold 3/4 by default) and only J^T r is evaluated at the new point
     (``solvers.levenberg_marquardt``, ``reuse_rho``); ``inf`` turns the re-use off.
+
+    ``landmark_loss``: ``"squared"`` (the paper's) or ``"cauchy"`` with scale ``loss_scale`` (sigmas),
+    a robust loss for landmarks far off (``energy.landmark_loss``; every solver uses it).
     """
 
     w_identity: float = 1.0
@@ -68,8 +73,11 @@ class FitConfig:
     max_keyframes: int = 5
     fit_eyes: bool = True
     fit_gaze_shapes: bool = True
+    landmark_loss: str = "squared"
+    loss_scale: float = 3.0
 
     def __post_init__(self):
+        loss_parameter(self.landmark_loss, self.loss_scale)     # ValueError on an unknown loss or scale
         for name in ("w_identity", "w_expression", "w_joints", "w_temporal", "w_intersection",
                      "sparsity_threshold_mm", "jac_threshold"):
             v = getattr(self, name)
@@ -79,6 +87,11 @@ class FitConfig:
             raise ValueError(f"jtj_reuse_rho must be > 0 (inf: no re-use), got {self.jtj_reuse_rho}")
         if self.max_iter < 1 or self.max_iter_init < 1:
             raise ValueError("max_iter must be >= 1")
+
+    @property
+    def loss_c(self):
+        """The kernels' loss argument (``energy.loss_parameter``): 0 squared, c > 0 Cauchy."""
+        return loss_parameter(self.landmark_loss, self.loss_scale)
 
 
 def params_to_vector(model, params: Params, focal):
@@ -179,6 +192,14 @@ class _Intersection:
         self.skip_block = intersection_skip_blocks(self.skip_base, self.skip_proj)
         self._far_test(model.n_expression)
 
+    def geometry(self, identity_free=False):
+        """The term's :class:`~lmfit3d.energy.Intersection`: the template at this identity, or
+        (``identity_free``) the identity mean with its basis (the offline problem's form)."""
+        t = self.table
+        base = (t.mean, t.identity_blocks) if identity_free else (self.t_beta, None)
+        return Intersection(*base, t.expr_idx, t.expr_blocks, self.sphere_c, self.sphere_r, self.sphere_of,
+                            self.planes, self.hull_of)
+
     def _far_test(self, n_expression):
         """The outside-test of the vertices that can come near, for frame_lm.intersection_far.
 
@@ -244,7 +265,8 @@ class FrameProblem:
         self.table = table
         self.cfg = config
         self.cx, self.cy = image_size[0] / 2.0, image_size[1] / 2.0
-        self.sl, self.n_full = layout(model)
+        self.layout = FrameLayout.of(model)
+        self.sl, self.n_full = self.layout.slices(), self.layout.size
         self.anc = ancestry(model.joint_parents)
         self.parents = model.joint_parents.astype(np.int64)
         self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
@@ -255,7 +277,7 @@ class FrameProblem:
         self.col_of[self.soa.order] = np.arange(table.n_landmarks)
         nl = table.n_landmarks
         self.mu_t, self.isg_t, self.prev_t = np.empty((2, nl)), np.empty(nl), np.empty((3, nl))
-        self._tw_on = float(np.sqrt(2.0 * config.w_temporal))
+        self._tw_on = residual_scale(config.w_temporal)
         self.set_frame(mu, sigma, prev)
         nj = model.n_joints
         self.ws = dict(r0=np.empty((3, 3)), jl0=np.empty((3, 3)), rg=np.empty((nj, 3, 3)),
@@ -264,11 +286,11 @@ class FrameProblem:
         self.uv = np.empty((table.n_landmarks, 2))
         self.xyz = np.empty((table.n_landmarks, 3))
         self.rot = np.empty((nj, 3))
-        self._soa_ws = ((self.rot,) + table_points_buffers(self.soa, nj)
-                        + (np.zeros((PJ_ROWS, table.n_landmarks)), np.empty((2, self.soa.shape_idx.size))))
+        self._soa_ws = Workspace(self.rot, *table_points_buffers(self.soa, nj), np.zeros((PJ_ROWS, table.n_landmarks)),
+                                 np.empty((2, self.soa.shape_idx.size)))
         e = model.n_expression
-        self.expr_inv = np.full(e, np.sqrt(2.0 * config.w_expression))
-        self.joint_inv = np.full(3 * (nj - 1), np.sqrt(2.0 * config.w_joints))
+        self.expr_inv = np.full(e, residual_scale(config.w_expression))
+        self.joint_inv = np.full(3 * (nj - 1), residual_scale(config.w_joints))
         self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
         self._beta_key = None
         self._far_out = None        # work buffer of frame_lm.intersection_far
@@ -344,7 +366,7 @@ class FrameProblem:
             it = self.inter
             cost += intersection_term(x, e0, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c,
                                       it.sphere_r, it.sphere_of, it.planes, it.hull_of,
-                                      np.sqrt(2.0 * cfg.w_intersection), cm, want_jac, jtj, jtr,
+                                      residual_scale(cfg.w_intersection), cm, want_jac, jtj, jtr,
                                       it.skip_base, it.skip_proj, it.skip_block)
         return cost
 
@@ -361,15 +383,15 @@ class FrameProblem:
         if want_jac and jtj.shape[0] == 0:      # vertex_term would write past an empty jtj
             raise ValueError("J^T r alone (an empty jtj) needs the tracking evaluation: identity and focal held")
         rot = self.rot
-        rot[0] = x[0:3]
-        rot[1:] = x[6:POSE_DIM].reshape(-1, 3)
+        rot[:] = self.layout.rotations(x)
         pose_chain(rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
                    ws["gpos"], ws["bm"], ws["cm"])
         sb = self.table.identity_blocks if self.col_map[self.sl["identity"].start] >= 0 else _NO_IDENT
-        cost = vertex_term(x, x[-1], self.cx, self.cy, self.t_beta, self.table.expr_idx,
+        lay = self.layout
+        cost = vertex_term(x, x[lay.focal][0], self.cx, self.cy, self.t_beta, self.table.expr_idx,
                            self.table.expr_blocks, self.table.weights, self.anc, sb, self.sj,
-                           ws["r0"], x[3:6], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"],
-                           self.mu, self.inv_sigma, self.tw, self.prev, self.col_map,
+                           ws["r0"], x[lay.translation], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"],
+                           self.mu, self.inv_sigma, self.cfg.loss_c, self.tw, self.prev, self.col_map,
                            self.cfg.jac_threshold, want_jac, jtj, jtr, self.uv, self.xyz)
         self._positions_at = x.copy()
         return cost
@@ -389,14 +411,16 @@ class FrameProblem:
         return plan
 
     def identity_prior(self, x, jtj, jtr, want_jac):
-        """Identity term: the dominant component of the GMM prior (exact for one component)."""
-        m = self.model
-        beta = x[self.sl["identity"]]
-        logp = [np.log(w) - 0.5 * (((beta - mu) / sd) ** 2).sum() - np.log(sd).sum()
-                for w, mu, sd in zip(m.gmm_weights, m.gmm_means, m.gmm_stds)]
-        c = int(np.argmax(logp))
-        inv = np.sqrt(self.cfg.w_identity) / m.gmm_stds[c]
-        return diagonal_prior(x, self.sl["identity"].start, m.gmm_means[c], inv, self.col_map, want_jac, jtj, jtr)
+        """Identity term (``energy.identity_prior``): its cost; adds its gradient and Gauss-Newton diagonal."""
+        ids = self.layout.identity
+        cost, grad, diag = identity_prior(self.model, x[ids], self.cfg.w_identity)
+        if want_jac:
+            cols = self.col_map[ids]
+            on = cols >= 0
+            jtr[cols[on]] += grad[on]
+            if jtj.shape[0] > 0:
+                jtj[cols[on], cols[on]] += diag[on]
+        return cost
 
     def accumulate(self, z, jtj, jtr, want_jac):
         x = self.full(z)
@@ -455,11 +479,12 @@ class FrameProblem:
         return x, FitResult(z, float(cost), int(it), int(status), history[:nh].copy(), int(n_jtj))
 
     def _soa_args(self):
-        """The ``soa`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""
+        """The :class:`~lmfit3d.frame_lm.SoaState` of the kernels (identity state already set)."""
         if self._soa_key is not self.t_beta_t:       # the frame columns are written in place
             s, sk = self.soa, self.soa.skin
-            self._soa_tuple = (self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, sk.weights_t, sk.ranges,
-                               sk.acc, sk.complement, sk.zero_ranges, sk.wsub, self.mu_t, self.isg_t, self.prev_t)
+            self._soa_tuple = SoaState(self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, sk.weights_t,
+                                       sk.ranges, sk.acc, sk.complement, sk.zero_ranges, sk.wsub, self.mu_t,
+                                       self.isg_t, self.prev_t)
             self._soa_key = self.t_beta_t
         return self._soa_tuple
 
@@ -473,15 +498,16 @@ class FrameProblem:
         frame_inputs(self.soa.order, self.mu, sigma, self.prev, self.inv_sigma, self.mu_t, self.isg_t, self.prev_t)
 
     def _compiled_args(self):
-        """The ``prob`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (identity state already set)."""
-        sl = self.sl
-        return (self.cx, self.cy, self.t_beta, self.table.expr_idx, self.table.expr_blocks, self.table.weights,
-                self.anc, self.joints, self.parents, self.mu, self.inv_sigma, float(self.tw), self.prev,
-                self.col_map, float(self.cfg.jac_threshold), self.expr_inv, self.joint_inv, self.zero_e,
-                self.zero_j, sl["expression"].start, sl["joints"].start, sl["joints"].stop)
+        """The :class:`~lmfit3d.frame_lm.FrameState` of the kernels (identity state already set)."""
+        lay = self.layout
+        return FrameState(self.cx, self.cy, self.t_beta, self.table.expr_idx, self.table.expr_blocks,
+                          self.table.weights, self.anc, self.joints, self.parents, self.mu, self.inv_sigma,
+                          float(self.tw), self.cfg.loss_c, self.prev, self.col_map, float(self.cfg.jac_threshold),
+                          self.expr_inv, self.joint_inv, self.zero_e, self.zero_j, lay.expression.start,
+                          lay.joints.start, lay.joints.stop)
 
     def _intersection_args(self):
-        """The ``inter`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (a dummy one when the term is off)."""
+        """The :class:`~lmfit3d.frame_lm.IntersectionState` of the kernels (a dummy one: term off)."""
         it = self.inter
         if it is None or self.cfg.w_intersection <= 0:
             return _NO_INTER
@@ -489,9 +515,9 @@ class FrameProblem:
             return self._inter_args[1]
         if self._far_out is None or self._far_out.shape != it.far_base.shape:
             self._far_out = np.empty_like(it.far_base)
-        self._inter_args = (it, (True, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c,
+        self._inter_args = (it, IntersectionState(True, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c,
                                  it.sphere_r, it.sphere_of, it.planes, it.hull_of,
-                                 float(np.sqrt(2.0 * self.cfg.w_intersection)), it.skip_base, it.skip_proj,
+                                 residual_scale(self.cfg.w_intersection), it.skip_base, it.skip_proj,
                                  it.skip_block, it.far_base, it.far_proj, it.far_ptr, it.far_chunks,
                                  self._far_out))
         return self._inter_args[1]
@@ -506,9 +532,10 @@ class FrameProblem:
 
 _NO_IDENT = np.zeros((1, 3, 0))
 _I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
-_NO_INTER = (False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)), _F1, _I1,
-             np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(W),
-             np.zeros((1, W)), np.zeros(2, np.int64), _I1, np.zeros(W))       # intersection term off (tracking_lm)
+_NO_INTER = IntersectionState(      # intersection term off (tracking_lm)
+    False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)), _F1, _I1,
+    np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(W), np.zeros((1, W)),
+    np.zeros(2, np.int64), _I1, np.zeros(W))
 
 _EMPTY2 = np.zeros((0, 0))
 _EMPTY1 = np.zeros(0)
@@ -530,8 +557,8 @@ def _same(a, b):
 
 
 def _plan_tuple(plan):
-    """The ``plan`` tuple of :func:`lmfit3d.frame_lm.tracking_lm` (TrackingPlan arrays the kernels read)."""
-    return (plan.single, plan.pose_ncols, plan.pose_free, plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free,
+    """The :class:`~lmfit3d.frame_lm.PlanState` of a TrackingPlan (the arrays the kernels read)."""
+    return PlanState(plan.single, plan.pose_ncols, plan.pose_free, plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free,
             plan.ee_static)
 
 

@@ -8,34 +8,127 @@ here instead, in one numba call: the same energy, the same algorithm step for st
 active-set bounded step, termination tests and their order), hence the same iterations, costs
 and parameters (bit for bit; ``tests/test_fit_kernels.py`` checks it against the general solver).
 
-The problem is passed as four tuples of plain arrays and scalars (built by
-:meth:`lmfit3d.fit.FrameProblem._compiled_args` and its neighbours) and one of workspaces:
-
-* ``prob``: ``(cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma,
-  temporal_sqrtw, prev, col_map, jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0,
-  j0, j1)``, the arguments of the terms in ``FrameProblem.accumulate_full``;
-* ``plan``: the arrays of ``terms.TrackingPlan`` in field order;
-* ``inter``: ``(use, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
-  sqrtw, skip_base, skip_proj, skip_block, far_base, far_proj, far_ptr, far_chunks, far_out)`` of the
-  intersection term (``use`` False: term off); the last five: the outside-test of
-  :func:`intersection_far` and its work buffer (``fit._Intersection._far_test``);
-* ``soa``: ``(t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement,
-  zero_ranges, wsub, mu_t, isg_t, prev_t)``: the template at the current identity in kernel order,
-  the kernel column of each table landmark, the arrays of ``terms.TableSoA`` / ``skinning.SoaSkin``
-  and the frame's mu, 1/sigma and previous positions in kernel order;
-* ``ws``: ``(rot, chain, chain_t, frame, xyz_t, rm_t, jpose, jexpr, t_work, sub, ybuf, pj, qe)``:
-  joint rotations (J, 3), the buffers of ``terms.table_points_buffers`` (jpose's constant entries
-  written there), pj (``terms.PJ_ROWS``, L) and qe (2, N).
+The problem is passed as four named tuples of plain arrays and scalars (built once per frame
+problem by :class:`lmfit3d.fit.FrameProblem`) and one of workspaces: :class:`FrameState` (the
+terms of ``FrameProblem.accumulate_full``), :class:`PlanState` (``terms.TrackingPlan``),
+:class:`IntersectionState`, :class:`SoaState` (the tables in kernel order) and :class:`Workspace`.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
 from .simd import W, vaxpy
 from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
-from .terms import (PJ_NC, SKIP_MARGIN, diagonal_prior, expression_jacobian, frame_columns,
+from .terms import (PJ_ISG, PJ_NC, SKIP_MARGIN, diagonal_prior, expression_jacobian, frame_columns,
                     intersection_term, landmark_gradient_soa, landmark_positions_soa, pose_threshold_soa,
                     project_columns_soa, project_soa, symmetrize_upper, table_points, table_points_jacobian,
                     vertex_term_tracking)
+
+
+class FrameState(NamedTuple):
+    """The frame problem's terms: intrinsics, identity state, sparsity table, frame data, weights."""
+
+    cx: float                   # principal point (pixels)
+    cy: float
+    t_beta: np.ndarray          # (L, 3) template T(beta) at the landmarks (mm)
+    expr_idx: np.ndarray        # (L, D) int64 sparsity table
+    expr_blocks: np.ndarray     # (L, D, 3)
+    weights: np.ndarray         # (L, J) skin weights
+    anc: np.ndarray             # (J, J) ancestry
+    joints: np.ndarray          # (J, 3) bind joint locations J(beta)
+    parents: np.ndarray         # (J,) int64
+    mu: np.ndarray              # (L, 2) landmark means (pixels), NaN missing
+    inv_sigma: np.ndarray       # (L,) 1/sigma
+    temporal_sqrtw: float       # sqrt(2 w_t), 0: no temporal term
+    loss_c: float               # landmark loss (energy.landmark_loss): 0 squared, c > 0 Cauchy
+    prev: np.ndarray            # (L, 3) previous positions (mm)
+    col_map: np.ndarray         # (P,) int64 free index per full index, -1 held
+    jac_threshold: float
+    expr_inv: np.ndarray        # (E,) sqrt(2 w_e)
+    joint_inv: np.ndarray       # (3 (J - 1),) sqrt(2 w_j)
+    zero_e: np.ndarray          # (E,) prior means
+    zero_j: np.ndarray          # (3 (J - 1),)
+    e0: int                     # first expression index of the full vector
+    j0: int                     # joints slice [j0, j1)
+    j1: int
+
+
+class PlanState(NamedTuple):
+    """The arrays of ``terms.TrackingPlan`` that the kernels read (field meanings there)."""
+
+    single: np.ndarray
+    pose_ncols: np.ndarray
+    pose_free: np.ndarray
+    e_count: np.ndarray
+    e_idx: np.ndarray
+    e_pos: np.ndarray
+    expr_free: np.ndarray
+    ee_static: np.ndarray
+
+
+class IntersectionState(NamedTuple):
+    """The intersection term's data (``use`` False: term off) and the outside-test of
+    :func:`intersection_far` with its work buffer ``far_out`` (``fit._Intersection._far_test``)."""
+
+    use: bool
+    t_beta: np.ndarray
+    expr_idx: np.ndarray
+    expr_blocks: np.ndarray
+    sphere_c: np.ndarray
+    sphere_r: np.ndarray
+    sphere_of: np.ndarray
+    planes: np.ndarray
+    hull_of: np.ndarray
+    sqrtw: float
+    skip_base: np.ndarray
+    skip_proj: np.ndarray
+    skip_block: np.ndarray
+    far_base: np.ndarray
+    far_proj: np.ndarray
+    far_ptr: np.ndarray
+    far_chunks: np.ndarray
+    far_out: np.ndarray
+
+
+class SoaState(NamedTuple):
+    """The table in kernel order (``terms.TableSoA``, ``skinning.SoaSkin``), the template at the current
+    identity and the frame's mu, 1/sigma, previous positions in kernel order."""
+
+    t_beta_t: np.ndarray
+    col_of: np.ndarray
+    ptr: np.ndarray
+    shape_idx: np.ndarray
+    blocks: np.ndarray
+    weights_t: np.ndarray
+    ranges: np.ndarray
+    acc: np.ndarray
+    complement: np.ndarray
+    zero_ranges: np.ndarray
+    wsub: np.ndarray
+    mu_t: np.ndarray
+    isg_t: np.ndarray
+    prev_t: np.ndarray
+
+
+class Workspace(NamedTuple):
+    """Work buffers of :func:`landmark_terms`: joint rotations (J, 3), the buffers of
+    ``terms.table_points_buffers`` (jpose's constant entries written there), pj (``terms.PJ_ROWS``, L),
+    qe (2, N)."""
+
+    rot: np.ndarray
+    chain: np.ndarray
+    chain_t: np.ndarray
+    frame: np.ndarray
+    xyz_t: np.ndarray
+    rm_t: np.ndarray
+    jpose: np.ndarray
+    jexpr: np.ndarray
+    t_work: np.ndarray
+    sub: np.ndarray
+    ybuf: np.ndarray
+    pj: np.ndarray
+    qe: np.ndarray
 
 
 @njit(cache=True)
@@ -60,46 +153,47 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     J^T J and J^T r into jtj, jtr; with an empty (0, 0) jtj ``terms.landmark_gradient_soa`` adds
     J^T r alone.  Positions of x in uv (L, 2), xyz (L, 3), table order.
     """
-    (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
-     jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0, j0, j1) = prob
-    single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static = plan
-    (t_beta_t, col_of, ptr, shape_idx, blocks, weights_t, ranges, acc, complement, zero_ranges, wsub, mu_t, isg_t,
-     prev_t) = soa
-    rot, chain, chain_t, frame, xyz_t, rm_t, jpose, jexpr, t_work, sub, ybuf, pj, qe = ws
+    cx, cy, tw, loss_c, e0, col_map = prob.cx, prob.cy, prob.temporal_sqrtw, prob.loss_c, prob.e0, prob.col_map
+    joints, parents, jac_threshold = prob.joints, prob.parents, prob.jac_threshold
+    t_beta_t, col_of, ptr, shape_idx, blocks = soa.t_beta_t, soa.col_of, soa.ptr, soa.shape_idx, soa.blocks
+    weights_t, ranges, mu_t, isg_t, prev_t = soa.weights_t, soa.ranges, soa.mu_t, soa.isg_t, soa.prev_t
+    rot, chain, chain_t, frame, xyz_t, rm_t = ws.rot, ws.chain, ws.chain_t, ws.frame, ws.xyz_t, ws.rm_t
+    jpose, jexpr, t_work, sub, ybuf, pj, qe = ws.jpose, ws.jexpr, ws.t_work, ws.sub, ws.ybuf, ws.pj, ws.qe
     nj = rot.shape[0]
-    focal = x[x.shape[0] - 1]
+    focal = x[x.shape[0] - 1]               # layout: energy.FrameLayout (focal last, joints after the root)
     for i in range(3):
         rot[0, i] = x[i]
     for k in range(1, nj):
         for i in range(3):
-            rot[k, i] = x[3 + 3 * k + i]
+            rot[k, i] = x[prob.j0 + 3 * (k - 1) + i]
     trans = x[3:6]
-    psi = x[e0:e0 + expr_inv.shape[0]]
+    psi = x[e0:e0 + prob.expr_inv.shape[0]]
     if not want_jac:
         table_points(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges, chain,
                      chain_t, frame, xyz_t, t_work, ybuf)
-        cost = project_soa(focal, cx, cy, tw, xyz_t, mu_t, isg_t, prev_t, pj)
+        cost = project_soa(focal, cx, cy, tw, loss_c, xyz_t, mu_t, isg_t, prev_t, pj)
         landmark_positions_soa(xyz_t, pj, col_of, uv, xyz)
         return cost
     table_points_jacobian(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges,
-                          acc, complement, zero_ranges, wsub, chain, chain_t, frame, xyz_t, rm_t, jpose, t_work,
-                          sub, ybuf)
-    cost = project_soa(focal, cx, cy, tw, xyz_t, mu_t, isg_t, prev_t, pj)
+                          soa.acc, soa.complement, soa.zero_ranges, soa.wsub, chain, chain_t, frame, xyz_t, rm_t,
+                          jpose, t_work, sub, ybuf)
+    cost = project_soa(focal, cx, cy, tw, loss_c, xyz_t, mu_t, isg_t, prev_t, pj)
+    isg_w = pj[PJ_ISG]                  # 1/sigma weighted by the loss: what the Jacobian rows use
     if jtj.shape[0] == 0:               # J^T r alone (the solver keeps its J^T J); t_work, ybuf: free now
-        landmark_gradient_soa(focal, tw, xyz_t, rm_t, jpose, pj, prev_t, isg_t, ptr, shape_idx, blocks, col_map,
+        landmark_gradient_soa(focal, tw, xyz_t, rm_t, jpose, pj, prev_t, isg_w, ptr, shape_idx, blocks, col_map,
                               e0, t_work, ybuf, jtr)
         landmark_positions_soa(xyz_t, pj, col_of, uv, xyz)
         return cost
     expression_jacobian(ptr, blocks, rm_t, jexpr)
-    project_columns_soa(focal, ptr, jexpr, pj, isg_t, qe)
+    project_columns_soa(focal, ptr, jexpr, pj, isg_w, qe)
     if jac_threshold > 0.0:
         for p in range(col_of.shape[0]):
-            pj[PJ_NC, col_of[p]] = pose_ncols[p]
-        pose_threshold_soa(focal, jac_threshold, jpose, pj, isg_t)
-    vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_blocks, anc, chain[0], trans,
-                         chain[2:2 + nj], chain_t[1], chain[2 + nj:2 + 2 * nj], inv_sigma, tw, prev, single,
-                         pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static, jac_threshold, jtj,
-                         jtr, uv, xyz)
+            pj[PJ_NC, col_of[p]] = plan.pose_ncols[p]
+        pose_threshold_soa(focal, jac_threshold, jpose, pj, isg_w)
+    vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, prob.expr_blocks, prob.anc, chain[0],
+                         trans, chain[2:2 + nj], chain_t[1], chain[2 + nj:2 + 2 * nj], tw, prob.prev, plan.single,
+                         plan.pose_ncols, plan.pose_free, plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free,
+                         plan.ee_static, jac_threshold, jtj, jtr, uv, xyz)
     return cost
 
 
@@ -148,18 +242,18 @@ def frame_cost(x, want_jac, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
     and xyz (L, 3).
     ``soa`` and ``ws``: the tables and workspaces of :func:`landmark_terms`.  Returns the cost.
     """
-    (cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, joints, parents, mu, inv_sigma, tw, prev, col_map,
-     jac_threshold, expr_inv, joint_inv, zero_e, zero_j, e0, j0, j1) = prob
+    col_map, e0, j0, j1 = prob.col_map, prob.e0, prob.j0, prob.j1
     cost = landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz)
     if col_map[e0] >= 0:
-        cost += diagonal_prior(x, e0, zero_e, expr_inv, col_map, want_jac, jtj, jtr)
+        cost += diagonal_prior(x, e0, prob.zero_e, prob.expr_inv, col_map, want_jac, jtj, jtr)
     if col_map[j0] >= 0 or col_map[j1 - 1] >= 0:
-        cost += diagonal_prior(x, j0, zero_j, joint_inv, col_map, want_jac, jtj, jtr)
-    (use, it_beta, it_idx, it_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of, sqrtw, skip_base,
-     skip_proj, skip_block, far_base, far_proj, far_ptr, far_chunks, far_out) = inter
-    if use and col_map[e0] >= 0 and not intersection_far(x, e0, far_base, far_proj, far_ptr, far_chunks, far_out):
-        cost += intersection_term(x, e0, it_beta, it_idx, it_blocks, sphere_c, sphere_r, sphere_of, planes,
-                                  hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base, skip_proj, skip_block)
+        cost += diagonal_prior(x, j0, prob.zero_j, prob.joint_inv, col_map, want_jac, jtj, jtr)
+    it = inter
+    if it.use and col_map[e0] >= 0 and not intersection_far(x, e0, it.far_base, it.far_proj, it.far_ptr,
+                                                            it.far_chunks, it.far_out):
+        cost += intersection_term(x, e0, it.t_beta, it.expr_idx, it.expr_blocks, it.sphere_c, it.sphere_r,
+                                  it.sphere_of, it.planes, it.hull_of, it.sqrtw, col_map, want_jac, jtj, jtr,
+                                  it.skip_base, it.skip_proj, it.skip_block)
     if want_jac and full:
         symmetrize_upper(jtj)
     return cost
@@ -183,7 +277,8 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     lo, hi : (n,) float64 box bounds.
     max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho : as in ``levenberg_marquardt``
         (J^T J re-use: the gradient evaluations run :func:`landmark_terms` with an empty jtj).
-    prob, plan, inter, soa : problem tuples (module docstring); ws : workspaces of :func:`landmark_terms`.
+    prob, plan, inter, soa : :class:`FrameState`, :class:`PlanState`, :class:`IntersectionState`,
+        :class:`SoaState`; ws : :class:`Workspace` of :func:`landmark_terms`.
     uv (L, 2), xyz (L, 3) : out, landmark positions of the last evaluation, made at x_last (P,) (out).
     history : (max_iter + 1,) float64 out, cost after each iteration (history[0] = start).
 

@@ -22,7 +22,7 @@ Full parameter vector ``z`` (layout shared with ``lmfit3d.capture``)::
 
 World-to-camera composition with the head's root pose: x_cam_j = R_j (R_root LBS(...) + t_root) + T_j.
 
-Energy (cost = 0.5 |r|^2; the same terms and weights as ``lmfit3d.fit.FitConfig``):
+Energy (``lmfit3d.energy``; cost = 0.5 |r|^2 with the squared landmark loss; the same terms and weights as ``lmfit3d.fit.FitConfig``):
 
 * landmarks:    r = (pi_j(x_cam_j) - mu_jfi) / sigma_jfi, skipped where ``inv_sigma`` is 0
 * temporal:     w_t sum_f sum_i |x_f,i - x_f-1,i|^2 over landmark vertices in world coordinates (mm)
@@ -35,6 +35,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
+from .energy import landmark_loss
 from .rotation import rodrigues_into
 from .skinning import pose_chain, skin_point_sparse, skin_vertex, world_joint_transforms
 from .terms import intersection_depth, template_point
@@ -131,7 +132,7 @@ def frame_positions(z, base, t_beta, expr_idx, expr_blocks, weights, jidx, jcoun
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
-def camera_pass(xs, obs, rc, tc, focal, cx, cy, gs, want_grad, cam):
+def camera_pass(xs, obs, rc, tc, focal, cx, cy, loss_c, gs, want_grad, cam):
     """Landmark residuals of one camera in one frame, all landmarks (the hot loop, SIMD over landmarks).
 
     Parameters
@@ -139,13 +140,14 @@ def camera_pass(xs, obs, rc, tc, focal, cx, cy, gs, want_grad, cam):
     xs : (3, L) float64, world positions (mm).
     obs : (3, L) float32, rows u, v (pixels) and 1/sigma (0 where missing).
     rc : (3, 3) R_j; tc : (3,) T_j (mm); focal, cx, cy : float (pixels).
+    loss_c : float, the landmark loss (``energy.landmark_loss``): 0 squared, c > 0 Cauchy.
     gs : (3, L) float64, accumulates d cost / d x (world) per landmark when ``want_grad``.
     cam : (7,) float64, accumulates [sum y x g_c (3), sum g_c (3), d cost / d focal] (length 0 to
         skip), with y = R_j x and g_c = d cost / d x_cam.
 
     Returns
     -------
-    float, 0.5 sum r^2 of this camera.  Float32 inputs, float64 arithmetic; ``reassoc`` only
+    float, 0.5 sum rho(|r|^2) of this camera.  Float32 inputs, float64 arithmetic; ``reassoc`` only
     reorders the sums (no NaN / inf assumptions).
     """
     want_cam = cam.shape[0] > 0
@@ -168,7 +170,11 @@ def camera_pass(xs, obs, rc, tc, focal, cx, cy, gs, want_grad, cam):
         isg = np.float64(obs[2, p])
         ru = (cx + focal * a - obs[0, p]) * isg
         rv = (cy - focal * b - obs[1, p]) * isg
-        cost += 0.5 * (ru * ru + rv * rv)
+        s2 = ru * ru + rv * rv
+        rho, drho = landmark_loss(s2, loss_c)
+        cost += 0.5 * rho
+        ru *= drho                  # the gradient of 1/2 rho(|r|^2) is rho' J^T r
+        rv *= drho
         if want_grad:
             s = focal * iz * isg
             e = a * ru - b * rv
@@ -244,7 +250,7 @@ def _camera_extra(xs, obs, rc, jc, tc, focal, cx, cy, q, cdiag, uv):
 def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, expr_blocks, weights,
                    jidx, jcount, obs, block_ok, cam_grad, centre, w_expression, w_joints, w_temporal,
                    int_mean, int_sb, int_idx, int_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
-                   w_intersection, grad, diag, uv_out, frame_cost, pose_gn, id_gn, id_frames):
+                   w_intersection, loss_c, grad, diag, uv_out, frame_cost, pose_gn, id_gn, id_frames):
     """Cost and gradient of the offline energy (all frames and cameras), see the module docstring.
 
     Per frame: the landmark positions of the next frame are computed ahead (``frame_positions``,
@@ -269,6 +275,7 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     w_expression, w_joints, w_temporal, w_intersection : float, term weights.
     int_mean, int_sb, int_idx, int_blocks : intersection vertices' (n, 3), (n, 3, K), (n, D), (n, D, 3).
     sphere_c ... hull_of : as ``terms.intersection_term``.
+    loss_c : float, the landmark loss (``energy.landmark_loss``): 0 squared, c > 0 Cauchy.
     grad : (N,) out, d cost / d z (length 0 to skip the gradient).
     diag : (N,) out, diagonal of the Gauss-Newton matrix J^T J (length 0 to skip; costs more).
     uv_out : (F, C, 2, L) out, projected landmarks (first axis 0 to skip).
@@ -379,7 +386,7 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
             cb = cbase + 7 * j
             if block_ok[j, f]:
                 c = camera_pass(xs, obs[f, j], rc[j], z[cb + 3: cb + 6], z[cb + 6], centre[j, 0], centre[j, 1],
-                                gs, want_grad, gcam[j] if cam_grad[j] else no_cam)
+                                loss_c, gs, want_grad, gcam[j] if cam_grad[j] else no_cam)
                 cost += c
                 frame_cost[f] += c
             if want_diag or want_uv:

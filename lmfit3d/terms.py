@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit
 
 from .camera import project_jac
+from .energy import landmark_loss
 from .simd import W, padded, vaxpy, vaxpy2, vaxpy3, vset2
 from .skinning import (SIMD_MATH, SoaSkin, init_pose_jacobian, pose_chain, single_joint_frame, single_joint_of,
                        skin_point, skin_points_soa, skin_positions_soa, skin_vertex, soa_frame, soa_skin)
@@ -348,12 +349,15 @@ def drop_small_columns(dx, isg, jac_threshold, cols, n):
 
 
 @njit(cache=True, inline="always")
-def landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev, temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out):
+def landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, loss_c, prev, temporal_sqrtw, uv, dx, df, g, uv_out,
+                   xyz_out):
     """Landmark and temporal residuals of landmark p at its posed vertex xv (3,) mm.
 
     Projects xv (uv (2,), dx (2, 3), df (2,) out), stores uv_out[p] and xyz_out[p], and writes g (3,)
     = sqrt(2 w_t) r_t, the temporal residual's J^T r factor w.r.t. xv (0 without a temporal term).
-    Returns (cost, r_u, r_v, has_lm, has_tmp): the cost of both terms and the landmark residuals.
+    Returns (cost, r_u, r_v, has_lm, has_tmp, sw): the cost of both terms (the landmark's 1/2 rho(|r|^2),
+    ``energy.landmark_loss`` with ``loss_c``), the landmark residuals already weighted by
+    sw = sqrt(rho'), by which the caller also scales the landmark's Jacobian rows.
     """
     project_jac(xv, focal, cx, cy, uv, dx, df)
     uv_out[p, 0] = uv[0]
@@ -365,10 +369,16 @@ def landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev, temporal_sqrtw, uv
     cost = 0.0
     r_u = 0.0
     r_v = 0.0
+    sw = 1.0
     if has_lm:
         r_u = (uv[0] - mu[p, 0]) * inv_sigma[p]
         r_v = (uv[1] - mu[p, 1]) * inv_sigma[p]
-        cost += 0.5 * (r_u * r_u + r_v * r_v)
+        rho, drho = landmark_loss(r_u * r_u + r_v * r_v, loss_c)
+        cost += 0.5 * rho
+        if loss_c > 0.0:
+            sw = np.sqrt(drho)
+            r_u *= sw
+            r_v *= sw
     for i in range(3):
         g[i] = 0.0
     if has_tmp:
@@ -376,12 +386,12 @@ def landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev, temporal_sqrtw, uv
             dv = temporal_sqrtw * (xv[i] - prev[p, i])
             cost += 0.5 * dv * dv
             g[i] = temporal_sqrtw * dv
-    return cost, r_u, r_v, has_lm, has_tmp
+    return cost, r_u, r_v, has_lm, has_tmp, sw
 
 
 @njit(cache=True)
 def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, sb, sj,
-                r0, trans, rg, tg, gpos, bm, cm, mu, inv_sigma, temporal_sqrtw, prev,
+                r0, trans, rg, tg, gpos, bm, cm, mu, inv_sigma, loss_c, temporal_sqrtw, prev,
                 col_map, jac_threshold, want_jac, jtj, jtr, uv_out, xyz_out):
     """Landmark (2D) and temporal (3D) residuals of the landmark vertices, fused.
 
@@ -404,6 +414,7 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     sb : (L, 3, K) identity blocks; sj : (J, 3, K) joint identity basis.
     r0 ... cm : pose chain of ``skinning.pose_chain`` at x.
     mu : (L, 2) landmark means (pixels), NaN for missing; inv_sigma : (L,) 1/sigma.
+    loss_c : float, the landmark loss (``energy.landmark_loss``): 0 squared, c > 0 Cauchy.
     temporal_sqrtw : float, sqrt(2 w_t); 0 disables.  prev : (L, 3) previous-frame positions.
     col_map : (P,) int64, free index per full index or -1.
     jac_threshold : float, a column whose two projected Jacobian entries (pixels / sigma) are both
@@ -455,10 +466,10 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
             skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
         else:
             skin_point(t, weights[p], r0, trans, rg, tg, xv)
-        c, r_u, r_v, has_lm, has_tmp = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, prev,
-                                                      temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out)
+        c, r_u, r_v, has_lm, has_tmp, sw = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, loss_c, prev,
+                                                          temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out)
         cost += c
-        isg = inv_sigma[p]
+        isg = inv_sigma[p] * sw
         if not want_jac or not (has_lm or has_tmp):
             continue
         # J_x over the free columns this landmark depends on
@@ -844,26 +855,28 @@ def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp, ge):
 
 
 # rows of the per-landmark projection table of :func:`project_soa` (kernel order, (PJ_ROWS, L))
-PJ_IZ, PJ_A, PJ_B, PJ_U, PJ_V, PJ_LM, PJ_RU, PJ_RV, PJ_TMP, PJ_COST, PJ_NC, PJ_PZ = range(12)
-PJ_ROWS = 12
+PJ_IZ, PJ_A, PJ_B, PJ_U, PJ_V, PJ_LM, PJ_RU, PJ_RV, PJ_TMP, PJ_COST, PJ_NC, PJ_PZ, PJ_ISG = range(13)
+PJ_ROWS = 13
 
 
 @njit(cache=True, fastmath=SIMD_MATH)
-def project_soa(focal, cx, cy, temporal_sqrtw, xyz_t, mu_t, isg_t, prev_t, pj):
+def project_soa(focal, cx, cy, temporal_sqrtw, loss_c, xyz_t, mu_t, isg_t, prev_t, pj):
     """Projection and residuals of all landmarks, landmark index innermost (vectorised).
 
     xyz_t (3, L) camera-space positions (mm), mu_t (2, L) pixels (NaN: missing), isg_t (L,) 1/sigma,
-    prev_t (3, L) previous positions (NaN: no temporal residual), all in kernel order.  Fills the rows
-    PJ_IZ (-1/z), PJ_A, PJ_B (x/(-z), y/(-z)), PJ_U, PJ_V (pixels), PJ_LM (1: landmark residual),
-    PJ_RU, PJ_RV ((pi - mu) / sigma, 0 when missing), PJ_TMP (1: temporal residual), PJ_COST (the cost
-    of both terms per landmark) of pj; returns their sum (``landmark_point``'s costs).
+    prev_t (3, L) previous positions (NaN: no temporal residual), all in kernel order; loss_c the
+    landmark loss (``energy.landmark_loss``).  Fills the rows PJ_IZ (-1/z), PJ_A, PJ_B (x/(-z), y/(-z)),
+    PJ_U, PJ_V (pixels), PJ_LM (1: landmark residual), PJ_ISG (the loss-weighted 1/sigma,
+    sqrt(rho') / sigma, that the Jacobian kernels use), PJ_RU, PJ_RV (sqrt(rho') (pi - mu) / sigma, 0
+    when missing), PJ_TMP (1: temporal residual), PJ_COST (the cost of both terms per landmark) of pj;
+    returns their sum (``landmark_point``'s costs).
     """
     n = xyz_t.shape[1]
     x0, x1, x2 = xyz_t[0], xyz_t[1], xyz_t[2]
     m0, m1 = mu_t[0], mu_t[1]
     p0, p1, p2 = prev_t[0], prev_t[1], prev_t[2]
     iz, a, b, u, v = pj[PJ_IZ], pj[PJ_A], pj[PJ_B], pj[PJ_U], pj[PJ_V]
-    lm, ru, rv, tmp, cost = pj[PJ_LM], pj[PJ_RU], pj[PJ_RV], pj[PJ_TMP], pj[PJ_COST]
+    lm, ru, rv, tmp, cost, isg = pj[PJ_LM], pj[PJ_RU], pj[PJ_RV], pj[PJ_TMP], pj[PJ_COST], pj[PJ_ISG]
     # one output per loop: the compiler vectorises each
     for q in range(n):
         iz[q] = -1.0 / x2[q]
@@ -881,6 +894,8 @@ def project_soa(focal, cx, cy, temporal_sqrtw, xyz_t, mu_t, isg_t, prev_t, pj):
         ru[q] = (u[q] - m0[q]) * isg_t[q] if lm[q] != 0.0 else 0.0
     for q in range(n):
         rv[q] = (v[q] - m1[q]) * isg_t[q] if lm[q] != 0.0 else 0.0
+    for q in range(n):
+        isg[q] = isg_t[q]
     on = temporal_sqrtw > 0.0
     for q in range(n):
         tmp[q] = 1.0 if (on and not np.isnan(p0[q])) else 0.0
@@ -891,6 +906,15 @@ def project_soa(focal, cx, cy, temporal_sqrtw, xyz_t, mu_t, isg_t, prev_t, pj):
         d2 = tw * (x2[q] - p2[q])
         ct = 0.5 * (d0 * d0 + d1 * d1 + d2 * d2)
         cost[q] = 0.5 * (ru[q] * ru[q] + rv[q] * rv[q]) + (ct if tmp[q] != 0.0 else 0.0)
+    if loss_c > 0.0:        # robust loss: 1/2 rho(s) replaces 1/2 s; residuals and 1/sigma weighted by sqrt(rho')
+        for q in range(n):
+            s = ru[q] * ru[q] + rv[q] * rv[q]
+            rho, drho = landmark_loss(s, loss_c)
+            cost[q] += 0.5 * (rho - s)
+            sw = np.sqrt(drho)
+            ru[q] *= sw
+            rv[q] *= sw
+            isg[q] *= sw
     total = 0.0
     for q in range(n):
         total += cost[q]
@@ -1001,7 +1025,7 @@ def landmark_gradient_soa(focal, temporal_sqrtw, xyz_t, rm_t, jpose, pj, prev_t,
 
 @njit(cache=True)
 def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_blocks, anc,
-                         r0, trans, rg, gpos, bm, inv_sigma, temporal_sqrtw, prev,
+                         r0, trans, rg, gpos, bm, temporal_sqrtw, prev,
                          single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static,
                          jac_threshold, jtj, jtr, uv_out, xyz_out):
     """:func:`vertex_term` with its Jacobian, when identity and focal length are held (tracking).
@@ -1103,7 +1127,7 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
         dx[1, 2] = -fi * pj[PJ_B, q]
         for i in range(3):
             g[i] = temporal_sqrtw * (temporal_sqrtw * (xv[i] - prev[p, i])) if has_tmp else 0.0
-        isg = inv_sigma[p]
+        isg = pj[PJ_ISG, q]             # loss-weighted 1/sigma (project_soa)
         n = e_count[p]
         is_static = static_on and k >= 0
         if not (has_lm or has_tmp):

@@ -170,7 +170,7 @@ def test_camera_pass_matches_numpy_differences(rng):
 
     gs = np.zeros((3, nl))
     cam = np.zeros(7)
-    c = camera_pass(xs, obs, rc, tc, focal, cx, cy, gs, True, cam)
+    c = camera_pass(xs, obs, rc, tc, focal, cx, cy, 0.0, gs, True, cam)
     assert c == pytest.approx(cost(xs, rc, tc, focal), rel=1e-12)
     h = 1e-5
     for p in (0, 1, 7):                              # landmark 0 is missing: zero gradient
@@ -188,7 +188,7 @@ def test_camera_pass_matches_numpy_differences(rng):
         assert cam[3 + i] == pytest.approx(fd_t, rel=1e-5)
     assert cam[6] == pytest.approx((cost(xs, rc, tc, focal + h) - cost(xs, rc, tc, focal - h)) / (2 * h), rel=1e-5)
     gs2 = np.zeros((3, nl))
-    assert camera_pass(xs, obs, rc, tc, focal, cx, cy, gs2, False, np.zeros(0)) == pytest.approx(c, rel=1e-12)
+    assert camera_pass(xs, obs, rc, tc, focal, cx, cy, 0.0, gs2, False, np.zeros(0)) == pytest.approx(c, rel=1e-12)
     assert not gs2.any()
 
 
