@@ -33,7 +33,7 @@ from lmfit3d.model import Params
 from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_mesh, evaluate_points, points_jacobian, pose,
                               pose_chain, skin_mesh)
 from lmfit3d.sparsity import DEFAULT_THRESHOLD_MM, build_sparsity
-from lmfit3d.terms import expression_jacobian, table_points_buffers, table_points_jacobian, table_soa
+from lmfit3d.tracking_points import expression_jacobian, table_points_buffers, table_points_jacobian, table_soa
 
 SETS = ("dense320", "dense703")
 SEED = 2022

@@ -53,7 +53,8 @@ from .calibration import (Calibration, parse_calibration, read_calibration,  # n
 from .calibration import image_sizes as _image_sizes
 from .camera import focal_from_fov
 from .energy import Intersection, identity_prior
-from .fit import FitConfig, Tracker, _Intersection, fit_landmarks
+from .fit import FitConfig, Tracker, fit_landmarks
+from .intersection import IntersectionTerm
 from .gradients import CAMERA_SIZE, POSE_SIZE, capture_energy
 from .landmarks import resolve_vertex_ids
 from .model import Params, load_model
@@ -210,7 +211,7 @@ class CaptureProblem:
         self.anc = ancestry(model.joint_parents)
         beta0 = np.zeros(self.nk) if identity0 is None else np.asarray(identity0, dtype=np.float64)
         # the intersection geometry at the identity mean with its basis (None: term off)
-        self.geometry = (_Intersection(model, beta0, fc.sparsity_threshold_mm).geometry(identity_free=True)
+        self.geometry = (IntersectionTerm(model, beta0, fc.sparsity_threshold_mm).geometry(identity_free=True)
                          if fc.w_intersection > 0 else None)
         self.inter = self.geometry if self.geometry is not None else Intersection(
             np.zeros((0, 3)), np.zeros((0, 3, self.nk)), np.zeros((0, 1), np.int64), np.zeros((0, 1, 3)),

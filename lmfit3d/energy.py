@@ -292,7 +292,7 @@ def template_points(mean, identity_blocks, expr_idx, expr_blocks, beta, psi):
 
 
 class Intersection(NamedTuple):
-    """Geometry of the intersection term (template space; ``fit._Intersection`` builds it).
+    """Geometry of the intersection term (template space; ``intersection.IntersectionTerm`` builds it).
 
     template (n, 3) points at the identity they were built for, or the identity mean when
     ``identity_blocks`` (n, 3, K) is given; expr_idx / expr_blocks their sparsity table; the eyeball

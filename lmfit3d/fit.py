@@ -19,18 +19,19 @@ import numpy as np
 from numba import njit
 
 from .camera import focal_from_fov
-from .energy import FrameLayout, Intersection, identity_prior, loss_parameter, residual_scale
-from .landmarks import resolve_vertex_ids
-from .model import FaceModel, Params, load_model
-from .skinning import POSE_DIM, ancestry, pose_chain
+from .energy import FrameLayout, identity_prior, loss_parameter, residual_scale
 from .frame_lm import (FrameState, IntersectionState, PlanState, SoaState, Workspace, frame_cost, frame_inputs,
                        landmark_terms, tracking_lm)
-from .simd import W, n_chunks
+from .intersection import IntersectionTerm, intersection_term
+from .landmarks import resolve_vertex_ids
+from .model import FaceModel, Params, load_model
+from .simd import W
+from .skinning import POSE_DIM, ancestry, pose_chain
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity, layout
-from .terms import (PJ_ROWS, count_finite_rows, diagonal_prior, intersection_skip_blocks,
-                    intersection_skip_test, intersection_term, symmetrize_upper, table_points_buffers, table_soa,
-                    tracking_plan, vertex_term)
+from .terms import diagonal_prior, symmetrize_upper, vertex_term
+from .tracking_normal import tracking_plan
+from .tracking_points import PJ_ROWS, count_finite_rows, table_points_buffers, table_soa
 
 
 @dataclass(frozen=True)
@@ -117,111 +118,6 @@ def vector_to_params(model, x):
                   x[3:6].copy()), float(x[POSE_DIM + e + k])
 
 
-class _Intersection:
-    """Static data of the intersection term for one identity (template space)."""
-
-    def __init__(self, model: FaceModel, beta, threshold):
-        t0 = model.template(beta)
-        joints = model.joints(beta)
-        centres = joints[3:5]
-        face = model.region_mask("face")
-        lid_ids, sphere_of = [], []
-        for s, c in enumerate(centres):
-            d = np.linalg.norm(t0 - c, axis=1)
-            ids = np.flatnonzero(face & (d < model.eye_radius[s] + 4.0))
-            lid_ids.append(ids)
-            sphere_of.append(np.full(ids.size, s))
-        lid_ids = np.concatenate(lid_ids)
-        sphere_of = np.concatenate(sphere_of)
-        # Sphere radius: the eyeball fit radius, shrunk so that the neutral face and every single
-        # ICT shape at weight 1 are intersection-free (the shapes are valid faces, e.g. a blink
-        # slides the lid over the eyeball); the term then fires only for implausible combinations.
-        eb = model.expression_basis[lid_ids].astype(np.float64)            # (n, 3, E)
-        radii = np.empty(2)
-        for s in range(2):
-            sel = sphere_of == s
-            tt = t0[lid_ids[sel]][:, :, None] + np.concatenate([np.zeros((sel.sum(), 3, 1)), eb[sel]], axis=2)
-            radii[s] = min(model.eye_radius[s], np.linalg.norm(tt - centres[s][None, :, None], axis=1).min())
-        from scipy.spatial import ConvexHull, cKDTree
-        teeth = model.region_mask("teeth")
-        upper = teeth.copy()
-        upper[19247:] = False
-        lower = teeth & ~upper
-        planes = []
-        for m in (upper, lower):
-            hull = ConvexHull(t0[m][::4])
-            eq = hull.equations                      # n.x + b <= 0 inside
-            planes.append(np.column_stack([eq[:, :3], -eq[:, 3]]))
-        npl = max(p.shape[0] for p in planes)
-        self.planes = np.zeros((2, npl, 4))
-        for h, p in enumerate(planes):
-            self.planes[h, :p.shape[0]] = p
-            self.planes[h, p.shape[0]:] = p[0]
-        teeth_pts = t0[teeth]
-        # face vertices within 6 mm of the teeth (box pre-filter, then the exact nearest-point test)
-        lo, hi = teeth_pts.min(0) - 6.0, teeth_pts.max(0) + 6.0
-        cand = np.flatnonzero(face & ((t0 >= lo) & (t0 <= hi)).all(1))
-        lip_ids = cand[cKDTree(teeth_pts[::8]).query(t0[cand])[0] < 6.0]
-        hull_of = np.where(t0[lip_ids, 1] >= np.median(teeth_pts[:, 1]), 0, 1)
-        # keep lip vertices that are outside their hull at rest and under every single shape
-        lb = model.expression_basis[lip_ids].astype(np.float64)
-        ok = np.ones(lip_ids.size, bool)
-        for h in range(2):
-            pl = planes[h]
-            sel = np.flatnonzero(hull_of == h)
-            # a vertex outside some plane by more than its largest single-shape displacement stays
-            # outside under every shape (|n| = 1): only the others are tested shape by shape
-            margin = (pl[:, 3][None] - t0[lip_ids[sel]] @ pl[:, :3].T).min(1)
-            reach = np.linalg.norm(lb[sel], axis=1).max(1)
-            sel = sel[margin + reach > 0]
-            for e in range(-1, lb.shape[2]):
-                tt = t0[lip_ids[sel]] + (lb[sel, :, e] if e >= 0 else 0.0)
-                inside = ((pl[:, 3][None] - tt @ pl[:, :3].T) > 0).all(1)
-                ok[sel[inside]] = False
-        lip_ids, hull_of = lip_ids[ok], hull_of[ok]
-        ids = np.concatenate([lid_ids, lip_ids])
-        self.table = build_sparsity(model, ids, threshold)
-        self.t_beta = t0[ids]
-        self.sphere_c = np.ascontiguousarray(centres)
-        self.sphere_r = radii
-        self.sphere_of = np.concatenate([sphere_of, np.full(lip_ids.size, -1)]).astype(np.int64)
-        self.hull_of = np.concatenate([np.full(lid_ids.size, -1), hull_of]).astype(np.int64)
-        self.skip_base, self.skip_proj = intersection_skip_test(
-            self.t_beta, self.table.expr_idx, self.table.expr_blocks, self.sphere_c, self.sphere_r,
-            self.sphere_of, self.planes, self.hull_of, model.n_expression)
-        self.skip_block = intersection_skip_blocks(self.skip_base, self.skip_proj)
-        self._far_test(model.n_expression)
-
-    def geometry(self, identity_free=False):
-        """The term's :class:`~lmfit3d.energy.Intersection`: the template at this identity, or
-        (``identity_free``) the identity mean with its basis (the offline problem's form)."""
-        t = self.table
-        base = (t.mean, t.identity_blocks) if identity_free else (self.t_beta, None)
-        return Intersection(*base, t.expr_idx, t.expr_blocks, self.sphere_c, self.sphere_r, self.sphere_of,
-                            self.planes, self.hull_of)
-
-    def _far_test(self, n_expression):
-        """The outside-test of the vertices that can come near, for frame_lm.intersection_far.
-
-        A vertex whose bound ``skip_base + psi @ skip_proj`` stays >= 1e-6 mm for every psi in
-        [0, 1]^E (base + sum of the negative proj entries) is always skipped by the term and left out.
-        The others, zero padded to whole W-wide chunks: far_base (N,) (+inf padding), far_proj (E, N),
-        and per expression the chunks holding a non-zero entry, far_chunks[far_ptr[e]:far_ptr[e + 1]]
-        (column offsets).
-        """
-        tested = (self.sphere_of >= 0) | (self.hull_of >= 0)
-        lowest = self.skip_base + np.minimum(self.skip_proj, 0.0).sum(0)
-        near = np.flatnonzero(tested & ~(lowest >= 1e-6))
-        nw = max(n_chunks(near.size), 1) * W
-        self.far_base = np.full(nw, np.inf)
-        self.far_base[:near.size] = self.skip_base[near]
-        self.far_proj = np.zeros((n_expression, nw))
-        self.far_proj[:, :near.size] = self.skip_proj[:, near]
-        nz = (self.far_proj.reshape(n_expression, -1, W) != 0.0).any(2)        # (E, chunks)
-        self.far_ptr = np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64)
-        self.far_chunks = (np.nonzero(nz)[1] * W).astype(np.int64)              # row-major: by expression
-
-
 # Per-process caches of static data that trackers rebuild otherwise (a video's two passes, the
 # videos of a batch): key -> (owner, value); the owner object is kept so that its id stays unique.
 _INTERSECTIONS, _TABLES, _PLANS, _SOAS = {}, {}, {}, {}
@@ -239,11 +135,11 @@ def _cached(cache, key, owner, build, size):
 
 
 def intersection_data(model: FaceModel, beta, threshold):
-    """:class:`_Intersection` for an identity, from a small cache shared by all trackers of this
+    """:class:`IntersectionTerm` for an identity, from a small cache shared by all trackers of this
     process (a video's second pass re-uses the identity of its first; ~20 ms a build)."""
     beta = np.ascontiguousarray(beta, dtype=np.float64)
     return _cached(_INTERSECTIONS, (id(model), beta.tobytes(), float(threshold)), model,
-                   lambda: _Intersection(model, beta, threshold), 4)
+                   lambda: IntersectionTerm(model, beta, threshold), 4)
 
 
 class FrameProblem:
@@ -397,7 +293,7 @@ class FrameProblem:
         return cost
 
     def _tracking_plan(self):
-        """The :class:`~lmfit3d.terms.TrackingPlan` of the current col_map (None: identity/focal free)."""
+        """The :class:`~lmfit3d.tracking_normal.TrackingPlan` of the current col_map (None: identity/focal free)."""
         if self.col_map is self._plan_cm:
             return self._plan
         key = self.col_map.tobytes()

@@ -3,14 +3,14 @@
 :func:`lmfit3d.solvers.levenberg_marquardt` is the general solver: it calls back into Python for
 every cost and J^T J evaluation (pose chain, landmark + temporal term, priors, intersection
 term), dozens of Python-level calls per frame.  When the identity and the focal length are held
-(the per-frame tracking problem, where ``terms.tracking_plan`` gives a plan) the whole solve runs
+(the per-frame tracking problem, where ``tracking_normal.tracking_plan`` gives a plan) the whole solve runs
 here instead, in one numba call: the same energy, the same algorithm step for step (damping rule,
 active-set bounded step, termination tests and their order), hence the same iterations, costs
 and parameters (bit for bit; ``tests/test_fit_kernels.py`` checks it against the general solver).
 
 The problem is passed as four named tuples of plain arrays and scalars (built once per frame
 problem by :class:`lmfit3d.fit.FrameProblem`) and one of workspaces: :class:`FrameState` (the
-terms of ``FrameProblem.accumulate_full``), :class:`PlanState` (``terms.TrackingPlan``),
+terms of ``FrameProblem.accumulate_full``), :class:`PlanState` (``tracking_normal.TrackingPlan``),
 :class:`IntersectionState`, :class:`SoaState` (the tables in kernel order) and :class:`Workspace`.
 """
 from typing import NamedTuple
@@ -18,12 +18,13 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .simd import W, vaxpy
+from .intersection import intersection_far, intersection_term
 from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
-from .terms import (PJ_ISG, PJ_NC, SKIP_MARGIN, diagonal_prior, expression_jacobian, frame_columns,
-                    intersection_term, landmark_gradient_soa, landmark_positions_soa, pose_threshold_soa,
-                    project_columns_soa, project_soa, symmetrize_upper, table_points, table_points_jacobian,
-                    vertex_term_tracking)
+from .terms import diagonal_prior, symmetrize_upper
+from .tracking_normal import vertex_term_tracking
+from .tracking_points import (PJ_ISG, PJ_NC, expression_jacobian, frame_columns, landmark_gradient_soa,
+                              landmark_positions_soa, pose_threshold_soa, project_columns_soa, project_soa,
+                              table_points, table_points_jacobian)
 
 
 class FrameState(NamedTuple):
@@ -55,7 +56,7 @@ class FrameState(NamedTuple):
 
 
 class PlanState(NamedTuple):
-    """The arrays of ``terms.TrackingPlan`` that the kernels read (field meanings there)."""
+    """The arrays of ``tracking_normal.TrackingPlan`` that the kernels read (field meanings there)."""
 
     single: np.ndarray
     pose_ncols: np.ndarray
@@ -69,7 +70,7 @@ class PlanState(NamedTuple):
 
 class IntersectionState(NamedTuple):
     """The intersection term's data (``use`` False: term off) and the outside-test of
-    :func:`intersection_far` with its work buffer ``far_out`` (``fit._Intersection._far_test``)."""
+    :func:`intersection_far` with its work buffer ``far_out`` (``intersection.IntersectionTerm._far_test``)."""
 
     use: bool
     t_beta: np.ndarray
@@ -92,7 +93,7 @@ class IntersectionState(NamedTuple):
 
 
 class SoaState(NamedTuple):
-    """The table in kernel order (``terms.TableSoA``, ``skinning.SoaSkin``), the template at the current
+    """The table in kernel order (``tracking_points.TableSoA``, ``skinning.SoaSkin``), the template at the current
     identity and the frame's mu, 1/sigma, previous positions in kernel order."""
 
     t_beta_t: np.ndarray
@@ -113,7 +114,7 @@ class SoaState(NamedTuple):
 
 class Workspace(NamedTuple):
     """Work buffers of :func:`landmark_terms`: joint rotations (J, 3), the buffers of
-    ``terms.table_points_buffers`` (jpose's constant entries written there), pj (``terms.PJ_ROWS``, L),
+    ``tracking_points.table_points_buffers`` (jpose's constant entries written there), pj (``tracking_points.PJ_ROWS``, L),
     qe (2, N)."""
 
     rot: np.ndarray
@@ -134,7 +135,7 @@ class Workspace(NamedTuple):
 @njit(cache=True)
 def frame_inputs(order, mu, sigma, prev, inv_sigma, mu_t, isg_t, prev_t):
     """A frame's data for the kernels in one call: inv_sigma (L,) = 1 / sigma (L,) out, then
-    ``terms.frame_columns`` (mu (L, 2), inv_sigma, prev (L, 3) -> mu_t (2, L), isg_t (L,), prev_t (3, L))."""
+    ``tracking_points.frame_columns`` (mu (L, 2), inv_sigma, prev (L, 3) -> mu_t (2, L), isg_t (L,), prev_t (3, L))."""
     for i in range(sigma.shape[0]):
         inv_sigma[i] = 1.0 / sigma[i]
     frame_columns(order, mu, inv_sigma, prev, mu_t, isg_t, prev_t)
@@ -145,12 +146,12 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     """Landmark + temporal terms of the tracking problem at the full vector x (cost returned).
 
     Vectorised structure-of-arrays passes over the landmarks (kernel order): pose chain, template
-    points, positions, R_root M and pose Jacobian (``terms.table_points_jacobian``; positions only,
-    ``terms.table_points``, when ``want_jac`` is False), projections, residuals and costs
-    (``terms.project_soa``); for J^T J also the expression columns (``terms.expression_jacobian``),
-    their projections (``terms.project_columns_soa``) and the pose-column threshold test
-    (``terms.pose_threshold_soa``); then ``terms.vertex_term_tracking`` adds the upper triangle of
-    J^T J and J^T r into jtj, jtr; with an empty (0, 0) jtj ``terms.landmark_gradient_soa`` adds
+    points, positions, R_root M and pose Jacobian (``tracking_points.table_points_jacobian``; positions only,
+    ``tracking_points.table_points``, when ``want_jac`` is False), projections, residuals and costs
+    (``tracking_points.project_soa``); for J^T J also the expression columns (``tracking_points.expression_jacobian``),
+    their projections (``tracking_points.project_columns_soa``) and the pose-column threshold test
+    (``tracking_points.pose_threshold_soa``); then ``tracking_normal.vertex_term_tracking`` adds the upper triangle of
+    J^T J and J^T r into jtj, jtr; with an empty (0, 0) jtj ``tracking_points.landmark_gradient_soa`` adds
     J^T r alone.  Positions of x in uv (L, 2), xyz (L, 3), table order.
     """
     cx, cy, tw, loss_c, e0, col_map = prob.cx, prob.cy, prob.temporal_sqrtw, prob.loss_c, prob.e0, prob.col_map
@@ -195,41 +196,6 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
                          plan.pose_ncols, plan.pose_free, plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free,
                          plan.ee_static, jac_threshold, jtj, jtr, uv, xyz)
     return cost
-
-
-@njit(cache=True)
-def intersection_far(x, e0, far_base, far_proj, far_ptr, far_chunks, far_out):
-    """True when the outside-test of ``terms.intersection_term`` skips every vertex at x: the term
-    then adds nothing (cost 0, no J^T J entries) and need not run.  False: run it.
-
-    far_base (N,), far_proj (E, N), N a multiple of ``simd.W``: the term's ``skip_base`` and
-    ``skip_proj`` for the vertices that can come near when psi is in [0, 1] (the others are skipped by
-    the term for every such psi), zero padded; far_chunks[far_ptr[e]:far_ptr[e + 1]]: the W-wide
-    chunks of far_proj[e] holding non-zero entries; far_out (N,) work.  far_out = far_base + sum_e
-    psi_e far_proj[e] over the non-zero psi_e in the term's order, each entry by the term's own
-    operations (one multiply and one add per expression, W lanes at a time; the chunks left out
-    would add zeros), so a vertex passes here exactly when the term skips it.  A psi outside [0, 1]
-    returns False.
-    """
-    ne = far_proj.shape[0]
-    for e in range(ne):
-        we = x[e0 + e]
-        if not (we >= 0.0 and we <= 1.0):
-            return False
-    nw = far_base.shape[0]
-    for c in range(nw):
-        far_out[c] = far_base[c]
-    for e in range(ne):
-        we = x[e0 + e]
-        if we != 0.0:
-            pe = far_proj[e]
-            for k in range(far_ptr[e], far_ptr[e + 1]):
-                c = far_chunks[k]
-                vaxpy(far_out, c, we, pe, c)
-    for c in range(nw):
-        if not (far_out[c] >= SKIP_MARGIN):
-            return False
-    return True
 
 
 @njit(cache=True)

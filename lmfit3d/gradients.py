@@ -28,7 +28,7 @@ Energy (``lmfit3d.energy``; cost = 0.5 |r|^2 with the squared landmark loss; the
 * temporal:     w_t sum_f sum_i |x_f,i - x_f-1,i|^2 over landmark vertices in world coordinates (mm)
 * expression:   w_e |psi_f|^2;  joints: w_j |theta_f|^2 (not the root)
 * intersection: w_x d^2 for eyelid vertices inside the eyeball spheres and lip vertices inside the
-                teeth hulls (template space, as ``terms.intersection_term``)
+                teeth hulls (template space, as ``intersection.intersection_term``)
 * identity (GMM prior) is added by the Python layer.
 """
 import numpy as np
@@ -37,8 +37,9 @@ from numba import njit
 from .camera import project_jac
 from .energy import landmark_loss
 from .rotation import rodrigues_into
+from .intersection import intersection_depth
 from .skinning import pose_chain, skin_point_sparse, skin_vertex, world_joint_transforms
-from .terms import intersection_depth, template_point
+from .terms import template_point
 
 CAMERA_SIZE = 7
 POSE_SIZE = 18
@@ -80,7 +81,7 @@ def intersection_grad(z, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
                       hull_of, sqrtw, grad, acc_t):
     """Intersection residuals of one frame (template space); adds d cost / d psi into ``grad``.
 
-    Same residuals as ``terms.intersection_term``: r = sqrtw (R - |t - c|) for a vertex inside its
+    Same residuals as ``intersection.intersection_term``: r = sqrtw (R - |t - c|) for a vertex inside its
     eyeball sphere, r = sqrtw min_p (d_p - n_p . t) for a vertex inside its teeth hull.
     ``acc_t`` (n, 3) accumulates d cost / d t per vertex (for the identity gradient).
     Returns the cost 0.5 sum r^2.
@@ -274,7 +275,7 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     centre : (C, 2) principal point (pixels).
     w_expression, w_joints, w_temporal, w_intersection : float, term weights.
     int_mean, int_sb, int_idx, int_blocks : intersection vertices' (n, 3), (n, 3, K), (n, D), (n, D, 3).
-    sphere_c ... hull_of : as ``terms.intersection_term``.
+    sphere_c ... hull_of : as ``intersection.intersection_term``.
     loss_c : float, the landmark loss (``energy.landmark_loss``): 0 squared, c > 0 Cauchy.
     grad : (N,) out, d cost / d z (length 0 to skip the gradient).
     diag : (N,) out, diagonal of the Gauss-Newton matrix J^T J (length 0 to skip; costs more).

@@ -1,6 +1,6 @@
 """Fixed-width vector updates (W = 4 float64 lanes) for the short rows of the accumulation kernels.
 
-The J^T J accumulation of the tracking fit (``terms.vertex_term_tracking``) and the Cholesky
+The J^T J accumulation of the tracking fit (``tracking_normal.vertex_term_tracking``) and the Cholesky
 factorisation of the LM step (``solvers``) are made of thousands of row updates
 ``y[i:i + n] += a0 x0[j:j + n] + a1 x1[j:j + n]`` with n about 8 to 40.  Numba's loop vectoriser
 leaves such loops scalar in practice (its vector body needs 16 to 32 iterations, its run-time alias

@@ -533,7 +533,7 @@ def _longest_run(mask):
 def soa_skin(weights, parents):
     """:class:`SoaSkin` of (n, J) skin weights for a skeleton with ``parents`` (J,).
 
-    Vertices are best given grouped by the joints they are skinned to (``terms.table_soa`` sorts
+    Vertices are best given grouped by the joints they are skinned to (``tracking_points.table_soa`` sorts
     them): each joint then visits one short range.  Each joint m >= 1 needs
     sum_{k in sub(m)} w_k y_k; it is summed directly or as the complement
     x - sum_{k not in sub(m)} w_k y_k, whichever visits fewer vertices (exact either way).

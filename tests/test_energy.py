@@ -9,7 +9,8 @@ import pytest
 from lmfit3d.capture import CaptureConfig, CaptureProblem, validate_multiview
 from lmfit3d.energy import (LOSSES, CaptureLayout, FrameLayout, capture_terms, frame_residuals, frame_terms,
                             landmark_loss, loss_parameter, loss_reference)
-from lmfit3d.fit import FitConfig, FrameProblem, _Intersection, fit_landmarks, masks
+from lmfit3d.fit import FitConfig, FrameProblem, fit_landmarks, masks
+from lmfit3d.intersection import IntersectionTerm
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.rotation import matrix_to_axis_angle
 from lmfit3d.sparsity import build_sparsity, layout
@@ -62,7 +63,7 @@ def _frame_problem(model, rng, cfg, strong=True):
     p = random_params(model, rng, n_active=8)
     fr = make_frame(model, p, ids, rng, noise_px=2.0, outlier_fraction=0.1, outlier_sigma_px=25.0)
     table = build_sparsity(model, ids, 0.01)
-    inter = _Intersection(model, p.identity, 0.01)
+    inter = IntersectionTerm(model, p.identity, 0.01)
     prev = fr.vertices[ids] + rng.normal(scale=0.5, size=(ids.size, 3))
     prev[::17] = np.nan                                      # some landmarks without a previous position
     mu = fr.mu.copy()

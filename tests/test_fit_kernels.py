@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from conftest import run_without_jit
 
-from lmfit3d.fit import FitConfig, FrameProblem, Tracker, _Intersection, masks, params_to_vector
+from lmfit3d.fit import FitConfig, FrameProblem, Tracker, masks, params_to_vector
+from lmfit3d.intersection import SKIP_BLOCK, IntersectionTerm, intersection_term
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.model import Params
 from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_points, pose, single_joint_frame, single_joint_of,
@@ -13,8 +14,9 @@ from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_points, pose, single_
 from lmfit3d.solvers import bounded_step, cholesky_solve, trial_workspace
 from lmfit3d.sparsity import build_sparsity
 from lmfit3d.synthetic import make_frame, random_params
-from lmfit3d.terms import (SKIP_BLOCK, expression_jacobian, intersection_term, table_points, table_points_buffers,
-                           table_points_jacobian, table_soa, tracking_plan)
+from lmfit3d.tracking_normal import tracking_plan
+from lmfit3d.tracking_points import (expression_jacobian, table_points, table_points_buffers, table_points_jacobian,
+                                     table_soa)
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]
 EMPTY2, EMPTY1 = np.zeros((0, 0)), np.zeros(0)
@@ -211,7 +213,7 @@ def test_tracking_plan(model, rng):
 
 def test_intersection_skip_changes_nothing(model, rng):
     """The linear outside-test only skips vertices that contribute nothing (cost, J^T J, J^T r equal)."""
-    inter = _Intersection(model, 0.5 * rng.normal(size=model.n_identity), 0.01)
+    inter = IntersectionTerm(model, 0.5 * rng.normal(size=model.n_identity), 0.01)
     it = inter.table
     e0 = POSE_DIM
     n_exp = model.n_expression
@@ -242,7 +244,7 @@ def test_intersection_skip_changes_nothing(model, rng):
 def test_intersection_skip_blocks_bound_every_vertex(model, rng):
     """The block bound is at most the per-vertex bound of each vertex of its block, for weights of
     either sign; at rest it already proves most blocks outside."""
-    inter = _Intersection(model, 0.5 * rng.normal(size=model.n_identity), 0.01)
+    inter = IntersectionTerm(model, 0.5 * rng.normal(size=model.n_identity), 0.01)
     base, proj, blk = inter.skip_base, inter.skip_proj, inter.skip_block
     ne, n = proj.shape
     assert blk.shape == (2 * ne + 1, -(-n // SKIP_BLOCK))
@@ -276,7 +278,7 @@ def _skip_test_reference(t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphe
 
 
 def test_intersection_skip_test_matches_reference(model, rng):
-    inter = _Intersection(model, 0.5 * rng.normal(size=model.n_identity), 0.01)
+    inter = IntersectionTerm(model, 0.5 * rng.normal(size=model.n_identity), 0.01)
     it = inter.table
     base, proj = _skip_test_reference(inter.t_beta, it.expr_idx, it.expr_blocks, inter.sphere_c, inter.sphere_r,
                                       inter.sphere_of, inter.planes, inter.hull_of, model.n_expression)

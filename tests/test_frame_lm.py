@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 from conftest import run_without_jit
 
-from lmfit3d.fit import FitConfig, FrameProblem, Tracker, _Intersection, masks, params_to_vector
-from lmfit3d.frame_lm import intersection_far
+from lmfit3d.fit import FitConfig, FrameProblem, Tracker, masks, params_to_vector
+from lmfit3d.intersection import IntersectionTerm, intersection_far, intersection_term
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.skinning import POSE_DIM
 from lmfit3d.sparsity import build_sparsity
 from lmfit3d.synthetic import make_frame, random_params
-from lmfit3d.terms import expression_order, intersection_term, symmetrize_upper, tracking_plan
+from lmfit3d.terms import symmetrize_upper
+from lmfit3d.tracking_normal import expression_order, tracking_plan
 
 
 def _clip(model, rng, name, n_frames=4):
@@ -79,7 +80,7 @@ def test_tracking_lm_with_active_bounds_and_no_plan(model, rng):
     fr = frames[0]
     table = build_sparsity(model, ids, 0.01)
     cfg = FitConfig()
-    inter = _Intersection(model, p0.identity, 0.01)
+    inter = IntersectionTerm(model, p0.identity, 0.01)
     prev = fr.vertices[ids] + rng.normal(scale=0.3, size=(ids.size, 3))
     prob = FrameProblem(model, table, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
     x = params_to_vector(model, p0, fr.camera.focal)
@@ -103,7 +104,7 @@ def test_compiled_frame_cost_equals_terms(model, rng, tw):
     fr = frames[0]
     table = build_sparsity(model, ids, 0.01)
     cfg = FitConfig(w_temporal=tw)
-    inter = _Intersection(model, p0.identity, 0.01)
+    inter = IntersectionTerm(model, p0.identity, 0.01)
     prev = fr.vertices[ids] + rng.normal(scale=0.5, size=(ids.size, 3))
     prob = FrameProblem(model, table, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
     x = params_to_vector(model, p0, fr.camera.focal)
@@ -138,7 +139,7 @@ def test_gradient_alone_equals_full_evaluation(model, rng, tw):
     ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
     fr = frames[0]
     table = build_sparsity(model, ids, 0.01)
-    inter = _Intersection(model, p0.identity, 0.01)
+    inter = IntersectionTerm(model, p0.identity, 0.01)
     mu = fr.mu.copy()
     mu[rng.random(ids.size) < 0.1] = np.nan
     prev = fr.vertices[ids] + rng.normal(scale=0.5, size=(ids.size, 3))
@@ -224,7 +225,7 @@ def test_intersection_far_is_the_terms_own_skip_test(model, rng):
     """intersection_far says True exactly when every tested vertex passes the term's outside-test
     (summed in the term's order, NumPy reference), and the term then adds nothing; psi outside
     [0, 1] answers False (the pruned vertex set assumes bounded weights)."""
-    inter = _Intersection(model, random_params(model, rng).identity, 0.01)
+    inter = IntersectionTerm(model, random_params(model, rng).identity, 0.01)
     e0, ne = POSE_DIM, model.n_expression
     tested = (inter.sphere_of >= 0) | (inter.hull_of >= 0)
     args = (inter.far_base, inter.far_proj, inter.far_ptr, inter.far_chunks, np.empty_like(inter.far_base))
