@@ -84,7 +84,8 @@ def speed(manifest, repeats=200):
     rng = np.random.default_rng(0)
     nets = [("lmfit3d dense320 (ours)", manifest)]
     try:
-        from lmfit3d.predict import load_manifest, mediapipe_dir
+        from lmfit3d.detect import mediapipe_dir
+        from lmfit3d.predict import load_manifest
         mm = load_manifest("mediapipe")
         if Path(mm.onnx).is_file() and (mediapipe_dir() / "face_landmark.onnx").is_file():
             nets.append(("MediaPipe face mesh", mm))
@@ -115,7 +116,8 @@ def speed(manifest, repeats=200):
 
 def stills(model, media, picture):
     from lmfit3d.imaging import draw_points
-    from lmfit3d.predict import MediaPipeLandmarks, ModelMissingError
+    from lmfit3d.detect import ModelMissingError
+    from lmfit3d.predict import MediaPipeLandmarks
     from lmfit3d.track import TrackOptions, fit_image, read_image
     backends = {"ours": NetworkLandmarks()}
     try:

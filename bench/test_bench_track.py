@@ -34,7 +34,8 @@ import pytest
 
 from lmfit3d.fit import Tracker
 from lmfit3d.paths import shared_media_dir
-from lmfit3d.predict import FaceDetector, MediaPipeLandmarks
+from lmfit3d.detect import FaceDetector
+from lmfit3d.predict import MediaPipeLandmarks
 from lmfit3d.track import FrameList, TrackOptions, VideoReader, track_video
 
 CLIP = shared_media_dir() / "W040_level_3_happy_029.mp4"

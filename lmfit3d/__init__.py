@@ -7,7 +7,7 @@ on first attribute access, so ``import lmfit3d`` stays fast in constrained envir
 Pipeline modules, imports flowing one way::
 
     model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> terms / gradients
-          -> sparsity -> solvers -> fit -> predict (ONNX) -> track / capture -> cli
+          -> sparsity -> solvers -> fit -> detect / predict (ONNX) -> track / capture -> cli
 """
 from importlib import import_module
 
@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "paths", "meshio", "model", "rotation", "skinning", "camera", "calibration", "imaging", "render",
     "landmarks",
-    "terms", "gradients", "sparsity", "solvers", "fit", "synthetic", "predict", "track", "capture", "cli",
+    "terms", "gradients", "sparsity", "solvers", "fit", "synthetic", "detect", "predict", "track", "capture", "cli",
 )
 _EXPORTS = {
     "FaceModel": "model",

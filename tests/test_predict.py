@@ -9,8 +9,8 @@ import pytest
 from lmfit3d.imaging import ROI, affine_points, crop, warp_chw
 from lmfit3d.paths import shared_media_dir
 from conftest import run_without_jit
-from lmfit3d.predict import (FaceDetector, IrisPredictor, Manifest, MediaPipeLandmarks, _blazeface_anchors,
-                             _weighted_nms, load_manifest, mediapipe_dir, roi_from_points)
+from lmfit3d.detect import FaceDetector, ModelMissingError, _blazeface_anchors, _weighted_nms, mediapipe_dir
+from lmfit3d.predict import IrisPredictor, Manifest, MediaPipeLandmarks, load_manifest, roi_from_points
 
 MEDIA = shared_media_dir()
 
@@ -454,7 +454,6 @@ def test_manifest_load_errors(tmp_path):
 
 
 def test_missing_onnx_file_is_a_clear_error(tmp_path):
-    from lmfit3d.predict import ModelMissingError
     with pytest.raises(ModelMissingError, match="convert_mediapipe"):
         FaceDetector(path=tmp_path / "absent.onnx")
 
