@@ -945,7 +945,9 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
     import warnings
     from types import SimpleNamespace
 
-    from .track import FrameRows, TrackOptions, _Outputs, _check_out_dir, landmarks_from_video, make_predictor
+    from .media import _check_out_dir, landmarks_from_video
+    from .outputs import FrameRows, _Outputs
+    from .track import TrackOptions, make_predictor
     opt = options or TrackOptions(progress=False)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -994,7 +996,9 @@ def fit_same_person(paths, out_dir, options=None, model=None, predictor=None):
     Photos without a face are reported (ValueError) before anything is written.  Writes the
     outputs of :func:`fit_image` per photo; returns their JSON dicts.
     """
-    from .track import (TrackOptions, _check_out_dir, image_landmarks, make_predictor, write_still)
+    from .media import _check_out_dir
+    from .stills import image_landmarks, write_still
+    from .track import TrackOptions, make_predictor
     opt = options or TrackOptions()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)

@@ -397,7 +397,9 @@ def _add_fit(sub):
 
 
 def _media_run(args, kind):
-    from .track import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, TrackOptions, expand_inputs, run_many
+    from .batch import run_many
+    from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, expand_inputs
+    from .track import TrackOptions
     if args.jobs < 1:
         raise CommandLineError(f"--jobs must be >= 1, got {args.jobs}")
     if args.max_frames is not None and args.max_frames < 1:

@@ -16,7 +16,7 @@ MEDIA = shared_media_dir()
 
 
 def _read(name):
-    from lmfit3d.track import read_image
+    from lmfit3d.media import read_image
     return read_image(MEDIA / name)
 
 
@@ -335,7 +335,7 @@ def test_iris_both_eyes_in_one_call_equal_one_eye_calls():
 def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
     """With iris_policy="alternate" a tracked frame runs one eye (taking turns); the other eye's
     centre follows its eye corners.  On a still image shown twice both policies nearly agree."""
-    from lmfit3d.track import VideoReader
+    from lmfit3d.media import VideoReader
     import itertools
     frames = list(itertools.islice(iter(VideoReader(MEDIA / "W040_level_3_happy_029.mp4")), 6))
     alt, both = MediaPipeLandmarks(), MediaPipeLandmarks(iris_policy="both")
@@ -355,7 +355,7 @@ def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
     assert calls == [(0, 1), (0,), (1,), (0,), (1,), (0,)]      # detection frame: both eyes
     alt.reset()
     assert alt.track(frames[0]) is not None and calls[-1] == (0, 1)
-    from lmfit3d.track import image_landmarks
+    from lmfit3d.stills import image_landmarks
     del calls[:]
     image_landmarks(MEDIA / "obama.jpg", alt)                  # stills: both eyes on both passes
     assert calls == [(0, 1), (0, 1)] and alt.iris_policy == "alternate"
