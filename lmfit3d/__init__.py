@@ -18,7 +18,7 @@ _SUBMODULES = (
     "paths", "meshio", "model", "rotation", "skinning", "camera", "calibration", "imaging", "render",
     "landmarks",
     "terms", "gradients", "sparsity", "solvers", "fit", "synthetic", "detect", "predict", "capture", "media", "outputs",
-    "track", "stills", "batch", "cli",
+    "track", "capture_files", "stills", "batch", "cli",
 )
 _EXPORTS = {
     "FaceModel": "model",

@@ -442,7 +442,7 @@ def _media_run(args, kind):
         raise ValueError(f"{model_path}: model file not found")
     if getattr(args, "same_person", False):
         from .model import load_model
-        from .capture import fit_same_person
+        from .stills import fit_same_person
         if len(paths) < 2:
             raise CommandLineError("--same-person needs at least two photos")
         infos = fit_same_person(paths, args.output, opt, load_model(model_path))
@@ -494,7 +494,8 @@ def _add_capture(sub):
 def _cmd_capture(args):
     import warnings
 
-    from .capture import CaptureConfig, fit_capture_file, fit_capture_videos
+    from .capture import CaptureConfig
+    from .capture_files import fit_capture_file, fit_capture_videos
     from .track import TrackOptions
     if (args.input is None) == (args.videos is None):
         raise CommandLineError("give either IN.npz or --videos V1 V2 ...")
