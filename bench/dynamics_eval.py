@@ -36,7 +36,8 @@ from lmfit3d.model import Params, load_model  # noqa: E402
 from lmfit3d.predict import load_manifest  # noqa: E402
 from lmfit3d.skinning import evaluate_points  # noqa: E402
 from lmfit3d.synthetic import FACE_WIDTH_MM, random_look, render_face  # noqa: E402
-from lmfit3d.track import FrameList, TrackOptions, track_video  # noqa: E402
+from lmfit3d.media import FrameList  # noqa: E402
+from lmfit3d.track import TrackOptions, track_video  # noqa: E402
 
 GOAL_SHAPES = ("jawOpen", "mouthClose", "eyeBlink_L", "eyeBlink_R", "mouthSmile_L", "mouthSmile_R",
                "browInnerUp")

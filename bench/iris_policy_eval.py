@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from lmfit3d.paths import shared_media_dir  # noqa: E402
 from lmfit3d.predict import IrisPredictor, MediaPipeLandmarks  # noqa: E402
-from lmfit3d.track import VideoReader  # noqa: E402
+from lmfit3d.media import VideoReader  # noqa: E402
 
 CLIPS = ("W040_level_3_happy_029.mp4", "W023_level_2_surprised_010.mp4", "QoT0S2vu9m4_00002.mp4",
          "short_hamilton_clip.mp4")

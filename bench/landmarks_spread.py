@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import lmfit3d.imaging as imaging  # noqa: E402
 import lmfit3d.predict as predict  # noqa: E402
 from lmfit3d.paths import shared_media_dir  # noqa: E402
-from lmfit3d.track import VideoReader  # noqa: E402
+from lmfit3d.media import VideoReader  # noqa: E402
 
 CLIP = "W040_level_3_happy_029.mp4"
 SECTIONS = ("total", "mesh_crop", "mesh_net", "iris_crop", "iris_net", "rest")

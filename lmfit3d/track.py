@@ -1,4 +1,4 @@
-"""Video and still-image tracking: ONNX landmarks -> real-time fitter -> per-frame outputs.
+"""Video tracking: ONNX landmarks -> real-time fitter -> per-frame outputs (:mod:`lmfit3d.outputs`).
 
 ``track_video`` runs in two streamed passes over the file, so memory stays flat for any length:
 
@@ -15,14 +15,9 @@
    ``NAME_arkit.csv``, optional meshes and overlay video; ``NAME.npz`` at the end.  Every output is written to a temporary file
    and renamed when complete.
 
-Pose columns (README "Conventions"): ``pose_T*`` is the root translation (model origin in camera
-coordinates, mm); ``pose_R*`` the root rotation (axis-angle, radians, camera axes); ``head_R*`` the
-head's global rotation root*neck*head (axis-angle); gaze angles are the yaw (about the head's y axis,
-positive towards the subject's left) and pitch (about x, positive up) of each eye's forward axis in the
-head frame, radians.  ARKit head/eye yaw, pitch, roll are in degrees as in Live Link Face.
+The outputs' columns and their writers are in :mod:`lmfit3d.outputs`; frame sources in
+:mod:`lmfit3d.media`; photos in :mod:`lmfit3d.stills`.
 """
-import csv
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,61 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from .fit import FitConfig, Tracker
-from .landmarks import load_landmark_set
-from .paths import atomic_write
-from .rotation import matrix_to_axis_angle, rodrigues
-from .skinning import evaluate_mesh, pose, skin_mesh
+from .media import VideoReader, _check_out_dir, _progress
+from .meshio import write_obj, write_ply
+from .model import load_model
+from .outputs import FrameRows, _OverlayRenderer, _Outputs
+from .predict import MediaPipeLandmarks, NetworkLandmarks
+from .skinning import evaluate_mesh
 from .temporal import is_cut, frame_noise_variance, shot_segments, smooth_shots
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-
-# Live Link Face CSV: the 52 ARKit blendshapes in its column order, then head and eye angles.
-ARKIT_NAMES = (
-    "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
-    "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
-    "EyeSquintRight", "EyeWideRight", "JawForward", "JawRight", "JawLeft", "JawOpen", "MouthClose",
-    "MouthFunnel", "MouthPucker", "MouthRight", "MouthLeft", "MouthSmileLeft", "MouthSmileRight",
-    "MouthFrownLeft", "MouthFrownRight", "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft",
-    "MouthStretchRight", "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper",
-    "MouthPressLeft", "MouthPressRight", "MouthLowerDownLeft", "MouthLowerDownRight", "MouthUpperUpLeft",
-    "MouthUpperUpRight", "BrowDownLeft", "BrowDownRight", "BrowInnerUp", "BrowOuterUpLeft",
-    "BrowOuterUpRight", "CheekPuff", "CheekSquintLeft", "CheekSquintRight", "NoseSneerLeft",
-    "NoseSneerRight", "TongueOut",
-)
-ARKIT_POSE = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
-              "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
-
-
-def arkit_mapping(expression_names):
-    """(52, E) matrix mapping ICT weights to ARKit weights.
-
-    ICT's ``xxx_L`` / ``xxx_R`` are the subject's left / right, as ARKit's ``XxxLeft`` / ``XxxRight``.
-    ARKit's unsided BrowInnerUp and CheekPuff are the mean of ICT's two sides; TongueOut has no ICT
-    shape and stays 0.
-    """
-    idx = {n: i for i, n in enumerate(expression_names)}
-    mat = np.zeros((len(ARKIT_NAMES), len(expression_names)))
-    for a, name in enumerate(ARKIT_NAMES):
-        base = name[0].lower() + name[1:]
-        if base.endswith("Left") and base[:-4] + "_L" in idx:
-            mat[a, idx[base[:-4] + "_L"]] = 1.0
-        elif base.endswith("Right") and base[:-5] + "_R" in idx:
-            mat[a, idx[base[:-5] + "_R"]] = 1.0
-        elif base in idx:
-            mat[a, idx[base]] = 1.0
-        elif base + "_L" in idx:
-            mat[a, idx[base + "_L"]] = mat[a, idx[base + "_R"]] = 0.5
-    return mat
-
-
-def yaw_pitch_roll(r):
-    """Yaw (about y), pitch (about x), roll (about z) in radians of a rotation matrix, R = Ry Rx Rz."""
-    pitch = np.arcsin(np.clip(-r[1, 2], -1.0, 1.0))
-    yaw = np.arctan2(r[0, 2], r[2, 2])
-    roll = np.arctan2(r[1, 0], r[1, 1])
-    return yaw, pitch, roll
-
 
 TRACK_TEMPORAL_WEIGHT = 0.1
 # expression prior of landmark-network tracking: the networks' systematic errors otherwise show as
@@ -97,7 +44,7 @@ BACKENDS = ("mediapipe", "network")
 
 @dataclass(frozen=True)
 class TrackOptions:
-    """Options of :func:`track_video` / :func:`fit_images` (CLI flags of ``lmfit3d track``)."""
+    """Options of :func:`track_video` / :func:`lmfit3d.stills.fit_image` (CLI flags of ``lmfit3d track``)."""
     backend: str = "mediapipe"
     roi_strategy: str = "aligned"
     sigma_jitter: int = 0
@@ -165,253 +112,6 @@ class TrackSummary:
         return self.success / self.frames if self.frames else 0.0
 
 
-class VideoReader:
-    """Frames of a video file, streamed with imageio (ffmpeg) one at a time.
-
-    Each iteration opens the file anew (the overlay pass reads it a second time).  Attributes:
-    ``name`` (file stem), ``fps``, ``n_frames_hint`` (from the container; may be None or off).
-    """
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.name = self.path.stem
-        if not self.path.is_file():
-            raise ValueError(f"{self.path}: file not found")
-        if self.path.suffix.lower() in IMAGE_EXTENSIONS:
-            raise ValueError(f"{self.path}: an image, not a video (use `lmfit3d fit` for photos)")
-        if self.path.stat().st_size == 0:
-            raise ValueError(f"{self.path}: cannot open as a video (empty file)")
-        reader = self._open()
-        try:
-            meta = reader.get_meta_data()
-        finally:
-            reader.close()
-        self.fps = float(meta.get("fps") or 25.0)
-        n = meta.get("nframes", float("inf"))
-        self.n_frames_hint = int(n) if np.isfinite(n) else None
-        if self.n_frames_hint is None and meta.get("duration"):
-            self.n_frames_hint = int(round(float(meta["duration"]) * self.fps))
-
-    def _open(self):
-        import imageio.v2 as imageio
-        try:
-            return imageio.get_reader(str(self.path), format="FFMPEG")
-        except Exception as exc:
-            raise ValueError(f"{self.path}: cannot open as a video ({_short(exc)})") from None
-
-    def __iter__(self):
-        reader = self._open()
-        try:
-            for frame in reader:
-                if frame.ndim == 2:
-                    frame = np.repeat(frame[:, :, None], 3, axis=2)
-                yield np.ascontiguousarray(frame[:, :, :3])
-        except (IndexError, StopIteration):
-            return
-        except Exception as exc:
-            raise ValueError(f"{self.path}: cannot decode video ({_short(exc)})") from None
-        finally:
-            reader.close()
-
-
-class FrameList:
-    """Decoded frames held in memory, with the interface of :class:`VideoReader` (benchmarks, tests)."""
-
-    def __init__(self, frames, fps=25.0, name="frames"):
-        self.frames = list(frames)
-        self.fps = float(fps)
-        self.name = name
-        self.n_frames_hint = len(self.frames)
-
-    def __iter__(self):
-        return iter(self.frames)
-
-
-def _short(exc):
-    s = " ".join(str(exc).split())
-    return s[:200] if s else type(exc).__name__
-
-
-def read_image(path):
-    """(H, W, 3) uint8 RGB of an image file; ValueError with the file name when unreadable."""
-    import imageio.v2 as imageio
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    if path.suffix.lower() in VIDEO_EXTENSIONS:
-        raise ValueError(f"{path}: a video, not an image (use `lmfit3d track` for videos)")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: cannot read as an image (empty file)")
-    try:
-        img = np.asarray(imageio.imread(str(path)))
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read as an image ({_short(exc)})") from None
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] < 3:
-        raise ValueError(f"{path}: unsupported image shape {img.shape}")
-    if img.dtype != np.uint8:
-        img = (img.astype(np.float64) / max(float(img.max()), 1.0) * 255).astype(np.uint8)
-    return np.ascontiguousarray(img[:, :, :3])
-
-
-class PointEvaluator:
-    """Posed positions of a few chosen vertices for a fixed identity (68 output points, gaze)."""
-
-    def __init__(self, model, vertex_ids, identity):
-        ids = np.asarray(vertex_ids, dtype=np.int64)
-        self.model = model
-        self.ids = ids
-        self.identity = np.asarray(identity, dtype=np.float64)
-        self.t_beta = model.vertices[ids].astype(np.float64) + model.identity_basis[ids].astype(np.float64) @ self.identity
-        self.eb = model.expression_basis[ids].astype(np.float64)
-        self.w = np.ascontiguousarray(model.skin_weights[ids], dtype=np.float64)
-        self.out = np.empty((ids.size, 3))
-
-    def __call__(self, params):
-        st = pose(self.model, params)
-        t = np.ascontiguousarray(self.t_beta + self.eb @ params.expression)
-        skin_mesh(t, self.w, st.r0, st.translation, st.rg, st.tg, self.out)
-        return self.out.copy(), st
-
-
-def _global_rotations(model, rotations):
-    """Global rotation matrices (J, 3, 3) of every joint from the local axis-angles (J, 3)."""
-    g = np.empty((model.n_joints, 3, 3))
-    for j, p in enumerate(model.joint_parents):
-        r = rodrigues(rotations[j])
-        g[j] = r if p < 0 else g[p] @ r
-    return g
-
-
-def gaze_angles(model, rotations):
-    """Per-eye (yaw, pitch) radians in the head frame, eyes in order (subject's left, right)."""
-    out = np.empty((2, 2))
-    for e, j in enumerate((3, 4)):
-        d = rodrigues(rotations[j])[:, 2]          # forward axis of the eye in its parent (head) frame
-        out[e] = np.arctan2(d[0], d[2]), np.arctan2(d[1], np.hypot(d[0], d[2]))
-    return out
-
-
-GAZE_FULL_DEG = 30.0    # eye rotation (degrees) at which a derived eyeLook* weight reaches 1
-
-
-def gaze_blendshapes(model, rotations, full_deg=GAZE_FULL_DEG):
-    """eyeLook* weights (E,) from the eye joints (zero elsewhere), ARKit's meaning: per eye, Up/Down
-    from the pitch, In (towards the nose) / Out from the yaw, 1 at ``full_deg`` degrees.
-
-    For when the fit holds the eyeLook* shapes at 0 (``FitConfig.fit_gaze_shapes``): the gaze
-    lives in the eye joints, and the outputs still carry ARKit's eyeLook* curves.
-    """
-    names = list(model.expression_names)
-    out = np.zeros(len(names))
-    gz = gaze_angles(model, rotations) / np.radians(full_deg)      # (left, right) x (yaw, pitch)
-    for e, side in enumerate(("_L", "_R")):
-        yaw, pitch = gz[e]
-        inward = -yaw if side == "_L" else yaw       # yaw > 0 turns towards the subject's left
-        for shape, w in (("eyeLookUp", pitch), ("eyeLookDown", -pitch), ("eyeLookIn", inward),
-                         ("eyeLookOut", -inward)):
-            if shape + side in names:
-                out[names.index(shape + side)] = min(max(w, 0.0), 1.0)
-    return out
-
-
-def csv_header(expression_names):
-    cols = ["frame", "timestamp_s", "success", "confidence", "pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx",
-            "pose_Ry", "pose_Rz", "head_Rx", "head_Ry", "head_Rz", "gaze_angle_x", "gaze_angle_y",
-            "gaze_L_yaw", "gaze_L_pitch", "gaze_R_yaw", "gaze_R_pitch", "focal_px", "fit_rms_px"]
-    cols += list(expression_names)
-    cols += [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
-    return cols
-
-
-def _timecode(t, fps):
-    h, rem = divmod(t, 3600.0)
-    m, s = divmod(rem, 60.0)
-    fr = int((s - int(s)) * fps + 1e-6)
-    return f"{int(h):02d}:{int(m):02d}:{int(s):02d}:{fr:02d}.{int(round((t % 1) * 1000)) % 1000:03d}"
-
-
-class _Outputs:
-    """Streaming writers of one video's outputs; temporary files renamed on :meth:`commit`."""
-
-    def __init__(self, out_dir, name, model, fps, options):
-        self.out_dir = Path(out_dir)
-        self.name = name
-        self.fps = fps
-        self.model = model
-        self.opt = options
-        self._tmp = []
-        self.final = []
-        self.csv_f = self._open(f"{name}.csv")
-        self.csv = csv.writer(self.csv_f)
-        self.csv.writerow(csv_header(model.expression_names))
-        self.ark_f = self._open(f"{name}_arkit.csv")
-        self.ark = csv.writer(self.ark_f)
-        self.ark.writerow(["Timecode", "BlendShapeCount"] + list(ARKIT_NAMES) + list(ARKIT_POSE))
-        self.writer = None
-        if options.overlay:
-            import imageio.v2 as imageio
-            path = self.out_dir / f".{name}_overlay.part.mp4"
-            self._tmp.append((path, self.out_dir / f"{name}_overlay.mp4"))
-            self.writer = imageio.get_writer(str(path), format="FFMPEG", fps=fps, codec="libx264",
-                                             quality=7, macro_block_size=1, ffmpeg_log_level="error")
-        self.mesh_dir = None
-        if options.mesh_every:
-            self.mesh_dir = self.out_dir / f"{name}_meshes"
-            self.mesh_dir.mkdir(exist_ok=True)
-
-    def _open(self, fname):
-        path = self.out_dir / f".{fname}.part"
-        self._tmp.append((path, self.out_dir / fname))
-        return open(path, "w", newline="")
-
-    def write_frame(self, f, row, arkit_row):
-        """Append frame f's rows to NAME.csv and NAME_arkit.csv."""
-        self.csv.writerow(row)
-        self.ark.writerow(arkit_row)
-
-    def commit(self, npz=None):
-        """Close the streams, write NAME.npz (unless ``npz`` is None) and rename every output."""
-        self.csv_f.close()
-        self.ark_f.close()
-        if self.writer is not None:
-            self.writer.close()
-        if npz is not None:
-            with atomic_write(self.out_dir / f"{self.name}.npz", "wb") as fh:
-                np.savez(fh, **npz)
-            self.final.append(self.out_dir / f"{self.name}.npz")
-        for tmp, final in self._tmp:
-            os.replace(tmp, final)
-            self.final.append(final)
-
-    def abort(self):
-        for fh in (self.csv_f, self.ark_f):
-            try:
-                fh.close()
-            except Exception:
-                pass
-        if self.writer is not None:
-            try:
-                self.writer.close()
-            except Exception:
-                pass
-        for tmp, _ in self._tmp:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def _format(*arrays):
-    """CSV fields ('%.6g'; empty for NaN/inf) of the values of one or more arrays, in order."""
-    vals = np.concatenate([np.ravel(a) for a in arrays]).tolist()
-    return ["" if (v != v or v in (_INF, -_INF)) else f"{v:.6g}" for v in vals]
-
-
-_INF = float("inf")
-
-
 def track_video(path, out_dir, options=None, model=None, predictor=None):
     """Track one video; writes NAME.csv, NAME_arkit.csv, NAME.npz (+ meshes, overlay).
 
@@ -427,7 +127,6 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
     -------
     TrackSummary
     """
-    from .model import load_model
     opt = options or TrackOptions()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -524,66 +223,6 @@ def _grow(store, n, L):
     return np.lib.format.open_memmap(store, mode="r+")
 
 
-def _progress(enabled, total, desc):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
-
-
-class FrameRows:
-    """Builds one frame's ``NAME.csv`` and ``NAME_arkit.csv`` rows from a fit (see the module docstring).
-
-    Calling it with ``(f, fit, mu, presence)`` returns ``(row, arkit_row, values)``; ``values`` holds
-    the 68 fitted points, the RMS reprojection error (pixels) and the confidence, or is None for a
-    frame without a fit (a row with success=0 and empty fields).
-    """
-
-    def __init__(self, model, identity, focal, image_size, fps, derive_gaze=False):
-        from .camera import Camera
-        from .fit import GAZE_SHAPES
-        self.model = model
-        # eyeLook* columns from the eye joints (the fit held those shapes at 0)
-        self.gaze_ids = ([i for i, n in enumerate(model.expression_names) if n in GAZE_SHAPES]
-                         if derive_gaze else [])
-        self.ibug = PointEvaluator(model, load_landmark_set("ibug68"), identity)
-        self.cam = Camera(focal, *image_size)
-        self.focal = focal
-        self.fps = fps
-        self.ark_map = arkit_mapping(model.expression_names)
-        self.n_cols = len(csv_header(model.expression_names))
-
-    def __call__(self, f, fit, mu, presence):
-        ts = f / self.fps
-        ok = fit is not None and fit.status >= 0
-        row = [f, f"{ts:.4f}", int(ok)]
-        ark = [_timecode(ts, self.fps), len(ARKIT_NAMES) + len(ARKIT_POSE)]
-        if not ok:
-            row += ["0"] + [""] * (self.n_cols - 4)
-            ark += ["0"] * len(ARKIT_NAMES) + [""] * len(ARKIT_POSE)
-            return row, ark, None
-        p = fit.params
-        uv68 = self.cam.project(self.ibug(p)[0])
-        rms = float(np.sqrt(np.nanmean(np.sum((fit.uv - mu) ** 2, 1))))
-        g = _global_rotations(self.model, p.rotations)
-        gz = gaze_angles(self.model, p.rotations)
-        conf = float(presence) if np.isfinite(presence) else 0.0
-        expr = p.expression
-        if self.gaze_ids:
-            expr = expr.copy()
-            expr[self.gaze_ids] = gaze_blendshapes(self.model, p.rotations)[self.gaze_ids]
-        row += [f"{conf:.4f}"] + _format(p.translation, p.rotations[0], matrix_to_axis_angle(g[2]), gz.mean(0),
-                                          gz, [self.focal, rms], expr, uv68[:, 0], uv68[:, 1])
-        # ARKit (degrees): head yaw/pitch/roll of the head's global rotation in camera axes; eyes in the head
-        angles = [yaw_pitch_roll(g[2])] + [yaw_pitch_roll(rodrigues(p.rotations[j])) for j in (3, 4)]
-        ark += [f"{v:.4f}" for v in self.ark_map @ expr]
-        ark += [f"{np.degrees(v):.4f}" for trio in angles for v in trio]
-        return row, ark, dict(landmarks68=uv68, fit_rms_px=rms, confidence=conf)
-
-
 def _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, opt, outs, summary, tm, reader):
     """Pass 2's per-frame loop: fit (smoothed tracks when given), write rows, meshes and overlay."""
     frames = iter(reader) if opt.overlay else None
@@ -622,7 +261,6 @@ def _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, op
         want_mesh = vals is not None and outs.mesh_dir is not None and f % opt.mesh_every == 0
         verts = evaluate_mesh(model, fit.params) if vals is not None and (want_mesh or frames is not None) else None
         if want_mesh:
-            from .meshio import write_obj, write_ply
             (write_obj if opt.mesh_format == "obj" else write_ply)(
                 outs.mesh_dir / f"frame_{f:06d}.{opt.mesh_format}", verts, model.faces)
         if frames is not None:
@@ -676,228 +314,13 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
     outs.commit(npz)
 
 
-class _OverlayRenderer:
-    """Draws the fitted mesh (semi-transparent, shaded) over a frame."""
-
-    def __init__(self, model):
-        from .render import model_albedo, visible_faces
-        self.faces = visible_faces(model)
-        self.albedo = model_albedo(model)
-
-    def __call__(self, frame, v, focal):
-        """The frame with the camera-space mesh v (V, 3) mm drawn over it (the frame itself when v is None)."""
-        if v is None:
-            return frame
-        from .render import render, shade
-        img, _, _ = render(v, self.faces, shade(v, self.faces, self.albedo), focal, frame.shape[1],
-                           frame.shape[0], background=frame, alpha=0.55)
-        return img
-
-
-def _check_out_dir(out_dir):
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: output path exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise ValueError(f"{out_dir}: output folder is not writable")
-
-
-def expand_inputs(paths, extensions):
-    """Files from a list of files and folders (folders: their files with the given extensions, sorted)."""
-    out = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in extensions and q.is_file())
-            if not found:
-                raise ValueError(f"{p}: folder holds no file with extension {', '.join(extensions)}")
-            out += found
-        else:
-            out.append(p)
-    return out
-
-
 def make_predictor(opt):
     """The landmark backend named by ``opt.backend``: "mediapipe" (MediaPipe's detector, face mesh and
     iris networks with the learnt sigma table) or "network" (lmfit3d's own probabilistic dense320
     network, ``data/lmfit3d_dense320``; no iris network, no sigma jitter)."""
-    from .predict import MediaPipeLandmarks, NetworkLandmarks
     if opt.backend == "network":
         return NetworkLandmarks(roi_strategy=opt.roi_strategy, fixed_sigma=opt.fixed_sigma)
     return MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter, iris=opt.iris,
                               fixed_sigma=opt.fixed_sigma, iris_policy=opt.iris_policy)
 
 
-def image_landmarks(path, predictor):
-    """(image, Prediction) of the largest face of a still: the detector ROI, then the ROI from
-    those landmarks (as when tracking)."""
-    img = read_image(path)
-    predictor.reset()
-    policy = getattr(predictor, "iris_policy", None)
-    if policy is not None:
-        predictor.iris_policy = "both"          # a still: both eyes on each pass
-    try:
-        pred = predictor.track(img)
-        if pred is not None:
-            pred = predictor.track(img) or pred
-    finally:
-        if policy is not None:
-            predictor.iris_policy = policy
-    if pred is None:
-        raise ValueError(f"{path}: no face found")
-    return img, pred
-
-
-def _still_result(path, model, img, params, focal, pred, uv, cost, iterations, status):
-    """(JSON dict, camera-space mesh (V, 3) mm) of one fitted face of a photo."""
-    from .camera import Camera
-    p = params
-    size = (img.shape[1], img.shape[0])
-    verts = evaluate_mesh(model, p)
-    g = _global_rotations(model, p.rotations)
-    uv68 = Camera(focal, *size).project(verts[load_landmark_set("ibug68")])
-    info = dict(image=str(path), image_size=list(size), focal_px=float(focal), confidence=pred.presence,
-                fit_rms_px=float(np.sqrt(np.nanmean(np.sum((uv - pred.mu) ** 2, 1)))),
-                identity=p.identity.tolist(), expression=dict(zip(model.expression_names, p.expression.tolist())),
-                root_rotation=p.rotations[0].tolist(), translation_mm=p.translation.tolist(),
-                joint_rotations={n: r.tolist() for n, r in zip(model.joint_names[1:], p.rotations[1:])},
-                head_rotation=matrix_to_axis_angle(g[2]).tolist(), landmarks68=uv68.tolist(),
-                cost=float(cost), iterations=int(iterations), status=int(status), units="mm")
-    return info, verts
-
-
-def _write_still_files(out_dir, name, model, opt, img, focal, results):
-    """NAME.obj/.ply and NAME.json per face (NAME_faceK.* for the K-th face after the first) and one
-    NAME_overlay.png with every face; results: [(info, verts), ...], largest face first."""
-    import imageio.v2 as imageio
-    from .meshio import write_obj, write_ply
-    overlay = img
-    render = _OverlayRenderer(model)
-    for k, (info, verts) in enumerate(results):
-        stem = name if k == 0 else f"{name}_face{k}"
-        (write_obj if opt.mesh_format == "obj" else write_ply)(out_dir / f"{stem}.{opt.mesh_format}", verts,
-                                                               model.faces)
-        with atomic_write(out_dir / f"{stem}.json", "w") as fh:
-            json.dump(info, fh, indent=1)
-        overlay = render(overlay, verts, focal)
-    with atomic_write(out_dir / f"{name}_overlay.png", "wb") as fh:
-        imageio.imwrite(fh, overlay, format="png")
-
-
-def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, iterations, status):
-    """NAME.obj/.ply (camera mm), NAME_overlay.png and NAME.json for one fitted photo; returns the JSON dict."""
-    info, verts = _still_result(path, model, img, params, focal, pred, uv, cost, iterations, status)
-    _write_still_files(out_dir, Path(path).stem, model, opt, img, focal, [(info, verts)])
-    return info
-
-
-def fit_image(path, out_dir, options=None, model=None, predictor=None):
-    """Fit every face of one still image (at most ``options.max_faces``, largest first).
-
-    Writes NAME.obj (or .ply) and NAME.json for the largest face, NAME_face1.*, NAME_face2.* ... for
-    the others, and one NAME_overlay.png with all of them.  Identity, expression and pose are fitted
-    per face; the photo has one camera, so an unknown focal length is fitted on the largest face and
-    held for the others.  Returns the largest face's JSON dict (its "faces" entry counts the faces).
-    """
-    from .model import load_model
-    opt = options or TrackOptions()
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
-    model = model or load_model()
-    mp = predictor or make_predictor(opt)
-    if hasattr(mp, "faces"):
-        img = read_image(path)
-        preds = mp.faces(img, opt.max_faces)
-        if not preds:
-            raise ValueError(f"{path}: no face found")
-    else:
-        img, pred = image_landmarks(path, mp)
-        preds = [pred]
-    size = (img.shape[1], img.shape[0])
-    focal, results = opt.focal_px, []
-    for k, pred in enumerate(preds):
-        fit = Tracker(model, mp.vertex_ids, size, focal, opt.config()).step(pred.mu, pred.sigma)
-        if fit is None or fit.status < 0:
-            if k == 0:
-                raise ValueError(f"{path}: the fit failed")
-            continue                                # a smaller face that does not fit is left out
-        focal = fit.focal
-        results.append(_still_result(path, model, img, fit.params, fit.focal, pred, fit.uv, fit.cost,
-                                     fit.iterations, fit.status))
-    for k, (info, _) in enumerate(results):
-        info.update(face=k, faces=len(results))
-    _write_still_files(out_dir, Path(path).stem, model, opt, img, focal, results)
-    return results[0][0]
-
-
-def _run_one(kind, path, out_dir, options, model_path):
-    """Worker body: one input, errors turned into a one-line message (picklable result)."""
-    from .model import load_model
-    try:
-        model = load_model(model_path)
-        if kind == "video":
-            return str(path), track_video(path, out_dir, options, model), None
-        return str(path), fit_image(path, out_dir, options, model), None
-    except (ValueError, OSError) as exc:
-        return str(path), None, " ".join(str(exc).split()) or type(exc).__name__
-
-
-def run_many(kind, paths, out_dir, options, jobs=1, model_path=None, on_done=None):
-    """Process many inputs (``kind`` "video" or "image"), ``jobs`` worker processes.
-
-    One failing input is reported and the others finish.  Returns a list of (path, result, error)
-    in input order; ``on_done(path, result, error)`` is called as each finishes.
-    """
-    from dataclasses import replace
-    _check_out_dir(out_dir)
-    if jobs <= 1 or len(paths) <= 1:
-        out = []
-        for p in paths:
-            r = _run_one(kind, p, out_dir, options, model_path)
-            if on_done:
-                on_done(*r)
-            out.append(r)
-        return out
-    import multiprocessing as mpc
-    from concurrent.futures import ProcessPoolExecutor
-    opt = replace(options, progress=False)
-    results = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mpc.get_context("spawn")) as ex:
-        futs = {ex.submit(_run_one, kind, p, out_dir, opt, model_path): str(p) for p in paths}
-        from concurrent.futures import as_completed
-        for fu in as_completed(futs):
-            r = fu.result()
-            results[futs[fu]] = r
-            if on_done:
-                on_done(*r)
-    return [results[str(p)] for p in paths]
-
-
-def landmarks_from_video(path, predictor, max_frames=None, progress=False):
-    """Landmarks of every frame of a video (offline use: all frames held in memory).
-
-    Returns mu (F, L, 2) and sigma (F, L) pixels (NaN where no face was found), presence (F,),
-    image_size (width, height) and fps.
-    """
-    reader = path if hasattr(path, "fps") else VideoReader(path)
-    predictor.reset()
-    mus, sigmas, pres = [], [], []
-    size = None
-    pbar = _progress(progress, reader.n_frames_hint, f"{reader.name} landmarks")
-    for frame in reader:
-        if max_frames is not None and len(mus) >= max_frames:
-            break
-        size = (frame.shape[1], frame.shape[0])
-        p = predictor.track(frame)
-        n = predictor.vertex_ids.size
-        mus.append(p.mu if p is not None else np.full((n, 2), np.nan))
-        sigmas.append(p.sigma if p is not None else np.full(n, np.nan))
-        pres.append(p.presence if p is not None else 0.0)
-        if pbar is not None:
-            pbar.update(1)
-    if pbar is not None:
-        pbar.close()
-    if not mus:
-        raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
-    return np.stack(mus), np.stack(sigmas), np.array(pres), size, reader.fps

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from lmfit3d.capture import (CaptureConfig, CaptureProblem, _block_transform, _fold_joints, _interp_frames,
-                             _relative_pose, fit_capture, fit_stills, parse_calibration, read_calibration,
-                             validate_multiview)
+                             _relative_pose, fit_capture, parse_calibration, read_calibration, validate_multiview)
 from lmfit3d.fit import FitConfig
 from lmfit3d.rotation import matrix_to_axis_angle, rodrigues
+from lmfit3d.stills import fit_stills
 from lmfit3d.synthetic import make_multiview, rigid_align_error
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]   # face, head, both eyeballs

@@ -9,14 +9,14 @@ import pytest
 from lmfit3d.imaging import ROI, affine_points, crop, warp_chw
 from lmfit3d.paths import shared_media_dir
 from conftest import run_without_jit
-from lmfit3d.predict import (FaceDetector, IrisPredictor, Manifest, MediaPipeLandmarks, _blazeface_anchors,
-                             _weighted_nms, load_manifest, mediapipe_dir, roi_from_points)
+from lmfit3d.detect import FaceDetector, ModelMissingError, _blazeface_anchors, _weighted_nms, mediapipe_dir
+from lmfit3d.predict import IrisPredictor, Manifest, MediaPipeLandmarks, load_manifest, roi_from_points
 
 MEDIA = shared_media_dir()
 
 
 def _read(name):
-    from lmfit3d.track import read_image
+    from lmfit3d.media import read_image
     return read_image(MEDIA / name)
 
 
@@ -335,7 +335,7 @@ def test_iris_both_eyes_in_one_call_equal_one_eye_calls():
 def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
     """With iris_policy="alternate" a tracked frame runs one eye (taking turns); the other eye's
     centre follows its eye corners.  On a still image shown twice both policies nearly agree."""
-    from lmfit3d.track import VideoReader
+    from lmfit3d.media import VideoReader
     import itertools
     frames = list(itertools.islice(iter(VideoReader(MEDIA / "W040_level_3_happy_029.mp4")), 6))
     alt, both = MediaPipeLandmarks(), MediaPipeLandmarks(iris_policy="both")
@@ -355,7 +355,7 @@ def test_alternating_iris_policy_measures_one_eye_and_carries_the_other():
     assert calls == [(0, 1), (0,), (1,), (0,), (1,), (0,)]      # detection frame: both eyes
     alt.reset()
     assert alt.track(frames[0]) is not None and calls[-1] == (0, 1)
-    from lmfit3d.track import image_landmarks
+    from lmfit3d.stills import image_landmarks
     del calls[:]
     image_landmarks(MEDIA / "obama.jpg", alt)                  # stills: both eyes on both passes
     assert calls == [(0, 1), (0, 1)] and alt.iris_policy == "alternate"
@@ -454,7 +454,6 @@ def test_manifest_load_errors(tmp_path):
 
 
 def test_missing_onnx_file_is_a_clear_error(tmp_path):
-    from lmfit3d.predict import ModelMissingError
     with pytest.raises(ModelMissingError, match="convert_mediapipe"):
         FaceDetector(path=tmp_path / "absent.onnx")
 

@@ -9,8 +9,8 @@ import pytest
 from lmfit3d.cli import main
 from lmfit3d.paths import shared_media_dir
 from lmfit3d.rotation import rodrigues
-from lmfit3d.track import (ARKIT_NAMES, ARKIT_POSE, arkit_mapping, csv_header, gaze_angles, track_video,
-                           TrackOptions, yaw_pitch_roll)
+from lmfit3d.outputs import ARKIT_NAMES, ARKIT_POSE, arkit_mapping, csv_header, gaze_angles, yaw_pitch_roll
+from lmfit3d.track import track_video, TrackOptions
 
 MEDIA = shared_media_dir()
 SMALL_CLIP = MEDIA / "QoT0S2vu9m4_00002.mp4"        # 224 x 224, 55 frames
@@ -72,7 +72,7 @@ def test_gaze_blendshapes_follow_the_eye_joints(model):
     """eyeLook* weights from the eye rotations: the left eye turning to the subject's left looks Out,
     the right eye turning the same way looks In; pitch down gives Down; 1 at GAZE_FULL_DEG, clipped;
     every other shape 0."""
-    from lmfit3d.track import GAZE_FULL_DEG, gaze_blendshapes
+    from lmfit3d.outputs import GAZE_FULL_DEG, gaze_blendshapes
     names = list(model.expression_names)
     rot = np.zeros((model.n_joints, 3))
     half = np.radians(GAZE_FULL_DEG) / 2
@@ -91,7 +91,7 @@ def test_gaze_blendshapes_follow_the_eye_joints(model):
 def test_tracking_holds_the_gaze_shapes_and_writes_them_from_the_eyes(tracked, model):
     """The tracked NPZ keeps eyeLook* at 0 (FitConfig.fit_gaze_shapes False); the CSV's eyeLook*
     columns are the gaze-derived weights of each frame's eye rotations."""
-    from lmfit3d.track import gaze_blendshapes
+    from lmfit3d.outputs import gaze_blendshapes
     _, out = tracked
     z = np.load(out / f"{SMALL_CLIP.stem}.npz")
     names = list(model.expression_names)

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lmfit3d.paths import atomic_write  # noqa: E402
-from lmfit3d.predict import mediapipe_dir  # noqa: E402
+from lmfit3d.detect import mediapipe_dir  # noqa: E402
 
 WHEEL_SPEC = "mediapipe==0.10.21"
 MODELS = {

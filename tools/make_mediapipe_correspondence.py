@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lmfit3d.model import SCLERA_L, SCLERA_R, load_model  # noqa: E402
-from lmfit3d.predict import Manifest, MediaPipeLandmarks, mediapipe_dir  # noqa: E402
+from lmfit3d.detect import mediapipe_dir  # noqa: E402
+from lmfit3d.predict import Manifest, MediaPipeLandmarks  # noqa: E402
 from lmfit3d.render import visible_faces  # noqa: E402
 from lmfit3d.synthetic import render_random_face, strong_expression  # noqa: E402
 

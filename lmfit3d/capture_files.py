@@ -1,0 +1,139 @@
+"""Capture files (``lmfit3d capture``): multi-view landmarks from an .npz (:func:`fit_capture_file`) or
+one synchronised video per camera (:func:`fit_capture_videos`) -> :func:`lmfit3d.capture.fit_capture`
+-> ``.npz`` (:func:`result_arrays`), refined calibration JSON and, for videos, the per-frame tables of
+``lmfit3d track`` (:mod:`lmfit3d.outputs`).
+"""
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from .calibration import Calibration, read_calibration, write_calibration
+from .calibration import image_sizes as _image_sizes
+from .capture import fit_capture
+from .media import _check_out_dir, landmarks_from_video
+from .model import Params, load_model
+from .outputs import FrameRows, _Outputs, write_npz
+from .paths import read_npz
+from .rotation import matrix_to_axis_angle, rodrigues
+from .track import TrackOptions, make_predictor
+
+
+def result_arrays(model, res):
+    """The output .npz contents of a :class:`lmfit3d.capture.CaptureResult` (``fit-landmarks`` keys plus cameras)."""
+    nf = res.expression.shape[0]
+    verts = np.stack([res.vertices(model, f).astype(np.float32) if res.status[f] >= 0
+                      else np.full((model.n_vertices, 3), np.nan, np.float32) for f in range(nf)])
+    return dict(vertices=verts, identity=res.identity, expression=res.expression,
+                expression_names=np.array(res.expression_names), root_rotation=res.rotations[:, 0],
+                translation=res.translation, joint_rotations=res.rotations[:, 1:],
+                joint_names=np.array(model.joint_names[1:]), focal_px=res.focal, cost=res.cost,
+                iterations=np.full(nf, res.iterations), status=res.status, landmarks_fitted=res.uv,
+                vertex_ids=res.vertex_ids, units=np.array("mm"),
+                camera_rotation=res.camera_rotation, camera_translation=res.camera_translation,
+                image_size=res.image_size, camera_ok=res.camera_ok, reproj_median_px=res.reproj_median_px,
+                reproj_mean_px=res.reproj_mean_px, reference_camera=np.array(res.reference_camera),
+                total_cost=np.array(res.total_cost))
+
+
+def fit_capture_file(in_path, out_path, calibration=None, calibration_out=None, model=None, config=None,
+                     progress=None):
+    """``lmfit3d capture``: multi-view landmarks from an .npz, fit, write results atomically.
+
+    IN keys: ``mu`` (C, F, L, 2) pixels (NaN missing); ``sigma`` (C, F, L) (optional, default 1);
+    ``landmark_set`` (str) or ``vertex_ids`` (L,); ``image_size`` (2,) or (C, 2) (optional when the
+    calibration gives it); ``focal_px`` (optional, (C,) or one number: known focal lengths).
+
+    OUT keys: those of ``fit-landmarks`` (``vertices`` (F, V, 3) float32 world mm, ``identity``,
+    ``expression``, ``root_rotation``, ``translation``, ``joint_rotations``, ``cost`` (F,) landmark
+    cost per frame, ``iterations``, ``status``, ``landmarks_fitted`` (C, F, L, 2)) with ``focal_px``
+    per camera (C,), plus ``camera_rotation`` (C, 3, 3), ``camera_translation`` (C, 3) mm,
+    ``image_size`` (C, 2), ``camera_ok`` (C,), ``reproj_median_px`` / ``reproj_mean_px`` (C,),
+    ``reference_camera``, ``total_cost``.  The refined calibration goes to ``calibration_out`` (JSON).
+    """
+    data = read_npz(in_path, ("mu",))
+    mu = np.asarray(data["mu"])
+    if mu.ndim != 4:
+        raise ValueError(f"{in_path}: mu must have shape (C, F, L, 2), got {mu.shape}")
+    nc = mu.shape[0]
+    if calibration is None and "image_size" not in data:
+        raise ValueError(f"{in_path}: missing key 'image_size' (or give a calibration)")
+    size = _image_sizes(data["image_size"], nc) if "image_size" in data else None
+    if calibration is not None:
+        cal = read_calibration(calibration, nc, size)
+    else:
+        cal = Calibration.unknown(size)
+    if "focal_px" in data:
+        f = np.broadcast_to(np.asarray(data["focal_px"], dtype=np.float64).ravel(), (nc,)) \
+            if np.asarray(data["focal_px"]).size in (1, nc) else None
+        if f is None or not (np.isfinite(f) & (f > 0)).all():
+            raise ValueError(f"{in_path}: focal_px must be one positive number or one per camera ({nc})")
+        cal = replace(cal, focal=np.where(np.isfinite(cal.focal), cal.focal, f))
+    lset = str(data["landmark_set"]) if "landmark_set" in data else None
+    model = model or load_model()
+    res = fit_capture(mu, data.get("sigma"), landmark_set=lset, vertex_ids=data.get("vertex_ids"),
+                      calibration=cal, model=model, config=config, progress=progress)
+    save_capture(model, res, out_path, calibration_out)
+    return res
+
+
+def save_capture(model, res, out_path, calibration_out=None):
+    """Write a :class:`lmfit3d.capture.CaptureResult` to ``out_path`` (.npz, ``result_arrays``) and optionally the
+    refined calibration JSON, both atomically."""
+    write_npz(out_path, result_arrays(model, res))
+    if calibration_out is not None:
+        write_calibration(calibration_out, res.calibration())
+
+
+def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None, options=None,
+                       progress=None):
+    """``lmfit3d capture --videos``: one synchronised video per camera -> landmarks -> joint fit.
+
+    Landmarks come from the backend of ``options`` (``lmfit3d.track.TrackOptions``: backend, ROI
+    strategy, sigma jitter, iris).  Videos of different lengths are cut to the shortest (warning).
+    Writes into ``out_dir``: ``capture.npz`` (:func:`result_arrays`), ``capture_calibration.json``
+    (refined cameras), and ``capture.csv`` / ``capture_arkit.csv`` with the columns of ``lmfit3d
+    track`` (pose in the reference camera's axes, 68 points projected into the reference camera).
+    Returns the :class:`lmfit3d.capture.CaptureResult`.
+    """
+    opt = options or TrackOptions(progress=False)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    model = model or load_model()
+    mp = make_predictor(opt)
+    got = [landmarks_from_video(p, mp, opt.max_frames, opt.progress) for p in paths]
+    counts = [g[0].shape[0] for g in got]
+    nf = min(counts)
+    if len(set(counts)) > 1:
+        warnings.warn(f"frame counts differ between cameras ({', '.join(map(str, counts))}); "
+                      f"using the first {nf} frames of each")
+    mu = np.stack([g[0][:nf] for g in got])
+    sigma = np.stack([np.where(np.isfinite(g[1][:nf]), g[1][:nf], 1.0) for g in got])
+    sizes = np.array([g[3] for g in got], dtype=np.float64)
+    cal = read_calibration(calibration, len(paths), sizes) if calibration is not None else Calibration.unknown(sizes)
+    res = fit_capture(mu, sigma, vertex_ids=mp.vertex_ids, calibration=cal, model=model, config=config,
+                      progress=progress)
+    save_capture(model, res, out_dir / "capture.npz", out_dir / "capture_calibration.json")
+    # per-frame tables in the reference camera's axes
+    ref = res.reference_camera
+    r_ref, t_ref = res.camera_rotation[ref], res.camera_translation[ref]
+    fps = got[ref][4]
+    rows = FrameRows(model, res.identity, float(res.focal[ref]), tuple(int(v) for v in sizes[ref]), fps)
+    outs = _Outputs(out_dir, "capture", model, fps, replace(opt, overlay=False, mesh_every=0))
+    try:
+        for f in range(nf):
+            fit = None
+            if res.status[f] >= 0:
+                rot = res.rotations[f].copy()
+                rot[0] = matrix_to_axis_angle(r_ref @ rodrigues(rot[0]))
+                p = Params(res.identity, res.expression[f], rot, r_ref @ res.translation[f] + t_ref)
+                fit = SimpleNamespace(params=p, uv=res.uv[ref, f], status=int(res.status[f]))
+            row, ark, _ = rows(f, fit, mu[ref, f], got[ref][2][f])
+            outs.write_frame(f, row, ark)
+        outs.commit()
+    except BaseException:
+        outs.abort()
+        raise
+    return res

@@ -1,0 +1,164 @@
+"""Face detection with MediaPipe's BlazeFace (short range) on onnxruntime, and the ONNX sessions
+every network of the landmark front end (:mod:`lmfit3d.predict`) runs in.
+
+:class:`FaceDetector` finds faces in a whole image (letterboxed), then, when it holds none, in ever
+smaller overlapping windows; overlapping candidates are merged with MediaPipe's weighted NMS.  Each
+:class:`Detection` gives the landmark network's first ROI (:meth:`Detection.roi`).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .imaging import ROI, crop
+from .paths import cache_dir
+
+
+class ModelMissingError(ValueError):
+    """An ONNX file named by a manifest is not in the cache (set-up step not run)."""
+
+
+def mediapipe_dir():
+    return cache_dir() / "mediapipe"
+
+
+def _session(path, threads=1):
+    import onnxruntime as ort
+    path = Path(path)
+    if not path.is_file():
+        raise ModelMissingError(f"{path}: ONNX model not found; run `python tools/convert_mediapipe.py` first")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Face detection (BlazeFace short range)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Detection:
+    """A detected face: box (x0, y0, x1, y1) pixels, 6 keypoints (6, 2) pixels, score in [0, 1].
+
+    Keypoints 0 and 1 are the eyes (subject's right eye, then left eye).
+    """
+    box: np.ndarray
+    keypoints: np.ndarray
+    score: float
+
+    def roi(self, strategy="aligned", scale=1.5):
+        """The landmark network's ROI around this face (MediaPipe: box x1.5, square)."""
+        x0, y0, x1, y1 = self.box
+        size = max(x1 - x0, y1 - y0) * scale
+        rot = 0.0
+        if strategy == "aligned":
+            d = self.keypoints[1] - self.keypoints[0]
+            rot = float(np.arctan2(-d[1], d[0]))
+        return ROI(float((x0 + x1) / 2), float((y0 + y1) / 2), float(size), rot)
+
+
+def _blazeface_anchors():
+    anchors = []
+    for stride, per_cell in ((8, 2), (16, 6)):
+        g = 128 // stride
+        yy, xx = np.mgrid[0:g, 0:g]
+        c = np.stack([(xx.ravel() + 0.5) / g, (yy.ravel() + 0.5) / g], 1)
+        anchors.append(np.repeat(c, per_cell, axis=0))
+    return np.concatenate(anchors)            # (896, 2), normalised centres
+
+
+class FaceDetector:
+    """MediaPipe BlazeFace (short range, 128 x 128 letterboxed input in [-1, 1])."""
+
+    def __init__(self, path=None, score_threshold=0.5, nms_threshold=0.3, threads=1):
+        self.session = _session(path or mediapipe_dir() / "face_detection_short_range.onnx", threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.anchors = _blazeface_anchors()
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self._buf = np.empty((1, 3, 128, 128), np.float32)
+
+    def _raw(self, image, roi):
+        """Candidate boxes (n, 4), keypoints (n, 6, 2) in image pixels and scores of one square window."""
+        crop(image, roi, 128, scale=2.0 / 255.0, offset=-1.0, out=self._buf[0])
+        reg, cls = self.session.run(None, {self.input_name: self._buf})
+        scores = _sigmoid(cls[0, :, 0].astype(np.float64))
+        keep = np.flatnonzero(scores >= self.score_threshold)
+        r = reg[0, keep].astype(np.float64) / 128.0
+        a = self.anchors[keep]
+        cxy = r[:, 0:2] + a
+        wh = r[:, 2:4]
+        m = roi.matrix(1.0)                     # window coordinates in [0, 1] -> image pixels
+        corners = np.concatenate([cxy - wh / 2, cxy + wh / 2], 1).reshape(-1, 2, 2) @ m[:, :2].T + m[:, 2]
+        kps = (r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]) @ m[:, :2].T + m[:, 2]
+        return corners.reshape(-1, 4), kps, scores[keep]
+
+    def __call__(self, image, levels=4):
+        """Faces in an (H, W, 3) uint8 RGB image, largest first (list of :class:`Detection`).
+
+        The whole image is searched first (letterboxed); when it holds no face, ever smaller
+        overlapping windows are searched (``levels`` - 1 more levels, each half the window size
+        with half-window strides), since the short-range model only finds faces larger than about
+        a tenth of its input.
+        """
+        h, w = image.shape[:2]
+        side = float(max(h, w))
+        found = [self._raw(image, ROI(w / 2.0, h / 2.0, side, 0.0))]
+        for level in range(1, levels):
+            if found[0][2].size or sum(f[2].size for f in found):
+                break
+            win = side / 2 ** level
+            for cy in _window_centres(h, win):
+                for cx in _window_centres(w, win):
+                    found.append(self._raw(image, ROI(cx, cy, win, 0.0)))
+        boxes = np.concatenate([f[0] for f in found])
+        if boxes.shape[0] == 0:
+            return []
+        kps = np.concatenate([f[1] for f in found])
+        scores = np.concatenate([f[2] for f in found])
+        dets = [Detection(b, k, float(s)) for b, k, s in _weighted_nms(boxes, kps, scores, self.nms_threshold)]
+        return sorted(dets, key=lambda d: -(d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+
+
+def _window_centres(length, win):
+    """Centres of windows of size ``win`` covering [0, length] with half-window strides."""
+    if win >= length:
+        return [length / 2.0]
+    n = int(np.ceil((length - win) / (win / 2))) + 1
+    return list(np.linspace(win / 2, length - win / 2, n))
+
+
+def _iou(b, boxes):
+    x0 = np.maximum(b[0], boxes[:, 0])
+    y0 = np.maximum(b[1], boxes[:, 1])
+    x1 = np.minimum(b[2], boxes[:, 2])
+    y1 = np.minimum(b[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda q: (q[..., 2] - q[..., 0]) * (q[..., 3] - q[..., 1])  # noqa: E731
+    return inter / np.maximum(area(b) + area(boxes) - inter, 1e-12)
+
+
+def _weighted_nms(boxes, kps, scores, threshold):
+    """MediaPipe's weighted NMS: overlapping boxes are averaged with their scores as weights."""
+    order = np.argsort(-scores)
+    boxes, kps, scores = boxes[order], kps[order], scores[order]
+    out = []
+    alive = np.ones(scores.size, bool)
+    for i in range(scores.size):
+        if not alive[i]:
+            continue
+        ov = _iou(boxes[i], boxes) > threshold
+        grp = np.flatnonzero(ov & alive)
+        alive[grp] = False
+        wts = scores[grp][:, None]
+        out.append(((boxes[grp] * wts).sum(0) / wts.sum(), (kps[grp] * wts[:, :, None]).sum(0) / wts.sum(),
+                    scores[i]))
+    return out

@@ -1,0 +1,167 @@
+"""Media input: video files streamed frame by frame, still images, folders of either, and the
+output folder check and progress bars of the commands that read them.
+
+:class:`VideoReader` (imageio / ffmpeg) and :class:`FrameList` (frames in memory) are the frame
+sources of :func:`lmfit3d.track.track_video`; :func:`landmarks_from_video` runs a landmark
+predictor over every frame of one (offline use: ``lmfit3d capture --videos``).
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class VideoReader:
+    """Frames of a video file, streamed with imageio (ffmpeg) one at a time.
+
+    Each iteration opens the file anew (the overlay pass reads it a second time).  Attributes:
+    ``name`` (file stem), ``fps``, ``n_frames_hint`` (from the container; may be None or off).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.name = self.path.stem
+        if not self.path.is_file():
+            raise ValueError(f"{self.path}: file not found")
+        if self.path.suffix.lower() in IMAGE_EXTENSIONS:
+            raise ValueError(f"{self.path}: an image, not a video (use `lmfit3d fit` for photos)")
+        if self.path.stat().st_size == 0:
+            raise ValueError(f"{self.path}: cannot open as a video (empty file)")
+        reader = self._open()
+        try:
+            meta = reader.get_meta_data()
+        finally:
+            reader.close()
+        self.fps = float(meta.get("fps") or 25.0)
+        n = meta.get("nframes", float("inf"))
+        self.n_frames_hint = int(n) if np.isfinite(n) else None
+        if self.n_frames_hint is None and meta.get("duration"):
+            self.n_frames_hint = int(round(float(meta["duration"]) * self.fps))
+
+    def _open(self):
+        import imageio.v2 as imageio
+        try:
+            return imageio.get_reader(str(self.path), format="FFMPEG")
+        except Exception as exc:
+            raise ValueError(f"{self.path}: cannot open as a video ({_short(exc)})") from None
+
+    def __iter__(self):
+        reader = self._open()
+        try:
+            for frame in reader:
+                if frame.ndim == 2:
+                    frame = np.repeat(frame[:, :, None], 3, axis=2)
+                yield np.ascontiguousarray(frame[:, :, :3])
+        except (IndexError, StopIteration):
+            return
+        except Exception as exc:
+            raise ValueError(f"{self.path}: cannot decode video ({_short(exc)})") from None
+        finally:
+            reader.close()
+
+
+class FrameList:
+    """Decoded frames held in memory, with the interface of :class:`VideoReader` (benchmarks, tests)."""
+
+    def __init__(self, frames, fps=25.0, name="frames"):
+        self.frames = list(frames)
+        self.fps = float(fps)
+        self.name = name
+        self.n_frames_hint = len(self.frames)
+
+    def __iter__(self):
+        return iter(self.frames)
+
+
+def _short(exc):
+    s = " ".join(str(exc).split())
+    return s[:200] if s else type(exc).__name__
+
+
+def read_image(path):
+    """(H, W, 3) uint8 RGB of an image file; ValueError with the file name when unreadable."""
+    import imageio.v2 as imageio
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        raise ValueError(f"{path}: a video, not an image (use `lmfit3d track` for videos)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: cannot read as an image (empty file)")
+    try:
+        img = np.asarray(imageio.imread(str(path)))
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read as an image ({_short(exc)})") from None
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise ValueError(f"{path}: unsupported image shape {img.shape}")
+    if img.dtype != np.uint8:
+        img = (img.astype(np.float64) / max(float(img.max()), 1.0) * 255).astype(np.uint8)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def _progress(enabled, total, desc):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
+
+
+def _check_out_dir(out_dir):
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: output path exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise ValueError(f"{out_dir}: output folder is not writable")
+
+
+def expand_inputs(paths, extensions):
+    """Files from a list of files and folders (folders: their files with the given extensions, sorted)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in extensions and q.is_file())
+            if not found:
+                raise ValueError(f"{p}: folder holds no file with extension {', '.join(extensions)}")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def landmarks_from_video(path, predictor, max_frames=None, progress=False):
+    """Landmarks of every frame of a video (offline use: all frames held in memory).
+
+    Returns mu (F, L, 2) and sigma (F, L) pixels (NaN where no face was found), presence (F,),
+    image_size (width, height) and fps.
+    """
+    reader = path if hasattr(path, "fps") else VideoReader(path)
+    predictor.reset()
+    mus, sigmas, pres = [], [], []
+    size = None
+    pbar = _progress(progress, reader.n_frames_hint, f"{reader.name} landmarks")
+    for frame in reader:
+        if max_frames is not None and len(mus) >= max_frames:
+            break
+        size = (frame.shape[1], frame.shape[0])
+        p = predictor.track(frame)
+        n = predictor.vertex_ids.size
+        mus.append(p.mu if p is not None else np.full((n, 2), np.nan))
+        sigmas.append(p.sigma if p is not None else np.full(n, np.nan))
+        pres.append(p.presence if p is not None else 0.0)
+        if pbar is not None:
+            pbar.update(1)
+    if pbar is not None:
+        pbar.close()
+    if not mus:
+        raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
+    return np.stack(mus), np.stack(sigmas), np.array(pres), size, reader.fps

@@ -1,0 +1,298 @@
+"""Per-frame outputs of a fitted face: the ``NAME.csv`` and ``NAME_arkit.csv`` rows, their streaming
+writers with ``NAME.npz``, meshes and the overlay video, and the overlay renderer.
+
+:class:`FrameRows` turns one frame's fit into its rows; :class:`_Outputs` streams them to temporary
+files and renames every output when complete (``lmfit3d track``, ``lmfit3d capture --videos``);
+:func:`write_npz` writes an ``.npz`` atomically (``NAME.npz``, ``capture.npz``).
+
+Pose columns (README "Conventions"): ``pose_T*`` is the root translation (model origin in camera
+coordinates, mm); ``pose_R*`` the root rotation (axis-angle, radians, camera axes); ``head_R*`` the
+head's global rotation root*neck*head (axis-angle); gaze angles are the yaw (about the head's y axis,
+positive towards the subject's left) and pitch (about x, positive up) of each eye's forward axis in the
+head frame, radians.  ARKit head/eye yaw, pitch, roll are in degrees as in Live Link Face.
+"""
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .camera import Camera
+from .fit import GAZE_SHAPES
+from .landmarks import load_landmark_set
+from .paths import atomic_write
+from .render import model_albedo, render, shade, visible_faces
+from .rotation import matrix_to_axis_angle, rodrigues
+from .skinning import pose, skin_mesh
+
+# Live Link Face CSV: the 52 ARKit blendshapes in its column order, then head and eye angles.
+ARKIT_NAMES = (
+    "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft", "EyeSquintLeft",
+    "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
+    "EyeSquintRight", "EyeWideRight", "JawForward", "JawRight", "JawLeft", "JawOpen", "MouthClose",
+    "MouthFunnel", "MouthPucker", "MouthRight", "MouthLeft", "MouthSmileLeft", "MouthSmileRight",
+    "MouthFrownLeft", "MouthFrownRight", "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft",
+    "MouthStretchRight", "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper",
+    "MouthPressLeft", "MouthPressRight", "MouthLowerDownLeft", "MouthLowerDownRight", "MouthUpperUpLeft",
+    "MouthUpperUpRight", "BrowDownLeft", "BrowDownRight", "BrowInnerUp", "BrowOuterUpLeft",
+    "BrowOuterUpRight", "CheekPuff", "CheekSquintLeft", "CheekSquintRight", "NoseSneerLeft",
+    "NoseSneerRight", "TongueOut",
+)
+ARKIT_POSE = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
+              "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+
+
+def arkit_mapping(expression_names):
+    """(52, E) matrix mapping ICT weights to ARKit weights.
+
+    ICT's ``xxx_L`` / ``xxx_R`` are the subject's left / right, as ARKit's ``XxxLeft`` / ``XxxRight``.
+    ARKit's unsided BrowInnerUp and CheekPuff are the mean of ICT's two sides; TongueOut has no ICT
+    shape and stays 0.
+    """
+    idx = {n: i for i, n in enumerate(expression_names)}
+    mat = np.zeros((len(ARKIT_NAMES), len(expression_names)))
+    for a, name in enumerate(ARKIT_NAMES):
+        base = name[0].lower() + name[1:]
+        if base.endswith("Left") and base[:-4] + "_L" in idx:
+            mat[a, idx[base[:-4] + "_L"]] = 1.0
+        elif base.endswith("Right") and base[:-5] + "_R" in idx:
+            mat[a, idx[base[:-5] + "_R"]] = 1.0
+        elif base in idx:
+            mat[a, idx[base]] = 1.0
+        elif base + "_L" in idx:
+            mat[a, idx[base + "_L"]] = mat[a, idx[base + "_R"]] = 0.5
+    return mat
+
+
+def yaw_pitch_roll(r):
+    """Yaw (about y), pitch (about x), roll (about z) in radians of a rotation matrix, R = Ry Rx Rz."""
+    pitch = np.arcsin(np.clip(-r[1, 2], -1.0, 1.0))
+    yaw = np.arctan2(r[0, 2], r[2, 2])
+    roll = np.arctan2(r[1, 0], r[1, 1])
+    return yaw, pitch, roll
+
+
+class PointEvaluator:
+    """Posed positions of a few chosen vertices for a fixed identity (68 output points, gaze)."""
+
+    def __init__(self, model, vertex_ids, identity):
+        ids = np.asarray(vertex_ids, dtype=np.int64)
+        self.model = model
+        self.ids = ids
+        self.identity = np.asarray(identity, dtype=np.float64)
+        self.t_beta = model.vertices[ids].astype(np.float64) + model.identity_basis[ids].astype(np.float64) @ self.identity
+        self.eb = model.expression_basis[ids].astype(np.float64)
+        self.w = np.ascontiguousarray(model.skin_weights[ids], dtype=np.float64)
+        self.out = np.empty((ids.size, 3))
+
+    def __call__(self, params):
+        st = pose(self.model, params)
+        t = np.ascontiguousarray(self.t_beta + self.eb @ params.expression)
+        skin_mesh(t, self.w, st.r0, st.translation, st.rg, st.tg, self.out)
+        return self.out.copy(), st
+
+
+def _global_rotations(model, rotations):
+    """Global rotation matrices (J, 3, 3) of every joint from the local axis-angles (J, 3)."""
+    g = np.empty((model.n_joints, 3, 3))
+    for j, p in enumerate(model.joint_parents):
+        r = rodrigues(rotations[j])
+        g[j] = r if p < 0 else g[p] @ r
+    return g
+
+
+def gaze_angles(model, rotations):
+    """Per-eye (yaw, pitch) radians in the head frame, eyes in order (subject's left, right)."""
+    out = np.empty((2, 2))
+    for e, j in enumerate((3, 4)):
+        d = rodrigues(rotations[j])[:, 2]          # forward axis of the eye in its parent (head) frame
+        out[e] = np.arctan2(d[0], d[2]), np.arctan2(d[1], np.hypot(d[0], d[2]))
+    return out
+
+
+GAZE_FULL_DEG = 30.0    # eye rotation (degrees) at which a derived eyeLook* weight reaches 1
+
+
+def gaze_blendshapes(model, rotations, full_deg=GAZE_FULL_DEG):
+    """eyeLook* weights (E,) from the eye joints (zero elsewhere), ARKit's meaning: per eye, Up/Down
+    from the pitch, In (towards the nose) / Out from the yaw, 1 at ``full_deg`` degrees.
+
+    For when the fit holds the eyeLook* shapes at 0 (``FitConfig.fit_gaze_shapes``): the gaze
+    lives in the eye joints, and the outputs still carry ARKit's eyeLook* curves.
+    """
+    names = list(model.expression_names)
+    out = np.zeros(len(names))
+    gz = gaze_angles(model, rotations) / np.radians(full_deg)      # (left, right) x (yaw, pitch)
+    for e, side in enumerate(("_L", "_R")):
+        yaw, pitch = gz[e]
+        inward = -yaw if side == "_L" else yaw       # yaw > 0 turns towards the subject's left
+        for shape, w in (("eyeLookUp", pitch), ("eyeLookDown", -pitch), ("eyeLookIn", inward),
+                         ("eyeLookOut", -inward)):
+            if shape + side in names:
+                out[names.index(shape + side)] = min(max(w, 0.0), 1.0)
+    return out
+
+
+def csv_header(expression_names):
+    cols = ["frame", "timestamp_s", "success", "confidence", "pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx",
+            "pose_Ry", "pose_Rz", "head_Rx", "head_Ry", "head_Rz", "gaze_angle_x", "gaze_angle_y",
+            "gaze_L_yaw", "gaze_L_pitch", "gaze_R_yaw", "gaze_R_pitch", "focal_px", "fit_rms_px"]
+    cols += list(expression_names)
+    cols += [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
+    return cols
+
+
+def _timecode(t, fps):
+    h, rem = divmod(t, 3600.0)
+    m, s = divmod(rem, 60.0)
+    fr = int((s - int(s)) * fps + 1e-6)
+    return f"{int(h):02d}:{int(m):02d}:{int(s):02d}:{fr:02d}.{int(round((t % 1) * 1000)) % 1000:03d}"
+
+
+class _Outputs:
+    """Streaming writers of one video's outputs; temporary files renamed on :meth:`commit`."""
+
+    def __init__(self, out_dir, name, model, fps, options):
+        self.out_dir = Path(out_dir)
+        self.name = name
+        self.fps = fps
+        self.model = model
+        self.opt = options
+        self._tmp = []
+        self.final = []
+        self.csv_f = self._open(f"{name}.csv")
+        self.csv = csv.writer(self.csv_f)
+        self.csv.writerow(csv_header(model.expression_names))
+        self.ark_f = self._open(f"{name}_arkit.csv")
+        self.ark = csv.writer(self.ark_f)
+        self.ark.writerow(["Timecode", "BlendShapeCount"] + list(ARKIT_NAMES) + list(ARKIT_POSE))
+        self.writer = None
+        if options.overlay:
+            import imageio.v2 as imageio
+            path = self.out_dir / f".{name}_overlay.part.mp4"
+            self._tmp.append((path, self.out_dir / f"{name}_overlay.mp4"))
+            self.writer = imageio.get_writer(str(path), format="FFMPEG", fps=fps, codec="libx264",
+                                             quality=7, macro_block_size=1, ffmpeg_log_level="error")
+        self.mesh_dir = None
+        if options.mesh_every:
+            self.mesh_dir = self.out_dir / f"{name}_meshes"
+            self.mesh_dir.mkdir(exist_ok=True)
+
+    def _open(self, fname):
+        path = self.out_dir / f".{fname}.part"
+        self._tmp.append((path, self.out_dir / fname))
+        return open(path, "w", newline="")
+
+    def write_frame(self, f, row, arkit_row):
+        """Append frame f's rows to NAME.csv and NAME_arkit.csv."""
+        self.csv.writerow(row)
+        self.ark.writerow(arkit_row)
+
+    def commit(self, npz=None):
+        """Close the streams, write NAME.npz (unless ``npz`` is None) and rename every output."""
+        self.csv_f.close()
+        self.ark_f.close()
+        if self.writer is not None:
+            self.writer.close()
+        if npz is not None:
+            write_npz(self.out_dir / f"{self.name}.npz", npz)
+            self.final.append(self.out_dir / f"{self.name}.npz")
+        for tmp, final in self._tmp:
+            os.replace(tmp, final)
+            self.final.append(final)
+
+    def abort(self):
+        for fh in (self.csv_f, self.ark_f):
+            try:
+                fh.close()
+            except Exception:
+                pass
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:
+                pass
+        for tmp, _ in self._tmp:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def write_npz(path, arrays):
+    """Write the dict ``arrays`` to the .npz file ``path`` atomically (a temporary file renamed)."""
+    with atomic_write(Path(path), "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _format(*arrays):
+    """CSV fields ('%.6g'; empty for NaN/inf) of the values of one or more arrays, in order."""
+    vals = np.concatenate([np.ravel(a) for a in arrays]).tolist()
+    return ["" if (v != v or v in (_INF, -_INF)) else f"{v:.6g}" for v in vals]
+
+
+_INF = float("inf")
+
+
+class FrameRows:
+    """Builds one frame's ``NAME.csv`` and ``NAME_arkit.csv`` rows from a fit (see the module docstring).
+
+    Calling it with ``(f, fit, mu, presence)`` returns ``(row, arkit_row, values)``; ``values`` holds
+    the 68 fitted points, the RMS reprojection error (pixels) and the confidence, or is None for a
+    frame without a fit (a row with success=0 and empty fields).
+    """
+
+    def __init__(self, model, identity, focal, image_size, fps, derive_gaze=False):
+        self.model = model
+        # eyeLook* columns from the eye joints (the fit held those shapes at 0)
+        self.gaze_ids = ([i for i, n in enumerate(model.expression_names) if n in GAZE_SHAPES]
+                         if derive_gaze else [])
+        self.ibug = PointEvaluator(model, load_landmark_set("ibug68"), identity)
+        self.cam = Camera(focal, *image_size)
+        self.focal = focal
+        self.fps = fps
+        self.ark_map = arkit_mapping(model.expression_names)
+        self.n_cols = len(csv_header(model.expression_names))
+
+    def __call__(self, f, fit, mu, presence):
+        ts = f / self.fps
+        ok = fit is not None and fit.status >= 0
+        row = [f, f"{ts:.4f}", int(ok)]
+        ark = [_timecode(ts, self.fps), len(ARKIT_NAMES) + len(ARKIT_POSE)]
+        if not ok:
+            row += ["0"] + [""] * (self.n_cols - 4)
+            ark += ["0"] * len(ARKIT_NAMES) + [""] * len(ARKIT_POSE)
+            return row, ark, None
+        p = fit.params
+        uv68 = self.cam.project(self.ibug(p)[0])
+        rms = float(np.sqrt(np.nanmean(np.sum((fit.uv - mu) ** 2, 1))))
+        g = _global_rotations(self.model, p.rotations)
+        gz = gaze_angles(self.model, p.rotations)
+        conf = float(presence) if np.isfinite(presence) else 0.0
+        expr = p.expression
+        if self.gaze_ids:
+            expr = expr.copy()
+            expr[self.gaze_ids] = gaze_blendshapes(self.model, p.rotations)[self.gaze_ids]
+        row += [f"{conf:.4f}"] + _format(p.translation, p.rotations[0], matrix_to_axis_angle(g[2]), gz.mean(0),
+                                          gz, [self.focal, rms], expr, uv68[:, 0], uv68[:, 1])
+        # ARKit (degrees): head yaw/pitch/roll of the head's global rotation in camera axes; eyes in the head
+        angles = [yaw_pitch_roll(g[2])] + [yaw_pitch_roll(rodrigues(p.rotations[j])) for j in (3, 4)]
+        ark += [f"{v:.4f}" for v in self.ark_map @ expr]
+        ark += [f"{np.degrees(v):.4f}" for trio in angles for v in trio]
+        return row, ark, dict(landmarks68=uv68, fit_rms_px=rms, confidence=conf)
+
+
+class _OverlayRenderer:
+    """Draws the fitted mesh (semi-transparent, shaded) over a frame."""
+
+    def __init__(self, model):
+        self.faces = visible_faces(model)
+        self.albedo = model_albedo(model)
+
+    def __call__(self, frame, v, focal):
+        """The frame with the camera-space mesh v (V, 3) mm drawn over it (the frame itself when v is None)."""
+        if v is None:
+            return frame
+        img, _, _ = render(v, self.faces, shade(v, self.faces, self.albedo), focal, frame.shape[1],
+                           frame.shape[0], background=frame, alpha=0.55)
+        return img
