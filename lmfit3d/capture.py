@@ -43,7 +43,6 @@ Initialisation
 """
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -54,8 +53,8 @@ from .calibration import image_sizes as _image_sizes
 from .camera import focal_from_fov
 from .energy import Intersection, identity_prior
 from .fit import FitConfig, Tracker, fit_landmarks
-from .intersection import IntersectionTerm
 from .gradients import CAMERA_SIZE, POSE_SIZE, capture_energy
+from .intersection import IntersectionTerm
 from .landmarks import resolve_vertex_ids
 from .model import Params, load_model
 from .rotation import matrix_to_axis_angle, rodrigues
@@ -741,4 +740,3 @@ def _result(model, prob, z, res, used, cal, size, ids, ref, t_init, t_solve):
     return CaptureResult(z[:prob.nk].copy(), expr, rots, trans, fcost, status, rot_cam, t_cam, foc, size, ok,
                          med, mean, uv, ids, float(res.fun), int(res.nit), int(prob.nfev), bool(res.success),
                          str(res.message), int(ref), t_init, t_solve, tuple(model.expression_names))
-

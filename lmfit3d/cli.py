@@ -297,6 +297,7 @@ def _add_fit_landmarks(sub):
     p.add_argument("--temporal-weight", type=float, default=None,
                    help="weight of the temporal term (default: FitConfig's)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    _add_loss_options(p)
     p.set_defaults(func=_cmd_fit_landmarks)
 
 
@@ -310,6 +311,7 @@ def _cmd_fit_landmarks(args):
     if args.mesh_dir and not Path(args.mesh_dir).is_dir():
         Path(args.mesh_dir).mkdir(parents=True)
     cfg = FitConfig() if args.temporal_weight is None else FitConfig(w_temporal=args.temporal_weight)
+    cfg = _loss_config(args, cfg)
     model = _load_model(args.model)
     t0 = time.perf_counter()
     res = fit_landmarks_file(args.input, out, model=model, config=cfg)
@@ -324,6 +326,20 @@ def _cmd_fit_landmarks(args):
     print(f"{out}: {nf} frames fitted ({ok} ok) in {dt:.2f} s; focal {res.focal[-1]:.1f} px; "
           f"median cost {np.nanmedian(res.cost):.1f}")
     return 0 if ok == nf else 1
+
+
+def _add_loss_options(p):
+    p.add_argument("--landmark-loss", choices=("squared", "cauchy"), default="squared",
+                   help="loss on each landmark's residual: the paper's squared (Gaussian) loss, or a robust "
+                        "Cauchy loss that lets landmarks far off (occlusions, tracking failures) count less")
+    p.add_argument("--loss-scale", type=float, default=3.0, metavar="C",
+                   help="scale of the Cauchy loss in sigmas: residuals beyond C sigma are down-weighted")
+
+
+def _loss_config(args, cfg):
+    """``cfg`` (a FitConfig) with the command line's landmark loss."""
+    from dataclasses import replace
+    return replace(cfg, landmark_loss=args.landmark_loss, loss_scale=args.loss_scale)
 
 
 def _add_media_options(p, default_output=None):
@@ -342,6 +358,7 @@ def _add_media_options(p, default_output=None):
     p.add_argument("--focal", type=float, default=None, metavar="PX",
                    help="focal length in pixels if known (default: estimated from a 45 degree start)")
     p.add_argument("--mesh-format", choices=("obj", "ply"), default="obj")
+    _add_loss_options(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (one input each)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
 
@@ -411,7 +428,8 @@ def _media_run(args, kind):
                        smooth=not getattr(args, "no_smooth", False),
                        focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
                        overlay=args.overlay, max_frames=args.max_frames,
-                       max_faces=getattr(args, "max_faces", 10), progress=not args.quiet and sys.stderr.isatty())
+                       max_faces=getattr(args, "max_faces", 10), landmark_loss=args.landmark_loss,
+                       loss_scale=args.loss_scale, progress=not args.quiet and sys.stderr.isatty())
     inputs = args.inputs
     if not inputs:
         from .paths import shared_media_dir
@@ -488,11 +506,13 @@ def _add_capture(sub):
     p.add_argument("--max-iter", type=int, default=None, help="L-BFGS iterations (default 200)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="videos: use the first N frames")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    _add_loss_options(p)
     p.set_defaults(func=_cmd_capture)
 
 
 def _cmd_capture(args):
     import warnings
+    from dataclasses import replace
 
     from .capture import CaptureConfig
     from .capture_files import fit_capture_file, fit_capture_videos
@@ -504,6 +524,7 @@ def _cmd_capture(args):
             if path and not (Path(path).parent if str(Path(path).parent) else Path(".")).is_dir():
                 raise ValueError(f"{path}: output directory does not exist")
     cfg = CaptureConfig() if args.max_iter is None else CaptureConfig(max_iter=args.max_iter)
+    cfg = replace(cfg, fit=_loss_config(args, cfg.fit))
     model = _load_model(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -19,9 +19,9 @@ import numpy as np
 from numba import njit
 
 from .camera import focal_from_fov
-from .energy import FrameLayout, identity_prior, loss_parameter, residual_scale
-from .frame_lm import (FrameState, IntersectionState, PlanState, SoaState, Workspace, frame_cost, frame_inputs,
-                       landmark_terms, tracking_lm)
+from .energy import FrameLayout, Intersection, identity_prior, loss_parameter, residual_scale
+from .frame_lm import (FrameState, IntersectionState, SoaState, Workspace, frame_cost, frame_inputs, landmark_terms,
+                       tracking_lm)
 from .intersection import IntersectionTerm, intersection_term
 from .landmarks import resolve_vertex_ids
 from .model import FaceModel, Params, load_model
@@ -259,11 +259,10 @@ class FrameProblem:
         if cm[sl["joints"].start] >= 0 or cm[sl["joints"].stop - 1] >= 0:
             cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, jtj, jtr)
         if self.inter is not None and cfg.w_intersection > 0 and cm[e0] >= 0:
-            it = self.inter
-            cost += intersection_term(x, e0, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c,
-                                      it.sphere_r, it.sphere_of, it.planes, it.hull_of,
-                                      residual_scale(cfg.w_intersection), cm, want_jac, jtj, jtr,
-                                      it.skip_base, it.skip_proj, it.skip_block)
+            it, g = self.inter, self.inter.geometry()
+            cost += intersection_term(x, e0, g.template, g.expr_idx, g.expr_blocks, g.sphere_c, g.sphere_r,
+                                      g.sphere_of, g.planes, g.hull_of, residual_scale(cfg.w_intersection), cm,
+                                      want_jac, jtj, jtr, it.skip_base, it.skip_proj, it.skip_block)
         return cost
 
     def _vertex_term(self, x, jtj, jtr, want_jac):
@@ -303,7 +302,7 @@ class FrameProblem:
         plan = self._plans[key]
         self._plan_cm, self._plan = self.col_map, plan
         if self._plan_args is None or self._plan_args[0] is not plan:
-            self._plan_args = (plan, None if plan is None else _plan_tuple(plan))
+            self._plan_args = (plan, plan)
         return plan
 
     def identity_prior(self, x, jtj, jtr, want_jac):
@@ -377,9 +376,8 @@ class FrameProblem:
     def _soa_args(self):
         """The :class:`~lmfit3d.frame_lm.SoaState` of the kernels (identity state already set)."""
         if self._soa_key is not self.t_beta_t:       # the frame columns are written in place
-            s, sk = self.soa, self.soa.skin
-            self._soa_tuple = SoaState(self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, sk.weights_t,
-                                       sk.ranges, sk.acc, sk.complement, sk.zero_ranges, sk.wsub, self.mu_t,
+            s = self.soa
+            self._soa_tuple = SoaState(self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, s.skin, self.mu_t,
                                        self.isg_t, self.prev_t)
             self._soa_key = self.t_beta_t
         return self._soa_tuple
@@ -411,11 +409,9 @@ class FrameProblem:
             return self._inter_args[1]
         if self._far_out is None or self._far_out.shape != it.far_base.shape:
             self._far_out = np.empty_like(it.far_base)
-        self._inter_args = (it, IntersectionState(True, it.t_beta, it.table.expr_idx, it.table.expr_blocks, it.sphere_c,
-                                 it.sphere_r, it.sphere_of, it.planes, it.hull_of,
-                                 residual_scale(self.cfg.w_intersection), it.skip_base, it.skip_proj,
-                                 it.skip_block, it.far_base, it.far_proj, it.far_ptr, it.far_chunks,
-                                 self._far_out))
+        self._inter_args = (it, IntersectionState(True, it.geometry(), residual_scale(self.cfg.w_intersection),
+                                                  it.skip_base, it.skip_proj, it.skip_block, it.far_base,
+                                                  it.far_proj, it.far_ptr, it.far_chunks, self._far_out))
         return self._inter_args[1]
 
     def landmark_positions(self, x):
@@ -429,9 +425,10 @@ class FrameProblem:
 _NO_IDENT = np.zeros((1, 3, 0))
 _I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
 _NO_INTER = IntersectionState(      # intersection term off (tracking_lm)
-    False, np.zeros((1, 3)), np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)), _F1, _I1,
-    np.zeros((1, 1, 4)), _I1, 0.0, _F1, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(W), np.zeros((1, W)),
-    np.zeros(2, np.int64), _I1, np.zeros(W))
+    False, Intersection(np.zeros((1, 3)), None, np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)),
+                        _F1, _I1, np.zeros((1, 1, 4)), _I1),
+    0.0, _F1, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(W), np.zeros((1, W)), np.zeros(2, np.int64), _I1,
+    np.zeros(W))
 
 _EMPTY2 = np.zeros((0, 0))
 _EMPTY1 = np.zeros(0)
@@ -450,12 +447,6 @@ def _same(a, b):
     if a.shape != b.shape or a.ndim != 1 or a.dtype != np.float64 or b.dtype != np.float64:
         return bool(np.array_equal(a, b))
     return _same_kernel(a, b)
-
-
-def _plan_tuple(plan):
-    """The :class:`~lmfit3d.frame_lm.PlanState` of a TrackingPlan (the arrays the kernels read)."""
-    return PlanState(plan.single, plan.pose_ncols, plan.pose_free, plan.e_count, plan.e_idx, plan.e_pos, plan.expr_free,
-            plan.ee_static)
 
 
 class KeyframeProblem:

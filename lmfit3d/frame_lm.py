@@ -10,7 +10,7 @@ and parameters (bit for bit; ``tests/test_fit_kernels.py`` checks it against the
 
 The problem is passed as four named tuples of plain arrays and scalars (built once per frame
 problem by :class:`lmfit3d.fit.FrameProblem`) and one of workspaces: :class:`FrameState` (the
-terms of ``FrameProblem.accumulate_full``), :class:`PlanState` (``tracking_normal.TrackingPlan``),
+terms of ``FrameProblem.accumulate_full``), :class:`~lmfit3d.tracking_normal.TrackingPlan`,
 :class:`IntersectionState`, :class:`SoaState` (the tables in kernel order) and :class:`Workspace`.
 """
 from typing import NamedTuple
@@ -18,7 +18,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from .energy import Intersection
 from .intersection import intersection_far, intersection_term
+from .skinning import SoaSkin
 from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
 from .terms import diagonal_prior, symmetrize_upper
 from .tracking_normal import vertex_term_tracking
@@ -55,32 +57,13 @@ class FrameState(NamedTuple):
     j1: int
 
 
-class PlanState(NamedTuple):
-    """The arrays of ``tracking_normal.TrackingPlan`` that the kernels read (field meanings there)."""
-
-    single: np.ndarray
-    pose_ncols: np.ndarray
-    pose_free: np.ndarray
-    e_count: np.ndarray
-    e_idx: np.ndarray
-    e_pos: np.ndarray
-    expr_free: np.ndarray
-    ee_static: np.ndarray
-
-
 class IntersectionState(NamedTuple):
-    """The intersection term's data (``use`` False: term off) and the outside-test of
-    :func:`intersection_far` with its work buffer ``far_out`` (``intersection.IntersectionTerm._far_test``)."""
+    """The intersection term's geometry (``energy.Intersection``, ``use`` False: term off), its residual
+    scale, the term's vertex skip test and the outside-test of :func:`intersection.intersection_far`
+    with its work buffer ``far_out`` (``intersection.IntersectionTerm._far_test``)."""
 
     use: bool
-    t_beta: np.ndarray
-    expr_idx: np.ndarray
-    expr_blocks: np.ndarray
-    sphere_c: np.ndarray
-    sphere_r: np.ndarray
-    sphere_of: np.ndarray
-    planes: np.ndarray
-    hull_of: np.ndarray
+    geom: Intersection
     sqrtw: float
     skip_base: np.ndarray
     skip_proj: np.ndarray
@@ -93,20 +76,15 @@ class IntersectionState(NamedTuple):
 
 
 class SoaState(NamedTuple):
-    """The table in kernel order (``tracking_points.TableSoA``, ``skinning.SoaSkin``), the template at the current
-    identity and the frame's mu, 1/sigma, previous positions in kernel order."""
+    """The table in kernel order (``tracking_points.TableSoA`` and its ``skinning.SoaSkin``), the template
+    at the current identity and the frame's mu, 1/sigma, previous positions in kernel order."""
 
     t_beta_t: np.ndarray
     col_of: np.ndarray
     ptr: np.ndarray
     shape_idx: np.ndarray
     blocks: np.ndarray
-    weights_t: np.ndarray
-    ranges: np.ndarray
-    acc: np.ndarray
-    complement: np.ndarray
-    zero_ranges: np.ndarray
-    wsub: np.ndarray
+    skin: SoaSkin
     mu_t: np.ndarray
     isg_t: np.ndarray
     prev_t: np.ndarray
@@ -157,7 +135,7 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     cx, cy, tw, loss_c, e0, col_map = prob.cx, prob.cy, prob.temporal_sqrtw, prob.loss_c, prob.e0, prob.col_map
     joints, parents, jac_threshold = prob.joints, prob.parents, prob.jac_threshold
     t_beta_t, col_of, ptr, shape_idx, blocks = soa.t_beta_t, soa.col_of, soa.ptr, soa.shape_idx, soa.blocks
-    weights_t, ranges, mu_t, isg_t, prev_t = soa.weights_t, soa.ranges, soa.mu_t, soa.isg_t, soa.prev_t
+    weights_t, ranges, mu_t, isg_t, prev_t = soa.skin.weights_t, soa.skin.ranges, soa.mu_t, soa.isg_t, soa.prev_t
     rot, chain, chain_t, frame, xyz_t, rm_t = ws.rot, ws.chain, ws.chain_t, ws.frame, ws.xyz_t, ws.rm_t
     jpose, jexpr, t_work, sub, ybuf, pj, qe = ws.jpose, ws.jexpr, ws.t_work, ws.sub, ws.ybuf, ws.pj, ws.qe
     nj = rot.shape[0]
@@ -176,7 +154,7 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
         landmark_positions_soa(xyz_t, pj, col_of, uv, xyz)
         return cost
     table_points_jacobian(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges,
-                          soa.acc, soa.complement, soa.zero_ranges, soa.wsub, chain, chain_t, frame, xyz_t, rm_t,
+                          soa.skin.acc, soa.skin.complement, soa.skin.zero_ranges, soa.skin.wsub, chain, chain_t, frame, xyz_t, rm_t,
                           jpose, t_work, sub, ybuf)
     cost = project_soa(focal, cx, cy, tw, loss_c, xyz_t, mu_t, isg_t, prev_t, pj)
     isg_w = pj[PJ_ISG]                  # 1/sigma weighted by the loss: what the Jacobian rows use
@@ -217,8 +195,9 @@ def frame_cost(x, want_jac, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
     it = inter
     if it.use and col_map[e0] >= 0 and not intersection_far(x, e0, it.far_base, it.far_proj, it.far_ptr,
                                                             it.far_chunks, it.far_out):
-        cost += intersection_term(x, e0, it.t_beta, it.expr_idx, it.expr_blocks, it.sphere_c, it.sphere_r,
-                                  it.sphere_of, it.planes, it.hull_of, it.sqrtw, col_map, want_jac, jtj, jtr,
+        g = it.geom
+        cost += intersection_term(x, e0, g.template, g.expr_idx, g.expr_blocks, g.sphere_c, g.sphere_r,
+                                  g.sphere_of, g.planes, g.hull_of, it.sqrtw, col_map, want_jac, jtj, jtr,
                                   it.skip_base, it.skip_proj, it.skip_block)
     if want_jac and full:
         symmetrize_upper(jtj)
@@ -243,7 +222,7 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     lo, hi : (n,) float64 box bounds.
     max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho : as in ``levenberg_marquardt``
         (J^T J re-use: the gradient evaluations run :func:`landmark_terms` with an empty jtj).
-    prob, plan, inter, soa : :class:`FrameState`, :class:`PlanState`, :class:`IntersectionState`,
+    prob, plan, inter, soa : :class:`FrameState`, ``tracking_normal.TrackingPlan``, :class:`IntersectionState`,
         :class:`SoaState`; ws : :class:`Workspace` of :func:`landmark_terms`.
     uv (L, 2), xyz (L, 3) : out, landmark positions of the last evaluation, made at x_last (P,) (out).
     history : (max_iter + 1,) float64 out, cost after each iteration (history[0] = start).

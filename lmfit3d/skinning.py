@@ -20,6 +20,7 @@ Parameter column layout (``POSE_DIM`` = 6 + 3 (J - 1) = 18 for the ICT rig)::
     [root rotation (3), translation (3), neck, head, eye_L, eye_R (3 each), expression (E), identity (K)]
 """
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -487,9 +488,9 @@ def evaluate_points(model: FaceModel, params: Params, vertex_ids, with_identity=
 SIMD_MATH = {"reassoc", "contract", "nsz"}
 
 
-@dataclass(frozen=True)
-class SoaSkin:
-    """Static tables of :func:`skin_points_soa` for one vertex set (built by :func:`soa_skin`).
+class SoaSkin(NamedTuple):
+    """Static tables of :func:`skin_points_soa` for one vertex set (built by :func:`soa_skin`; a named
+    tuple the kernels take as it is).
 
     Attributes
     ----------

@@ -62,6 +62,8 @@ class TrackOptions:
     max_faces: int = 10
     frame_noise: bool = True
     smooth: bool = True
+    landmark_loss: str = "squared"
+    loss_scale: float = 3.0
     progress: bool = True
 
     def __post_init__(self):
@@ -85,17 +87,20 @@ class TrackOptions:
             raise ValueError(f"--focal must be a positive number of pixels, got {self.focal_px}")
         if self.temporal_weight is not None and not (np.isfinite(self.temporal_weight) and self.temporal_weight >= 0):
             raise ValueError(f"--temporal-weight must be >= 0, got {self.temporal_weight}")
+        self.config()           # ValueError on a bad --landmark-loss / --loss-scale
 
     def config(self):
         """The fitter's settings: FitConfig defaults, with the temporal weight of video tracking
         unless given: 0 when the landmark tracks are smoothed (``smooth``: the zero-lag smoother
         gives the steadiness, and a pull towards the previous frame would damp every expression),
         else ``TRACK_TEMPORAL_WEIGHT``; the expression prior ``TRACK_EXPRESSION_WEIGHT``; the gaze
-        shapes held at 0 (``FitConfig.fit_gaze_shapes``; the outputs derive them from the eyes)."""
+        shapes held at 0 (``FitConfig.fit_gaze_shapes``; the outputs derive them from the eyes); the
+        landmark loss as given (``--landmark-loss``, ``--loss-scale``)."""
         w = self.temporal_weight
         if w is None:
             w = 0.0 if (self.smooth and self.frame_noise) else TRACK_TEMPORAL_WEIGHT
-        return FitConfig(w_temporal=w, w_expression=TRACK_EXPRESSION_WEIGHT, fit_gaze_shapes=False)
+        return FitConfig(w_temporal=w, w_expression=TRACK_EXPRESSION_WEIGHT, fit_gaze_shapes=False,
+                         landmark_loss=self.landmark_loss, loss_scale=self.loss_scale)
 
 
 @dataclass

@@ -6,7 +6,7 @@ pose columns each landmark has, its free expression columns and their positions,
 landmark groups (whose pose rows are summed per joint, :func:`_joint_group_add`) and the static
 expression Gram blocks of the temporal term.  Inputs come from the passes of ``tracking_points``.
 """
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -17,9 +17,9 @@ from .terms import drop_small_columns
 from .tracking_points import PJ_A, PJ_B, PJ_IZ, PJ_ISG, PJ_LM, PJ_PZ, PJ_RU, PJ_RV, PJ_TMP, PJ_U, PJ_V
 
 
-@dataclass(frozen=True)
-class TrackingPlan:
-    """Static tables of :func:`vertex_term_tracking` for one sparsity table and one free mask.
+class TrackingPlan(NamedTuple):
+    """Static tables of :func:`vertex_term_tracking` for one sparsity table and one free mask (a named
+    tuple: the kernels take it as it is).
 
     Attributes
     ----------
