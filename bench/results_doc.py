@@ -193,8 +193,8 @@ def provenance(argv=None):
     args = [a for a in argv[1:] if a != "--write-doc"]
     cmd = " ".join(["python", str(script), *args])
     commit = _git("rev-parse", "--short", "HEAD") or "unknown commit"
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    tree = f"commit {commit}" + (", uncommitted changes" if dirty else "")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs/results.md")
+    tree = f"commit {commit}" + (", uncommitted changes" if dirty else "")       # the document itself aside
     return f"_Written by `{cmd}` on {datetime.date.today().isoformat()} ({tree})._"
 
 
