@@ -20,6 +20,7 @@ Usage::
     python bench/accuracy.py              # N = 30 faces, all sets, noise 0.5 / 1 / 2 px
     python bench/accuracy.py --quick      # N = 4, a smoke run
     python bench/accuracy.py --n 10 --jobs 2 --json /tmp/acc.json
+    python bench/accuracy.py --write-doc  # also write the results into docs/results.md ("accuracy")
 """
 import os
 
@@ -34,6 +35,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+import results_doc  # noqa: E402
 
 from lmfit3d.fit import fit_landmarks  # noqa: E402
 from lmfit3d.landmarks import load_landmark_set  # noqa: E402
@@ -143,10 +146,13 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="worker processes (each single-threaded)")
     ap.add_argument("--json", help="also write the statistics to this JSON file")
+    results_doc.add_arguments(ap)
     a = ap.parse_args(argv)
     n = 4 if a.quick else a.n
     if n < 1:
         ap.error("--n must be >= 1")
+    if a.quick and a.write_doc:
+        ap.error("--write-doc needs the full run (drop --quick)")
     model = _model()
     cases = [(a.seed, i, s, name, k, noise, a.face_px, a.outlier_fraction, a.outlier_sigma)
              for s, name in enumerate(a.sets) for k, noise in enumerate(a.noise) for i in range(n)]
@@ -176,25 +182,26 @@ def main(argv=None):
         stats[key] = dict(median=float(np.median(e)), mean=float(e.mean()),
                           worst_face_mean=float(per_face.max()), faces=len(errs))
 
-    print(f"# Single-image fit accuracy (synthetic, {n} faces, seed {a.seed})\n")
-    print(f"Face region per-vertex error (mm) after rigid alignment, pooled over {n} faces x "
-          f"{int(model.face_mask().sum())} vertices. Face {a.face_px:g} px in a 512 px image, focal "
-          f"known, identity estimated; {a.outlier_fraction:.0%} of landmarks with sigma = "
-          f"{a.outlier_sigma:g} px and matching noise. 'true sigma' passes the generating sigma, "
-          f"'fixed sigma' passes all ones.\n")
-    print(markdown_table(stats, a.sets, a.noise))
-    print()
+    out = [f"Face region per-vertex error (mm) after rigid alignment, pooled over {n} faces x "
+           f"{int(model.face_mask().sum())} vertices (seed {a.seed}). Face {a.face_px:g} px in a 512 px image, "
+           f"focal known, identity estimated; {a.outlier_fraction:.0%} of landmarks with sigma = "
+           f"{a.outlier_sigma:g} px and matching noise. 'true sigma' passes the generating sigma, "
+           f"'fixed sigma' passes all ones.", "", markdown_table(stats, a.sets, a.noise), ""]
     lines, dens, sig = ordering(stats, a.sets, a.noise)
-    print("\n".join(lines))
-    print(f"\nPaper ordering holds: more landmarks lower error: {'yes' if dens else 'NO'}; "
-          f"using sigma lowers error: {'yes' if sig else 'NO'}.")
-    print(f"\n{len(times)} fits, {np.median(times):.2f} s median per fit, {wall:.0f} s wall with {a.jobs} "
-          f"process(es). Fits with solver status < 1: {len(bad)}.")
-    for b in bad:
-        print("  " + b)
+    out += lines
+    out += ["", f"Paper ordering holds: more landmarks lower error: {'yes' if dens else 'NO'}; "
+            f"using sigma lowers error: {'yes' if sig else 'NO'}.", "",
+            f"{len(times)} fits, {np.median(times):.2f} s median per fit, {wall:.0f} s wall with {a.jobs} "
+            f"process(es). Fits with solver status < 1: {len(bad)}."]
+    out += ["  " + b for b in bad]
     worst = max(stats.items(), key=lambda kv: kv[1]["worst_face_mean"])
-    print(f"Worst single-face mean error: {worst[1]['worst_face_mean']:.2f} mm ({worst[0][0]}, "
-          f"{worst[0][1]:g} px, {worst[0][2]}).")
+    out.append(f"Worst single-face mean error: {worst[1]['worst_face_mean']:.2f} mm ({worst[0][0]}, "
+               f"{worst[0][1]:g} px, {worst[0][2]}).")
+    out += ["", results_doc.machine_line("single-threaded workers")]
+    text = "\n".join(out)
+    print(f"# Single-image fit accuracy (synthetic, {n} faces, seed {a.seed})\n")
+    print(text)
+    results_doc.maybe_write(a, {"accuracy": text})
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"n": n, "seed": a.seed, "stats": [dict(set=k[0], noise=k[1], mode=k[2], **v)

@@ -20,6 +20,11 @@ Usage::
     NUMBA_NUM_THREADS=1 python bench/capture_report.py                 # both tables
     python bench/capture_report.py --accuracy --faces 2 --frames 3
     python bench/capture_report.py --scale --sizes 10x1 130x17 520x17
+    python bench/capture_report.py --write-doc    # also write the tables into docs/results.md
+
+``--write-doc`` writes the scale table into the ``capture_report.scale`` section of docs/results.md
+and the accuracy table into ``capture_report.accuracy`` (``bench/results_doc.py``), each with the
+machine line.
 """
 import os
 
@@ -34,6 +39,9 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results_doc  # noqa: E402
 
 SETS = ("ibug68", "dense320", "dense703")
 CAMERAS = (1, 2, 4, 8, 17)
@@ -147,14 +155,16 @@ def scale(sizes, seed, max_iter):
 
 
 def scale_table(rows):
-    lines = ["| frames x cameras | L-BFGS solve (s) | iterations / evaluations | per evaluation (ms) | "
-             "ns per (frame, camera, landmark) | init (s) | peak RSS (MB) | input mu+sigma (MB) | "
-             "face error median / mean (mm) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| F x C | solve (s) | iterations / evaluations | per evaluation (ms) | "
+             "ns per (frame, camera, landmark) | init (s) | peak RSS (MB) | added by the fit (MB) | "
+             "input mu+sigma (MB) | face error median / mean (mm) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ns = r["eval_ms"] * 1e6 / (r["frames"] * r["cameras"] * 703)
+        added = r["peak_rss_mb"] - r["rss_before_fit_mb"]
         lines.append(f"| {r['frames']} x {r['cameras']} | {r['solve_s']:.2f} | {r['iterations']} / {r['evaluations']} | "
-                     f"{r['eval_ms']:.2f} | {ns:.0f} | {r['init_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['input_mb']:.1f} | "
+                     f"{r['eval_ms']:.1f} | {ns:.0f} | {r['init_s']:.2f} | {r['peak_rss_mb']:.0f} | {added:.0f} | "
+                     f"{r['input_mb']:.1f} | "
                      f"{r.get('err_median_mm', np.nan):.3f} / {r.get('err_mean_mm', np.nan):.3f} |")
     return "\n".join(lines)
 
@@ -170,34 +180,38 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=2022)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the raw results here")
+    results_doc.add_arguments(ap)
     a = ap.parse_args(argv)
     if a.child:
         _scale_child(a.child, a.seed, a.max_iter)
         return 0
     both = not (a.accuracy or a.scale)
     raw = {}
-    import platform
-    print(f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-          f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, one process.\n")
+    machine = results_doc.machine_line(f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, one process")
+    print(machine + "\n")
+    doc = {}
     if a.accuracy or both:
         t0 = time.perf_counter()
         stats = accuracy(a.faces, a.frames, a.seed)
         table, checks = accuracy_table(stats)
-        print(f"### Accuracy: face-region vertex error (mm) after rigid alignment, median / mean\n\n"
-              f"{a.faces} faces x {a.frames} frames per cell, calibrated cameras, 1 px noise, occluded and "
-              f"5 % random landmarks at sigma 15 px ({time.perf_counter() - t0:.0f} s).\n")
-        print(table)
-        print()
-        print("\n".join(checks))
         secs = {k: v[2] for k, v in stats.items()}
-        print("\nMedian fit time (init + L-BFGS) per sequence, s: " + ", ".join(
-            f"{s} {c} cam {secs[(s, c, 'predicted')]:.2f}" for s in ("dense703",) for c in CAMERAS))
+        text = (f"{a.faces} faces x {a.frames} frames per cell, calibrated cameras, 1 px noise, occluded and "
+                f"5 % random landmarks at sigma 15 px ({time.perf_counter() - t0:.0f} s).\n\n{table}\n\n"
+                + "\n".join(checks) + "\n\nMedian fit time (init + L-BFGS) per sequence, s: " + ", ".join(
+                    f"{s} {c} cam {secs[(s, c, 'predicted')]:.2f}" for s in ("dense703",) for c in CAMERAS))
+        print("### Accuracy: face-region vertex error (mm) after rigid alignment, median / mean\n")
+        print(text)
+        doc["capture_report.accuracy"] = text + "\n\n" + machine
         raw["accuracy"] = {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in stats.items()}
     if a.scale or both:
         rows = scale(a.sizes, a.seed, a.max_iter)
-        print("\n### Scale: dense703, calibrated, L-BFGS (max %d iterations), one thread\n" % a.max_iter)
-        print(scale_table(rows))
+        head = "Scale: dense703, calibrated, L-BFGS (max %d iterations), one thread" % a.max_iter
+        print(f"\n### {head}\n")
+        text = scale_table(rows)
+        print(text)
+        doc["capture_report.scale"] = f"{head}.  {machine}\n\n{text}"
         raw["scale"] = rows
+    results_doc.maybe_write(a, doc)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(raw, fh, indent=1)

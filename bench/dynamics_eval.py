@@ -15,7 +15,9 @@ Run::
 
     python bench/dynamics_eval.py [--sequences 6] [--frames 120] [--no-smooth]
 
-Prints a markdown table (docs/results.md, "Known expression curves on renders").
+Prints a markdown table (docs/results.md, "Known expression curves on renders"); ``--write-doc``
+writes it into the ``dynamics_eval`` section (``dynamics_eval.no_smooth`` with ``--no-smooth``) of
+docs/results.md (``bench/results_doc.py``).
 """
 import argparse
 import os
@@ -30,6 +32,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_doc  # noqa: E402
 
 from lmfit3d.camera import Camera  # noqa: E402
 from lmfit3d.model import Params, load_model  # noqa: E402
@@ -175,6 +180,7 @@ def main(argv=None):
     ap.add_argument("--sequences", type=int, default=6)
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--no-smooth", action="store_true")
+    results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
     model = load_model()
     runs = []
@@ -186,8 +192,10 @@ def main(argv=None):
         c = np.corrcoef(r["psi"][ok, j], r["true"][ok, j])[0, 1] if ok.sum() > 2 else float("nan")
         print(f"sequence {k}: yaw {r['yaw']:+.0f} deg, face {r['face_px']:.0f} px, fitted {ok.mean():.2f}, "
               f"jawOpen correlation {c:.2f}", file=sys.stderr)
-    print(f"{args.sequences} sequences x {args.frames} frames (yaw 0..+-40 deg, faces 120-500 px)")
-    print(table(summarise(runs, list(model.expression_names))))
+    text = (f"{args.sequences} sequences x {args.frames} frames (yaw 0..+-40 deg, faces 120-500 px)"
+            f"{', --no-smooth' if args.no_smooth else ''}\n\n" + table(summarise(runs, list(model.expression_names))))
+    print(text)
+    results_doc.maybe_write(args, {"dynamics_eval.no_smooth" if args.no_smooth else "dynamics_eval": text})
     return 0
 
 

@@ -21,6 +21,10 @@ Run::
     python bench/expression_range.py --track [--out DIR] [--track-args "--backend network"]
 
 ``--track`` tracks the shared talking clips first (default options) and writes a markdown table.
+``--write-doc`` writes the table into its section of docs/results.md (``bench/results_doc.py``):
+``expression_range`` for the default options, ``expression_range.no_smooth`` for ``--track-args
+--no-smooth``, ``expression_range.network`` for ``--track-args "--backend network"``; other options
+(or NPZ files) need ``--section NAME``.
 Outputs of other landmark sets (``--backend network``: dense320) are measured on the same features
 through their iBUG 68 points (:data:`FEATURES_IBUG`).
 """
@@ -37,6 +41,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_doc  # noqa: E402
 
 # (name, list of point pairs) on MediaPipe's 468-point mesh
 FEATURES = (
@@ -143,13 +150,23 @@ def track_clips(out_dir, extra=()):
     return [Path(out_dir) / (Path(p).stem + ".npz") for p in paths]
 
 
+# --track-args of the runs reported in docs/results.md -> their section
+SECTIONS = {(): "expression_range", ("--no-smooth",): "expression_range.no_smooth",
+            ("--backend", "network"): "expression_range.network"}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("npz", nargs="*")
     ap.add_argument("--track", action="store_true", help="track the shared clips first")
     ap.add_argument("--out", default=None, help="folder for the tracked outputs (default: a temporary one)")
     ap.add_argument("--track-args", default="", help="extra options for lmfit3d track (one string)")
+    ap.add_argument("--section", help="section of docs/results.md for --write-doc (default: from --track-args)")
+    results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
+    section = args.section or (SECTIONS.get(tuple(args.track_args.split())) if args.track else None)
+    if args.write_doc and section is None:
+        ap.error("--write-doc: give --section NAME (no default section for these inputs)")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     paths = [Path(p) for p in args.npz]
     if args.track:
@@ -158,7 +175,9 @@ def main(argv=None):
     if not paths:
         ap.error("give NPZ files or --track")
     rows = {p.stem: npz_ratios(p) for p in paths}
-    print(table(rows))
+    text = table(rows)
+    print(text)
+    results_doc.maybe_write(args, {section: text} if section else {})
     return 0
 
 

@@ -11,6 +11,7 @@ Usage::
     python bench/fit_report.py                  # run and print
     python bench/fit_report.py --json out.json  # also keep pytest-benchmark's JSON
     python bench/fit_report.py --from out.json  # print from an existing JSON, no run
+    python bench/fit_report.py --write-doc      # also write it into docs/results.md ("fit_report")
 """
 import argparse
 import json
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import results_doc
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -67,7 +70,8 @@ def report(data):
     lines = []
     mi = data.get("machine_info", {})
     cpu = mi.get("cpu", {}).get("brand_raw", mi.get("processor", "?"))
-    lines.append(f"# Per-frame fit benchmark ({cpu}, Python {mi.get('python_version', '?')}, one thread)\n")
+    lines.append(f"Machine: {cpu}, Python {mi.get('python_version', '?')}, one thread.  Medians from "
+                 "pytest-benchmark; scipy trf / this = scipy's median over this row's.\n")
     lines.append("| landmarks | benchmark | median (ms) | IQR (ms) | rounds | iterations / nfev | final cost "
                  "| status | scipy trf / this |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -129,6 +133,7 @@ def main(argv=None):
     ap.add_argument("--json", help="keep pytest-benchmark's JSON at this path")
     ap.add_argument("--from", dest="src", help="print the table from an existing JSON (no run)")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    results_doc.add_arguments(ap)
     a = ap.parse_args(argv)
     if a.src:
         data = json.loads(Path(a.src).read_text())
@@ -137,7 +142,9 @@ def main(argv=None):
             path = Path(a.json) if a.json else Path(tmp) / "bench_fit.json"
             run_benchmarks(path, a.pytest_args)
             data = json.loads(path.read_text())
-    print(report(data))
+    text = report(data)
+    print(text)
+    results_doc.maybe_write(a, {"fit_report": text})
     return 0
 
 

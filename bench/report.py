@@ -3,6 +3,7 @@
 Usage::
 
     python bench/report.py [extra pytest arguments]
+    python bench/report.py --write-doc    # also write the table into docs/results.md (section "report")
 
 Runs ``bench/test_bench_model.py`` under pytest-benchmark (one thread, ``--benchmark-json`` to a
 temporary file), then measures start-up costs in fresh interpreters:
@@ -14,8 +15,10 @@ temporary file), then measures start-up costs in fresh interpreters:
   unmeasured run fills it), median of 5 runs.
 
 Prints one markdown table of medians with the goals and the numba / NumPy ratios of the
-baselines measured in the same run.
+baselines measured in the same run; with ``--write-doc`` the machine line and the table replace the
+``report`` section of docs/results.md (``bench/results_doc.py``).
 """
+import argparse
 import json
 import os
 import platform
@@ -24,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import results_doc
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -161,7 +166,10 @@ def table(bench, imports, warm):
 
 
 def main(argv=None):
-    extra = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="Other arguments go to pytest.", allow_abbrev=False)
+    results_doc.add_arguments(ap)
+    args, extra = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
     bench = run_benchmarks(extra)
     imports = {m: import_time_us(m) for m in ("lmfit3d", "lmfit3d.skinning")}
     warm = warm_start()
@@ -169,10 +177,12 @@ def main(argv=None):
     import numba
     import numpy
 
-    print(f"Machine: {info.get('cpu', {}).get('brand_raw') or platform.processor() or 'unknown CPU'}, "
-          f"Python {platform.python_version()}, NumPy {numpy.__version__}, Numba {numba.__version__}, "
-          f"one thread (NUMBA_NUM_THREADS=1, BLAS threads 1).  Medians from pytest-benchmark.\n")
-    print(table(bench, imports, warm))
+    text = (f"Machine: {info.get('cpu', {}).get('brand_raw') or platform.processor() or 'unknown CPU'}, "
+            f"Python {platform.python_version()}, NumPy {numpy.__version__}, Numba {numba.__version__}, "
+            f"one thread (NUMBA_NUM_THREADS=1, BLAS threads 1).  Medians from pytest-benchmark.\n\n"
+            + table(bench, imports, warm))
+    print(text)
+    results_doc.maybe_write(args, {"report": text})
     return 0
 
 

@@ -17,6 +17,9 @@ Tables:
 4. Rendered faces with known 3D ground truth (random identities, expressions, poses; the renderer of
    ``lmfit3d.synthetic``; a seed other than the correspondence tool's): face-region vertex error (mm)
    after rigid alignment, learnt sigma against fixed sigma.
+
+``--write-doc`` writes table 1 into the ``track_eval.clips`` section of docs/results.md and tables 2-4
+into ``track_eval.more`` (``bench/results_doc.py``).
 """
 import argparse
 import os
@@ -33,6 +36,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_doc  # noqa: E402
 from lmfit3d.fit import FitConfig, Tracker  # noqa: E402
 from lmfit3d.model import load_model  # noqa: E402
 from lmfit3d.paths import shared_media_dir  # noqa: E402
@@ -177,16 +183,23 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="60 frames per clip, 10 renders")
     ap.add_argument("--renders", type=int, default=None)
+    results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.quick and args.write_doc:
+        ap.error("--write-doc needs the full run (drop --quick)")
     model = load_model()
+    clips = clips_table(model, args.quick) + "\n\n" + results_doc.machine_line("one thread (frames/s: wall time)")
     print("### Clips\n")
-    print(clips_table(model, args.quick))
-    print("\n### Annotated stills\n")
-    print(stills_table(model))
-    print("\n### Both landmark backends on the clips\n")
-    print(backends_table(model, args.quick))
-    print("\n### Rendered faces\n")
-    print(renders_table(model, args.renders or (10 if args.quick else 40)))
+    print(clips)
+    parts = []
+    for title, make in (("Annotated stills", lambda: stills_table(model)),
+                        ("Both landmark backends on the clips", lambda: backends_table(model, args.quick)),
+                        ("Rendered faces", lambda: renders_table(model, args.renders or (10 if args.quick else 40)))):
+        parts.append((title, make()))
+        print(f"\n### {title}\n")
+        print(parts[-1][1])
+    more = "\n\n".join(f"{title}:\n\n{body}" for title, body in parts)
+    results_doc.maybe_write(args, {"track_eval.clips": clips, "track_eval.more": more})
     return 0
 
 

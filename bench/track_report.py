@@ -4,6 +4,7 @@ Usage::
 
     python bench/track_report.py                  # run bench/test_bench_track.py and print
     python bench/track_report.py --from out.json  # print from an existing pytest-benchmark JSON
+    python bench/track_report.py --write-doc      # also write it into docs/results.md ("track_report")
 """
 import argparse
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import results_doc  # noqa: E402
 from fit_report import run_benchmarks  # noqa: E402
 
 ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "landmarks_track", "fit", "fit_classic", "write", "end_to_end",
@@ -69,9 +71,10 @@ def table(data):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--from", dest="src", help="existing pytest-benchmark JSON")
     ap.add_argument("--json", help="keep pytest-benchmark's JSON here")
+    results_doc.add_arguments(ap)
     args, extra = ap.parse_known_args(argv)
     if args.src:
         data = json.loads(Path(args.src).read_text())
@@ -80,7 +83,9 @@ def main(argv=None):
             path = Path(args.json) if args.json else Path(tmp) / "bench.json"
             run_benchmarks(path, extra, HERE / "test_bench_track.py")
             data = json.loads(path.read_text())
-    print(table(data))
+    text = table(data)
+    print(text)
+    results_doc.maybe_write(args, {"track_report": text})
     return 0
 
 

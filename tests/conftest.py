@@ -46,3 +46,12 @@ def run_without_jit(test_file, selector, timeout=600):
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A small synthetic face model (``lmfit3d.testing.tiny_model``, seed 0: ~600 vertices, the real
+    rig, 6 identity modes, 12 ICT-named expression shapes): kernel tests that run without ../shared."""
+    from lmfit3d.testing import tiny_model as build
+
+    return build(np.random.default_rng(0))

@@ -18,7 +18,9 @@ Method (deterministic, seeded):
    it is scaled by the crop size (and optionally combined with crop-jitter spread).
 
 Writes ``data/mediapipe/correspondence.txt`` (columns: point, vertex, sigma_crop_px) and prints a
-summary; ``--check`` compares with the committed file instead of writing.
+summary; ``--check`` compares with the committed file instead of writing.  ``--write-doc`` also writes
+the before/after error table into the ``correspondence`` section of docs/results.md
+(``bench/results_doc.py``).
 
 Needs the converted ONNX models (``python tools/convert_mediapipe.py``) and the built face model.
 """
@@ -31,6 +33,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_doc  # noqa: E402
 
 from lmfit3d.model import SCLERA_L, SCLERA_R, load_model  # noqa: E402
 from lmfit3d.detect import mediapipe_dir  # noqa: E402
@@ -118,6 +123,14 @@ def crop_errors(records, vid):
         proj = cam.project(verts[vid])
         errs.append(np.linalg.norm(pts - proj, axis=1) / (size / 192.0))
     return np.stack(errs)
+
+
+def before_after_table(rows):
+    """Markdown table of the per-group errors of the old and the new table (crop px)."""
+    lines = ["| points | median before | median after | RMS before | RMS after |  (crop px, held-out renders)",
+             "|---|---|---|---|---|"]
+    lines += ["| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |".format(*row) for row in rows]
+    return "\n".join(lines)
 
 
 def run(n_renders=N_RENDERS, seed=SEED, verbose=True, old_table=None):
@@ -210,10 +223,7 @@ def run(n_renders=N_RENDERS, seed=SEED, verbose=True, old_table=None):
     if verbose:
         print(json.dumps({k: v for k, v in summary.items() if k != "before_after"}, indent=1))
         if old_table is not None:
-            print("| points | median before | median after | RMS before | RMS after |  (crop px, held-out renders)")
-            print("|---|---|---|---|---|")
-            for row in summary["before_after"]:
-                print("| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |".format(*row))
+            print(before_after_table(summary["before_after"]))
     return table, summary
 
 
@@ -221,10 +231,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--renders", type=int, default=N_RENDERS)
     ap.add_argument("--check", action="store_true", help="compare with the committed table")
+    results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.check and args.write_doc:
+        ap.error("--write-doc writes the table of a new correspondence: drop --check")
     path = OUT_DIR / "correspondence.txt"
     table, summary = run(args.renders, old_table=np.loadtxt(path) if path.exists() else None)
-    summary.pop("before_after", None)
+    rows = summary.pop("before_after", None)
     if args.check:
         old = np.loadtxt(path)
         same = (old[:, :2] == table[:, :2]).mean()
@@ -236,6 +249,8 @@ def main(argv=None):
               + json.dumps(summary) + "\npoint vertex sigma_crop_px")
     np.savetxt(path, table, fmt=["%d", "%d", "%.3f"], header=header)
     print(f"wrote {path}")
+    if rows is not None:
+        results_doc.maybe_write(args, {"correspondence": before_after_table(rows)})
     return 0
 
 
