@@ -235,7 +235,9 @@ class IntersectionTerm:
         for s in range(2):
             sel = sphere_of == s
             tt = t0[lid_ids[sel]][:, :, None] + np.concatenate([np.zeros((sel.sum(), 3, 1)), eb[sel]], axis=2)
-            radii[s] = min(model.eye_radius[s], np.linalg.norm(tt - centres[s][None, :, None], axis=1).min())
+            dist = np.linalg.norm(tt - centres[s][None, :, None], axis=1)
+            # (an identity far outside the prior can leave no lid vertex near an eye: nothing to test)
+            radii[s] = min(model.eye_radius[s], dist.min()) if dist.size else model.eye_radius[s]
         from scipy.spatial import ConvexHull, cKDTree
         teeth = model.region_mask("teeth")
         upper = teeth.copy()

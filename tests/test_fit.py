@@ -340,3 +340,14 @@ def test_fit_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         FitConfig(**{field: value})
     FitConfig(jtj_reuse_rho=float("inf"))                  # the classic LM: allowed
+
+
+def test_intersection_term_without_lids_near_the_eyes(model):
+    """No eyelid vertex near an eyeball (here: eyeballs shrunk to 1 um, so the 4 mm search window holds
+    no face vertex; in use: a wild identity, |beta| ~ 100, fitted to landmarks with many outliers):
+    the term is built with nothing to test there instead of failing."""
+    from dataclasses import replace
+    tiny_eyes = replace(model, eye_radius=np.full(2, 1e-3))
+    it = IntersectionTerm(tiny_eyes, np.zeros(model.n_identity), 0.01)
+    assert (it.sphere_of < 0).all() and np.isfinite(it.sphere_r).all()
+    assert (it.hull_of >= 0).any()                       # the lips are still tested

@@ -172,10 +172,10 @@ def test_tiny_points_jacobian_matches_finite_differences(tiny_model, rng, ids, b
 
 
 def test_tiny_table_points_jacobian_matches_dense(tiny_model, rng, ids):
-    """The fitter's structure-of-arrays kernel (``terms.table_points_jacobian``) against
+    """The fitter's structure-of-arrays kernel (``tracking_points.table_points_jacobian``) against
     ``evaluate_points``, with every shape kept and with the 0.01 mm sparsity threshold."""
     from lmfit3d.sparsity import build_sparsity
-    from lmfit3d.terms import expression_jacobian, table_points_buffers, table_points_jacobian, table_soa
+    from lmfit3d.tracking_points import expression_jacobian, table_points_buffers, table_points_jacobian, table_soa
 
     m = tiny_model
     p = random_params(m, rng, 0.3)
@@ -258,10 +258,10 @@ def test_tiny_kernels_are_compiled_unless_jit_disabled():
     """In the NUMBA_DISABLE_JIT=1 run below, the kernels are the plain Python functions."""
     from numba.core.registry import CPUDispatcher
 
-    from lmfit3d import frame_lm, model, skinning, terms
+    from lmfit3d import frame_lm, model, skinning, tracking_points
 
     jit_off = os.environ.get("NUMBA_DISABLE_JIT", "0") == "1"
-    for kernel in (skinning.skin_mesh, skinning.points_jacobian, model.template_kernel, terms.table_points_jacobian,
+    for kernel in (skinning.skin_mesh, skinning.points_jacobian, model.template_kernel, tracking_points.table_points_jacobian,
                    frame_lm.tracking_lm):
         assert isinstance(kernel, CPUDispatcher) is not jit_off
 
