@@ -1,7 +1,7 @@
 """Baseline: the per-frame tracking energy solved by ``scipy.optimize.least_squares``.
 
 This is what a typical SciPy user would write for the same problem as
-:meth:`lmfit3d.fit.FrameProblem.solve` with pose + joints + expression free (identity and focal
+:meth:`lmfit3d.problem.FrameProblem.solve` with pose + joints + expression free (identity and focal
 held): an explicit residual vector r(z) evaluated in NumPy, box bounds [0, 1] on the expression
 weights, ``method="trf"``, a finite-difference Jacobian (``jac="2-point"``) and Jacobian-based
 variable scaling (``x_scale="jac"``, see :meth:`ScipyFrameBaseline.solve`).
@@ -27,7 +27,7 @@ from lmfit3d.energy import frame_residuals, intersection_depths
 
 
 class ScipyFrameBaseline:
-    """Residual vector of a :class:`~lmfit3d.fit.FrameProblem` over the free parameters ``mask``.
+    """Residual vector of a :class:`~lmfit3d.problem.FrameProblem` over the free parameters ``mask``.
 
     Parameters
     ----------

@@ -42,7 +42,8 @@ import pytest  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline_scipy import ScipyFrameBaseline  # noqa: E402
-from lmfit3d.fit import FitConfig, Tracker, masks  # noqa: E402
+from lmfit3d.fit import FitConfig, Tracker  # noqa: E402
+from lmfit3d.problem import masks  # noqa: E402
 from lmfit3d.landmarks import load_landmark_set  # noqa: E402
 from lmfit3d.synthetic import make_frame, random_params  # noqa: E402
 

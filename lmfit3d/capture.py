@@ -51,9 +51,9 @@ from .calibration import (Calibration, parse_calibration, read_calibration,  # n
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
 from .camera import focal_from_fov
-from .energy import Intersection, identity_prior
+from .energy import CaptureLayout, Intersection, identity_prior
 from .fit import FitConfig, Tracker, fit_landmarks
-from .gradients import CAMERA_SIZE, POSE_SIZE, capture_energy
+from .gradients import POSE_SIZE, capture_energy
 from .intersection import IntersectionTerm
 from .landmarks import resolve_vertex_ids
 from .model import Params, load_model
@@ -202,9 +202,9 @@ class CaptureProblem:
         self.n_cameras, self.n_frames, self.n_landmarks = mu.shape[:3]
         self.centre = np.ascontiguousarray(np.asarray(image_size, dtype=np.float64) / 2.0)
         self.nk, self.ne = model.n_identity, model.n_expression
-        self.psize = POSE_SIZE + self.ne
-        self.cbase = self.nk + self.n_frames * self.psize
-        self.n = self.cbase + CAMERA_SIZE * self.n_cameras
+        self.layout = CaptureLayout.of(model, self.n_frames, self.n_cameras)
+        self.psize = self.layout.frame_size
+        self.n = self.layout.size
         self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
         self.parents = model.joint_parents.astype(np.int64)
         self.anc = ancestry(model.joint_parents)
@@ -221,12 +221,12 @@ class CaptureProblem:
 
     # layout helpers
     def frame_slice(self, f):
-        s = self.nk + f * self.psize
-        return slice(s, s + self.psize)
+        """Frame f's block of z (``energy.CaptureLayout.frame_block``)."""
+        return self.layout.frame_block(f)
 
     def camera_slice(self, j):
-        s = self.cbase + CAMERA_SIZE * j
-        return slice(s, s + CAMERA_SIZE)
+        """Camera j's block of z (``energy.CaptureLayout.camera_block``)."""
+        return self.layout.camera_block(j)
 
     @property
     def mu_t(self):
@@ -670,24 +670,19 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
     del mu, inv_sigma                    # the problem keeps float32 copies
     z = np.zeros(prob.n)
     z[:prob.nk] = beta
+    lay = prob.layout
     for f in range(nf):
-        s = prob.frame_slice(f).start
-        z[s:s + 3] = rot_w[f, 0]
-        z[s + 3:s + 6] = tr_w[f]
-        z[s + 6:s + POSE_SIZE] = rot_w[f, 1:].ravel()
-        z[s + POSE_SIZE:s + prob.psize] = expr[f]
+        lay.set_frame(z, f, rot_w[f], tr_w[f], expr[f])
     for j in range(used.size):
-        s = prob.camera_slice(j).start
-        z[s:s + 3] = matrix_to_axis_angle(rcam[j])
-        z[s + 3:s + 6] = tcam[j]
-        z[s + 6] = foc[j]
+        lay.set_camera(z, j, matrix_to_axis_angle(rcam[j]), tcam[j], foc[j])
     free = np.ones(prob.n, bool)
     if identity is not None:
         free[:prob.nk] = False
     if not cfg.fit.fit_eyes:
+        eyes = [k for k, name in enumerate(model.joint_names) if name.startswith("eye")]
         for f in range(nf):
-            s = prob.frame_slice(f).start
-            free[s + 12:s + 18] = False
+            for k in eyes:
+                free[lay.frame_joint_block(f, k)] = False
     ext_free = ~sub_cal.known_extrinsics | sub_cal.free_extrinsics
     if ext_free.all():
         ext_free[sref] = False           # gauge: the reference camera is held
@@ -712,10 +707,8 @@ def _result(model, prob, z, res, used, cal, size, ids, ref, t_init, t_solve):
     rot_cam, t_cam, foc = cal.rotation.copy(), cal.translation.copy(), cal.focal.copy()
     med, mean = np.full(nc_all, np.nan), np.full(nc_all, np.nan)
     for k, j in enumerate(used):
-        s = prob.camera_slice(k)
-        rot_cam[j] = rodrigues(z[s][0:3])
-        t_cam[j] = z[s][3:6]
-        foc[j] = z[s][6]
+        w, t_cam[j], foc[j] = prob.layout.camera_params(z, k)
+        rot_cam[j] = rodrigues(w)
         present = prob.obs[:, k, 2] > 0
         # only present observations count; projections into cameras that never see a frame (stills)
         # can be far off and are not looked at
@@ -728,11 +721,7 @@ def _result(model, prob, z, res, used, cal, size, ids, ref, t_init, t_solve):
     rots = np.empty((nf, nj, 3))
     trans = np.empty((nf, 3))
     for f in range(nf):
-        blk = z[prob.frame_slice(f)]
-        rots[f, 0] = blk[0:3]
-        trans[f] = blk[3:6]
-        rots[f, 1:] = blk[6:POSE_SIZE].reshape(-1, 3)
-        expr[f] = blk[POSE_SIZE:]
+        rots[f], trans[f], expr[f] = prob.layout.get_frame(z, f)
     has = prob.block_ok.any(0)
     status = np.where(has, 1 if res.success else 0, -1).astype(np.int64)
     ok = np.zeros(nc_all, bool)

@@ -74,6 +74,12 @@ class FrameLayout:
     def joints(self):
         return slice(6, self.pose_dim)
 
+    def joint(self, k):
+        """Slice of non-root joint k's axis-angle (k >= 1)."""
+        if not 1 <= k < self.n_joints:
+            raise ValueError(f"joint index must be in [1, {self.n_joints}), got {k}")
+        return slice(6 + 3 * (k - 1), 6 + 3 * k)
+
     @property
     def pose(self):
         return slice(0, self.pose_dim)
@@ -106,6 +112,14 @@ class FrameLayout:
         rot[0] = x[self.root_rotation]
         rot[1:] = np.reshape(x[self.joints], (-1, 3))
         return rot
+
+    def pack_pose(self, rotations, translation):
+        """The pose block (``pose_dim``,) of joint rotations (J, 3) and a root translation (3,) mm."""
+        x = np.empty(self.pose_dim)
+        x[self.root_rotation] = rotations[0]
+        x[self.translation] = translation
+        x[self.joints] = np.asarray(rotations[1:]).ravel()
+        return x
 
     def pack(self, params, focal):
         """Full vector of ``model.Params`` and a focal length (pixels)."""
@@ -169,6 +183,33 @@ class CaptureLayout:
         s = self.cameras_start + N_CAMERA * j
         return slice(s, s + N_CAMERA)
 
+    def set_frame(self, z, f, rotations, translation, expression):
+        """Write frame f's joint rotations (J, 3), root translation (3,) mm and expression (E,) into z."""
+        fl, s = self.frame, self.frame_block(f).start
+        z[s:s + fl.pose_dim] = fl.pack_pose(rotations, translation)
+        z[self.expression_block(f)] = expression
+
+    def get_frame(self, z, f):
+        """(rotations (J, 3), translation (3,), expression (E,)) of frame f (copies)."""
+        fl, blk = self.frame, z[self.frame_block(f)]
+        return fl.rotations(blk), blk[fl.translation].copy(), blk[fl.pose_dim:].copy()
+
+    def set_camera(self, z, j, rotation=None, translation=None, focal=None):
+        """Write camera j's axis-angle rotation (3,), translation (3,) mm and focal (pixels), those given."""
+        s = self.camera_block(j).start
+        if rotation is not None:
+            z[s:s + 3] = rotation
+        if translation is not None:
+            z[s + 3:s + 6] = translation
+        if focal is not None:
+            z[s + 6] = focal
+
+    def frame_joint_block(self, f, k):
+        """Slice of frame f's non-root joint k (k >= 1) in z."""
+        jk = self.frame.joint(k)
+        s = self.frame_block(f).start
+        return slice(s + jk.start, s + jk.stop)
+
     def frame_vector(self, z, f, focal):
         """Frame f of z as a :class:`FrameLayout` vector (identity of z, the given focal)."""
         fl = self.frame
@@ -180,10 +221,15 @@ class CaptureLayout:
         x[fl.focal] = focal
         return x
 
+    def camera_params(self, z, j):
+        """(axis-angle (3,), T_j (3,) mm, focal (pixels)) of camera j (copies)."""
+        c = z[self.camera_block(j)]
+        return c[0:3].copy(), c[3:6].copy(), float(c[6])
+
     def camera(self, z, j):
         """(R_j (3, 3), T_j (3,) mm, focal (pixels)) of camera j."""
-        c = z[self.camera_block(j)]
-        return rodrigues_reference(c[0:3]), c[3:6], float(c[6])
+        w, t, f = self.camera_params(z, j)
+        return rodrigues_reference(w), t, f
 
 
 # -- weights and loss ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ active-set bounded step, termination tests and their order), hence the same iter
 and parameters (bit for bit; ``tests/test_fit_kernels.py`` checks it against the general solver).
 
 The problem is passed as four named tuples of plain arrays and scalars (built once per frame
-problem by :class:`lmfit3d.fit.FrameProblem`) and one of workspaces: :class:`FrameState` (the
+problem by :class:`lmfit3d.problem.FrameProblem`) and one of workspaces: :class:`FrameState` (the
 terms of ``FrameProblem.accumulate_full``), :class:`~lmfit3d.tracking_normal.TrackingPlan`,
 :class:`IntersectionState`, :class:`SoaState` (the tables in kernel order) and :class:`Workspace`.
 """
@@ -21,7 +21,7 @@ from numba import njit
 from .energy import Intersection
 from .intersection import intersection_far, intersection_term
 from .skinning import SoaSkin
-from .solvers import damping_update, lm_trial, projected_gradient_inf, termination_status, trial_workspace
+from .solvers import LM_DONE, LM_EVAL_COST, LM_EVAL_FULL, lm_advance
 from .terms import diagonal_prior, symmetrize_upper
 from .tracking_normal import vertex_term_tracking
 from .tracking_points import (PJ_ISG, PJ_NC, expression_jacobian, frame_columns, landmark_gradient_soa,
@@ -211,110 +211,33 @@ def _set_full(x, free, z):
 
 
 @njit(cache=True)
-def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho,
-                prob, plan, inter, soa, ws, uv, xyz, x_last, history):
-    """:func:`lmfit3d.solvers.levenberg_marquardt` on the tracking problem, in one compiled call.
+def tracking_lm(st, base, free, prob, plan, inter, soa, ws, uv, xyz, x_last):
+    """:func:`lmfit3d.solvers.levenberg_marquardt` on the tracking problem, in one compiled call: the
+    same algorithm (``solvers.lm_advance``, written once) with this problem's evaluations.
 
     Parameters
     ----------
-    z : (n,) float64, in/out: start (projected onto [lo, hi] here), final free parameters on return.
+    st : ``solvers.LMState`` (from ``solvers.lm_state``), advanced to the end (``solvers.lm_result``).
     base : (P,) float64, full vector supplying the held parameters; free : (n,) int64 its free indices.
-    lo, hi : (n,) float64 box bounds.
-    max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho : as in ``levenberg_marquardt``
-        (J^T J re-use: the gradient evaluations run :func:`landmark_terms` with an empty jtj).
     prob, plan, inter, soa : :class:`FrameState`, ``tracking_normal.TrackingPlan``, :class:`IntersectionState`,
         :class:`SoaState`; ws : :class:`Workspace` of :func:`landmark_terms`.
     uv (L, 2), xyz (L, 3) : out, landmark positions of the last evaluation, made at x_last (P,) (out).
-    history : (max_iter + 1,) float64 out, cost after each iteration (history[0] = start).
-
-    Returns
-    -------
-    (cost, iterations, status, n_history, jtj_evals) : float, int, int (``solvers.STATUS_MESSAGES``), int,
-    int.
     """
-    n = z.shape[0]
-    for i in range(n):
-        z[i] = min(max(z[i], lo[i]), hi[i])
     x = base.copy()
-    jtj = np.zeros((n, n))
-    jtr = np.zeros(n)
     empty2 = np.zeros((0, 0))
     empty1 = np.zeros(0)
-    step = np.empty(n)
-    damp = np.empty(n)
-    z_new = np.empty(n)
-    work = trial_workspace(n)
     # want_jac as run-time booleans: a literal True/False argument makes numba compile a separate
     # specialisation of frame_cost, measured 15 % slower (and not bit-identical to the Python path's)
-    jac = n >= 0
+    jac = st.z.shape[0] >= 0
     no_jac = not jac            # also frame_cost's ``full``: lm_trial reads the upper triangle only
-    _set_full(x, free, z)
-    cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
-    n_jtj = 1
-    fresh = True
-    x_last[:] = x
-    history[0] = cost
-    nh = 1
-    if not np.isfinite(cost):
-        return cost, 0, -1, nh, n_jtj
-    lam = lambda0
-    nu = 2.0
-    status = 0
-    it = 0
-    while it < max_iter:
-        it += 1
-        if projected_gradient_inf(z, jtr, lo, hi) <= gtol:
-            status = 3
-            history[nh] = cost
-            nh += 1
-            break
-        ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new, work)
-        if not ok:
-            lam, nu = damping_update(lam, nu, -1.0)
-            history[nh] = cost
-            nh += 1
-            if lam > lambda_max:
-                status = 4
-                break
-            continue
-        _set_full(x, free, z_new)
-        cost_new = frame_cost(x, no_jac, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
+    req = lm_advance(st, 0.0)
+    while req != LM_DONE:
+        if req == LM_EVAL_COST:
+            _set_full(x, free, st.z_new)
+            cost = frame_cost(x, no_jac, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
+        else:                   # LM_EVAL_GRAD: J^T r alone (an empty jtj), J^T J kept
+            _set_full(x, free, st.z)
+            jtj = st.jtj if req == LM_EVAL_FULL else empty2
+            cost = frame_cost(x, jac, no_jac, jtj, st.jtr, prob, plan, inter, soa, ws, uv, xyz)
         x_last[:] = x
-        rho = (cost - cost_new) / pred if pred > 0 else -1.0
-        accepted = rho > 0 and np.isfinite(cost_new)
-        if not accepted and not fresh:      # a kept J^T J failed: refresh it at z, same lambda
-            _set_full(x, free, z)
-            jtj[:] = 0.0
-            jtr[:] = 0.0
-            cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
-            x_last[:] = x
-            n_jtj += 1
-            fresh = True
-            history[nh] = cost
-            nh += 1
-            continue
-        lam, nu = damping_update(lam, nu, rho)
-        if accepted:
-            status = termination_status(cost, cost_new, dz_norm, z_norm, np.inf, ftol, xtol, 0.0)
-            z[:] = z_new
-            cost = cost_new
-            history[nh] = cost
-            nh += 1
-            if status != 0:
-                break                       # converged: J^T J at z is not needed
-            jtr[:] = 0.0
-            fresh = not rho >= reuse_rho
-            if fresh:
-                jtj[:] = 0.0
-                n_jtj += 1
-                cost = frame_cost(x, jac, no_jac, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
-            else:                           # J^T r alone (empty jtj), J^T J kept
-                cost = frame_cost(x, jac, no_jac, empty2, jtr, prob, plan, inter, soa, ws, uv, xyz)
-            history[nh - 1] = cost
-        else:
-            history[nh] = cost
-            nh += 1
-            if lam > lambda_max:
-                status = 4
-                break
-    return cost, it, status, nh, n_jtj
+        req = lm_advance(st, cost)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .camera import Camera
-from .fit import GAZE_SHAPES
+from .problem import GAZE_SHAPES
 from .landmarks import load_landmark_set
 from .paths import atomic_write
 from .render import model_albedo, render, shade, visible_faces

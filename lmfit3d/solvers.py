@@ -23,6 +23,7 @@ evaluation) in the late iterations of a warm-started frame, where the curvature 
 """
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -232,10 +233,170 @@ LAMBDA_MAX = 1e12
 DIAG_FLOOR = 1e-9
 
 
+# What lm_advance asks its driver to evaluate next (reverse communication: the algorithm is written
+# once, in lm_advance; a driver only evaluates, in Python or in a compiled loop such as frame_lm's)
+LM_DONE, LM_EVAL_FULL, LM_EVAL_GRAD, LM_EVAL_COST = 0, 1, 2, 3
+# slots of LMState.f (float64) and LMState.i (int64)
+F_COST, F_LAM, F_NU, F_RHO, F_PRED, F_DZ, F_ZN, F_FTOL, F_XTOL, F_GTOL, F_LMAX, F_FLOOR, F_REUSE = range(13)
+I_IT, I_STATUS, I_NJTJ, I_NH, I_FRESH, I_PHASE, I_MAXIT = range(7)
+_START, _TOP, _AFTER_COST, _AFTER_REFRESH, _AFTER_ACCEPT = range(5)
+
+
+class LMState(NamedTuple):
+    """State of one Levenberg-Marquardt solve (:func:`lm_state`, advanced by :func:`lm_advance`).
+
+    z, z_new : (n,) current point and trial point; lo, hi : (n,) bounds; jtj (n, n), jtr (n,) the
+    normal equations at z (evaluations add into them); step, damp (n,) and work
+    (:func:`trial_workspace`); history (max_iter + 1,) costs; f, i : scalars (slots ``F_*``, ``I_*``:
+    cost, damping, tolerances; iteration, status, J^T J count, history length, phase).
+    """
+
+    z: np.ndarray
+    z_new: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    jtj: np.ndarray
+    jtr: np.ndarray
+    step: np.ndarray
+    damp: np.ndarray
+    work: tuple
+    history: np.ndarray
+    f: np.ndarray
+    i: np.ndarray
+
+
+def lm_state(z0, lo, hi, max_iter, ftol, xtol, gtol, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX, diag_floor=DIAG_FLOOR,
+             reuse_rho=math.inf):
+    """A fresh :class:`LMState` at z0 (projected onto [lo, hi]); its first request is LM_EVAL_FULL at z."""
+    z = np.clip(np.array(z0, dtype=np.float64), lo, hi)
+    n = z.size
+    f = np.zeros(13)
+    f[F_LAM], f[F_NU], f[F_FTOL], f[F_XTOL], f[F_GTOL] = lambda0, 2.0, ftol, xtol, gtol
+    f[F_LMAX], f[F_FLOOR], f[F_REUSE] = lambda_max, diag_floor, reuse_rho
+    i = np.zeros(7, np.int64)
+    i[I_MAXIT] = max_iter
+    return LMState(z, np.empty(n), np.ascontiguousarray(lo, dtype=np.float64),
+                   np.ascontiguousarray(hi, dtype=np.float64), np.zeros((n, n)), np.zeros(n), np.empty(n),
+                   np.empty(n), trial_workspace(n), np.empty(max_iter + 1), f, i)
+
+
+@njit(cache=True)
+def _push(st, cost):
+    st.history[st.i[I_NH]] = cost
+    st.i[I_NH] += 1
+
+
+@njit(cache=True)
+def lm_advance(st, cost):
+    """One move of the Levenberg-Marquardt algorithm (module docstring), given the cost of the
+    evaluation it asked for last (ignored on the first call); returns the next request:
+
+    * ``LM_EVAL_FULL``: the cost at ``st.z``, adding J^T J and J^T r into ``st.jtj``, ``st.jtr`` (zeroed);
+    * ``LM_EVAL_GRAD``: the cost at ``st.z``, adding J^T r alone into ``st.jtr`` (J^T J kept);
+    * ``LM_EVAL_COST``: the cost at ``st.z_new`` alone;
+    * ``LM_DONE``: finished; ``st.z``, ``st.f[F_COST]``, ``st.i[I_IT]``, ``st.i[I_STATUS]``, the first
+      ``st.i[I_NH]`` entries of ``st.history`` and ``st.i[I_NJTJ]`` are the result.
+    """
+    f, i = st.f, st.i
+    phase = i[I_PHASE]
+    if phase == _START:
+        i[I_NJTJ] = 1
+        i[I_FRESH] = 1                      # J^T J is that of z
+        i[I_PHASE] = _AFTER_REFRESH
+        return LM_EVAL_FULL
+    if phase == _AFTER_REFRESH:             # the first evaluation, or a kept J^T J refreshed at z
+        f[F_COST] = cost
+        _push(st, cost)
+        if i[I_IT] == 0 and i[I_NH] == 1 and not np.isfinite(cost):
+            i[I_STATUS] = -1
+            return LM_DONE
+    elif phase == _AFTER_ACCEPT:            # the accepted point's evaluation
+        f[F_COST] = cost
+        st.history[i[I_NH] - 1] = cost
+    elif phase == _AFTER_COST:
+        req = _judge_trial(st, cost)
+        if req != LM_DONE or i[I_STATUS] != 0 or i[I_PHASE] != _TOP:
+            return req
+    return _next_trial(st)
+
+
+@njit(cache=True)
+def _next_trial(st):
+    """Iterate: the gradient test, then trial steps until one needs its cost evaluated."""
+    f, i = st.f, st.i
+    while i[I_IT] < i[I_MAXIT]:
+        i[I_IT] += 1
+        # projected-gradient optimality (ignore components pushing against an active bound)
+        if projected_gradient_inf(st.z, st.jtr, st.lo, st.hi) <= f[F_GTOL]:
+            i[I_STATUS] = 3
+            _push(st, f[F_COST])
+            return LM_DONE
+        ok, pred, dz_norm, z_norm = lm_trial(st.jtj, st.jtr, f[F_LAM], f[F_FLOOR], st.z, st.lo, st.hi, st.step,
+                                             st.damp, st.z_new, st.work)
+        if not ok:
+            f[F_LAM], f[F_NU] = damping_update(f[F_LAM], f[F_NU], -1.0)
+            _push(st, f[F_COST])
+            if f[F_LAM] > f[F_LMAX]:
+                i[I_STATUS] = 4
+                return LM_DONE
+            continue
+        f[F_PRED], f[F_DZ], f[F_ZN] = pred, dz_norm, z_norm
+        i[I_PHASE] = _AFTER_COST
+        return LM_EVAL_COST
+    return LM_DONE
+
+
+@njit(cache=True)
+def _judge_trial(st, cost_new):
+    """Accept or reject the trial point given its cost; returns the next request, or LM_DONE with
+    phase _TOP to go on iterating."""
+    f, i = st.f, st.i
+    pred = f[F_PRED]
+    cost = f[F_COST]
+    rho = (cost - cost_new) / pred if pred > 0 else -1.0
+    accepted = rho > 0 and np.isfinite(cost_new)
+    if not accepted and i[I_FRESH] == 0:    # a kept J^T J failed: refresh it at z, same lambda
+        st.jtj[:] = 0.0
+        st.jtr[:] = 0.0
+        i[I_NJTJ] += 1
+        i[I_FRESH] = 1
+        i[I_PHASE] = _AFTER_REFRESH
+        return LM_EVAL_FULL
+    f[F_LAM], f[F_NU] = damping_update(f[F_LAM], f[F_NU], rho)
+    i[I_PHASE] = _TOP
+    if not accepted:
+        _push(st, cost)
+        if f[F_LAM] > f[F_LMAX]:
+            i[I_STATUS] = 4
+        return LM_DONE
+    i[I_STATUS] = termination_status(cost, cost_new, f[F_DZ], f[F_ZN], np.inf, f[F_FTOL], f[F_XTOL], f[F_GTOL])
+    st.z[:] = st.z_new
+    f[F_COST] = cost_new
+    _push(st, cost_new)
+    if i[I_STATUS] != 0:
+        return LM_DONE                      # converged: J^T J at z is not needed
+    st.jtr[:] = 0.0
+    i[I_PHASE] = _AFTER_ACCEPT
+    if not rho >= f[F_REUSE]:
+        st.jtj[:] = 0.0
+        i[I_NJTJ] += 1
+        i[I_FRESH] = 1
+        return LM_EVAL_FULL
+    i[I_FRESH] = 0
+    return LM_EVAL_GRAD
+
+
+def lm_result(st):
+    """The :class:`FitResult` of a finished :class:`LMState` (copies)."""
+    nh = int(st.i[I_NH])
+    return FitResult(st.z.copy(), float(st.f[F_COST]), int(st.i[I_IT]), int(st.i[I_STATUS]), st.history[:nh].copy(),
+                     int(st.i[I_NJTJ]))
+
+
 def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, ftol=1e-6,
                         xtol=1e-8, gtol=1e-8, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX, diag_floor=DIAG_FLOOR,
                         reuse_rho=math.inf):
-    """Minimise 0.5 |r(z)|^2 with bounds by Levenberg-Marquardt.
+    """Minimise 0.5 |r(z)|^2 with bounds by Levenberg-Marquardt (the Python driver of :func:`lm_advance`).
 
     Parameters
     ----------
@@ -257,73 +418,18 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
     -------
     FitResult
     """
-    z = np.array(z0, dtype=np.float64)
-    n = z.size
+    n = np.size(z0)
     lo = np.full(n, -np.inf) if lower is None else np.asarray(lower, dtype=np.float64)
     hi = np.full(n, np.inf) if upper is None else np.asarray(upper, dtype=np.float64)
-    np.clip(z, lo, hi, out=z)
-    jtj = np.zeros((n, n))
-    jtr = np.zeros(n)
-    step = np.empty(n)
-    damp = np.empty(n)
-    z_new = np.empty(n)
-    work = trial_workspace(n)
-    cost = accumulate(z, jtj, jtr, True)
-    n_jtj = 1
-    fresh = True                            # J^T J is that of z
-    history = [cost]
-    if not np.isfinite(cost):
-        return FitResult(z, cost, 0, -1, np.array(history))
-    lam, nu = lambda0, 2.0
-    status = 0
-    it = 0
-    while it < max_iter:
-        it += 1
-        # projected-gradient optimality (ignore components pushing against an active bound)
-        if projected_gradient_inf(z, jtr, lo, hi) <= gtol:
-            status = 3
-            history.append(cost)
-            break
-        ok, pred, dz_norm, z_norm = lm_trial(jtj, jtr, lam, diag_floor, z, lo, hi, step, damp, z_new, work)
-        if not ok:
-            lam, nu = damping_update(lam, nu, -1.0)
-            history.append(cost)
-            if lam > lambda_max:
-                status = 4
-                break
-            continue
-        cost_new = accumulate(z_new, _EMPTY2, _EMPTY1, False)
-        rho = (cost - cost_new) / pred if pred > 0 else -1.0
-        accepted = rho > 0 and np.isfinite(cost_new)
-        if not accepted and not fresh:      # a kept J^T J failed: refresh it at z, same lambda
-            jtj[:] = 0.0
-            jtr[:] = 0.0
-            cost = accumulate(z, jtj, jtr, True)
-            n_jtj += 1
-            fresh = True
-            history.append(cost)
-            continue
-        lam, nu = damping_update(lam, nu, rho)
-        if accepted:
-            status = termination_status(cost, cost_new, dz_norm, z_norm, np.inf, ftol, xtol, gtol)
-            z = z_new.copy()
-            cost = cost_new
-            history.append(cost)
-            if status != 0:
-                break                       # converged: J^T J at z is not needed
-            jtr[:] = 0.0
-            fresh = not rho >= reuse_rho
-            if fresh:
-                jtj[:] = 0.0
-                n_jtj += 1
-            cost = accumulate(z, jtj if fresh else _EMPTY2, jtr, True)
-            history[-1] = cost
+    st = lm_state(z0, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho)
+    req = lm_advance(st, 0.0)
+    while req != LM_DONE:
+        if req == LM_EVAL_COST:
+            cost = accumulate(st.z_new, _EMPTY2, _EMPTY1, False)
         else:
-            history.append(cost)
-            if lam > lambda_max:
-                status = 4
-                break
-    return FitResult(z, float(cost), it, status, np.array(history), n_jtj)
+            cost = accumulate(st.z, st.jtj if req == LM_EVAL_FULL else _EMPTY2, st.jtr, True)
+        req = lm_advance(st, cost)
+    return lm_result(st)
 
 
 @njit(cache=True)

@@ -19,7 +19,6 @@ from .calibration import image_sizes as _image_sizes
 from .camera import Camera
 from .capture import _MIN_LANDMARKS, CaptureConfig, CaptureProblem, _result, validate_multiview
 from .fit import Tracker, fit_landmarks
-from .gradients import POSE_SIZE
 from .landmarks import load_landmark_set, resolve_vertex_ids
 from .media import _check_out_dir, read_image
 from .meshio import write_obj, write_ply
@@ -196,17 +195,15 @@ def _fit_stills(model, mv, sv, cal, landmark_set, vertex_ids, cfg, progress):
     z[:prob.nk] = beta
     free = np.ones(prob.n, bool)
     for k, ft in enumerate(fits):
-        s = prob.frame_slice(k).start
-        z[s:s + 3] = ft.rotations[0, 0]
-        z[s + 3:s + 6] = ft.translation[0]
-        z[s + 6:s + POSE_SIZE] = ft.rotations[0, 1:].ravel()
-        z[s + POSE_SIZE:s + prob.psize] = np.clip(ft.expression[0], 0, 1)
+        prob.layout.set_frame(z, k, ft.rotations[0], ft.translation[0], np.clip(ft.expression[0], 0, 1))
+        prob.layout.set_camera(z, k, focal=ft.focal[0])
         c = prob.camera_slice(k).start
-        z[c + 6] = ft.focal[0]
-        free[c:c + 6] = False
+        free[c:c + 6] = False       # camera k is still k's own frame: rotation and translation held
         free[c + 6] = not np.isfinite(cal.focal[used[k]])
         if not cfg.fit.fit_eyes:
-            free[s + 12:s + 18] = False
+            for j, name in enumerate(model.joint_names):
+                if name.startswith("eye"):
+                    free[prob.layout.frame_joint_block(k, j)] = False
     t1 = time.perf_counter()
     z, res = prob.solve(z, free)
     out = _result(model, prob, z, res, used, replace(cal, image_size=cal.image_size), cal.image_size, ids,

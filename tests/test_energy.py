@@ -9,8 +9,9 @@ import pytest
 from lmfit3d.capture import CaptureConfig, CaptureProblem, validate_multiview
 from lmfit3d.energy import (LOSSES, CaptureLayout, FrameLayout, capture_terms, frame_residuals, frame_terms,
                             landmark_loss, loss_parameter, loss_reference)
-from lmfit3d.fit import FitConfig, FrameProblem, fit_landmarks, masks
+from lmfit3d.fit import FitConfig, fit_landmarks
 from lmfit3d.intersection import IntersectionTerm
+from lmfit3d.problem import FrameProblem, masks
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.rotation import matrix_to_axis_angle
 from lmfit3d.sparsity import build_sparsity, layout

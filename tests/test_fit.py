@@ -4,8 +4,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmfit3d.fit import FitConfig, FrameProblem, fit_landmarks, masks, params_to_vector, validate_landmarks
+from lmfit3d.fit import FitConfig, fit_landmarks, validate_landmarks
 from lmfit3d.intersection import IntersectionTerm
+from lmfit3d.problem import FrameProblem, masks, params_to_vector
 from lmfit3d.solvers import damping_update, levenberg_marquardt, termination_status
 from lmfit3d.sparsity import build_sparsity, layout
 from lmfit3d.synthetic import make_frame, random_params, rigid_align_error

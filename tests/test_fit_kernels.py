@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from conftest import run_without_jit
 
-from lmfit3d.fit import FitConfig, FrameProblem, Tracker, masks, params_to_vector
+from lmfit3d.fit import FitConfig, Tracker
+from lmfit3d.problem import FrameProblem, masks, params_to_vector
 from lmfit3d.intersection import SKIP_BLOCK, IntersectionTerm, intersection_term
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.model import Params
@@ -289,7 +290,7 @@ def test_intersection_skip_test_matches_reference(model, rng):
 
 def test_static_data_is_shared_between_trackers(model, rng):
     """Sparsity tables, tracking plans and intersection data are built once per process and key."""
-    from lmfit3d.fit import intersection_data
+    from lmfit3d.problem import intersection_data
     ids = load_landmark_set("dense320")
     a, b = Tracker(model, ids, (640, 480)), Tracker(model, ids, (800, 600))
     assert a.table is b.table

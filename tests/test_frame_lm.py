@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import run_without_jit
 
-from lmfit3d.fit import FitConfig, FrameProblem, Tracker, masks, params_to_vector
+from lmfit3d.fit import FitConfig, Tracker
+from lmfit3d.problem import FrameProblem, masks, params_to_vector
 from lmfit3d.intersection import IntersectionTerm, intersection_far, intersection_term
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.skinning import POSE_DIM

@@ -1,0 +1,459 @@
+"""The per-frame energy as a Levenberg-Marquardt problem: :class:`FrameProblem` (one frame, a chosen set
+of free parameters) and :class:`KeyframeProblem` (several frames sharing identity and focal length).
+
+A problem holds the static data once (sparsity table, kernel-order tables, workspaces, the
+kernels' named-tuple state of ``frame_lm``) and takes each frame's landmarks with
+:meth:`FrameProblem.set_frame`.  Its ``accumulate(z, jtj, jtr, want_jac)`` is the contract of
+``solvers.levenberg_marquardt``; with identity and focal held, :meth:`FrameProblem.solve` runs the
+compiled loop of ``frame_lm`` instead (same iterations).  The energy is ``energy``'s; the
+parameter layout ``energy.FrameLayout``.  The tracking policy that drives these is ``fit.Tracker``.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from .energy import FrameLayout, Intersection, identity_prior, residual_scale
+from .frame_lm import (FrameState, IntersectionState, SoaState, Workspace, frame_cost, frame_inputs, landmark_terms,
+                       tracking_lm)
+from .intersection import IntersectionTerm, intersection_term
+from .model import FaceModel, Params
+from .simd import W
+from .skinning import POSE_DIM, ancestry, pose_chain
+from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, levenberg_marquardt, lm_result, lm_state
+from .sparsity import build_sparsity
+from .terms import diagonal_prior, symmetrize_upper, vertex_term
+from .tracking_normal import tracking_plan
+from .tracking_points import PJ_ROWS, table_points_buffers, table_soa
+
+
+def params_to_vector(model, params: Params, focal):
+    """Pack Params and the focal length into the full per-frame vector (``energy.FrameLayout``)."""
+    return FrameLayout.of(model).pack(params, focal)
+
+
+def vector_to_params(model, x):
+    """Unpack the full vector into (Params, focal)."""
+    beta, psi, rot, trans, focal = FrameLayout.of(model).unpack(np.asarray(x, dtype=np.float64))
+    return Params(beta, psi, rot, trans), focal
+
+
+# Per-process caches of static data that trackers rebuild otherwise (a video's two passes, the
+# videos of a batch): key -> (owner, value); the owner object is kept so that its id stays unique.
+_INTERSECTIONS, _TABLES, _PLANS, _SOAS = {}, {}, {}, {}
+
+
+def _cached(cache, key, owner, build, size):
+    hit = cache.get(key)
+    if hit is not None and hit[0] is owner:
+        return hit[1]
+    value = build()
+    while len(cache) >= size:
+        cache.pop(next(iter(cache)))
+    cache[key] = (owner, value)
+    return value
+
+
+def sparsity_table(model: FaceModel, vertex_ids, threshold):
+    """``sparsity.build_sparsity`` from a small cache shared by all trackers of this process."""
+    ids = np.ascontiguousarray(vertex_ids, dtype=np.int64)
+    return _cached(_TABLES, (id(model), ids.tobytes(), float(threshold)), model,
+                   lambda: build_sparsity(model, ids, threshold), 8)
+
+
+def intersection_data(model: FaceModel, beta, threshold):
+    """:class:`IntersectionTerm` for an identity, from a small cache shared by all trackers of this
+    process (a video's second pass re-uses the identity of its first; ~20 ms a build)."""
+    beta = np.ascontiguousarray(beta, dtype=np.float64)
+    return _cached(_INTERSECTIONS, (id(model), beta.tobytes(), float(threshold)), model,
+                   lambda: IntersectionTerm(model, beta, threshold), 4)
+
+
+class FrameProblem:
+    """Energy of one frame for the LM solver, over a chosen set of free parameters.
+
+    Parameters
+    ----------
+    model : FaceModel
+    table : SparsityTable of the landmark vertices.
+    mu : (L, 2) landmark means (pixels), NaN rows missing.
+    sigma : (L,) landmark standard deviations (pixels).
+    image_size : (width, height).
+    config : FitConfig
+    prev : (L, 3) previous-frame landmark vertex positions (mm) for the temporal term, or None.
+    """
+
+    def __init__(self, model, table, mu, sigma, image_size, config, prev=None, intersection=None):
+        self.model = model
+        self.table = table
+        self.cfg = config
+        self.cx, self.cy = image_size[0] / 2.0, image_size[1] / 2.0
+        self.layout = FrameLayout.of(model)
+        self.sl, self.n_full = self.layout.slices(), self.layout.size
+        self.anc = ancestry(model.joint_parents)
+        self.parents = model.joint_parents.astype(np.int64)
+        self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
+        self.inter = intersection
+        # structure-of-arrays layout of the table for the tracking evaluation (frame_lm.landmark_terms)
+        self.soa = _cached(_SOAS, id(table), table, lambda: table_soa(table, model.joint_parents), 8)
+        self.col_of = np.empty(table.n_landmarks, np.int64)
+        self.col_of[self.soa.order] = np.arange(table.n_landmarks)
+        nl = table.n_landmarks
+        self.mu_t, self.isg_t, self.prev_t = np.empty((2, nl)), np.empty(nl), np.empty((3, nl))
+        self._tw_on = residual_scale(config.w_temporal)
+        self.set_frame(mu, sigma, prev)
+        nj = model.n_joints
+        self.ws = dict(r0=np.empty((3, 3)), jl0=np.empty((3, 3)), rg=np.empty((nj, 3, 3)),
+                       tg=np.empty((nj, 3)), gpos=np.empty((nj, 3)), bm=np.empty((nj, 3, 3)),
+                       cm=np.empty((nj, 3, 3)))
+        self.uv = np.empty((table.n_landmarks, 2))
+        self.xyz = np.empty((table.n_landmarks, 3))
+        self.rot = np.empty((nj, 3))
+        self._soa_ws = Workspace(self.rot, *table_points_buffers(self.soa, nj), np.zeros((PJ_ROWS, table.n_landmarks)),
+                                 np.empty((2, self.soa.shape_idx.size)))
+        e = model.n_expression
+        self.expr_inv = np.full(e, residual_scale(config.w_expression))
+        self.joint_inv = np.full(3 * (nj - 1), residual_scale(config.w_joints))
+        self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
+        self._beta_key = None
+        self._far_out = None        # work buffer of frame_lm.intersection_far
+        self._positions_at = None
+        self._plans = {}            # col_map bytes -> TrackingPlan or None
+        self._lo, self._hi = self.bounds_full()
+        self._mask_key = self._mask_cm = self.col_map = None
+        self._plan_cm = self._plan = None      # col_map -> TrackingPlan of the last lookup
+        self._inter_args = None                # (intersection data, its tuple)
+        self._soa_key = self._soa_tuple = None
+        self.set_free(np.zeros(self.n_full, bool))
+
+    def set_frame(self, mu, sigma, prev=None):
+        """Put another frame's landmarks into this problem (the per-frame data only).
+
+        mu (L, 2) and sigma (L,) pixels; prev (L, 3) mm previous-frame landmark vertex positions
+        for the temporal term, or None (term off).  Model, table, camera, weights and the
+        intersection data are kept, so a tracker builds its problem once.
+        """
+        self.mu = np.ascontiguousarray(mu, dtype=np.float64)
+        sigma = np.ascontiguousarray(sigma, dtype=np.float64)
+        if prev is None:
+            self.prev = np.full((self.table.n_landmarks, 3), np.nan)
+            self.tw = 0.0
+        else:
+            self.prev = np.ascontiguousarray(prev, dtype=np.float64)
+            self.tw = self._tw_on
+        self._frame_soa(sigma)
+
+    def set_free(self, mask, base=None):
+        """Choose the free parameters (boolean mask over the full layout).
+
+        The index arrays of the last mask are kept (a tracker passes the same mask every frame) unless
+        ``col_map`` was replaced meanwhile (``KeyframeProblem`` does); they are never modified in place.
+        """
+        mask = np.asarray(mask, dtype=bool)
+        key = mask.tobytes()
+        if key != self._mask_key or self.col_map is not self._mask_cm:
+            self.free = np.flatnonzero(mask)
+            self.col_map = np.full(self.n_full, -1, np.int64)
+            self.col_map[self.free] = np.arange(self.free.size)
+            self._free_lo, self._free_hi = self._lo[self.free], self._hi[self.free]
+            self._mask_key, self._mask_cm = key, self.col_map
+        if base is not None:
+            self.base = np.array(base, dtype=np.float64)
+
+    def _identity_state(self, x):
+        beta = x[self.sl["identity"]]
+        key = beta.tobytes()
+        if key != self._beta_key:
+            self.t_beta = self.table.mean + self.table.identity_blocks @ beta
+            self.t_beta_t = self.soa.to_columns(self.t_beta)
+            self.joints = self.model.joint_mean + self.sj @ beta
+            self._beta_key = key
+        return beta
+
+    def full(self, z):
+        x = self.base.copy()
+        x[self.free] = z
+        return x
+
+    def accumulate_full(self, x, jtj, jtr, want_jac):
+        """Cost of the frame at full vector x; adds its J^T J, J^T r (free columns) when asked."""
+        cfg, sl, cm = self.cfg, self.sl, self.col_map
+        cost = self._vertex_term(x, jtj, jtr, want_jac)
+        e0 = sl["expression"].start
+        if cm[e0] >= 0:
+            cost += diagonal_prior(x, e0, self.zero_e, self.expr_inv, cm, want_jac, jtj, jtr)
+        if cm[sl["joints"].start] >= 0 or cm[sl["joints"].stop - 1] >= 0:
+            cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, jtj, jtr)
+        if self.inter is not None and cfg.w_intersection > 0 and cm[e0] >= 0:
+            it, g = self.inter, self.inter.geometry()
+            cost += intersection_term(x, e0, g.template, g.expr_idx, g.expr_blocks, g.sphere_c, g.sphere_r,
+                                      g.sphere_of, g.planes, g.hull_of, residual_scale(cfg.w_intersection), cm,
+                                      want_jac, jtj, jtr, it.skip_base, it.skip_proj, it.skip_block)
+        return cost
+
+    def _vertex_term(self, x, jtj, jtr, want_jac):
+        """Landmark + temporal terms at x; leaves the positions of x in self.xyz / self.uv."""
+        ws = self.ws
+        self._identity_state(x)
+        plan = self._tracking_plan()
+        if plan is not None:            # the evaluation of the compiled loop (frame_lm)
+            cost = landmark_terms(x, want_jac, jtj, jtr, self._compiled_args(), self._plan,
+                                  self._soa_args(), self._soa_ws, self.uv, self.xyz)
+            self._positions_at = x.copy()
+            return cost
+        if want_jac and jtj.shape[0] == 0:      # vertex_term would write past an empty jtj
+            raise ValueError("J^T r alone (an empty jtj) needs the tracking evaluation: identity and focal held")
+        rot = self.rot
+        rot[:] = self.layout.rotations(x)
+        pose_chain(rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
+                   ws["gpos"], ws["bm"], ws["cm"])
+        sb = self.table.identity_blocks if self.col_map[self.sl["identity"].start] >= 0 else _NO_IDENT
+        lay = self.layout
+        cost = vertex_term(x, x[lay.focal][0], self.cx, self.cy, self.t_beta, self.table.expr_idx,
+                           self.table.expr_blocks, self.table.weights, self.anc, sb, self.sj,
+                           ws["r0"], x[lay.translation], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"],
+                           self.mu, self.inv_sigma, self.cfg.loss_c, self.tw, self.prev, self.col_map,
+                           self.cfg.jac_threshold, want_jac, jtj, jtr, self.uv, self.xyz)
+        self._positions_at = x.copy()
+        return cost
+
+    def _tracking_plan(self):
+        """The :class:`~lmfit3d.tracking_normal.TrackingPlan` of the current col_map (None: identity/focal free)."""
+        if self.col_map is self._plan_cm:
+            return self._plan
+        key = self.col_map.tobytes()
+        if key not in self._plans:
+            self._plans[key] = _cached(_PLANS, (id(self.table), key), self.table,
+                                       lambda: tracking_plan(self.table, self.col_map, POSE_DIM), 32)
+        plan = self._plans[key]
+        self._plan_cm, self._plan = self.col_map, plan
+        return plan
+
+    def identity_prior(self, x, jtj, jtr, want_jac):
+        """Identity term (``energy.identity_prior``): its cost; adds its gradient and Gauss-Newton diagonal."""
+        ids = self.layout.identity
+        cost, grad, diag = identity_prior(self.model, x[ids], self.cfg.w_identity)
+        if want_jac:
+            cols = self.col_map[ids]
+            on = cols >= 0
+            jtr[cols[on]] += grad[on]
+            if jtj.shape[0] > 0:
+                jtj[cols[on], cols[on]] += diag[on]
+        return cost
+
+    def accumulate(self, z, jtj, jtr, want_jac):
+        x = self.full(z)
+        plan = self._tracking_plan()
+        if plan is not None:            # tracking: the compiled evaluation tracking_lm uses
+            self._identity_state(x)
+            cost = frame_cost(x, want_jac, True, jtj, jtr, self._compiled_args(), self._plan,
+                              self._intersection_args(), self._soa_args(), self._soa_ws, self.uv, self.xyz)
+            self._positions_at = x
+            return cost
+        cost = self.accumulate_full(x, jtj, jtr, want_jac)
+        if self.col_map[self.sl["identity"].start] >= 0:
+            cost += self.identity_prior(x, jtj, jtr, want_jac)
+        if want_jac:
+            symmetrize_upper(jtj)
+        return cost
+
+    def bounds_full(self):
+        """Box bounds over the full layout: expression in [0, 1], focal >= 1 pixel."""
+        lo = np.full(self.n_full, -np.inf)
+        hi = np.full(self.n_full, np.inf)
+        lo[self.sl["expression"]] = 0.0
+        hi[self.sl["expression"]] = 1.0
+        lo[self.sl["focal"]] = 1.0
+        return lo, hi
+
+    def bounds(self):
+        return self._free_lo.copy(), self._free_hi.copy()
+
+    def solve(self, x, mask, max_iter, compiled=True):
+        """LM over the parameters in ``mask`` starting at full vector x; returns (x, FitResult).
+
+        With identity and focal length held (a tracking plan exists) and ``compiled`` True, the solve
+        runs in one numba call (:func:`lmfit3d.frame_lm.tracking_lm`, same iterations and costs as
+        :func:`~lmfit3d.solvers.levenberg_marquardt`, which runs otherwise).
+        """
+        self.set_free(mask, x)
+        lo, hi = self._free_lo, self._free_hi
+        plan = self._tracking_plan()
+        # J^T J re-use needs J^T r alone, which the tracking evaluation gives (frame_lm)
+        reuse = math.inf if plan is None else float(self.cfg.jtj_reuse_rho)
+        if plan is None or not compiled:
+            res = levenberg_marquardt(self.accumulate, x[self.free], lo, hi, max_iter=max_iter,
+                                      ftol=self.cfg.ftol, xtol=self.cfg.xtol, gtol=self.cfg.gtol, reuse_rho=reuse)
+            return self.full(res.x), res
+        self._identity_state(self.base)
+        st = lm_state(self.base[self.free], lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, LAMBDA0,
+                      LAMBDA_MAX, DIAG_FLOOR, reuse)
+        x_last = np.empty(self.n_full)
+        tracking_lm(st, self.base, self.free, self._compiled_args(), self._plan, self._intersection_args(),
+                    self._soa_args(), self._soa_ws, self.uv, self.xyz, x_last)
+        res = lm_result(st)
+        x = self.full(res.x)
+        self._positions_at = x if _same(x, x_last) else x_last
+        return x, res
+
+    def _soa_args(self):
+        """The :class:`~lmfit3d.frame_lm.SoaState` of the kernels (identity state already set)."""
+        if self._soa_key is not self.t_beta_t:       # the frame columns are written in place
+            s = self.soa
+            self._soa_tuple = SoaState(self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, s.skin, self.mu_t,
+                                       self.isg_t, self.prev_t)
+            self._soa_key = self.t_beta_t
+        return self._soa_tuple
+
+    def _frame_soa(self, sigma):
+        """1/sigma, and the frame's mu, 1/sigma and prev in the kernel order of ``self.soa``."""
+        nl = self.table.n_landmarks
+        if self.mu.shape != (nl, 2) or sigma.shape != (nl,) or self.prev.shape != (nl, 3):
+            raise ValueError(f"need mu ({nl}, 2), sigma ({nl},) and prev ({nl}, 3), got {self.mu.shape}, "
+                             f"{sigma.shape} and {self.prev.shape}")
+        self.inv_sigma = np.empty(nl)
+        frame_inputs(self.soa.order, self.mu, sigma, self.prev, self.inv_sigma, self.mu_t, self.isg_t, self.prev_t)
+
+    def _compiled_args(self):
+        """The :class:`~lmfit3d.frame_lm.FrameState` of the kernels (identity state already set)."""
+        lay = self.layout
+        return FrameState(self.cx, self.cy, self.t_beta, self.table.expr_idx, self.table.expr_blocks,
+                          self.table.weights, self.anc, self.joints, self.parents, self.mu, self.inv_sigma,
+                          float(self.tw), self.cfg.loss_c, self.prev, self.col_map, float(self.cfg.jac_threshold),
+                          self.expr_inv, self.joint_inv, self.zero_e, self.zero_j, lay.expression.start,
+                          lay.joints.start, lay.joints.stop)
+
+    def _intersection_args(self):
+        """The :class:`~lmfit3d.frame_lm.IntersectionState` of the kernels (a dummy one: term off)."""
+        it = self.inter
+        if it is None or self.cfg.w_intersection <= 0:
+            return _NO_INTER
+        if self._inter_args is not None and self._inter_args[0] is it:
+            return self._inter_args[1]
+        if self._far_out is None or self._far_out.shape != it.far_base.shape:
+            self._far_out = np.empty_like(it.far_base)
+        self._inter_args = (it, IntersectionState(True, it.geometry(), residual_scale(self.cfg.w_intersection),
+                                                  it.skip_base, it.skip_proj, it.skip_block, it.far_base,
+                                                  it.far_proj, it.far_ptr, it.far_chunks, self._far_out))
+        return self._inter_args[1]
+
+    def landmark_positions(self, x):
+        """Camera-space landmark vertex positions (L, 3) mm and projections (L, 2) at x."""
+        x = np.asarray(x, dtype=np.float64)
+        if self._positions_at is None or not (x is self._positions_at or _same(x, self._positions_at)):
+            self._vertex_term(x, _EMPTY2, _EMPTY1, False)       # else: the solver's last evaluation
+        return self.xyz.copy(), self.uv.copy()
+
+
+_NO_IDENT = np.zeros((1, 3, 0))
+
+
+_I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
+
+
+_NO_INTER = IntersectionState(      # intersection term off (tracking_lm)
+    False, Intersection(np.zeros((1, 3)), None, np.zeros((1, 1), np.int64), np.zeros((1, 1, 3)), np.zeros((1, 3)),
+                        _F1, _I1, np.zeros((1, 1, 4)), _I1),
+    0.0, _F1, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(W), np.zeros((1, W)), np.zeros(2, np.int64), _I1,
+    np.zeros(W))
+
+
+_EMPTY2 = np.zeros((0, 0))
+
+
+_EMPTY1 = np.zeros(0)
+
+
+@njit(cache=True)
+def _same_kernel(a, b):
+    for i in range(a.shape[0]):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+def _same(a, b):
+    """np.array_equal for two float64 vectors (1-D), without its Python overhead."""
+    if a.shape != b.shape or a.ndim != 1 or a.dtype != np.float64 or b.dtype != np.float64:
+        return bool(np.array_equal(a, b))
+    return _same_kernel(a, b)
+
+
+class KeyframeProblem:
+    """Several frames sharing some parameters (identity, focal), solved jointly by LM.
+
+    The free vector is ``[shared parameters, frame 0 block, frame 1 block, ...]``; each frame's
+    :class:`FrameProblem` accumulates into it through its ``col_map``.
+    """
+
+    def __init__(self, probs, xs, shared_mask, frame_mask):
+        self.probs = probs
+        self.xs = [np.array(x, dtype=np.float64) for x in xs]
+        self.shared = np.flatnonzero(shared_mask)
+        self.frame = np.flatnonzero(frame_mask & ~shared_mask)
+        ns, nf = self.shared.size, self.frame.size
+        for i, p in enumerate(probs):
+            p.base = self.xs[i]
+            p.col_map = np.full(p.n_full, -1, np.int64)
+            p.col_map[self.shared] = np.arange(ns)
+            p.col_map[self.frame] = ns + i * nf + np.arange(nf)
+        self.n = ns + nf * len(probs)
+
+    def frame_x(self, z, i):
+        ns, nf = self.shared.size, self.frame.size
+        x = self.xs[i].copy()
+        x[self.shared] = z[:ns]
+        x[self.frame] = z[ns + i * nf: ns + (i + 1) * nf]
+        return x
+
+    def accumulate(self, z, jtj, jtr, want_jac):
+        cost = 0.0
+        for i, p in enumerate(self.probs):
+            cost += p.accumulate_full(self.frame_x(z, i), jtj, jtr, want_jac)
+        p0 = self.probs[0]
+        if p0.col_map[p0.sl["identity"].start] >= 0:
+            cost += p0.identity_prior(self.frame_x(z, 0), jtj, jtr, want_jac)
+        if want_jac:
+            symmetrize_upper(jtj)
+        return cost
+
+    def solve(self, cfg):
+        """Returns (list of full vectors per frame, FitResult)."""
+        lo_f, hi_f = self.probs[0].bounds_full()
+        z0 = np.concatenate([self.xs[0][self.shared]] + [x[self.frame] for x in self.xs])
+        lo = np.concatenate([lo_f[self.shared]] + [lo_f[self.frame]] * len(self.xs))
+        hi = np.concatenate([hi_f[self.shared]] + [hi_f[self.frame]] * len(self.xs))
+        res = levenberg_marquardt(self.accumulate, z0, lo, hi, max_iter=cfg.max_iter_init,
+                                  ftol=cfg.ftol, xtol=cfg.xtol, gtol=cfg.gtol)
+        return [self.frame_x(res.x, i) for i in range(len(self.xs))], res
+
+
+GAZE_SHAPES = ("eyeLookDown_L", "eyeLookDown_R", "eyeLookIn_L", "eyeLookIn_R", "eyeLookOut_L",
+               "eyeLookOut_R", "eyeLookUp_L", "eyeLookUp_R")
+
+
+def masks(model, *blocks, eyes=True, gaze_shapes=True):
+    """Boolean mask over the full layout for named blocks ('pose': root rotation and translation,
+    'joints', 'expression', 'identity', 'focal'); ``eyes=False`` leaves the eye joints out of 'joints',
+    ``gaze_shapes=False`` the :data:`GAZE_SHAPES` out of 'expression'."""
+    lay = FrameLayout.of(model)
+    sl = lay.slices()
+    m = np.zeros(lay.size, bool)
+    for b in blocks:
+        if b == "pose":
+            m[lay.root_rotation] = True
+            m[lay.translation] = True
+        elif b == "joints":
+            m[lay.joints] = True
+            if not eyes:
+                for k, name in enumerate(model.joint_names):
+                    if name.startswith("eye"):
+                        m[lay.joint(k)] = False
+        else:
+            m[sl[b]] = True
+            if b == "expression" and not gaze_shapes:
+                e0 = sl["expression"].start
+                for i, name in enumerate(model.expression_names):
+                    if name in GAZE_SHAPES:
+                        m[e0 + i] = False
+    return m
