@@ -20,7 +20,9 @@ Run::
     python bench/expression_range.py [NPZ ...]          # ratios of tracked outputs (lmfit3d track)
     python bench/expression_range.py --track [--out DIR] [--track-args "--backend network"]
 
-``--track`` tracks the shared talking clips first (default options) and writes a markdown table.
+``--track`` tracks the shared talking clips first (default options) and writes a markdown table;
+``--target`` adds the ratios against the smoothed tracks the fit is given (what the smoother keeps
+vs what the fitter keeps).
 ``--write-doc`` writes the table into its section of docs/results.md (``bench/results_doc.py``):
 ``expression_range`` for the default options, ``expression_range.no_smooth`` for ``--track-args
 --no-smooth``, ``expression_range.network`` for ``--track-args "--backend network"``; other options
@@ -108,17 +110,29 @@ def range_ratios(mu, fitted, point_index=None, features=FEATURES):
     return out
 
 
-def npz_ratios(path):
-    """Range ratios and steadiness of one ``lmfit3d track`` NPZ (either backend)."""
+def smoothed_target(mu, sigma, cut_threshold=0.35):
+    """The landmark tracks ``lmfit3d track`` fits by default: each shot smoothed without lag
+    (``temporal.smooth_shots`` with the shot's frame noise), (F, L, 2) pixels."""
+    from lmfit3d.temporal import frame_noise_variance, shot_segments, smooth_shots
+    seg = shot_segments(mu, cut_threshold)
+    arr = np.concatenate([mu, sigma[..., None]], axis=2)
+    return smooth_shots(arr, mu.shape[0], seg, frame_noise_variance(mu, seg))[..., :2].astype(np.float64)
+
+
+def npz_ratios(path, target=False):
+    """Range ratios and steadiness of one ``lmfit3d track`` NPZ (either backend).  ``target``: the
+    ratios against the smoothed tracks the fit is given (:func:`smoothed_target`) instead of the
+    raw landmarks, which tells the fitter's loss of range from the smoother's."""
     from track_eval import best_lag, jitter
     d = np.load(path)
     mu, fit = d["mu"], d["landmarks_fitted"]
+    ref = smoothed_target(mu, d["sigma"]) if target else mu
     if mu.shape[1] == 470:
-        r = range_ratios(mu, fit)
+        r = range_ratios(ref, fit)
     else:                           # another landmark set: its iBUG 68 points
         from lmfit3d.landmarks import load_landmark_set
         col = {int(v): i for i, v in enumerate(d["vertex_ids"])}
-        r = range_ratios(mu, fit, [col[int(v)] for v in load_landmark_set("ibug68")], FEATURES_IBUG)
+        r = range_ratios(ref, fit, [col[int(v)] for v in load_landmark_set("ibug68")], FEATURES_IBUG)
     ok = d["success"]
     raw_j = jitter(np.where(ok[:, None, None], mu, np.nan), mu)
     fit_j = jitter(np.where(ok[:, None, None], fit, np.nan), mu)
@@ -162,6 +176,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="folder for the tracked outputs (default: a temporary one)")
     ap.add_argument("--track-args", default="", help="extra options for lmfit3d track (one string)")
     ap.add_argument("--section", help="section of docs/results.md for --write-doc (default: from --track-args)")
+    ap.add_argument("--target", action="store_true",
+                    help="also the ratios against the smoothed tracks the fit is given (section NAME.target)")
     results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
     section = args.section or (SECTIONS.get(tuple(args.track_args.split())) if args.track else None)
@@ -177,7 +193,13 @@ def main(argv=None):
     rows = {p.stem: npz_ratios(p) for p in paths}
     text = table(rows)
     print(text)
-    results_doc.maybe_write(args, {section: text} if section else {})
+    sections = {section: text} if section else {}
+    if args.target:
+        target = table({p.stem: npz_ratios(p, target=True) for p in paths})
+        print("\nAgainst the smoothed tracks (the fit's target):\n" + target)
+        if section:
+            sections[section + ".target"] = target
+    results_doc.maybe_write(args, sections)
     return 0
 
 
