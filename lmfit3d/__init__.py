@@ -6,9 +6,11 @@ on first attribute access, so ``import lmfit3d`` stays fast in constrained envir
 
 Pipeline modules, imports flowing one way::
 
-    model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> terms / gradients
-          -> sparsity -> solvers -> fit -> detect / predict (ONNX) -> capture -> media / outputs -> track
-          -> stills -> batch -> cli
+    model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> sparsity
+          -> energy -> terms -> intersection / tracking_points / tracking_normal / gradients -> solvers
+          -> frame_lm -> problem -> fit -> detect / predict (ONNX) -> temporal -> capture
+          -> media / outputs -> track -> landmark_files / capture_files / stills -> batch -> cli
+    (docs/architecture.md)
 """
 from importlib import import_module
 
@@ -17,8 +19,9 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "paths", "meshio", "model", "rotation", "skinning", "camera", "calibration", "imaging", "render",
     "landmarks",
-    "terms", "gradients", "sparsity", "solvers", "fit", "synthetic", "detect", "predict", "capture", "media", "outputs",
-    "track", "capture_files", "stills", "batch", "cli",
+    "sparsity", "energy", "terms", "intersection", "tracking_points", "tracking_normal", "gradients", "simd",
+    "solvers", "frame_lm", "problem", "fit", "synthetic", "detect", "predict", "temporal", "capture", "media",
+    "outputs", "track", "landmark_files", "capture_files", "stills", "batch", "cli",
 )
 _EXPORTS = {
     "FaceModel": "model",

@@ -15,25 +15,17 @@ from .calibration import image_sizes as _image_sizes
 from .capture import fit_capture
 from .media import _check_out_dir, landmarks_from_video
 from .model import Params, load_model
-from .outputs import FrameRows, _Outputs, write_npz
+from .outputs import FrameRows, _Outputs, fit_arrays, write_npz
 from .paths import read_npz
 from .rotation import matrix_to_axis_angle, rodrigues
 from .track import TrackOptions, make_predictor
 
 
 def result_arrays(model, res):
-    """The output .npz contents of a :class:`lmfit3d.capture.CaptureResult` (``fit-landmarks`` keys plus cameras)."""
-    nf = res.expression.shape[0]
-    verts = np.stack([res.vertices(model, f).astype(np.float32) if res.status[f] >= 0
-                      else np.full((model.n_vertices, 3), np.nan, np.float32) for f in range(nf)])
-    return dict(vertices=verts, identity=res.identity, expression=res.expression,
-                expression_names=np.array(res.expression_names), root_rotation=res.rotations[:, 0],
-                translation=res.translation, joint_rotations=res.rotations[:, 1:],
-                joint_names=np.array(model.joint_names[1:]), focal_px=res.focal, cost=res.cost,
-                iterations=np.full(nf, res.iterations), status=res.status, landmarks_fitted=res.uv,
-                vertex_ids=res.vertex_ids, units=np.array("mm"),
-                camera_rotation=res.camera_rotation, camera_translation=res.camera_translation,
-                image_size=res.image_size, camera_ok=res.camera_ok, reproj_median_px=res.reproj_median_px,
+    """The output .npz contents of a :class:`lmfit3d.capture.CaptureResult`: ``outputs.fit_arrays``
+    (the ``fit-landmarks`` keys) plus the cameras."""
+    return dict(fit_arrays(model, res), camera_rotation=res.camera_rotation,
+                camera_translation=res.camera_translation, image_size=res.image_size, camera_ok=res.camera_ok, reproj_median_px=res.reproj_median_px,
                 reproj_mean_px=res.reproj_mean_px, reference_camera=np.array(res.reference_camera),
                 total_cost=np.array(res.total_cost))
 

@@ -302,7 +302,8 @@ def _add_fit_landmarks(sub):
 
 
 def _cmd_fit_landmarks(args):
-    from .fit import FitConfig, fit_landmarks_file
+    from .fit import FitConfig
+    from .landmark_files import fit_landmarks_file
     from .meshio import write_obj
 
     out = Path(args.output)

@@ -362,39 +362,3 @@ def _track(tracker, mu, sigma, model, progress):
             progress(f)
     res.identity = tracker.identity.copy()
     return res
-
-
-def fit_landmarks_file(in_path, out_path, model=None, config=None, progress=None):
-    """``lmfit3d fit-landmarks``: read landmarks from an .npz, fit, write results atomically.
-
-    IN keys: ``mu`` (F, L, 2) pixels; ``sigma`` (F, L) pixels (optional, default 1); ``landmark_set``
-    (str) or ``vertex_ids`` (L,); ``image_size`` (2,) = (width, height); ``focal_px`` (optional).
-
-    OUT keys: ``vertices`` (F, V, 3) float32 mm in camera coordinates (NaN for failed frames);
-    ``identity`` (K,); ``expression`` (F, E) and ``expression_names``; ``root_rotation`` (F, 3)
-    axis-angle; ``translation`` (F, 3) mm; ``joint_rotations`` (F, J-1, 3) and ``joint_names``
-    (neck, head, eye_L, eye_R); ``focal_px``; ``cost``, ``iterations``, ``status`` per frame;
-    ``landmarks_fitted`` (F, L, 2) pixels.
-    """
-    from pathlib import Path
-    from .paths import atomic_write, read_npz
-    data = read_npz(in_path, ("mu", "image_size"))
-    lset = str(data["landmark_set"]) if "landmark_set" in data else None
-    vids = data.get("vertex_ids")
-    focal = float(data["focal_px"]) if "focal_px" in data else None
-    model = model or load_model()
-    res = fit_landmarks(data["mu"], data.get("sigma"), landmark_set=lset, vertex_ids=vids,
-                        image_size=tuple(np.asarray(data["image_size"]).ravel()), focal_px=focal,
-                        model=model, config=config, progress=progress)
-    nf = res.expression.shape[0]
-    verts = np.stack([res.vertices(model, f).astype(np.float32) for f in range(nf)])
-    out = dict(vertices=verts, identity=res.identity, expression=res.expression,
-               expression_names=np.array(res.expression_names), root_rotation=res.rotations[:, 0],
-               translation=res.translation, joint_rotations=res.rotations[:, 1:],
-               joint_names=np.array(model.joint_names[1:]), focal_px=res.focal, cost=res.cost,
-               iterations=res.iterations, status=res.status, landmarks_fitted=res.uv,
-               vertex_ids=res.vertex_ids, units=np.array("mm"))
-    out_path = Path(out_path)
-    with atomic_write(out_path, "wb") as fh:
-        np.savez(fh, **out)
-    return res

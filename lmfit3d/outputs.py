@@ -219,6 +219,22 @@ class _Outputs:
                 pass
 
 
+def fit_arrays(model, res):
+    """The ``fit-landmarks`` .npz keys of a fit result (``fit.SequenceFit`` or ``capture.CaptureResult``):
+    ``vertices`` (F, V, 3) float32 mm (NaN for frames with ``status`` < 0), ``identity``, ``expression``
+    and ``expression_names``, ``root_rotation``, ``translation``, ``joint_rotations`` and ``joint_names``,
+    ``focal_px``, ``cost``, ``iterations``, ``status``, ``landmarks_fitted``, ``vertex_ids``, ``units``."""
+    nf = res.expression.shape[0]
+    verts = np.stack([res.vertices(model, f).astype(np.float32) if res.status[f] >= 0
+                      else np.full((model.n_vertices, 3), np.nan, np.float32) for f in range(nf)])
+    return dict(vertices=verts, identity=res.identity, expression=res.expression,
+                expression_names=np.array(res.expression_names), root_rotation=res.rotations[:, 0],
+                translation=res.translation, joint_rotations=res.rotations[:, 1:],
+                joint_names=np.array(model.joint_names[1:]), focal_px=res.focal, cost=res.cost,
+                iterations=np.broadcast_to(res.iterations, (nf,)).copy(), status=res.status,
+                landmarks_fitted=res.uv, vertex_ids=res.vertex_ids, units=np.array("mm"))
+
+
 def write_npz(path, arrays):
     """Write the dict ``arrays`` to the .npz file ``path`` atomically (a temporary file renamed)."""
     with atomic_write(Path(path), "wb") as fh:
