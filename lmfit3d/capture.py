@@ -51,7 +51,7 @@ from .calibration import (Calibration, parse_calibration, read_calibration,  # n
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
 from .camera import focal_from_fov
-from .energy import CaptureLayout, Intersection, identity_prior
+from .energy import CaptureLayout, Intersection, antagonist_pairs, expression_prior_scales, identity_prior
 from .fit import FitConfig, Tracker, fit_landmarks
 from .gradients import POSE_SIZE, capture_energy
 from .intersection import IntersectionTerm
@@ -203,6 +203,8 @@ class CaptureProblem:
         self.centre = np.ascontiguousarray(np.asarray(image_size, dtype=np.float64) / 2.0)
         self.nk, self.ne = model.n_identity, model.n_expression
         self.layout = CaptureLayout.of(model, self.n_frames, self.n_cameras)
+        self.pairs = antagonist_pairs(model.expression_names)
+        expression_prior_scales(self.ne, self.pairs, fc.w_expression, fc.w_antagonist)    # ValueError if too large
         self.psize = self.layout.frame_size
         self.n = self.layout.size
         self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
@@ -253,12 +255,29 @@ class CaptureProblem:
         """(cost, gradient (K,), Gauss-Newton diagonal (K,)) of the identity term (``energy.identity_prior``)."""
         return identity_prior(self.model, beta, self.cfg.fit.w_identity)
 
+    def antagonist_term(self, z, grad=None):
+        """The expression prior's antagonist pairs over all frames (``energy.expression_prior``):
+        2 w_a sum_f sum_pairs psi_a psi_b; adds its gradient into ``grad`` (its GN diagonal is 0)."""
+        w = self.cfg.fit.w_antagonist
+        if w <= 0 or self.pairs.size == 0:
+            return 0.0
+        lay = self.layout
+        blocks = z[lay.frame.n_identity:lay.cameras_start].reshape(self.n_frames, lay.frame_size)
+        psi = blocks[:, lay.frame.pose_dim:]
+        a, b = self.pairs[:, 0], self.pairs[:, 1]
+        if grad is not None:
+            g = grad[lay.frame.n_identity:lay.cameras_start].reshape(self.n_frames, lay.frame_size)
+            np.add.at(g, (slice(None), lay.frame.pose_dim + a), 2.0 * w * psi[:, b])     # g: a view of grad
+            np.add.at(g, (slice(None), lay.frame.pose_dim + b), 2.0 * w * psi[:, a])
+        return 2.0 * w * float((psi[:, a] * psi[:, b]).sum())
+
     def energy(self, z, want_grad=True, want_diag=False):
         """(cost, gradient (N,) or None, GN diagonal (N,) or None) at the full vector z."""
         z = np.ascontiguousarray(z, dtype=np.float64)
         grad = np.empty(self.n) if want_grad else _E1
         diag = np.empty(self.n) if want_diag else _E1
         cost = self._kernel(z, grad, diag, _E4)
+        cost += self.antagonist_term(z, grad if want_grad else None)
         c_id, g_id, d_id = self.identity_prior(z[:self.nk])
         self.nfev += 1
         if want_grad:

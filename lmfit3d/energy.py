@@ -4,7 +4,8 @@ Every solver minimises the same energy (paper sec. 3.2, eqs. 1-5; ``docs/archite
 
     E = sum_i 1/2 rho(|r_i|^2)                       landmarks: r_i = (pi(x_i) - mu_i) / sigma_i
       + w_t sum_i |x_i - x_i^prev|^2                 temporal (mm, landmark vertices)
-      + w_e |psi|^2 + w_j |theta_{1..}|^2            expression and non-root joint priors
+      + w_e |psi|^2 + 2 w_a sum_(a,b) psi_a psi_b    expression prior; antagonist pairs (:data:`ANTAGONISTS`)
+      + w_j |theta_{1..}|^2                          non-root joint prior
       + w_id (-log sum_c w_c N(beta; m_c, s_c^2))    identity (GMM, shifted to 0 at the mean)
       + w_x sum_v d_v^2                              intersection depth (mm) of lids and lips
 
@@ -37,6 +38,16 @@ import numpy as np
 from numba import njit
 
 LOSSES = ("squared", "cauchy")
+# Shapes that oppose each other: the antagonist term w_a psi_a psi_b (>= 0, psi in [0, 1]) costs their
+# co-activation, where two opposite shapes cancel in the landmarks and stand in for the identity.
+ANTAGONISTS = (("browDown_L", "browInnerUp_L"), ("browDown_L", "browOuterUp_L"),
+               ("browDown_R", "browInnerUp_R"), ("browDown_R", "browOuterUp_R"),
+               ("eyeBlink_L", "eyeWide_L"), ("eyeSquint_L", "eyeWide_L"),
+               ("eyeBlink_R", "eyeWide_R"), ("eyeSquint_R", "eyeWide_R"),
+               ("mouthSmile_L", "mouthFrown_L"), ("mouthSmile_R", "mouthFrown_R"),
+               ("mouthLeft", "mouthRight"), ("jawLeft", "jawRight"),
+               ("eyeLookUp_L", "eyeLookDown_L"), ("eyeLookUp_R", "eyeLookDown_R"),
+               ("eyeLookIn_L", "eyeLookOut_L"), ("eyeLookIn_R", "eyeLookOut_R"))
 N_CAMERA = 7                    # camera block of the capture vector: rotation (3), translation (3), focal (1)
 
 
@@ -271,6 +282,37 @@ def loss_reference(s, c):
     return s if c <= 0 else c * c * np.log1p(s / (c * c))
 
 
+# -- expression prior ------------------------------------------------------------------------------
+
+def antagonist_pairs(expression_names):
+    """(P, 2) int64 indices of the :data:`ANTAGONISTS` pairs present in ``expression_names``."""
+    pos = {n: i for i, n in enumerate(expression_names)}
+    pairs = [(pos[a], pos[b]) for a, b in ANTAGONISTS if a in pos and b in pos]
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def expression_prior_scales(n_expression, pairs, w_expression, w_antagonist):
+    """Residual scales of the expression prior as a sum of squares: (per shape (E,), per pair).
+
+    w_e |psi|^2 + 2 w_a sum_pairs psi_a psi_b = sum_e (w_e - w_a c_e) psi_e^2 + w_a sum_pairs (psi_a + psi_b)^2,
+    c_e the number of pairs holding shape e: residuals sqrt(2 (w_e - w_a c_e)) psi_e and
+    sqrt(2 w_a) (psi_a + psi_b), linear in psi (ValueError unless w_a c_e <= w_e for every shape).
+    """
+    count = np.bincount(np.asarray(pairs, dtype=np.int64).ravel(), minlength=n_expression)
+    if np.any(w_antagonist * count > w_expression):
+        raise ValueError(f"w_antagonist must be <= w_expression / {int(count.max())} (a shape in "
+                         f"{int(count.max())} antagonist pairs), got {w_antagonist} with w_expression {w_expression}")
+    return np.sqrt(2.0 * (w_expression - w_antagonist * count)), residual_scale(w_antagonist)
+
+
+def expression_prior(psi, pairs, config):
+    """The expression prior's cost w_e |psi|^2 + 2 w_a sum_pairs psi_a psi_b (NumPy reference)."""
+    psi = np.asarray(psi)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    cross = float((psi[..., pairs[:, 0]] * psi[..., pairs[:, 1]]).sum())
+    return config.w_expression * float((psi * psi).sum()) + 2.0 * config.w_antagonist * cross
+
+
 # -- identity prior --------------------------------------------------------------------------------
 
 def identity_prior(model, beta, w):
@@ -419,7 +461,7 @@ def frame_terms(x, layout: FrameLayout, table, model, mu, inv_sigma, centre, con
     if prev is not None and config.w_temporal > 0:
         ok = np.isfinite(prev).all(1)
         out["temporal"] = config.w_temporal * float(((xc[ok] - prev[ok]) ** 2).sum())
-    out["expression"] = config.w_expression * float(psi @ psi)
+    out["expression"] = expression_prior(psi, antagonist_pairs(model.expression_names), config)
     out["joints"] = config.w_joints * float(x[layout.joints] @ x[layout.joints])
     out["identity"] = identity_prior(model, beta, config.w_identity)[0]
     depth = intersection_depths(intersection, beta, psi) if intersection is not None else np.zeros(0)
@@ -447,7 +489,9 @@ def frame_residuals(x, layout: FrameLayout, table, model, mu, inv_sigma, centre,
         parts.append((residual_scale(config.w_temporal) * np.where(ok[:, None], xc - np.where(
             ok[:, None], prev, 0.0), 0.0)).ravel())
     if "expression" in priors:
-        parts.append(residual_scale(config.w_expression) * psi)
+        pairs = antagonist_pairs(model.expression_names)
+        per_shape, per_pair = expression_prior_scales(psi.size, pairs, config.w_expression, config.w_antagonist)
+        parts += [per_shape * psi, per_pair * (psi[pairs[:, 0]] + psi[pairs[:, 1]])]
     if "joints" in priors:
         parts.append(residual_scale(config.w_joints) * x[layout.joints])
     if intersection is not None and config.w_intersection > 0:
@@ -480,7 +524,7 @@ def capture_terms(z, layout: CaptureLayout, table, model, mu, inv_sigma, centres
         if prev is not None:
             out["temporal"] += config.w_temporal * float(((xw - prev) ** 2).sum())
         prev = xw
-        out["expression"] += config.w_expression * float(psi @ psi)
+        out["expression"] += expression_prior(psi, antagonist_pairs(model.expression_names), config)
         out["joints"] += config.w_joints * float(x[fl.joints] @ x[fl.joints])
         if intersection is not None and config.w_intersection > 0:
             depth = intersection_depths(intersection, beta, psi)

@@ -45,6 +45,10 @@ class FitConfig:
     threshold 3/4 by default) and only J^T r is evaluated at the new point
     (``solvers.levenberg_marquardt``, ``reuse_rho``); ``inf`` turns the re-use off.
 
+    ``w_antagonist``: the cost 2 w_a psi_a psi_b of opposite shapes active together
+    (``energy.ANTAGONISTS``: brow down / up, eye wide / blink or squint, smile / frown, left / right);
+    at most ``w_expression`` / 2 (a shape is in up to two pairs).
+
     ``landmark_loss``: ``"squared"`` (the paper's) or ``"cauchy"`` with scale ``loss_scale`` (sigmas),
     a robust loss for landmarks far off (``energy.landmark_loss``; every solver uses it).
     """
@@ -54,6 +58,7 @@ class FitConfig:
     w_joints: float = 20.0
     w_temporal: float = 0.05
     w_intersection: float = 10.0
+    w_antagonist: float = 0.0
     sparsity_threshold_mm: float = 0.01
     jac_threshold: float = 1e-8
     max_iter: int = 10
@@ -71,7 +76,7 @@ class FitConfig:
 
     def __post_init__(self):
         loss_parameter(self.landmark_loss, self.loss_scale)     # ValueError on an unknown loss or scale
-        for name in ("w_identity", "w_expression", "w_joints", "w_temporal", "w_intersection",
+        for name in ("w_identity", "w_expression", "w_joints", "w_temporal", "w_intersection", "w_antagonist",
                      "sparsity_threshold_mm", "jac_threshold"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):

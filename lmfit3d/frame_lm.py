@@ -22,7 +22,7 @@ from .energy import Intersection
 from .intersection import intersection_far, intersection_term
 from .skinning import SoaSkin
 from .solvers import LM_DONE, LM_EVAL_COST, LM_EVAL_FULL, lm_advance
-from .terms import diagonal_prior, symmetrize_upper
+from .terms import diagonal_prior, pair_prior, symmetrize_upper
 from .tracking_normal import vertex_term_tracking
 from .tracking_points import (PJ_ISG, PJ_NC, expression_jacobian, frame_columns, landmark_gradient_soa,
                               landmark_positions_soa, pose_threshold_soa, project_columns_soa, project_soa,
@@ -48,10 +48,12 @@ class FrameState(NamedTuple):
     prev: np.ndarray            # (L, 3) previous positions (mm)
     col_map: np.ndarray         # (P,) int64 free index per full index, -1 held
     jac_threshold: float
-    expr_inv: np.ndarray        # (E,) sqrt(2 w_e)
+    expr_inv: np.ndarray        # (E,) per-shape residual scale of the expression prior (energy.expression_prior_scales)
     joint_inv: np.ndarray       # (3 (J - 1),) sqrt(2 w_j)
     zero_e: np.ndarray          # (E,) prior means
     zero_j: np.ndarray          # (3 (J - 1),)
+    pairs: np.ndarray           # (P, 2) int64 antagonist pairs (energy.antagonist_pairs), (0, 2) when off
+    pair_sqrtw: float           # their residual scale sqrt(2 w_a)
     e0: int                     # first expression index of the full vector
     j0: int                     # joints slice [j0, j1)
     j1: int
@@ -190,6 +192,8 @@ def frame_cost(x, want_jac, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz)
     cost = landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz)
     if col_map[e0] >= 0:
         cost += diagonal_prior(x, e0, prob.zero_e, prob.expr_inv, col_map, want_jac, jtj, jtr)
+        if prob.pairs.shape[0] > 0:
+            cost += pair_prior(x, e0, prob.pairs, prob.pair_sqrtw, col_map, want_jac, jtj, jtr)
     if col_map[j0] >= 0 or col_map[j1 - 1] >= 0:
         cost += diagonal_prior(x, j0, prob.zero_j, prob.joint_inv, col_map, want_jac, jtj, jtr)
     it = inter

@@ -13,7 +13,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .energy import FrameLayout, Intersection, identity_prior, residual_scale
+from .energy import (FrameLayout, Intersection, antagonist_pairs, expression_prior_scales, identity_prior,
+                     residual_scale)
 from .frame_lm import (FrameState, IntersectionState, SoaState, Workspace, frame_cost, frame_inputs, landmark_terms,
                        tracking_lm)
 from .intersection import IntersectionTerm, intersection_term
@@ -22,7 +23,7 @@ from .simd import W
 from .skinning import POSE_DIM, ancestry, pose_chain
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, levenberg_marquardt, lm_result, lm_state
 from .sparsity import build_sparsity
-from .terms import diagonal_prior, symmetrize_upper, vertex_term
+from .terms import diagonal_prior, pair_prior, symmetrize_upper, vertex_term
 from .tracking_normal import tracking_plan
 from .tracking_points import PJ_ROWS, table_points_buffers, table_soa
 
@@ -112,7 +113,10 @@ class FrameProblem:
         self._soa_ws = Workspace(self.rot, *table_points_buffers(self.soa, nj), np.zeros((PJ_ROWS, table.n_landmarks)),
                                  np.empty((2, self.soa.shape_idx.size)))
         e = model.n_expression
-        self.expr_inv = np.full(e, residual_scale(config.w_expression))
+        self.pairs = (antagonist_pairs(model.expression_names) if config.w_antagonist > 0
+                      else np.zeros((0, 2), np.int64))
+        self.expr_inv, self.pair_sqrtw = expression_prior_scales(e, self.pairs, config.w_expression,
+                                                                 config.w_antagonist)
         self.joint_inv = np.full(3 * (nj - 1), residual_scale(config.w_joints))
         self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
         self._beta_key = None
@@ -182,6 +186,8 @@ class FrameProblem:
         e0 = sl["expression"].start
         if cm[e0] >= 0:
             cost += diagonal_prior(x, e0, self.zero_e, self.expr_inv, cm, want_jac, jtj, jtr)
+            if self.pairs.shape[0] > 0:
+                cost += pair_prior(x, e0, self.pairs, self.pair_sqrtw, cm, want_jac, jtj, jtr)
         if cm[sl["joints"].start] >= 0 or cm[sl["joints"].stop - 1] >= 0:
             cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, jtj, jtr)
         if self.inter is not None and cfg.w_intersection > 0 and cm[e0] >= 0:
@@ -320,8 +326,8 @@ class FrameProblem:
         return FrameState(self.cx, self.cy, self.t_beta, self.table.expr_idx, self.table.expr_blocks,
                           self.table.weights, self.anc, self.joints, self.parents, self.mu, self.inv_sigma,
                           float(self.tw), self.cfg.loss_c, self.prev, self.col_map, float(self.cfg.jac_threshold),
-                          self.expr_inv, self.joint_inv, self.zero_e, self.zero_j, lay.expression.start,
-                          lay.joints.start, lay.joints.stop)
+                          self.expr_inv, self.joint_inv, self.zero_e, self.zero_j, self.pairs, float(self.pair_sqrtw),
+                          lay.expression.start, lay.joints.start, lay.joints.stop)
 
     def _intersection_args(self):
         """The :class:`~lmfit3d.frame_lm.IntersectionState` of the kernels (a dummy one: term off)."""

@@ -380,3 +380,31 @@ def diagonal_prior(x, start, mean, inv_std, col_map, want_jac, jtj, jtr):
     return cost
 
 
+@njit(cache=True)
+def pair_prior(x, e0, pairs, sqrtw, col_map, want_jac, jtj, jtr):
+    """Antagonist pairs of the expression prior: residual sqrtw (psi_a + psi_b) per pair (P, 2) of
+    expression indices (``energy.expression_prior_scales``); J^T J upper triangle (J^T r alone with
+    an empty jtj)."""
+    cost = 0.0
+    s2 = sqrtw * sqrtw
+    for k in range(pairs.shape[0]):
+        a = e0 + pairs[k, 0]
+        b = e0 + pairs[k, 1]
+        r = sqrtw * (x[a] + x[b])
+        cost += 0.5 * r * r
+        if not want_jac:
+            continue
+        fa = col_map[a]
+        fb = col_map[b]
+        if fa >= 0:
+            jtr[fa] += sqrtw * r
+        if fb >= 0:
+            jtr[fb] += sqrtw * r
+        if jtj.shape[0] > 0:
+            if fa >= 0:
+                jtj[fa, fa] += s2
+            if fb >= 0:
+                jtj[fb, fb] += s2
+            if fa >= 0 and fb >= 0:
+                jtj[min(fa, fb), max(fa, fb)] += s2
+    return cost

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from lmfit3d.capture import CaptureConfig, CaptureProblem, validate_multiview
-from lmfit3d.energy import (LOSSES, CaptureLayout, FrameLayout, capture_terms, frame_residuals, frame_terms,
-                            landmark_loss, loss_parameter, loss_reference)
+from lmfit3d.energy import (LOSSES, CaptureLayout, FrameLayout, antagonist_pairs, capture_terms, expression_prior,
+                            expression_prior_scales, frame_residuals, frame_terms, landmark_loss, loss_parameter,
+                            loss_reference)
 from lmfit3d.fit import FitConfig, fit_landmarks
 from lmfit3d.intersection import IntersectionTerm
 from lmfit3d.problem import FrameProblem, masks
@@ -18,7 +19,8 @@ from lmfit3d.sparsity import build_sparsity, layout
 from lmfit3d.synthetic import make_frame, make_multiview, random_params
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]   # face, head, both eyeballs
-CONFIGS = {"squared": FitConfig(), "cauchy": FitConfig(landmark_loss="cauchy", loss_scale=2.0)}
+# (the second also turns the antagonist pairs of the expression prior on)
+CONFIGS = {"squared": FitConfig(), "cauchy": FitConfig(landmark_loss="cauchy", loss_scale=2.0, w_antagonist=0.4)}
 
 
 def test_layouts(model, rng):
@@ -214,3 +216,27 @@ def test_cauchy_fit_shrugs_off_outliers(model, rng):
                             focal_px=fr.camera.focal, model=model, config=cfg)
         err[loss] = float(np.median(np.linalg.norm(res.uv[0][~out] - fr.clean[~out], axis=1)))
     assert err["cauchy"] < 0.7 * err["squared"], err
+
+
+def test_antagonist_prior_as_squares(model, rng):
+    """The expression prior with antagonist pairs written as squared residuals equals
+    w_e |psi|^2 + 2 w_a sum psi_a psi_b; it costs co-activation only; too large a w_a is refused."""
+    pairs = antagonist_pairs(model.expression_names)
+    assert pairs.shape[1] == 2 and len(pairs) >= 12
+    names = model.expression_names
+    assert ("eyeBlink_L", "eyeWide_L") in {(names[a], names[b]) for a, b in pairs}
+    cfg = FitConfig(w_expression=3.0, w_antagonist=1.2)
+    per_shape, per_pair = expression_prior_scales(model.n_expression, pairs, cfg.w_expression, cfg.w_antagonist)
+    for _ in range(5):
+        psi = rng.uniform(0.0, 1.0, model.n_expression)
+        r = np.r_[per_shape * psi, per_pair * (psi[pairs[:, 0]] + psi[pairs[:, 1]])]
+        assert 0.5 * r @ r == pytest.approx(expression_prior(psi, pairs, cfg), rel=1e-12)
+    single = np.zeros(model.n_expression)
+    single[names.index("eyeBlink_L")] = 0.8
+    both = single.copy()
+    both[names.index("eyeWide_L")] = 0.8
+    off = replace(cfg, w_antagonist=0.0)
+    assert expression_prior(single, pairs, cfg) == pytest.approx(expression_prior(single, pairs, off))
+    assert expression_prior(both, pairs, cfg) > expression_prior(both, pairs, off) + 1.0
+    with pytest.raises(ValueError, match="w_antagonist"):
+        expression_prior_scales(model.n_expression, pairs, 1.0, 0.6)
