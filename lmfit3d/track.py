@@ -39,6 +39,11 @@ TRACK_TEMPORAL_WEIGHT = 0.1
 # constant spurious weights (renders, bench/dynamics_eval.py: MAE over 53 shapes 0.107 at 1, 0.086
 # at 3; the shared clips' range ratios change by <= 0.06)
 TRACK_EXPRESSION_WEIGHT = 3.0
+# antagonist pairs of the expression prior (energy.ANTAGONISTS) in landmark-network tracking: opposite
+# shapes held together stood in for the identity's brow and lid shape (renders, bench/dynamics_eval.py:
+# MAE over 53 shapes 0.082 at 0, 0.077 at 1.5, eyeBlink_L/R 0.212/0.103 -> 0.195/0.093; the shared clips'
+# range ratios and steadiness change by <= 0.02)
+TRACK_ANTAGONIST_WEIGHT = 1.5
 BACKENDS = ("mediapipe", "network")
 
 
@@ -93,14 +98,15 @@ class TrackOptions:
         """The fitter's settings: FitConfig defaults, with the temporal weight of video tracking
         unless given: 0 when the landmark tracks are smoothed (``smooth``: the zero-lag smoother
         gives the steadiness, and a pull towards the previous frame would damp every expression),
-        else ``TRACK_TEMPORAL_WEIGHT``; the expression prior ``TRACK_EXPRESSION_WEIGHT``; the gaze
+        else ``TRACK_TEMPORAL_WEIGHT``; the expression prior ``TRACK_EXPRESSION_WEIGHT`` with its
+        antagonist pairs ``TRACK_ANTAGONIST_WEIGHT``; the gaze
         shapes held at 0 (``FitConfig.fit_gaze_shapes``; the outputs derive them from the eyes); the
         landmark loss as given (``--landmark-loss``, ``--loss-scale``)."""
         w = self.temporal_weight
         if w is None:
             w = 0.0 if (self.smooth and self.frame_noise) else TRACK_TEMPORAL_WEIGHT
-        return FitConfig(w_temporal=w, w_expression=TRACK_EXPRESSION_WEIGHT, fit_gaze_shapes=False,
-                         landmark_loss=self.landmark_loss, loss_scale=self.loss_scale)
+        return FitConfig(w_temporal=w, w_expression=TRACK_EXPRESSION_WEIGHT, w_antagonist=TRACK_ANTAGONIST_WEIGHT,
+                         fit_gaze_shapes=False, landmark_loss=self.landmark_loss, loss_scale=self.loss_scale)
 
 
 @dataclass
