@@ -202,6 +202,129 @@ def landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, loss_c, prev, temporal_s
     return cost, r_u, r_v, has_lm, has_tmp, sw
 
 
+@njit(cache=True, inline="always")
+def landmark_metric(dx, isg, r_u, r_v, has_lm, has_tmp, tw2, am, g):
+    """Metric am (3, 3) and 3D gradient g (3,) of a landmark vertex's residuals.
+
+    am = dx^T dx isg^2 (with a landmark residual) + tw2 I (with a temporal one); g, holding the
+    temporal part on entry, gets dx^T (r_u, r_v) isg added.  dx (2, 3) is the projection Jacobian,
+    isg the (loss-weighted) 1/sigma, r_u, r_v the weighted landmark residuals.
+    """
+    for i in range(3):
+        for j in range(3):
+            am[i, j] = tw2 if (i == j and has_tmp) else 0.0     # no temporal rows without prev
+    if has_lm:
+        s2 = isg * isg
+        for i in range(3):
+            g[i] += (dx[0, i] * r_u + dx[1, i] * r_v) * isg
+            for j in range(3):
+                am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
+
+
+@njit(cache=True)
+def _vertex_work(nj, pd, nmax, nk):
+    """The workspaces of one :func:`vertex_term` call, a tuple
+    (gi, jx, ax, t, xv, rm, dpose, wsub, work, uv, dx, df, g, am, gsj): J_x over at most nmax local
+    columns (gi (nmax,) int64 their free indices, jx and ax = A J_x (3, nmax)), the template point t
+    and posed vertex xv, ``skinning.skin_vertex``'s rm, dpose (3, pd), wsub (nj,) and work,
+    ``landmark_point``'s uv, dx, df and g, the metric am (3, 3) and gsj (nj, 3, nk) zeroed
+    (:func:`_joint_identity_basis`).  Plain arrays, not a named tuple: see ``tracking_normal._work``."""
+    return (np.empty(nmax, np.int64), np.empty((3, nmax)), np.empty((3, nmax)), np.empty(3), np.empty(3),
+            np.empty((3, 3)), np.empty((3, pd)), np.empty(nj), np.empty((nj + 5, 3)), np.empty(2),
+            np.empty((2, 3)), np.empty(2), np.empty(3), np.empty((3, 3)), np.zeros((nj, 3, nk)))
+
+
+@njit(cache=True)
+def _joint_identity_basis(cm, sj, gsj):
+    """gsj[m] = cm[m] @ sj[m] (3, K) for the non-root joints m: a joint's identity basis in the frame
+    the skin weights combine (:func:`_identity_columns`)."""
+    for m in range(1, gsj.shape[0]):
+        for i in range(3):
+            for k in range(gsj.shape[2]):
+                gsj[m, i, k] = cm[m, i, 0] * sj[m, 0, k] + cm[m, i, 1] * sj[m, 1, k] + cm[m, i, 2] * sj[m, 2, k]
+
+
+@njit(cache=True, inline="always")
+def _identity_columns(p, k0, col_map, wsub, gsj, sb, rm, r0, gi, jx, n):
+    """Append landmark p's identity columns rm sb[p] + r0 sum_m wsub[m] gsj[m] to J_x (gi, jx) from
+    local column n; returns the new column count."""
+    for k in range(sb.shape[2]):
+        g0 = 0.0
+        g1 = 0.0
+        g2 = 0.0
+        for m in range(1, gsj.shape[0]):
+            wm = wsub[m]
+            if wm != 0.0:
+                g0 += wm * gsj[m, 0, k]
+                g1 += wm * gsj[m, 1, k]
+                g2 += wm * gsj[m, 2, k]
+        gi[n] = col_map[k0 + k]
+        for i in range(3):
+            jx[i, n] = (rm[i, 0] * sb[p, 0, k] + rm[i, 1] * sb[p, 1, k] + rm[i, 2] * sb[p, 2, k]
+                        + r0[i, 0] * g0 + r0[i, 1] * g1 + r0[i, 2] * g2)
+        n += 1
+    return n
+
+
+@njit(cache=True, inline="always")
+def _vertex_columns(p, e0, k0, expr_idx, expr_blocks, sb, r0, col_map, ident_free, gsj, rm, dpose, wsub, gi, jx):
+    """J_x of landmark p over the free columns it depends on, into gi (free indices) and jx: the pose
+    columns of the joints it is skinned to (dpose, wsub of ``skin_vertex``), its expression entries
+    of the sparsity table (rm B) and, when ``ident_free``, the identity columns.  Returns the column
+    count."""
+    n = 0
+    for c in range(dpose.shape[1]):
+        f = col_map[c]
+        if f < 0 or (c >= 6 and wsub[1 + (c - 6) // 3] == 0.0):
+            continue
+        gi[n] = f
+        for i in range(3):
+            jx[i, n] = dpose[i, c]
+        n += 1
+    ne = expression_columns(p, e0, expr_idx, expr_blocks, col_map, rm, gi, jx, n)
+    for a in range(n, ne):
+        gi[a] = col_map[gi[a]]          # expression_columns leaves the full indices
+    if ident_free:
+        return _identity_columns(p, k0, col_map, wsub, gsj, sb, rm, r0, gi, jx, ne)
+    return ne
+
+
+@njit(cache=True, inline="always")
+def _add_vertex_rows(gi, jx, ax, am, g, n, jtj, jtr):
+    """jtj += J_x^T A J_x (upper triangle, :func:`add_block`) and jtr += J_x^T g over n local columns;
+    ax (3, >= n) gets A J_x."""
+    for a in range(n):
+        j0 = jx[0, a]
+        j1 = jx[1, a]
+        j2 = jx[2, a]
+        for i in range(3):
+            ax[i, a] = am[i, 0] * j0 + am[i, 1] * j1 + am[i, 2] * j2
+        jtr[gi[a]] += j0 * g[0] + j1 * g[1] + j2 * g[2]
+    add_block(gi, jx, ax, n, jtj)
+
+
+@njit(cache=True, inline="always")
+def _focal_rows(dx, df, isg, r_u, r_v, gi, jx, n, fcol, jtj, jtr):
+    """The free focal column fcol of a landmark residual: projection rows only (df (2,) d uv / d focal).
+
+    Adds the cross terms J_x^T dx^T jf / sigma with the n local columns, the diagonal entry and
+    the gradient entry."""
+    jf0 = df[0] * isg
+    jf1 = df[1] * isg
+    h0 = (dx[0, 0] * jf0 + dx[1, 0] * jf1) * isg
+    h1 = (dx[0, 1] * jf0 + dx[1, 1] * jf1) * isg
+    h2 = (dx[0, 2] * jf0 + dx[1, 2] * jf1) * isg
+    for a in range(n):
+        v = jx[0, a] * h0 + jx[1, a] * h1 + jx[2, a] * h2
+        ia = gi[a]
+        if ia <= fcol:
+            jtj[ia, fcol] += v
+        else:
+            jtj[fcol, ia] += v
+    jtj[fcol, fcol] += jf0 * jf0 + jf1 * jf1
+    jtr[fcol] += jf0 * r_u + jf1 * r_v
+
+
 @njit(cache=True)
 def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, sb, sj,
                 r0, trans, rg, tg, gpos, bm, cm, mu, inv_sigma, loss_c, temporal_sqrtw, prev,
@@ -240,40 +363,20 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     -------
     float, the cost 0.5 |r|^2 of both terms.
     """
-    nl = t_beta.shape[0]
     nj = weights.shape[1]
-    ne_max = expr_idx.shape[1]
     nk = sb.shape[2]
     pd = 6 + 3 * (nj - 1)
     e0 = pd
-    k0 = pd + (x.shape[0] - pd - nk - 1)
-    fidx = x.shape[0] - 1
+    k0 = x.shape[0] - 1 - nk
     ident_free = nk > 0 and col_map[k0] >= 0
-    fcol = col_map[fidx]
-    nmax = pd + ne_max + nk
-    gi = np.empty(nmax, np.int64)          # free index of each local column
-    jx = np.empty((3, nmax))               # J_x, local columns
-    ax = np.empty((3, nmax))               # A J_x
-    t = np.empty(3)
-    xv = np.empty(3)
-    rm = np.empty((3, 3))
-    dpose = np.empty((3, pd))
-    wsub = np.empty(nj)
-    work = np.empty((nj + 5, 3))
-    uv = np.empty(2)
-    dx = np.empty((2, 3))
-    df = np.empty(2)
-    am = np.empty((3, 3))
-    g = np.empty(3)
-    gsj = np.zeros((nj, 3, nk))
-    tw2 = temporal_sqrtw * temporal_sqrtw
+    fcol = col_map[x.shape[0] - 1]
+    (gi, jx, ax, t, xv, rm, dpose, wsub, work, uv, dx, df, g, am,
+     gsj) = _vertex_work(nj, pd, pd + expr_idx.shape[1] + nk, nk)
     if want_jac and ident_free:
-        for m in range(1, nj):
-            for i in range(3):
-                for k in range(nk):
-                    gsj[m, i, k] = cm[m, i, 0] * sj[m, 0, k] + cm[m, i, 1] * sj[m, 1, k] + cm[m, i, 2] * sj[m, 2, k]
+        _joint_identity_basis(cm, sj, gsj)
+    tw2 = temporal_sqrtw * temporal_sqrtw
     cost = 0.0
-    for p in range(nl):
+    for p in range(t_beta.shape[0]):
         template_point(p, x, e0, t_beta, expr_idx, expr_blocks, t)
         if want_jac:
             skin_vertex(t, weights[p], anc, r0, trans, rg, tg, gpos, bm, xv, rm, dpose, wsub, work)
@@ -282,85 +385,17 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
         c, r_u, r_v, has_lm, has_tmp, sw = landmark_point(p, xv, focal, cx, cy, mu, inv_sigma, loss_c, prev,
                                                           temporal_sqrtw, uv, dx, df, g, uv_out, xyz_out)
         cost += c
-        isg = inv_sigma[p] * sw
         if not want_jac or not (has_lm or has_tmp):
             continue
-        # J_x over the free columns this landmark depends on
-        n = 0
-        for c in range(pd):
-            f = col_map[c]
-            if f < 0 or (c >= 6 and wsub[1 + (c - 6) // 3] == 0.0):
-                continue
-            gi[n] = f
-            for i in range(3):
-                jx[i, n] = dpose[i, c]
-            n += 1
-        for d in range(ne_max):
-            e = expr_idx[p, d]
-            if e < 0:
-                break
-            f = col_map[e0 + e]
-            if f < 0:
-                continue
-            gi[n] = f
-            b0 = expr_blocks[p, d, 0]
-            b1 = expr_blocks[p, d, 1]
-            b2 = expr_blocks[p, d, 2]
-            for i in range(3):
-                jx[i, n] = rm[i, 0] * b0 + rm[i, 1] * b1 + rm[i, 2] * b2
-            n += 1
-        if ident_free:
-            for k in range(nk):
-                g0 = 0.0
-                g1 = 0.0
-                g2 = 0.0
-                for m in range(1, nj):
-                    wm = wsub[m]
-                    if wm != 0.0:
-                        g0 += wm * gsj[m, 0, k]
-                        g1 += wm * gsj[m, 1, k]
-                        g2 += wm * gsj[m, 2, k]
-                gi[n] = col_map[k0 + k]
-                for i in range(3):
-                    jx[i, n] = (rm[i, 0] * sb[p, 0, k] + rm[i, 1] * sb[p, 1, k] + rm[i, 2] * sb[p, 2, k]
-                                + r0[i, 0] * g0 + r0[i, 1] * g1 + r0[i, 2] * g2)
-                n += 1
-        # metric A and 3D gradient g
-        for i in range(3):
-            for j in range(3):
-                am[i, j] = tw2 if (i == j and has_tmp) else 0.0     # no temporal rows without prev
-        if has_lm:
-            s2 = isg * isg
-            for i in range(3):
-                g[i] += (dx[0, i] * r_u + dx[1, i] * r_v) * isg
-                for j in range(3):
-                    am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
-            if jac_threshold > 0.0:
-                drop_small_columns(dx, isg, jac_threshold, jx, n)
-        for a in range(n):
-            j0 = jx[0, a]
-            j1 = jx[1, a]
-            j2 = jx[2, a]
-            for i in range(3):
-                ax[i, a] = am[i, 0] * j0 + am[i, 1] * j1 + am[i, 2] * j2
-            jtr[gi[a]] += j0 * g[0] + j1 * g[1] + j2 * g[2]
-        add_block(gi, jx, ax, n, jtj)
+        isg = inv_sigma[p] * sw
+        n = _vertex_columns(p, e0, k0, expr_idx, expr_blocks, sb, r0, col_map, ident_free, gsj, rm, dpose, wsub,
+                            gi, jx)
+        landmark_metric(dx, isg, r_u, r_v, has_lm, has_tmp, tw2, am, g)
+        if has_lm and jac_threshold > 0.0:
+            drop_small_columns(dx, isg, jac_threshold, jx, n)
+        _add_vertex_rows(gi, jx, ax, am, g, n, jtj, jtr)
         if has_lm and fcol >= 0:
-            # focal: projection rows only; cross terms J_x^T dpi^T jf / sigma
-            jf0 = df[0] * isg
-            jf1 = df[1] * isg
-            h0 = (dx[0, 0] * jf0 + dx[1, 0] * jf1) * isg
-            h1 = (dx[0, 1] * jf0 + dx[1, 1] * jf1) * isg
-            h2 = (dx[0, 2] * jf0 + dx[1, 2] * jf1) * isg
-            for a in range(n):
-                v = jx[0, a] * h0 + jx[1, a] * h1 + jx[2, a] * h2
-                ia = gi[a]
-                if ia <= fcol:
-                    jtj[ia, fcol] += v
-                else:
-                    jtj[fcol, ia] += v
-            jtj[fcol, fcol] += jf0 * jf0 + jf1 * jf1
-            jtr[fcol] += jf0 * r_u + jf1 * r_v
+            _focal_rows(dx, df, isg, r_u, r_v, gi, jx, n, fcol, jtj, jtr)
     return cost
 
 

@@ -13,7 +13,7 @@ from numba import njit
 
 from .simd import W, padded, vaxpy2, vaxpy3
 from .skinning import single_joint_frame, single_joint_of
-from .terms import drop_small_columns
+from .terms import drop_small_columns, landmark_metric
 from .tracking_points import PJ_A, PJ_B, PJ_IZ, PJ_ISG, PJ_LM, PJ_PZ, PJ_RU, PJ_RV, PJ_TMP, PJ_U, PJ_V
 
 
@@ -139,6 +139,14 @@ def _add_gram(blocks, e_idx, e_pos, n, scale, ee):
 
 
 @njit(cache=True, inline="always")
+def _expression_column(jexpr, base, e_pos, a):
+    """(c0, c1, c2): a landmark's expression column a, jexpr[:, base + e_pos[a]] (its entries start at
+    ``base``; e_pos its table positions)."""
+    j = base + e_pos[a]
+    return jexpr[0, j], jexpr[1, j], jexpr[2, j]
+
+
+@njit(cache=True, inline="always")
 def _explicit_pose_rows(nc, n, e_idx, dpose, am, g, jexpr, base, e_pos, ap, pp, pe, gp, ge):
     """A landmark's pose x pose, expression x pose and gradient rows from its pose Jacobian
     dpose (3, nc), metric am (3, 3), 3D gradient g (3,) and expression columns
@@ -168,10 +176,7 @@ def _explicit_pose_rows(nc, n, e_idx, dpose, am, g, jexpr, base, e_pos, ap, pp, 
             vaxpy3(row, c, d0, ap0, d1, ap1, d2, ap2, c)
     for a in range(n):
         ea = e_idx[a]
-        j = base + e_pos[a]
-        c0 = jexpr[0, j]
-        c1 = jexpr[1, j]
-        c2 = jexpr[2, j]
+        c0, c1, c2 = _expression_column(jexpr, base, e_pos, a)
         ge[ea] += c0 * g[0] + c1 * g[1] + c2 * g[2]
         row = pe[ea]
         for c in range(0, nc, W):
@@ -241,10 +246,7 @@ def _joint_group_add(k, xv, trans, am, g, jexpr, base, e_pos, e_idx, n, gsum, hs
     h = hs[k]
     for a in range(n):
         o = HL * e_idx[a]
-        j = base + e_pos[a]
-        c0 = jexpr[0, j]
-        c1 = jexpr[1, j]
-        c2 = jexpr[2, j]
+        c0, c1, c2 = _expression_column(jexpr, base, e_pos, a)
         for c in range(0, HL, W):
             vaxpy3(h, o + c, c0, s0, c1, s1, c2, s2, c)
 
@@ -321,6 +323,197 @@ def _joint_group_finish(k, anc, r0bm, rgm, gsum, hs, pp, pe, gp, ge):
 
 
 @njit(cache=True)
+def _work(anc, r0, rg, gpos, bm, ne, pd):
+    """The workspaces of one :func:`vertex_term_tracking` call (see there), a tuple:
+    pp, pe, gp, ge, ee, gsum, hs, srow, used, r0bm, rgm, nck, xv, dx, g, am, dpose, ap, qd, acd.
+
+    Zeroed dense sums (pose x pose pp (POSE_DIM, P'), expression x pose pe (E, P'), gradients gp,
+    ge, expression x expression ee (E, E'), P' = simd.padded(POSE_DIM), E' = simd.padded(E): a row
+    from any position runs in whole W-wide chunks over zeros past its end), the per-joint sums of
+    :func:`_joint_group_add` (gsum, hs, srow; used: joints with a landmark in them), the joint frames
+    r0bm, rgm of the pose chain (r0, rg, gpos, bm; ``skinning.single_joint_frame``), nck (J,) the pose
+    columns of a landmark skinned to joint k alone, and one landmark's position xv, projection
+    Jacobian dx, gradient g, metric am, pose Jacobian dpose, A dpose ap, and its projected and
+    A-weighted expression columns qd (2, E'), acd (3, E') dense over positions (zero between landmarks).
+
+    Plain arrays, unpacked into locals of the kernel and passed to its inlined helpers one by one,
+    not as a named tuple: reading an array field of a tuple in the landmark loop takes a reference
+    count (an atomic add) each time, which made the kernel 2.5x slower, and numba's dead-code
+    elimination after inlining (``inline="always"``) can drop a write into a field of a tuple built
+    in the same function (the field is not taken for an alias of the tuple).
+    """
+    nj = anc.shape[0]
+    pdp = padded(pd)
+    nep = padded(ne)
+    rmk = np.empty((nj, 3, 3))
+    r0bm = np.empty((nj, 3, 3))
+    rgm = np.empty((nj, 3))
+    single_joint_frame(r0, rg, gpos, bm, rmk, r0bm, rgm)
+    nck = np.zeros(nj, np.int64)
+    for kj in range(nj):
+        for m in range(1, nj):
+            if anc[kj, m] != 0.0:
+                nck[kj] = 6 + 3 * m
+        if nck[kj] == 0:
+            nck[kj] = 6
+    return (np.zeros((pd, pdp)), np.zeros((ne, pdp)), np.zeros(pd), np.zeros(ne), np.zeros((ne, nep)),
+            np.zeros((nj, 11, 3)), np.zeros((nj, ne * HL)), np.zeros((3, HL)), np.zeros(nj, np.bool_), r0bm, rgm,
+            nck, np.empty(3), np.empty((2, 3)), np.empty(3), np.empty((3, 3)), np.zeros((3, pd)),
+            np.empty((3, pdp)), np.zeros((2, nep)), np.zeros((3, nep)))
+
+
+@njit(cache=True, inline="always")
+def _landmark_state(p, q, focal, xyz_t, pj, temporal_sqrtw, prev, uv_out, xyz_out, xv, dx, g):
+    """Landmark p (kernel column q): its position into xv (3,), uv_out[p] and xyz_out[p], its
+    projection Jacobian dx (2, 3) and the temporal part of its 3D gradient g (3,) (0 without a
+    temporal residual).  Returns (has_lm, has_tmp): whether it has a landmark and a temporal residual."""
+    xv[0] = xyz_t[0, q]
+    xv[1] = xyz_t[1, q]
+    xv[2] = xyz_t[2, q]
+    uv_out[p, 0] = pj[PJ_U, q]
+    uv_out[p, 1] = pj[PJ_V, q]
+    for i in range(3):
+        xyz_out[p, i] = xv[i]
+    has_lm = pj[PJ_LM, q] != 0.0
+    has_tmp = pj[PJ_TMP, q] != 0.0
+    fi = focal * pj[PJ_IZ, q]
+    dx[0, 0] = fi
+    dx[0, 1] = 0.0
+    dx[0, 2] = fi * pj[PJ_A, q]
+    dx[1, 0] = 0.0
+    dx[1, 1] = -fi
+    dx[1, 2] = -fi * pj[PJ_B, q]
+    for i in range(3):
+        g[i] = temporal_sqrtw * (temporal_sqrtw * (xv[i] - prev[p, i])) if has_tmp else 0.0
+    return has_lm, has_tmp
+
+
+@njit(cache=True, inline="always")
+def _pose_jacobian(q, nc, jpose, dx, isg, thresh, jac_threshold, dpose):
+    """dpose[:, :nc] = the pose Jacobian of kernel column q (jpose (POSE_DIM, 3, L)), with the
+    columns below ``jac_threshold`` zeroed when ``thresh`` (``terms.drop_small_columns``)."""
+    for c in range(nc):
+        dpose[0, c] = jpose[c, 0, q]
+        dpose[1, c] = jpose[c, 1, q]
+        dpose[2, c] = jpose[c, 2, q]
+    if thresh:
+        drop_small_columns(dx, isg, jac_threshold, dpose, nc)
+
+
+@njit(cache=True, inline="always")
+def _projected_columns(n, base, e_pos, e_idx, qe, thresh, jac_threshold, jexpr, qd):
+    """qd[:, e_idx[a]] = a landmark's projected expression columns qe[:, base + e_pos[a]] (a < n).
+
+    When ``thresh``, a column whose two entries are below ``jac_threshold`` is dropped: zeroed in
+    qd and in jexpr (this evaluation's scratch), as ``terms.drop_small_columns`` does.  Returns True
+    when a column was dropped.
+    """
+    zeroed = False
+    for a in range(n):
+        j = base + e_pos[a]
+        q0 = qe[0, j]
+        q1 = qe[1, j]
+        if thresh and abs(q0) < jac_threshold and abs(q1) < jac_threshold:
+            jexpr[0, j] = 0.0
+            jexpr[1, j] = 0.0
+            jexpr[2, j] = 0.0
+            q0 = 0.0
+            q1 = 0.0
+            zeroed = True
+        ea = e_idx[a]
+        qd[0, ea] = q0
+        qd[1, ea] = q1
+    return zeroed
+
+
+@njit(cache=True, inline="always")
+def _expression_gram(n, e_idx, e_pos, base, jexpr, am, acd, ee):
+    """ee rows += col_a^T A col_b of a landmark's n expression columns (:func:`_expression_column`).
+
+    Dense rows over the positions e_idx[a] .. e_idx[n - 1], zero between the entries: contiguous
+    and vectorisable (adding the zeros changes nothing).  acd (3, E') holds the A-weighted columns
+    by position for the call and is left zero.
+    """
+    hi = e_idx[n - 1] + 1
+    for a in range(n):
+        c0, c1, c2 = _expression_column(jexpr, base, e_pos, a)
+        ea = e_idx[a]
+        for i in range(3):
+            acd[i, ea] = am[i, 0] * c0 + am[i, 1] * c1 + am[i, 2] * c2
+    acd0 = acd[0]
+    acd1 = acd[1]
+    acd2 = acd[2]
+    for a in range(n):
+        c0, c1, c2 = _expression_column(jexpr, base, e_pos, a)
+        ea = e_idx[a]
+        row = ee[ea]
+        for c in range(ea, hi, W):
+            vaxpy3(row, c, c0, acd0, c1, acd1, c2, acd2, c)
+    for a in range(n):
+        for i in range(3):
+            acd[i, e_idx[a]] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _projected_gram(n, e_idx, qd, ee):
+    """ee rows += q_a . q_b of a landmark's n projected expression columns qd (2, E') (the landmark
+    rows alone: the temporal part is the static Gram); rows as in :func:`_expression_gram`."""
+    hi = e_idx[n - 1] + 1
+    q0r = qd[0]
+    q1r = qd[1]
+    for a in range(n):
+        ea = e_idx[a]
+        row = ee[ea]
+        a0 = q0r[ea]
+        a1 = q1r[ea]
+        for c in range(ea, hi, W):
+            vaxpy2(row, c, a0, q0r, a1, q1r, c)
+
+
+@njit(cache=True, inline="always")
+def _scatter_block(row_free, col_free, buf, upper, jtj):
+    """jtj[fa, fb] += buf[a, b] (into the upper triangle) over the free rows fa = row_free[a] >= 0 and
+    columns fb = col_free[b] >= 0; only b >= a when ``upper`` (a diagonal block's upper triangle)."""
+    for a in range(row_free.shape[0]):
+        fa = row_free[a]
+        if fa < 0:
+            continue
+        # min / max instead of a branch on the order of the free indices (unpredictable when the
+        # expression order permutes them)
+        for b in range(a if upper else 0, col_free.shape[0]):
+            fb = col_free[b]
+            if fb >= 0:
+                jtj[min(fa, fb), max(fa, fb)] += buf[a, b]
+
+
+@njit(cache=True, inline="always")
+def _scatter_gradient(free, grad, jtr):
+    """jtr[free[a]] += grad[a] over the free entries (free[a] >= 0)."""
+    for a in range(free.shape[0]):
+        if free[a] >= 0:
+            jtr[free[a]] += grad[a]
+
+
+@njit(cache=True, inline="always")
+def _finish(anc, ee_static, tw2, pose_free, expr_free, r0bm, rgm, gsum, hs, used, pp, pe, gp, ge, ee, jtj, jtr):
+    """Multiply out the joint group sums of the ``used`` joints (:func:`_joint_group_finish`), add the
+    static expression Gram (times tw2) and scatter the dense sums into jtj (upper triangle) and jtr."""
+    for kj in range(anc.shape[0]):
+        if used[kj]:
+            _joint_group_finish(kj, anc, r0bm, rgm, gsum, hs, pp, pe, gp, ge)
+    if tw2 > 0.0:
+        for a in range(ee_static.shape[0]):
+            for b in range(a, ee_static.shape[0]):
+                ee[a, b] += tw2 * ee_static[a, b]
+    # each entry of jtj gets one sum: the order of the blocks changes nothing
+    _scatter_block(pose_free, pose_free, pp, True, jtj)
+    _scatter_block(expr_free, pose_free, pe, False, jtj)
+    _scatter_block(expr_free, expr_free, ee, True, jtj)
+    _scatter_gradient(pose_free, gp, jtr)
+    _scatter_gradient(expr_free, ge, jtr)
+
+
+@njit(cache=True)
 def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_blocks, anc,
                          r0, trans, rg, gpos, bm, temporal_sqrtw, prev,
                          single, pose_ncols, pose_free, e_count, e_idx, e_pos, expr_free, ee_static,
@@ -358,207 +551,47 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
     Adds the upper triangle of J^T J into jtj (n, n) and J^T r into jtr (n,); writes the positions
     uv_out (L, 2), xyz_out (L, 3) in table order.
     """
-    nl = col_of.shape[0]
-    nj = anc.shape[0]
-    ne = expr_free.shape[0]
-    pd = pose_free.shape[0]
-    pdp = padded(pd)                        # pose buffers padded for the W-wide rows
-    pp = np.zeros((pd, pdp))
-    pe = np.zeros((ne, pdp))
-    gp = np.zeros(pd)
-    ge = np.zeros(ne)
-    rmk = np.empty((nj, 3, 3))
-    r0bm = np.empty((nj, 3, 3))
-    rgm = np.empty((nj, 3))
-    single_joint_frame(r0, rg, gpos, bm, rmk, r0bm, rgm)
-    gsum = np.zeros((nj, 11, 3))            # per-joint sums of _joint_group_add
-    hs = np.zeros((nj, ne * HL))         # per joint and expression: HL lanes (_joint_group_add)
-    srow = np.zeros((3, HL))
-    nck = np.zeros(nj, np.int64)            # pose columns of a landmark skinned to joint k alone
-    for kj in range(nj):
-        for m in range(1, nj):
-            if anc[kj, m] != 0.0:
-                nck[kj] = 6 + 3 * m
-        if nck[kj] == 0:
-            nck[kj] = 6
-    used = np.zeros(nj, np.bool_)
-    xv = np.empty(3)
-    dpose = np.zeros((3, pd))
-    ap = np.empty((3, pdp))
-    # expression buffers padded for the W-wide row updates (simd): a row from any position runs in
-    # whole chunks over zeros past its end
-    nep = padded(ne)
-    ee = np.zeros((ne, nep))
-    acd = np.zeros((3, nep))                # A-weighted columns, dense over expression positions
-    qd = np.zeros((2, nep))                 # projected columns / sigma, dense over expression positions
-    acd0 = acd[0]
-    acd1 = acd[1]
-    acd2 = acd[2]
-    dx = np.empty((2, 3))
-    am = np.empty((3, 3))
-    g = np.empty(3)
+    (pp, pe, gp, ge, ee, gsum, hs, srow, used, r0bm, rgm, nck, xv, dx, g, am, dpose, ap, qd,
+     acd) = _work(anc, r0, rg, gpos, bm, expr_free.shape[0], pose_free.shape[0])
     tw2 = temporal_sqrtw * temporal_sqrtw
-    static_on = tw2 > 0.0
-    for p in range(nl):
+    for p in range(col_of.shape[0]):
         q = col_of[p]
-        xv[0] = xyz_t[0, q]
-        xv[1] = xyz_t[1, q]
-        xv[2] = xyz_t[2, q]
+        has_lm, has_tmp = _landmark_state(p, q, focal, xyz_t, pj, temporal_sqrtw, prev, uv_out, xyz_out, xv, dx, g)
         k = single[p]
-        nc = pose_ncols[p]
-        uv_out[p, 0] = pj[PJ_U, q]
-        uv_out[p, 1] = pj[PJ_V, q]
-        for i in range(3):
-            xyz_out[p, i] = xv[i]
-        has_lm = pj[PJ_LM, q] != 0.0
-        has_tmp = pj[PJ_TMP, q] != 0.0
-        r_u = pj[PJ_RU, q]
-        r_v = pj[PJ_RV, q]
-        fi = focal * pj[PJ_IZ, q]
-        dx[0, 0] = fi
-        dx[0, 1] = 0.0
-        dx[0, 2] = fi * pj[PJ_A, q]
-        dx[1, 0] = 0.0
-        dx[1, 1] = -fi
-        dx[1, 2] = -fi * pj[PJ_B, q]
-        for i in range(3):
-            g[i] = temporal_sqrtw * (temporal_sqrtw * (xv[i] - prev[p, i])) if has_tmp else 0.0
-        isg = pj[PJ_ISG, q]             # loss-weighted 1/sigma (project_soa)
         n = e_count[p]
-        is_static = static_on and k >= 0
+        # a one-joint landmark's temporal expression block is in ee_static (added by _finish); without a
+        # temporal residual, or with an expression column dropped, it is subtracted (the 3-row path)
+        is_static = tw2 > 0.0 and k >= 0
         if not (has_lm or has_tmp):
             if is_static:
                 _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
             continue
-        # expression columns rm B (free entries) and, with a landmark residual, their projected rows
-        # q = dx col / sigma (dense over positions in qd), thresholded as drop_small_columns does
-        zeroed = False
+        isg = pj[PJ_ISG, q]             # loss-weighted 1/sigma (project_soa)
+        nc = pose_ncols[p]
         thresh = has_lm and jac_threshold > 0.0
-        pose_zeroed = thresh and pj[PJ_PZ, q] != 0.0       # a pose column is dropped (pose_threshold_soa)
-        group = k >= 0 and nc == nck[k]
-        explicit = pose_zeroed or not group
-        if explicit:                    # this landmark's pose Jacobian, explicitly
-            for c in range(nc):
-                dpose[0, c] = jpose[c, 0, q]
-                dpose[1, c] = jpose[c, 1, q]
-                dpose[2, c] = jpose[c, 2, q]
-            if thresh:
-                drop_small_columns(dx, isg, jac_threshold, dpose, nc)
-        # the columns are read from jexpr[:, base + e_pos[p, a]]; a dropped one is zeroed there
-        # (jexpr is this evaluation's scratch)
-        base = ptr[q]
-        ep = e_pos[p]
+        # pose rows through the per-joint sums unless a pose column is dropped (pose_threshold_soa)
+        explicit = (thresh and pj[PJ_PZ, q] != 0.0) or not (k >= 0 and nc == nck[k])
+        if explicit:
+            _pose_jacobian(q, nc, jpose, dx, isg, thresh, jac_threshold, dpose)
+        base = ptr[q]                   # the expression columns: jexpr[:, base + e_pos[p, a]]
+        zeroed = False
         if has_lm:
-            for a in range(n):
-                j = base + ep[a]
-                q0 = qe[0, j]
-                q1 = qe[1, j]
-                if thresh and abs(q0) < jac_threshold and abs(q1) < jac_threshold:
-                    jexpr[0, j] = 0.0
-                    jexpr[1, j] = 0.0
-                    jexpr[2, j] = 0.0
-                    q0 = 0.0
-                    q1 = 0.0
-                    zeroed = True
-                ea = e_idx[p, a]
-                qd[0, ea] = q0
-                qd[1, ea] = q1
+            zeroed = _projected_columns(n, base, e_pos[p], e_idx[p], qe, thresh, jac_threshold, jexpr, qd)
         if is_static and (zeroed or not has_tmp):
             _add_gram(expr_blocks[p], e_idx[p], e_pos[p], n, -tw2, ee)
             is_static = False
-        # metric A and 3D gradient g
-        for i in range(3):
-            for j in range(3):
-                am[i, j] = tw2 if (i == j and has_tmp) else 0.0
-        s2 = isg * isg
-        if has_lm:
-            for i in range(3):
-                g[i] += (dx[0, i] * r_u + dx[1, i] * r_v) * isg
-                for j in range(3):
-                    am[i, j] += s2 * (dx[0, i] * dx[0, j] + dx[1, i] * dx[1, j])
-        if not explicit:
-            # one-joint landmark: pose rows through the per-joint sums (_joint_group_add)
-            _joint_group_add(k, xv, trans, am, g, jexpr, base, ep, e_idx[p], n, gsum, hs, srow)
+        landmark_metric(dx, isg, pj[PJ_RU, q], pj[PJ_RV, q], has_lm, has_tmp, tw2, am, g)
+        if explicit:
+            _explicit_pose_rows(nc, n, e_idx[p], dpose, am, g, jexpr, base, e_pos[p], ap, pp, pe, gp, ge)
+        else:
+            _joint_group_add(k, xv, trans, am, g, jexpr, base, e_pos[p], e_idx[p], n, gsum, hs, srow)
             used[k] = True
-        else:
-            _explicit_pose_rows(nc, n, e_idx[p], dpose, am, g, jexpr, base, ep, ap, pp, pe, gp, ge)
-        # expression x expression
-        # (dense rows over the positions e_idx[p, a] .. e_idx[p, n - 1], zero between the entries:
-        # contiguous and vectorisable; adding the zeros changes nothing)
-        if n == 0:
-            continue
-        hi = e_idx[p, n - 1] + 1
-        if is_static:
-            if has_lm:
-                q0r = qd[0]
-                q1r = qd[1]
-                for a in range(n):
-                    ea = e_idx[p, a]
-                    row = ee[ea]
-                    a0 = q0r[ea]
-                    a1 = q1r[ea]
-                    for c in range(ea, hi, W):
-                        vaxpy2(row, c, a0, q0r, a1, q1r, c)
-        else:
-            for a in range(n):
-                ea = e_idx[p, a]
-                j = base + ep[a]
-                c0 = jexpr[0, j]
-                c1 = jexpr[1, j]
-                c2 = jexpr[2, j]
-                for i in range(3):
-                    acd[i, ea] = am[i, 0] * c0 + am[i, 1] * c1 + am[i, 2] * c2
-            for a in range(n):
-                ea = e_idx[p, a]
-                j = base + ep[a]
-                c0 = jexpr[0, j]
-                c1 = jexpr[1, j]
-                c2 = jexpr[2, j]
-                row = ee[ea]
-                for c in range(ea, hi, W):
-                    vaxpy3(row, c, c0, acd0, c1, acd1, c2, acd2, c)
-            for a in range(n):
-                for i in range(3):
-                    acd[i, e_idx[p, a]] = 0.0
+        if n > 0 and not is_static:
+            _expression_gram(n, e_idx[p], e_pos[p], base, jexpr, am, acd, ee)
+        elif n > 0 and has_lm:
+            _projected_gram(n, e_idx[p], qd, ee)
         if has_lm:
             for a in range(n):
                 qd[0, e_idx[p, a]] = 0.0
                 qd[1, e_idx[p, a]] = 0.0
-    for kj in range(nj):
-        if used[kj]:
-            _joint_group_finish(kj, anc, r0bm, rgm, gsum, hs, pp, pe, gp, ge)
-    if static_on:
-        for a in range(ne):
-            for b in range(a, ne):
-                ee[a, b] += tw2 * ee_static[a, b]
-    # scatter the dense buffers into the free system (upper triangle)
-    for a in range(pd):
-        fa = pose_free[a]
-        if fa < 0:
-            continue
-        jtr[fa] += gp[a]
-        for b in range(a, pd):
-            fb = pose_free[b]
-            if fb < 0:
-                continue
-            if fa <= fb:
-                jtj[fa, fb] += pp[a, b]
-            else:
-                jtj[fb, fa] += pp[a, b]
-    for a in range(ne):
-        fa = expr_free[a]
-        if fa < 0:
-            continue
-        jtr[fa] += ge[a]
-        # min / max instead of a branch on the order of the free indices (unpredictable when the
-        # expression order permutes them)
-        for c in range(pd):
-            fc = pose_free[c]
-            if fc < 0:
-                continue
-            jtj[min(fa, fc), max(fa, fc)] += pe[a, c]
-        for b in range(a, ne):
-            fb = expr_free[b]
-            if fb < 0:
-                continue
-            jtj[min(fa, fb), max(fa, fb)] += ee[a, b]
+    _finish(anc, ee_static, tw2, pose_free, expr_free, r0bm, rgm, gsum, hs, used, pp, pe, gp, ge, ee, jtj, jtr)

@@ -150,6 +150,8 @@ def _both_kernels(prob, x, n):
     out = []
     for fast in (False, True):
         prob._plans = {prob.col_map.tobytes(): tracking_plan(prob.table, prob.col_map, POSE_DIM) if fast else None}
+        prob._plan_cm = None                # else _tracking_plan returns the plan of its last lookup
+        assert (prob._tracking_plan() is not None) == fast
         a, b = np.zeros((n, n)), np.zeros(n)
         c = prob._vertex_term(x, a, b, True)
         out.append((c, a, b, prob.uv.copy(), prob.xyz.copy()))
