@@ -36,9 +36,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import results_doc  # noqa: E402
+from lmfit3d.paths import default_ict_dir  # noqa: E402
 
 SUITES = {
     "fit": ("bench/test_bench_fit.py", "test_step or test_lm_solve"),
@@ -55,7 +57,8 @@ def _run(tree, suite, json_path=None):
     if select:
         cmd += ["-k", select]
     cmd += ["--benchmark-json", str(json_path)] if json_path else ["--benchmark-disable"]
-    env = dict(os.environ, PYTHONPATH=str(tree), **THREADS)
+    # the base worktree lives in a temporary folder: point it at this checkout's shared data
+    env = dict(os.environ, PYTHONPATH=str(tree), ICT_FACEKIT=str(default_ict_dir()), **THREADS)
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{suite} failed in {tree}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")

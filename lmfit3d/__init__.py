@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "paths", "meshio", "model", "rotation", "skinning", "camera", "calibration", "imaging", "render",
     "landmarks",
-    "sparsity", "energy", "terms", "intersection", "tracking_points", "tracking_normal", "gradients", "simd",
+    "sparsity", "energy", "terms", "intersection", "tracking_points", "tracking_normal", "capture_cameras",
+    "gradients", "simd",
     "solvers", "frame_lm", "problem", "fit", "synthetic", "detect", "predict", "temporal", "capture", "media",
     "outputs", "track", "landmark_files", "capture_files", "stills", "batch", "cli",
 )

@@ -14,7 +14,7 @@ likelihood) or ``cauchy`` (rho(s) = c^2 log(1 + s / c^2), c = ``loss_scale`` in 
 c sigmas off counts log 2 c^2 instead of c^2).  The fast paths are Gauss-Newton: per landmark
 they weight its residual and Jacobian rows by sqrt(rho'(s)) (iteratively reweighted least
 squares) through :func:`landmark_loss`, the one place that defines the loss for all three
-solvers (``terms.vertex_term``, the tracking kernels of ``frame_lm``, ``gradients.camera_pass``).
+solvers (``terms.vertex_term``, the tracking kernels of ``frame_lm``, ``capture_cameras.camera_pass``).
 
 This module holds:
 

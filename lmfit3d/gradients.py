@@ -4,7 +4,7 @@ The offline solver (paper sec. 3.3, "all frames and cameras at once with L-BFGS"
 cost and its gradient J^T r, never J^T J.  :func:`capture_energy` evaluates both in one call.
 Per frame: the landmark vertices are posed once (world-axes joint transforms, only the joints
 with non-zero weight: ``skinning.skin_point_sparse``); per camera one SIMD loop over the
-landmarks (:func:`camera_pass`) projects them and accumulates each landmark's world-space
+landmarks (``capture_cameras.camera_pass``) projects them and accumulates each landmark's world-space
 gradient g; then g is pulled back in adjoint form: through the landmark's sparse expression /
 identity columns (``terms.template_point`` and the static table of ``sparsity.build_sparsity``),
 and for the pose as world-space sums per joint mapped to the joint's axis-angle once per frame
@@ -35,7 +35,7 @@ Kernel layout: :func:`capture_energy` allocates its workspaces once (named tuple
 :class:`CaptureSpec`, :class:`Outputs`, :class:`LandmarkTable`, :class:`CameraState`,
 :class:`ChainWork`, :class:`Positions`, :class:`Adjoint`, :class:`GaussNewton`), then per frame
 :func:`frame_energy` runs the rolling positions (:func:`roll_positions`), the cameras
-(:func:`frame_cameras`), the temporal term (:func:`temporal_term`), the pull-back of the world
+(``capture_cameras.frame_cameras``), the temporal term (:func:`temporal_term`), the pull-back of the world
 gradient (:func:`pull_back`, :func:`pose_gradient`), the Gauss-Newton pieces
 (:func:`frame_gauss_newton`) and the priors (:func:`quadratic_prior`); the intersection term
 (:func:`intersection_energy`) and the identity and camera gradients (:func:`identity_gradient`,
@@ -47,15 +47,13 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .camera import project_jac
-from .energy import Intersection, landmark_loss
-from .rotation import rodrigues_into
+from .capture_cameras import camera_state, camera_gradient, cross3, frame_cameras
+from .energy import Intersection
 from .intersection import intersection_depth
 from .skinning import pose_chain, skin_point_sparse, skin_vertex, world_joint_transforms
 from .terms import template_point
 
-CAMERA_SIZE = 7
-POSE_SIZE = 18
+POSE_SIZE = 18                  # a frame's pose block: root rotation, translation, 4 joints (energy.FrameLayout)
 
 
 # -- kernel state (named tuples of arrays, allocated once per capture_energy call) ------------------
@@ -106,34 +104,6 @@ class LandmarkTable(NamedTuple):
     sj: np.ndarray          # (J, 3, K) joint identity basis
     parents: np.ndarray     # (J,) int64
     anc: np.ndarray         # (J, J) ancestry (skinning.ancestry)
-
-
-class ProjectionWork(NamedTuple):
-    """Scratch of :func:`_camera_extra` (one landmark's projection and its Jacobian)."""
-
-    xc: np.ndarray          # (3,) camera-space point (mm)
-    y: np.ndarray           # (3,) R_j x (mm)
-    uvp: np.ndarray         # (2,) projection (pixels)
-    dx: np.ndarray          # (2, 3) d uv / d x_cam
-    df: np.ndarray          # (2,) d uv / d focal
-    a: np.ndarray           # (3,)
-    b: np.ndarray           # (3,)
-    cr: np.ndarray          # (3,)
-
-
-class CameraState(NamedTuple):
-    """The cameras' rotations, data flags and per-call accumulators."""
-
-    rc: np.ndarray          # (C, 3, 3) R_j
-    jc: np.ndarray          # (C, 3, 3) left Jacobian of R_j
-    centre: np.ndarray      # (C, 2) principal point (pixels)
-    block_ok: np.ndarray    # (C, F) bool, camera j has landmarks in frame f
-    cam_grad: np.ndarray    # (C,) bool, camera j's gradient wanted
-    gcam: np.ndarray        # (C, 7) [sum y x g_c (3), sum g_c (3), d cost / d focal]
-    cdiag: np.ndarray       # (C, 7) Gauss-Newton diagonal of the camera columns
-    no_cam: np.ndarray      # (0,) camera_pass's "no camera sums"
-    no_uv: np.ndarray       # (0, L) _camera_extra's "no projections"
-    proj: ProjectionWork
 
 
 class ChainWork(NamedTuple):
@@ -220,12 +190,6 @@ def _workspaces(nl, nj, nk, want_diag):
 
 
 # -- small pieces ------------------------------------------------------------------------------------
-
-@njit(cache=True, inline="always")
-def _cross(a, b, out):
-    out[0] = a[1] * b[2] - a[2] * b[1]
-    out[1] = a[2] * b[0] - a[0] * b[2]
-    out[2] = a[0] * b[1] - a[1] * b[0]
 
 
 @njit(cache=True)
@@ -345,154 +309,6 @@ def roll_positions(z, f, s, tab, ch, pos):
 
 # -- cameras ----------------------------------------------------------------------------------------
 
-@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
-def camera_pass(xs, obs, rc, tc, focal, cx, cy, loss_c, gs, want_grad, cam):
-    """Landmark residuals of one camera in one frame, all landmarks (the hot loop, SIMD over landmarks).
-
-    Parameters
-    ----------
-    xs : (3, L) float64, world positions (mm).
-    obs : (3, L) float32, rows u, v (pixels) and 1/sigma (0 where missing).
-    rc : (3, 3) R_j; tc : (3,) T_j (mm); focal, cx, cy : float (pixels).
-    loss_c : float, the landmark loss (``energy.landmark_loss``): 0 squared, c > 0 Cauchy.
-    gs : (3, L) float64, accumulates d cost / d x (world) per landmark when ``want_grad``.
-    cam : (7,) float64, accumulates [sum y x g_c (3), sum g_c (3), d cost / d focal] (length 0 to
-        skip), with y = R_j x and g_c = d cost / d x_cam.
-
-    Returns
-    -------
-    float, 0.5 sum rho(|r|^2) of this camera.  Float32 inputs, float64 arithmetic; ``reassoc`` only
-    reorders the sums (no NaN / inf assumptions).
-    """
-    want_cam = cam.shape[0] > 0
-    r00, r01, r02 = rc[0, 0], rc[0, 1], rc[0, 2]
-    r10, r11, r12 = rc[1, 0], rc[1, 1], rc[1, 2]
-    r20, r21, r22 = rc[2, 0], rc[2, 1], rc[2, 2]
-    t0, t1, t2 = tc[0], tc[1], tc[2]
-    cost = 0.0
-    c0 = c1 = c2 = c3 = c4 = c5 = c6 = 0.0
-    for p in range(xs.shape[1]):
-        x0 = xs[0, p]
-        x1 = xs[1, p]
-        x2 = xs[2, p]
-        y0 = r00 * x0 + r01 * x1 + r02 * x2
-        y1 = r10 * x0 + r11 * x1 + r12 * x2
-        y2 = r20 * x0 + r21 * x1 + r22 * x2
-        iz = -1.0 / (y2 + t2)
-        a = (y0 + t0) * iz
-        b = (y1 + t1) * iz
-        isg = np.float64(obs[2, p])
-        ru = (cx + focal * a - obs[0, p]) * isg
-        rv = (cy - focal * b - obs[1, p]) * isg
-        s2 = ru * ru + rv * rv
-        rho, drho = landmark_loss(s2, loss_c)
-        cost += 0.5 * rho
-        ru *= drho                  # the gradient of 1/2 rho(|r|^2) is rho' J^T r
-        rv *= drho
-        if want_grad:
-            s = focal * iz * isg
-            e = a * ru - b * rv
-            g0 = s * ru
-            g1 = -s * rv
-            g2 = s * e
-            gs[0, p] += r00 * g0 + r10 * g1 + r20 * g2
-            gs[1, p] += r01 * g0 + r11 * g1 + r21 * g2
-            gs[2, p] += r02 * g0 + r12 * g1 + r22 * g2
-            if want_cam:
-                c0 += y1 * g2 - y2 * g1
-                c1 += y2 * g0 - y0 * g2
-                c2 += y0 * g1 - y1 * g0
-                c3 += g0
-                c4 += g1
-                c5 += g2
-                c6 += e * isg
-    if want_cam:
-        cam[0] += c0
-        cam[1] += c1
-        cam[2] += c2
-        cam[3] += c3
-        cam[4] += c4
-        cam[5] += c5
-        cam[6] += c6
-    return cost
-
-
-@njit(cache=True)
-def _camera_extra(xs, obs, rc, jc, tc, focal, cx, cy, q, cdiag, uv, w):
-    """Projections and Gauss-Newton pieces of one camera in one frame.
-
-    Parameters
-    ----------
-    xs : (3, L) world positions (mm); obs : (3, L) float32 as in :func:`camera_pass`.
-    rc, jc : (3, 3) R_j and its left Jacobian; tc : (3,) T_j (mm); focal, cx, cy : float (pixels).
-    q : (L, 3, 3), when it has rows, += world information sum_u (R^T dx_u)(R^T dx_u)^T / sigma^2 per
-        landmark; cdiag : (7,) += the camera's Gauss-Newton diagonal.
-    uv : (2, L) out, projections (pixels); first axis 0 to skip.
-    w : :class:`ProjectionWork`.
-    """
-    xc, y, uvp, dx, df, a, b, cr = w.xc, w.y, w.uvp, w.dx, w.df, w.a, w.b, w.cr
-    want_q = q.shape[0] > 0
-    for p in range(xs.shape[1]):
-        for i in range(3):
-            y[i] = rc[i, 0] * xs[0, p] + rc[i, 1] * xs[1, p] + rc[i, 2] * xs[2, p]
-            xc[i] = y[i] + tc[i]
-        project_jac(xc, focal, cx, cy, uvp, dx, df)
-        if uv.shape[0] > 0:
-            uv[0, p] = uvp[0]
-            uv[1, p] = uvp[1]
-        isg = np.float64(obs[2, p])
-        if not want_q or isg == 0.0:
-            continue
-        i2 = isg * isg
-        for u in range(2):
-            for i in range(3):
-                a[i] = rc[0, i] * dx[u, 0] + rc[1, i] * dx[u, 1] + rc[2, i] * dx[u, 2]
-            for i in range(3):
-                for k in range(3):
-                    q[p, i, k] += i2 * a[i] * a[k]
-            for i in range(3):
-                # rotation column i of the camera: (J_l e_i) x y;  translation: e_i
-                for k in range(3):
-                    b[k] = jc[k, i]
-                _cross(b, y, cr)
-                v = dx[u, 0] * cr[0] + dx[u, 1] * cr[1] + dx[u, 2] * cr[2]
-                cdiag[i] += i2 * v * v
-                cdiag[3 + i] += i2 * dx[u, i] * dx[u, i]
-            cdiag[6] += i2 * df[u] * df[u]
-
-
-@njit(cache=True)
-def frame_cameras(z, f, obs_f, xs, s, cams, gs, q, out, cost):
-    """Every camera's landmark term in frame f (and, when wanted, projections and GN pieces).
-
-    Parameters
-    ----------
-    z : (N,) float64; f : int, the frame.
-    obs_f : (C, 3, L) float32, the frame's observations (rows u, v pixels and 1/sigma).
-    xs : (3, L) world positions of the frame's landmarks (mm).
-    s : :class:`CaptureSpec`; cams : :class:`CameraState` (its gcam and cdiag accumulated).
-    gs : (3, L), += d cost / d x (world) per landmark.
-    q : (L, 3, 3), += world information per landmark (0 rows: skip).
-    out : :class:`Outputs`, ``frame_cost[f]`` accumulated, ``uv[f]`` written when wanted.
-    cost : float, the running cost.
-
-    Returns
-    -------
-    float, ``cost`` plus the frame's landmark cost.
-    """
-    for j in range(cams.rc.shape[0]):
-        cb = s.cbase + CAMERA_SIZE * j
-        if cams.block_ok[j, f]:
-            c = camera_pass(xs, obs_f[j], cams.rc[j], z[cb + 3: cb + 6], z[cb + 6], cams.centre[j, 0],
-                            cams.centre[j, 1], s.loss_c, gs, s.want_grad,
-                            cams.gcam[j] if cams.cam_grad[j] else cams.no_cam)
-            cost += c
-            out.frame_cost[f] += c
-        if s.want_diag or s.want_uv:
-            _camera_extra(xs, obs_f[j], cams.rc[j], cams.jc[j], z[cb + 3: cb + 6], z[cb + 6], cams.centre[j, 0],
-                          cams.centre[j, 1], q, cams.cdiag[j], out.uv[f, j] if s.want_uv else cams.no_uv, cams.proj)
-    return cost
-
 
 @njit(cache=True)
 def temporal_term(f, s, pos, gs, q, cost):
@@ -573,7 +389,7 @@ def pull_back(f, base, tab, ch, pos, adj, grad):
             for i in range(3):
                 yk[i] = cw[k, i] + aw[k, i, 0] * t[0] + aw[k, i, 1] * t[1] + aw[k, i, 2] * t[2]
                 a[i] += wk * (aw[k, 0, i] * g[0] + aw[k, 1, i] * g[1] + aw[k, 2, i] * g[2])  # M^T R^T g
-            _cross(yk, g, cr)
+            cross3(yk, g, cr)
             for i in range(3):
                 ysum[0, i] += wk * cr[i]
             for m in range(1, anc.shape[1]):
@@ -605,7 +421,7 @@ def pose_gradient(base, ch, adj, grad):
     for m in range(1, ysum.shape[0]):
         for i in range(3):
             yk[i] = r0[i, 0] * gpos[m, 0] + r0[i, 1] * gpos[m, 1] + r0[i, 2] * gpos[m, 2]
-        _cross(yk, hsum[m], cr)
+        cross3(yk, hsum[m], cr)
         for i in range(3):
             v[i] = ysum[m, i] - cr[i]
             a[i] = r0[0, i] * hsum[m, 0] + r0[1, i] * hsum[m, 1] + r0[2, i] * hsum[m, 2]
@@ -733,24 +549,6 @@ def identity_gradient(tab, adj, grad):
         grad[k] += s
 
 
-@njit(cache=True)
-def camera_gradient(s, cams, grad, diag):
-    """The camera columns from the per-call sums: gradient (rotation J_l^T sum y x g, translation, focal)
-    into ``grad`` and the Gauss-Newton diagonal into ``diag``, each when wanted (``s``, :class:`CaptureSpec`)."""
-    jc, gcam = cams.jc, cams.gcam
-    for j in range(gcam.shape[0]):
-        cb = s.cbase + CAMERA_SIZE * j
-        if s.want_grad:
-            for i in range(3):
-                grad[cb + i] += jc[j, 0, i] * gcam[j, 0] + jc[j, 1, i] * gcam[j, 1] + jc[j, 2, i] * gcam[j, 2]
-            for i in range(3):
-                grad[cb + 3 + i] += gcam[j, 3 + i]
-            grad[cb + 6] += gcam[j, 6]
-        if s.want_diag:
-            for i in range(CAMERA_SIZE):
-                diag[cb + i] += cams.cdiag[j, i]
-
-
 # -- the kernel -------------------------------------------------------------------------------------
 
 @njit(cache=True)
@@ -762,7 +560,7 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
 
     Per frame (:func:`frame_energy`): the landmark positions of the next frame are computed ahead
     (:func:`roll_positions`, a rolling buffer of three frames, for the temporal term); each camera's
-    residuals are one SIMD loop over landmarks (:func:`camera_pass`) accumulating the world-space
+    residuals are one SIMD loop over landmarks (``capture_cameras.camera_pass``) accumulating the world-space
     gradient g per landmark; then g (plus the temporal term) is pulled back per landmark through the
     skinning in adjoint form (:func:`pull_back`): the pose gradient is accumulated as world-space sums
     per joint (sum w_k y_k x g and sum w_k g) and mapped to the joint's axis-angle once per frame
@@ -807,7 +605,7 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     _clear_outputs(s, out)
     tab = _landmark_table(z[:nk], mean, sb, sj, joint_mean, parents, anc, expr_idx, expr_blocks, weights, jidx,
                           jcount)
-    cams = _camera_state(z, s.cbase, centre, block_ok, cam_grad, nl)
+    cams = camera_state(z, s.cbase, centre, block_ok, cam_grad, nl)
     ch, pos, adj, gn = _workspaces(nl, weights.shape[1], nk, want_diag)
     cost = 0.0
     for f in range(nf):
@@ -843,22 +641,6 @@ def _landmark_table(beta, mean, sb, sj, joint_mean, parents, anc, expr_idx, expr
     joints = np.empty((joint_mean.shape[0], 3))
     identity_state(beta, joint_mean, sj, joints)
     return LandmarkTable(t_beta, sb, expr_idx, expr_blocks, weights, jidx, jcount, joints, sj, parents, anc)
-
-
-@njit(cache=True)
-def _camera_state(z, cbase, centre, block_ok, cam_grad, nl):
-    """The :class:`CameraState` at z: each camera's rotation R_j and its left Jacobian (from
-    z[cbase + 7 j : cbase + 7 j + 3]), zeroed accumulators and the scratch for ``nl`` landmarks."""
-    nc = block_ok.shape[0]
-    rc = np.empty((nc, 3, 3))
-    jc = np.empty((nc, 3, 3))
-    for j in range(nc):
-        cb = cbase + CAMERA_SIZE * j
-        rodrigues_into(z[cb: cb + 3], rc[j], jc[j])
-    proj = ProjectionWork(np.empty(3), np.empty(3), np.empty(2), np.empty((2, 3)), np.empty(2), np.empty(3),
-                          np.empty(3), np.empty(3))
-    return CameraState(rc, jc, centre, block_ok, cam_grad, np.zeros((nc, 7)), np.zeros((nc, 7)), np.zeros(0),
-                       np.zeros((0, nl)), proj)
 
 
 # -- Gauss-Newton diagonal and blocks ----------------------------------------------------------------

@@ -151,7 +151,7 @@ def test_gauss_newton_blocks_match_jacobian_columns(model, views, rng):
 def test_camera_pass_matches_numpy_differences(rng):
     """The SIMD camera loop: cost equals NumPy, the world-space gradient and the camera sums
     (rotation as a left perturbation, translation, focal) equal central differences."""
-    from lmfit3d.gradients import camera_pass
+    from lmfit3d.capture_cameras import camera_pass
     nl = 37
     rc = rodrigues(rng.normal(scale=0.5, size=3))
     tc = np.array([3.0, -5.0, -600.0])
