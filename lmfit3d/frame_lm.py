@@ -21,7 +21,8 @@ from numba import njit
 from .energy import Intersection
 from .intersection import intersection_far, intersection_term
 from .skinning import SoaSkin
-from .solvers import LM_DONE, LM_EVAL_COST, LM_EVAL_FULL, lm_advance
+from .solvers import (F_COST, I_IT, I_NH, I_NJTJ, I_STATUS, LM_DONE, LM_EVAL_COST, LM_EVAL_FULL, lm_advance,
+                      lm_state)
 from .terms import diagonal_prior, pair_prior, symmetrize_upper
 from .tracking_normal import vertex_term_tracking
 from .tracking_points import (PJ_ISG, PJ_NC, expression_jacobian, frame_columns, landmark_gradient_soa,
@@ -215,24 +216,33 @@ def _set_full(x, free, z):
 
 
 @njit(cache=True)
-def tracking_lm(st, base, free, prob, plan, inter, soa, ws, uv, xyz, x_last):
+def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho,
+                prob, plan, inter, soa, ws, uv, xyz, x_last, history):
     """:func:`lmfit3d.solvers.levenberg_marquardt` on the tracking problem, in one compiled call: the
     same algorithm (``solvers.lm_advance``, written once) with this problem's evaluations.
 
     Parameters
     ----------
-    st : ``solvers.LMState`` (from ``solvers.lm_state``), advanced to the end (``solvers.lm_result``).
+    z : (n,) float64, in/out: start (projected onto [lo, hi]), final free parameters on return.
     base : (P,) float64, full vector supplying the held parameters; free : (n,) int64 its free indices.
+    lo, hi : (n,) float64 box bounds.
+    max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho : as in ``levenberg_marquardt``.
     prob, plan, inter, soa : :class:`FrameState`, ``tracking_normal.TrackingPlan``, :class:`IntersectionState`,
         :class:`SoaState`; ws : :class:`Workspace` of :func:`landmark_terms`.
     uv (L, 2), xyz (L, 3) : out, landmark positions of the last evaluation, made at x_last (P,) (out).
+    history : (max_iter + 1,) float64 out, cost after each iteration (history[0] = start).
+
+    Returns
+    -------
+    (cost, iterations, status, n_history, jtj_evals)
     """
+    st = lm_state(z, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho)
     x = base.copy()
     empty2 = np.zeros((0, 0))
     empty1 = np.zeros(0)
     # want_jac as run-time booleans: a literal True/False argument makes numba compile a separate
     # specialisation of frame_cost, measured 15 % slower (and not bit-identical to the Python path's)
-    jac = st.z.shape[0] >= 0
+    jac = z.shape[0] >= 0
     no_jac = not jac            # also frame_cost's ``full``: lm_trial reads the upper triangle only
     req = lm_advance(st, 0.0)
     while req != LM_DONE:
@@ -245,3 +255,7 @@ def tracking_lm(st, base, free, prob, plan, inter, soa, ws, uv, xyz, x_last):
             cost = frame_cost(x, jac, no_jac, jtj, st.jtr, prob, plan, inter, soa, ws, uv, xyz)
         x_last[:] = x
         req = lm_advance(st, cost)
+    z[:] = st.z
+    nh = st.i[I_NH]
+    history[:nh] = st.history[:nh]
+    return st.f[F_COST], st.i[I_IT], st.i[I_STATUS], nh, st.i[I_NJTJ]

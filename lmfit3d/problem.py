@@ -21,7 +21,7 @@ from .intersection import IntersectionTerm, intersection_term
 from .model import FaceModel, Params
 from .simd import W
 from .skinning import POSE_DIM, ancestry, pose_chain
-from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, levenberg_marquardt, lm_result, lm_state
+from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
 from .sparsity import build_sparsity
 from .terms import diagonal_prior, pair_prior, symmetrize_upper, vertex_term
 from .tracking_normal import tracking_plan
@@ -292,15 +292,16 @@ class FrameProblem:
                                       ftol=self.cfg.ftol, xtol=self.cfg.xtol, gtol=self.cfg.gtol, reuse_rho=reuse)
             return self.full(res.x), res
         self._identity_state(self.base)
-        st = lm_state(self.base[self.free], lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, LAMBDA0,
-                      LAMBDA_MAX, DIAG_FLOOR, reuse)
+        z = np.array(self.base[self.free])
         x_last = np.empty(self.n_full)
-        tracking_lm(st, self.base, self.free, self._compiled_args(), self._plan, self._intersection_args(),
-                    self._soa_args(), self._soa_ws, self.uv, self.xyz, x_last)
-        res = lm_result(st)
-        x = self.full(res.x)
+        history = np.empty(max_iter + 1)
+        cost, it, status, nh, n_jtj = tracking_lm(
+            z, self.base, self.free, lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, LAMBDA0,
+            LAMBDA_MAX, DIAG_FLOOR, reuse, self._compiled_args(), self._plan, self._intersection_args(),
+            self._soa_args(), self._soa_ws, self.uv, self.xyz, x_last, history)
+        x = self.full(z)
         self._positions_at = x if _same(x, x_last) else x_last
-        return x, res
+        return x, FitResult(z, float(cost), int(it), int(status), history[:nh].copy(), int(n_jtj))
 
     def _soa_args(self):
         """The :class:`~lmfit3d.frame_lm.SoaState` of the kernels (identity state already set)."""

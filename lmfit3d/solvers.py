@@ -265,19 +265,27 @@ class LMState(NamedTuple):
     i: np.ndarray
 
 
-def lm_state(z0, lo, hi, max_iter, ftol, xtol, gtol, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX, diag_floor=DIAG_FLOOR,
-             reuse_rho=math.inf):
-    """A fresh :class:`LMState` at z0 (projected onto [lo, hi]); its first request is LM_EVAL_FULL at z."""
-    z = np.clip(np.array(z0, dtype=np.float64), lo, hi)
-    n = z.size
+@njit(cache=True)
+def lm_state(z0, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho):
+    """A fresh :class:`LMState` at z0 (n,) float64 projected onto [lo, hi] (a kernel: compiled drivers
+    build their state without a trip through Python); its first request is LM_EVAL_FULL at z."""
+    n = z0.shape[0]
+    z = np.empty(n)
+    for k in range(n):
+        z[k] = min(max(z0[k], lo[k]), hi[k])
     f = np.zeros(13)
-    f[F_LAM], f[F_NU], f[F_FTOL], f[F_XTOL], f[F_GTOL] = lambda0, 2.0, ftol, xtol, gtol
-    f[F_LMAX], f[F_FLOOR], f[F_REUSE] = lambda_max, diag_floor, reuse_rho
+    f[F_LAM] = lambda0
+    f[F_NU] = 2.0
+    f[F_FTOL] = ftol
+    f[F_XTOL] = xtol
+    f[F_GTOL] = gtol
+    f[F_LMAX] = lambda_max
+    f[F_FLOOR] = diag_floor
+    f[F_REUSE] = reuse_rho
     i = np.zeros(7, np.int64)
     i[I_MAXIT] = max_iter
-    return LMState(z, np.empty(n), np.ascontiguousarray(lo, dtype=np.float64),
-                   np.ascontiguousarray(hi, dtype=np.float64), np.zeros((n, n)), np.zeros(n), np.empty(n),
-                   np.empty(n), trial_workspace(n), np.empty(max_iter + 1), f, i)
+    return LMState(z, np.empty(n), lo.copy(), hi.copy(), np.zeros((n, n)), np.zeros(n), np.empty(n), np.empty(n),
+                   trial_workspace(n), np.empty(max_iter + 1), f, i)
 
 
 @njit(cache=True)
@@ -421,7 +429,9 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
     n = np.size(z0)
     lo = np.full(n, -np.inf) if lower is None else np.asarray(lower, dtype=np.float64)
     hi = np.full(n, np.inf) if upper is None else np.asarray(upper, dtype=np.float64)
-    st = lm_state(z0, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho)
+    st = lm_state(np.ascontiguousarray(z0, dtype=np.float64), np.ascontiguousarray(lo),
+                  np.ascontiguousarray(hi), int(max_iter), float(ftol), float(xtol), float(gtol), float(lambda0),
+                  float(lambda_max), float(diag_floor), float(reuse_rho))
     req = lm_advance(st, 0.0)
     while req != LM_DONE:
         if req == LM_EVAL_COST:
