@@ -21,12 +21,13 @@ Usage in a report script::
     results_doc.maybe_write(args, {"report": markdown})
 """
 import datetime
-import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lmfit3d.paths import atomic_write  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results.md"
@@ -94,22 +95,9 @@ def render(text, sections):
 
 
 def _replace_atomically(path, text):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``text`` to ``path`` through a temporary file renamed over it (``lmfit3d.paths.atomic_write``)."""
+    with atomic_write(Path(path), "w") as fh:
+        fh.write(text)
 
 
 def write_sections(sections, path=RESULTS):

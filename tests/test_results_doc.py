@@ -97,7 +97,7 @@ def test_failed_write_leaves_the_file_intact(rd, doc, monkeypatch):
         fh.write = write
         return fh
 
-    monkeypatch.setattr(rd.os, "fdopen", failing_fdopen)
+    monkeypatch.setattr(os, "fdopen", failing_fdopen)
     with pytest.raises(Boom):
         rd.write_section("alpha", "new alpha", doc)
     assert doc.read_bytes() == before
@@ -110,7 +110,7 @@ def test_failed_replace_leaves_the_file_intact(rd, doc, monkeypatch):
     def no_replace(src, dst):
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(rd.os, "replace", no_replace)
+    monkeypatch.setattr(os, "replace", no_replace)
     with pytest.raises(PermissionError):
         rd.write_section("alpha", "new alpha", doc)
     assert doc.read_bytes() == before
