@@ -95,7 +95,8 @@ class SoaState(NamedTuple):
 
 class Workspace(NamedTuple):
     """Work buffers of :func:`landmark_terms`: joint rotations (J, 3), the buffers of
-    ``tracking_points.table_points_buffers`` (jpose's constant entries written there), pj (``tracking_points.PJ_ROWS``, L),
+    ``tracking_points.table_points_buffers`` (jpose's constant entries written there),
+    pj (``tracking_points.PJ_ROWS``, L),
     qe (2, N)."""
 
     rot: np.ndarray
@@ -156,8 +157,9 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
         cost = project_soa(focal, cx, cy, tw, loss_c, xyz_t, mu_t, isg_t, prev_t, pj)
         landmark_positions_soa(xyz_t, pj, col_of, uv, xyz)
         return cost
+    sk = soa.skin
     table_points_jacobian(rot, joints, parents, trans, psi, t_beta_t, ptr, shape_idx, blocks, weights_t, ranges,
-                          soa.skin.acc, soa.skin.complement, soa.skin.zero_ranges, soa.skin.wsub, chain, chain_t, frame, xyz_t, rm_t,
+                          sk.acc, sk.complement, sk.zero_ranges, sk.wsub, chain, chain_t, frame, xyz_t, rm_t,
                           jpose, t_work, sub, ybuf)
     cost = project_soa(focal, cx, cy, tw, loss_c, xyz_t, mu_t, isg_t, prev_t, pj)
     isg_w = pj[PJ_ISG]                  # 1/sigma weighted by the loss: what the Jacobian rows use

@@ -22,7 +22,8 @@ Full parameter vector ``z`` (layout shared with ``lmfit3d.capture``)::
 
 World-to-camera composition with the head's root pose: x_cam_j = R_j (R_root LBS(...) + t_root) + T_j.
 
-Energy (``lmfit3d.energy``; cost = 0.5 |r|^2 with the squared landmark loss; the same terms and weights as ``lmfit3d.fit.FitConfig``):
+Energy (``lmfit3d.energy``; cost = 0.5 |r|^2 with the squared landmark loss; the same terms and
+weights as ``lmfit3d.fit.FitConfig``):
 
 * landmarks:    r = (pi_j(x_cam_j) - mu_jfi) / sigma_jfi, skipped where ``inv_sigma`` is 0
 * temporal:     w_t sum_f sum_i |x_f,i - x_f-1,i|^2 over landmark vertices in world coordinates (mm)
