@@ -34,16 +34,12 @@ def problem(model):
     z = np.zeros(prob.n)
     z[:prob.nk] = views.params[0].identity
     for f, p in enumerate(views.params):
-        s = prob.frame_slice(f).start
-        z[s:s + 3] = p.rotations[0] + rng.normal(scale=0.02, size=3)
-        z[s + 3:s + 6] = p.translation + rng.normal(scale=2.0, size=3)
-        z[s + 6:s + 18] = p.rotations[1:].ravel()
-        z[s + 18:prob.frame_slice(f).stop] = np.clip(p.expression + rng.normal(scale=0.05, size=prob.ne), 0, 1)
+        rot = p.rotations.copy()
+        rot[0] += rng.normal(scale=0.02, size=3)
+        prob.layout.set_frame(z, f, rot, p.translation + rng.normal(scale=2.0, size=3),
+                              np.clip(p.expression + rng.normal(scale=0.05, size=prob.ne), 0, 1))
     for j in range(prob.n_cameras):
-        c = prob.camera_slice(j).start
-        z[c:c + 3] = matrix_to_axis_angle(views.rotation[j])
-        z[c + 3:c + 6] = views.translation[j]
-        z[c + 6] = views.focal[j]
+        prob.layout.set_camera(z, j, matrix_to_axis_angle(views.rotation[j]), views.translation[j], views.focal[j])
     return prob, np.clip(z, lo, hi)
 
 

@@ -6,8 +6,8 @@ on first attribute access, so ``import lmfit3d`` stays fast in constrained envir
 
 Pipeline modules, imports flowing one way::
 
-    model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> sparsity
-          -> energy -> terms -> intersection / tracking_points / tracking_normal / gradients -> solvers
+    model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> energy
+          -> sparsity -> terms -> intersection / tracking_points / tracking_normal / gradients -> solvers
           -> frame_lm -> problem -> fit -> detect / predict (ONNX) -> temporal -> capture
           -> media / outputs -> track -> landmark_files / capture_files / stills -> batch -> cli
     (docs/architecture.md)

@@ -698,9 +698,8 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
     if identity is not None:
         free[:prob.nk] = False
     if not cfg.fit.fit_eyes:
-        eyes = [k for k, name in enumerate(model.joint_names) if name.startswith("eye")]
         for f in range(nf):
-            for k in eyes:
+            for k in model.eye_joints:
                 free[lay.frame_joint_block(f, k)] = False
     ext_free = ~sub_cal.known_extrinsics | sub_cal.free_extrinsics
     if ext_free.all():

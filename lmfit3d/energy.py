@@ -117,9 +117,9 @@ class FrameLayout:
         return {name: getattr(self, name) for name in ("root_rotation", "translation", "joints", "expression",
                                                        "identity", "focal")}
 
-    def rotations(self, x):
-        """Joint rotations (J, 3) axis-angle of x (row 0: the root)."""
-        rot = np.empty((self.n_joints, 3))
+    def rotations(self, x, out=None):
+        """Joint rotations (J, 3) axis-angle of x (row 0: the root), into ``out`` when given."""
+        rot = np.empty((self.n_joints, 3)) if out is None else out
         rot[0] = x[self.root_rotation]
         rot[1:] = np.reshape(x[self.joints], (-1, 3))
         return rot

@@ -51,10 +51,10 @@ from numba import njit
 from .capture_cameras import camera_state, camera_gradient, cross3, frame_cameras
 from .energy import Intersection
 from .intersection import intersection_depth
-from .skinning import pose_chain, skin_point_sparse, skin_vertex, world_joint_transforms
+from .skinning import POSE_DIM, pose_chain, skin_point_sparse, skin_vertex, world_joint_transforms
 from .terms import template_point
 
-POSE_SIZE = 18                  # a frame's pose block: root rotation, translation, 4 joints (energy.FrameLayout)
+POSE_SIZE = POSE_DIM            # a frame's pose block: root rotation, translation, 4 joints (energy.FrameLayout)
 
 
 # -- kernel state (named tuples of arrays, allocated once per capture_energy call) ------------------

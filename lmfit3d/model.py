@@ -166,6 +166,11 @@ class FaceModel:
     def n_joints(self):
         return len(self.joint_names)
 
+    @property
+    def eye_joints(self):
+        """Indices of the eye joints (the joints named eye_*)."""
+        return tuple(k for k, name in enumerate(self.joint_names) if name.startswith("eye"))
+
     def region_mask(self, *names):
         """Boolean mask (V,) of the vertices in the named regions (see ``REGION_NAMES``)."""
         ids = []

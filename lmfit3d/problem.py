@@ -210,7 +210,7 @@ class FrameProblem:
         if want_jac and jtj.shape[0] == 0:      # vertex_term would write past an empty jtj
             raise ValueError("J^T r alone (an empty jtj) needs the tracking evaluation: identity and focal held")
         rot = self.rot
-        rot[:] = self.layout.rotations(x)
+        self.layout.rotations(x, rot)
         pose_chain(rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
                    ws["gpos"], ws["bm"], ws["cm"])
         sb = self.table.identity_blocks if self.col_map[self.sl["identity"].start] >= 0 else _NO_IDENT
@@ -453,9 +453,8 @@ def masks(model, *blocks, eyes=True, gaze_shapes=True):
         elif b == "joints":
             m[lay.joints] = True
             if not eyes:
-                for k, name in enumerate(model.joint_names):
-                    if name.startswith("eye"):
-                        m[lay.joint(k)] = False
+                for k in model.eye_joints:
+                    m[lay.joint(k)] = False
         else:
             m[sl[b]] = True
             if b == "expression" and not gaze_shapes:

@@ -11,10 +11,10 @@ Full parameter layout (indices into one frame's parameter vector)::
     [18:18+E] expression   [18+E:18+E+K] identity   [18+E+K] focal length
 """
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
+from .energy import FrameLayout
 from .model import FaceModel
 from .skinning import POSE_DIM, ancestry
 
@@ -22,17 +22,10 @@ DEFAULT_THRESHOLD_MM = 0.01
 
 
 def layout(model: FaceModel):
-    """Slices of the full per-frame parameter vector: dict name -> slice, and the total size."""
-    sl, n = _layout(model.n_expression, model.n_identity)
-    return dict(sl), n
-
-
-@lru_cache(maxsize=8)
-def _layout(e, k):
-    sl = {"root_rotation": slice(0, 3), "translation": slice(3, 6), "joints": slice(6, POSE_DIM),
-          "expression": slice(POSE_DIM, POSE_DIM + e), "identity": slice(POSE_DIM + e, POSE_DIM + e + k),
-          "focal": slice(POSE_DIM + e + k, POSE_DIM + e + k + 1)}
-    return sl, POSE_DIM + e + k + 1
+    """Slices of the full per-frame parameter vector (``energy.FrameLayout``): dict name -> slice, and the
+    total size."""
+    lay = FrameLayout.of(model)
+    return lay.slices(), lay.size
 
 
 @dataclass(frozen=True)

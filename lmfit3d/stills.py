@@ -201,9 +201,8 @@ def _fit_stills(model, mv, sv, cal, landmark_set, vertex_ids, cfg, progress):
         free[c:c + 6] = False       # camera k is still k's own frame: rotation and translation held
         free[c + 6] = not np.isfinite(cal.focal[used[k]])
         if not cfg.fit.fit_eyes:
-            for j, name in enumerate(model.joint_names):
-                if name.startswith("eye"):
-                    free[prob.layout.frame_joint_block(k, j)] = False
+            for j in model.eye_joints:
+                free[prob.layout.frame_joint_block(k, j)] = False
     t1 = time.perf_counter()
     z, res = prob.solve(z, free)
     out = _result(model, prob, z, res, used, replace(cal, image_size=cal.image_size), cal.image_size, ids,
