@@ -359,6 +359,12 @@ def _add_media_options(p, default_output=None):
     p.add_argument("--focal", type=float, default=None, metavar="PX",
                    help="focal length in pixels if known (default: estimated from a 45 degree start)")
     p.add_argument("--mesh-format", choices=("obj", "ply"), default="obj")
+    p.add_argument("--gltf", action="store_true",
+                   help="also write NAME.glb: the fitted head (metres) with its 53 morph targets (ARKit names), "
+                        "skeleton and animation (glTF 2.0, for Blender, Unity, Unreal; needs pygltflib)")
+    p.add_argument("--overlay-style", choices=("shaded", "wireframe", "landmarks"), default="shaded",
+                   help="overlay drawing: shaded head, wireframe of the visible mesh (the face stays "
+                        "visible) or landmarks (fitted red over detected green)")
     _add_loss_options(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (one input each)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
@@ -383,6 +389,9 @@ def _add_track(sub):
                         "taking turns; the other eye's iris follows its eye corners)")
     p.add_argument("--mesh-every", type=int, default=0, metavar="N", help="write a mesh every N frames")
     p.add_argument("--overlay", action="store_true", help="write NAME_overlay.mp4 with the fitted mesh")
+    p.add_argument("--report", action="store_true",
+                   help="write NAME_report.html: summary, contact sheet with the fit, blendshape, pose, gaze "
+                        "and fit-error plots (one self-contained file)")
     p.add_argument("--temporal-weight", type=float, default=None, metavar="W",
                    help="weight of the temporal term pulling each frame towards the previous one "
                         "(default 0 on smoothed tracks, 0.1 with --no-smooth)")
@@ -410,7 +419,7 @@ def _add_fit(sub):
     p.add_argument("--same-person", action="store_true",
                    help="the photos show one person: fit one shared identity to all of them together "
                         "(expression, pose and focal length per photo)")
-    p.set_defaults(func=_cmd_fit, iris_both=True, mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
+    p.set_defaults(func=_cmd_fit, report=False, iris_both=True, mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
                    quiet=True)
 
 
@@ -428,7 +437,8 @@ def _media_run(args, kind):
                        frame_noise=not getattr(args, "no_frame_noise", False),     # track only
                        smooth=not getattr(args, "no_smooth", False),
                        focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
-                       overlay=args.overlay, max_frames=args.max_frames,
+                       overlay=args.overlay, overlay_style=args.overlay_style, gltf=args.gltf,
+                       report=args.report, max_frames=args.max_frames,
                        max_faces=getattr(args, "max_faces", 10), landmark_loss=args.landmark_loss,
                        loss_scale=args.loss_scale, progress=not args.quiet and sys.stderr.isatty())
     inputs = args.inputs
