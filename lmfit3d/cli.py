@@ -517,6 +517,12 @@ def _add_capture(sub):
     p.add_argument("--max-iter", type=int, default=None, help="L-BFGS iterations (default 200)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="videos: use the first N frames")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    p.add_argument("--gltf", action="store_true",
+                   help="also write the performance as glTF 2.0 (OUT.glb beside OUT.npz, or capture.glb; "
+                        "world frame, metres, the cameras; IN.npz is taken at --fps)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate of IN.npz for --gltf (default 30)")
+    p.add_argument("--report", action="store_true",
+                   help="--videos: also write capture_report.html (the reference camera's view)")
     _add_loss_options(p)
     p.set_defaults(func=_cmd_capture)
 
@@ -534,6 +540,13 @@ def _cmd_capture(args):
         for path in (args.output, args.calibration_out):
             if path and not (Path(path).parent if str(Path(path).parent) else Path(".")).is_dir():
                 raise ValueError(f"{path}: output directory does not exist")
+    if args.report and args.videos is None:
+        raise CommandLineError("--report needs --videos (the report shows the video frames)")
+    if args.gltf:
+        from .exports import require_gltf
+        require_gltf()
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise CommandLineError(f"--fps must be a positive number, got {args.fps}")
     cfg = CaptureConfig() if args.max_iter is None else CaptureConfig(max_iter=args.max_iter)
     cfg = replace(cfg, fit=_loss_config(args, cfg.fit))
     model = _load_model(args.model)
@@ -542,8 +555,12 @@ def _cmd_capture(args):
         if args.input is not None:
             res = fit_capture_file(args.input, args.output, args.calibration, args.calibration_out,
                                    model=model, config=cfg, progress=_say)
+            if args.gltf:
+                from .exports import write_capture_gltf
+                write_capture_gltf(Path(args.output).with_suffix(".glb"), model, res, args.fps)
         else:
-            opt = TrackOptions(max_frames=args.max_frames, progress=sys.stderr.isatty())
+            opt = TrackOptions(max_frames=args.max_frames, progress=sys.stderr.isatty(), gltf=args.gltf,
+                               report=args.report)
             res = fit_capture_videos(args.videos, args.output, args.calibration, model=model, config=cfg,
                                      options=opt, progress=_say)
     for w in caught:

@@ -4,6 +4,7 @@ hold (the ``NAME.npz`` keys), after them, each atomically.  Used by ``track``, `
 """
 import time
 from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 
@@ -45,3 +46,21 @@ def write_extras(outs, model, opt, data, sheet=None, timings=None):
         outs.final.append(base.with_name(f"{outs.name}_report.html"))
     if timings is not None and (opt.gltf or opt.report):
         timings["export"] = timings.get("export", 0.0) + time.perf_counter() - t
+
+
+def write_still_gltf(path, model, info):
+    """``NAME.glb`` of one fitted face of a photo (its ``NAME.json`` dict ``info``): the head posed as
+    fitted, seen by the photo's camera at the origin; no animation."""
+    rot = np.array([info["root_rotation"]] + [info["joint_rotations"][n] for n in model.joint_names[1:]])
+    return write_gltf(path, model, info["identity"], [[info["expression"][n] for n in model.expression_names]],
+                      rot[None], [info["translation_mm"]], 1.0,
+                      cameras=[(np.eye(3), np.zeros(3), info["focal_px"], info["image_size"])], name=Path(path).stem)
+
+
+def write_capture_gltf(path, model, res, fps):
+    """``.glb`` of a :class:`lmfit3d.capture.CaptureResult`: the performance in the world frame (mm -> m)
+    with every camera that saw the face."""
+    cams = [(res.camera_rotation[c], res.camera_translation[c], float(res.focal[c]), tuple(res.image_size[c]))
+            for c in range(res.focal.size) if res.camera_ok[c]]
+    return write_gltf(path, model, res.identity, res.expression, res.rotations, res.translation, fps,
+                      np.asarray(res.status) >= 0, cameras=cams, name=Path(path).stem)
