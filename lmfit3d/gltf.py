@@ -112,24 +112,28 @@ class _Blob:
         self.g.accessors.append(acc)
         return len(self.g.accessors) - 1
 
-    def sparse_vec3(self, dense, eps):
-        """A float32 VEC3 accessor of ``dense`` (N, 3) with only the rows whose norm exceeds ``eps``
-        stored (sparse, over zeros); min/max of the dense values."""
+    def sparse_vec3(self, shapes, eps):
+        """Float32 VEC3 accessors of the columns of ``shapes`` (N, 3, S), each storing only the rows whose
+        norm exceeds ``eps`` (sparse, over zeros), with min/max of the values so substituted; their indices."""
         import pygltflib as gl
-        dense = np.asarray(dense, dtype=np.float32)
-        rows = np.flatnonzero(np.linalg.norm(dense, axis=1) > eps)
-        kept = np.zeros_like(dense)
-        kept[rows] = dense[rows]
-        acc = gl.Accessor(componentType=_FLOAT, count=int(dense.shape[0]), type="VEC3", byteOffset=None,
-                          min=kept.min(0).tolist(), max=kept.max(0).tolist())
-        if rows.size:
-            itype, idt = (_USHORT, np.uint16) if dense.shape[0] <= 65535 else (_UINT, np.uint32)
-            acc.sparse = gl.Sparse(count=int(rows.size),
-                                   indices=gl.AccessorSparseIndices(bufferView=self.view(rows.astype(idt)),
-                                                             componentType=itype),
-                                   values=gl.AccessorSparseValues(bufferView=self.view(kept[rows])))
-        self.g.accessors.append(acc)
-        return len(self.g.accessors) - 1
+        shapes = np.asarray(shapes, dtype=np.float32)
+        moved = np.sqrt(np.einsum("nis,nis->ns", shapes, shapes)) > eps
+        kept = shapes * moved[:, None, :]
+        lo, hi = kept.min(0), kept.max(0)
+        itype, idt = (_USHORT, np.uint16) if shapes.shape[0] <= 65535 else (_UINT, np.uint32)
+        out = []
+        for e in range(shapes.shape[2]):
+            rows = np.flatnonzero(moved[:, e])
+            acc = gl.Accessor(componentType=_FLOAT, count=int(shapes.shape[0]), type="VEC3", byteOffset=None,
+                              min=lo[:, e].tolist(), max=hi[:, e].tolist())
+            if rows.size:
+                acc.sparse = gl.Sparse(count=int(rows.size),
+                                       indices=gl.AccessorSparseIndices(bufferView=self.view(rows.astype(idt)),
+                                                                        componentType=itype),
+                                       values=gl.AccessorSparseValues(bufferView=self.view(shapes[rows, :, e])))
+            self.g.accessors.append(acc)
+            out.append(len(self.g.accessors) - 1)
+        return out
 
     def bytes(self):
         return b"".join(self.parts)
@@ -157,8 +161,8 @@ def _head_mesh(blob, model, identity):
                               normalized=True),
         JOINTS_0=blob.accessor(joints, "VEC4", _UBYTE, _ARRAY_BUFFER),
         WEIGHTS_0=blob.accessor(weights, "VEC4", _USHORT, _ARRAY_BUFFER, normalized=True))
-    eb = model.expression_basis[used]
-    targets = [{"POSITION": blob.sparse_vec3(eb[:, :, e] * MM_TO_M, MORPH_EPS_M)} for e in range(model.n_expression)]
+    targets = [{"POSITION": a} for a in blob.sparse_vec3(model.expression_basis[used] * np.float32(MM_TO_M),
+                                                           MORPH_EPS_M)]
     indices = blob.accessor(remap[faces].reshape(-1).astype(itype), "SCALAR",
                             _USHORT if itype is np.uint16 else _UINT, _ELEMENT_ARRAY_BUFFER)
     prim = gl.Primitive(attributes=attrs, indices=indices, material=0, targets=targets, mode=4)

@@ -216,8 +216,6 @@ def sheet_images(model, data, sheet, style="wireframe"):
     if not items:
         return []
     identity = np.asarray(data["identity"], dtype=np.float64)
-    tb = model.template(identity)
-    eb = model.expression_basis.reshape(-1, model.n_expression)
     faces = visible_faces(model)
     edges = quad_edges(model.vertices, faces)
     focal = float(data["focal_px"])
@@ -234,7 +232,7 @@ def sheet_images(model, data, sheet, style="wireframe"):
             uv = data["landmarks68"][f]
             img = draw_points(img, (uv - np.asarray(origin)) * scale, (255, 40, 40), radius=1)
         else:
-            v = evaluate_mesh(model, p, template=tb + (eb @ p.expression).reshape(-1, 3))
+            v = evaluate_mesh(model, p)
             img = draw_wireframe(img, v, faces, focal, origin, scale, color=(70, 255, 110), full_size=size,
                                  edges=edges)
         out.append((f, img, True))
