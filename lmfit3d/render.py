@@ -241,7 +241,7 @@ def draw_wireframe(image, verts, faces, focal, origin=(0.0, 0.0), scale=1.0, col
     ``full_size`` (W, H) is the frame the camera sees (default: the image's); ``image`` may be a crop
     of it from ``origin`` (pixels), resized by ``scale`` (a contact-sheet thumbnail).  ``edges`` (T, 3)
     bool selects the edges (default :func:`quad_edges`).  Where edges are denser than a few pixels the
-    lines fade (opacity ``alpha`` from 5 px apart down to a quarter of it at 1 px), so the face stays visible.
+    lines fade (opacity ``alpha`` from 5 px apart down to 0.4 of it at 1 px), so the face stays visible.
     """
     h, w = image.shape[:2]
     fw, fh = full_size if full_size is not None else (w, h)
@@ -262,7 +262,7 @@ def draw_wireframe(image, verts, faces, focal, origin=(0.0, 0.0), scale=1.0, col
     seen = tri[::3, ::3]
     seen = seen[seen >= 0]                  # triangles on a sparse grid of pixels (area-weighted)
     px = np.median(np.linalg.norm(uv[faces[seen, 1]] - uv[faces[seen, 0]], axis=1)) if seen.size else 5.0
-    return blend_mask(image, mask, color, alpha * float(np.clip((px - 1.0) / 4.0, 0.25, 1.0)))
+    return blend_mask(image, mask, color, alpha * float(np.clip((px - 1.0) / 4.0, 0.4, 1.0)))
 
 
 def draw_points(image, points, color, radius=1):

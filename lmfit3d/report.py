@@ -75,7 +75,10 @@ class ContactFrames:
         # every s-th pixel, the centre of each s x s block (cheap: this runs while the video is read)
         c = s // 2
         img = np.ascontiguousarray(frame[y0 + c:y0 + side_h:s, x0 + c:x0 + side_w:s])
-        return img, (float(x0), float(y0)), 1.0 / s
+        up = max(1, self.size // max(side_w, side_h))       # a small face: pixels repeated up to ~size
+        if up > 1:
+            img = np.repeat(np.repeat(img, up, 0), up, 1)
+        return img, (float(x0), float(y0)), up / s
 
     def chosen(self):
         """[(frame index, thumbnail, origin (x, y), scale)] of about ``n`` evenly spaced frames held."""
