@@ -129,7 +129,8 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
                 rot[0] = matrix_to_axis_angle(r_ref @ rodrigues(rot[0]))
                 p = Params(res.identity, res.expression[f], rot, r_ref @ res.translation[f] + t_ref)
                 fit = SimpleNamespace(params=p, uv=res.uv[ref, f], status=int(res.status[f]))
-                table["root_rotation"][f], table["joint_rotations"][f], table["translation"][f] = rot[0], rot[1:], p.translation
+                table["root_rotation"][f], table["joint_rotations"][f] = rot[0], rot[1:]
+                table["translation"][f] = p.translation
             row, ark, vals = rows(f, fit, mu[ref, f], got[ref][2][f])
             if vals is not None:
                 table["success"][f] = True

@@ -419,7 +419,8 @@ def _add_fit(sub):
     p.add_argument("--same-person", action="store_true",
                    help="the photos show one person: fit one shared identity to all of them together "
                         "(expression, pose and focal length per photo)")
-    p.set_defaults(func=_cmd_fit, report=False, iris_both=True, mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
+    p.set_defaults(func=_cmd_fit, report=False, iris_both=True,
+                   mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
                    quiet=True)
 
 

@@ -228,7 +228,8 @@ def write_gltf(path, model, identity, expression, rotations, translation, fps, s
     g.nodes.append(gl.Node(name="head", mesh=0, skin=0))
     for k, jname in enumerate(model.joint_names):
         children = [1 + c for c in np.flatnonzero(parents == k).tolist()]
-        node = gl.Node(name=jname, children=children or None, translation=(jpos[k] - (jpos[parents[k]] if k else 0.0)).tolist())
+        offset = jpos[k] - (jpos[parents[k]] if k else 0.0)
+        node = gl.Node(name=jname, children=children or None, translation=offset.tolist())
         if first is not None:
             node.rotation = quats[0, k].tolist()
             if k == 0:

@@ -171,7 +171,8 @@ def svg_plot(t, series, gaps=(), width=640, height=150, ylim=None, unit="", lege
     if ticks:
         for v in (lo, hi) + ((0.0,) if lo < 0 < hi else ()):
             out.append(f'<text x="{ml - 3}" y="{sy(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
-        out.append(f'<text x="{ml - 3}" y="{mt + ph / 2 + 4:.1f}" font-size="10" text-anchor="end">{html.escape(unit)}</text>')
+        out.append(f'<text x="{ml - 3}" y="{mt + ph / 2 + 4:.1f}" font-size="10" text-anchor="end">'
+                   f'{html.escape(unit)}</text>')
         for v in np.linspace(0.0, t1, 6):
             out.append(f'<text x="{sx(v):.1f}" y="{height - 4}" font-size="10" text-anchor="middle">{v:.1f} s</text>')
     for k, s in enumerate(series):
@@ -282,7 +283,8 @@ def write_report(path, model, data, name, sheet=None, style="wireframe", timings
     parts.append(_summary(model, data, s, name, timings))
     shots = sheet_images(model, data, sheet, style)
     if shots:
-        parts.append(f"<h2 id='sheet'>Contact sheet ({'fitted landmarks' if style == 'landmarks' else 'fitted mesh'})</h2>"
+        what = "fitted landmarks" if style == "landmarks" else "fitted mesh"
+        parts.append(f"<h2 id='sheet'>Contact sheet ({what})</h2>"
                      "<div class='sheet'>")
         for f, img, has in shots:
             cap = f"frame {f} &middot; {f / fps:.2f} s" + ("" if has else " &middot; no face")
@@ -294,7 +296,8 @@ def write_report(path, model, data, name, sheet=None, style="wireframe", timings
         parts.append(f"<h3>{title}</h3><div class='grid'>")
         for a, an in enumerate(ARKIT_NAMES):
             if an.startswith(prefixes):
-                parts.append(f"<div>{an}<br>{svg_plot(t, [s['arkit'][:, a]], gaps, 250, 46, (0.0, 1.0), ticks=False)}</div>")
+                plot = svg_plot(t, [s["arkit"][:, a]], gaps, 250, 46, (0.0, 1.0), ticks=False)
+                parts.append(f"<div>{an}<br>{plot}</div>")
         parts.append("</div>")
     parts.append("<h2 id='pose'>Head pose</h2>" + svg_plot(t, list(s["head"].T), gaps, unit="deg",
                                                           legend=("yaw", "pitch", "roll")))
@@ -317,13 +320,14 @@ def _summary(model, data, s, name, timings):
     nf = ok.size
     fps = float(data["fps"])
     identity = np.asarray(data["identity"], dtype=np.float64)
+    focal = float(data["focal_px"])
     missing = ", ".join(f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in _runs(~ok)[:20]) or "none"
     rows = [("frames", f"{nf} ({nf / fps:.2f} s at {fps:.3g} frames/s)"),
             ("with a face", f"{int(ok.sum())} ({100.0 * ok.mean() if nf else 0:.1f} %)"),
             ("frames without a face", missing),
             ("image size", "{} x {} px".format(*[int(v) for v in data["image_size"]])),
-            ("focal length", f"{float(data['focal_px']):.1f} px (horizontal field of view "
-                             f"{np.degrees(2 * np.arctan(0.5 * float(data['image_size'][0]) / float(data['focal_px']))):.1f} deg)"),
+            ("focal length", f"{focal:.1f} px (horizontal field of view "
+                             f"{np.degrees(2 * np.arctan(0.5 * float(data['image_size'][0]) / focal)):.1f} deg)"),
             ("identity", f"|beta| = {np.linalg.norm(identity):.2f} over {identity.size} modes"),
             ("median fit error", f"{np.nanmedian(s['rms']):.2f} px" if ok.any() else "-")]
     if timings:
