@@ -13,10 +13,12 @@ import numpy as np
 from .calibration import Calibration, read_calibration, write_calibration
 from .calibration import image_sizes as _image_sizes
 from .capture import fit_capture
-from .media import _check_out_dir, landmarks_from_video
+from .exports import write_capture_gltf
+from .media import VideoReader, _check_out_dir, landmarks_from_video
 from .model import Params, load_model
 from .outputs import FrameRows, _Outputs, fit_arrays, write_npz
 from .paths import read_npz
+from .report import ContactFrames, write_report
 from .rotation import matrix_to_axis_angle, rodrigues
 from .track import TrackOptions, make_predictor
 
@@ -87,7 +89,9 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
     strategy, sigma jitter, iris).  Videos of different lengths are cut to the shortest (warning).
     Writes into ``out_dir``: ``capture.npz`` (:func:`result_arrays`), ``capture_calibration.json``
     (refined cameras), and ``capture.csv`` / ``capture_arkit.csv`` with the columns of ``lmfit3d
-    track`` (pose in the reference camera's axes, 68 points projected into the reference camera).
+    track`` (pose in the reference camera's axes, 68 points projected into the reference camera); with
+    ``options.gltf`` ``capture.glb`` (world frame, the cameras), with ``options.report``
+    ``capture_report.html`` (the reference camera's view).
     Returns the :class:`lmfit3d.capture.CaptureResult`.
     """
     opt = options or TrackOptions(progress=False)
@@ -114,6 +118,9 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
     fps = got[ref][4]
     rows = FrameRows(model, res.identity, float(res.focal[ref]), tuple(int(v) for v in sizes[ref]), fps)
     outs = _Outputs(out_dir, "capture", model, fps, replace(opt, overlay=False, mesh_every=0))
+    table = dict(root_rotation=np.full((nf, 3), np.nan), joint_rotations=np.full(res.rotations[:, 1:].shape, np.nan),
+                 translation=np.full((nf, 3), np.nan), success=np.zeros(nf, bool), confidence=np.zeros(nf),
+                 fit_rms_px=np.full(nf, np.nan), landmarks68=np.full((nf, 68, 2), np.nan))
     try:
         for f in range(nf):
             fit = None
@@ -122,10 +129,26 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
                 rot[0] = matrix_to_axis_angle(r_ref @ rodrigues(rot[0]))
                 p = Params(res.identity, res.expression[f], rot, r_ref @ res.translation[f] + t_ref)
                 fit = SimpleNamespace(params=p, uv=res.uv[ref, f], status=int(res.status[f]))
-            row, ark, _ = rows(f, fit, mu[ref, f], got[ref][2][f])
+                table["root_rotation"][f], table["joint_rotations"][f] = rot[0], rot[1:]
+                table["translation"][f] = p.translation
+            row, ark, vals = rows(f, fit, mu[ref, f], got[ref][2][f])
+            if vals is not None:
+                table["success"][f] = True
+                for k, v in vals.items():
+                    table[k][f] = v
             outs.write_frame(f, row, ark)
         outs.commit()
     except BaseException:
         outs.abort()
         raise
+    if opt.gltf:
+        write_capture_gltf(out_dir / "capture.glb", model, res, fps)
+    if opt.report:
+        data = dict(table, identity=res.identity, expression=res.expression, focal_px=res.focal[ref],
+                    image_size=sizes[ref], fps=fps)
+        sheet = ContactFrames()
+        for f, frame in zip(range(nf), VideoReader(paths[ref])):
+            sheet.offer(f, frame, mu[ref, f])
+        write_report(out_dir / "capture_report.html", model, data, f"capture (camera {ref})", sheet,
+                     "landmarks" if opt.overlay_style == "landmarks" else "wireframe")
     return res

@@ -359,6 +359,12 @@ def _add_media_options(p, default_output=None):
     p.add_argument("--focal", type=float, default=None, metavar="PX",
                    help="focal length in pixels if known (default: estimated from a 45 degree start)")
     p.add_argument("--mesh-format", choices=("obj", "ply"), default="obj")
+    p.add_argument("--gltf", action="store_true",
+                   help="also write NAME.glb: the fitted head (metres) with its 53 morph targets (ARKit names), "
+                        "skeleton and animation (glTF 2.0, for Blender, Unity, Unreal; needs pygltflib)")
+    p.add_argument("--overlay-style", choices=("shaded", "wireframe", "landmarks"), default="shaded",
+                   help="overlay drawing: shaded head, wireframe of the visible mesh (the face stays "
+                        "visible) or landmarks (fitted red over detected green)")
     _add_loss_options(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (one input each)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
@@ -383,6 +389,9 @@ def _add_track(sub):
                         "taking turns; the other eye's iris follows its eye corners)")
     p.add_argument("--mesh-every", type=int, default=0, metavar="N", help="write a mesh every N frames")
     p.add_argument("--overlay", action="store_true", help="write NAME_overlay.mp4 with the fitted mesh")
+    p.add_argument("--report", action="store_true",
+                   help="write NAME_report.html: summary, contact sheet with the fit, blendshape, pose, gaze "
+                        "and fit-error plots (one self-contained file)")
     p.add_argument("--temporal-weight", type=float, default=None, metavar="W",
                    help="weight of the temporal term pulling each frame towards the previous one "
                         "(default 0 on smoothed tracks, 0.1 with --no-smooth)")
@@ -410,7 +419,8 @@ def _add_fit(sub):
     p.add_argument("--same-person", action="store_true",
                    help="the photos show one person: fit one shared identity to all of them together "
                         "(expression, pose and focal length per photo)")
-    p.set_defaults(func=_cmd_fit, iris_both=True, mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
+    p.set_defaults(func=_cmd_fit, report=False, iris_both=True,
+                   mesh_every=0, overlay=False, temporal_weight=None, max_frames=None,
                    quiet=True)
 
 
@@ -428,7 +438,8 @@ def _media_run(args, kind):
                        frame_noise=not getattr(args, "no_frame_noise", False),     # track only
                        smooth=not getattr(args, "no_smooth", False),
                        focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
-                       overlay=args.overlay, max_frames=args.max_frames,
+                       overlay=args.overlay, overlay_style=args.overlay_style, gltf=args.gltf,
+                       report=args.report, max_frames=args.max_frames,
                        max_faces=getattr(args, "max_faces", 10), landmark_loss=args.landmark_loss,
                        loss_scale=args.loss_scale, progress=not args.quiet and sys.stderr.isatty())
     inputs = args.inputs
@@ -507,6 +518,12 @@ def _add_capture(sub):
     p.add_argument("--max-iter", type=int, default=None, help="L-BFGS iterations (default 200)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="videos: use the first N frames")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    p.add_argument("--gltf", action="store_true",
+                   help="also write the performance as glTF 2.0 (OUT.glb beside OUT.npz, or capture.glb; "
+                        "world frame, metres, the cameras; IN.npz is taken at --fps)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate of IN.npz for --gltf (default 30)")
+    p.add_argument("--report", action="store_true",
+                   help="--videos: also write capture_report.html (the reference camera's view)")
     _add_loss_options(p)
     p.set_defaults(func=_cmd_capture)
 
@@ -524,6 +541,13 @@ def _cmd_capture(args):
         for path in (args.output, args.calibration_out):
             if path and not (Path(path).parent if str(Path(path).parent) else Path(".")).is_dir():
                 raise ValueError(f"{path}: output directory does not exist")
+    if args.report and args.videos is None:
+        raise CommandLineError("--report needs --videos (the report shows the video frames)")
+    if args.gltf:
+        from .exports import require_gltf
+        require_gltf()
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise CommandLineError(f"--fps must be a positive number, got {args.fps}")
     cfg = CaptureConfig() if args.max_iter is None else CaptureConfig(max_iter=args.max_iter)
     cfg = replace(cfg, fit=_loss_config(args, cfg.fit))
     model = _load_model(args.model)
@@ -532,8 +556,12 @@ def _cmd_capture(args):
         if args.input is not None:
             res = fit_capture_file(args.input, args.output, args.calibration, args.calibration_out,
                                    model=model, config=cfg, progress=_say)
+            if args.gltf:
+                from .exports import write_capture_gltf
+                write_capture_gltf(Path(args.output).with_suffix(".glb"), model, res, args.fps)
         else:
-            opt = TrackOptions(max_frames=args.max_frames, progress=sys.stderr.isatty())
+            opt = TrackOptions(max_frames=args.max_frames, progress=sys.stderr.isatty(), gltf=args.gltf,
+                               report=args.report)
             res = fit_capture_videos(args.videos, args.output, args.calibration, model=model, config=cfg,
                                      options=opt, progress=_say)
     for w in caught:

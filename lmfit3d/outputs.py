@@ -21,7 +21,7 @@ from .camera import Camera
 from .problem import GAZE_SHAPES
 from .landmarks import load_landmark_set
 from .paths import atomic_write
-from .render import model_albedo, render, shade, visible_faces
+from .render import draw_points, draw_wireframe, model_albedo, quad_edges, render, shade, visible_faces
 from .rotation import matrix_to_axis_angle, rodrigues
 from .skinning import pose, skin_mesh
 
@@ -298,17 +298,38 @@ class FrameRows:
         return row, ark, dict(landmarks68=uv68, fit_rms_px=rms, confidence=conf)
 
 
+OVERLAY_STYLES = ("shaded", "wireframe", "landmarks")
+
+
 class _OverlayRenderer:
-    """Draws the fitted mesh (semi-transparent, shaded) over a frame."""
+    """Draws the fitted mesh over a frame (``--overlay-style``): ``shaded`` (semi-transparent, shaded),
+    ``wireframe`` (the edges the camera sees; the face stays visible) or ``landmarks`` (the fitted
+    landmark vertices in red over the detected landmarks in green)."""
 
-    def __init__(self, model):
+    def __init__(self, model, style="shaded", vertex_ids=None):
+        if style not in OVERLAY_STYLES:
+            raise ValueError(f"--overlay-style must be one of {', '.join(OVERLAY_STYLES)}, got {style!r}")
+        if style == "landmarks" and vertex_ids is None:
+            vertex_ids = load_landmark_set("ibug68")
+        self.style = style
+        self.vertex_ids = None if vertex_ids is None else np.asarray(vertex_ids, dtype=np.int64)
         self.faces = visible_faces(model)
-        self.albedo = model_albedo(model)
+        self.albedo = model_albedo(model) if style == "shaded" else None
+        self.edges = quad_edges(model.vertices, self.faces) if style == "wireframe" else None
 
-    def __call__(self, frame, v, focal):
-        """The frame with the camera-space mesh v (V, 3) mm drawn over it (the frame itself when v is None)."""
+    def __call__(self, frame, v, focal, detected=None, fitted=None):
+        """The frame with the camera-space mesh v (V, 3) mm drawn over it (the frame itself when v is None);
+        ``landmarks`` style: ``detected`` (L, 2) pixels, the landmarks the fit saw, and ``fitted`` (L, 2)
+        their fitted projections (default: the ``vertex_ids`` projected)."""
         if v is None:
             return frame
+        if self.style == "wireframe":
+            return draw_wireframe(frame, v, self.faces, focal, edges=self.edges)
+        if self.style == "landmarks":
+            out = frame if detected is None else draw_points(frame, detected, (60, 220, 60))
+            if fitted is None:
+                fitted = Camera(focal, frame.shape[1], frame.shape[0]).project(v[self.vertex_ids])
+            return draw_points(out, fitted, (255, 40, 40))
         img, _, _ = render(v, self.faces, shade(v, self.faces, self.albedo), focal, frame.shape[1],
                            frame.shape[0], background=frame, alpha=0.55)
         return img

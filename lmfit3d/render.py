@@ -178,3 +178,103 @@ def model_albedo(model, skin=(0.85, 0.62, 0.52), iris=(0.35, 0.22, 0.12), iris_d
     alb[model.region_mask("mouth_socket", "gums_tongue")] = (0.45, 0.18, 0.18)
     alb[model.region_mask("teeth")] = (0.92, 0.9, 0.85)
     return alb
+
+
+# --------------------------------------------------------------------------------------------
+# Line and point overlays (--overlay-style wireframe / landmarks, the report's contact sheet)
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def wire_mask(uv, depth, faces, edges, zbuf, tol, mask):
+    """Mark in ``mask`` (H, W) float32 the pixels of the edges of front-facing triangles that no nearer
+    surface hides: depth along an edge (linear) within ``tol`` (mm) of ``zbuf`` (H, W) (+inf: no
+    surface).  uv (V, 2) pixels, depth (V,) mm > 0 in front of the camera; edges (T, 3) bool: draw
+    edge e (vertex e to e + 1) of triangle t."""
+    h, w = mask.shape[0], mask.shape[1]
+    for t in range(faces.shape[0]):
+        a, b, c = faces[t, 0], faces[t, 1], faces[t, 2]
+        if depth[a] <= 0 or depth[b] <= 0 or depth[c] <= 0:
+            continue
+        area = (uv[b, 0] - uv[a, 0]) * (uv[c, 1] - uv[a, 1]) - (uv[b, 1] - uv[a, 1]) * (uv[c, 0] - uv[a, 0])
+        if area >= 0:                   # back face (as in :func:`rasterize`)
+            continue
+        for e in range(3):
+            if not edges[t, e]:
+                continue
+            p = faces[t, e]
+            q = faces[t, (e + 1) % 3]
+            dx = uv[q, 0] - uv[p, 0]
+            dy = uv[q, 1] - uv[p, 1]
+            n = int(max(abs(dx), abs(dy))) + 1
+            if n > 4 * (h + w):
+                continue
+            for s in range(n + 1):
+                f = s / n
+                x = int(uv[p, 0] + f * dx)
+                y = int(uv[p, 1] + f * dy)
+                if x < 0 or y < 0 or x >= w or y >= h:
+                    continue
+                if depth[p] + f * (depth[q] - depth[p]) <= zbuf[y, x] + tol:
+                    mask[y, x] = 1.0
+
+
+def blend_mask(image, mask, color, alpha):
+    """``image`` (H, W, 3) uint8 with ``color`` (RGB 0-255) blended in where ``mask`` (H, W) in [0, 1]."""
+    a = (alpha * mask)[:, :, None]
+    out = image.astype(np.float32) * (1.0 - a) + np.asarray(color, np.float32) * a
+    return (out + 0.5).astype(np.uint8)
+
+
+def quad_edges(verts, faces):
+    """(T, 3) bool: the edges of each triangle but its longest (ICT's quads without their diagonals)."""
+    v = np.asarray(verts, dtype=np.float64)
+    f = np.asarray(faces)
+    length = np.stack([np.linalg.norm(v[f[:, (e + 1) % 3]] - v[f[:, e]], axis=1) for e in range(3)], 1)
+    return length < length.max(1, keepdims=True)
+
+
+def draw_wireframe(image, verts, faces, focal, origin=(0.0, 0.0), scale=1.0, color=(80, 255, 120), alpha=0.7,
+                   tol_mm=2.0, full_size=None, edges=None):
+    """The camera-space mesh ``verts`` (V, 3) mm as a wireframe over ``image`` (H, W, 3) uint8: the edges
+    of the triangles the camera sees (back faces and hidden edges left out).
+
+    ``full_size`` (W, H) is the frame the camera sees (default: the image's); ``image`` may be a crop
+    of it from ``origin`` (pixels), resized by ``scale`` (a contact-sheet thumbnail).  ``edges`` (T, 3)
+    bool selects the edges (default :func:`quad_edges`).  Where edges are denser than a few pixels the
+    lines fade (opacity ``alpha`` from 5 px apart down to 0.4 of it at 1 px), so the face stays visible.
+    """
+    h, w = image.shape[:2]
+    fw, fh = full_size if full_size is not None else (w, h)
+    verts = np.ascontiguousarray(verts, dtype=np.float64)
+    uv = np.empty((verts.shape[0], 2))
+    project_points(verts, float(focal), fw / 2.0, fh / 2.0, uv)
+    uv = (uv - np.asarray(origin, np.float64)) * scale
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    zbuf = np.full((h, w), np.inf)
+    tri = np.full((h, w), -1, np.int64)
+    bary = np.zeros((h, w, 3), np.float32)
+    depth = -verts[:, 2]
+    rasterize(uv, depth, faces, np.zeros((1, 3)), 0.0, np.zeros((h, w, 3), np.float32), zbuf, tri, bary)
+    if edges is None:
+        edges = quad_edges(verts, faces)
+    mask = np.zeros((h, w), np.float32)
+    wire_mask(uv, depth, faces, np.ascontiguousarray(edges), zbuf, float(tol_mm), mask)
+    seen = tri[::3, ::3]
+    seen = seen[seen >= 0]                  # triangles on a sparse grid of pixels (area-weighted)
+    px = np.median(np.linalg.norm(uv[faces[seen, 1]] - uv[faces[seen, 0]], axis=1)) if seen.size else 5.0
+    return blend_mask(image, mask, color, alpha * float(np.clip((px - 1.0) / 4.0, 0.4, 1.0)))
+
+
+def draw_points(image, points, color, radius=1):
+    """``image`` (H, W, 3) uint8 with square dots of half-width ``radius`` px at ``points`` (N, 2) pixels
+    (NaN points skipped); returns a new image."""
+    out = image.copy()
+    p = np.asarray(points, dtype=np.float64)
+    p = p[np.isfinite(p).all(1)].astype(np.int64)
+    h, w = out.shape[:2]
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            x, y = p[:, 0] + dx, p[:, 1] + dy
+            ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+            out[y[ok], x[ok]] = color
+    return out

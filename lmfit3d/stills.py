@@ -20,6 +20,7 @@ from .camera import Camera
 from .capture import _MIN_LANDMARKS, CaptureConfig, CaptureProblem, _result, validate_multiview
 from .fit import Tracker, fit_landmarks
 from .landmarks import load_landmark_set, resolve_vertex_ids
+from .exports import write_still_gltf
 from .media import _check_out_dir, read_image
 from .meshio import write_obj, write_ply
 from .model import load_model
@@ -72,9 +73,11 @@ def _write_still_files(out_dir, name, model, opt, img, focal, results):
     NAME_overlay.png with every face; results: [(info, verts), ...], largest face first."""
     import imageio.v2 as imageio
     overlay = img
-    render = _OverlayRenderer(model)
+    render = _OverlayRenderer(model, opt.overlay_style)
     for k, (info, verts) in enumerate(results):
         stem = name if k == 0 else f"{name}_face{k}"
+        if opt.gltf:
+            write_still_gltf(out_dir / f"{stem}.glb", model, info)
         (write_obj if opt.mesh_format == "obj" else write_ply)(out_dir / f"{stem}.{opt.mesh_format}", verts,
                                                                model.faces)
         with atomic_write(out_dir / f"{stem}.json", "w") as fh:

@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from .fit import FitConfig, Tracker
+from .report import ContactFrames
 from .media import VideoReader, _check_out_dir, _progress
 from .meshio import write_obj, write_ply
 from .model import load_model
-from .outputs import FrameRows, _OverlayRenderer, _Outputs
+from .outputs import OVERLAY_STYLES, FrameRows, _OverlayRenderer, _Outputs
+from .exports import write_extras
 from .predict import MediaPipeLandmarks, NetworkLandmarks
 from .skinning import evaluate_mesh
 from .temporal import is_cut, frame_noise_variance, shot_segments, smooth_shots
@@ -61,6 +63,9 @@ class TrackOptions:
     mesh_every: int = 0
     mesh_format: str = "obj"
     overlay: bool = False
+    overlay_style: str = "shaded"
+    gltf: bool = False
+    report: bool = False
     max_frames: int = None
     cut_threshold: float = 0.35
     identity_stride: int = 2
@@ -92,6 +97,11 @@ class TrackOptions:
             raise ValueError(f"--focal must be a positive number of pixels, got {self.focal_px}")
         if self.temporal_weight is not None and not (np.isfinite(self.temporal_weight) and self.temporal_weight >= 0):
             raise ValueError(f"--temporal-weight must be >= 0, got {self.temporal_weight}")
+        if self.overlay_style not in OVERLAY_STYLES:
+            raise ValueError(f"--overlay-style must be one of {', '.join(OVERLAY_STYLES)}, got {self.overlay_style!r}")
+        if self.gltf:
+            from .exports import require_gltf
+            require_gltf()
         self.config()           # ValueError on a bad --landmark-loss / --loss-scale
 
     def config(self):
@@ -151,6 +161,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
     tm = {"decode": 0.0, "detect": 0.0, "landmarks": 0.0, "fit": 0.0, "write": 0.0}
     mp.timings = {"detect": 0.0, "landmarks": 0.0}
     cfg = opt.config()
+    sheet = ContactFrames() if opt.report else None
     # ---- pass 1: landmarks (disk-backed, flat memory) + identity/focal from keyframes
     store = out_dir / f".{name}.landmarks.part.npy"
     cap = reader.n_frames_hint or 1024
@@ -191,6 +202,8 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
                 prev_c = None
                 tracker.reset()
             arr[n] = rec
+            if sheet is not None:
+                sheet.offer(n, frame, None if pred is None else pred.mu)
             n += 1
             if pbar is not None:
                 pbar.update(1)
@@ -207,8 +220,9 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
         summary.frames = n
         outs = _Outputs(out_dir, name, model, reader.fps, opt)
         try:
-            _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm,
-                         reader)
+            npz = _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm,
+                               reader)
+            write_extras(outs, model, opt, npz, sheet, tm)
         except BaseException:
             outs.abort()
             raise
@@ -237,7 +251,7 @@ def _grow(store, n, L):
 def _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, opt, outs, summary, tm, reader):
     """Pass 2's per-frame loop: fit (smoothed tracks when given), write rows, meshes and overlay."""
     frames = iter(reader) if opt.overlay else None
-    overlay = _OverlayRenderer(model) if opt.overlay else None
+    overlay = _OverlayRenderer(model, opt.overlay_style) if opt.overlay else None
     pbar = _progress(opt.progress, n, f"{reader.name} fit")
     for f in range(n):
         rec = np.asarray(arr[f], dtype=np.float64)
@@ -277,7 +291,7 @@ def _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, op
         if frames is not None:
             frame = next(frames, None)
             if frame is not None:
-                outs.writer.append_data(overlay(frame, verts, focal))
+                outs.writer.append_data(overlay(frame, verts, focal, mu, None if fit is None else fit.uv))
         tm["write"] += time.perf_counter() - t
         if pbar is not None:
             pbar.update(1)
@@ -323,6 +337,7 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
                mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]), frame_noise_px=np.sqrt(noise),
                landmarks_fitted=np.asarray(arr[:n, :, 4:6]), units=np.array("mm"))
     outs.commit(npz)
+    return npz
 
 
 def make_predictor(opt):

@@ -481,7 +481,8 @@ def test_capture_from_rendered_videos(model, rng, tmp_path, capsys):
     cal.write_text(json.dumps({"cameras": [{"R": rot[j].tolist(), "t": tr[j].tolist(), "focal": focal,
                                             "image_size": [size, size]} for j in range(2)]}))
     out = tmp_path / "out"
-    assert main(["capture", "--videos", *map(str, paths), "--calibration", str(cal), "-o", str(out)]) == 0
+    assert main(["capture", "--videos", *map(str, paths), "--calibration", str(cal), "-o", str(out), "--gltf",
+                 "--report"]) == 0
     assert "frame counts differ between cameras (5, 6)" in capsys.readouterr().err
     z = np.load(out / "capture.npz")
     assert z["vertices"].shape == (nf, model.n_vertices, 3)
@@ -493,3 +494,11 @@ def test_capture_from_rendered_videos(model, rng, tmp_path, capsys):
     rows = (out / "capture.csv").read_text().splitlines()
     assert len(rows) == nf + 1 and (out / "capture_arkit.csv").is_file()
     assert json.loads((out / "capture_calibration.json").read_text())["cameras"][1]["focal"] > 0
+    # --gltf: the performance in the world frame with both cameras; --report: the reference camera's view
+    import pygltflib
+    g = pygltflib.GLTF2.load(str(out / "capture.glb"))
+    assert len(g.cameras) == 2 and g.accessors[g.animations[0].samplers[0].input].count == nf
+    cam1 = [n for n in g.nodes if n.name == "camera1"][0]
+    np.testing.assert_allclose(cam1.translation, -rot[1].T @ tr[1] / 1000.0, atol=1e-9)
+    text = (out / "capture_report.html").read_text()
+    assert "id='sheet'" in text and text.count("<figure class='fit'>") == nf

@@ -22,7 +22,7 @@ def _modules_after(code):
     ("import lmfit3d.cli; lmfit3d.cli.build_parser().format_help()", ("numba", "numpy")),
     ("import lmfit3d.skinning", ()),
     ("import lmfit3d, importlib\nfor m in lmfit3d._SUBMODULES: importlib.import_module('lmfit3d.' + m)",
-     ("onnx", "tflite2onnx", "skimage", "jax")),
+     ("onnx", "tflite2onnx", "skimage", "jax", "pygltflib", "matplotlib")),
     ("from lmfit3d.predict import MediaPipeLandmarks, NetworkLandmarks\nMediaPipeLandmarks(); NetworkLandmarks()",
      ("onnx", "tflite2onnx", "skimage", "jax")),
 ], ids=["package", "cli", "cli-help", "skinning", "every-module", "onnx-backends"])
