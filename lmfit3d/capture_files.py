@@ -120,7 +120,8 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
     outs = _Outputs(out_dir, "capture", model, fps, replace(opt, overlay=False, mesh_every=0))
     table = dict(root_rotation=np.full((nf, 3), np.nan), joint_rotations=np.full(res.rotations[:, 1:].shape, np.nan),
                  translation=np.full((nf, 3), np.nan), success=np.zeros(nf, bool), confidence=np.zeros(nf),
-                 fit_rms_px=np.full(nf, np.nan), landmarks68=np.full((nf, 68, 2), np.nan))
+                 fit_rms_px=np.full(nf, np.nan), landmarks68=np.full((nf, 68, 2), np.nan),
+                 landmarks68_3d=np.full((nf, 68, 3), np.nan))
     try:
         for f in range(nf):
             fit = None

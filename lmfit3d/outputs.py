@@ -20,10 +20,10 @@ import numpy as np
 from .camera import Camera
 from .problem import GAZE_SHAPES
 from .landmarks import load_landmark_set
+from .points68 import Points68
 from .paths import atomic_write
 from .render import draw_points, draw_wireframe, model_albedo, quad_edges, render, shade, visible_faces
 from .rotation import matrix_to_axis_angle, rodrigues
-from .skinning import pose, skin_mesh
 
 # Live Link Face CSV: the 52 ARKit blendshapes in its column order, then head and eye angles.
 ARKIT_NAMES = (
@@ -70,26 +70,6 @@ def yaw_pitch_roll(r):
     yaw = np.arctan2(r[0, 2], r[2, 2])
     roll = np.arctan2(r[1, 0], r[1, 1])
     return yaw, pitch, roll
-
-
-class PointEvaluator:
-    """Posed positions of a few chosen vertices for a fixed identity (68 output points, gaze)."""
-
-    def __init__(self, model, vertex_ids, identity):
-        ids = np.asarray(vertex_ids, dtype=np.int64)
-        self.model = model
-        self.ids = ids
-        self.identity = np.asarray(identity, dtype=np.float64)
-        self.t_beta = model.vertices[ids].astype(np.float64) + model.identity_basis[ids].astype(np.float64) @ self.identity
-        self.eb = model.expression_basis[ids].astype(np.float64)
-        self.w = np.ascontiguousarray(model.skin_weights[ids], dtype=np.float64)
-        self.out = np.empty((ids.size, 3))
-
-    def __call__(self, params):
-        st = pose(self.model, params)
-        t = np.ascontiguousarray(self.t_beta + self.eb @ params.expression)
-        skin_mesh(t, self.w, st.r0, st.translation, st.rg, st.tg, self.out)
-        return self.out.copy(), st
 
 
 def _global_rotations(model, rotations):
@@ -139,6 +119,7 @@ def csv_header(expression_names):
             "gaze_L_yaw", "gaze_L_pitch", "gaze_R_yaw", "gaze_R_pitch", "focal_px", "fit_rms_px"]
     cols += list(expression_names)
     cols += [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
+    cols += [f"{a}_{i}" for a in "XYZ" for i in range(68)]
     return cols
 
 
@@ -263,7 +244,7 @@ class FrameRows:
         # eyeLook* columns from the eye joints (the fit held those shapes at 0)
         self.gaze_ids = ([i for i, n in enumerate(model.expression_names) if n in GAZE_SHAPES]
                          if derive_gaze else [])
-        self.ibug = PointEvaluator(model, load_landmark_set("ibug68"), identity)
+        self.points68 = Points68(model, identity)
         self.cam = Camera(focal, *image_size)
         self.focal = focal
         self.fps = fps
@@ -280,7 +261,7 @@ class FrameRows:
             ark += ["0"] * len(ARKIT_NAMES) + [""] * len(ARKIT_POSE)
             return row, ark, None
         p = fit.params
-        uv68 = self.cam.project(self.ibug(p)[0])
+        uv68, xyz68 = self.points68(p, self.cam)
         rms = float(np.sqrt(np.nanmean(np.sum((fit.uv - mu) ** 2, 1))))
         g = _global_rotations(self.model, p.rotations)
         gz = gaze_angles(self.model, p.rotations)
@@ -290,12 +271,13 @@ class FrameRows:
             expr = expr.copy()
             expr[self.gaze_ids] = gaze_blendshapes(self.model, p.rotations)[self.gaze_ids]
         row += [f"{conf:.4f}"] + _format(p.translation, p.rotations[0], matrix_to_axis_angle(g[2]), gz.mean(0),
-                                          gz, [self.focal, rms], expr, uv68[:, 0], uv68[:, 1])
+                                          gz, [self.focal, rms], expr, uv68[:, 0], uv68[:, 1], xyz68[:, 0],
+                                          xyz68[:, 1], xyz68[:, 2])
         # ARKit (degrees): head yaw/pitch/roll of the head's global rotation in camera axes; eyes in the head
         angles = [yaw_pitch_roll(g[2])] + [yaw_pitch_roll(rodrigues(p.rotations[j])) for j in (3, 4)]
         ark += [f"{v:.4f}" for v in self.ark_map @ expr]
         ark += [f"{np.degrees(v):.4f}" for trio in angles for v in trio]
-        return row, ark, dict(landmarks68=uv68, fit_rms_px=rms, confidence=conf)
+        return row, ark, dict(landmarks68=uv68, landmarks68_3d=xyz68, fit_rms_px=rms, confidence=conf)
 
 
 OVERLAY_STYLES = ("shaded", "wireframe", "landmarks")

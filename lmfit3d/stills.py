@@ -19,13 +19,14 @@ from .calibration import image_sizes as _image_sizes
 from .camera import Camera
 from .capture import _MIN_LANDMARKS, CaptureConfig, CaptureProblem, _result, validate_multiview
 from .fit import Tracker, fit_landmarks
-from .landmarks import load_landmark_set, resolve_vertex_ids
+from .landmarks import resolve_vertex_ids
 from .exports import write_still_gltf
 from .media import _check_out_dir, read_image
 from .meshio import write_obj, write_ply
 from .model import load_model
 from .outputs import _OverlayRenderer, _global_rotations
 from .paths import atomic_write
+from .points68 import Points68
 from .rotation import matrix_to_axis_angle
 from .skinning import evaluate_mesh
 from .track import TrackOptions, make_predictor
@@ -57,13 +58,14 @@ def _still_result(path, model, img, params, focal, pred, uv, cost, iterations, s
     size = (img.shape[1], img.shape[0])
     verts = evaluate_mesh(model, p)
     g = _global_rotations(model, p.rotations)
-    uv68 = Camera(focal, *size).project(verts[load_landmark_set("ibug68")])
+    uv68, xyz68 = Points68(model, p.identity)(p, Camera(focal, *size))
     info = dict(image=str(path), image_size=list(size), focal_px=float(focal), confidence=pred.presence,
                 fit_rms_px=float(np.sqrt(np.nanmean(np.sum((uv - pred.mu) ** 2, 1)))),
                 identity=p.identity.tolist(), expression=dict(zip(model.expression_names, p.expression.tolist())),
                 root_rotation=p.rotations[0].tolist(), translation_mm=p.translation.tolist(),
                 joint_rotations={n: r.tolist() for n, r in zip(model.joint_names[1:], p.rotations[1:])},
                 head_rotation=matrix_to_axis_angle(g[2]).tolist(), landmarks68=uv68.tolist(),
+                landmarks68_3d=xyz68.tolist(),
                 cost=float(cost), iterations=int(iterations), status=int(status), units="mm")
     return info, verts
 

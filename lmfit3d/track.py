@@ -306,7 +306,8 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
     res = dict(expression=np.full((n, ne), np.nan), rotations=np.full((n, nj, 3), np.nan),
                translation=np.full((n, 3), np.nan), success=np.zeros(n, bool), confidence=np.zeros(n),
                cost=np.full(n, np.nan), iterations=np.zeros(n, np.int64), status=np.full(n, -2, np.int64),
-               landmarks68=np.full((n, 68, 2), np.nan), fit_rms_px=np.full(n, np.nan))
+               landmarks68=np.full((n, 68, 2), np.nan), landmarks68_3d=np.full((n, 68, 3), np.nan),
+               fit_rms_px=np.full(n, np.nan))
     # shots (cuts, frames without a face) once, from the stored landmarks (a view of the disk-backed
     # array: memory stays flat); the tracker starts afresh at each shot
     t = time.perf_counter()
@@ -333,7 +334,8 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
                joint_rotations=res["rotations"][:, 1:], translation=res["translation"],
                expression=res["expression"], success=res["success"], confidence=res["confidence"],
                cost=res["cost"], iterations=res["iterations"], status=res["status"],
-               landmarks68=res["landmarks68"], fit_rms_px=res["fit_rms_px"], vertex_ids=np.asarray(vids),
+               landmarks68=res["landmarks68"], landmarks68_3d=res["landmarks68_3d"], fit_rms_px=res["fit_rms_px"],
+               vertex_ids=np.asarray(vids),
                mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]), frame_noise_px=np.sqrt(noise),
                landmarks_fitted=np.asarray(arr[:n, :, 4:6]), units=np.array("mm"))
     outs.commit(npz)

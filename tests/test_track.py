@@ -122,6 +122,25 @@ def tracked(tmp_path_factory):
     return code, out
 
 
+def test_track_writes_both_68_point_conventions(tracked):
+    """NAME.npz holds landmarks68 (F, 68, 2) and landmarks68_3d (F, 68, 3) mm, NAME.csv the same
+    values (x_/y_ and X_/Y_/Z_ columns); points 17-67 of the 2D set are the 3D points projected."""
+    from lmfit3d.camera import Camera
+    from lmfit3d.points68 import N_JAW
+    _, out = tracked
+    stem = SMALL_CLIP.stem
+    d = np.load(out / f"{stem}.npz")
+    ok = d["success"]
+    assert d["landmarks68_3d"].shape == d["landmarks68"].shape[:2] + (3,)
+    cam = Camera(float(d["focal_px"]), *[int(v) for v in d["image_size"]])
+    f = int(np.flatnonzero(ok)[0])
+    assert np.allclose(cam.project(d["landmarks68_3d"][f])[N_JAW:], d["landmarks68"][f][N_JAW:], atol=1e-6)
+    assert np.all(d["landmarks68_3d"][ok][..., 2] < -150)          # in front of the camera (-z), mm
+    r = rows(out / f"{stem}.csv")
+    assert float(r[f]["Z_30"]) == pytest.approx(d["landmarks68_3d"][f, 30, 2], rel=1e-5)
+    assert float(r[f]["x_5"]) == pytest.approx(d["landmarks68"][f, 5, 0], rel=1e-5)
+
+
 def test_track_writes_every_output(tracked, model):
     code, out = tracked
     assert code == 0

@@ -1,0 +1,84 @@
+"""The 68 output points (lmfit3d.points68): tables, the outline rule, the CSV/NPZ/JSON columns."""
+import numpy as np
+import pytest
+
+from lmfit3d.camera import Camera
+from lmfit3d.model import Params
+from lmfit3d.outputs import csv_header
+from lmfit3d.points68 import GROUPS, N_JAW, Points68, load_tables, outline
+from lmfit3d.skinning import evaluate_mesh
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return load_tables()
+
+
+def test_tables_shape_and_lines(model, tables):
+    ids, lines = tables
+    assert ids.shape == (68,) and ids.min() >= 0 and ids.max() < model.n_vertices
+    assert len(lines) == N_JAW
+    for k, (w, cand) in enumerate(lines):
+        assert ids[k] in cand                       # every line holds its fixed point
+        assert cand.size >= 3
+        assert np.all(w >= 0) and np.linalg.norm(w) > 0.5
+    assert sum(b - a for a, b in GROUPS.values()) == 68
+
+
+def _posed(model, yaw_deg, rng):
+    rot = np.zeros((model.n_joints, 3))
+    rot[0, 1] = np.radians(yaw_deg)
+    p = Params(rng.normal(size=model.n_identity) * 0.5, np.zeros(model.n_expression), rot,
+               np.array([0.0, 0.0, -600.0]))
+    return p, Camera(1200.0, 800, 800)
+
+
+def test_frontal_outline_is_the_fixed_jaw(model, tables, rng):
+    """Facing the camera, the outline rule returns (nearly) the fixed jaw points."""
+    p, cam = _posed(model, 0.0, rng)
+    uv, xyz = Points68(model, p.identity)(p, cam)
+    fixed = cam.project(xyz)
+    iod = np.linalg.norm(fixed[36] - fixed[45])
+    assert np.allclose(uv[N_JAW:], fixed[N_JAW:])
+    assert np.median(np.linalg.norm(uv[:N_JAW] - fixed[:N_JAW], axis=1)) < 0.05 * iod
+
+
+def test_turned_face_far_side_moves_onto_the_silhouette(model, tables, rng):
+    """At 45 degrees yaw the far side's jaw points leave their (hidden) fixed vertices and move
+    outwards in the image, onto the face's outline; the near side stays on its fixed points."""
+    p, cam = _posed(model, 45.0, rng)          # head turned to its left: the subject's left side is far
+    uv, xyz = Points68(model, p.identity)(p, cam)
+    fixed = cam.project(xyz)
+    out = fixed[8] - fixed[0]                  # towards the far (left, points 9-16) side in the image
+    out /= np.linalg.norm(out)
+    far = range(11, 17)
+    moved = [(uv[k] - fixed[k]) @ out for k in far]
+    assert min(moved) > 0.0 and max(moved) > 3.0
+    # the outline point is the furthest-out projected mesh vertex of its line, along the line's direction
+    verts = cam.project(evaluate_mesh(model, p))
+    _, lines = tables
+    h = (fixed[0] - fixed[16]) / np.linalg.norm(fixed[0] - fixed[16])
+    v = (fixed[8] - fixed[27]) / np.linalg.norm(fixed[8] - fixed[27])
+    for k in far:
+        w, cand = lines[k]
+        u = -w[0] * h + w[1] * v
+        assert uv[k] @ u == pytest.approx((verts[cand] @ u).max(), abs=1e-6)
+
+
+def test_outline_picks_the_extreme_candidate():
+    """outline(): per line the candidate furthest along its weighted direction."""
+    fixed = np.zeros((68, 2))
+    fixed[0], fixed[16], fixed[8], fixed[27] = (-10, 0), (10, 0), (0, 10), (0, -10)
+    cand = np.array([[-5.0, 0.0], [-12.0, 1.0], [-8.0, 0.0]] * N_JAW)
+    starts = np.arange(0, 3 * N_JAW + 1, 3)
+    w = np.tile([1.0, 0.0], (N_JAW, 1))
+    out = outline(fixed, cand, w, starts)
+    assert np.allclose(out[0], (-12.0, 1.0))      # right side: furthest towards point 0
+    assert np.allclose(out[16], (-5.0, 0.0))      # left side: furthest towards point 16
+
+
+def test_csv_has_2d_and_3d_columns(model):
+    cols = csv_header(model.expression_names)
+    for c in ("x_0", "y_67", "X_0", "Y_33", "Z_67"):
+        assert c in cols
+    assert len([c for c in cols if c[:2] in ("X_", "Y_", "Z_")]) == 3 * 68
