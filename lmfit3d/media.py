@@ -175,12 +175,16 @@ def _check_out_dir(out_dir):
 
 
 def expand_inputs(paths, extensions):
-    """Files from a list of files and folders (folders: their files with the given extensions, sorted)."""
+    """Files from a list of files and folders (folders: their files with the given extensions, sorted,
+    without lmfit3d's own overlays: ``S_overlay.EXT`` beside a media file ``S.*``)."""
     out = []
+    media = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
     for p in paths:
         p = Path(p)
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in extensions and q.is_file())
+            stems = {q.stem for q in p.iterdir() if q.suffix.lower() in media}
+            found = [q for q in found if not (q.stem.endswith("_overlay") and q.stem[:-8] in stems)]
             if not found:
                 raise ValueError(f"{p}: folder holds no file with extension {', '.join(extensions)}")
             out += found

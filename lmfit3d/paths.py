@@ -72,6 +72,19 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+def raise_on_sigterm():
+    """Turn SIGTERM into ``SystemExit(143)`` in this process, so that ``finally`` blocks run and remove
+    temporary files (the ``lmfit3d`` command and its worker processes)."""
+    import signal
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:                      # not the main thread: leave the handler as it is
+        pass
+
+
 @contextmanager
 def work_dir(out_dir, name):
     """A private temporary folder for one run's outputs, in the output folder ``out_dir``.
