@@ -144,7 +144,7 @@ def read_image(path):
     except Exception as exc:
         reason = _short(exc)
         if "backend" in reason or "pip install" in reason:       # imageio's plugin hints
-            reason = "not an image format imageio can read"
+            reason = "unknown or damaged image format"
         raise ValueError(f"{path}: cannot read as an image ({reason})") from None
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)

@@ -158,7 +158,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
     summary = TrackSummary(str(getattr(reader, "path", name)))
     tm = {"decode": 0.0, "detect": 0.0, "landmarks": 0.0, "fit": 0.0, "write": 0.0}
     mp.timings = {"detect": 0.0, "landmarks": 0.0}
-    store = None
+    store = work = None
     try:
         with work_dir(out_dir, name) as work:
             store = _Store(work / "landmarks.npy", reader.n_frames_hint or 1024, mp.vertex_ids.size)
@@ -177,8 +177,9 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
                 store.close()
             summary.outputs = [str(p) for p in outs.final]
     except OSError as exc:
-        if exc.filename is None:        # a failed write on an open file: name the output folder
-            raise OSError(exc.errno, f"{exc.strerror} (writing the outputs of {summary.path})",
+        # a failed write of an open or temporary file (a full disk): name the output folder and input
+        if exc.filename is None or (work is not None and str(exc.filename).startswith(str(work))):
+            raise OSError(exc.errno, f"{exc.strerror or exc} (writing the outputs of {summary.path})",
                           str(out_dir)) from None
         raise
     finally:
