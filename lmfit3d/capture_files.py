@@ -16,7 +16,7 @@ from .capture import fit_capture
 from .media import _check_out_dir, landmarks_from_video
 from .model import Params, load_model
 from .outputs import FrameRows, _Outputs, fit_arrays, write_npz
-from .paths import read_npz
+from .paths import read_npz, work_dir
 from .rotation import matrix_to_axis_angle, rodrigues
 from .track import TrackOptions, make_predictor
 
@@ -113,19 +113,21 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
     r_ref, t_ref = res.camera_rotation[ref], res.camera_translation[ref]
     fps = got[ref][4]
     rows = FrameRows(model, res.identity, float(res.focal[ref]), tuple(int(v) for v in sizes[ref]), fps)
-    outs = _Outputs(out_dir, "capture", model, fps, replace(opt, overlay=False, mesh_every=0))
-    try:
-        for f in range(nf):
-            fit = None
-            if res.status[f] >= 0:
-                rot = res.rotations[f].copy()
-                rot[0] = matrix_to_axis_angle(r_ref @ rodrigues(rot[0]))
-                p = Params(res.identity, res.expression[f], rot, r_ref @ res.translation[f] + t_ref)
-                fit = SimpleNamespace(params=p, uv=res.uv[ref, f], status=int(res.status[f]))
-            row, ark, _ = rows(f, fit, mu[ref, f], got[ref][2][f])
-            outs.write_frame(f, row, ark)
-        outs.commit()
-    except BaseException:
-        outs.abort()
-        raise
+    with work_dir(out_dir, "capture") as work:
+        outs = _Outputs(out_dir, "capture", model, fps, replace(opt, overlay=False, mesh_every=0), work,
+                        whole_set=False)
+        try:
+            for f in range(nf):
+                fit = None
+                if res.status[f] >= 0:
+                    rot = res.rotations[f].copy()
+                    rot[0] = matrix_to_axis_angle(r_ref @ rodrigues(rot[0]))
+                    p = Params(res.identity, res.expression[f], rot, r_ref @ res.translation[f] + t_ref)
+                    fit = SimpleNamespace(params=p, uv=res.uv[ref, f], status=int(res.status[f]))
+                row, ark, _ = rows(f, fit, mu[ref, f], got[ref][2][f])
+                outs.write_frame(f, row, ark)
+            outs.commit()
+        except BaseException:
+            outs.abort()
+            raise
     return res

@@ -174,6 +174,9 @@ def read_npz(path, required=()):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: input file not found")
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable .npz file (not a zip archive of arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
