@@ -178,6 +178,8 @@ def _add_model(sub):
                         "(default: $ICT_FACEKIT or ../shared/ict-facekit)")
     b.add_argument("--out", metavar="PATH",
                    help="model file to write (default: $LMFIT3D_HOME/ict_face_model_v1.npz)")
+    b.add_argument("--no-warm-up", action="store_true",
+                   help="do not compile the fitter's Numba kernels now (the first track/fit then does)")
     b.set_defaults(func=_cmd_model_build)
 
     i = msub.add_parser(
@@ -218,7 +220,11 @@ def _cmd_model_build(args):
     model = build_model(args.ict, progress=_say)
     _say(f"saving {out}")
     path = save_model(model, out)
-    _say(f"done in {time.perf_counter() - t0:.1f} s")
+    _say(f"saved in {time.perf_counter() - t0:.1f} s")
+    if not args.no_warm_up:
+        from .warmup import warm_up
+        _say("compiling the fitter's kernels on a synthetic clip (once: later runs load them from Numba's cache)")
+        _say(f"kernels ready in {warm_up(model):.1f} s")
     print(f"{path} ({_human_size(path.stat().st_size)})")
     print(_model_summary(model))
     return 0
