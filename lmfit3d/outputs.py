@@ -21,7 +21,7 @@ from .camera import Camera
 from .problem import GAZE_SHAPES
 from .landmarks import load_landmark_set
 from .paths import atomic_write, commit_outputs, new_file
-from .render import model_albedo, render, shade, visible_faces
+from .render import model_albedo, render_over, shade, visible_faces
 from .rotation import matrix_to_axis_angle, rodrigues
 from .skinning import pose, skin_mesh
 
@@ -321,6 +321,4 @@ class _OverlayRenderer:
         """The frame with the camera-space mesh v (V, 3) mm drawn over it (the frame itself when v is None)."""
         if v is None:
             return frame
-        img, _, _ = render(v, self.faces, shade(v, self.faces, self.albedo), focal, frame.shape[1],
-                           frame.shape[0], background=frame, alpha=0.55)
-        return img
+        return render_over(frame, v, self.faces, shade(v, self.faces, self.albedo), focal, alpha=0.55)
