@@ -1,20 +1,60 @@
 """Many inputs at once (``lmfit3d track`` / ``lmfit3d fit`` with several files, ``--jobs N``): each
 video or photo in turn or in worker processes, one failing input reported while the others finish.
+
+Inputs whose outputs would share a name (``a/face.jpg`` and ``b/face.jpg``; ``x.mp4`` and
+``x_arkit.mp4``) are refused before anything runs (:func:`check_output_names`).
 """
+import os
+from pathlib import Path
+
 from .media import _check_out_dir
 from .model import load_model
-from .stills import fit_image
+from .outputs import track_output_names
+from .paths import raise_on_sigterm
+from .stills import fit_image, still_output_names
 from .track import track_video
 
 
-def _run_one(kind, path, out_dir, options, model_path):
+def output_names(kind, path, options):
+    """The output file and folder names that input ``path`` may write with ``options``."""
+    stem = Path(path).stem
+    if kind == "video":
+        csv, arkit, npz, overlay, meshes, glb, report = track_output_names(stem)[0]
+        return ([csv, arkit, npz] + [overlay] * bool(options.overlay) + [meshes] * bool(options.mesh_every)
+                + [glb] * bool(options.gltf) + [report] * bool(options.report))
+    names, _ = still_output_names(stem, options.max_faces, options.mesh_format)
+    if options.gltf:
+        names = names + [n.rsplit(".", 1)[0] + ".glb" for n in names if n.endswith(".json")]
+    return names
+
+
+def check_output_names(kind, paths, out_dir, options):
+    """ValueError (one line) when two inputs would write an output of the same name into ``out_dir``,
+    or an output would replace one of the inputs."""
+    owner = {}
+    inputs = {os.path.realpath(p): p for p in paths}
+    for p in paths:
+        for name in output_names(kind, p, options):
+            other = owner.setdefault(name, p)
+            if other is not p:
+                raise ValueError(f"{other} and {p} would both write {Path(out_dir) / name}; "
+                                 "give them different names or separate runs with different -o folders")
+            target = os.path.realpath(Path(out_dir) / name)
+            if target in inputs:
+                raise ValueError(f"{p} would write {Path(out_dir) / name}, which is the input {inputs[target]}; "
+                                 "choose another -o folder")
+
+
+def _run_one(kind, path, out_dir, options, model_path, keep=()):
     """Worker body: one input, errors turned into a one-line message (picklable result)."""
     try:
         model = load_model(model_path)
         if kind == "video":
-            return str(path), track_video(path, out_dir, options, model), None
-        return str(path), fit_image(path, out_dir, options, model), None
+            return str(path), track_video(path, out_dir, options, model, keep=keep), None
+        return str(path), fit_image(path, out_dir, options, model, keep=keep), None
     except (ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            return str(path), None, f"{exc.filename}: {exc.strerror}"
         return str(path), None, " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -22,28 +62,53 @@ def run_many(kind, paths, out_dir, options, jobs=1, model_path=None, on_done=Non
     """Process many inputs (``kind`` "video" or "image"), ``jobs`` worker processes.
 
     One failing input is reported and the others finish.  Returns a list of (path, result, error)
-    in input order; ``on_done(path, result, error)`` is called as each finishes.
+    in input order; ``on_done(path, result, error)`` is called as each finishes.  ValueError before
+    anything runs when two inputs would write outputs of the same name.  On ``SystemExit`` /
+    ``KeyboardInterrupt`` (SIGTERM via :func:`raise_on_sigterm`, Ctrl-C) the workers are stopped the
+    same way, each removing its temporary files.
     """
     from dataclasses import replace
     _check_out_dir(out_dir)
+    check_output_names(kind, paths, out_dir, options)
+    keep = tuple(str(p) for p in paths)
     if jobs <= 1 or len(paths) <= 1:
         out = []
         for p in paths:
-            r = _run_one(kind, p, out_dir, options, model_path)
+            r = _run_one(kind, p, out_dir, options, model_path, keep)
             if on_done:
                 on_done(*r)
             out.append(r)
         return out
     import multiprocessing as mpc
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
     opt = replace(options, progress=False)
     results = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mpc.get_context("spawn")) as ex:
-        futs = {ex.submit(_run_one, kind, p, out_dir, opt, model_path): str(p) for p in paths}
-        from concurrent.futures import as_completed
+    ex = ProcessPoolExecutor(max_workers=jobs, mp_context=mpc.get_context("spawn"), initializer=raise_on_sigterm)
+    try:
+        futs = {ex.submit(_run_one, kind, p, out_dir, opt, model_path, keep): str(p) for p in paths}
         for fu in as_completed(futs):
-            r = fu.result()
+            try:
+                r = fu.result()
+            except Exception as exc:        # a worker died (signal, out of memory): one line, not a traceback
+                r = (futs[fu], None, f"{futs[fu]}: the worker process failed ({' '.join(str(exc).split())})")
             results[futs[fu]] = r
             if on_done:
                 on_done(*r)
+    except BaseException:
+        _stop_workers(ex)
+        raise
+    ex.shutdown(wait=True)
     return [results[str(p)] for p in paths]
+
+
+def _stop_workers(ex, timeout=10.0):
+    """Cancel pending inputs and send SIGTERM to the running workers; wait for them to clean up."""
+    procs = list(getattr(ex, "_processes", {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for pr in procs:
+        if pr.is_alive():
+            pr.terminate()
+    for pr in procs:
+        pr.join(timeout)
+        if pr.is_alive():
+            pr.kill()

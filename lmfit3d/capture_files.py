@@ -17,7 +17,7 @@ from .exports import write_capture_gltf
 from .media import VideoReader, _check_out_dir, landmarks_from_video
 from .model import Params, load_model
 from .outputs import FrameRows, _Outputs, fit_arrays, write_npz
-from .paths import read_npz
+from .paths import read_npz, work_dir
 from .report import ContactFrames, write_report
 from .rotation import matrix_to_axis_angle, rodrigues
 from .track import TrackOptions, make_predictor
@@ -117,31 +117,33 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
     r_ref, t_ref = res.camera_rotation[ref], res.camera_translation[ref]
     fps = got[ref][4]
     rows = FrameRows(model, res.identity, float(res.focal[ref]), tuple(int(v) for v in sizes[ref]), fps)
-    outs = _Outputs(out_dir, "capture", model, fps, replace(opt, overlay=False, mesh_every=0))
     table = dict(root_rotation=np.full((nf, 3), np.nan), joint_rotations=np.full(res.rotations[:, 1:].shape, np.nan),
                  translation=np.full((nf, 3), np.nan), success=np.zeros(nf, bool), confidence=np.zeros(nf),
                  fit_rms_px=np.full(nf, np.nan), landmarks68=np.full((nf, 68, 2), np.nan),
                  landmarks68_3d=np.full((nf, 68, 3), np.nan))
-    try:
-        for f in range(nf):
-            fit = None
-            if res.status[f] >= 0:
-                rot = res.rotations[f].copy()
-                rot[0] = matrix_to_axis_angle(r_ref @ rodrigues(rot[0]))
-                p = Params(res.identity, res.expression[f], rot, r_ref @ res.translation[f] + t_ref)
-                fit = SimpleNamespace(params=p, uv=res.uv[ref, f], status=int(res.status[f]))
-                table["root_rotation"][f], table["joint_rotations"][f] = rot[0], rot[1:]
-                table["translation"][f] = p.translation
-            row, ark, vals = rows(f, fit, mu[ref, f], got[ref][2][f])
-            if vals is not None:
-                table["success"][f] = True
-                for k, v in vals.items():
-                    table[k][f] = v
-            outs.write_frame(f, row, ark)
-        outs.commit()
-    except BaseException:
-        outs.abort()
-        raise
+    with work_dir(out_dir, "capture") as work:
+        outs = _Outputs(out_dir, "capture", model, fps, replace(opt, overlay=False, mesh_every=0), work,
+                        whole_set=False)
+        try:
+            for f in range(nf):
+                fit = None
+                if res.status[f] >= 0:
+                    rot = res.rotations[f].copy()
+                    rot[0] = matrix_to_axis_angle(r_ref @ rodrigues(rot[0]))
+                    p = Params(res.identity, res.expression[f], rot, r_ref @ res.translation[f] + t_ref)
+                    fit = SimpleNamespace(params=p, uv=res.uv[ref, f], status=int(res.status[f]))
+                    table["root_rotation"][f], table["joint_rotations"][f] = rot[0], rot[1:]
+                    table["translation"][f] = p.translation
+                row, ark, vals = rows(f, fit, mu[ref, f], got[ref][2][f])
+                if vals is not None:
+                    table["success"][f] = True
+                    for k, v in vals.items():
+                        table[k][f] = v
+                outs.write_frame(f, row, ark)
+            outs.commit()
+        except BaseException:
+            outs.abort()
+            raise
     if opt.gltf:
         write_capture_gltf(out_dir / "capture.glb", model, res, fps)
     if opt.report:

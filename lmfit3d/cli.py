@@ -178,6 +178,8 @@ def _add_model(sub):
                         "(default: $ICT_FACEKIT or ../shared/ict-facekit)")
     b.add_argument("--out", metavar="PATH",
                    help="model file to write (default: $LMFIT3D_HOME/ict_face_model_v1.npz)")
+    b.add_argument("--no-warm-up", action="store_true",
+                   help="do not compile the fitter's Numba kernels now (the first track/fit then does)")
     b.set_defaults(func=_cmd_model_build)
 
     i = msub.add_parser(
@@ -218,7 +220,11 @@ def _cmd_model_build(args):
     model = build_model(args.ict, progress=_say)
     _say(f"saving {out}")
     path = save_model(model, out)
-    _say(f"done in {time.perf_counter() - t0:.1f} s")
+    _say(f"saved in {time.perf_counter() - t0:.1f} s")
+    if not args.no_warm_up:
+        from .warmup import warm_up
+        _say("compiling the fitter's kernels on a synthetic clip (once: later runs load them from Numba's cache)")
+        _say(f"kernels ready in {warm_up(model):.1f} s")
     print(f"{path} ({_human_size(path.stat().st_size)})")
     print(_model_summary(model))
     return 0
@@ -325,8 +331,14 @@ def _cmd_fit_landmarks(args):
     import numpy as np
     dt = time.perf_counter() - t0
     print(f"{out}: {nf} frames fitted ({ok} ok) in {dt:.2f} s; focal {res.focal[-1]:.1f} px; "
-          f"median cost {np.nanmedian(res.cost):.1f}")
-    return 0 if ok == nf else 1
+          f"median cost {np.nanmedian(res.cost) if np.isfinite(res.cost).any() else np.nan:.1f}")
+    if ok < nf:
+        bad = np.flatnonzero(res.status < 0)
+        listed = ", ".join(str(int(f)) for f in bad[:10]) + (", ..." if bad.size > 10 else "")
+        _say(f"error: {args.input}: {nf - ok} of {nf} frames could not be fitted (too few landmarks or the "
+             f"fit failed: frame {listed}); their outputs are NaN with status < 0")
+        return 1
+    return 0
 
 
 def _add_loss_options(p):
@@ -457,7 +469,10 @@ def _media_run(args, kind):
         if err is not None:
             failed.append(path)
             print(f"{PROG}: error: {err}", file=sys.stderr)
-        elif kind == "video":
+            return
+        for w in getattr(res, "warnings", ()):
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
+        if kind == "video":
             t = res.timings
             fps = res.frames / max(sum(t.values()), 1e-9)
             print(f"{path}: {res.frames} frames, {res.success} with a face ({100 * res.success_rate:.1f} %), "
@@ -481,6 +496,8 @@ def _media_run(args, kind):
         print(f"{len(paths)} photos share one identity -> {args.output}")
         return 0
     run_many(kind, paths, args.output, opt, jobs=args.jobs, model_path=model_path, on_done=done)
+    if failed and len(paths) == 1:
+        return 2                # one input: its one error line, the bad-input status
     if failed:
         print(f"{PROG}: {len(failed)} of {len(paths)} inputs failed", file=sys.stderr)
         return 1
@@ -616,9 +633,12 @@ def main(argv=None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 2 for a user error (reported on stderr as one line).
+        Exit status: 0 on success, 2 for a user error (reported on stderr as one line), 1 when some
+        of several inputs (or frames) failed, 130 on Ctrl-C, 143 on SIGTERM (temporary files removed).
     """
     import os
+    from .paths import raise_on_sigterm
+    raise_on_sigterm()
     # one CPU thread, as the project promises (set before numpy/numba load their thread pools)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -626,7 +646,9 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except SystemExit as exc:  # --help / --version
+    except SystemExit as exc:  # --help / --version, or SIGTERM (raise_on_sigterm)
+        if exc.code == 143:
+            print(f"{PROG}: terminated", file=sys.stderr)
         return exc.code if isinstance(exc.code, int) else 0
     except (ValueError, OSError) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)

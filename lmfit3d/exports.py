@@ -32,18 +32,19 @@ def write_track_gltf(path, model, data, name, cameras=None):
 
 
 def write_extras(outs, model, opt, data, sheet=None, timings=None):
-    """``NAME.glb`` (``opt.gltf``) and ``NAME_report.html`` (``opt.report``) of one clip into
-    ``outs.out_dir``, appended to ``outs.final``; the seconds spent go to ``timings["export"]``."""
+    """``NAME.glb`` (``opt.gltf``) and ``NAME_report.html`` (``opt.report``) of one clip into the run's
+    private folder ``outs.work``, registered with ``outs`` (moved into place with the other outputs by
+    ``outs.commit``); the seconds spent go to ``timings["export"]``."""
     t = time.perf_counter()
-    base = outs.out_dir / outs.name
+    base = outs.work / outs.name
     if opt.gltf:
         write_track_gltf(f"{base}.glb", model, data, outs.name)
-        outs.final.append(base.with_name(f"{outs.name}.glb"))
+        outs.add(f"{outs.name}.glb")
     if opt.report:
         style = "landmarks" if opt.overlay_style == "landmarks" else "wireframe"
         write_report(f"{base}_report.html", model, data, outs.name, sheet, style,
                      None if timings is None else dict(timings))
-        outs.final.append(base.with_name(f"{outs.name}_report.html"))
+        outs.add(f"{outs.name}_report.html")
     if timings is not None and (opt.gltf or opt.report):
         timings["export"] = timings.get("export", 0.0) + time.perf_counter() - t
 

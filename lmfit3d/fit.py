@@ -305,8 +305,32 @@ def validate_landmarks(mu, sigma, n_landmarks=None):
     bad = present & ~(np.isfinite(sigma) & (sigma > 0))
     if bad.any():
         f, l = np.argwhere(bad)[0]
-        raise ValueError(f"sigma must be finite and > 0 for present landmarks (frame {f}, landmark {l}: {sigma[f, l]})")
+        raise ValueError(f"sigma must be finite and > 0 for present landmarks (frame {f}, landmark {l}: "
+                         f"{float(sigma[f, l])})")
+    bad = present & (sigma < MIN_SIGMA_PX)
+    if bad.any():
+        f, l = np.argwhere(bad)[0]
+        raise ValueError(f"sigma must be >= {MIN_SIGMA_PX} px for present landmarks (frame {f}, landmark {l}: "
+                         f"{float(sigma[f, l]):.3g})")
     return mu, np.where(present, sigma, 1.0)
+
+
+MIN_SIGMA_PX = 1e-3     # a smaller landmark sigma is not a measurement (float32 pixels resolve ~1e-4 at 4K)
+
+
+def check_landmark_range(mu, image_size):
+    """ValueError naming the first landmark of ``mu`` (F, L, 2) that lies more than one image size
+    beyond an edge of the image (x outside [-W, 2W] or y outside [-H, 2H]): not a measurement of a
+    face seen in the image, and one such value would pull the identity and focal length of every
+    frame (use NaN for a missing landmark)."""
+    w, h = (float(v) for v in image_size)
+    with np.errstate(invalid="ignore"):
+        far = (np.abs(mu[..., 0] - w / 2) > 1.5 * w) | (np.abs(mu[..., 1] - h / 2) > 1.5 * h)
+    if far.any():
+        f, l = np.argwhere(far)[0]
+        x, y = (float(v) for v in mu[f, l])
+        raise ValueError(f"mu: frame {f}, landmark {l} at ({x:.4g}, {y:.4g}) px is more than one image size "
+                         f"outside the {w:g} x {h:g} image (use NaN for a missing landmark)")
 
 
 def fit_landmarks(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_size, focal_px=None,
@@ -315,8 +339,9 @@ def fit_landmarks(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_s
 
     Parameters
     ----------
-    mu : (F, L, 2) float, landmark means in pixels (NaN = missing).
-    sigma : (F, L) float, standard deviations in pixels (default 1).
+    mu : (F, L, 2) float, landmark means in pixels (NaN = missing); within one image size of the
+        image (:func:`check_landmark_range`).
+    sigma : (F, L) float, standard deviations in pixels (default 1), >= ``MIN_SIGMA_PX``.
     landmark_set : str, e.g. ``"dense320"``; or ``vertex_ids`` (L,) model vertices.
     image_size : (width, height) pixels.
     focal_px : float, optional; unknown when None (45 degree FOV start, refitted on keyframes).
@@ -331,10 +356,11 @@ def fit_landmarks(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_s
     ids = resolve_vertex_ids(landmark_set, vertex_ids, model.n_vertices)
     mu, sigma = validate_landmarks(mu, sigma, ids.size)
     size = np.asarray(image_size, dtype=np.float64)
-    if size.shape != (2,) or not (size > 0).all():
-        raise ValueError(f"image_size must be (width, height) > 0, got {image_size}")
-    if focal_px is not None and not (np.isfinite(focal_px) and focal_px > 0):
-        raise ValueError(f"focal_px must be a positive number of pixels, got {focal_px}")
+    if size.shape != (2,) or not (np.isfinite(size) & (size > 0)).all():
+        raise ValueError(f"image_size must be (width, height) > 0, got {np.ravel(image_size).tolist()}")
+    if focal_px is not None and not (np.ndim(focal_px) == 0 and np.isfinite(focal_px) and focal_px > 0):
+        raise ValueError(f"focal_px must be one positive number of pixels, got {np.ravel(focal_px).tolist()}")
+    check_landmark_range(mu, size)
     cfg = config or FitConfig()
     tracker = Tracker(model, ids, size, focal_px, cfg, identity)
     passes = 2 if (two_pass and identity is None and mu.shape[0] > 1) else 1

@@ -26,11 +26,22 @@ def fit_landmarks_file(in_path, out_path, model=None, config=None, progress=None
     Returns the ``fit.SequenceFit``.
     """
     data = read_npz(in_path, ("mu", "image_size"))
+    for key in ("mu", "sigma", "image_size", "focal_px", "vertex_ids"):
+        if key in data and not np.issubdtype(data[key].dtype, np.number):
+            raise ValueError(f"{in_path}: {key} must be numbers, got an array of {data[key].dtype}")
     lset = str(data["landmark_set"]) if "landmark_set" in data else None
-    focal = float(data["focal_px"]) if "focal_px" in data else None
+    focal = None
+    if "focal_px" in data:
+        f = data["focal_px"]
+        if f.size != 1:
+            raise ValueError(f"{in_path}: focal_px must be one number of pixels, got shape {f.shape}")
+        focal = float(f.ravel()[0])
     model = model or load_model()
-    res = fit_landmarks(data["mu"], data.get("sigma"), landmark_set=lset, vertex_ids=data.get("vertex_ids"),
-                        image_size=tuple(np.asarray(data["image_size"]).ravel()), focal_px=focal,
-                        model=model, config=config, progress=progress)
+    try:
+        res = fit_landmarks(data["mu"], data.get("sigma"), landmark_set=lset, vertex_ids=data.get("vertex_ids"),
+                            image_size=np.asarray(data["image_size"], dtype=np.float64).ravel(), focal_px=focal,
+                            model=model, config=config, progress=progress)
+    except ValueError as exc:
+        raise ValueError(f"{in_path}: {exc}") from None
     write_npz(Path(out_path), fit_arrays(model, res))
     return res

@@ -6,6 +6,7 @@ sources of :func:`lmfit3d.track.track_video`; :func:`landmarks_from_video` runs 
 predictor over every frame of one (offline use: ``lmfit3d capture --videos``).
 """
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 
 
 class VideoReader:
-    """Frames of a video file, streamed with imageio (ffmpeg) one at a time.
+    """Frames of a video file, decoded by ffmpeg and streamed one at a time.
 
-    Each iteration opens the file anew (the overlay pass reads it a second time).  Attributes:
-    ``name`` (file stem), ``fps``, ``n_frames_hint`` (from the container; may be None or off).
+    Each iteration runs ffmpeg anew (the overlay pass reads the file a second time) and yields only
+    the frames the decoder produced (``-fps_mode passthrough``: no duplicates padding a variable
+    frame rate or a late first frame).  Attributes: ``name`` (file stem), ``fps``, ``size`` (width,
+    height), ``n_frames_hint`` (from the container; may be None or off), and after an iteration ran
+    to its end, ``decoded`` (frames yielded) and ``problem`` (None, or ffmpeg's reason when the
+    decoder met damaged or missing data: a truncated file).
     """
 
     def __init__(self, path):
@@ -30,37 +35,80 @@ class VideoReader:
             raise ValueError(f"{self.path}: an image, not a video (use `lmfit3d fit` for photos)")
         if self.path.stat().st_size == 0:
             raise ValueError(f"{self.path}: cannot open as a video (empty file)")
-        reader = self._open()
+        import imageio.v2 as imageio
+        try:
+            reader = imageio.get_reader(str(self.path), format="FFMPEG")
+        except Exception as exc:
+            raise ValueError(f"{self.path}: cannot open as a video ({_ffmpeg_reason(str(exc))})") from None
         try:
             meta = reader.get_meta_data()
         finally:
             reader.close()
         self.fps = float(meta.get("fps") or 25.0)
+        self.size = tuple(int(v) for v in meta["size"])
         n = meta.get("nframes", float("inf"))
         self.n_frames_hint = int(n) if np.isfinite(n) else None
         if self.n_frames_hint is None and meta.get("duration"):
             self.n_frames_hint = int(round(float(meta["duration"]) * self.fps))
-
-    def _open(self):
-        import imageio.v2 as imageio
-        try:
-            return imageio.get_reader(str(self.path), format="FFMPEG")
-        except Exception as exc:
-            raise ValueError(f"{self.path}: cannot open as a video ({_short(exc)})") from None
+        self.decoded, self.problem = 0, None
 
     def __iter__(self):
-        reader = self._open()
-        try:
-            for frame in reader:
-                if frame.ndim == 2:
-                    frame = np.repeat(frame[:, :, None], 3, axis=2)
-                yield np.ascontiguousarray(frame[:, :, :3])
-        except (IndexError, StopIteration):
-            return
-        except Exception as exc:
-            raise ValueError(f"{self.path}: cannot decode video ({_short(exc)})") from None
-        finally:
-            reader.close()
+        import subprocess
+        import tempfile
+        import imageio_ffmpeg
+        w, h = self.size
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i",
+               str(self.path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-fps_mode", "passthrough",
+               "-"]
+        self.decoded, self.problem = 0, None
+        nbytes = w * h * 3
+        with tempfile.TemporaryFile() as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+            ended = False
+            try:
+                while True:
+                    buf = bytearray(nbytes)
+                    got = proc.stdout.readinto(buf)
+                    while 0 < got < nbytes:
+                        more = proc.stdout.readinto(memoryview(buf)[got:])
+                        if not more:
+                            break
+                        got += more
+                    if got < nbytes:
+                        ended = True
+                        break
+                    self.decoded += 1
+                    yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+            finally:
+                if not ended:
+                    proc.kill()                 # the consumer stopped early (--max-frames) or failed
+                proc.stdout.close()
+                rc = proc.wait()
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace")
+        if rc != 0 or text.strip():
+            self.problem = _ffmpeg_reason(text) or f"ffmpeg exit status {rc}"
+        if self.decoded == 0 and self.problem:
+            raise ValueError(f"{self.path}: cannot decode video ({self.problem})")
+
+
+def _ffmpeg_reason(text):
+    """The reason in ffmpeg's (or imageio's) error text, without the version banner and build
+    configuration: its last error line (with a first, different one before it), log prefixes
+    like ``[h264 @ 0x...]`` removed, at most 200 characters."""
+    skip = ("ffmpeg version", "built with", "configuration:", "lib", "Could not load meta", "=== stderr",
+            "Consider increasing", "frame=", "Input #", "Duration:", "Stream #", "Metadata:")
+    lines = []
+    for line in text.splitlines():
+        line = re.sub(r"^(\[[^\]]*@ 0x[0-9a-f]+\]\s*)+", "", line.strip())
+        if line and not line.startswith(skip) and line not in lines:
+            lines.append(line)
+    bad = [ln for ln in lines if re.search(r"error|invalid|not found|corrupt|truncat|missing|unsupported",
+                                            ln, re.I)] or lines
+    if not bad:
+        return ""
+    picked = bad[-1] if len(bad) == 1 or bad[0] in bad[-1] else f"{bad[0]}; {bad[-1]}"
+    return picked[:200]
 
 
 class FrameList:
@@ -94,7 +142,10 @@ def read_image(path):
     try:
         img = np.asarray(imageio.imread(str(path)))
     except Exception as exc:
-        raise ValueError(f"{path}: cannot read as an image ({_short(exc)})") from None
+        reason = _short(exc)
+        if "backend" in reason or "pip install" in reason:       # imageio's plugin hints
+            reason = "unknown or damaged image format"
+        raise ValueError(f"{path}: cannot read as an image ({reason})") from None
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] < 3:
@@ -124,12 +175,16 @@ def _check_out_dir(out_dir):
 
 
 def expand_inputs(paths, extensions):
-    """Files from a list of files and folders (folders: their files with the given extensions, sorted)."""
+    """Files from a list of files and folders (folders: their files with the given extensions, sorted,
+    without lmfit3d's own overlays: ``S_overlay.EXT`` beside a media file ``S.*``)."""
     out = []
+    media = VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
     for p in paths:
         p = Path(p)
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in extensions and q.is_file())
+            stems = {q.stem for q in p.iterdir() if q.suffix.lower() in media}
+            found = [q for q in found if not (q.stem.endswith("_overlay") and q.stem[:-8] in stems)]
             if not found:
                 raise ValueError(f"{p}: folder holds no file with extension {', '.join(extensions)}")
             out += found

@@ -12,7 +12,7 @@ positive towards the subject's left) and pitch (about x, positive up) of each ey
 head frame, radians.  ARKit head/eye yaw, pitch, roll are in degrees as in Live Link Face.
 """
 import csv
-import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,8 @@ from .camera import Camera
 from .problem import GAZE_SHAPES
 from .landmarks import load_landmark_set
 from .points68 import Points68
-from .paths import atomic_write
-from .render import draw_points, draw_wireframe, model_albedo, quad_edges, render, shade, visible_faces
+from .paths import atomic_write, commit_outputs, new_file
+from .render import draw_points, draw_wireframe, model_albedo, quad_edges, render_over, shade, visible_faces
 from .rotation import matrix_to_axis_angle, rodrigues
 
 # Live Link Face CSV: the 52 ARKit blendshapes in its column order, then head and eye angles.
@@ -130,16 +130,32 @@ def _timecode(t, fps):
     return f"{int(h):02d}:{int(m):02d}:{int(s):02d}:{fr:02d}.{int(round((t % 1) * 1000)) % 1000:03d}"
 
 
-class _Outputs:
-    """Streaming writers of one video's outputs; temporary files renamed on :meth:`commit`."""
+def track_output_names(name):
+    """File and folder names of one tracked video's output set (``lmfit3d track``), and the regular
+    expression matching every member (a rerun replaces the whole set)."""
+    names = (f"{name}.csv", f"{name}_arkit.csv", f"{name}.npz", f"{name}_overlay.mp4", f"{name}_meshes",
+             f"{name}.glb", f"{name}_report.html")
+    return names, "|".join(re.escape(n) for n in names)
 
-    def __init__(self, out_dir, name, model, fps, options):
+
+class _Outputs:
+    """Streaming writers of one video's outputs, in the run's private folder ``work``
+    (:func:`lmfit3d.paths.work_dir`); :meth:`commit` moves them into ``out_dir`` as one set.
+
+    ``whole_set``: the set of :func:`track_output_names` is replaced as a whole (members this run does
+    not write are removed, except the paths in ``keep``); otherwise only the written files.
+    """
+
+    def __init__(self, out_dir, name, model, fps, options, work, whole_set=True, keep=()):
         self.out_dir = Path(out_dir)
+        self.work = Path(work)
         self.name = name
         self.fps = fps
         self.model = model
         self.opt = options
-        self._tmp = []
+        self.whole_set = whole_set
+        self.keep = keep
+        self._names = []
         self.final = []
         self.csv_f = self._open(f"{name}.csv")
         self.csv = csv.writer(self.csv_f)
@@ -150,19 +166,25 @@ class _Outputs:
         self.writer = None
         if options.overlay:
             import imageio.v2 as imageio
-            path = self.out_dir / f".{name}_overlay.part.mp4"
-            self._tmp.append((path, self.out_dir / f"{name}_overlay.mp4"))
+            path = new_file(self.work / f"{name}_overlay.mp4")
+            self._names.append(path.name)
             self.writer = imageio.get_writer(str(path), format="FFMPEG", fps=fps, codec="libx264",
                                              quality=7, macro_block_size=1, ffmpeg_log_level="error")
         self.mesh_dir = None
         if options.mesh_every:
-            self.mesh_dir = self.out_dir / f"{name}_meshes"
-            self.mesh_dir.mkdir(exist_ok=True)
+            self.mesh_dir = self.work / f"{name}_meshes"
+            self.mesh_dir.mkdir()
+            self._names.append(self.mesh_dir.name)
 
     def _open(self, fname):
-        path = self.out_dir / f".{fname}.part"
-        self._tmp.append((path, self.out_dir / fname))
-        return open(path, "w", newline="")
+        self._names.append(fname)
+        return open(self.work / fname, "x", newline="")
+
+    def add(self, fname):
+        """Register a finished file ``fname`` written into ``work`` (moved into place by :meth:`commit`)."""
+        if not (self.work / fname).is_file():
+            raise ValueError(f"{self.work / fname}: no such output")
+        self._names.append(fname)
 
     def write_frame(self, f, row, arkit_row):
         """Append frame f's rows to NAME.csv and NAME_arkit.csv."""
@@ -170,19 +192,21 @@ class _Outputs:
         self.ark.writerow(arkit_row)
 
     def commit(self, npz=None):
-        """Close the streams, write NAME.npz (unless ``npz`` is None) and rename every output."""
+        """Close the streams, write NAME.npz (unless ``npz`` is None) and move every output into
+        ``out_dir`` (:func:`lmfit3d.paths.commit_outputs`)."""
         self.csv_f.close()
         self.ark_f.close()
         if self.writer is not None:
             self.writer.close()
         if npz is not None:
-            write_npz(self.out_dir / f"{self.name}.npz", npz)
-            self.final.append(self.out_dir / f"{self.name}.npz")
-        for tmp, final in self._tmp:
-            os.replace(tmp, final)
-            self.final.append(final)
+            with open(self.work / f"{self.name}.npz", "xb") as fh:
+                np.savez(fh, **npz)
+            self._names.append(f"{self.name}.npz")
+        stale = track_output_names(self.name)[1] if self.whole_set else None
+        self.final = commit_outputs(self.out_dir, self.work, self._names, stale, self.keep)
 
     def abort(self):
+        """Close the streams (the private folder and its files are removed by its owner)."""
         for fh in (self.csv_f, self.ark_f):
             try:
                 fh.close()
@@ -192,11 +216,6 @@ class _Outputs:
             try:
                 self.writer.close()
             except Exception:
-                pass
-        for tmp, _ in self._tmp:
-            try:
-                os.unlink(tmp)
-            except OSError:
                 pass
 
 
@@ -312,6 +331,4 @@ class _OverlayRenderer:
             if fitted is None:
                 fitted = Camera(focal, frame.shape[1], frame.shape[0]).project(v[self.vertex_ids])
             return draw_points(out, fitted, (255, 40, 40))
-        img, _, _ = render(v, self.faces, shade(v, self.faces, self.albedo), focal, frame.shape[1],
-                           frame.shape[0], background=frame, alpha=0.55)
-        return img
+        return render_over(frame, v, self.faces, shade(v, self.faces, self.albedo), focal, alpha=0.55)

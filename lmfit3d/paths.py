@@ -6,6 +6,8 @@
 - ``data/`` in the repository: small project-made files (landmark index lists).
 """
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +72,101 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+def raise_on_sigterm():
+    """Turn SIGTERM into ``SystemExit(143)`` in this process, so that ``finally`` blocks run and remove
+    temporary files (the ``lmfit3d`` command and its worker processes)."""
+    import signal
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:                      # not the main thread: leave the handler as it is
+        pass
+
+
+@contextmanager
+def work_dir(out_dir, name):
+    """A private temporary folder for one run's outputs, in the output folder ``out_dir``.
+
+    Created exclusively (``tempfile.mkdtemp``: a new, unpredictable ``.NAME.XXXXXXXX.part`` name,
+    mode 0700), so no other run, and no link planted beforehand, can share or redirect its files; it
+    is removed with everything in it on every exit path (success, error, ``SystemExit`` from the
+    command line's SIGTERM handler).  :func:`commit_outputs` moves the finished files out of it.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=out_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def new_file(path):
+    """Create the empty file ``path`` exclusively (O_EXCL, no link followed); return ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    os.close(fd)
+    return Path(path)
+
+
+def reserve(path, nbytes):
+    """Allocate ``nbytes`` of disk for the file ``path`` (a memory-mapped array) now, so that a full
+    disk is an ``OSError`` naming the file here rather than a SIGBUS when a mapped page is written."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, int(nbytes))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def folder_lock(folder):
+    """Hold an exclusive advisory lock (``flock``) on the folder itself (no lock file is left)."""
+    try:
+        import fcntl
+    except ImportError:                     # no flock on this platform: renames stay atomic one by one
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                        # closing releases the lock
+
+
+def commit_outputs(out_dir, work, names, stale=None, keep=()):
+    """Move the finished outputs ``names`` (files or folders) from the private folder ``work``
+    (:func:`work_dir`) into ``out_dir`` as one set, replacing what is there.
+
+    Under :func:`folder_lock`, so concurrent runs into one folder install whole sets one after the
+    other and never mix two.  An existing entry is replaced by a rename of the entry itself (a link
+    there is replaced, never followed).  Entries of ``out_dir`` whose name fully matches the regular
+    expression ``stale`` and that this run did not write (members of an earlier run's output set:
+    its overlay, meshes or extra faces) are removed, except the paths in ``keep`` (this run's inputs).
+    Returns the installed paths.
+    """
+    out_dir, work = Path(out_dir), Path(work)
+    trash = work / ".replaced"
+    trash.mkdir(exist_ok=True)
+    keep = {os.path.realpath(p) for p in keep}
+    installed = []
+    with folder_lock(out_dir):
+        old = [p for p in out_dir.iterdir() if stale and re.fullmatch(stale, p.name) and p.name not in names
+               and os.path.realpath(p) not in keep]
+        for k, p in enumerate(old):
+            os.replace(p, trash / f"stale{k}")
+        for k, name in enumerate(names):
+            src, dst = work / name, out_dir / name
+            if src.is_dir() and os.path.lexists(dst):
+                os.replace(dst, trash / f"old{k}")      # a folder cannot be renamed over a folder
+            os.replace(src, dst)
+            installed.append(dst)
+    return installed
+
+
 def read_npz(path, required=()):
     """All arrays of an .npz file as a dict; ValueError naming the file when it is missing, not a
     readable .npz, or lacks one of the ``required`` keys."""
@@ -77,11 +174,17 @@ def read_npz(path, required=()):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: input file not found")
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable .npz file (not a zip archive of arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
+        if "pickle" in str(exc):
+            raise ValueError(f"{path}: holds Python objects (pickled data), which lmfit3d does not load; "
+                             "store plain numeric or string arrays") from None
+        raise ValueError(f"{path}: not a readable .npz file ({' '.join(str(exc).split())})") from None
     for key in required:
         if key not in data:
             raise ValueError(f"{path}: missing required key {key!r}")

@@ -7,6 +7,7 @@ fitter and writes per face NAME.obj/.ply (camera mm) and NAME.json, and one NAME
 :mod:`lmfit3d.capture` with one camera per photo) and writes the same files per photo.
 """
 import json
+import re
 import time
 import warnings
 from dataclasses import replace
@@ -25,7 +26,7 @@ from .media import _check_out_dir, read_image
 from .meshio import write_obj, write_ply
 from .model import load_model
 from .outputs import _OverlayRenderer, _global_rotations
-from .paths import atomic_write
+from .paths import commit_outputs, work_dir
 from .points68 import Points68
 from .rotation import matrix_to_axis_angle
 from .skinning import evaluate_mesh
@@ -70,39 +71,59 @@ def _still_result(path, model, img, params, focal, pred, uv, cost, iterations, s
     return info, verts
 
 
-def _write_still_files(out_dir, name, model, opt, img, focal, results):
+def still_output_names(name, max_faces, mesh_format="obj"):
+    """File names a photo NAME may write (``max_faces`` faces at most), and the regular expression
+    matching every member of its output set (any face count, either mesh format)."""
+    stems = [name] + [f"{name}_face{k}" for k in range(1, max_faces)]
+    names = [f"{s}.{ext}" for s in stems for ext in (mesh_format, "json")] + [f"{name}_overlay.png"]
+    stale = rf"{re.escape(name)}(_face\d+)?\.(obj|ply|json|glb)|{re.escape(name)}_overlay\.png"
+    return names, stale
+
+
+def _write_still_files(out_dir, name, model, opt, img, focal, results, keep=()):
     """NAME.obj/.ply and NAME.json per face (NAME_faceK.* for the K-th face after the first) and one
-    NAME_overlay.png with every face; results: [(info, verts), ...], largest face first."""
+    NAME_overlay.png with every face; results: [(info, verts), ...], largest face first.
+
+    Written into a private folder and moved into ``out_dir`` as one set
+    (:func:`lmfit3d.paths.commit_outputs`): files of an earlier run of NAME that this one does not
+    write (more faces, the other mesh format) are removed, except the paths in ``keep``."""
     import imageio.v2 as imageio
     overlay = img
     render = _OverlayRenderer(model, opt.overlay_style)
-    for k, (info, verts) in enumerate(results):
-        stem = name if k == 0 else f"{name}_face{k}"
-        if opt.gltf:
-            write_still_gltf(out_dir / f"{stem}.glb", model, info)
-        (write_obj if opt.mesh_format == "obj" else write_ply)(out_dir / f"{stem}.{opt.mesh_format}", verts,
-                                                               model.faces)
-        with atomic_write(out_dir / f"{stem}.json", "w") as fh:
-            json.dump(info, fh, indent=1)
-        overlay = render(overlay, verts, focal)
-    with atomic_write(out_dir / f"{name}_overlay.png", "wb") as fh:
-        imageio.imwrite(fh, overlay, format="png")
+    names = []
+    with work_dir(out_dir, name) as work:
+        for k, (info, verts) in enumerate(results):
+            stem = name if k == 0 else f"{name}_face{k}"
+            if opt.gltf:
+                write_still_gltf(work / f"{stem}.glb", model, info)
+                names.append(f"{stem}.glb")
+            (write_obj if opt.mesh_format == "obj" else write_ply)(work / f"{stem}.{opt.mesh_format}", verts,
+                                                                   model.faces)
+            with open(work / f"{stem}.json", "x") as fh:
+                json.dump(info, fh, indent=1)
+            names += [f"{stem}.{opt.mesh_format}", f"{stem}.json"]
+            overlay = render(overlay, verts, focal)
+        with open(work / f"{name}_overlay.png", "xb") as fh:
+            imageio.imwrite(fh, overlay, format="png")
+        names.append(f"{name}_overlay.png")
+        commit_outputs(out_dir, work, names, still_output_names(name, 1)[1], keep)
 
 
-def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, iterations, status):
+def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, iterations, status, keep=()):
     """NAME.obj/.ply (camera mm), NAME_overlay.png and NAME.json for one fitted photo; returns the JSON dict."""
     info, verts = _still_result(path, model, img, params, focal, pred, uv, cost, iterations, status)
-    _write_still_files(out_dir, Path(path).stem, model, opt, img, focal, [(info, verts)])
+    _write_still_files(out_dir, Path(path).stem, model, opt, img, focal, [(info, verts)], keep)
     return info
 
 
-def fit_image(path, out_dir, options=None, model=None, predictor=None):
+def fit_image(path, out_dir, options=None, model=None, predictor=None, keep=()):
     """Fit every face of one still image (at most ``options.max_faces``, largest first).
 
     Writes NAME.obj (or .ply) and NAME.json for the largest face, NAME_face1.*, NAME_face2.* ... for
     the others, and one NAME_overlay.png with all of them.  Identity, expression and pose are fitted
     per face; the photo has one camera, so an unknown focal length is fitted on the largest face and
     held for the others.  Returns the largest face's JSON dict (its "faces" entry counts the faces).
+    A rerun replaces the photo's whole output set (``keep``: paths never removed, the inputs).
     """
     opt = options or TrackOptions()
     out_dir = Path(out_dir)
@@ -130,7 +151,7 @@ def fit_image(path, out_dir, options=None, model=None, predictor=None):
                                      fit.iterations, fit.status))
     for k, (info, _) in enumerate(results):
         info.update(face=k, faces=len(results))
-    _write_still_files(out_dir, Path(path).stem, model, opt, img, focal, results)
+    _write_still_files(out_dir, Path(path).stem, model, opt, img, focal, results, keep)
     return results[0][0]
 
 
@@ -247,5 +268,5 @@ def fit_same_person(paths, out_dir, options=None, model=None, predictor=None):
     res = fit_stills(np.stack([pr.mu for _, pr in got]), np.stack([pr.sigma for _, pr in got]),
                      vertex_ids=mp.vertex_ids, image_size=sizes, focal_px=opt.focal_px, model=model)
     return [write_still(path, out_dir, model, opt, img, res.params(k), res.focal[k], pred, res.uv[k, k],
-                        res.cost[k], res.iterations, res.status[k])
+                        res.cost[k], res.iterations, res.status[k], keep=paths)
             for k, (path, (img, pred)) in enumerate(zip(paths, got))]

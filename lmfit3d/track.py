@@ -32,6 +32,7 @@ from .meshio import write_obj, write_ply
 from .model import load_model
 from .outputs import OVERLAY_STYLES, FrameRows, _OverlayRenderer, _Outputs
 from .exports import write_extras
+from .paths import new_file, reserve, work_dir
 from .predict import MediaPipeLandmarks, NetworkLandmarks
 from .skinning import evaluate_mesh
 from .temporal import is_cut, frame_noise_variance, shot_segments, smooth_shots
@@ -127,13 +128,16 @@ class TrackSummary:
     success: int = 0
     outputs: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    truncated: bool = False
+    expected_frames: int = None
 
     @property
     def success_rate(self):
         return self.success / self.frames if self.frames else 0.0
 
 
-def track_video(path, out_dir, options=None, model=None, predictor=None):
+def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()):
     """Track one video; writes NAME.csv, NAME_arkit.csv, NAME.npz (+ meshes, overlay).
 
     Parameters
@@ -143,6 +147,12 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
     options : TrackOptions
     model : FaceModel (default: the cached model).
     predictor : MediaPipeLandmarks (default: built from ``options``).
+    keep : paths never removed as stale members of an earlier run's output set (the inputs).
+
+    Every output is written into a private temporary folder in ``out_dir`` and moved into place as
+    one set when complete (:func:`lmfit3d.paths.commit_outputs`): a rerun replaces the whole set
+    NAME.csv, NAME_arkit.csv, NAME.npz, NAME_overlay.mp4, NAME_meshes/ (members it does not write are
+    removed); a failed or interrupted run leaves nothing behind.
 
     Returns
     -------
@@ -155,97 +165,139 @@ def track_video(path, out_dir, options=None, model=None, predictor=None):
     reader = path if hasattr(path, "fps") else VideoReader(path)
     name = reader.name
     mp = predictor or make_predictor(opt)
-    vids = mp.vertex_ids
-    L = vids.size
     summary = TrackSummary(str(getattr(reader, "path", name)))
     tm = {"decode": 0.0, "detect": 0.0, "landmarks": 0.0, "fit": 0.0, "write": 0.0}
     mp.timings = {"detect": 0.0, "landmarks": 0.0}
-    cfg = opt.config()
-    sheet = ContactFrames() if opt.report else None
-    # ---- pass 1: landmarks (disk-backed, flat memory) + identity/focal from keyframes
-    store = out_dir / f".{name}.landmarks.part.npy"
-    cap = reader.n_frames_hint or 1024
-    arr = np.lib.format.open_memmap(store, mode="w+", dtype=np.float32, shape=(cap, L, 6))   # mu, sigma, presence, fitted uv
-    image_size = None
-    tracker = None
-    n = 0
-    prev_c = None
-    pbar = _progress(opt.progress, reader.n_frames_hint, f"{name} landmarks")
+    store = work = None
     try:
-        t_dec = time.perf_counter()
-        for frame in reader:
-            tm["decode"] += time.perf_counter() - t_dec
-            if opt.max_frames is not None and n >= opt.max_frames:
-                break
-            if image_size is None:
-                image_size = (frame.shape[1], frame.shape[0])
-                tracker = Tracker(model, vids, image_size, opt.focal_px, cfg)
-            if n >= arr.shape[0]:
-                arr.flush()
-                del arr
-                arr = _grow(store, n, L)
-            pred = mp.track(frame)
-            rec = np.full((L, 6), np.nan, np.float32)
-            if pred is not None:
-                rec[:, 0:2] = pred.mu
-                rec[:, 2] = pred.sigma
-                rec[:, 3] = pred.presence
-                prev_c, cut = is_cut(pred.mu, prev_c, opt.cut_threshold)
-                if cut:
-                    tracker.reset()                 # scene cut: no warm start, no temporal term
-                # identity pass: every ``identity_stride``-th frame, until the keyframe set is full
-                if n % opt.identity_stride == 0 and len(tracker.keyframes) < cfg.max_keyframes:
-                    t = time.perf_counter()
-                    tracker.step(pred.mu, pred.sigma)
-                    tm["fit"] += time.perf_counter() - t
-            else:
-                prev_c = None
-                tracker.reset()
-            arr[n] = rec
-            if sheet is not None:
-                sheet.offer(n, frame, None if pred is None else pred.mu)
-            n += 1
-            if pbar is not None:
-                pbar.update(1)
-            t_dec = time.perf_counter()
-        if n == 0:
-            raise ValueError(f"{getattr(reader, 'path', name)}: video has no frames")
-        arr.flush()
-        tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
-        if pbar is not None:
-            pbar.close()
-        identity = tracker.identity.copy()
-        focal = tracker.focal
-        # ---- pass 2: track with identity and focal held; stream outputs
-        summary.frames = n
-        outs = _Outputs(out_dir, name, model, reader.fps, opt)
-        try:
-            npz = _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm,
-                               reader)
-            write_extras(outs, model, opt, npz, sheet, tm)
-        except BaseException:
-            outs.abort()
-            raise
-        summary.outputs = [str(p) for p in outs.final]
+        with work_dir(out_dir, name) as work:
+            store = _Store(work / "landmarks.npy", reader.n_frames_hint or 1024, mp.vertex_ids.size)
+            sheet = ContactFrames() if opt.report else None
+            n, image_size, tracker = _first_pass(reader, store, mp, model, opt, tm, sheet)
+            _check_decoded(reader, n, opt, summary)
+            # ---- pass 2: track with identity and focal held; stream outputs
+            summary.frames = n
+            outs = _Outputs(out_dir, name, model, reader.fps, opt, work, keep=keep)
+            try:
+                npz = _second_pass(store.arr, n, model, mp.vertex_ids, image_size, tracker.focal,
+                                   tracker.identity.copy(), opt.config(), opt, outs, summary, tm, reader)
+                write_extras(outs, model, opt, npz, sheet, tm)
+                outs.commit(npz)
+            except BaseException:
+                outs.abort()
+                raise
+            finally:
+                store.close()
+            summary.outputs = [str(p) for p in outs.final]
+    except OSError as exc:
+        # a failed write of an open or temporary file (a full disk): name the output folder and input
+        if exc.filename is None or (work is not None and str(exc.filename).startswith(str(work))):
+            raise OSError(exc.errno, f"{exc.strerror or exc} (writing the outputs of {summary.path})",
+                          str(out_dir)) from None
+        raise
     finally:
-        del arr
-        try:
-            os.unlink(store)
-        except OSError:
-            pass
+        if store is not None:
+            store.close()
     summary.timings = tm
     return summary
 
 
-def _grow(store, n, L):
-    old = np.load(store, mmap_mode="r")
-    tmp = store.with_suffix(".grow.npy")
-    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(max(2 * n, 64), L, 6))
-    new[:n] = old[:n]
-    new.flush()
-    del old, new
-    os.replace(tmp, store)
-    return np.lib.format.open_memmap(store, mode="r+")
+def _first_pass(reader, store, mp, model, opt, tm, sheet=None):
+    """Pass 1: landmarks of every decoded frame into ``store`` (disk-backed, flat memory), the
+    real-time tracker fitting identity and focal length on keyframes along the way (and the report's
+    contact-sheet frames offered to ``sheet``).  Returns the frame count, the image size and the tracker."""
+    cfg = opt.config()
+    vids = mp.vertex_ids
+    L = vids.size
+    image_size = None
+    tracker = None
+    n = 0
+    prev_c = None
+    pbar = _progress(opt.progress, reader.n_frames_hint, f"{reader.name} landmarks")
+    t_dec = time.perf_counter()
+    for frame in reader:
+        tm["decode"] += time.perf_counter() - t_dec
+        if opt.max_frames is not None and n >= opt.max_frames:
+            break
+        if image_size is None:
+            image_size = (frame.shape[1], frame.shape[0])
+            tracker = Tracker(model, vids, image_size, opt.focal_px, cfg)
+        pred = mp.track(frame)
+        rec = np.full((L, 6), np.nan, np.float32)
+        if pred is not None:
+            rec[:, 0:2] = pred.mu
+            rec[:, 2] = pred.sigma
+            rec[:, 3] = pred.presence
+            prev_c, cut = is_cut(pred.mu, prev_c, opt.cut_threshold)
+            if cut:
+                tracker.reset()                 # scene cut: no warm start, no temporal term
+            # identity pass: every ``identity_stride``-th frame, until the keyframe set is full
+            if n % opt.identity_stride == 0 and len(tracker.keyframes) < cfg.max_keyframes:
+                t = time.perf_counter()
+                tracker.step(pred.mu, pred.sigma)
+                tm["fit"] += time.perf_counter() - t
+        else:
+            prev_c = None
+            tracker.reset()
+        store.put(n, rec)
+        if sheet is not None:
+            sheet.offer(n, frame, None if pred is None else pred.mu)
+        n += 1
+        if pbar is not None:
+            pbar.update(1)
+        t_dec = time.perf_counter()
+    if n == 0:
+        raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
+    store.arr.flush()
+    tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
+    if pbar is not None:
+        pbar.close()
+    return n, image_size, tracker
+
+
+def _check_decoded(reader, n, opt, summary):
+    """A truncated or damaged file: a warning (``summary.warnings``) and ``summary.truncated``, when
+    ffmpeg met bad data or decoded clearly fewer frames than the container announces."""
+    summary.expected_frames = getattr(reader, "n_frames_hint", None)
+    if opt.max_frames is not None and n >= opt.max_frames:
+        return
+    problem = getattr(reader, "problem", None)
+    expected = summary.expected_frames
+    if problem or (expected and n < 0.9 * expected - 1):
+        summary.truncated = True
+        summary.warnings.append(f"{summary.path}: only {n} of about {expected} frames could be decoded; the file "
+                                f"looks truncated or damaged" + (f" ({problem})" if problem else ""))
+
+
+def _memmap(path, shape):
+    """A float32 array of ``shape`` mapped to the new file ``path`` (created exclusively, its disk
+    space allocated at once: a full disk is an OSError here, not a SIGBUS later)."""
+    new_file(path)
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    reserve(path, os.path.getsize(path))
+    return arr
+
+
+class _Store:
+    """Pass 1's disk-backed landmark array (F, L, 6): mu, sigma, presence, fitted uv; grows by doubling."""
+
+    def __init__(self, path, cap, n_landmarks):
+        self.path = Path(path)
+        self.arr = _memmap(self.path, (cap, n_landmarks, 6))
+
+    def put(self, f, rec):
+        if f >= self.arr.shape[0]:
+            tmp = self.path.with_suffix(".grow.npy")
+            new = _memmap(tmp, (max(2 * f, 64),) + self.arr.shape[1:])
+            new[:f] = self.arr[:f]
+            new.flush()
+            self.arr = None
+            os.replace(tmp, self.path)
+            self.arr = new
+        self.arr[f] = rec
+
+    def close(self):
+        self.arr = None
 
 
 def _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, opt, outs, summary, tm, reader):
@@ -317,8 +369,7 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
     smooth = None
     if opt.smooth and opt.frame_noise:
         path = getattr(arr, "filename", None)
-        store = (np.lib.format.open_memmap(str(path) + ".smooth.npy", mode="w+", dtype=np.float32,
-                                           shape=(n, arr.shape[1], 3)) if path else None)
+        store = _memmap(str(path) + ".smooth.npy", (n, arr.shape[1], 3)) if path else None
         smooth = smooth_shots(arr, n, seg, noise, out=store)
     tm["fit"] += time.perf_counter() - t
     try:
@@ -337,8 +388,9 @@ def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, out
                landmarks68=res["landmarks68"], landmarks68_3d=res["landmarks68_3d"], fit_rms_px=res["fit_rms_px"],
                vertex_ids=np.asarray(vids),
                mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]), frame_noise_px=np.sqrt(noise),
-               landmarks_fitted=np.asarray(arr[:n, :, 4:6]), units=np.array("mm"))
-    outs.commit(npz)
+               landmarks_fitted=np.asarray(arr[:n, :, 4:6]), units=np.array("mm"),
+               decoded_frames=np.array(n), expected_frames=np.array(summary.expected_frames or -1),
+               truncated=np.array(summary.truncated))
     return npz
 
 

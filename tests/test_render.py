@@ -133,3 +133,21 @@ def test_kernels_without_jit_match_reference():
         return
     out = run_without_jit(__file__, "coverage or culled or alpha or draw_points or without_jit")
     assert re.search(r"\b5 passed\b", out), out[-500:]
+
+
+def test_render_over_draws_the_pixels_of_a_full_render(model, rng):
+    """The overlay renders only the mesh's window of the frame (an 8000 x 8000 photo in little memory),
+    with the pixels of a full-frame render."""
+    from lmfit3d.model import Params
+    from lmfit3d.render import model_albedo, render, render_over, shade, visible_faces
+    from lmfit3d.skinning import evaluate_mesh
+    p = Params.zeros(model).replace(translation=np.array([40.0, -25.0, -900.0]))
+    v = evaluate_mesh(model, p)
+    faces = visible_faces(model)
+    col = shade(v, faces, model_albedo(model))
+    frame = rng.integers(0, 255, size=(300, 400, 3), dtype=np.uint8)
+    full, tri, _ = render(v, faces, col, 500.0, 400, 300, background=frame, alpha=0.55)
+    over = render_over(frame, v, faces, col, 500.0, alpha=0.55)
+    assert (tri >= 0).sum() > 2000 and (tri >= 0).mean() < 0.5     # the face covers part of the frame
+    np.testing.assert_array_equal(over, full)
+    assert not np.shares_memory(over, frame)

@@ -445,9 +445,9 @@ def test_fit_non_face_image_fails_cleanly(tmp_path, capsys):
 
 
 def test_images_and_videos_swapped_are_named(tmp_path, capsys):
-    assert main(["track", str(MEDIA / "obama.jpg"), "-o", str(tmp_path), "-q"]) == 1
+    assert main(["track", str(MEDIA / "obama.jpg"), "-o", str(tmp_path), "-q"]) == 2     # one input: exit 2
     assert "obama.jpg: an image, not a video (use `lmfit3d fit` for photos)" in capsys.readouterr().err
-    assert main(["fit", str(SMALL_CLIP), "-o", str(tmp_path)]) == 1
+    assert main(["fit", str(SMALL_CLIP), "-o", str(tmp_path)]) == 2
     assert "a video, not an image (use `lmfit3d track` for videos)" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 

@@ -260,7 +260,7 @@ def main(argv=None):
     current = stamp.is_file() and stamp.read_text().strip() == CONVERT_VERSION
     if not args.force and current and all(p.is_file() for p in want):
         print(f"convert_mediapipe: up to date in {out}")
-        return 0
+        return _warm_front_end()
     out.mkdir(parents=True, exist_ok=True)
     import logging
     logging.getLogger("tflite2onnx").setLevel(logging.ERROR)
@@ -274,6 +274,21 @@ def main(argv=None):
             print(f"convert_mediapipe: {out / (name + '.onnx')}")
     with atomic_write(stamp, "w") as fh:
         fh.write(CONVERT_VERSION + "\n")
+    return _warm_front_end()
+
+
+def _warm_front_end():
+    """Compile the front end's Numba kernels now (crops, landmark maps), so the first `lmfit3d track`
+    does not; needs the face model (`lmfit3d model build`)."""
+    from lmfit3d.model import load_model
+    from lmfit3d.warmup import warm_front_end
+    try:
+        model = load_model()
+    except (ValueError, OSError) as exc:
+        print(f"convert_mediapipe: front-end kernels not compiled yet ({exc})")
+        return 0
+    warm_front_end(model)
+    print("convert_mediapipe: front-end kernels compiled")
     return 0
 
 
