@@ -9,7 +9,8 @@ Pipeline modules, imports flowing one way::
     model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> energy
           -> sparsity -> terms -> intersection / tracking_points / tracking_normal / gradients -> solvers
           -> frame_lm -> problem -> fit -> detect / predict (ONNX) -> temporal -> capture
-          -> media / outputs -> track -> landmark_files / capture_files / stills -> batch -> cli
+          -> media / outputs -> track -> landmark_files / capture_files / stills / streams -> live
+          -> batch -> cli
     (docs/architecture.md)
 """
 from importlib import import_module
@@ -22,7 +23,7 @@ _SUBMODULES = (
     "sparsity", "energy", "terms", "intersection", "tracking_points", "tracking_normal", "capture_cameras",
     "gradients", "simd",
     "solvers", "frame_lm", "problem", "fit", "synthetic", "detect", "predict", "temporal", "capture", "media",
-    "outputs", "track", "landmark_files", "capture_files", "stills", "batch", "cli",
+    "outputs", "track", "landmark_files", "capture_files", "stills", "streams", "live", "batch", "cli",
 )
 _EXPORTS = {
     "FaceModel": "model",

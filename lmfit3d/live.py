@@ -117,13 +117,14 @@ class LiveSource:
         if camera is not None:
             params, path = camera_input(camera)
             self.name, self.kind = f"camera{camera}", "camera"
+            self.label = f"camera {camera} ({path})"
         else:
             path, params = str(source), []
+            self.label = path
             self.kind = "stream" if "://" in path else "file"
-            if self.kind == "file" and not Path(path).is_file():
+            if self.kind == "file" and not Path(path).exists():
                 raise ValueError(f"{path}: file not found")
             self.name = Path(path).stem if self.kind == "file" else "stream"
-        self.label = path
         self.pace = pace or self.kind != "file"       # a camera or stream cannot be slowed down
         self.stall_s = stall_s
         self.drops = 0
