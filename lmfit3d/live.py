@@ -420,12 +420,18 @@ class LiveSummary:
     success: int = 0
     drops: int = 0
     send_errors: int = 0
+    frame_index: list = field(default_factory=list)
     latency_ms: list = field(default_factory=list)
     cpu_ms: list = field(default_factory=list)
     held_from: int = None
     outputs: list = field(default_factory=list)
     seconds: float = 0.0
     ended: str = "end of input"
+
+    def drops_after(self, skip):
+        """Frames dropped after the first ``skip`` tracked frames (gaps in ``frame_index``)."""
+        idx = np.asarray(self.frame_index[skip:])
+        return int((np.diff(idx) - 1).sum()) if idx.size > 1 else 0
 
     def percentile(self, q, skip=0):
         v = np.asarray(self.latency_ms[skip:])
@@ -520,6 +526,7 @@ def _loop(src, live, senders, rec, opt, summary, status):
             summary.success += 1
         latency = (time.perf_counter() - t_ready) * 1e3
         summary.latency_ms.append(latency)
+        summary.frame_index.append(f)
         summary.cpu_ms.append((time.thread_time() - c0) * 1e3)
         if summary.held_from is None and live.held:
             summary.held_from = summary.frames
