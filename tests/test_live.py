@@ -57,6 +57,13 @@ def test_livelink_packet_round_trip_and_layout():
     np.testing.assert_allclose([got[n] for n in ARKIT_POSE], ang / 180.0, atol=1e-6)
     with pytest.raises(ValueError, match="malformed|trailing"):
         decode_livelink(pkt[:-3])
+    # the standalone Blender receiver (tools/) reads the same packet
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("blender_livelink", REPO_ROOT / "tools" / "blender_livelink.py")
+    blender = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blender)
+    assert tuple(blender.SHAPES) == LIVELINK_NAMES
+    np.testing.assert_allclose([blender.decode(pkt)[n] for n in LIVELINK_NAMES], vals, atol=1e-7)
 
 
 @pytest.mark.parametrize("text, msg", [("localhost:0", "out of range"), ("localhost:65536", "out of range"),
