@@ -469,10 +469,13 @@ def run_live(options, model=None, predictor=None, status=None):
     opt = options
     model = model or load_model()
     ident, focal = _read_identity(opt.identity_file, model) if opt.identity_file else (None, None)
-    senders_probe = Senders(opt, 30.0)         # bad destinations fail before the source opens
-    senders_probe.close()
-    src = LiveSource(opt.camera, opt.source, opt.pace, opt.stall_s)
-    senders = Senders(opt, src.fps)
+    senders = Senders(opt, 30.0)               # bad destinations fail before the source opens
+    try:
+        src = LiveSource(opt.camera, opt.source, opt.pace, opt.stall_s)
+    except BaseException:
+        senders.close()
+        raise
+    senders.fps = src.fps
     live = LiveTracker(model, src.size, opt, predictor, ident, focal)
     rec = Recorder(opt.record, src.name, model, src.fps, live.predictor.vertex_ids) if opt.record else None
     summary = LiveSummary(src.name)

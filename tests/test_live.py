@@ -170,6 +170,20 @@ def test_stalled_source_is_one_line_error(tmp_path, capsys):
     assert 1 <= len(got) <= 10 and set(got) == {(h, w, 3)} and time.time() - t0 < 10
 
 
+def test_neutral_calibration_removes_the_resting_face():
+    from lmfit3d.live import Neutral
+    rng = np.random.default_rng(7)
+    rest = rng.uniform(0, 0.3, 52)
+    cal = Neutral(1.0)
+    for t in np.arange(0, 1.0, 0.1):                   # the first second: passed through, averaged
+        np.testing.assert_allclose(cal(rest + 0.01 * np.sin(t), t), rest + 0.01 * np.sin(t))
+    np.testing.assert_allclose(cal(rest, 1.2), 0.0, atol=0.02)
+    full = cal(np.ones(52), 1.3)
+    np.testing.assert_allclose(full, 1.0)
+    half = cal(rest + 0.5 * (1 - rest), 1.4)           # rescaled so that the range stays 0..1
+    assert np.all(np.abs(half - 0.5) < 0.03)
+
+
 @pytest.mark.parametrize("args, msg", [
     (["--source", "/nonexistent/clip.mp4"], "file not found"),
     (["--source", str(CLIP), "--livelink", "localhost:99999"], "out of range"),
