@@ -9,7 +9,8 @@ Pipeline modules, imports flowing one way::
     model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> energy
           -> sparsity -> terms -> intersection / tracking_points / tracking_normal / gradients -> solvers
           -> frame_lm -> problem -> fit -> detect / predict (ONNX) -> temporal -> capture
-          -> media / outputs -> gltf / report -> exports -> track -> landmark_files / capture_files / stills -> batch -> cli
+          -> media / points68 -> outputs -> gltf / report -> exports -> track
+          -> landmark_files / capture_files / stills / streams -> live -> batch -> warmup -> cli
     (docs/architecture.md)
 """
 from importlib import import_module
@@ -22,7 +23,8 @@ _SUBMODULES = (
     "sparsity", "energy", "terms", "intersection", "tracking_points", "tracking_normal", "capture_cameras",
     "gradients", "simd",
     "solvers", "frame_lm", "problem", "fit", "synthetic", "detect", "predict", "temporal", "capture", "media",
-    "outputs", "gltf", "report", "exports", "track", "landmark_files", "capture_files", "stills", "batch", "cli",
+    "outputs", "gltf", "report", "exports", "track", "landmark_files", "capture_files", "stills", "streams", "live",
+    "batch", "cli",
 )
 _EXPORTS = {
     "FaceModel": "model",

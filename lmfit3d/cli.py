@@ -35,6 +35,7 @@ commands:
   fit            fit still images: mesh, parameters JSON, overlay PNG
   capture        offline multi-view fit of all frames and cameras (L-BFGS)
   fit-landmarks  fit the model to 2D landmarks from an .npz (any landmark source)
+  live           live capture: camera or stream in, Live Link Face / VMC out in real time
 
 Run `lmfit3d COMMAND --help` (e.g. `lmfit3d model export --help`) for a command's options.
 Environment: LMFIT3D_HOME (cache, default ~/.cache/lmfit3d), ICT_FACEKIT (ICT-FaceKit root).
@@ -593,8 +594,69 @@ def _cmd_capture(args):
     return 0
 
 
+def _add_live(sub):
+    """``lmfit3d live``: camera / stream / file in, Live Link Face, VMC and a recording out (lmfit3d.live)."""
+    p = sub.add_parser(
+        "live", help="live capture: camera or stream in, ARKit blendshapes and head pose out in real time",
+        description="Track a camera, a stream or a video file (played at its own frame rate) causally, one "
+                    "frame at a time, and send every frame's 52 ARKit blendshapes and head/eye pose to Live "
+                    "Link Face (Unreal, UDP) and/or VMC (OSC) receivers; --record writes track's CSV, ARKit "
+                    "CSV and NPZ, complete when capture ends (end of input, Ctrl-C, SIGTERM).  Frames are "
+                    "dropped, never queued, when tracking falls behind.",
+        formatter_class=_SubFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--camera", type=int, metavar="N", help="camera N (v4l2 / avfoundation / dshow)")
+    src.add_argument("--source", metavar="FILE|URL", help="a video file (played in real time) or a stream URL")
+    p.add_argument("--livelink", metavar="HOST[:PORT]", help="send Live Link Face packets (default port 11111)")
+    p.add_argument("--subject", default="lmfit3d", metavar="NAME", help="Live Link subject name (default lmfit3d)")
+    p.add_argument("--vmc", metavar="HOST[:PORT]", help="send VMC bundles over OSC (default port 39539; needs "
+                                                         "python-osc)")
+    p.add_argument("--record", metavar="OUTDIR", help="also write NAME.csv, NAME_arkit.csv, NAME.npz here")
+    p.add_argument("--as-fast-as-possible", action="store_true",
+                   help="files: no real-time pacing, every frame tracked (tests, demos)")
+    p.add_argument("--identity", metavar="FILE.npz", help="hold the identity (and focal) of a `track` NPZ")
+    p.add_argument("--identity-seconds", type=float, default=10.0, metavar="S",
+                   help="refine identity and focal on keyframes for at most S seconds, then hold (default 10)")
+    p.add_argument("--calibrate-neutral", type=float, default=0.0, metavar="S",
+                   help="take the mean of the first S seconds as the resting face and subtract it")
+    p.add_argument("--backend", choices=("mediapipe", "network"), default="mediapipe", help="landmark network")
+    p.add_argument("--no-iris", action="store_true", help="skip the iris network (no gaze)")
+    p.add_argument("--focal", type=float, default=None, metavar="PX", help="focal length in pixels if known")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N tracked frames")
+    p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
+    p.set_defaults(func=_cmd_live)
+
+
+def _cmd_live(args):
+    from .live import LiveOptions, run_live
+    opt = LiveOptions(camera=args.camera, source=args.source, pace=not args.as_fast_as_possible,
+                      backend=args.backend, iris=not args.no_iris, focal_px=args.focal, identity_file=args.identity,
+                      identity_seconds=args.identity_seconds, calibrate_neutral=args.calibrate_neutral,
+                      livelink=args.livelink, subject=args.subject, vmc=args.vmc, record=args.record,
+                      max_frames=args.max_frames)
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def status(msg):        # one line rewritten in place on a terminal, a line every 5 s otherwise
+        if tty:
+            print(f"\r{msg}\033[K", end="", file=sys.stderr, flush=True)
+        elif time.time() - last[0] >= 5:
+            last[0] = time.time()
+            _say(msg)
+
+    res = run_live(opt, _load_model(args.model) if args.model else None, status=None if args.quiet else status)
+    if tty and not args.quiet:
+        print(file=sys.stderr)
+    lat = res.percentile(50), res.percentile(99)
+    print(f"{res.name}: {res.frames} frames tracked ({res.success} with a face), {res.drops} dropped, latency "
+          f"median {lat[0]:.1f} ms, p99 {lat[1]:.1f} ms ({res.ended})"
+          + (f" -> {args.record}" if args.record else ""))
+    return 0
+
+
 # Each entry registers one top-level command on the subparsers object.
-_COMMANDS = [_add_model, _add_track, _add_fit, _add_capture, _add_fit_landmarks]
+_COMMANDS = [_add_model, _add_track, _add_fit, _add_capture, _add_fit_landmarks, _add_live]
 
 
 def build_parser():

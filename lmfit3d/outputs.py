@@ -282,21 +282,28 @@ class FrameRows:
         p = fit.params
         uv68, xyz68 = self.points68(p, self.cam)
         rms = float(np.sqrt(np.nanmean(np.sum((fit.uv - mu) ** 2, 1))))
-        g = _global_rotations(self.model, p.rotations)
         gz = gaze_angles(self.model, p.rotations)
         conf = float(presence) if np.isfinite(presence) else 0.0
+        expr, weights, angles, g = self.arkit_values(p)
+        row += [f"{conf:.4f}"] + _format(p.translation, p.rotations[0], matrix_to_axis_angle(g[2]), gz.mean(0),
+                                          gz, [self.focal, rms], expr, uv68[:, 0], uv68[:, 1], xyz68[:, 0],
+                                          xyz68[:, 1], xyz68[:, 2])
+        ark += [f"{v:.4f}" for v in weights] + [f"{v:.4f}" for v in angles]
+        return row, ark, dict(landmarks68=uv68, landmarks68_3d=xyz68, fit_rms_px=rms, confidence=conf)
+
+    def arkit_values(self, p):
+        """One frame's ARKit values from its parameters ``p``: the expression weights (E,) (eyeLook*
+        derived from the eye joints when the fit held them), the 52 ARKit weights, the 9 head and eye
+        yaw/pitch/roll (degrees: the head's global rotation in camera axes, the eyes in the head) and
+        the joints' global rotation matrices (J, 3, 3)."""
+        g = _global_rotations(self.model, p.rotations)
         expr = p.expression
         if self.gaze_ids:
             expr = expr.copy()
             expr[self.gaze_ids] = gaze_blendshapes(self.model, p.rotations)[self.gaze_ids]
-        row += [f"{conf:.4f}"] + _format(p.translation, p.rotations[0], matrix_to_axis_angle(g[2]), gz.mean(0),
-                                          gz, [self.focal, rms], expr, uv68[:, 0], uv68[:, 1], xyz68[:, 0],
-                                          xyz68[:, 1], xyz68[:, 2])
         # ARKit (degrees): head yaw/pitch/roll of the head's global rotation in camera axes; eyes in the head
         angles = [yaw_pitch_roll(g[2])] + [yaw_pitch_roll(rodrigues(p.rotations[j])) for j in (3, 4)]
-        ark += [f"{v:.4f}" for v in self.ark_map @ expr]
-        ark += [f"{np.degrees(v):.4f}" for trio in angles for v in trio]
-        return row, ark, dict(landmarks68=uv68, landmarks68_3d=xyz68, fit_rms_px=rms, confidence=conf)
+        return expr, self.ark_map @ expr, np.degrees(np.array(angles).ravel()), g
 
 
 OVERLAY_STYLES = ("shaded", "wireframe", "landmarks")
