@@ -51,6 +51,8 @@ from .calibration import (Calibration, parse_calibration, read_calibration,  # n
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
 from .camera import focal_from_fov
+from .capture_precond import block_map, block_transform, diagonal_map, schur_map
+from .capture_precond import block_transform as _block_transform  # noqa: F401 (tests)
 from .energy import CaptureLayout, Intersection, antagonist_pairs, expression_prior_scales, identity_prior
 from .fit import FitConfig, Tracker, fit_landmarks
 from .gradients import POSE_SIZE, capture_energy
@@ -85,6 +87,9 @@ class CaptureConfig:
         "block_identity" (also the K x K identity block: a few % fewer iterations on dense703, but
         on ibug68 with fixed sigma it led L-BFGS into a worse minimum) or "diagonal" (the
         Gauss-Newton diagonal only, as before).
+    schur : bool, with "block" and free cameras, whiten the identity and the free camera parameters by
+        the Schur complement of the frames' pose blocks (``lmfit3d.capture_precond``; experimental,
+        off by default: issue 17's measurements in docs/results.md).
     """
 
     fit: FitConfig = field(default_factory=FitConfig)
@@ -97,6 +102,7 @@ class CaptureConfig:
     two_pass_init: bool = False
     reference_camera: int = None
     preconditioner: str = "block"
+    schur: bool = False
 
     def __post_init__(self):
         if self.max_iter < 1 or self.init_frames < 1 or self.maxcor < 1:
@@ -160,15 +166,6 @@ def validate_multiview(mu, sigma, n_landmarks):
 # --------------------------------------------------------------------------------------------
 # The problem
 # --------------------------------------------------------------------------------------------
-
-_BLOCK_FLOOR = 0.03
-# A pose block whose normalised smallest eigenvalue is below this has an unobserved direction
-# (root / neck / head counter-rotation with face-only landmarks: 0 to 1e-5 for ibug68, dense320
-# and MediaPipe's; 1e-4 to 4e-4 for dense703, whose neck vertices observe it): there the block
-# sends L-BFGS along the free direction (ibug68: 3x the cost after 200 iterations), so the
-# frame keeps the diagonal preconditioner.
-_BLOCK_SINGULAR = 3e-5
-
 
 class CaptureProblem:
     """The offline energy over the full vector z (layout in ``lmfit3d.gradients``).
@@ -328,64 +325,27 @@ class CaptureProblem:
         return diag, pose_gn, id_gn
 
     def solve(self, z0, free):
-        """L-BFGS-B over z[free] from z0, preconditioned (``CaptureConfig.preconditioner``).
+        """L-BFGS-B over z[free] from z0, preconditioned (``CaptureConfig.preconditioner``, ``.schur``).
 
-        The variables are u with z = z0 + P u: P = diag(1 / sqrt(diag J^T J)) ("diagonal"), or,
-        for "block", P ~ H^-1/2 of the Gauss-Newton block H (``_block_transform``) on each frame's
+        The variables are u with z = z0 + P u (``lmfit3d.capture_precond``): P = diag(1 / sqrt(diag
+        J^T J)) ("diagonal"), or, for "block", P ~ H^-1/2 of the Gauss-Newton block H on each frame's
         pose (and on the identity for "block_identity"; both unbounded), diagonal on the rest
-        (expression and focal keep box bounds).
+        (expression and focal keep box bounds); with free cameras (``schur``), the identity and the
+        free camera parameters are whitened by the Schur complement of the frames' pose blocks.
         Returns (z, scipy result).
         """
         from scipy.optimize import minimize
 
         z0 = np.array(z0, dtype=np.float64)
-        n = self.n
-        block = self.cfg.preconditioner != "diagonal"
-        with_id = self.cfg.preconditioner == "block_identity"
-        if block:
-            diag, pose_gn, id_gn = self.gn_blocks(z0, 16 if with_id else 0)
-        else:
-            _, _, diag = self.energy(z0, want_grad=False, want_diag=True)
-        scale = np.where(diag > 0, 1.0 / np.sqrt(np.maximum(diag, 1e-300)), 1.0)
-        on_diag = free.copy()
-        pidx = np.zeros((0, 0), np.int64)
-        iidx = np.zeros(0, np.int64)
-        if block:
-            starts = self.nk + self.psize * np.arange(self.n_frames)
-            pf = free[starts[0]:starts[0] + POSE_SIZE]
-            same = all((free[s:s + POSE_SIZE] == pf).all() for s in starts)
-            if same and pf.any():
-                cols = np.flatnonzero(pf)
-                pidx = starts[:, None] + cols[None]
-                pmat = _block_transform(pose_gn[:, cols[:, None], cols[None]])
-                on_diag[pidx.ravel()] = False
-            if with_id and free[:self.nk].all():
-                iidx = np.arange(self.nk)
-                imat = _block_transform(id_gn[None])[0]
-                on_diag[iidx] = False
+        vm = self.variable_map(z0, free)
         lo, hi = self.bounds()
+        on_diag, scale = vm.on_diag, vm.scale
         ulo = np.where(on_diag, (lo - z0) / scale, -np.inf)[free]
         uhi = np.where(on_diag, (hi - z0) / scale, np.inf)[free]
 
-        def to_z(u):
-            d = np.zeros(n)
-            d[free] = u
-            z = z0.copy()
-            z[on_diag] += scale[on_diag] * d[on_diag]
-            if pidx.size:
-                z[pidx] += np.einsum("fij,fj->fi", pmat, d[pidx])
-            if iidx.size:
-                z[iidx] += imat @ d[iidx]
-            return z
-
         def fun(u):
-            cost, grad, _ = self.energy(to_z(u))
-            gu = np.where(on_diag, scale * grad, 0.0)
-            if pidx.size:
-                gu[pidx] = np.einsum("fji,fj->fi", pmat, grad[pidx])
-            if iidx.size:
-                gu[iidx] = imat.T @ grad[iidx]
-            return cost, gu[free]
+            cost, grad, _ = self.energy(vm.to_z(u))
+            return cost, vm.gradient(grad)
 
         u0 = np.clip(np.zeros(int(free.sum())), ulo, uhi)
         self.camera_gradient = np.array([free[self.camera_slice(j)].any() for j in range(self.n_cameras)])
@@ -395,33 +355,53 @@ class CaptureProblem:
                                         gtol=self.cfg.gtol, maxfun=4 * self.cfg.max_iter))
         finally:
             self.camera_gradient = np.ones(self.n_cameras, bool)
-        z = to_z(res.x)
+        z = vm.to_z(res.x)
         z[~free] = z0[~free]
         z = np.clip(z, lo, hi)
         return z, res
 
+    def _gauss_newton_gradient(self, z0):
+        """gradient(z) of the energy with the landmarks moved onto their projections at z0.
 
-def _block_transform(blocks, floor=None):
-    """P (B, m, m) for each symmetric PSD block H (B, m, m) such that P^T H P ~ I.
+        Its landmark residuals vanish at z0, so its Hessian there (by differences of this gradient) is
+        the Gauss-Newton matrix J^T J of the landmark term (the priors are quadratic); the true
+        Hessian is indefinite in the near-null root / neck directions.  Same kernel, same energy."""
+        uv, _ = self.project(z0)
+        twin = self.obs.copy()
+        twin[:, :, :2] = np.where(twin[:, :, 2:3] > 0, np.transpose(uv, (1, 0, 3, 2)), twin[:, :, :2])
 
-    H = D N D with D = sqrt(diag H); N = V diag(lam) V^T;  P = D^-1 V diag(max(lam, floor))^-1/2.
-    The eigenvalue floor (relative to N's unit diagonal) keeps the preconditioner from amplifying
-    near-null directions: with face-only landmarks (no neck vertices) turning the root one way and
-    the neck back is nearly free (only the joint prior), and a full inverse there sends L-BFGS
-    along that path, where the rotations are far from linear (the rendered two-camera video test
-    stalled at twice the cost with no floor).  Measured (200 iterations max): floor 0.01 / 0.03 /
-    0.1 -> 103 / 137 / 200 iterations on the synthetic 520 x 17 dense703 sequence, and a final
-    cost 0.9 % / 0.09 % / 0.02 % above the diagonal preconditioner's on the video test.
-    """
-    floor = _BLOCK_FLOOR if floor is None else floor
-    d = np.sqrt(np.maximum(np.einsum("bii->bi", blocks), 1e-12))
-    norm = blocks / d[:, :, None] / d[:, None, :]
-    lam, vec = np.linalg.eigh(norm)
-    out = vec / np.sqrt(np.maximum(lam, floor))[:, None, :] / d[:, :, None]
-    # (near-)singular blocks: the diagonal preconditioner (see _BLOCK_SINGULAR)
-    sing = lam[:, 0] < _BLOCK_SINGULAR
-    out[sing] = np.eye(blocks.shape[1])[None] / d[sing][:, :, None]
-    return out
+        def gradient(z):
+            obs, self.obs = self.obs, twin
+            try:
+                return self.energy(z)[1]
+            finally:
+                self.obs = obs
+        return gradient
+
+    def variable_map(self, z0, free):
+        """The preconditioner at z0 over the free entries (``capture_precond.VariableMap``)."""
+        pre = self.cfg.preconditioner
+        if pre == "diagonal":
+            _, _, diag = self.energy(z0, want_grad=False, want_diag=True)
+            return diagonal_map(z0, free, diag)
+        with_id = pre == "block_identity"
+        diag, pose_gn, id_gn = self.gn_blocks(z0, 16 if with_id else 0)
+        starts = self.nk + self.psize * np.arange(self.n_frames)
+        vm = block_map(z0, free, diag, starts, pose_gn, POSE_SIZE)
+        cams = np.concatenate([np.arange(self.camera_slice(j).start, self.camera_slice(j).stop)
+                               for j in range(self.n_cameras)])
+        cams = cams[free[cams]]
+        if self.cfg.schur and cams.size > 0:
+            gidx = np.r_[np.flatnonzero(free[:self.nk]), cams].astype(np.int64)
+            cols = vm.pidx[0] - starts[0] if vm.pidx.size else np.zeros(0, np.int64)
+            return schur_map(vm, gidx, self._gauss_newton_gradient(z0), pose_gn[:, cols[:, None], cols[None]])
+        if with_id and free[:self.nk].all():
+            iidx = np.arange(self.nk)
+            imat = block_transform(id_gn[None])[0]
+            on_diag = vm.on_diag.copy()
+            on_diag[iidx] = False
+            return replace(vm, on_diag=on_diag, gidx=iidx, gmat=imat)
+        return vm
 
 
 _E1 = np.zeros(0)

@@ -14,6 +14,7 @@ from .calibration import Calibration, read_calibration, write_calibration
 from .calibration import image_sizes as _image_sizes
 from .capture import fit_capture
 from .exports import write_capture_gltf
+from .frame_sync import apply_frame_offsets, estimate_frame_offsets
 from .media import VideoReader, _check_out_dir, landmarks_from_video
 from .model import Params, load_model
 from .outputs import FrameRows, _Outputs, fit_arrays, write_npz
@@ -32,8 +33,31 @@ def result_arrays(model, res):
                 total_cost=np.array(res.total_cost))
 
 
+def synchronise(mu, sigma, frame_offsets, progress=None):
+    """Re-index unsynchronised cameras onto camera 0's frames (``lmfit3d.frame_sync``).
+
+    ``frame_offsets``: None (synchronised: every camera cut to the shortest), ``"auto"`` (estimated
+    from the landmarks' motion) or one integer per camera (camera j's frame t + offset[j] is camera
+    0's frame t).  ``mu`` / ``sigma``: per-camera (F_j, L, 2) / (F_j, L).  Returns (mu (C, F, L, 2),
+    sigma (C, F, L), offsets (C,), score (C,): the motion correlation, NaN when given)."""
+    nc = len(mu)
+    if frame_offsets is None:
+        nf = min(m.shape[0] for m in mu)
+        return (np.stack([m[:nf] for m in mu]), np.stack([s[:nf] for s in sigma]), np.zeros(nc, np.int64),
+                np.full(nc, np.nan))
+    if isinstance(frame_offsets, str) and frame_offsets == "auto":
+        off, score = estimate_frame_offsets(mu, sigma)
+        if progress is not None:
+            progress("frame offsets (camera j's frame t + offset = camera 0's frame t): "
+                     + ", ".join(f"{o:+d} (correlation {c:.2f})" for o, c in zip(off, score)))
+    else:
+        off, score = np.asarray(frame_offsets, dtype=np.int64).ravel(), np.full(nc, np.nan)
+    out_mu, out_sigma = apply_frame_offsets(mu, sigma, off)
+    return out_mu, out_sigma, off, score
+
+
 def fit_capture_file(in_path, out_path, calibration=None, calibration_out=None, model=None, config=None,
-                     progress=None):
+                     progress=None, frame_offsets=None):
     """``lmfit3d capture``: multi-view landmarks from an .npz, fit, write results atomically.
 
     IN keys: ``mu`` (C, F, L, 2) pixels (NaN missing); ``sigma`` (C, F, L) (optional, default 1);
@@ -45,7 +69,9 @@ def fit_capture_file(in_path, out_path, calibration=None, calibration_out=None, 
     cost per frame, ``iterations``, ``status``, ``landmarks_fitted`` (C, F, L, 2)) with ``focal_px``
     per camera (C,), plus ``camera_rotation`` (C, 3, 3), ``camera_translation`` (C, 3) mm,
     ``image_size`` (C, 2), ``camera_ok`` (C,), ``reproj_median_px`` / ``reproj_mean_px`` (C,),
-    ``reference_camera``, ``total_cost``.  The refined calibration goes to ``calibration_out`` (JSON).
+    ``reference_camera``, ``total_cost``, ``frame_offsets`` (C,) and ``frame_offset_score`` (C,).  The
+    refined calibration goes to ``calibration_out`` (JSON).  ``frame_offsets``: see :func:`synchronise`
+    (frames then follow camera 0's).
     """
     data = read_npz(in_path, ("mu",))
     mu = np.asarray(data["mu"])
@@ -67,26 +93,35 @@ def fit_capture_file(in_path, out_path, calibration=None, calibration_out=None, 
         cal = replace(cal, focal=np.where(np.isfinite(cal.focal), cal.focal, f))
     lset = str(data["landmark_set"]) if "landmark_set" in data else None
     model = model or load_model()
-    res = fit_capture(mu, data.get("sigma"), landmark_set=lset, vertex_ids=data.get("vertex_ids"),
+    sigma = data.get("sigma")
+    sync = {}
+    if frame_offsets is not None:
+        sg = np.ones(mu.shape[:3]) if sigma is None else np.asarray(sigma, dtype=np.float64)
+        if sg.shape != mu.shape[:3]:
+            raise ValueError(f"{in_path}: sigma must have shape {mu.shape[:3]}, got {sg.shape}")
+        mu, sigma, off, score = synchronise(list(mu), list(sg), frame_offsets, progress)
+        sync = dict(frame_offsets=off, frame_offset_score=score)
+    res = fit_capture(mu, sigma, landmark_set=lset, vertex_ids=data.get("vertex_ids"),
                       calibration=cal, model=model, config=config, progress=progress)
-    save_capture(model, res, out_path, calibration_out)
+    save_capture(model, res, out_path, calibration_out, sync)
     return res
 
 
-def save_capture(model, res, out_path, calibration_out=None):
-    """Write a :class:`lmfit3d.capture.CaptureResult` to ``out_path`` (.npz, ``result_arrays``) and optionally the
-    refined calibration JSON, both atomically."""
-    write_npz(out_path, result_arrays(model, res))
+def save_capture(model, res, out_path, calibration_out=None, extra=None):
+    """Write a :class:`lmfit3d.capture.CaptureResult` to ``out_path`` (.npz, ``result_arrays`` and
+    ``extra``) and optionally the refined calibration JSON, both atomically."""
+    write_npz(out_path, dict(result_arrays(model, res), **(extra or {})))
     if calibration_out is not None:
         write_calibration(calibration_out, res.calibration())
 
 
 def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None, options=None,
-                       progress=None):
+                       progress=None, frame_offsets=None):
     """``lmfit3d capture --videos``: one synchronised video per camera -> landmarks -> joint fit.
 
     Landmarks come from the backend of ``options`` (``lmfit3d.track.TrackOptions``: backend, ROI
-    strategy, sigma jitter, iris).  Videos of different lengths are cut to the shortest (warning).
+    strategy, sigma jitter, iris).  Videos of different lengths are cut to the shortest (warning), unless
+    ``frame_offsets`` (:func:`synchronise`) re-indexes them onto camera 0's frames.
     Writes into ``out_dir``: ``capture.npz`` (:func:`result_arrays`), ``capture_calibration.json``
     (refined cameras), and ``capture.csv`` / ``capture_arkit.csv`` with the columns of ``lmfit3d
     track`` (pose in the reference camera's axes, 68 points projected into the reference camera); with
@@ -101,17 +136,18 @@ def fit_capture_videos(paths, out_dir, calibration=None, model=None, config=None
     mp = make_predictor(opt)
     got = [landmarks_from_video(p, mp, opt.max_frames, opt.progress) for p in paths]
     counts = [g[0].shape[0] for g in got]
-    nf = min(counts)
-    if len(set(counts)) > 1:
+    if len(set(counts)) > 1 and frame_offsets is None:
         warnings.warn(f"frame counts differ between cameras ({', '.join(map(str, counts))}); "
-                      f"using the first {nf} frames of each")
-    mu = np.stack([g[0][:nf] for g in got])
-    sigma = np.stack([np.where(np.isfinite(g[1][:nf]), g[1][:nf], 1.0) for g in got])
+                      f"using the first {min(counts)} frames of each")
+    mu, sigma, off, score = synchronise([g[0] for g in got], [np.where(np.isfinite(g[1]), g[1], 1.0) for g in got],
+                                        frame_offsets, progress)
+    nf = mu.shape[1]
     sizes = np.array([g[3] for g in got], dtype=np.float64)
     cal = read_calibration(calibration, len(paths), sizes) if calibration is not None else Calibration.unknown(sizes)
     res = fit_capture(mu, sigma, vertex_ids=mp.vertex_ids, calibration=cal, model=model, config=config,
                       progress=progress)
-    save_capture(model, res, out_dir / "capture.npz", out_dir / "capture_calibration.json")
+    save_capture(model, res, out_dir / "capture.npz", out_dir / "capture_calibration.json",
+                 dict(frame_offsets=off, frame_offset_score=score))
     # per-frame tables in the reference camera's axes
     ref = res.reference_camera
     r_ref, t_ref = res.camera_rotation[ref], res.camera_translation[ref]

@@ -535,6 +535,9 @@ def _add_capture(sub):
     p.add_argument("--calibration-out", metavar="JSON", help="write the refined calibration here (IN.npz)")
     p.add_argument("--max-iter", type=int, default=None, help="L-BFGS iterations (default 200)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="videos: use the first N frames")
+    p.add_argument("--frame-offsets", metavar="auto|N,N,...", default=None,
+                   help="unsynchronised cameras: 'auto' estimates each camera's frame offset from the landmarks' "
+                        "motion, or give one integer per camera (camera j's frame t + N_j is camera 0's frame t)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
     p.add_argument("--gltf", action="store_true",
                    help="also write the performance as glTF 2.0 (OUT.glb beside OUT.npz, or capture.glb; "
@@ -568,12 +571,19 @@ def _cmd_capture(args):
         raise CommandLineError(f"--fps must be a positive number, got {args.fps}")
     cfg = CaptureConfig() if args.max_iter is None else CaptureConfig(max_iter=args.max_iter)
     cfg = replace(cfg, fit=_loss_config(args, cfg.fit))
+    offsets = args.frame_offsets
+    if offsets is not None and offsets != "auto":
+        try:
+            offsets = [int(v) for v in offsets.split(",")]
+        except ValueError:
+            raise CommandLineError(f"--frame-offsets must be 'auto' or integers separated by commas, "
+                                   f"got {args.frame_offsets!r}") from None
     model = _load_model(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.input is not None:
             res = fit_capture_file(args.input, args.output, args.calibration, args.calibration_out,
-                                   model=model, config=cfg, progress=_say)
+                                   model=model, config=cfg, progress=_say, frame_offsets=offsets)
             if args.gltf:
                 from .exports import write_capture_gltf
                 write_capture_gltf(Path(args.output).with_suffix(".glb"), model, res, args.fps)
@@ -581,7 +591,7 @@ def _cmd_capture(args):
             opt = TrackOptions(max_frames=args.max_frames, progress=sys.stderr.isatty(), gltf=args.gltf,
                                report=args.report)
             res = fit_capture_videos(args.videos, args.output, args.calibration, model=model, config=cfg,
-                                     options=opt, progress=_say)
+                                     options=opt, progress=_say, frame_offsets=offsets)
     for w in caught:
         _say(f"warning: {w.message}")
     for j in range(res.focal.size):

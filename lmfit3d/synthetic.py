@@ -277,7 +277,8 @@ def ring_cameras(n_cameras, centre, yaw_span_deg=160.0, pitch_deg=(0.0, 20.0, -1
 
 def make_multiview(model, vertex_ids, rng, n_cameras=4, n_frames=10, noise_px=1.0, face_px=256.0,
                    image_px=512, fov_deg=30.0, outlier_fraction=0.05, outlier_sigma_px=15.0,
-                   occluded_sigma_px=15.0, identity=None, expression_amplitude=0.6, period_frames=50):
+                   occluded_sigma_px=15.0, identity=None, expression_amplitude=0.6, period_frames=50,
+                   yaw_span_deg=160.0, pitch_deg=(0.0, 20.0, -15.0)):
     """C cameras around a head, F frames of expression animation and head motion.
 
     One identity (from the prior unless given); the root rotates slowly (+-4 degrees pitch, +-8
@@ -285,14 +286,15 @@ def make_multiview(model, vertex_ids, rng, n_cameras=4, n_frames=10, noise_px=1.
     frames (consecutive video frames: small motion from frame to frame).  Landmarks whose vertex normal faces away from a
     camera are "occluded": sigma = ``occluded_sigma_px`` and noise of that size (what a landmark
     predictor reports there); a further ``outlier_fraction`` of landmarks get ``outlier_sigma_px``.
-    The others get ``noise_px``.  Cameras: ``ring_cameras`` at the depth framing the face at ``face_px``.
+    The others get ``noise_px``.  Cameras: ``ring_cameras`` (``yaw_span_deg``, ``pitch_deg``) at the
+    depth framing the face at ``face_px``.
     """
     from .skinning import evaluate_points
     ids = np.asarray(vertex_ids, dtype=np.int64)
     cam = Camera.from_fov(image_px, image_px, fov_deg)
     depth = cam.focal * FACE_WIDTH_MM / face_px
     centre = np.array([0.0, 0.0, -depth])
-    rot, tr = ring_cameras(n_cameras, centre)
+    rot, tr = ring_cameras(n_cameras, centre, yaw_span_deg, pitch_deg)
     base = random_params(model, rng, yaw_deg=5.0, pitch_deg=5.0, roll_deg=3.0, identity=identity)
     shapes = rng.choice(model.n_expression, size=4, replace=False)
     phase = rng.uniform(0, 2 * np.pi, size=4)

@@ -1,0 +1,119 @@
+"""Offline capture without a calibration (issue 17): error, time, iterations and status against the
+number of cameras, calibrated vs. uncalibrated (focal known / unknown).
+
+Synthetic: one face, F frames of expression animation (``lmfit3d.synthetic.make_multiview``), dense320,
+1 px noise with 10 % outliers (sigma 15 px, the true sigma passed), C cameras on a +-30 degree yaw ring
+(camera 0 frontal; each C its own ring).  Error: face-region vertex error after rigid alignment, mean
+over frames (mm).  Modes: ``calibrated`` (true extrinsics and focal), ``focal known`` (no extrinsics),
+``focal known, schur`` (the same with ``CaptureConfig(schur=True)``), ``focal unknown``.
+
+Usage::
+
+    NUMBA_NUM_THREADS=1 python bench/uncalibrated_report.py [--frames 20] [--cameras 1 2 4 8 17] [--write-doc]
+"""
+import os
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results_doc  # noqa: E402
+
+MODES = ("calibrated", "focal known", "focal known, schur", "focal unknown")
+
+
+def run(model, ids, n_cameras, frames, seed, mode, max_iter):
+    from lmfit3d.calibration import Calibration
+    from lmfit3d.capture import CaptureConfig, fit_capture, parse_calibration
+    from lmfit3d.synthetic import make_multiview, rigid_align_error
+
+    mv = make_multiview(model, ids, np.random.default_rng(seed), n_cameras=n_cameras, n_frames=frames,
+                        noise_px=1.0, outlier_fraction=0.1, yaw_span_deg=60.0, pitch_deg=(0.0,))
+    if mode == "calibrated":
+        cal = parse_calibration(mv.calibration_json(), n_cameras)
+    else:
+        cal = Calibration.unknown(mv.image_size)
+        if mode.startswith("focal known"):
+            cal = replace(cal, focal=mv.focal.copy())
+    cfg = CaptureConfig(max_iter=max_iter, schur=mode.endswith("schur"))
+    t0 = time.perf_counter()
+    res = fit_capture(mv.mu, mv.sigma, vertex_ids=ids, calibration=cal, model=model, config=cfg)
+    secs = time.perf_counter() - t0
+    mask = model.face_mask()
+    err = float(np.mean([rigid_align_error(res.vertices(model, f), mv.vertices(model, f), mask).mean()
+                         for f in range(frames)]))
+    return dict(err=err, secs=secs, it=res.iterations, status=int(res.status.max()), cost=res.total_cost,
+                focal_pct=float(100 * np.abs(res.focal / mv.focal - 1).max()))
+
+
+def table(rows, cameras):
+    lines = ["| mode | " + " | ".join(f"{c} cam" for c in cameras) + " |", "|---|" + "---:|" * len(cameras)]
+    for mode in MODES:
+        cells = []
+        for c in cameras:
+            r = rows[(mode, c)]
+            cell = f"{r['err']:.3f} mm, {r['secs']:.1f} s, {r['it']} it, status {r['status']}"
+            if mode == "focal unknown":
+                cell += f", focal {r['focal_pct']:.1f} %"
+            cells.append(cell)
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def checks(rows, cameras):
+    out = []
+    known = [rows[("focal known", c)]["err"] for c in cameras if c <= 8]
+    out.append("Focal known, error strictly falling 1 -> 8 cameras: "
+               + ("met" if all(b < a for a, b in zip(known, known[1:])) else "not met")
+               + " (" + " / ".join(f"{e:.3f}" for e in known) + " mm).")
+    if 1 in cameras and 8 in cameras:
+        r = rows[("focal known", 8)]["err"] / rows[("focal known", 1)]["err"]
+        out.append(f"Focal known, 8 cameras / 1 camera: {r:.2f} (goal <= 0.6): {'met' if r <= 0.6 else 'not met'}.")
+    conv = [c for c in cameras if rows[("focal known", c)]["status"] >= 1]
+    out.append(f"Focal known, converged (status >= 1) within the cap: {len(conv)}/{len(cameras)} camera counts.")
+    for c in cameras:
+        if c >= 4:
+            r = rows[("focal unknown", c)]["err"] / rows[("focal known", c)]["err"]
+            out.append(f"Focal unknown / known at {c} cameras: {r:.2f} (goal <= 1.3), focal off by "
+                       f"{rows[('focal unknown', c)]['focal_pct']:.1f} % (goal <= 3 %).")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4, 8, 17])
+    ap.add_argument("--max-iter", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    results_doc.add_arguments(ap)
+    a = ap.parse_args(argv)
+    from lmfit3d.landmarks import load_landmark_set
+    from lmfit3d.model import load_model
+    model = load_model()
+    ids = load_landmark_set("dense320")
+    run(model, ids, 2, 3, a.seed, "focal known, schur", 5)          # compile outside the timings
+    rows = {}
+    for c in a.cameras:
+        for mode in MODES:
+            rows[(mode, c)] = run(model, ids, c, a.frames, a.seed, mode, a.max_iter)
+            print(f"  {c} cameras, {mode}: {rows[(mode, c)]}", file=sys.stderr, flush=True)
+    machine = results_doc.machine_line(f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, one process")
+    text = (f"One face, {a.frames} frames, dense320, 1 px noise, 10 % outliers at 15 px, cameras on a +-30 degree "
+            f"ring, L-BFGS cap {a.max_iter}; cell: face error (mean, rigid-aligned), fit time (init + solve), "
+            f"iterations, status.\n\n{table(rows, a.cameras)}\n\n" + "\n".join(checks(rows, a.cameras))
+            + f"\n\n{machine}")
+    print(text)
+    results_doc.maybe_write(a, {"uncalibrated_report": text})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
