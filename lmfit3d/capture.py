@@ -51,7 +51,7 @@ from .calibration import (Calibration, parse_calibration, read_calibration,  # n
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
 from .camera import focal_from_fov
-from .capture_precond import block_map, block_transform, diagonal_map, schur_map
+from .capture_precond import block_map, block_transform, camera_block_map, diagonal_map, schur_map
 from .capture_precond import block_transform as _block_transform  # noqa: F401 (tests)
 from .energy import CaptureLayout, Intersection, antagonist_pairs, expression_prior_scales, identity_prior
 from .fit import FitConfig, Tracker, fit_landmarks
@@ -89,7 +89,10 @@ class CaptureConfig:
         Gauss-Newton diagonal only, as before).
     schur : bool, with "block" and free cameras, whiten the identity and the free camera parameters by
         the Schur complement of the frames' pose blocks (``lmfit3d.capture_precond``; experimental,
-        off by default: issue 17's measurements in docs/results.md).
+        off by default: issue 17's measurements in docs/results.md).  Without it, each free camera is
+        whitened by its own GN block.
+    identity_hold : float in [0, 1), with free camera extrinsics: the fraction of ``max_iter`` spent
+        with the identity held at its initial value before everything is freed (0: one stage).
     """
 
     fit: FitConfig = field(default_factory=FitConfig)
@@ -103,8 +106,11 @@ class CaptureConfig:
     reference_camera: int = None
     preconditioner: str = "block"
     schur: bool = False
+    identity_hold: float = 0.5
 
     def __post_init__(self):
+        if not 0.0 <= self.identity_hold < 1.0:
+            raise ValueError(f"identity_hold must be in [0, 1), got {self.identity_hold}")
         if self.max_iter < 1 or self.init_frames < 1 or self.maxcor < 1:
             raise ValueError("max_iter, init_frames and maxcor must be >= 1")
         if self.preconditioner not in ("block", "block_identity", "diagonal"):
@@ -324,8 +330,9 @@ class CaptureProblem:
         id_gn[np.diag_indices(self.nk)] += d_id
         return diag, pose_gn, id_gn
 
-    def solve(self, z0, free):
-        """L-BFGS-B over z[free] from z0, preconditioned (``CaptureConfig.preconditioner``, ``.schur``).
+    def solve(self, z0, free, max_iter=None):
+        """L-BFGS-B over z[free] from z0, preconditioned (``CaptureConfig.preconditioner``, ``.schur``),
+        at most ``max_iter`` iterations (default ``CaptureConfig.max_iter``).
 
         The variables are u with z = z0 + P u (``lmfit3d.capture_precond``): P = diag(1 / sqrt(diag
         J^T J)) ("diagonal"), or, for "block", P ~ H^-1/2 of the Gauss-Newton block H on each frame's
@@ -336,6 +343,7 @@ class CaptureProblem:
         """
         from scipy.optimize import minimize
 
+        max_iter = self.cfg.max_iter if max_iter is None else int(max_iter)
         z0 = np.array(z0, dtype=np.float64)
         vm = self.variable_map(z0, free)
         lo, hi = self.bounds()
@@ -351,8 +359,8 @@ class CaptureProblem:
         self.camera_gradient = np.array([free[self.camera_slice(j)].any() for j in range(self.n_cameras)])
         try:
             res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(ulo, uhi)),
-                           options=dict(maxiter=self.cfg.max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
-                                        gtol=self.cfg.gtol, maxfun=4 * self.cfg.max_iter))
+                           options=dict(maxiter=max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
+                                        gtol=self.cfg.gtol, maxfun=4 * max_iter))
         finally:
             self.camera_gradient = np.ones(self.n_cameras, bool)
         z = vm.to_z(res.x)
@@ -388,13 +396,15 @@ class CaptureProblem:
         diag, pose_gn, id_gn = self.gn_blocks(z0, 16 if with_id else 0)
         starts = self.nk + self.psize * np.arange(self.n_frames)
         vm = block_map(z0, free, diag, starts, pose_gn, POSE_SIZE)
-        cams = np.concatenate([np.arange(self.camera_slice(j).start, self.camera_slice(j).stop)
-                               for j in range(self.n_cameras)])
-        cams = cams[free[cams]]
+        per_cam = [np.arange(self.camera_slice(j).start, self.camera_slice(j).stop) for j in range(self.n_cameras)]
+        per_cam = [c[free[c]] for c in per_cam]
+        cams = np.concatenate(per_cam)
         if self.cfg.schur and cams.size > 0:
             gidx = np.r_[np.flatnonzero(free[:self.nk]), cams].astype(np.int64)
             cols = vm.pidx[0] - starts[0] if vm.pidx.size else np.zeros(0, np.int64)
             return schur_map(vm, gidx, self._gauss_newton_gradient(z0), pose_gn[:, cols[:, None], cols[None]])
+        if cams.size > 0:
+            return camera_block_map(vm, per_cam, self._gauss_newton_gradient(z0))
         if with_id and free[:self.nk].all():
             iidx = np.arange(self.nk)
             imat = block_transform(id_gn[None])[0]
@@ -691,9 +701,27 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
     t1 = time.perf_counter()
     if progress is not None:
         progress(f"initialised in {t1 - t0:.1f} s; L-BFGS over {int(free.sum())} parameters")
-    z, res = prob.solve(z, free)
+    z, res = _solve_staged(prob, z, free, free_cams=bool(ext_free.any()))
     t2 = time.perf_counter()
     return _result(model, prob, z, res, used, cal, size, ids, ref, t1 - t0, t2 - t1)
+
+
+def _solve_staged(prob, z, free, free_cams):
+    """The L-BFGS solve; with free camera extrinsics and a free identity in two stages: the first
+    ``CaptureConfig.identity_hold`` of the iterations with the identity held at its initial value (the
+    head's size then fixes the scene's scale, and the cameras and poses settle without sliding along
+    the weak scale direction, head size x camera distances), the rest with everything free.  Returns
+    (z, scipy result) with the iterations of both stages."""
+    cfg = prob.cfg
+    hold = int(round(cfg.identity_hold * cfg.max_iter)) if free_cams and free[:prob.nk].any() else 0
+    if hold <= 0 or hold >= cfg.max_iter:
+        return prob.solve(z, free)
+    held = free.copy()
+    held[:prob.nk] = False
+    z, first = prob.solve(z, held, hold)
+    z, res = prob.solve(z, free, cfg.max_iter - first.nit)
+    res.nit += first.nit
+    return z, res
 
 
 def _result(model, prob, z, res, used, cal, size, ids, ref, t_init, t_solve):

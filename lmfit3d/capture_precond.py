@@ -10,7 +10,11 @@ L-BFGS works on u; P whitens the Gauss-Newton (GN) matrix H at the start, P^T H 
 
       z_pose_f = z0 + P_f u_f - H_ff^-1 H_fg P_g u_g,     z_g = z0 + P_g u_g,   P_g ~ S^-1/2,
 
-  so moving a camera (or the identity) carries every frame's head pose along with it, as the data ask.
+  so moving a camera (or the identity) carries every frame's head pose along with it, as the data ask
+  (experimental, ``CaptureConfig.schur``);
+* by default, each free camera by its own 7 x 7 (6 without the focal) GN block (:func:`camera_block_map`):
+  its rotation and translation are strongly coupled (turning a camera about the head moves its
+  image as much as sliding it), which the diagonal scaling left to L-BFGS to find.
   Without it the cameras are scaled by their GN diagonal, which counts every frame's pull on them as if
   the head were held; their real stiffness (after the frames follow) is far smaller, and the global
   scale (head size x camera distances) needed about 1,900 iterations (issue 17).  H_gf and H_gg are
@@ -175,6 +179,30 @@ def schur_map(vm, gidx, gradient, pose_blocks):
     on_diag = vm.on_diag.copy()
     on_diag[gidx] = False
     return VariableMap(vm.z0, vm.free, on_diag, vm.scale, vm.pidx, vm.pmat, gidx, gmat, couple)
+
+
+def camera_block_map(vm, cameras, gradient):
+    """Whiten each free camera's parameters by its own GN block (no coupling to other variables).
+
+    ``cameras``: list of (n_j,) int64 free entries of each camera; ``gradient(z)`` -> (N,) the gradient
+    of the Gauss-Newton twin of the energy (``CaptureProblem._gauss_newton_gradient``), whose forward
+    differences give the blocks.  Returns a new VariableMap (the cameras as its global block, block
+    diagonal)."""
+    cams = [np.asarray(c, np.int64) for c in cameras if len(c)]
+    if not cams:
+        return vm
+    gidx = np.concatenate(cams)
+    g0 = gradient(vm.z0)
+    cols = hessian_columns(gradient, vm.z0, gidx, _FD_STEP * vm.scale[gidx], g0)
+    gmat = np.zeros((gidx.size, gidx.size))
+    o = 0
+    for c in cams:
+        h = cols[c][:, o:o + c.size]
+        gmat[o:o + c.size, o:o + c.size] = block_transform(0.5 * (h + h.T)[None])[0]
+        o += c.size
+    on_diag = vm.on_diag.copy()
+    on_diag[gidx] = False
+    return VariableMap(vm.z0, vm.free, on_diag, vm.scale, vm.pidx, vm.pmat, gidx, gmat, np.zeros((0, 0, 0)))
 
 
 def _solve_blocks(blocks, rhs):

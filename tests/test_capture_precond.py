@@ -35,3 +35,23 @@ def test_schur_map_whitens_the_globals_and_decouples_them_from_the_poses(rng):
         np.testing.assert_allclose(w[s:s + M, s:s + M], np.eye(M), atol=1e-6)
     u = rng.normal(size=n)
     np.testing.assert_allclose(vm.gradient(h @ vm.to_z(u)), w @ u, rtol=1e-9, atol=1e-9)   # P^T grad
+
+
+def test_camera_block_map_whitens_each_camera_block(rng):
+    """camera_block_map: each camera's own block of P^T H P is the identity; the poses keep theirs."""
+    from lmfit3d.capture_precond import camera_block_map
+    h = _problem(rng)
+    n = h.shape[0]
+    starts = np.arange(F) * (M + E)
+    blocks = np.stack([h[s:s + M, s:s + M] for s in starts])
+    z0, free = np.zeros(n), np.ones(n, bool)
+    cams = [np.array([F * (M + E)]), np.arange(F * (M + E) + 1, n)]        # two "cameras" of 1 and 2
+    vm = camera_block_map(block_map(z0, free, np.diag(h).copy(), starts, blocks, M), cams, lambda z: h @ z)
+    p = np.stack([vm.to_z(e) for e in np.eye(n)], 1)
+    w = p.T @ h @ p
+    for c in cams:
+        np.testing.assert_allclose(w[np.ix_(c, c)], np.eye(c.size), atol=1e-6)
+    for s in starts:
+        np.testing.assert_allclose(w[s:s + M, s:s + M], np.eye(M), atol=1e-6)
+    u = rng.normal(size=n)
+    np.testing.assert_allclose(vm.gradient(h @ vm.to_z(u)), w @ u, rtol=1e-9, atol=1e-9)
