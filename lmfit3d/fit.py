@@ -134,6 +134,13 @@ class Tracker:
     focal : float or None; None = unknown, initialised at a 45 degree horizontal FOV and refitted.
     config : FitConfig
     identity : (K,) or None; given identity is held fixed.
+
+    Attributes
+    ----------
+    refit_in_step : bool, refit identity / focal inside :meth:`step` when a keyframe is added (default);
+        False leaves the keyframe in ``keyframes`` with ``refit_pending`` set, for a caller that runs
+        :func:`refit_keyframes` elsewhere (``lmfit3d live``: in a worker process) and hands the result
+        back with :meth:`apply_refit`.
     """
 
     def __init__(self, model, vertex_ids, image_size, focal=None, config=None, identity=None):
@@ -150,6 +157,8 @@ class Tracker:
         self.x = None
         self.prev = None
         self.keyframes = []          # (x, mu, sigma)
+        self.refit_in_step = True
+        self.refit_pending = False
         self._inter_key = None
         self.inter = None
         self._frame_prob = None      # per-frame problem, re-used from frame to frame
@@ -228,6 +237,16 @@ class Tracker:
         self.focal = float(xs[0][sl["focal"]][0])
         self.keyframes = [(x, mu, sg) for x, (_, mu, sg) in zip(xs, self.keyframes)]
 
+    def apply_refit(self, identity, focal, xs):
+        """Take a refit made elsewhere (:func:`refit_keyframes` on the first ``len(xs)`` keyframes, with
+        the identity / focal flags they had then): identity, focal and those keyframes' parameter
+        vectors; later keyframes stay pending."""
+        n = len(xs)
+        self.identity = np.asarray(identity, float).copy()
+        self.focal = float(focal)
+        self.keyframes = [(x, mu, sg) for x, (_, mu, sg) in zip(xs, self.keyframes[:n])] + self.keyframes[n:]
+        self.refit_pending = len(self.keyframes) > n
+
     def step(self, mu, sigma):
         """Fit one frame; returns a :class:`FrameFit`.  A frame with < 3 landmarks resets tracking."""
         m, sl = self.model, self._sl
@@ -247,14 +266,30 @@ class Tracker:
             x, res = prob.solve(x, self._frame_mask, self.cfg.max_iter)
         if (not self.identity_fixed or not self.focal_known) and self._is_keyframe(x):
             self.keyframes.append((x.copy(), mu.copy(), sigma.copy()))
-            self.refit_identity()
-            x[sl["identity"]] = self.identity
-            x[sl["focal"]] = self.focal
+            if self.refit_in_step:
+                self.refit_identity()
+                x[sl["identity"]] = self.identity
+                x[sl["focal"]] = self.focal
+            else:
+                self.refit_pending = True
             x, res = prob.solve(x, self._frame_mask, self.cfg.max_iter_init if first else self.cfg.max_iter)
         self.x = x
         self.prev, uv = prob.landmark_positions(x)
         params, focal = vector_to_params(m, x)
         return FrameFit(params, focal, uv, res.cost, res.iterations, res.status, res.status >= 0, res.jtj_evals)
+
+
+def refit_keyframes(model, vertex_ids, image_size, config, identity, focal, identity_fixed, focal_known,
+                    keyframes):
+    """:meth:`Tracker.refit_identity` as a plain function of its inputs (for a worker process):
+    returns (identity (K,), focal, keyframe vectors [x, ...])."""
+    t = Tracker(model, vertex_ids, image_size, focal if focal_known else None, config,
+                identity if identity_fixed else None)
+    t.identity = np.asarray(identity, float).copy()
+    t.focal = float(focal)
+    t.keyframes = list(keyframes)
+    t.refit_identity()
+    return t.identity, t.focal, [x for x, _, _ in t.keyframes]
 
 
 @dataclass

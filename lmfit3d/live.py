@@ -59,6 +59,7 @@ class LiveOptions:
     max_frames: int = None
     stall_s: float = 5.0
     status: bool = True
+    refit_worker: bool = True
 
     def __post_init__(self):
         if (self.camera is None) == (self.source is None):
@@ -232,14 +233,65 @@ class CausalNoise:
         return float(np.median(self.meds)) / (12.0 * np.log(2.0)) if self.meds else 0.0
 
 
+_WORKER = {}
+
+
+def _refit_init(model_path, vertex_ids, image_size, config):
+    """Worker process: load the model once (its Numba kernels come from the cache)."""
+    from .model import load_model
+    _WORKER["args"] = (load_model(model_path), vertex_ids, image_size, config)
+
+
+def _refit_job(identity, focal, identity_fixed, focal_known, keyframes):
+    from .fit import refit_keyframes
+    model, ids, size, cfg = _WORKER["args"]
+    return refit_keyframes(model, ids, size, cfg, identity, focal, identity_fixed, focal_known, keyframes)
+
+
+class BackgroundRefit:
+    """The live tracker's identity / focal refits in a worker process (the second core): the capture
+    loop never waits for one (a refit of the keyframes takes 70-840 ms; run in the loop it dropped up to
+    50 frames of a 60 frames/s source in the first seconds).  :meth:`poll` once a frame hands a
+    finished refit to the tracker and starts the next when keyframes are waiting."""
+
+    def __init__(self, tracker, model_path):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        self.tracker = tracker
+        tracker.refit_in_step = False
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_refit_init,
+                                        initargs=(str(model_path), tracker.table.vertex_ids, tracker.image_size,
+                                                  tracker.cfg))
+        self.job = None
+        self.refits = 0
+
+    def poll(self, accept=True):
+        """Apply a finished refit (when ``accept``) and submit the waiting keyframes."""
+        tr = self.tracker
+        if self.job is not None and self.job.done():
+            identity, focal, xs = self.job.result()
+            self.job = None
+            self.refits += 1
+            if accept:
+                tr.apply_refit(identity, focal, xs)
+        if self.job is None and tr.refit_pending and not (tr.identity_fixed and tr.focal_known):
+            self.job = self.pool.submit(_refit_job, tr.identity, tr.focal, tr.identity_fixed, tr.focal_known,
+                                        list(tr.keyframes))
+            tr.refit_pending = False
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 class LiveTracker:
     """Landmarks + :class:`lmfit3d.fit.Tracker`, one frame at a time, from past frames only.
 
     ``step(frame, t)`` returns ``(prediction, fit)`` (either None without a face); ``t`` (seconds since
-    the start) decides when the identity is held (``identity_seconds``).
+    the start) decides when the identity is held (``identity_seconds``).  With ``model_path`` (the
+    model file) the identity refits run in a worker process (:class:`BackgroundRefit`).
     """
 
-    def __init__(self, model, image_size, options, predictor=None, identity=None, focal=None):
+    def __init__(self, model, image_size, options, predictor=None, identity=None, focal=None, model_path=None):
         opt = options.track_options()
         self.predictor = predictor or make_predictor(opt)
         self.cfg = opt.config()
@@ -249,6 +301,13 @@ class LiveTracker:
         self.noise = CausalNoise()
         self.prev_c = None
         self.cut_threshold = opt.cut_threshold
+        self.background = (BackgroundRefit(self.tracker, model_path)
+                           if model_path is not None and not (self.tracker.identity_fixed and self.tracker.focal_known)
+                           else None)
+
+    def close(self):
+        if self.background is not None:
+            self.background.close()
 
     @property
     def held(self):
@@ -257,6 +316,8 @@ class LiveTracker:
 
     def step(self, frame, t):
         tr = self.tracker
+        if self.background is not None:
+            self.background.poll()
         if not self.held and t >= self.identity_seconds and tr.keyframes:
             tr.identity_fixed = tr.focal_known = True           # hold what the keyframes gave
         pred = self.predictor.track(frame)
@@ -475,8 +536,11 @@ def run_live(options, model=None, predictor=None, status=None):
     model : FaceModel (default: the cached model); predictor : landmark front end (default from options).
     status : callable(str) for the live status line (None: silent).
     """
-    from .model import load_model
+    from .model import default_model_path, load_model
     opt = options
+    # identity refits in a worker process, which loads the cached model itself (a model object given
+    # here may be another one: then the refits stay in the loop)
+    model_path = default_model_path() if model is None and opt.refit_worker else None
     model = model or load_model()
     ident, focal = _read_identity(opt.identity_file, model) if opt.identity_file else (None, None)
     senders = Senders(opt, 30.0)               # bad destinations fail before the source opens
@@ -486,7 +550,12 @@ def run_live(options, model=None, predictor=None, status=None):
         senders.close()
         raise
     senders.fps = src.fps
-    live = LiveTracker(model, src.size, opt, predictor, ident, focal)
+    try:
+        live = LiveTracker(model, src.size, opt, predictor, ident, focal, model_path)
+    except BaseException:
+        src.close()
+        senders.close()
+        raise
     rec = Recorder(opt.record, src.name, model, src.fps, live.predictor.vertex_ids) if opt.record else None
     summary = LiveSummary(src.name)
     old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
@@ -502,6 +571,7 @@ def run_live(options, model=None, predictor=None, status=None):
     finally:
         src.close()
         senders.close()
+        live.close()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
     summary.drops = src.drops

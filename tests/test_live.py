@@ -120,17 +120,20 @@ def test_live_sends_livelink_and_vmc_and_records(tmp_path, capsys):
 def test_sigterm_leaves_a_complete_recording(tmp_path):
     out = tmp_path / "rec"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(120)
     proc = subprocess.Popen([sys.executable, "-m", "lmfit3d.cli", "live", "--source", str(CLIP), "-q",
-                             "--record", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--record", str(out), "--livelink", f"127.0.0.1:{rx.getsockname()[1]}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        t0 = time.time()
-        while not (out.is_dir() and any(".part" in p.name for p in out.iterdir())) and time.time() - t0 < 120:
-            time.sleep(0.1)
-        time.sleep(1.0)                  # a second of real-time playback (the clip lasts 2.2 s)
+        rx.recv(4096)                    # the first tracked frame has been sent
+        time.sleep(0.3)                  # a little more real-time playback (the clip lasts 2.2 s)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
+        rx.close()
     assert proc.returncode == 0, stderr.decode()
     assert b"terminated" in stdout
     z = np.load(out / f"{CLIP.stem}.npz")
