@@ -31,9 +31,11 @@ DETECT_EVERY = 10        # frames between newcomer searches of the whole frame w
 DEEP_EVERY = 100         # frames between newcomer searches that include small windows (slow: ~35 windows)
 MIN_FACE_FRAMES = 5      # a tracklet this short that matches no face is dropped (a spurious detection)
 SCENE_CUT_GREY = 30.0    # mean absolute difference (0..255) of 16 x 16 grey thumbnails at a scene cut
-# identity distance (mm RMS over the landmark vertices) under which two tracklets are one person:
-# bench/reid_threshold.py on renders (same person / different people, pass-1 identities)
-REID_THRESHOLD_MM = 2.0
+# re-identification (:func:`reid_score`): units of the identity distance (mm RMS over the landmark
+# vertices) and of the colour distance (RGB 0..1) whose sum is 1 at the threshold; learnt on renders
+# (bench/reid_threshold.py: same person / different people, pass-1 tracklets)
+REID_IDENTITY_MM = 4.0
+REID_COLOUR = 0.08
 
 
 def _memmap(path, shape):
@@ -104,6 +106,8 @@ class Tracklet:
     size: float = 0.0
     centre: object = None
     face: int = -1
+    colour: object = None       # summed colour layouts (:func:`face_colour`), over ``colour_n`` frames per cell
+    colour_n: object = 0
 
     @property
     def frames(self):
@@ -111,6 +115,38 @@ class Tracklet:
 
     def identity(self):
         return None if self.tracker is None or not self.tracker.keyframes else self.tracker.identity
+
+    def appearance(self):
+        """Colour layout (:func:`face_colour`) averaged over the tracklet's frames (None: unseen)."""
+        return None if self.colour is None else self.colour / np.maximum(self.colour_n, 1)
+
+
+def face_colour(frame, mu, grid=1):
+    """Colour layout of a face: the mean RGB in 0..1 of ``frame`` at the landmarks mu (L, 2) pixels
+    in each cell of a ``grid`` x ``grid`` division of their box, (grid * grid, 3) (NaN: an empty
+    cell), or None when no landmark is inside the frame."""
+    h, w = frame.shape[:2]
+    p = mu[np.isfinite(mu).all(1)]
+    p = p[(p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)]
+    if not len(p):
+        return None
+    lo, hi = p.min(0), p.max(0)
+    cell = np.minimum(((p - lo) / np.maximum(hi - lo, 1e-9) * grid).astype(np.int64), grid - 1)
+    idx = cell[:, 1] * grid + cell[:, 0]
+    px = p.astype(np.int64)
+    rgb = frame[px[:, 1], px[:, 0]].astype(np.float64) / 255.0
+    out = np.full((grid * grid, 3), np.nan)
+    cnt = np.bincount(idx, minlength=grid * grid)
+    for c in range(3):
+        out[:, c] = np.bincount(idx, rgb[:, c], minlength=grid * grid) / np.where(cnt, cnt, np.nan)
+    return out
+
+
+def colour_distance(a, b):
+    """Distance (RGB 0..1) of two colour layouts (:func:`face_colour`): the mean over the cells both
+    have of the colour difference's norm."""
+    d = np.linalg.norm(a - b, axis=1)
+    return float(np.nanmean(d)) if np.isfinite(d).any() else np.inf
 
 
 class FaceFollower:
@@ -165,7 +201,7 @@ class FaceFollower:
         if len(found) < self.max_faces and (not found or ended or n % DETECT_EVERY == 0):
             found += self._newcomers(frame, n, found)
         self.live = [t for t, _ in found]
-        self._record(found, n)
+        self._record(found, n, frame)
         return found
 
     def _newcomers(self, frame, n, found):
@@ -198,8 +234,8 @@ class FaceFollower:
             self._lost = 0
         return new
 
-    def _record(self, found, n):
-        """Each slot's landmarks of frame n (NaN where empty); identity steps of the tracklets."""
+    def _record(self, found, n, frame):
+        """Each slot's landmarks of frame n (NaN where empty); identity steps and colours of the tracklets."""
         import time
         by_slot = {t.slot: (t, p) for t, p in found}
         while len(self.stores) <= max(by_slot, default=-1):
@@ -213,6 +249,11 @@ class FaceFollower:
                 rec[:, 3] = pred.presence
                 t.end = n
                 t.size += float(np.nanmax(np.ptp(pred.mu, 0)))
+                col = face_colour(frame, pred.mu)
+                if col is not None:
+                    ok = np.isfinite(col[:, :1])
+                    t.colour = np.where(ok, col, 0.0) + (0.0 if t.colour is None else t.colour)
+                    t.colour_n = t.colour_n + ok
                 if t.tracker is None:
                     t.tracker = self.new_tracker()
                 # identity: every ``stride``-th frame of the tracklet, until its keyframe set is full
@@ -239,15 +280,24 @@ def _overlaps(t, face):
     return any(t.start <= u.end and u.start <= t.end for u in face)
 
 
-def assign_faces(tracklets, dist, max_faces, threshold=REID_THRESHOLD_MM, min_frames=MIN_FACE_FRAMES):
+def reid_score(model, vertex_ids, a, b, id_mm=REID_IDENTITY_MM, colour=REID_COLOUR):
+    """How far apart two tracklets are as people (< 1: the same person): the distance of their fitted
+    identities (:func:`identity_distance`) in units of ``id_mm`` plus that of their mean colours at the
+    landmarks (:func:`colour_distance`, RGB 0..1, the appearance tie-breaker) in units of ``colour``; inf when either is unknown."""
+    ia, ib, ca, cb = a.identity(), b.identity(), a.appearance(), b.appearance()
+    if ia is None or ib is None or ca is None or cb is None:
+        return np.inf
+    return identity_distance(model, vertex_ids, ia, ib) / id_mm + colour_distance(ca, cb) / colour
+
+
+def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES):
     """Link tracklets into faces: sets each ``Tracklet.face`` (-1: dropped) and returns the faces,
     lists of tracklets, main face (largest summed size) first, at most ``max_faces``.
 
     Tracklets are taken in order of their first frame; those starting on the same frame are matched
-    together, nearest pair first.  A tracklet joins the face (not visible on any of its frames) whose
-    identity (that of the face's longest tracklet) is nearest by ``dist(a, b)`` when under
-    ``threshold``; else it starts a new face.  A new face seen on fewer than ``min_frames`` frames
-    is dropped."""
+    together, best pair first.  A tracklet joins the face (not visible on any of its frames) with the
+    lowest ``score(tracklet, face's longest tracklet)`` (:func:`reid_score`) when it is under 1;
+    else it starts a new face.  A new face seen on fewer than ``min_frames`` frames is dropped."""
     faces = []
     order = sorted(tracklets, key=lambda t: (t.start, t.index))
     k = 0
@@ -256,21 +306,16 @@ def assign_faces(tracklets, dist, max_faces, threshold=REID_THRESHOLD_MM, min_fr
         k += len(group)
         pairs = []
         for t in group:
-            a = t.identity()
             for j, face in enumerate(faces):
-                b = max(face, key=lambda u: u.frames).identity()
-                if a is not None and b is not None and not _overlaps(t, face):
-                    d = dist(a, b)
-                    if d < threshold:
+                if not _overlaps(t, face):
+                    d = score(t, max(face, key=lambda u: u.frames))
+                    if d < 1.0:
                         pairs.append((d, t.index, j))
         taken, used = set(), set()
         for d, ti, j in sorted(pairs):
             if ti in taken or j in used:
                 continue
-            t = next(u for u in group if u.index == ti)
-            if _overlaps(t, faces[j]):
-                continue
-            faces[j].append(t)
+            faces[j].append(next(u for u in group if u.index == ti))
             taken.add(ti)
             used.add(j)
         for t in group:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .faces import FaceFollower, LandmarkStore, _memmap, assign_faces, face_identity, identity_distance
+from .faces import FaceFollower, LandmarkStore, _memmap, assign_faces, face_identity, reid_score
 from .fit import FitConfig, Tracker
 from .report import ContactFrames
 from .media import VideoReader, _check_out_dir, _progress
@@ -332,7 +332,7 @@ def _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores):
         raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
     tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
     t = time.perf_counter()
-    faces = assign_faces(follower.tracklets, lambda a, b: identity_distance(model, vids, a, b), opt.max_faces)
+    faces = assign_faces(follower.tracklets, lambda a, b: reid_score(model, vids, a, b), opt.max_faces)
     out = []
     focal = opt.focal_px
     for j, face in enumerate(faces):
