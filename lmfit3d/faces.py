@@ -248,7 +248,9 @@ class FaceFollower:
                 rec[:, 2] = pred.sigma
                 rec[:, 3] = pred.presence
                 t.end = n
-                t.size += float(np.nanmax(np.ptp(pred.mu, 0)))
+                ok = np.isfinite(pred.mu).all(1)
+                if ok.any():
+                    t.size += float(np.ptp(pred.mu[ok], 0).max())
                 col = face_colour(frame, pred.mu)
                 if col is not None:
                     ok = np.isfinite(col[:, :1])
