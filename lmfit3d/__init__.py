@@ -8,7 +8,7 @@ Pipeline modules, imports flowing one way::
 
     model -> rotation / skinning -> camera / calibration -> imaging / render -> landmarks -> energy
           -> sparsity -> terms -> intersection / tracking_points / tracking_normal / gradients -> solvers
-          -> frame_lm -> problem -> fit -> detect / predict (ONNX) -> temporal -> capture
+          -> frame_lm -> problem -> fit -> detect / predict (ONNX) -> temporal -> faces -> capture
           -> media / points68 -> outputs -> gltf / report -> exports -> track
           -> landmark_files / capture_files / stills / streams -> live -> batch -> warmup -> cli
     (docs/architecture.md)
@@ -22,7 +22,7 @@ _SUBMODULES = (
     "landmarks",
     "sparsity", "energy", "terms", "intersection", "tracking_points", "tracking_normal", "capture_cameras",
     "gradients", "simd",
-    "solvers", "frame_lm", "problem", "fit", "synthetic", "detect", "predict", "temporal", "capture", "media",
+    "solvers", "frame_lm", "problem", "fit", "synthetic", "detect", "predict", "temporal", "faces", "capture", "media",
     "outputs", "gltf", "report", "exports", "track", "landmark_files", "capture_files", "stills", "streams", "live",
     "batch", "cli",
 )

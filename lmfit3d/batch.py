@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .media import _check_out_dir
 from .model import load_model
-from .outputs import track_output_names
+from .outputs import face_output_names, track_output_names
 from .paths import raise_on_sigterm
 from .stills import fit_image, still_output_names
 from .track import track_video
@@ -20,9 +20,11 @@ def output_names(kind, path, options):
     stem = Path(path).stem
     if kind == "video":
         csv, arkit, npz, overlay, meshes, glb, report = track_output_names(stem)[0]
+        faces = [n for k in range(1, options.face_limit(True)) for n in face_output_names(stem, k)
+                 if options.mesh_every or not n.endswith("_meshes")]
         return ([csv, arkit, npz] + [overlay] * bool(options.overlay) + [meshes] * bool(options.mesh_every)
-                + [glb] * bool(options.gltf) + [report] * bool(options.report))
-    names, _ = still_output_names(stem, options.max_faces, options.mesh_format)
+                + [glb] * bool(options.gltf) + [report] * bool(options.report) + list(dict.fromkeys(faces)))
+    names, _ = still_output_names(stem, options.face_limit(False), options.mesh_format)
     if options.gltf:
         names = names + [n.rsplit(".", 1)[0] + ".glb" for n in names if n.endswith(".json")]
     return names

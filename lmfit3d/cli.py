@@ -414,6 +414,10 @@ def _add_track(sub):
                    help="fit the raw landmarks with the temporal term (default 0.1) instead of the "
                         "zero-lag smoothed tracks (default: smoothed, temporal weight 0)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    p.add_argument("--max-faces", type=int, default=None, metavar="N",
+                   help="track at most N faces at a time, each with its own identity and a stable id (face 0, "
+                        "the main face: NAME.csv ...; face K: NAME_faceK.csv ...; NAME_faces.csv: all); "
+                        "default 1: one face at a time, whoever is largest")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_track)
 
@@ -453,7 +457,7 @@ def _media_run(args, kind):
                        focal_px=args.focal, mesh_every=args.mesh_every, mesh_format=args.mesh_format,
                        overlay=args.overlay, overlay_style=args.overlay_style, gltf=args.gltf,
                        report=args.report, max_frames=args.max_frames,
-                       max_faces=getattr(args, "max_faces", 10), landmark_loss=args.landmark_loss,
+                       max_faces=getattr(args, "max_faces", None), landmark_loss=args.landmark_loss,
                        loss_scale=args.loss_scale, progress=not args.quiet and sys.stderr.isatty())
     inputs = args.inputs
     if not inputs:
@@ -476,7 +480,9 @@ def _media_run(args, kind):
         if kind == "video":
             t = res.timings
             fps = res.frames / max(sum(t.values()), 1e-9)
-            print(f"{path}: {res.frames} frames, {res.success} with a face ({100 * res.success_rate:.1f} %), "
+            faces = "" if res.faces <= 1 else (f", {res.faces} faces ({res.any_face} frames with any face; "
+                                               f"per face {res.face_frames})")
+            print(f"{path}: {res.frames} frames, {res.success} with a face ({100 * res.success_rate:.1f} %){faces}, "
                   f"{fps:.1f} frames/s -> {args.output}")
         else:
             n = res.get("faces", 1)

@@ -101,19 +101,20 @@ class FaceDetector:
         kps = (r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]) @ m[:, :2].T + m[:, 2]
         return corners.reshape(-1, 4), kps, scores[keep]
 
-    def __call__(self, image, levels=4):
+    def __call__(self, image, levels=4, exhaustive=False):
         """Faces in an (H, W, 3) uint8 RGB image, largest first (list of :class:`Detection`).
 
         The whole image is searched first (letterboxed); when it holds no face, ever smaller
         overlapping windows are searched (``levels`` - 1 more levels, each half the window size
         with half-window strides), since the short-range model only finds faces larger than about
-        a tenth of its input.
+        a tenth of its input.  ``exhaustive``: every level is searched even when faces were found
+        (small faces beside large ones; video newcomers).
         """
         h, w = image.shape[:2]
         side = float(max(h, w))
         found = [self._raw(image, ROI(w / 2.0, h / 2.0, side, 0.0))]
         for level in range(1, levels):
-            if found[0][2].size or sum(f[2].size for f in found):
+            if not exhaustive and (found[0][2].size or sum(f[2].size for f in found)):
                 break
             win = side / 2 ** level
             for cy in _window_centres(h, win):

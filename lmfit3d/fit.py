@@ -190,6 +190,19 @@ class Tracker:
             prob.set_frame(mu, sigma, prev)
         return prob
 
+    def fresh(self, focal=None):
+        """A new tracker for another face: the same model, tables, camera and settings, no frames seen,
+        no keyframes; identity zeros unless fixed; focal length ``focal`` held when given."""
+        import copy
+        tr = copy.copy(self)
+        tr.x = tr.prev = tr._frame_prob = tr._inter_key = tr.inter = None
+        tr.keyframes = []
+        if not tr.identity_fixed:
+            tr.identity = np.zeros(self.model.n_identity)
+        if focal is not None:
+            tr.focal, tr.focal_known = float(focal), True
+        return tr
+
     def reset(self):
         """Forget the previous frame (e.g. after a scene cut); identity and keyframes are kept."""
         self.x = None

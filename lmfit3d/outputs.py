@@ -131,11 +131,20 @@ def _timecode(t, fps):
 
 
 def track_output_names(name):
-    """File and folder names of one tracked video's output set (``lmfit3d track``), and the regular
-    expression matching every member (a rerun replaces the whole set)."""
+    """File and folder names of one tracked video's output set (``lmfit3d track``; the main face's
+    and the set's own, :func:`face_output_names` for the other faces), and the regular expression
+    matching every member, any face count (a rerun replaces the whole set)."""
     names = (f"{name}.csv", f"{name}_arkit.csv", f"{name}.npz", f"{name}_overlay.mp4", f"{name}_meshes",
              f"{name}.glb", f"{name}_report.html")
-    return names, "|".join(re.escape(n) for n in names)
+    faces = rf"{re.escape(name)}_faces\.csv|{re.escape(name)}_face\d+(\.csv|_arkit\.csv|\.npz|_meshes)"
+    return names, "|".join(re.escape(n) for n in names) + "|" + faces
+
+
+def face_output_names(name, k):
+    """Output names of face k (>= 1) of a tracked video NAME: NAME_faceK.csv, NAME_faceK_arkit.csv,
+    NAME_faceK.npz, NAME_faceK_meshes; and NAME_faces.csv (every face, one row per face per frame)."""
+    stem = f"{name}_face{k}"
+    return (f"{stem}.csv", f"{stem}_arkit.csv", f"{stem}.npz", f"{stem}_meshes", f"{name}_faces.csv")
 
 
 class _Outputs:
@@ -146,7 +155,7 @@ class _Outputs:
     not write are removed, except the paths in ``keep``); otherwise only the written files.
     """
 
-    def __init__(self, out_dir, name, model, fps, options, work, whole_set=True, keep=()):
+    def __init__(self, out_dir, name, model, fps, options, work, whole_set=True, keep=(), n_faces=1):
         self.out_dir = Path(out_dir)
         self.work = Path(work)
         self.name = name
@@ -157,12 +166,21 @@ class _Outputs:
         self.keep = keep
         self._names = []
         self.final = []
-        self.csv_f = self._open(f"{name}.csv")
-        self.csv = csv.writer(self.csv_f)
-        self.csv.writerow(csv_header(model.expression_names))
-        self.ark_f = self._open(f"{name}_arkit.csv")
-        self.ark = csv.writer(self.ark_f)
-        self.ark.writerow(["Timecode", "BlendShapeCount"] + list(ARKIT_NAMES) + list(ARKIT_POSE))
+        self._files = []
+        header = csv_header(model.expression_names)
+        ark_header = ["Timecode", "BlendShapeCount"] + list(ARKIT_NAMES) + list(ARKIT_POSE)
+        self.streams = []           # per face: (NAME.csv writer, NAME_arkit.csv writer)
+        for k in range(n_faces):
+            stem = name if k == 0 else f"{name}_face{k}"
+            c, a = csv.writer(self._open(f"{stem}.csv")), csv.writer(self._open(f"{stem}_arkit.csv"))
+            c.writerow(header)
+            a.writerow(ark_header)
+            self.streams.append((c, a))
+        self.csv, self.ark = self.streams[0]
+        self.all_faces = None       # NAME_faces.csv: one row per fitted face per frame
+        if n_faces > 1:
+            self.all_faces = csv.writer(self._open(f"{name}_faces.csv"))
+            self.all_faces.writerow(header[:1] + ["face_id"] + header[1:])
         self.writer = None
         if options.overlay:
             import imageio.v2 as imageio
@@ -170,15 +188,20 @@ class _Outputs:
             self._names.append(path.name)
             self.writer = imageio.get_writer(str(path), format="FFMPEG", fps=fps, codec="libx264",
                                              quality=7, macro_block_size=1, ffmpeg_log_level="error")
-        self.mesh_dir = None
+        self.mesh_dirs = []
         if options.mesh_every:
-            self.mesh_dir = self.work / f"{name}_meshes"
-            self.mesh_dir.mkdir()
-            self._names.append(self.mesh_dir.name)
+            for k in range(n_faces):
+                d = self.work / (f"{name}_meshes" if k == 0 else f"{name}_face{k}_meshes")
+                d.mkdir()
+                self._names.append(d.name)
+                self.mesh_dirs.append(d)
+        self.mesh_dir = self.mesh_dirs[0] if self.mesh_dirs else None
 
     def _open(self, fname):
         self._names.append(fname)
-        return open(self.work / fname, "x", newline="")
+        fh = open(self.work / fname, "x", newline="")
+        self._files.append(fh)
+        return fh
 
     def add(self, fname):
         """Register a finished file ``fname`` written into ``work`` (moved into place by :meth:`commit`)."""
@@ -186,28 +209,35 @@ class _Outputs:
             raise ValueError(f"{self.work / fname}: no such output")
         self._names.append(fname)
 
-    def write_frame(self, f, row, arkit_row):
-        """Append frame f's rows to NAME.csv and NAME_arkit.csv."""
-        self.csv.writerow(row)
-        self.ark.writerow(arkit_row)
+    def write_frame(self, f, row, arkit_row, face=0):
+        """Append frame f's rows of face ``face`` to its NAME.csv and NAME_arkit.csv (NAME_faceK.*),
+        and a fitted face's row to NAME_faces.csv."""
+        c, a = self.streams[face]
+        c.writerow(row)
+        a.writerow(arkit_row)
+        if self.all_faces is not None and row[2] == 1:
+            self.all_faces.writerow(row[:1] + [face] + row[1:])
 
     def commit(self, npz=None):
-        """Close the streams, write NAME.npz (unless ``npz`` is None) and move every output into
-        ``out_dir`` (:func:`lmfit3d.paths.commit_outputs`)."""
-        self.csv_f.close()
-        self.ark_f.close()
+        """Close the streams, write NAME.npz (unless ``npz`` is None; a list: one dict per face, face
+        K >= 1 as NAME_faceK.npz) and move every output into ``out_dir``
+        (:func:`lmfit3d.paths.commit_outputs`)."""
+        for fh in self._files:
+            fh.close()
         if self.writer is not None:
             self.writer.close()
         if npz is not None:
-            with open(self.work / f"{self.name}.npz", "xb") as fh:
-                np.savez(fh, **npz)
-            self._names.append(f"{self.name}.npz")
+            for k, d in enumerate(npz if isinstance(npz, list) else [npz]):
+                fname = f"{self.name}.npz" if k == 0 else f"{self.name}_face{k}.npz"
+                with open(self.work / fname, "xb") as fh:
+                    np.savez(fh, **d)
+                self._names.append(fname)
         stale = track_output_names(self.name)[1] if self.whole_set else None
         self.final = commit_outputs(self.out_dir, self.work, self._names, stale, self.keep)
 
     def abort(self):
         """Close the streams (the private folder and its files are removed by its owner)."""
-        for fh in (self.csv_f, self.ark_f):
+        for fh in self._files:
             try:
                 fh.close()
             except Exception:

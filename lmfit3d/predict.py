@@ -422,13 +422,14 @@ class MediaPipeLandmarks:
     def vertex_ids(self):
         return self.manifest.vertex_ids
 
-    def detect(self, image, max_candidates=3, levels=4):
+    def detect(self, image, max_candidates=3, levels=4, exhaustive=False):
         """ROIs of the detected faces, largest (the main subject) first, at most ``max_candidates``.
 
-        ``levels`` > 1 lets the detector search smaller windows when the whole frame holds no face.
+        ``levels`` > 1 lets the detector search smaller windows when the whole frame holds no face
+        (always, with ``exhaustive``: :class:`lmfit3d.detect.FaceDetector`).
         """
         t = time.perf_counter()
-        dets = self.detector(image, levels)
+        dets = self.detector(image, levels, exhaustive)
         self.timings["detect"] += time.perf_counter() - t
         return [d.roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale) for d in dets[:max_candidates]]
 
@@ -493,6 +494,21 @@ class MediaPipeLandmarks:
         ``presence_threshold``; the detector's candidates are tried largest first.  Returns a
         :class:`Prediction`, or None when no face is found.
         """
+        pred = self.follow(image)
+        if pred is not None:
+            return pred
+        # while lost, the (slow) small-face window search runs on every ``search_every``-th frame only
+        deep = self._lost % self.search_every == 0
+        self._lost += 1
+        for roi in self.detect(image, levels=4 if deep else 1):
+            pred = self.start(image, roi)
+            if pred is not None:
+                return pred
+        return None
+
+    def follow(self, image):
+        """The tracked face in this frame (its ROI from the previous frame's landmarks), or None
+        (the face is lost: the tracking state is cleared; no detector runs)."""
         if self.roi is not None:
             eyes = (0, 1)
             if self.iris_policy == "alternate":
@@ -504,17 +520,33 @@ class MediaPipeLandmarks:
                 return pred
         self.roi = None
         self._iris_crop = None
-        # while lost, the (slow) small-face window search runs on every ``search_every``-th frame only
-        deep = self._lost % self.search_every == 0
-        self._lost += 1
-        for roi in self.detect(image, levels=4 if deep else 1):
-            for r in (roi, roi.scaled(0.8)):       # a tighter crop rescues some turned or small faces
-                pred = self.predict(image, r)
-                if pred.presence >= self.presence_threshold:
-                    self.roi = self.mesh.roi_from_points(pred.points[:468])
-                    self._lost = 0
-                    return pred
         return None
+
+    def start(self, image, roi):
+        """Start tracking the face of a detector candidate ``roi`` (tried as given, then x0.8, a
+        tighter crop that rescues some turned or small faces): its :class:`Prediction` when the face
+        score reaches ``presence_threshold`` (the tracking state then follows it), else None."""
+        for r in (roi, roi.scaled(0.8)):
+            pred = self.predict(image, r)
+            if pred.presence >= self.presence_threshold:
+                self.roi = self.mesh.roi_from_points(pred.points[:468])
+                self._lost = 0
+                return pred
+        return None
+
+    _STATE = ("roi", "_lost", "_iris_crop", "_iris_next", "_lid_delta")
+
+    def get_state(self):
+        """The tracking state of the followed face (a tuple; :meth:`set_state` restores it), so one
+        predictor follows several faces in turn (:mod:`lmfit3d.faces`)."""
+        return tuple(getattr(self, k) for k in self._STATE)
+
+    def set_state(self, state=None):
+        """Restore a state of :meth:`get_state`; None: a fresh state (no face followed)."""
+        if state is None:
+            state = (None, 0, None, 0, np.zeros((2, 71, 2)))
+        for k, v in zip(self._STATE, state):
+            setattr(self, k, v)
 
     def faces(self, image, max_faces=10):
         """Every face of a still image, largest first (at most ``max_faces``): the detector's
@@ -665,8 +697,9 @@ class NetworkLandmarks:
         self.timings["detect"] += time.perf_counter() - t
         return [] if best is None else [best]
 
-    def detect(self, image, max_candidates=3):
-        """Candidate ROIs, largest face first: BlazeFace when set up, else :meth:`search`."""
+    def detect(self, image, max_candidates=3, levels=4, exhaustive=False):
+        """Candidate ROIs, largest face first: BlazeFace when set up (``levels``, ``exhaustive``:
+        :class:`lmfit3d.detect.FaceDetector`), else :meth:`search`."""
         t = time.perf_counter()
         if self._detector is None:
             try:
@@ -675,7 +708,7 @@ class NetworkLandmarks:
                 self._detector = False
         if self._detector is False:
             return self.search(image)
-        dets = self._detector(image)
+        dets = self._detector(image, levels, exhaustive)
         self.timings["detect"] += time.perf_counter() - t
         return [d.roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale) for d in dets[:max_candidates]]
 
@@ -685,18 +718,39 @@ class NetworkLandmarks:
     def track(self, image):
         """Next frame of a video: ROI from the previous landmarks, detector (or search) when lost.
         Returns a :class:`Prediction`, or None when no face is found."""
+        pred = self.follow(image)
+        if pred is not None:
+            return pred
+        for roi in self.detect(image):
+            pred = self.start(image, roi)
+            if pred is not None:
+                return pred
+        return None
+
+    def follow(self, image):
+        """The tracked face in this frame, or None (lost; the state is cleared)."""
         if self.roi is not None:
             pred = self.predict(image, self.roi)
             if pred.presence >= self.presence_threshold:
                 self.roi = self.roi_from_points(pred.points)
                 return pred
         self.roi = None
-        for roi in self.detect(image):
-            pred = self._refined(image, roi)
-            if pred.presence >= self.presence_threshold:
-                self.roi = self.roi_from_points(pred.points)
-                return pred
         return None
+
+    def start(self, image, roi):
+        """Start tracking the face of a detector candidate ``roi`` (refined): its prediction, or None."""
+        pred = self._refined(image, roi)
+        if pred.presence >= self.presence_threshold:
+            self.roi = self.roi_from_points(pred.points)
+            return pred
+        return None
+
+    def get_state(self):
+        """The tracking state of the followed face (see :meth:`MediaPipeLandmarks.get_state`)."""
+        return (self.roi,)
+
+    def set_state(self, state=None):
+        self.roi = None if state is None else state[0]
 
     def faces(self, image, max_faces=10):
         """Every face of a still image, largest first (at most ``max_faces``): detector (or search)

@@ -303,3 +303,26 @@ def draw_points(image, points, color, radius=1):
             ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
             out[y[ok], x[ok]] = color
     return out
+
+
+# 3 x 5 bitmaps of the digits 0-9 (rows top to bottom, 3 bits each, most significant bit left)
+_DIGITS = ((7, 5, 5, 5, 7), (2, 6, 2, 2, 7), (7, 1, 7, 4, 7), (7, 1, 7, 1, 7), (5, 5, 7, 1, 1),
+           (7, 4, 7, 1, 7), (7, 4, 7, 5, 7), (7, 1, 1, 1, 1), (7, 5, 7, 5, 7), (7, 5, 7, 1, 7))
+
+
+def draw_label(image, number, x, y, color=(255, 255, 0), scale=3):
+    """``image`` (H, W, 3) uint8 with the integer ``number`` written in block digits (3 x 5 cells of
+    ``scale`` px, on a dark box) with its top-left corner at pixel (x, y); returns a new image."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    text = str(int(number))
+    x, y = int(x), int(y)
+    box = out[max(y - scale, 0):max(min(y + 6 * scale, h), 0), max(x - scale, 0):max(min(x + 4 * scale * len(text), w), 0)]
+    box //= 3
+    for k, ch in enumerate(text):
+        for r, bits in enumerate(_DIGITS[int(ch)]):
+            for c in range(3):
+                if bits >> (2 - c) & 1:
+                    x0, y0 = x + (4 * k + c) * scale, y + r * scale
+                    out[max(y0, 0):max(min(y0 + scale, h), 0), max(x0, 0):max(min(x0 + scale, w), 0)] = color
+    return out

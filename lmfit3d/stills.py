@@ -117,7 +117,7 @@ def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, i
 
 
 def fit_image(path, out_dir, options=None, model=None, predictor=None, keep=()):
-    """Fit every face of one still image (at most ``options.max_faces``, largest first).
+    """Fit every face of one still image (at most ``options.face_limit(False)``, default 10, largest first).
 
     Writes NAME.obj (or .ply) and NAME.json for the largest face, NAME_face1.*, NAME_face2.* ... for
     the others, and one NAME_overlay.png with all of them.  Identity, expression and pose are fitted
@@ -132,7 +132,7 @@ def fit_image(path, out_dir, options=None, model=None, predictor=None, keep=()):
     mp = predictor or make_predictor(opt)
     if hasattr(mp, "faces"):
         img = read_image(path)
-        preds = mp.faces(img, opt.max_faces)
+        preds = mp.faces(img, opt.face_limit(False))
         if not preds:
             raise ValueError(f"{path}: no face found")
     else:

@@ -336,3 +336,55 @@ def make_multiview(model, vertex_ids, rng, n_cameras=4, n_frames=10, noise_px=1.
     tr_ = lambda a: np.ascontiguousarray(np.swapaxes(np.asarray(a), 0, 1))  # noqa: E731
     return MultiView(tr_(mus), tr_(sig), tr_(clean), rot, tr, np.full(n_cameras, cam.focal),
                      np.tile([float(image_px), float(image_px)], (n_cameras, 1)), params, tr_(occ))
+
+
+# --------------------------------------------------------------------------------------------
+# Several heads in one video (multi-face tracking)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MultiFaceClip:
+    """A rendered clip of several heads with known identities.
+
+    frames : list of (H, W, 3) uint8; identities : (N, K) each head's identity;
+    centres : (F, N, 2) pixels, each head's projected model origin (NaN: not in the frame);
+    cut : first frame of the second shot; camera : the one camera (focal in pixels).
+    """
+    frames: list
+    identities: np.ndarray
+    centres: np.ndarray
+    cut: int
+    camera: Camera
+
+
+def multi_face_clip(model, rng, n_heads=2, shot=10, size=(400, 240), face_px=95.0, leave=3):
+    """Two shots of ``shot`` frames: the heads side by side (random identities, skin tones, slow
+    turns), the last head leaving the frame on the last ``leave`` frames of shot 1; then a cut (the
+    background changes) to shot 2, where the heads' places are reversed (head 0 takes the last
+    head's place ...) and every head is back.  Head k is rendered over heads < k."""
+    w, h = size
+    cam = Camera.from_fov(w, h, 40.0)
+    depth = cam.focal * FACE_WIDTH_MM / face_px
+    ids = rng.normal(size=(n_heads, model.n_identity))
+    looks = [random_look(model, rng, ids[k], 1) for k in range(n_heads)]
+    places = (np.arange(n_heads) + 0.5) / n_heads * w
+    grey = rng.choice(np.arange(40, 200, 20), size=2, replace=False)
+    frames, centres = [], np.full((2 * shot, n_heads, 2), np.nan)
+    phase = rng.uniform(0, 2 * np.pi, n_heads)
+    for f in range(2 * shot):
+        second = f >= shot
+        img = np.full((h, w, 3), int(grey[int(second)]), np.uint8)
+        for k in range(n_heads):
+            u = places[n_heads - 1 - k] if second else places[k]
+            if not second and k == n_heads - 1 and f >= shot - leave:
+                continue                                    # the last head has left the frame
+            u = u + 6.0 * np.sin(0.4 * f + phase[k])
+            x = (u - w / 2) * depth / cam.focal
+            rot = np.zeros((model.n_joints, 3))
+            rot[0] = [0.05 * np.sin(0.3 * f + phase[k]), 0.25 * np.sin(0.25 * f + phase[k]), 0.0]
+            p = Params(ids[k], np.zeros(model.n_expression), rot, np.array([x, 0.0, -depth]))
+            look = Look(looks[k].albedo, looks[k].light, img)
+            img = render_face(model, p, cam, look).image
+            centres[f, k] = cam.project(p.translation[None])[0]
+        frames.append(img)
+    return MultiFaceClip(frames, ids, centres, shot, cam)

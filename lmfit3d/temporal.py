@@ -157,10 +157,11 @@ def is_cut(mu, prev_centre, threshold):
     return c, prev_centre is not None and np.hypot(*(c - prev_centre)) > threshold * extent
 
 
-def shot_segments(mu, cut_threshold):
+def shot_segments(mu, cut_threshold, breaks=()):
     """Shot of each frame (n,) int64 (-1: fewer than 3 landmarks) from mu (n, L, 2): a new shot starts
-    after a frame without a face and at a scene cut (:func:`is_cut`); the second pass starts the
-    tracker afresh at each."""
+    after a frame without a face, at a scene cut (:func:`is_cut`) and at the frames ``breaks`` (the
+    starts of a face's tracks, :mod:`lmfit3d.faces`); the second pass starts the tracker afresh at each."""
+    breaks = set(int(b) for b in breaks)
     seg = np.full(mu.shape[0], -1, np.int64)
     cur, prev_c = -1, None
     for f in range(mu.shape[0]):
@@ -169,7 +170,7 @@ def shot_segments(mu, cut_threshold):
             prev_c = None
             continue
         prev_c, cut = is_cut(m, prev_c, cut_threshold)
-        if cut or f == 0 or seg[f - 1] < 0:
+        if cut or f == 0 or seg[f - 1] < 0 or f in breaks:
             cur += 1
         seg[f] = cur
     return seg

@@ -20,11 +20,12 @@ The outputs' columns and their writers are in :mod:`lmfit3d.outputs`; frame sour
 """
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from .faces import FaceFollower, LandmarkStore, _memmap, assign_faces, face_identity, reid_score
 from .fit import FitConfig, Tracker
 from .report import ContactFrames
 from .media import VideoReader, _check_out_dir, _progress
@@ -32,8 +33,9 @@ from .meshio import write_obj, write_ply
 from .model import load_model
 from .outputs import OVERLAY_STYLES, FrameRows, _OverlayRenderer, _Outputs
 from .exports import write_extras
-from .paths import new_file, reserve, work_dir
+from .paths import work_dir
 from .predict import MediaPipeLandmarks, NetworkLandmarks
+from .render import draw_label
 from .skinning import evaluate_mesh
 from .temporal import is_cut, frame_noise_variance, shot_segments, smooth_shots
 
@@ -70,7 +72,7 @@ class TrackOptions:
     max_frames: int = None
     cut_threshold: float = 0.35
     identity_stride: int = 2
-    max_faces: int = 10
+    max_faces: int = None
     frame_noise: bool = True
     smooth: bool = True
     landmark_loss: str = "squared"
@@ -90,7 +92,7 @@ class TrackOptions:
             raise ValueError(f"iris_policy must be alternate or both, got {self.iris_policy!r}")
         if self.identity_stride < 1:
             raise ValueError(f"identity_stride must be >= 1, got {self.identity_stride}")
-        if self.max_faces < 1:
+        if self.max_faces is not None and self.max_faces < 1:
             raise ValueError(f"--max-faces must be >= 1, got {self.max_faces}")
         if self.sigma_jitter < 0:
             raise ValueError(f"--sigma-jitter must be >= 0, got {self.sigma_jitter}")
@@ -104,6 +106,11 @@ class TrackOptions:
             from .exports import require_gltf
             require_gltf()
         self.config()           # ValueError on a bad --landmark-loss / --loss-scale
+
+    def face_limit(self, video):
+        """At most this many faces: ``max_faces``, or by default 1 in a video (the largest face; more
+        with ``--max-faces N``, :mod:`lmfit3d.faces`) and 10 in a photo."""
+        return self.max_faces if self.max_faces is not None else (1 if video else 10)
 
     def config(self):
         """The fitter's settings: FitConfig defaults, with the temporal weight of video tracking
@@ -131,6 +138,9 @@ class TrackSummary:
     warnings: list = field(default_factory=list)
     truncated: bool = False
     expected_frames: int = None
+    faces: int = 1
+    face_frames: list = field(default_factory=list)
+    any_face: int = 0
 
     @property
     def success_rate(self):
@@ -149,10 +159,17 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
     predictor : MediaPipeLandmarks (default: built from ``options``).
     keep : paths never removed as stale members of an earlier run's output set (the inputs).
 
+    Every face is tracked (at most ``options.max_faces``; :mod:`lmfit3d.faces`): face 0, the main
+    face, writes NAME.csv, NAME_arkit.csv, NAME.npz (and NAME_meshes/), every other face K the same
+    files as NAME_faceK.csv, NAME_faceK_arkit.csv, NAME_faceK.npz (NAME_faceK_meshes/); with more
+    than one face, NAME_faces.csv holds one row per face per frame it was fitted (``face_id``, then
+    the NAME.csv columns) and the overlay draws every face with its id.  ``max_faces`` 1: the
+    single-face tracking (one face followed at a time, whoever it is).
+
     Every output is written into a private temporary folder in ``out_dir`` and moved into place as
     one set when complete (:func:`lmfit3d.paths.commit_outputs`): a rerun replaces the whole set
-    NAME.csv, NAME_arkit.csv, NAME.npz, NAME_overlay.mp4, NAME_meshes/ (members it does not write are
-    removed); a failed or interrupted run leaves nothing behind.
+    (:func:`lmfit3d.outputs.track_output_names`; members it does not write are removed); a failed
+    or interrupted run leaves nothing behind.
 
     Returns
     -------
@@ -168,26 +185,34 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
     summary = TrackSummary(str(getattr(reader, "path", name)))
     tm = {"decode": 0.0, "detect": 0.0, "landmarks": 0.0, "fit": 0.0, "write": 0.0}
     mp.timings = {"detect": 0.0, "landmarks": 0.0}
-    store = work = None
+    stores = []
+    work = None
     try:
         with work_dir(out_dir, name) as work:
-            store = _Store(work / "landmarks.npy", reader.n_frames_hint or 1024, mp.vertex_ids.size)
             sheet = ContactFrames() if opt.report else None
-            n, image_size, tracker = _first_pass(reader, store, mp, model, opt, tm, sheet)
+            if opt.face_limit(True) == 1:
+                store = LandmarkStore(work / "landmarks.npy", reader.n_frames_hint or 1024, mp.vertex_ids.size)
+                stores.append(store)
+                n, image_size, tracker = _first_pass(reader, store, mp, model, opt, tm, sheet)
+                faces = [(store.arr, tracker.identity.copy(), tracker.focal, ())]
+            else:
+                n, image_size, faces = _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores)
             _check_decoded(reader, n, opt, summary)
             # ---- pass 2: track with identity and focal held; stream outputs
             summary.frames = n
-            outs = _Outputs(out_dir, name, model, reader.fps, opt, work, keep=keep)
+            summary.faces = len(faces)
+            outs = _Outputs(out_dir, name, model, reader.fps, opt, work, keep=keep, n_faces=len(faces))
             try:
-                npz = _second_pass(store.arr, n, model, mp.vertex_ids, image_size, tracker.focal,
-                                   tracker.identity.copy(), opt.config(), opt, outs, summary, tm, reader)
-                write_extras(outs, model, opt, npz, sheet, tm)
-                outs.commit(npz)
+                npzs = _second_pass(faces, n, model, mp.vertex_ids, image_size, opt, outs, summary, tm, reader)
+                write_extras(outs, model, opt, npzs[0], sheet, tm)
+                outs.commit(npzs)
             except BaseException:
                 outs.abort()
                 raise
             finally:
-                store.close()
+                for st in stores:
+                    st.close()
+                faces = None
             summary.outputs = [str(p) for p in outs.final]
     except OSError as exc:
         # a failed write of an open or temporary file (a full disk): name the output folder and input
@@ -196,8 +221,8 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
                           str(out_dir)) from None
         raise
     finally:
-        if store is not None:
-            store.close()
+        for st in stores:
+            st.close()
     summary.timings = tm
     return summary
 
@@ -269,129 +294,228 @@ def _check_decoded(reader, n, opt, summary):
                                 f"looks truncated or damaged" + (f" ({problem})" if problem else ""))
 
 
-def _memmap(path, shape):
-    """A float32 array of ``shape`` mapped to the new file ``path`` (created exclusively, its disk
-    space allocated at once: a full disk is an OSError here, not a SIGBUS later)."""
-    new_file(path)
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-    reserve(path, os.path.getsize(path))
-    return arr
+def _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores):
+    """Pass 1 for every face (:class:`lmfit3d.faces.FaceFollower`): landmarks of each face track into
+    its slot's store (appended to ``stores``), an identity tracker per track; then the tracks linked
+    into faces (:func:`lmfit3d.faces.assign_faces`).  Returns the frame count, the image size and per
+    face (landmark array (F, L, 6), identity, focal, first frames of its tracks); face 0 first."""
+    cfg = opt.config()
+    vids = mp.vertex_ids
+    cap = reader.n_frames_hint or 1024
+    proto = []
+
+    def new_tracker():
+        return proto[0].fresh()
+
+    def new_store(slot, fill_to):
+        st = LandmarkStore(work / f"landmarks{slot}.npy", cap, vids.size, fill_to)
+        stores.append(st)
+        return st
+
+    follower = FaceFollower(mp, new_tracker, new_store, opt.face_limit(True), opt.identity_stride, opt.cut_threshold,
+                            cfg.max_keyframes, tm)
+    n, image_size = 0, None
+    pbar = _progress(opt.progress, reader.n_frames_hint, f"{reader.name} landmarks")
+    t_dec = time.perf_counter()
+    for frame in reader:
+        tm["decode"] += time.perf_counter() - t_dec
+        if opt.max_frames is not None and n >= opt.max_frames:
+            break
+        if image_size is None:
+            image_size = (frame.shape[1], frame.shape[0])
+            proto.append(Tracker(model, vids, image_size, opt.focal_px, cfg))
+        found = follower.step(frame, n)
+        if sheet is not None:
+            sheet.offer(n, frame, found[0][1].mu if found else None)
+        n += 1
+        if pbar is not None:
+            pbar.update(1)
+        t_dec = time.perf_counter()
+    if pbar is not None:
+        pbar.close()
+    if n == 0:
+        raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
+    tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
+    t = time.perf_counter()
+    faces = assign_faces(follower.tracklets, lambda a, b: reid_score(model, vids, a, b), opt.face_limit(True))
+    out = []
+    focal = opt.focal_px
+    for j, face in enumerate(faces):
+        identity, f = face_identity(face, proto[0], focal, cfg.max_keyframes)
+        focal = f if focal is None else focal           # one camera: the main face's focal length
+        out.append((_face_array(follower, j, face, n, work, vids.size, stores), identity, focal,
+                    tuple(t.start for t in face)))
+    if not out:                                          # no face anywhere: one face of empty rows
+        empty = LandmarkStore(work / "landmarks.npy", n, vids.size, n)
+        stores.append(empty)
+        out.append((empty.arr, proto[0].identity.copy(), proto[0].focal, ()))
+    tm["fit"] += time.perf_counter() - t
+    for st in stores:
+        st.arr.flush()
+    return n, image_size, out
 
 
-class _Store:
-    """Pass 1's disk-backed landmark array (F, L, 6): mu, sigma, presence, fitted uv; grows by doubling."""
-
-    def __init__(self, path, cap, n_landmarks):
-        self.path = Path(path)
-        self.arr = _memmap(self.path, (cap, n_landmarks, 6))
-
-    def put(self, f, rec):
-        if f >= self.arr.shape[0]:
-            tmp = self.path.with_suffix(".grow.npy")
-            new = _memmap(tmp, (max(2 * f, 64),) + self.arr.shape[1:])
-            new[:f] = self.arr[:f]
-            new.flush()
-            self.arr = None
-            os.replace(tmp, self.path)
-            self.arr = new
-        self.arr[f] = rec
-
-    def close(self):
-        self.arr = None
+def _face_array(follower, j, face, n, work, n_landmarks, stores):
+    """The landmark array (F, L, 6) of face j: its slot's store when the face is all that slot holds,
+    else a new store with the face's tracks copied in (NaN elsewhere)."""
+    slots = {t.slot for t in face}
+    if len(slots) == 1:
+        s = next(iter(slots))
+        if all(t.face == j for t in follower.tracklets if t.slot == s) and follower.stores[s].arr.shape[0] >= n:
+            return follower.stores[s].arr
+    st = LandmarkStore(work / f"face{j}.npy", n, n_landmarks, n)
+    stores.append(st)
+    for t in face:
+        src = follower.stores[t.slot].arr
+        for a in range(t.start, t.end + 1, 256):
+            b = min(t.end + 1, a + 256)
+            st.arr[a:b] = src[a:b]
+    return st.arr
 
 
-def _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, opt, outs, summary, tm, reader):
-    """Pass 2's per-frame loop: fit (smoothed tracks when given), write rows, meshes and overlay."""
-    frames = iter(reader) if opt.overlay else None
-    overlay = _OverlayRenderer(model, opt.overlay_style) if opt.overlay else None
-    pbar = _progress(opt.progress, n, f"{reader.name} fit")
-    for f in range(n):
-        rec = np.asarray(arr[f], dtype=np.float64)
-        mu, sigma, presence = rec[:, 0:2], rec[:, 2], rec[:, 3]
-        fit = None
+class _FaceFit:
+    """Pass 2 of one face: its shots, smoothed tracks, tracker (identity and focal held), rows and
+    result arrays."""
+
+    def __init__(self, arr, n, model, vids, image_size, focal, identity, opt, fps, tm, breaks=()):
+        cfg = opt.config()
+        self.arr, self.n, self.opt = arr, n, opt
+        self.identity, self.focal = identity, focal
+        self.tracker = Tracker(model, vids, image_size, focal, cfg, identity)
+        self.rows = FrameRows(model, identity, focal, image_size, fps, derive_gaze=not cfg.fit_gaze_shapes)
+        ne, nj = model.n_expression, model.n_joints
+        self.res = dict(expression=np.full((n, ne), np.nan), rotations=np.full((n, nj, 3), np.nan),
+                        translation=np.full((n, 3), np.nan), success=np.zeros(n, bool), confidence=np.zeros(n),
+                        cost=np.full(n, np.nan), iterations=np.zeros(n, np.int64), status=np.full(n, -2, np.int64),
+                        landmarks68=np.full((n, 68, 2), np.nan), landmarks68_3d=np.full((n, 68, 3), np.nan),
+                        fit_rms_px=np.full(n, np.nan))
+        # shots (cuts, frames without the face, the starts of its tracks) once, from the stored
+        # landmarks (a view of the disk-backed array: memory stays flat); the tracker starts afresh at each
         t = time.perf_counter()
+        mu_all = arr[:n, :, 0:2]
+        self.seg = shot_segments(mu_all, opt.cut_threshold, breaks)
+        self.noise = frame_noise_variance(mu_all, self.seg) if opt.frame_noise else np.zeros(n)
+        self.smooth = None
+        if opt.smooth and opt.frame_noise:
+            path = getattr(arr, "filename", None)
+            store = _memmap(str(path) + ".smooth.npy", (n, arr.shape[1], 3)) if path else None
+            self.smooth = smooth_shots(arr, n, self.seg, self.noise, out=store)
+        tm["fit"] += time.perf_counter() - t
+
+    def fit(self, f):
+        """(fit or None, mu (L, 2), presence) of frame f."""
+        rec = np.asarray(self.arr[f], dtype=np.float64)
+        mu, sigma, presence = rec[:, 0:2], rec[:, 2], rec[:, 3]
+        fit, seg, tracker = None, self.seg, self.tracker
         if seg[f] >= 0:
             if f == 0 or seg[f - 1] != seg[f]:
                 tracker.reset()
             sigma = np.where(np.isfinite(sigma), sigma, 1.0)
-            if smooth is not None:              # smoothed tracks, sigma widened by their variance
-                sm = np.asarray(smooth[f], dtype=np.float64)
+            if self.smooth is not None:         # smoothed tracks, sigma widened by their variance
+                sm = np.asarray(self.smooth[f], dtype=np.float64)
                 fit = tracker.step(sm[:, 0:2], np.sqrt(sigma * sigma + sm[:, 2]))
             else:
-                fit = tracker.step(mu, np.sqrt(sigma * sigma + noise[f]) if noise[f] > 0 else sigma)
+                noise = self.noise[f]
+                fit = tracker.step(mu, np.sqrt(sigma * sigma + noise) if noise > 0 else sigma)
         else:
             tracker.reset()
-        tm["fit"] += time.perf_counter() - t
-        t = time.perf_counter()
-        row, ark, vals = rows(f, fit, mu, presence[0])
-        outs.write_frame(f, row, ark)
-        if vals is not None:
-            p = fit.params
-            res["expression"][f], res["rotations"][f], res["translation"][f] = p.expression, p.rotations, p.translation
-            res["cost"][f], res["iterations"][f], res["status"][f] = fit.cost, fit.iterations, fit.status
-            res["success"][f] = True
-            for k, v in vals.items():
-                res[k][f] = v
-            arr[f, :, 4:6] = fit.uv
-            summary.success += 1
-        # the full mesh, evaluated once for the mesh file and the overlay
-        want_mesh = vals is not None and outs.mesh_dir is not None and f % opt.mesh_every == 0
-        verts = evaluate_mesh(model, fit.params) if vals is not None and (want_mesh or frames is not None) else None
-        if want_mesh:
-            (write_obj if opt.mesh_format == "obj" else write_ply)(
-                outs.mesh_dir / f"frame_{f:06d}.{opt.mesh_format}", verts, model.faces)
+        return fit, mu, presence[0]
+
+    def record(self, f, fit, vals):
+        res, p = self.res, fit.params
+        res["expression"][f], res["rotations"][f], res["translation"][f] = p.expression, p.rotations, p.translation
+        res["cost"][f], res["iterations"][f], res["status"][f] = fit.cost, fit.iterations, fit.status
+        res["success"][f] = True
+        for k, v in vals.items():
+            res[k][f] = v
+        self.arr[f, :, 4:6] = fit.uv
+
+    def close(self):
+        if self.smooth is not None and getattr(self.smooth, "filename", None):
+            name = self.smooth.filename
+            self.smooth = None
+            os.unlink(name)
+
+    def npz(self, model, vids, image_size, fps, summary, face_id, n_faces):
+        res, arr, n = self.res, self.arr, self.n
+        return dict(identity=self.identity, focal_px=np.array(self.focal), image_size=np.array(image_size),
+                    fps=np.array(fps), expression_names=np.array(model.expression_names),
+                    joint_names=np.array(model.joint_names[1:]), root_rotation=res["rotations"][:, 0],
+                    joint_rotations=res["rotations"][:, 1:], translation=res["translation"],
+                    expression=res["expression"], success=res["success"], confidence=res["confidence"],
+                    cost=res["cost"], iterations=res["iterations"], status=res["status"],
+                    landmarks68=res["landmarks68"], landmarks68_3d=res["landmarks68_3d"],
+                    fit_rms_px=res["fit_rms_px"], vertex_ids=np.asarray(vids),
+                    mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]),
+                    frame_noise_px=np.sqrt(self.noise), landmarks_fitted=np.asarray(arr[:n, :, 4:6]),
+                    units=np.array("mm"), decoded_frames=np.array(n),
+                    expected_frames=np.array(summary.expected_frames or -1), truncated=np.array(summary.truncated),
+                    face_id=np.array(face_id), faces=np.array(n_faces))
+
+
+def _fit_frames(fits, n, model, opt, outs, summary, tm, reader):
+    """Pass 2's per-frame loop over every face: fit (smoothed tracks when given), write rows, meshes
+    and the overlay (every face, with its id when there are several)."""
+    frames = iter(reader) if opt.overlay else None
+    overlay = _OverlayRenderer(model, opt.overlay_style) if opt.overlay else None
+    pbar = _progress(opt.progress, n, f"{reader.name} fit")
+    focal = fits[0].focal
+    summary.face_frames = [0] * len(fits)
+    for f in range(n):
+        drawn = []
+        anyone = False
+        for k, ff in enumerate(fits):
+            t = time.perf_counter()
+            fit, mu, presence = ff.fit(f)
+            tm["fit"] += time.perf_counter() - t
+            t = time.perf_counter()
+            row, ark, vals = ff.rows(f, fit, mu, presence)
+            outs.write_frame(f, row, ark, k)
+            if vals is not None:
+                ff.record(f, fit, vals)
+                summary.face_frames[k] += 1
+                anyone = True
+            # the full mesh, evaluated once for the mesh file and the overlay
+            mesh_dir = outs.mesh_dirs[k] if outs.mesh_dirs else None
+            want_mesh = vals is not None and mesh_dir is not None and f % opt.mesh_every == 0
+            verts = evaluate_mesh(model, fit.params) if vals is not None and (want_mesh or frames is not None) else None
+            if want_mesh:
+                (write_obj if opt.mesh_format == "obj" else write_ply)(
+                    mesh_dir / f"frame_{f:06d}.{opt.mesh_format}", verts, model.faces)
+            if verts is not None and frames is not None:
+                drawn.append((k, verts, mu, fit.uv))
+            tm["write"] += time.perf_counter() - t
+        summary.success += bool(fits[0].res["success"][f])
+        summary.any_face += anyone
         if frames is not None:
+            t = time.perf_counter()
             frame = next(frames, None)
             if frame is not None:
-                outs.writer.append_data(overlay(frame, verts, focal, mu, None if fit is None else fit.uv))
-        tm["write"] += time.perf_counter() - t
+                for k, verts, mu, uv in drawn:
+                    frame = overlay(frame, verts, focal, mu, uv)
+                if len(fits) > 1:
+                    for k, _, mu, _ in drawn:
+                        frame = draw_label(frame, k, np.nanmin(mu[:, 0]), np.nanmin(mu[:, 1]) - 20)
+                outs.writer.append_data(frame)
+            tm["write"] += time.perf_counter() - t
         if pbar is not None:
             pbar.update(1)
     if pbar is not None:
         pbar.close()
 
 
-def _second_pass(arr, n, model, vids, image_size, focal, identity, cfg, opt, outs, summary, tm, reader):
-    tracker = Tracker(model, vids, image_size, focal, cfg, identity)
-    rows = FrameRows(model, identity, focal, image_size, reader.fps, derive_gaze=not cfg.fit_gaze_shapes)
-    ne, nj = model.n_expression, model.n_joints
-    res = dict(expression=np.full((n, ne), np.nan), rotations=np.full((n, nj, 3), np.nan),
-               translation=np.full((n, 3), np.nan), success=np.zeros(n, bool), confidence=np.zeros(n),
-               cost=np.full(n, np.nan), iterations=np.zeros(n, np.int64), status=np.full(n, -2, np.int64),
-               landmarks68=np.full((n, 68, 2), np.nan), landmarks68_3d=np.full((n, 68, 3), np.nan),
-               fit_rms_px=np.full(n, np.nan))
-    # shots (cuts, frames without a face) once, from the stored landmarks (a view of the disk-backed
-    # array: memory stays flat); the tracker starts afresh at each shot
-    t = time.perf_counter()
-    mu_all = arr[:n, :, 0:2]
-    seg = shot_segments(mu_all, opt.cut_threshold)
-    noise = frame_noise_variance(mu_all, seg) if opt.frame_noise else np.zeros(n)
-    smooth = None
-    if opt.smooth and opt.frame_noise:
-        path = getattr(arr, "filename", None)
-        store = _memmap(str(path) + ".smooth.npy", (n, arr.shape[1], 3)) if path else None
-        smooth = smooth_shots(arr, n, seg, noise, out=store)
-    tm["fit"] += time.perf_counter() - t
+def _second_pass(faces, n, model, vids, image_size, opt, outs, summary, tm, reader):
+    """Pass 2 of every face (``faces``: (landmark array, identity, focal, track starts) each, face 0
+    first); returns the NPZ dict of each face."""
+    fits = []
     try:
-        _fit_frames(arr, n, seg, noise, smooth, model, focal, tracker, rows, res, opt, outs, summary, tm, reader)
+        for arr, identity, focal, breaks in faces:
+            fits.append(_FaceFit(arr, n, model, vids, image_size, focal, identity, opt, reader.fps, tm, breaks))
+        _fit_frames(fits, n, model, opt, outs, summary, tm, reader)
+        return [ff.npz(model, vids, image_size, reader.fps, summary, k, len(fits)) for k, ff in enumerate(fits)]
     finally:
-        if smooth is not None and getattr(smooth, "filename", None):
-            name = smooth.filename
-            del smooth
-            os.unlink(name)
-    npz = dict(identity=identity, focal_px=np.array(focal), image_size=np.array(image_size),
-               fps=np.array(reader.fps), expression_names=np.array(model.expression_names),
-               joint_names=np.array(model.joint_names[1:]), root_rotation=res["rotations"][:, 0],
-               joint_rotations=res["rotations"][:, 1:], translation=res["translation"],
-               expression=res["expression"], success=res["success"], confidence=res["confidence"],
-               cost=res["cost"], iterations=res["iterations"], status=res["status"],
-               landmarks68=res["landmarks68"], landmarks68_3d=res["landmarks68_3d"], fit_rms_px=res["fit_rms_px"],
-               vertex_ids=np.asarray(vids),
-               mu=np.asarray(arr[:n, :, 0:2]), sigma=np.asarray(arr[:n, :, 2]), frame_noise_px=np.sqrt(noise),
-               landmarks_fitted=np.asarray(arr[:n, :, 4:6]), units=np.array("mm"),
-               decoded_frames=np.array(n), expected_frames=np.array(summary.expected_frames or -1),
-               truncated=np.array(summary.truncated))
-    return npz
+        for ff in fits:
+            ff.close()
 
 
 def make_predictor(opt):

@@ -26,6 +26,7 @@ class _SyntheticLandmarks:
         self.mu, self.sigma, self.vertex_ids = mu, sigma, vertex_ids
         self.k = 0
         self.timings = {}
+        self.tracking = False
 
     def reset(self):
         self.k = 0
@@ -34,6 +35,24 @@ class _SyntheticLandmarks:
         mu = self.mu[self.k % len(self.mu)]
         self.k += 1
         return Prediction(mu.copy(), self.sigma.copy(), 0.9, mu.copy(), None)
+
+    # the interface of every face's tracking (lmfit3d.faces): one face, found on the first frame
+    def follow(self, frame):
+        return self.track(frame) if self.tracking else None
+
+    def detect(self, frame, max_candidates=3, levels=4, exhaustive=False):
+        from .imaging import ROI
+        return [ROI(frame.shape[1] / 2.0, frame.shape[0] / 2.0, float(min(frame.shape[:2])), 0.0)]
+
+    def start(self, frame, roi):
+        self.tracking = True
+        return self.track(frame)
+
+    def get_state(self):
+        return (self.tracking,)
+
+    def set_state(self, state=None):
+        self.tracking = bool(state and state[0])
 
 
 def synthetic_clip(model, n_frames=12, size=256, rng=None):

@@ -98,11 +98,18 @@ class _Interleaved:
     def __init__(self, predictor, run_b):
         self.predictor, self.run_b, self.k = predictor, run_b, 0
 
-    def track(self, frame):
+    def _tick(self):
         self.k += 1
         if self.k == 4:
             self.run_b()
+
+    def track(self, frame):             # the single-face path (--max-faces 1)
+        self._tick()
         return self.predictor.track(frame)
+
+    def follow(self, frame):            # every face's path: one face followed, called once a frame
+        self._tick()
+        return self.predictor.follow(frame)
 
     def __getattr__(self, name):
         return getattr(self.predictor, name)

@@ -1,0 +1,142 @@
+"""Every face of a video (issue 18): tracklets, re-identification, per-face outputs, on rendered heads."""
+import csv
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from lmfit3d.cli import main
+from lmfit3d.faces import Tracklet, assign_faces, face_colour, scene_cut
+from lmfit3d.media import FrameList
+from lmfit3d.synthetic import multi_face_clip
+from lmfit3d.track import TrackOptions, track_video
+
+
+def rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def clip(model):
+    """Two rendered heads side by side (head 1 leaves on frames 7-9), a cut at frame 10 (new
+    background) after which their places are swapped and both are back."""
+    return multi_face_clip(model, np.random.default_rng(2), n_heads=2, shot=10, size=(320, 240), face_px=90)
+
+
+@pytest.fixture(scope="module")
+def tracked(clip, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("faces")
+    s = track_video(FrameList(clip.frames, name="heads"), out, TrackOptions(progress=False, overlay=True, max_faces=3), model)
+    return s, out
+
+
+def head_of_frames(clip, npz):
+    """The head each frame's landmarks lie on (-1: no landmarks), by the nearest projected head centre."""
+    centre = np.array([np.nanmean(m, 0) if np.isfinite(m).any() else (np.nan, np.nan) for m in npz["mu"]])
+    out = np.full(len(centre), -1)
+    for f, c in enumerate(centre):
+        if np.isfinite(c).all():
+            d = np.linalg.norm(clip.centres[f] - c, axis=1)
+            out[f] = int(np.nanargmin(d))
+    return out
+
+
+def test_each_head_keeps_one_id_across_leaving_and_the_cut(clip, tracked):
+    s, out = tracked
+    assert s.faces == 2 and s.frames == 20
+    heads = []
+    for name in ("heads.npz", "heads_face1.npz"):
+        z = np.load(out / name)
+        h = head_of_frames(clip, z)
+        seen = set(h[h >= 0].tolist())
+        assert len(seen) == 1, f"{name}: id switch between heads {seen}"          # 0 id switches
+        assert (h[:clip.cut] >= 0).any() and (h[clip.cut:] >= 0).all()           # re-identified after the cut
+        assert int(z["face_id"]) == len(heads) and int(z["faces"]) == 2
+        heads.append(seen.pop())
+    assert sorted(heads) == [0, 1]
+    # the head that left the frame has no rows there; the other is on every frame
+    z1 = np.load(out / "heads_face1.npz") if heads[1] == 1 else np.load(out / "heads.npz")
+    assert not z1["success"][7:10].any() and z1["success"][:7].all()
+    assert s.face_frames[heads.index(0)] == 20
+
+
+def test_per_face_files_and_the_all_faces_table(clip, tracked):
+    s, out = tracked
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["heads.csv", "heads.npz", "heads_arkit.csv", "heads_face1.csv", "heads_face1.npz",
+                     "heads_face1_arkit.csv", "heads_faces.csv", "heads_overlay.mp4"]
+    both = rows(out / "heads_faces.csv")
+    assert len(both) == sum(s.face_frames)
+    assert list(both[0])[:3] == ["frame", "face_id", "timestamp_s"]
+    for k, name in enumerate(("heads.csv", "heads_face1.csv")):
+        own = [r for r in rows(out / name) if r["success"] == "1"]
+        mine = [r for r in both if r["face_id"] == str(k)]
+        assert [r["frame"] for r in own] == [r["frame"] for r in mine]
+        assert [r["pose_Tx"] for r in own] == [r["pose_Tx"] for r in mine]
+    assert len(rows(out / "heads_face1_arkit.csv")) == 20
+    # one camera: one focal length for both faces
+    a, b = np.load(out / "heads.npz"), np.load(out / "heads_face1.npz")
+    assert float(a["focal_px"]) == float(b["focal_px"])
+    assert not np.allclose(a["identity"], b["identity"])
+
+
+def test_max_faces_1_follows_one_face_and_a_rerun_replaces_the_set(clip, tracked, model, capsys):
+    s, out = tracked
+    one = track_video(FrameList(clip.frames, name="heads"), out, TrackOptions(progress=False, max_faces=1), model)
+    assert one.faces == 1 and one.success == 20
+    assert sorted(p.name for p in out.iterdir()) == ["heads.csv", "heads.npz", "heads_arkit.csv"]
+    assert main(["track", "x.mp4", "--max-faces", "0", "-o", str(out)]) == 2
+    assert "--max-faces must be >= 1" in capsys.readouterr().err
+
+
+def test_two_inputs_whose_face_files_would_collide_are_refused(tmp_path, capsys):
+    for stem in ("a", "a_face1"):
+        (tmp_path / f"{stem}.mp4").write_bytes(b"not a video")
+    args = ["track", str(tmp_path / "a.mp4"), str(tmp_path / "a_face1.mp4"), "-o", str(tmp_path / "o")]
+    assert main(args + ["--max-faces", "2"]) == 2
+    assert "would both write" in capsys.readouterr().err
+    assert main(args) == 1                  # one face (the default): no face files, the inputs just fail
+    assert "would both write" not in capsys.readouterr().err
+
+
+def _t(index, start, end, ident, colour, size=1.0):
+    t = Tracklet(index, 0, start, end, size=size * (end - start + 1))
+    t.tracker = SimpleNamespace(keyframes=[0], identity=np.asarray(ident, float))
+    t.colour, t.colour_n = np.asarray(colour, float)[None], np.ones((1, 1))
+    return t
+
+
+def _score(a, b):
+    return float(np.linalg.norm(a.identity() - b.identity())) + float(np.linalg.norm(a.appearance() - b.appearance()))
+
+
+def test_assign_faces_matches_best_pairs_never_two_at_once_and_drops_blips():
+    ta = _t(0, 0, 9, [0, 0], [0.5, 0.4, 0.3], size=2.0)      # person A
+    tb = _t(1, 0, 9, [3, 0], [0.2, 0.2, 0.2])                # person B, seen with A
+    tb2 = _t(2, 12, 20, [2.8, 0.1], [0.2, 0.2, 0.2])         # after a cut: B (closest to A's face? no: to B)
+    ta2 = _t(3, 12, 20, [0.4, 0.0], [0.5, 0.4, 0.3])         # A again
+    blip = _t(4, 25, 26, [9, 9], [1, 1, 1])                  # a spurious two-frame detection
+    c = _t(5, 30, 40, [0.5, 0.2], [0.5, 0.4, 0.3])           # like A, but A is still... not visible: joins A
+    faces = assign_faces([ta, tb, tb2, ta2, blip, c], _score, max_faces=10)
+    assert [[t.index for t in f] for f in faces] == [[0, 3, 5], [1, 2]]
+    assert blip.face == -1 and ta.face == ta2.face == 0 and tb.face == tb2.face == 1
+    # two tracklets visible at once never share a face, however alike
+    same = assign_faces([_t(0, 0, 9, [0, 0], [0.5] * 3), _t(1, 5, 9, [0, 0], [0.5] * 3)], _score, 10)
+    assert len(same) == 2
+    # max_faces keeps the largest
+    assert [[t.index for t in f] for f in assign_faces([ta, tb, tb2, ta2], _score, max_faces=1)] == [[0, 3]]
+
+
+def test_scene_cut_and_face_colour():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    th, cut = scene_cut(a, None)
+    assert th.shape == (16, 16) and not cut
+    assert not scene_cut(np.clip(a.astype(int) + 5, 0, 255).astype(np.uint8), th)[1]
+    assert scene_cut(255 - a, th)[1]
+    img = np.zeros((10, 10, 3), np.uint8)
+    img[:, :5] = (255, 0, 0)
+    mu = np.array([[1.0, 1.0], [2.0, 8.0], [7.0, 3.0], [np.nan, np.nan], [50.0, 2.0]])
+    assert np.allclose(face_colour(img, mu)[0], [2 / 3, 0, 0])
+    assert face_colour(img, np.array([[50.0, 50.0]])) is None
