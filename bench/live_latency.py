@@ -50,12 +50,14 @@ def opt_fps(path):
     return float(meta["fps"])
 
 
-def run_one(path, backend, model, record=None):
+def run_one(path, backend, model, record=None, worker=True):
+    """One paced run; ``worker``: the identity refits in the worker process (the default of ``lmfit3d
+    live``; run_live loads the cached model itself), else in the capture loop (``model`` given)."""
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     opt = LiveOptions(source=str(path), backend=backend, livelink=f"127.0.0.1:{rx.getsockname()[1]}",
                       record=record)
-    res = run_live(opt, model)
+    res = run_live(opt, None if worker else model)
     rx.close()
     fps = float(res.frames) / max(res.seconds, 1e-9)
     res.fps = opt_fps(path)
@@ -73,19 +75,23 @@ def main(argv=None):
     ap.add_argument("--backends", nargs="+", default=["mediapipe"])
     ap.add_argument("--seconds", type=float, default=6.6)
     ap.add_argument("--compare", action="store_true")
+    ap.add_argument("--in-loop", action="store_true",
+                    help="also run each source with the identity refits in the capture loop (same run, A/B)")
     args = ap.parse_args(argv)
     model = load_model()
-    print("| source | backend | frames | dropped (after warm-up) | tracked fps | latency median ms | p99 ms | max in first "
-          "seconds ms | CPU ms/frame |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| source | backend | refits | frames | dropped (after warm-up) | tracked fps | latency median ms | p99 ms | "
+          "max in first seconds ms | CPU ms/frame |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         for h in args.sizes:
             for fps in args.rates:
                 clip = make_clip(CLIP, Path(tmp) / f"clip_{h}p{fps}.mp4", h, fps, args.seconds)
                 for be in args.backends:
-                    r = run_one(clip, be, model)
-                    print(f"| {h}p {fps} fps | {be} | {r['frames']} | {r['drops']} ({r['drops_late']}) | {r['fps']:.1f} | "
-                          f"{r['median']:.1f} | {r['p99']:.1f} | {r['warm_max']:.0f} | {r['cpu']:.1f} |", flush=True)
+                    for worker in (True, False) if args.in_loop else (True,):
+                        r = run_one(clip, be, model, worker=worker)
+                        print(f"| {h}p {fps} fps | {be} | {'worker' if worker else 'in loop'} | {r['frames']} | "
+                              f"{r['drops']} ({r['drops_late']}) | {r['fps']:.1f} | {r['median']:.1f} | {r['p99']:.1f} | "
+                              f"{r['warm_max']:.0f} | {r['cpu']:.1f} |", flush=True)
         if args.compare:
             import subprocess
             live_dir, track_dir = Path(tmp) / "live", Path(tmp) / "track"

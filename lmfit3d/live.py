@@ -265,6 +265,10 @@ class BackgroundRefit:
         self.job = None
         self.refits = 0
 
+    def start(self):
+        """Start the worker process now (it loads the model while the capture warms up)."""
+        self.pool.submit(int, 0)
+
     def poll(self, accept=True):
         """Apply a finished refit (when ``accept``) and submit the waiting keyframes."""
         tr = self.tracker
@@ -308,6 +312,30 @@ class LiveTracker:
     def close(self):
         if self.background is not None:
             self.background.close()
+
+    def warm(self, model, image_size):
+        """Run the front end and a throwaway tracker once on a rendered face before the capture starts:
+        the first real frame then pays no session start-up or kernel loading (about 1 s, which dropped
+        the first second of a source), and the refit worker starts meanwhile."""
+        from .synthetic import render_random_face
+        if self.background is not None:
+            self.background.start()
+        w, h = image_size
+        side = int(max(64, min(w, h)))
+        img = render_random_face(model, np.random.default_rng(1), expressive=False, image_px=side,
+                                 face_px=0.6 * side, yaw_deg=5.0, pitch_deg=5.0, roll_deg=3.0).image
+        frame = np.zeros((h, w, 3), np.uint8)
+        y0, x0 = (h - side) // 2, (w - side) // 2
+        frame[y0:y0 + side, x0:x0 + side] = img
+        pred = None
+        for _ in range(2):
+            pred = self.predictor.track(frame) or pred
+        self.predictor.reset()
+        if pred is not None:
+            tr = self.tracker
+            scratch = Tracker(tr.model, self.predictor.vertex_ids, image_size, tr.focal, self.cfg, tr.identity.copy())
+            for _ in range(2):
+                scratch.step(pred.mu, np.where(np.isfinite(pred.sigma), pred.sigma, 1.0))
 
     @property
     def held(self):
@@ -555,6 +583,13 @@ def run_live(options, model=None, predictor=None, status=None):
     except BaseException:
         src.close()
         senders.close()
+        raise
+    try:
+        live.warm(model, src.size)
+    except BaseException:
+        src.close()
+        senders.close()
+        live.close()
         raise
     rec = Recorder(opt.record, src.name, model, src.fps, live.predictor.vertex_ids) if opt.record else None
     summary = LiveSummary(src.name)
