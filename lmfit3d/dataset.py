@@ -59,11 +59,12 @@ def collect_inputs(inputs, from_list, extensions):
     ``extensions``.  Files named twice are kept once.  ``batch`` is True for a resumable batch: more
     than one file, or any folder, pattern or list.  ValueError for a URL, a pattern matching nothing.
     """
+    for p in inputs:
+        _refuse_url(str(p), "")
     entries = [Path(p) for p in inputs] + (read_list(from_list) if from_list else [])
     batch = from_list is not None
     files = []
     for p in entries:
-        _refuse_url(str(p), "")
         if not p.exists() and GLOB_CHARS.search(str(p)):
             found = sorted(Path(q) for q in glob.glob(str(p), recursive=True)
                            if Path(q).suffix.lower() in extensions and Path(q).is_file())
