@@ -463,8 +463,9 @@ def _media_run(args, kind):
     if args.jobs < 1:
         raise CommandLineError(f"--jobs must be >= 1, got {args.jobs}")
     if args.dask is not None:
-        from .cluster import parse_dask
+        from .cluster import parse_dask, require_distributed
         parse_dask(args.dask)
+        require_distributed()
         if args.jobs != 1:
             raise CommandLineError("give either --jobs N (processes here) or --dask (a Dask cluster's workers)")
     if args.max_frames is not None and args.max_frames < 1:

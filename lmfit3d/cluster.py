@@ -44,7 +44,8 @@ def parse_dask(text):
     return "scheduler", t
 
 
-def _distributed():
+def require_distributed():
+    """The dask.distributed module; ValueError (one line, how to install it) when it is missing."""
     try:
         import distributed
     except ImportError:
@@ -112,7 +113,7 @@ def run_dask(kind, paths, out_dir, options, address, model_path=None, on_done=No
     finishes.  On ``SystemExit`` / ``KeyboardInterrupt`` the tasks not yet started are cancelled
     (those running on a remote cluster finish their input).
     """
-    distributed = _distributed()
+    distributed = require_distributed()
     _check_out_dir(out_dir)
     check_output_names(kind, paths, out_dir, options)
     out_dir = os.path.abspath(out_dir)

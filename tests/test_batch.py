@@ -176,6 +176,19 @@ def test_dask_address_parsing():
             parse_dask(bad)
 
 
+def test_dask_missing_or_failing_is_one_line(monkeypatch, folder, tmp_path, capsys):
+    from lmfit3d import cluster
+    distributed = pytest.importorskip("distributed", reason="the cluster extra (pip install 'lmfit3d[cluster]')")
+    line = cluster._failure(distributed, "x.mp4", distributed.KilledWorker("k", None, 3))
+    assert line == "x.mp4: the Dask workers running it died 4 times (killed, or out of memory)"
+    monkeypatch.setitem(sys.modules, "distributed", None)             # the extra not installed
+    assert main(["track", str(folder), "-o", str(tmp_path / "out"), "--dask", "local:2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith('--dask needs dask.distributed: pip install "lmfit3d[cluster]" '
+                        '(or pip install "dask[distributed]")') and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def cluster(tmp_path):
     """A scheduler and two single-thread workers (no nanny: a killed worker stays dead) on 127.0.0.1."""

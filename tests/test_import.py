@@ -41,7 +41,7 @@ def test_skinning_does_load_numba():
 def test_the_dask_path_does_load_distributed():
     # the probe sees dask.distributed when --dask's code path imports it (so its absence above means something)
     pytest.importorskip("distributed", reason="the cluster extra (pip install 'lmfit3d[cluster]')")
-    assert {"dask", "distributed"} <= _modules_after("import lmfit3d.cluster; lmfit3d.cluster._distributed()")
+    assert {"dask", "distributed"} <= _modules_after("import lmfit3d.cluster; lmfit3d.cluster.require_distributed()")
 
 
 def test_lazy_attributes():
