@@ -83,8 +83,8 @@ def dask_figures(folder, out):
             trips.append(time.perf_counter() - t0)
         stats, results = [], {}
         t0 = time.perf_counter()
-        res = run_dask("video", expand_inputs([folder], VIDEO_EXTENSIONS), out, TrackOptions(iris=False, progress=False),
-                       cluster.scheduler_address, stats=stats)
+        res = run_dask("video", expand_inputs([folder], VIDEO_EXTENSIONS), out,
+                       TrackOptions(iris=False, progress=False), cluster.scheduler_address, stats=stats)
         wall = time.perf_counter() - t0
     for path, summary, err in res:
         if err:
@@ -138,7 +138,8 @@ def table(folder, n, frames, walls, rows, stats, trip, dask_wall, base):
               f"{extra:+.2f} s per video per worker.",
               f"Per-task overhead inside a Dask worker (task wall - tracking stages, {len(later)} tasks after "
               f"each worker's first): median {statistics.median(over):.3f} s, max {max(over):.3f} s "
-              f"(goal <= 0.5 s, median: {'met' if statistics.median(over) <= 0.5 else 'not met'}); a worker's first task: "
+              f"(goal <= 0.5 s, median: {'met' if statistics.median(over) <= 0.5 else 'not met'}); "
+              "a worker's first task: "
               f"{', '.join(f'{x:.2f}' for x in over1)} s (loading the model and the kernels from Numba's cache).",
               f"The same measure in one process without Dask (`_run_one`, warm): median {base:.3f} s (opening "
               f"the video, predictor, private folder, outputs moved); Dask's own share per task: "

@@ -545,7 +545,8 @@ def _batch_run(args, kind, paths, opt, model_path, done):
                     force=args.force, model_path=model_path, on_done=done,
                     progress=not args.quiet and sys.stderr.isatty())
     if rep.skipped_done:
-        _say(f"{rep.skipped_done} of {len(paths)} inputs done earlier with these options, skipped (--force redoes them)")
+        _say(f"{rep.skipped_done} of {len(paths)} inputs done earlier with these options, skipped "
+             "(--force redoes them)")
     if rep.skipped_failed:
         _say(f"{rep.skipped_failed} of {len(paths)} inputs failed earlier, skipped (--retry-failed runs them again)")
     if rep.failed_total:
