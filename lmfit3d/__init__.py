@@ -10,7 +10,8 @@ Pipeline modules, imports flowing one way::
           -> sparsity -> terms -> intersection / tracking_points / tracking_normal / gradients -> solvers
           -> frame_lm -> problem -> fit -> detect / predict (ONNX) -> temporal -> faces -> capture
           -> media / points68 -> outputs -> gltf / report -> exports -> track
-          -> landmark_files / capture_files / stills / streams -> live -> batch -> warmup -> cli
+          -> landmark_files / capture_files / stills / streams -> live -> batch -> warmup
+          -> manifest / cluster -> dataset -> cli
     (docs/architecture.md)
 """
 from importlib import import_module
@@ -24,7 +25,7 @@ _SUBMODULES = (
     "gradients", "simd",
     "solvers", "frame_lm", "problem", "fit", "synthetic", "detect", "predict", "temporal", "faces", "capture", "media",
     "outputs", "gltf", "report", "exports", "track", "landmark_files", "capture_files", "stills", "streams", "live",
-    "batch", "cli",
+    "batch", "manifest", "cluster", "dataset", "cli",
 )
 _EXPORTS = {
     "FaceModel": "model",

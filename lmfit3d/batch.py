@@ -30,13 +30,16 @@ def output_names(kind, path, options):
     return names
 
 
-def check_output_names(kind, paths, out_dir, options):
+def check_output_names(kind, paths, out_dir, options, reserved=()):
     """ValueError (one line) when two inputs would write an output of the same name into ``out_dir``,
-    or an output would replace one of the inputs."""
+    an output would replace one of the inputs, or take one of the ``reserved`` names (the batch's
+    own files)."""
     owner = {}
     inputs = {os.path.realpath(p): p for p in paths}
     for p in paths:
         for name in output_names(kind, p, options):
+            if name in reserved:
+                raise ValueError(f"{p} would write {Path(out_dir) / name}, the batch's own file; rename the input")
             other = owner.setdefault(name, p)
             if other is not p:
                 raise ValueError(f"{other} and {p} would both write {Path(out_dir) / name}; "
@@ -45,6 +48,14 @@ def check_output_names(kind, paths, out_dir, options):
             if target in inputs:
                 raise ValueError(f"{p} would write {Path(out_dir) / name}, which is the input {inputs[target]}; "
                                  "choose another -o folder")
+
+
+def inputs_in(out_dir, paths):
+    """The inputs that lie in ``out_dir`` (by name or through a link): the ones a run's clean-up of an
+    earlier output set must never remove (``keep`` of :func:`lmfit3d.paths.commit_outputs`)."""
+    where = {os.path.abspath(out_dir), os.path.realpath(out_dir)}
+    return tuple(os.path.abspath(p) for p in paths if os.path.dirname(os.path.abspath(p)) in where
+                 or os.path.dirname(os.path.realpath(p)) in where)
 
 
 def _run_one(kind, path, out_dir, options, model_path, keep=()):
@@ -72,7 +83,7 @@ def run_many(kind, paths, out_dir, options, jobs=1, model_path=None, on_done=Non
     from dataclasses import replace
     _check_out_dir(out_dir)
     check_output_names(kind, paths, out_dir, options)
-    keep = tuple(str(p) for p in paths)
+    keep = inputs_in(out_dir, paths)
     if jobs <= 1 or len(paths) <= 1:
         out = []
         for p in paths:

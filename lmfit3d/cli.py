@@ -381,6 +381,23 @@ def _add_media_options(p, default_output=None):
     _add_loss_options(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (one input each)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    _add_batch_options(p)
+
+
+def _add_batch_options(p):
+    g = p.add_argument_group(
+        "batches", "Several inputs, a folder, a glob pattern or --from-list make a resumable batch: "
+                   "OUT/lmfit3d_manifest.json records each finished input (size, time, version, options) "
+                   "and a rerun skips those done; OUT/summary.csv lists every input's status.")
+    g.add_argument("--from-list", metavar="FILE",
+                   help="also take the inputs listed in FILE (one path, folder or glob pattern a line; "
+                        "# comments; relative to FILE's folder; URLs are not supported)")
+    g.add_argument("--dask", metavar="ADDRESS",
+                   help="run one task per input on a Dask cluster: a scheduler's address (tcp://host:8786; "
+                        "the workers must see the inputs and OUT at the same paths) or local:N (N worker "
+                        "processes here); needs pip install \"lmfit3d[cluster]\"")
+    g.add_argument("--retry-failed", action="store_true", help="run again the inputs that failed in an earlier batch")
+    g.add_argument("--force", action="store_true", help="run every input, even those done earlier")
 
 
 def _add_track(sub):
@@ -394,8 +411,8 @@ def _add_track(sub):
                     "NAME_overlay.mp4.  Inputs may be files or folders.",
         formatter_class=_SubFormatter)
     p.add_argument("inputs", nargs="*", metavar="VIDEO",
-                   help="video files or folders of videos (default: the shared demo clip "
-                        "../shared/media/W040_level_3_happy_029.mp4)")
+                   help="video files, folders of videos or glob patterns ('clips/**/*.mp4') (default: the "
+                        "shared demo clip ../shared/media/W040_level_3_happy_029.mp4)")
     _add_media_options(p, default_output="out")
     p.add_argument("--iris-both", action="store_true",
                    help="run the iris network on both eyes of every frame (default: one eye per frame, "
@@ -429,7 +446,8 @@ def _add_fit(sub):
                     "(mm, camera coordinates) and NAME.json (parameters) for the largest face, "
                     "NAME_face1.*, NAME_face2.* ... for the others, and NAME_overlay.png with all of them.",
         formatter_class=_SubFormatter)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE",
+                   help="image files, folders of images or glob patterns ('photos/*.jpg')")
     _add_media_options(p)
     p.add_argument("--max-faces", type=int, default=10, metavar="N",
                    help="fit at most N faces per image, largest first (1: the largest face only)")
@@ -443,10 +461,17 @@ def _add_fit(sub):
 
 def _media_run(args, kind):
     from .batch import run_many
-    from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, expand_inputs
+    from .dataset import collect_inputs
+    from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
     from .track import TrackOptions
     if args.jobs < 1:
         raise CommandLineError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.dask is not None:
+        from .cluster import parse_dask, require_distributed
+        parse_dask(args.dask)
+        require_distributed()
+        if args.jobs != 1:
+            raise CommandLineError("give either --jobs N (processes here) or --dask (a Dask cluster's workers)")
     if args.max_frames is not None and args.max_frames < 1:
         raise CommandLineError(f"--max-frames must be >= 1, got {args.max_frames}")
     opt = TrackOptions(backend=args.backend, roi_strategy=args.roi, sigma_jitter=args.sigma_jitter,
@@ -460,14 +485,17 @@ def _media_run(args, kind):
                        max_faces=getattr(args, "max_faces", None), landmark_loss=args.landmark_loss,
                        loss_scale=args.loss_scale, progress=not args.quiet and sys.stderr.isatty())
     inputs = args.inputs
-    if not inputs:
+    if not inputs and kind == "image" and args.from_list is None:
+        raise CommandLineError("give image files, folders or patterns, or --from-list FILE")
+    if not inputs and args.from_list is None:
         from .paths import shared_media_dir
         demo = shared_media_dir() / DEMO_CLIP
         if not demo.is_file():
             raise CommandLineError(f"no input given and the demo clip {demo} is missing")
         print(f"{PROG}: no input given; tracking the demo clip {demo}", file=sys.stderr)
         inputs = [demo]
-    paths = expand_inputs(inputs, VIDEO_EXTENSIONS if kind == "video" else IMAGE_EXTENSIONS)
+    paths, batch = collect_inputs(inputs, args.from_list, VIDEO_EXTENSIONS if kind == "video" else IMAGE_EXTENSIONS)
+    batch |= args.dask is not None
     failed = []
 
     def done(path, res, err):
@@ -497,17 +525,39 @@ def _media_run(args, kind):
         from .stills import fit_same_person
         if len(paths) < 2:
             raise CommandLineError("--same-person needs at least two photos")
+        if args.dask or args.retry_failed or args.force:
+            raise CommandLineError("--same-person fits the photos together: --dask, --retry-failed and --force "
+                                   "do not apply")
         infos = fit_same_person(paths, args.output, opt, load_model(model_path))
         for path, info in zip(paths, infos):
             done(path, info, None)
         print(f"{len(paths)} photos share one identity -> {args.output}")
         return 0
+    if batch:
+        return _batch_run(args, kind, paths, opt, model_path, done)
     run_many(kind, paths, args.output, opt, jobs=args.jobs, model_path=model_path, on_done=done)
     if failed and len(paths) == 1:
         return 2                # one input: its one error line, the bad-input status
     if failed:
         print(f"{PROG}: {len(failed)} of {len(paths)} inputs failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _batch_run(args, kind, paths, opt, model_path, done):
+    """A resumable batch (:func:`lmfit3d.dataset.run_batch`): skipped inputs and the totals on stderr."""
+    from .dataset import run_batch
+    rep = run_batch(kind, paths, args.output, opt, jobs=args.jobs, dask=args.dask, retry_failed=args.retry_failed,
+                    force=args.force, model_path=model_path, on_done=done,
+                    progress=not args.quiet and sys.stderr.isatty())
+    if rep.skipped_done:
+        _say(f"{rep.skipped_done} of {len(paths)} inputs done earlier with these options, skipped "
+             "(--force redoes them)")
+    if rep.skipped_failed:
+        _say(f"{rep.skipped_failed} of {len(paths)} inputs failed earlier, skipped (--retry-failed runs them again)")
+    if rep.failed_total:
+        _say(f"{rep.failed_total} of {len(paths)} inputs failed; summary: {rep.summary}")
+        return 2 if len(paths) == 1 and rep.failed else 1
     return 0
 
 

@@ -93,12 +93,71 @@ def work_dir(out_dir, name):
     mode 0700), so no other run, and no link planted beforehand, can share or redirect its files; it
     is removed with everything in it on every exit path (success, error, ``SystemExit`` from the
     command line's SIGTERM handler).  :func:`commit_outputs` moves the finished files out of it.
+    While it exists its owner holds an ``flock`` on it, which the kernel releases when the owner dies
+    in any way (SIGKILL, a lost Dask worker): :func:`sweep_work_dirs` removes only unlocked folders.
     """
     path = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=out_dir))
+    fd = _lock_fd(path, blocking=True)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock_fd(path, blocking):
+    """An open descriptor of ``path`` holding an exclusive ``flock``; None when the lock is held
+    elsewhere (``blocking`` False) or flock is unavailable."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+WORK_DIR_RE = re.compile(r"\..+\.[a-z0-9_]{8}\.part")
+
+
+def sweep_work_dirs(out_dir, min_age_s=1.0, wait=False):
+    """Remove the private folders (:func:`work_dir`) in ``out_dir`` whose owner died without removing
+    its own (killed with SIGKILL, a worker lost by Dask): those nobody holds locked, older than
+    ``min_age_s`` (a folder is locked right after it is created); ``wait``: wait until the younger
+    ones are that old and look again.  Returns the removed names; live runs' folders are left alone."""
+    import time
+    removed, young = [], 0.0
+    try:
+        entries = list(Path(out_dir).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if not WORK_DIR_RE.fullmatch(p.name) or p.is_symlink() or not p.is_dir():
+            continue
+        try:
+            age = time.time() - p.stat().st_mtime
+        except OSError:
+            continue
+        if age < min_age_s:
+            young = max(young, min_age_s - age)
+            continue
+        fd = _lock_fd(p, blocking=False)
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+        finally:
+            os.close(fd)
+    if wait and young > 0:
+        time.sleep(young)
+        removed += sweep_work_dirs(out_dir, min_age_s)
+    return removed
 
 
 def new_file(path):

@@ -102,3 +102,30 @@ def warm_front_end(model):
     mp = make_predictor(TrackOptions())
     for _ in range(3):                  # detector, then the ROI from landmarks (both iris eyes)
         mp.track(img)
+
+
+class count_compilations:
+    """Context manager counting the Numba compilations in this process while it is open (``.n``):
+    a kernel loaded from Numba's cache is not a compilation, one compiled from its source is
+    (batch workers and bench/batch_report.py check that a task compiles nothing)."""
+
+    def __enter__(self):
+        from numba.core import event
+
+        outer = self
+
+        class _Listener(event.Listener):
+            def on_start(self, ev):
+                outer.n += 1
+
+            def on_end(self, ev):
+                pass
+        self.n = 0
+        self._listener = _Listener()
+        event.register("numba:compile", self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        from numba.core import event
+        event.unregister("numba:compile", self._listener)
+        return False

@@ -22,10 +22,11 @@ def _modules_after(code):
     ("import lmfit3d.cli; lmfit3d.cli.build_parser().format_help()", ("numba", "numpy")),
     ("import lmfit3d.skinning", ()),
     ("import lmfit3d, importlib\nfor m in lmfit3d._SUBMODULES: importlib.import_module('lmfit3d.' + m)",
-     ("onnx", "tflite2onnx", "skimage", "jax", "pygltflib", "matplotlib")),
+     ("onnx", "tflite2onnx", "skimage", "jax", "pygltflib", "matplotlib", "dask", "distributed")),
+    ("import lmfit3d.cli; lmfit3d.cli.main(['track', '--help'])", ("numba", "numpy", "dask", "distributed")),
     ("from lmfit3d.predict import MediaPipeLandmarks, NetworkLandmarks\nMediaPipeLandmarks(); NetworkLandmarks()",
      ("onnx", "tflite2onnx", "skimage", "jax")),
-], ids=["package", "cli", "cli-help", "skinning", "every-module", "onnx-backends"])
+], ids=["package", "cli", "cli-help", "skinning", "every-module", "track-help", "onnx-backends"])
 def test_import_is_light(code, also_absent):
     loaded = _modules_after(code)
     assert "lmfit3d" in loaded
@@ -35,6 +36,12 @@ def test_import_is_light(code, also_absent):
 def test_skinning_does_load_numba():
     # the probe above can see numba when it is imported (so its absence elsewhere means something)
     assert "numba" in _modules_after("import lmfit3d.skinning")
+
+
+def test_the_dask_path_does_load_distributed():
+    # the probe sees dask.distributed when --dask's code path imports it (so its absence above means something)
+    pytest.importorskip("distributed", reason="the cluster extra (pip install 'lmfit3d[cluster]')")
+    assert {"dask", "distributed"} <= _modules_after("import lmfit3d.cluster; lmfit3d.cluster.require_distributed()")
 
 
 def test_lazy_attributes():

@@ -190,7 +190,7 @@ def test_own_outputs_in_an_input_folder_are_skipped(tmp_path, clip6, capsys):
     shutil.copy(clip6, tmp_path / "clip.mp4")
     assert main(["track", str(tmp_path), "-o", str(tmp_path), "--overlay", "-q", "--no-iris"]) == 0
     assert (tmp_path / "clip_overlay.mp4").is_file()
-    assert main(["track", str(tmp_path), "-o", str(tmp_path), "--overlay", "-q", "--no-iris"]) == 0
+    assert main(["track", str(tmp_path), "-o", str(tmp_path), "--overlay", "-q", "--no-iris", "--force"]) == 0
     assert not (tmp_path / "clip_overlay.csv").exists()
     assert capsys.readouterr().out.count("clip.mp4: 6 frames") == 2
 

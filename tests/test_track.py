@@ -441,7 +441,8 @@ def test_fit_non_face_image_fails_cleanly(tmp_path, capsys):
     assert main(["fit", str(img), str(bad), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert "wall.png: no face found" in err and "bad.jpg: cannot read as an image" in err
-    assert list(out.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == ["lmfit3d_manifest.json", "summary.csv"]    # the batch's record
+    assert "wall.png,failed" in (out / "summary.csv").read_text()
 
 
 def test_images_and_videos_swapped_are_named(tmp_path, capsys):

@@ -1,0 +1,186 @@
+"""Batch throughput: videos per minute of `lmfit3d track DIR` serial, with `--jobs 2` and with
+`--dask local:2` on the same folder in the same run, and the per-task overhead of Dask.
+
+Usage::
+
+    python bench/batch_report.py                       # 8 clips of 100 frames cut from the shared small clip
+    python bench/batch_report.py --clips 12 --frames 55 --rounds 2
+    python bench/batch_report.py --write-doc           # also write the table into docs/results.md ("batch_report")
+
+Each mode runs the command line in a fresh process into a fresh folder (imports, model, kernels from
+Numba's cache, worker processes or the LocalCluster all counted: what a user waits for); the rounds
+alternate the modes and the best round of each is kept (the machine is shared).  Then, on a
+LocalCluster of 2 workers started here, :func:`lmfit3d.cluster.run_dask` tracks the folder again
+with its per-task figures: the task's wall time in the worker minus the time of the tracking stages
+(decode, detect, landmarks, fit, write) is the in-task overhead (model lookup, predictor, opening
+the video, private folder, moving the outputs); Numba compilations per task; and the round trip of
+an empty task through the scheduler.  Needs dask.distributed (``pip install ".[cluster]"``).
+"""
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import results_doc  # noqa: E402
+
+MODES = {"serial": [], "--jobs 2": ["--jobs", "2"], "--dask local:2": ["--dask", "local:2"]}
+
+
+def make_clips(folder, n, frames):
+    """``n`` clips of ``frames`` frames cut from the shared 224 x 224 clip at different offsets."""
+    import imageio.v2 as imageio
+
+    from lmfit3d.paths import shared_media_dir
+    reader = imageio.get_reader(str(shared_media_dir() / "QoT0S2vu9m4_00002.mp4"))
+    src = [f for f in reader]
+    reader.close()
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        start = (7 * k) % max(len(src) - 1, 1)
+        clip = [src[(start + j) % len(src)] for j in range(frames)]
+        imageio.mimwrite(folder / f"clip{k:02d}.mp4", clip, fps=25, codec="libx264", quality=7, macro_block_size=1)
+    return folder
+
+
+def run_mode(folder, out, extra):
+    """(wall seconds, summary rows) of one `lmfit3d track` run in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "lmfit3d.cli", "track", str(folder), "-o", str(out), "-q",
+                           "--no-iris", *extra], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"track {' '.join(extra)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    with open(out / "summary.csv", newline="") as fh:
+        return wall, list(csv.DictReader(fh))
+
+
+def dask_figures(folder, out):
+    """Per-task figures of run_dask on a LocalCluster of 2 workers, and the empty-task round trip."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from lmfit3d.cluster import run_dask
+    from lmfit3d.media import VIDEO_EXTENSIONS, expand_inputs
+    from lmfit3d.track import TrackOptions
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster, set_as_default=False) as client:
+        client.submit(sum, [1], pure=False).result()
+        trips = []
+        for k in range(30):
+            t0 = time.perf_counter()
+            client.submit(sum, [k], pure=False).result()
+            trips.append(time.perf_counter() - t0)
+        stats, results = [], {}
+        t0 = time.perf_counter()
+        res = run_dask("video", expand_inputs([folder], VIDEO_EXTENSIONS), out,
+                       TrackOptions(iris=False, progress=False), cluster.scheduler_address, stats=stats)
+        wall = time.perf_counter() - t0
+    for path, summary, err in res:
+        if err:
+            raise RuntimeError(err)
+        results[str(path)] = summary
+    for s in stats:
+        s["stages"] = sum(results[str(s["path"])].timings.values())
+    return stats, statistics.median(trips), wall
+
+
+def in_process_baseline(folder, out):
+    """Median time outside the tracking stages of one video tracked in this process (warm: after a
+    first video), the same measure as a Dask task's in-task overhead without Dask."""
+    from lmfit3d.batch import _run_one
+    from lmfit3d.media import VIDEO_EXTENSIONS, expand_inputs
+    from lmfit3d.track import TrackOptions
+    opt = TrackOptions(iris=False, progress=False)
+    out.mkdir()
+    gaps = []
+    for k, p in enumerate(expand_inputs([folder], VIDEO_EXTENSIONS)[:4]):
+        t0 = time.perf_counter()
+        _, summary, err = _run_one("video", p, out, opt, None)
+        if err:
+            raise RuntimeError(err)
+        if k:
+            gaps.append(time.perf_counter() - t0 - sum(summary.timings.values()))
+    return statistics.median(gaps)
+
+
+def table(folder, n, frames, walls, rows, stats, trip, dask_wall, base):
+    lines = ["| mode | wall (s), best round | videos / minute | frames / s | stage time / wall x workers |",
+             "|---|---:|---:|---:|---:|"]
+    vpm = {}
+    for mode, wall in walls.items():
+        stage = sum(float(r["seconds"]) for r in rows[mode])
+        workers = 1 if mode == "serial" else 2
+        vpm[mode] = 60 * n / wall
+        lines.append(f"| `{mode}` | {wall:.1f} | {vpm[mode]:.1f} | {n * frames / wall:.0f} | "
+                     f"{stage / (wall * workers):.2f} |")
+    ratio = vpm["--dask local:2"] / vpm["--jobs 2"]
+    first = [s for s in stats if s["first"]]
+    later = [s for s in stats if not s["first"]]
+    over = [s["seconds"] - s["stages"] for s in later]
+    over1 = [s["seconds"] - s["stages"] for s in first]
+    extra = (walls["--dask local:2"] - walls["--jobs 2"]) * 2 / n
+    lines += ["",
+              f"{n} clips of {frames} frames (224 x 224, `--no-iris`); each mode a fresh `lmfit3d track` process, "
+              "startup included.",
+              f"`--dask local:2` / `--jobs 2` throughput: {ratio:.2f} (goal >= 0.90: "
+              f"{'met' if ratio >= 0.9 else 'not met'}); the extra wall time of Dask spread over the videos: "
+              f"{extra:+.2f} s per video per worker.",
+              f"Per-task overhead inside a Dask worker (task wall - tracking stages, {len(later)} tasks after "
+              f"each worker's first): median {statistics.median(over):.3f} s, max {max(over):.3f} s "
+              f"(goal <= 0.5 s, median: {'met' if statistics.median(over) <= 0.5 else 'not met'}); "
+              "a worker's first task: "
+              f"{', '.join(f'{x:.2f}' for x in over1)} s (loading the model and the kernels from Numba's cache).",
+              f"The same measure in one process without Dask (`_run_one`, warm): median {base:.3f} s (opening "
+              f"the video, predictor, private folder, outputs moved); Dask's own share per task: "
+              f"{statistics.median(over) - base + trip:+.3f} s (the difference, plus the round trip).",
+              f"Round trip of an empty task through the scheduler: median {1e3 * trip:.1f} ms.",
+              f"Numba compilations per task: first tasks {[s['compiled'] for s in first]}, later tasks "
+              f"max {max((s['compiled'] for s in later), default=0)} (the kernels come from the cache that "
+              f"`lmfit3d model build` filled).",
+              f"run_dask on a LocalCluster started beforehand: {dask_wall:.1f} s for the folder."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    results_doc.add_arguments(ap)
+    args = ap.parse_args(argv)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    with tempfile.TemporaryDirectory(prefix="lmfit3d-batch-bench-") as tmp:
+        tmp = Path(tmp)
+        folder = make_clips(tmp / "clips", args.clips, args.frames)
+        walls, rows = {}, {}
+        for r in range(args.rounds):
+            for mode, extra in MODES.items():
+                wall, summary = run_mode(folder, tmp / f"out{r}_{len(walls)}_{mode.strip('-').replace(' ', '_')}",
+                                         extra)
+                print(f"round {r}: {mode}: {wall:.1f} s", file=sys.stderr)
+                if mode not in walls or wall < walls[mode]:
+                    walls[mode], rows[mode] = wall, summary
+        stats, trip, dask_wall = dask_figures(folder, tmp / "out_stats")
+        base = in_process_baseline(folder, tmp / "out_base")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    text = table(folder, args.clips, args.frames, walls, rows, stats, trip, dask_wall, base)
+    text = f"{text}\n\n{results_doc.machine_line(f'{os.cpu_count()} cores, load average {load:.1f} at the end')}"
+    print(text)
+    results_doc.maybe_write(args, {"batch_report": text})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
