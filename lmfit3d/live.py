@@ -568,7 +568,8 @@ def run_live(options, model=None, predictor=None, status=None):
     opt = options
     # identity refits in a worker process, which loads the cached model itself (a model object given
     # here may be another one: then the refits stay in the loop)
-    model_path = default_model_path() if model is None and opt.refit_worker else None
+    # (only for a paced source: as fast as possible, nothing is dropped and the refits stay in order)
+    model_path = default_model_path() if model is None and opt.refit_worker and opt.pace else None
     model = model or load_model()
     ident, focal = _read_identity(opt.identity_file, model) if opt.identity_file else (None, None)
     senders = Senders(opt, 30.0)               # bad destinations fail before the source opens

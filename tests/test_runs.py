@@ -23,12 +23,15 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(lmfit3d.__file__).pa
 
 
 def cut(dst, n, pad=None, faststart=False):
-    """The first n frames of the small clip as a new video; ``pad`` "left"/"right": 224 grey columns
-    added on that side (the face in the other half of a 448-wide frame)."""
+    """The first n frames of the small clip as a new video (played forwards and backwards again when n
+    is longer than the clip); ``pad`` "left"/"right": 224 grey columns added on that side (the face in
+    the other half of a 448-wide frame)."""
     import imageio.v2 as imageio
     reader = imageio.get_reader(str(SMALL_CLIP))
     frames = [f for _, f in zip(range(n), reader)]
     reader.close()
+    while len(frames) < n:
+        frames += frames[::-1][:n - len(frames)]
     if pad:
         grey = np.full_like(frames[0], 120)
         frames = [np.concatenate([grey, f] if pad == "left" else [f, grey], 1) for f in frames]
@@ -235,14 +238,14 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, clip6, capsys, monke
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigterm_removes_temporary_files(tmp_path, jobs):
     """SIGTERM during a run: exit 143 with one line, no temporary file left (workers too)."""
-    clips = [cut(tmp_path / f"c{k}.mp4", 55) for k in range(jobs)]
+    clips = [cut(tmp_path / f"c{k}.mp4", 110) for k in range(jobs)]
     out = tmp_path / "out"
     proc = cli("track", *clips, "-o", out, "--overlay", "-q", "--jobs", jobs)
     t0 = time.time()
     while time.time() - t0 < 300 and not (out.is_dir() and len(leftovers(out)) >= jobs):
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
-    time.sleep(2.0)
+    time.sleep(0.5)                  # inside the run (110 frames take several seconds), not at its start
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
