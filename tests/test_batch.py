@@ -124,9 +124,9 @@ def test_rerun_skips_what_is_done_and_runs_what_changed(tmp_path, folder, capsys
     assert {r["status"] for r in summary(out).values()} == {"done"}
 
     assert main(args + ["--max-frames", "3"]) == 0                  # other options: everything runs
-    assert capsys.readouterr().out.count("3 frames") == 3
+    assert capsys.readouterr().out.count(": 3 frames,") == 3
     assert main(args + ["--max-frames", "3", "--force"]) == 0
-    assert capsys.readouterr().out.count("3 frames") == 3
+    assert capsys.readouterr().out.count(": 3 frames,") == 3
     records = json.loads((out / MANIFEST_NAME).read_text())["inputs"]
     assert len(records) == 3 and {r["status"] for r in records.values()} == {"done"}
     assert leftovers(out) == []
