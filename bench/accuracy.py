@@ -7,7 +7,7 @@ using the predicted sigma gives lower error") on data from ``lmfit3d.synthetic``
   projected into a 512 px image with the face spanning 256 px (``make_frame(face_px=256)``);
 * Gaussian landmark noise with a known per-landmark sigma (0.5, 1, 2 px); 10 % of the landmarks
   get sigma = 15 px and noise of that size (what a good predictor reports on occluded points);
-* for each landmark set (ibug68, dense320, dense703) and noise level the same noisy landmarks are
+* for each landmark set (ibug68, dense320, dense320v2, dense703) and noise level the same noisy landmarks are
   fitted twice: with the true (predicted) sigma, and with a fixed sigma (all ones);
 * single images: focal length known, identity estimated (``fit_landmarks`` on one frame);
 * metric: per-vertex error (mm) on the face region (``model.face_mask()``) after rigid alignment
@@ -43,7 +43,11 @@ from lmfit3d.landmarks import load_landmark_set  # noqa: E402
 from lmfit3d.model import load_model  # noqa: E402
 from lmfit3d.synthetic import make_frame, random_params, rigid_align_error  # noqa: E402
 
-SETS = ("ibug68", "dense320", "dense703")
+SETS = ("ibug68", "dense320", "dense320v2", "dense703")
+# the density ordering is checked on sets of different sizes; a redesigned set of the same size is
+# compared with the set it replaces (VARIANTS: new -> old)
+DENSITY_SETS = ("ibug68", "dense320", "dense703")
+VARIANTS = {"dense320v2": "dense320"}
 NOISES = (0.5, 1.0, 2.0)
 MODES = ("true sigma", "fixed sigma")
 
@@ -106,16 +110,17 @@ def ordering(stats, sets, noises):
     """Checks of the paper's two orderings; returns (lines, all_density_ok, all_sigma_ok)."""
     lines = []
     dens_ok = dens_n = sig_ok = sig_n = 0
+    dsets = [s for s in sets if s in DENSITY_SETS]
     for mode in MODES:
         for n in noises:
             for metric in ("median", "mean"):
-                vals = [stats[(s, n, mode)][metric] for s in sets]
+                vals = [stats[(s, n, mode)][metric] for s in dsets]
                 ok = all(a > b for a, b in zip(vals, vals[1:]))
                 dens_ok += ok
                 dens_n += 1
                 if not ok:
                     lines.append(f"  density ordering FAILS: {mode}, {n:g} px, {metric}: "
-                                 + " > ".join(f"{s} {v:.3f}" for s, v in zip(sets, vals)))
+                                 + " > ".join(f"{s} {v:.3f}" for s, v in zip(dsets, vals)))
     for s in sets:
         for n in noises:
             for metric in ("median", "mean"):
@@ -126,7 +131,13 @@ def ordering(stats, sets, noises):
                 if not ok:
                     lines.append(f"  sigma ordering FAILS: {s}, {n:g} px, {metric}: "
                                  f"true {a:.3f} >= fixed {b:.3f}")
-    head = [f"More landmarks -> lower error ({' > '.join(sets)} in error): holds in {dens_ok}/{dens_n} "
+    for new, old in VARIANTS.items():
+        if new in sets and old in sets:
+            cmp = [(stats[(new, n, m)][k], stats[(old, n, m)][k]) for m in MODES for n in noises
+                   for k in ("median", "mean")]
+            lines.append(f"{new} against {old} (same size): lower error in {sum(a < b for a, b in cmp)}/{len(cmp)} "
+                         f"cells; error ratio {min(a / b for a, b in cmp):.2f}-{max(a / b for a, b in cmp):.2f}.")
+    head = [f"More landmarks -> lower error ({' > '.join(dsets)} in error): holds in {dens_ok}/{dens_n} "
             f"comparisons (per sigma mode, noise level, median and mean).",
             f"Using the predicted sigma -> lower error (true sigma < fixed sigma): holds in "
             f"{sig_ok}/{sig_n} comparisons (per set, noise level, median and mean)."]

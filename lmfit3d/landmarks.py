@@ -7,6 +7,11 @@ Sets are small project-made index files in ``data/landmarks/NAME.txt`` (one vert
 * ``dense703``: the whole head as in the paper (face, eyes and eyeballs, ears, back of head, neck,
   inner mouth and teeth).
 * ``dense320``: the real-time subset, weighted to the front of the face.
+* ``dense320v2``: 320 points chosen for single-image reconstruction by ``tools/select_landmarks.py``
+  (greedy design on the expected face-vertex error; more on the sides, jaw and neck).  No network
+  predicts it yet: ``data/lmfit3d_dense320`` predicts ``dense320``; training one needs an
+  accelerator and synthetic data labelled with this set: ``tools/train_landmarks.py`` reads its
+  landmarks as columns of the dense703 labels, and only 100 of these points are in dense703.
 """
 from functools import lru_cache
 
