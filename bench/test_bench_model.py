@@ -27,7 +27,6 @@ Every benchmark first checks that what it times computes the right thing.
 import numpy as np
 import pytest
 
-from lmfit3d.problem import params_to_vector
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.model import Params
 from lmfit3d.skinning import (POSE_DIM, ancestry, evaluate_mesh, evaluate_points, points_jacobian, pose,

@@ -20,7 +20,7 @@ The outputs' columns and their writers are in :mod:`lmfit3d.outputs`; frame sour
 """
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +227,27 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
     return summary
 
 
+def _frames(reader, opt, tm, label):
+    """(index, frame) of the decoded frames up to ``opt.max_frames``, decode time into ``tm``, with the
+    progress bar of pass 1; ValueError for a video without frames."""
+    pbar = _progress(opt.progress, reader.n_frames_hint, f"{reader.name} {label}")
+    n = 0
+    t_dec = time.perf_counter()
+    for frame in reader:
+        tm["decode"] += time.perf_counter() - t_dec
+        if opt.max_frames is not None and n >= opt.max_frames:
+            break
+        yield n, frame
+        n += 1
+        if pbar is not None:
+            pbar.update(1)
+        t_dec = time.perf_counter()
+    if pbar is not None:
+        pbar.close()
+    if n == 0:
+        raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
+
+
 def _first_pass(reader, store, mp, model, opt, tm, sheet=None):
     """Pass 1: landmarks of every decoded frame into ``store`` (disk-backed, flat memory), the
     real-time tracker fitting identity and focal length on keyframes along the way (and the report's
@@ -238,12 +259,7 @@ def _first_pass(reader, store, mp, model, opt, tm, sheet=None):
     tracker = None
     n = 0
     prev_c = None
-    pbar = _progress(opt.progress, reader.n_frames_hint, f"{reader.name} landmarks")
-    t_dec = time.perf_counter()
-    for frame in reader:
-        tm["decode"] += time.perf_counter() - t_dec
-        if opt.max_frames is not None and n >= opt.max_frames:
-            break
+    for n, frame in _frames(reader, opt, tm, "landmarks"):
         if image_size is None:
             image_size = (frame.shape[1], frame.shape[0])
             tracker = Tracker(model, vids, image_size, opt.focal_px, cfg)
@@ -267,16 +283,9 @@ def _first_pass(reader, store, mp, model, opt, tm, sheet=None):
         store.put(n, rec)
         if sheet is not None:
             sheet.offer(n, frame, None if pred is None else pred.mu)
-        n += 1
-        if pbar is not None:
-            pbar.update(1)
-        t_dec = time.perf_counter()
-    if n == 0:
-        raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
+    n += 1
     store.arr.flush()
     tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
-    if pbar is not None:
-        pbar.close()
     return n, image_size, tracker
 
 
@@ -315,26 +324,14 @@ def _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores):
     follower = FaceFollower(mp, new_tracker, new_store, opt.face_limit(True), opt.identity_stride, opt.cut_threshold,
                             cfg.max_keyframes, tm)
     n, image_size = 0, None
-    pbar = _progress(opt.progress, reader.n_frames_hint, f"{reader.name} landmarks")
-    t_dec = time.perf_counter()
-    for frame in reader:
-        tm["decode"] += time.perf_counter() - t_dec
-        if opt.max_frames is not None and n >= opt.max_frames:
-            break
+    for n, frame in _frames(reader, opt, tm, "landmarks"):
         if image_size is None:
             image_size = (frame.shape[1], frame.shape[0])
             proto.append(Tracker(model, vids, image_size, opt.focal_px, cfg))
         found = follower.step(frame, n)
         if sheet is not None:
             sheet.offer(n, frame, found[0][1].mu if found else None)
-        n += 1
-        if pbar is not None:
-            pbar.update(1)
-        t_dec = time.perf_counter()
-    if pbar is not None:
-        pbar.close()
-    if n == 0:
-        raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
+    n += 1
     tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
     t = time.perf_counter()
     faces = assign_faces(follower.tracklets, lambda a, b: reid_score(model, vids, a, b), opt.face_limit(True))
