@@ -127,12 +127,13 @@ def test_fit(benchmark, tracked, model, classic):
 
     _info(benchmark, "fit_classic" if classic else "fit", None if classic else 0.5)
     benchmark(step)
-    its = sum(f.iterations for f in fits[:N_FIT])
-    jtj = sum(f.jtj_evals for f in fits[:N_FIT])
-    benchmark.extra_info.update(iterations=round(its / N_FIT, 2), jtj_evals=round(jtj / N_FIT, 2))
+    n = min(len(fits), N_FIT)        # pytest-benchmark may call fewer times (slow machine, --benchmark-disable)
+    its = sum(f.iterations for f in fits[:n])
+    jtj = sum(f.jtj_evals for f in fits[:n])
+    benchmark.extra_info.update(iterations=round(its / n, 2), jtj_evals=round(jtj / n, 2))
     assert all(f.status >= 0 for f in fits)
     # classic: a fresh J^T J after every accepted step (a rejected one re-uses it with more damping)
-    assert (N_FIT <= jtj <= its) if classic else (jtj < its)
+    assert (n <= jtj <= its) if classic else (jtj < its)
 
 
 def test_decode(benchmark):
