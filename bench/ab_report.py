@@ -71,9 +71,8 @@ def _run(tree, suite, json_path=None):
 def _worktree(base, where):
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), base], check=True,
                    capture_output=True)
-    for suite in SUITES.values():          # bench files the base lacks: this checkout's
-        if not (where / suite[0]).exists():
-            shutil.copy(ROOT / suite[0], where / suite[0])
+    for suite in SUITES.values():          # one harness for both sides: this checkout's bench files
+        shutil.copy(ROOT / suite[0], where / suite[0])
 
 
 def compare(base, rounds, suites):
