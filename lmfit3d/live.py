@@ -264,6 +264,7 @@ class BackgroundRefit:
                                                   tracker.cfg))
         self.job = None
         self.refits = 0
+        self.failed = False
 
     def start(self):
         """Start the worker process now (it loads the model while the capture warms up)."""
@@ -272,8 +273,18 @@ class BackgroundRefit:
     def poll(self, accept=True):
         """Apply a finished refit (when ``accept``) and submit the waiting keyframes."""
         tr = self.tracker
+        if self.failed:
+            return
         if self.job is not None and self.job.done():
-            identity, focal, xs = self.job.result()
+            try:
+                identity, focal, xs = self.job.result()
+            except Exception:           # the worker died (e.g. a script without a __main__ guard)
+                self.job, self.failed = None, True
+                tr.refit_in_step = True     # refits back in the loop, the waiting keyframes now
+                if tr.refit_pending:
+                    tr.refit_identity()
+                    tr.refit_pending = False
+                return
             self.job = None
             self.refits += 1
             if accept:

@@ -197,3 +197,27 @@ def test_bad_input_one_line_exit_2(args, msg, capsys):
     assert main(["live", "-q"] + args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lmfit3d: error:") and msg in err and "\n" not in err
+
+
+def test_background_refit_falls_back_to_the_loop_when_the_worker_fails(model):
+    """A refit job that fails (a dead worker) puts the refits back in the capture loop."""
+    from concurrent.futures import Future
+
+    from lmfit3d.fit import Tracker
+    from lmfit3d.live import BackgroundRefit
+    from lmfit3d.synthetic import make_frame, random_params
+    from lmfit3d.landmarks import load_landmark_set
+    rng = np.random.default_rng(5)
+    ids = np.asarray(load_landmark_set("ibug68"))
+    tr = Tracker(model, ids, (512, 512))
+    bg = BackgroundRefit.__new__(BackgroundRefit)          # no process: a job that has failed
+    bg.tracker, bg.refits, bg.failed = tr, 0, False
+    tr.refit_in_step = False
+    fr = make_frame(model, random_params(model, rng), ids, rng, noise_px=0.3, face_px=250, image_px=512)
+    tr.step(fr.mu, np.ones(ids.size))
+    assert tr.refit_pending and len(tr.keyframes) == 1 and not tr.identity.any()
+    bg.job = Future()
+    bg.job.set_exception(RuntimeError("worker died"))
+    bg.poll()
+    assert bg.failed and tr.refit_in_step and not tr.refit_pending
+    assert np.abs(tr.identity).max() > 0                   # the waiting keyframe was refitted in the loop
