@@ -51,7 +51,8 @@ from .calibration import (Calibration, parse_calibration, read_calibration,  # n
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
 from .camera import focal_from_fov
-from .capture_precond import block_map, block_transform, camera_block_map, diagonal_map, schur_map
+from .capture_precond import (_FD_STEP, block_map, block_transform, camera_block_map, diagonal_map,
+                              hessian_columns, schur_map)
 from .capture_precond import block_transform as _block_transform  # noqa: F401 (tests)
 from .energy import CaptureLayout, Intersection, antagonist_pairs, expression_prior_scales, identity_prior
 from .fit import FitConfig, Tracker, fit_landmarks
@@ -386,6 +387,40 @@ class CaptureProblem:
                 self.obs = obs
         return gradient
 
+    def camera_blocks(self, z0, cameras, scale, frames=16):
+        """Gauss-Newton blocks of the free camera parameters ``cameras`` (list of (n_j,) entries of z):
+        forward differences of the Gauss-Newton twin's gradient (``_gauss_newton_gradient``, the same
+        energy), on a copy of the problem holding ``frames`` frames spread over the clip, scaled to all
+        frames (a camera's block sums over frames; 7 gradient calls per camera on the small copy).
+        ``scale`` (N,): the diagonal preconditioner's step scale of each entry."""
+        nf = self.n_frames
+        sel = np.unique(np.linspace(0, nf - 1, min(nf, frames)).round().astype(np.int64))
+        if sel.size < nf:
+            mu = np.transpose(self.obs[sel, :, :2], (1, 0, 3, 2)).astype(np.float64)
+            inv = np.transpose(self.obs[sel, :, 2], (1, 0, 2)).astype(np.float64)
+            sub = CaptureProblem(self.model, self.table.vertex_ids, mu, inv, 2.0 * self.centre, self.cfg,
+                                 z0[:self.nk])
+            zs = np.zeros(sub.n)
+            zs[:self.nk] = z0[:self.nk]
+            for k, f in enumerate(sel):
+                zs[sub.layout.frame_block(k)] = z0[self.layout.frame_block(f)]
+        else:
+            sub, zs = self, z0
+        for j in range(self.n_cameras):
+            zs[sub.camera_slice(j)] = z0[self.camera_slice(j)]
+        shift = [sub.camera_slice(j).start - self.camera_slice(j).start for j in range(self.n_cameras)]
+        owner = {int(i): j for j in range(self.n_cameras)
+                 for i in range(self.camera_slice(j).start, self.camera_slice(j).stop)}
+        gradient = sub._gauss_newton_gradient(zs)
+        g0 = gradient(zs)
+        blocks = []
+        for c in cameras:
+            c = np.asarray(c, np.int64)
+            cs = c + (shift[owner[int(c[0])]] if c.size else 0)
+            cols = hessian_columns(gradient, zs, cs, _FD_STEP * scale[c], g0)
+            blocks.append(cols[cs] * (nf / sel.size))
+        return blocks
+
     def variable_map(self, z0, free):
         """The preconditioner at z0 over the free entries (``capture_precond.VariableMap``)."""
         pre = self.cfg.preconditioner
@@ -404,7 +439,7 @@ class CaptureProblem:
             cols = vm.pidx[0] - starts[0] if vm.pidx.size else np.zeros(0, np.int64)
             return schur_map(vm, gidx, self._gauss_newton_gradient(z0), pose_gn[:, cols[:, None], cols[None]])
         if cams.size > 0:
-            return camera_block_map(vm, per_cam, self._gauss_newton_gradient(z0))
+            return camera_block_map(vm, per_cam, self.camera_blocks(z0, per_cam, vm.scale))
         if with_id and free[:self.nk].all():
             iidx = np.arange(self.nk)
             imat = block_transform(id_gn[None])[0]

@@ -181,23 +181,19 @@ def schur_map(vm, gidx, gradient, pose_blocks):
     return VariableMap(vm.z0, vm.free, on_diag, vm.scale, vm.pidx, vm.pmat, gidx, gmat, couple)
 
 
-def camera_block_map(vm, cameras, gradient):
+def camera_block_map(vm, cameras, blocks):
     """Whiten each free camera's parameters by its own GN block (no coupling to other variables).
 
-    ``cameras``: list of (n_j,) int64 free entries of each camera; ``gradient(z)`` -> (N,) the gradient
-    of the Gauss-Newton twin of the energy (``CaptureProblem._gauss_newton_gradient``), whose forward
-    differences give the blocks.  Returns a new VariableMap (the cameras as its global block, block
-    diagonal)."""
-    cams = [np.asarray(c, np.int64) for c in cameras if len(c)]
-    if not cams:
+    ``cameras``: list of (n_j,) int64 free entries of each camera; ``blocks``: list of their (n_j, n_j)
+    Gauss-Newton blocks (``CaptureProblem.camera_blocks``).  Returns a new VariableMap (the cameras as
+    its global block, block diagonal)."""
+    pairs = [(np.asarray(c, np.int64), np.asarray(b, np.float64)) for c, b in zip(cameras, blocks) if len(c)]
+    if not pairs:
         return vm
-    gidx = np.concatenate(cams)
-    g0 = gradient(vm.z0)
-    cols = hessian_columns(gradient, vm.z0, gidx, _FD_STEP * vm.scale[gidx], g0)
+    gidx = np.concatenate([c for c, _ in pairs])
     gmat = np.zeros((gidx.size, gidx.size))
     o = 0
-    for c in cams:
-        h = cols[c][:, o:o + c.size]
+    for c, h in pairs:
         gmat[o:o + c.size, o:o + c.size] = block_transform(0.5 * (h + h.T)[None])[0]
         o += c.size
     on_diag = vm.on_diag.copy()

@@ -46,7 +46,8 @@ def test_camera_block_map_whitens_each_camera_block(rng):
     blocks = np.stack([h[s:s + M, s:s + M] for s in starts])
     z0, free = np.zeros(n), np.ones(n, bool)
     cams = [np.array([F * (M + E)]), np.arange(F * (M + E) + 1, n)]        # two "cameras" of 1 and 2
-    vm = camera_block_map(block_map(z0, free, np.diag(h).copy(), starts, blocks, M), cams, lambda z: h @ z)
+    vm = camera_block_map(block_map(z0, free, np.diag(h).copy(), starts, blocks, M), cams,
+                          [h[np.ix_(c, c)] for c in cams])
     p = np.stack([vm.to_z(e) for e in np.eye(n)], 1)
     w = p.T @ h @ p
     for c in cams:
