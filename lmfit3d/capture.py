@@ -388,13 +388,15 @@ class CaptureProblem:
         return gradient
 
     def camera_blocks(self, z0, cameras, scale, frames=16):
-        """Gauss-Newton blocks of the free camera parameters ``cameras`` (list of (n_j,) entries of z):
-        forward differences of the Gauss-Newton twin's gradient (``_gauss_newton_gradient``, the same
-        energy), on a copy of the problem holding ``frames`` frames spread over the clip, scaled to all
-        frames (a camera's block sums over frames; 7 gradient calls per camera on the small copy).
-        ``scale`` (N,): the diagonal preconditioner's step scale of each entry."""
+        """Gauss-Newton blocks of the free camera parameters (``cameras[j]``: the free entries of z of
+        camera j, possibly none): forward differences of the Gauss-Newton twin's gradient
+        (``_gauss_newton_gradient``, the same energy), on a copy of the problem holding ``frames`` frames
+        spread over the clip, scaled to all frames (a camera's block sums over frames; one gradient
+        call per free entry on the small copy).  ``scale`` (N,): the diagonal preconditioner's step of
+        each entry."""
         nf = self.n_frames
         sel = np.unique(np.linspace(0, nf - 1, min(nf, frames)).round().astype(np.int64))
+        sub, zs = self, z0
         if sel.size < nf:
             mu = np.transpose(self.obs[sel, :, :2], (1, 0, 3, 2)).astype(np.float64)
             inv = np.transpose(self.obs[sel, :, 2], (1, 0, 2)).astype(np.float64)
@@ -404,19 +406,14 @@ class CaptureProblem:
             zs[:self.nk] = z0[:self.nk]
             for k, f in enumerate(sel):
                 zs[sub.layout.frame_block(k)] = z0[self.layout.frame_block(f)]
-        else:
-            sub, zs = self, z0
-        for j in range(self.n_cameras):
-            zs[sub.camera_slice(j)] = z0[self.camera_slice(j)]
-        shift = [sub.camera_slice(j).start - self.camera_slice(j).start for j in range(self.n_cameras)]
-        owner = {int(i): j for j in range(self.n_cameras)
-                 for i in range(self.camera_slice(j).start, self.camera_slice(j).stop)}
+            for j in range(self.n_cameras):
+                zs[sub.camera_slice(j)] = z0[self.camera_slice(j)]
         gradient = sub._gauss_newton_gradient(zs)
         g0 = gradient(zs)
         blocks = []
-        for c in cameras:
+        for j, c in enumerate(cameras):
             c = np.asarray(c, np.int64)
-            cs = c + (shift[owner[int(c[0])]] if c.size else 0)
+            cs = c + (sub.camera_slice(j).start - self.camera_slice(j).start)
             cols = hessian_columns(gradient, zs, cs, _FD_STEP * scale[c], g0)
             blocks.append(cols[cs] * (nf / sel.size))
         return blocks

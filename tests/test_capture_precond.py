@@ -17,14 +17,19 @@ def _problem(rng):
     return jac.T @ jac + 0.1 * np.eye(n)
 
 
-def test_schur_map_whitens_the_globals_and_decouples_them_from_the_poses(rng):
-    h = _problem(rng)
+def _pose_map(h):
+    """(starts, pose blocks, block_map) of the quadratic h: every frame's pose block whitened."""
     n = h.shape[0]
     starts = np.arange(F) * (M + E)
     blocks = np.stack([h[s:s + M, s:s + M] for s in starts])
-    z0, free = np.zeros(n), np.ones(n, bool)
-    vm = schur_map(block_map(z0, free, np.diag(h).copy(), starts, blocks, M), np.arange(F * (M + E), n),
-                   lambda z: h @ z, blocks)
+    return starts, blocks, block_map(np.zeros(n), np.ones(n, bool), np.diag(h).copy(), starts, blocks, M)
+
+
+def test_schur_map_whitens_the_globals_and_decouples_them_from_the_poses(rng):
+    h = _problem(rng)
+    n = h.shape[0]
+    starts, blocks, vm0 = _pose_map(h)
+    vm = schur_map(vm0, np.arange(F * (M + E), n), lambda z: h @ z, blocks)
     p = np.stack([vm.to_z(e) for e in np.eye(n)], 1)
     w = p.T @ h @ p
     glob = np.arange(F * (M + E), n)
@@ -42,12 +47,9 @@ def test_camera_block_map_whitens_each_camera_block(rng):
     from lmfit3d.capture_precond import camera_block_map
     h = _problem(rng)
     n = h.shape[0]
-    starts = np.arange(F) * (M + E)
-    blocks = np.stack([h[s:s + M, s:s + M] for s in starts])
-    z0, free = np.zeros(n), np.ones(n, bool)
+    starts, _, vm0 = _pose_map(h)
     cams = [np.array([F * (M + E)]), np.arange(F * (M + E) + 1, n)]        # two "cameras" of 1 and 2
-    vm = camera_block_map(block_map(z0, free, np.diag(h).copy(), starts, blocks, M), cams,
-                          [h[np.ix_(c, c)] for c in cams])
+    vm = camera_block_map(vm0, cams, [h[np.ix_(c, c)] for c in cams])
     p = np.stack([vm.to_z(e) for e in np.eye(n)], 1)
     w = p.T @ h @ p
     for c in cams:

@@ -100,7 +100,6 @@ def collect(model, stride, verbose=True):
     from lmfit3d.stills import fit_image
     from lmfit3d.track import TrackOptions, track_video
     media = shared_media_dir()
-    ib = load_landmark_set("ibug68")
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for clip in CLIPS:
@@ -135,7 +134,6 @@ def collect(model, stride, verbose=True):
                 ref = dlib_reference(img, _box(np.array(info["landmarks68"])))
                 if ref is not None:
                     out.append((f"{photo}:{js.stem}", p, info["focal_px"], tuple(info["image_size"]), ref))
-    del ib
     return out
 
 
