@@ -49,6 +49,7 @@ def tracklets_of(model, mp, clip):
                          opt.cut_threshold, cfg.max_keyframes)
     for f, frame in enumerate(clip.frames):
         fol.step(frame, f)
+    F.fit_identities(fol.tracklets, clip.camera.focal if FOCAL else None)
     for t in fol.tracklets:
         c = np.nanmean(fol.stores[t.slot].arr[t.start, :, :2], 0)
         d = np.linalg.norm(clip.centres[t.start] - c, axis=1)
@@ -62,6 +63,8 @@ def main(argv=None):
     ap.add_argument("--clips", type=int, default=6)
     ap.add_argument("--heads", type=int, default=3)
     ap.add_argument("--seed", type=int, default=100, help="first clip's seed")
+    ap.add_argument("--face-px", type=float, default=90.0, help="the heads' size in shot 1")
+    ap.add_argument("--face-px2", type=float, help="the heads' size in shot 2 (default: --face-px)")
     ap.add_argument("--save", help="write the distances to this .npz")
     args = ap.parse_args(argv)
     model = load_model()
@@ -69,14 +72,17 @@ def main(argv=None):
     same, diff = [], []
     for seed in range(args.clips):
         clip = multi_face_clip(model, np.random.default_rng(args.seed + seed), n_heads=args.heads, shot=10,
-                               size=(160 * args.heads, 240), face_px=90)
+                               size=(160 * args.heads, 240),
+                               face_px=args.face_px, face_px2=args.face_px2)
         ts = [t for t in tracklets_of(model, mp, clip) if t.identity() is not None]
         for a in ts:
             for b in ts:
                 if a.index < b.index and a.shot != b.shot:
                     d_id = F.identity_distance(model, mp.vertex_ids, a.identity(), b.identity())
                     d_col = F.colour_distance(a.appearance(), b.appearance())
-                    (same if a.head == b.head else diff).append((d_id, d_col))
+                    px = min(F._face_px(a), F._face_px(b))
+                    score = F.reid_score(model, mp.vertex_ids, a, b)
+                    (same if a.head == b.head else diff).append((d_id, d_col, px, score))
     same, diff = np.array(same), np.array(diff)
     if args.save:
         np.savez(args.save, same=same, diff=diff)
@@ -84,8 +90,10 @@ def main(argv=None):
         print(f"{name:17s} pairs {len(arr):3d}  identity mm: median {np.median(arr[:, 0]):.2f} "
               f"min {arr[:, 0].min():.2f} max {arr[:, 0].max():.2f}  colour: median {np.median(arr[:, 1]):.3f} "
               f"min {arr[:, 1].min():.3f} max {arr[:, 1].max():.3f}")
-    score = lambda a: a[:, 0] / F.REID_IDENTITY_MM + a[:, 1] / F.REID_COLOUR  # noqa: E731
-    print(f"score (units {F.REID_IDENTITY_MM} mm, {F.REID_COLOUR} RGB): same person max {score(same).max():.2f}, "
+    print(f"smaller face of a pair: median {np.median(np.r_[same[:, 2], diff[:, 2]]):.0f} px")
+    score = lambda a: a[:, 3]  # noqa: E731
+    print(f"score (units {F.REID_IDENTITY_MM} mm, {F.REID_COLOUR} RGB, identity weighted by face size / "
+          f"{F.REID_FACE_PX:g} px squared): same person max {score(same).max():.2f}, "
           f"different people min {score(diff).min():.2f}; errors at 1: "
           f"{int((score(same) >= 1).sum())} missed, {int((score(diff) < 1).sum())} false matches")
     for k, name in ((0, "identity alone"), (1, "colour alone")):

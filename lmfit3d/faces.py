@@ -31,11 +31,16 @@ DETECT_EVERY = 10        # frames between newcomer searches of the whole frame w
 DEEP_EVERY = 100         # frames between newcomer searches that include small windows (slow: ~35 windows)
 MIN_FACE_FRAMES = 5      # a tracklet this short that matches no face is dropped (a spurious detection)
 SCENE_CUT_GREY = 30.0    # mean absolute difference (0..255) of 16 x 16 grey thumbnails at a scene cut
+# a tracklet ends where the mean colour at its landmarks changes by more (RGB 0..1) from one frame to the
+# next: another face in the same place after a cut the thumbnails missed (the same face: <= 0.042 on
+# renders of 2-3 heads and on short_hamilton_clip.mp4; faces swapped at such a cut: 0.17, 0.42)
+COLOUR_JUMP = 0.1
 # re-identification (:func:`reid_score`): units of the identity distance (mm RMS over the landmark
 # vertices) and of the colour distance (RGB 0..1) whose sum is 1 at the threshold; learnt on renders
 # (bench/reid_threshold.py: same person / different people, pass-1 tracklets)
 REID_IDENTITY_MM = 4.0
 REID_COLOUR = 0.08
+REID_FACE_PX = 115.0     # mean tracklet face size (landmark box, px) of those renders (90-px heads)
 
 
 def _memmap(path, shape):
@@ -108,13 +113,17 @@ class Tracklet:
     face: int = -1
     colour: object = None       # summed colour layouts (:func:`face_colour`), over ``colour_n`` frames per cell
     colour_n: object = 0
+    refits: int = 0             # identity refits made (:func:`fit_identities`)
+    box: object = None          # (lo, hi) pixels: the landmark box of its last frame
+    last_colour: object = None  # colour layout of its last frame (:func:`face_colour`)
 
     @property
     def frames(self):
         return self.end - self.start + 1
 
     def identity(self):
-        return None if self.tracker is None or not self.tracker.keyframes else self.tracker.identity
+        """The identity (K,) refitted on the tracklet's keyframes (None: never refitted)."""
+        return None if self.tracker is None or not self.tracker.keyframes or not self.refits else self.tracker.identity
 
     def appearance(self):
         """Colour layout (:func:`face_colour`) averaged over the tracklet's frames (None: unseen)."""
@@ -140,6 +149,13 @@ def face_colour(frame, mu, grid=1):
     for c in range(3):
         out[:, c] = np.bincount(idx, rgb[:, c], minlength=grid * grid) / np.where(cnt, cnt, np.nan)
     return out
+
+
+def _colour_jump(t, frame, mu):
+    """Whether the colour at the landmarks mu (L, 2) on ``frame`` differs from tracklet ``t``'s last
+    frame by more than ``COLOUR_JUMP``: another person in the same place (an undetected cut)."""
+    col = face_colour(frame, mu)
+    return t.last_colour is not None and col is not None and colour_distance(col, t.last_colour) > COLOUR_JUMP
 
 
 def colour_distance(a, b):
@@ -182,16 +198,20 @@ class FaceFollower:
     def step(self, frame, n):
         """Follow, end and start tracklets on frame ``n``; returns [(tracklet, Prediction)], oldest first."""
         self._thumb, cut = scene_cut(frame, self._thumb)
-        found, ended = [], cut and bool(self.live)
+        found, lost, ended = [], [], cut and bool(self.live)
         for t in self.live:
             pred = None
             if not cut:
                 self.mp.set_state(t.state)
                 pred = self.mp.follow(frame)
                 t.state = self.mp.get_state()
+                if pred is None:
+                    lost.append(t)          # the face score dropped: re-acquired by the detector below?
+                    ended = True
+                    continue
             if pred is not None:
                 c, jump = is_cut(pred.mu, t.centre, self.cut_threshold)
-                if jump or any(_inside(c, p.mu) for _, p in found):
+                if jump or _colour_jump(t, frame, pred.mu) or any(_inside(c, p.mu) for _, p in found):
                     pred = None
             if pred is None:
                 ended = True
@@ -199,13 +219,16 @@ class FaceFollower:
             t.centre = c
             found.append((t, pred))
         if len(found) < self.max_faces and (not found or ended or n % DETECT_EVERY == 0):
-            found += self._newcomers(frame, n, found)
+            found += self._newcomers(frame, n, found, lost)
         self.live = [t for t, _ in found]
         self._record(found, n, frame)
         return found
 
-    def _newcomers(self, frame, n, found):
-        """Tracklets started on faces the detector finds outside every followed face."""
+    def _newcomers(self, frame, n, found, lost=()):
+        """Tracklets started on faces the detector finds outside every followed face.  A face found
+        inside the last landmark box of a tracklet ``lost`` on this frame (its face score dropped)
+        continues that tracklet, as the single-face tracker's detector restart does: one face, one
+        tracklet, one identity fit, rather than a new tracklet to re-identify."""
         if found:
             deep = n % DEEP_EVERY == 0
             levels, exhaustive = (3, True) if deep else (1, False)
@@ -214,6 +237,7 @@ class FaceFollower:
             exhaustive = False
             self._lost += 1
         new = []
+        lost = list(lost)
         for roi in self.mp.detect(frame, 3 * self.max_faces, levels=levels, exhaustive=exhaustive):
             if len(found) + len(new) >= self.max_faces:
                 break
@@ -226,10 +250,17 @@ class FaceFollower:
             c = np.nanmean(pred.mu, 0)
             if any(_inside(c, p.mu) for _, p in found + new):
                 continue
-            used = {t.slot for t, _ in found + new}
-            slot = min(set(range(len(used) + 1)) - used)
-            t = Tracklet(len(self.tracklets), slot, n, n, self.mp.get_state(), centre=c)
-            self.tracklets.append(t)
+            back = [t for t in lost if t.box is not None and bool(np.all((c >= t.box[0]) & (c <= t.box[1])))
+                    and not is_cut(pred.mu, t.centre, self.cut_threshold)[1] and not _colour_jump(t, frame, pred.mu)]
+            if back:
+                t = back[0]
+                lost.remove(t)
+                t.state, t.centre = self.mp.get_state(), c
+            else:
+                used = {t.slot for t, _ in found + new} | {t.slot for t in lost}
+                slot = min(set(range(len(used) + 1)) - used)
+                t = Tracklet(len(self.tracklets), slot, n, n, self.mp.get_state(), centre=c)
+                self.tracklets.append(t)
             new.append((t, pred))
             self._lost = 0
         return new
@@ -251,13 +282,15 @@ class FaceFollower:
                 ok = np.isfinite(pred.mu).all(1)
                 if ok.any():
                     t.size += float(np.ptp(pred.mu[ok], 0).max())
-                col = face_colour(frame, pred.mu)
+                    t.box = _box(pred.mu[ok])
+                col = t.last_colour = face_colour(frame, pred.mu)
                 if col is not None:
                     ok = np.isfinite(col[:, :1])
                     t.colour = np.where(ok, col, 0.0) + (0.0 if t.colour is None else t.colour)
                     t.colour_n = t.colour_n + ok
                 if t.tracker is None:
                     t.tracker = self.new_tracker()
+                    t.tracker.refit_in_step = False         # keyframes only: :func:`fit_identities` after pass 1
                 # identity: every ``stride``-th frame of the tracklet, until its keyframe set is full
                 if (n - t.start) % self.stride == 0 and len(t.tracker.keyframes) < self.max_keyframes:
                     t0 = time.perf_counter()
@@ -282,14 +315,30 @@ def _overlaps(t, face):
     return any(t.start <= u.end and u.start <= t.end for u in face)
 
 
+def _face_px(t):
+    """Mean face size of a tracklet (pixels: the larger side of its landmark box)."""
+    return t.size / max(t.frames, 1)
+
+
+def identity_weight(a, b, face_px=REID_FACE_PX):
+    """Weight of the identity distance of tracklets ``a`` and ``b`` in :func:`reid_score`: 1 when
+    both faces are at least ``face_px`` (the size the units were learnt at), else (smaller / face_px)
+    squared: identities fitted from small faces scatter more (renders, ``bench/reid_threshold.py
+    --face-px``), and the colour decides more."""
+    return min(1.0, min(_face_px(a), _face_px(b)) / face_px) ** 2
+
+
 def reid_score(model, vertex_ids, a, b, id_mm=REID_IDENTITY_MM, colour=REID_COLOUR):
     """How far apart two tracklets are as people (< 1: the same person): the distance of their fitted
-    identities (:func:`identity_distance`) in units of ``id_mm`` plus that of their mean colours at the
-    landmarks (:func:`colour_distance`, RGB 0..1, the appearance tie-breaker) in units of ``colour``; inf when either is unknown."""
+    identities (:func:`identity_distance`) in units of ``id_mm``, weighted by the faces' size
+    (:func:`identity_weight`), plus that of their mean colours at the landmarks
+    (:func:`colour_distance`, RGB 0..1, the appearance tie-breaker) in units of ``colour``; inf when
+    either is unknown."""
     ia, ib, ca, cb = a.identity(), b.identity(), a.appearance(), b.appearance()
     if ia is None or ib is None or ca is None or cb is None:
         return np.inf
-    return identity_distance(model, vertex_ids, ia, ib) / id_mm + colour_distance(ca, cb) / colour
+    d = identity_distance(model, vertex_ids, ia, ib) / id_mm
+    return identity_weight(a, b) * d + colour_distance(ca, cb) / colour
 
 
 def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES):
@@ -335,33 +384,71 @@ def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES):
     return faces
 
 
-def face_identity(face, tracker_like, focal=None, max_keyframes=5):
-    """(identity, focal) of one face from its tracklets' keyframes only: the tracklet's own when it
-    is one and ``focal`` is None (the pass-1 result as is); else a refit on the keyframes of its
-    tracklets (longest first, at most ``max_keyframes``) with the focal length held at ``focal``
-    when given (one camera: the main face's), by ``tracker_like.fresh`` (a pass-1 Tracker)."""
-    lone = face[0].tracker if len(face) == 1 else None
-    if lone is not None and (focal is None or lone.focal_known):
-        return lone.identity.copy(), lone.focal
-    tracks = sorted((t for t in face if t.tracker is not None and t.tracker.keyframes), key=lambda t: -t.frames)
-    if not tracks:                              # never fitted (too few landmarks): the prior's mean
-        return np.zeros_like(tracker_like.identity), tracker_like.focal if focal is None else focal
-    kfs = []
-    for t in tracks:
-        kfs += t.tracker.keyframes
-    kfs = kfs[:max_keyframes]
-    base = tracks[0].tracker
-    tr = tracker_like.fresh(focal)
+def _keyframes_with(tr, kfs):
+    """Tracker ``tr``'s keyframes set to ``kfs`` [(x, mu, sigma)], each x with ``tr``'s identity and focal."""
     sl = tr._sl
-    tr.identity = base.identity.copy()
-    tr.identity_fixed = False
-    if focal is None:
-        tr.focal, tr.focal_known = base.focal, base.focal_known
     tr.keyframes = []
     for x, mu, sg in kfs:
         x = x.copy()
         x[sl["identity"]] = tr.identity
         x[sl["focal"]] = tr.focal
         tr.keyframes.append((x, mu, sg))
+
+
+def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES, timings=None):
+    """After pass 1: one identity refit per tracklet of at least ``min_frames`` frames (or the only
+    tracklet), on its own keyframes (``Tracklet.identity``; :func:`reid_score` needs it).  The focal
+    length, unless given (``focal``), is fitted on the tracklet of most screen presence (summed size)
+    first and held at that for all the others: one camera, measured on its largest face.  Returns
+    the focal length (None: no tracklet to fit).
+
+    Pass 1 only collects keyframes (``Tracker.refit_in_step`` False): a tracklet costs one refit,
+    none when it is a spurious detection, and the single-face tracker's refit at every keyframe
+    (``max_keyframes`` refits, which only steer pass 1's own pose fits) is not repeated per tracklet."""
+    import time
+    t0 = time.perf_counter()
+    todo = [t for t in tracklets if t.tracker is not None and t.tracker.keyframes
+            and (t.frames >= min_frames or len(tracklets) == 1)]
+    todo.sort(key=lambda t: -t.size)
+    for t in todo:
+        tr = t.tracker
+        if focal is not None and not (tr.focal_known and tr.focal == focal):
+            tr.focal, tr.focal_known = float(focal), True
+            _keyframes_with(tr, tr.keyframes)
+        tr.refit_identity()
+        tr.refit_pending = False
+        t.refits += 1
+        focal = tr.focal if focal is None else focal
+    if timings is not None:
+        timings["fit"] = timings.get("fit", 0.0) + time.perf_counter() - t0
+    return focal
+
+
+def _information(t):
+    """How much a tracklet's landmarks tell of its identity, for the choice of a face's keyframes:
+    its mean face size (pixels; landmark precision in mm goes as 1 / size), then its frames."""
+    return (t.size / max(t.frames, 1), t.frames)
+
+
+def face_identity(face, tracker_like, focal=None, max_keyframes=5):
+    """(identity, focal) of one face from its tracklets' keyframes only (their identities refitted
+    by :func:`fit_identities`, one focal length): the keyframes of the tracklets with the largest
+    faces first (:func:`_information`), at most ``max_keyframes``.  When they are all one
+    tracklet's, its identity as is (no refit); else a refit on them, warm from that tracklet's
+    identity, by ``tracker_like.fresh`` (a pass-1 Tracker).  ``focal``: that of a face never fitted
+    (whose identity is then the prior's mean)."""
+    tracks = sorted((t for t in face if t.identity() is not None), key=_information, reverse=True)
+    if not tracks:                              # never fitted (too few landmarks): the prior's mean
+        return np.zeros_like(tracker_like.identity), tracker_like.focal if focal is None else focal
+    base = tracks[0].tracker
+    kfs = []
+    for t in tracks:
+        kfs += t.tracker.keyframes
+    if len(tracks) == 1 or len(base.keyframes) >= max_keyframes:
+        return base.identity.copy(), base.focal
+    tr = tracker_like.fresh(base.focal)
+    tr.identity = base.identity.copy()
+    tr.identity_fixed = False
+    _keyframes_with(tr, kfs[:max_keyframes])
     tr.refit_identity()
     return tr.identity.copy(), tr.focal

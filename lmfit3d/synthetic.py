@@ -357,14 +357,17 @@ class MultiFaceClip:
     camera: Camera
 
 
-def multi_face_clip(model, rng, n_heads=2, shot=10, size=(400, 240), face_px=95.0, leave=3):
+def multi_face_clip(model, rng, n_heads=2, shot=10, size=(400, 240), face_px=95.0, leave=3, only=None,
+                    face_px2=None):
     """Two shots of ``shot`` frames: the heads side by side (random identities, skin tones, slow
     turns), the last head leaving the frame on the last ``leave`` frames of shot 1; then a cut (the
     background changes) to shot 2, where the heads' places are reversed (head 0 takes the last
-    head's place ...) and every head is back.  Head k is rendered over heads < k."""
+    head's place ...) and every head is back.  Head k is rendered over heads < k.  ``only``: render
+    that head alone (the same draws: the single-face baseline of head ``only``).  ``face_px2``: the
+    heads' size in shot 2 (default ``face_px``; a zoom at the cut)."""
     w, h = size
     cam = Camera.from_fov(w, h, 40.0)
-    depth = cam.focal * FACE_WIDTH_MM / face_px
+    depths = [cam.focal * FACE_WIDTH_MM / px for px in (face_px, face_px2 or face_px)]
     ids = rng.normal(size=(n_heads, model.n_identity))
     looks = [random_look(model, rng, ids[k], 1) for k in range(n_heads)]
     places = (np.arange(n_heads) + 0.5) / n_heads * w
@@ -373,8 +376,11 @@ def multi_face_clip(model, rng, n_heads=2, shot=10, size=(400, 240), face_px=95.
     phase = rng.uniform(0, 2 * np.pi, n_heads)
     for f in range(2 * shot):
         second = f >= shot
+        depth = depths[int(second)]
         img = np.full((h, w, 3), int(grey[int(second)]), np.uint8)
         for k in range(n_heads):
+            if only is not None and k != only:
+                continue
             u = places[n_heads - 1 - k] if second else places[k]
             if not second and k == n_heads - 1 and f >= shot - leave:
                 continue                                    # the last head has left the frame

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .faces import FaceFollower, LandmarkStore, _memmap, assign_faces, face_identity, reid_score
+from .faces import FaceFollower, LandmarkStore, _memmap, assign_faces, face_identity, fit_identities, reid_score
 from .fit import FitConfig, Tracker
 from .report import ContactFrames
 from .media import VideoReader, _check_out_dir, _progress
@@ -334,13 +334,12 @@ def _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores):
     n += 1
     tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
     t = time.perf_counter()
+    focal = fit_identities(follower.tracklets, opt.focal_px)
     faces = assign_faces(follower.tracklets, lambda a, b: reid_score(model, vids, a, b), opt.face_limit(True))
     out = []
-    focal = opt.focal_px
     for j, face in enumerate(faces):
         identity, f = face_identity(face, proto[0], focal, cfg.max_keyframes)
-        focal = f if focal is None else focal           # one camera: the main face's focal length
-        out.append((_face_array(follower, j, face, n, work, vids.size, stores), identity, focal,
+        out.append((_face_array(follower, j, face, n, work, vids.size, stores), identity, f,
                     tuple(t.start for t in face)))
     if not out:                                          # no face anywhere: one face of empty rows
         empty = LandmarkStore(work / "landmarks.npy", n, vids.size, n)

@@ -101,7 +101,7 @@ def test_two_inputs_whose_face_files_would_collide_are_refused(tmp_path, capsys)
 
 
 def _t(index, start, end, ident, colour, size=1.0):
-    t = Tracklet(index, 0, start, end, size=size * (end - start + 1))
+    t = Tracklet(index, 0, start, end, size=size * (end - start + 1), refits=1)
     t.tracker = SimpleNamespace(keyframes=[0], identity=np.asarray(ident, float))
     t.colour, t.colour_n = np.asarray(colour, float)[None], np.ones((1, 1))
     return t
