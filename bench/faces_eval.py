@@ -118,7 +118,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     model = load_model()
     mp = MediaPipeLandmarks()
-    ratios, errs = [], []
+    ratios, errs, both = [], [], []
     for n_heads in args.heads:
         for seed in args.seeds:
             r = render_case(model, mp, seed, n_heads, args)
@@ -126,6 +126,7 @@ def main(argv=None):
             ratios.append(ratio)
             er = np.array(r["err_multi"]) / np.array(r["err_single"])
             errs += er.tolist()
+            both += list(zip(r["err_multi"], r["err_single"]))
             print(f"heads {n_heads} seed {seed}: s/face-frame multi {1e3 * r['multi_s_per_ff']:.1f} ms "
                   f"({r['face_frames']} face-frames), single {1e3 * r['single_s_per_ff']:.1f} ms "
                   f"({r['single_face_frames']}), ratio {ratio:.2f}; id switches {r['switches']}, "
@@ -133,8 +134,11 @@ def main(argv=None):
                   f"{' '.join(f'{e:.2f}' for e in r['err_multi'])} single {' '.join(f'{e:.2f}' for e in r['err_single'])} "
                   f"(ratio {' '.join(f'{e:.2f}' for e in er)})", flush=True)
     if ratios:
+        e = np.array(both, float)
         print(f"renders: time ratio median {np.median(ratios):.2f} max {max(ratios):.2f}; identity error ratio "
-              f"median {np.nanmedian(errs):.2f} max {np.nanmax(errs):.2f}")
+              f"median {np.nanmedian(errs):.2f} max {np.nanmax(errs):.2f}; mean identity error multi "
+              f"{np.nanmean(e[:, 0]):.2f} mm, single {np.nanmean(e[:, 1]):.2f} mm (ratio "
+              f"{np.nanmean(e[:, 0]) / np.nanmean(e[:, 1]):.2f})")
     if args.clip:
         rows = clip_case(model, mp, args.clip, args.max_faces)
         for mf, r in rows.items():

@@ -41,6 +41,7 @@ COLOUR_JUMP = 0.1
 REID_IDENTITY_MM = 4.0
 REID_COLOUR = 0.08
 REID_FACE_PX = 115.0     # mean tracklet face size (landmark box, px) of those renders (90-px heads)
+REID_GROUP = 1.5         # assign_faces: the score under which the last ones left of a group are matched
 
 
 def _memmap(path, shape):
@@ -341,14 +342,17 @@ def reid_score(model, vertex_ids, a, b, id_mm=REID_IDENTITY_MM, colour=REID_COLO
     return identity_weight(a, b) * d + colour_distance(ca, cb) / colour
 
 
-def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES):
+def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES, group_limit=REID_GROUP):
     """Link tracklets into faces: sets each ``Tracklet.face`` (-1: dropped) and returns the faces,
     lists of tracklets, main face (largest summed size) first, at most ``max_faces``.
 
-    Tracklets are taken in order of their first frame; those starting on the same frame are matched
-    together, best pair first.  A tracklet joins the face (not visible on any of its frames) with the
-    lowest ``score(tracklet, face's longest tracklet)`` (:func:`reid_score`) when it is under 1;
-    else it starts a new face.  A new face seen on fewer than ``min_frames`` frames is dropped."""
+    Tracklets are taken in order of their first frame; those starting on the same frame (a group:
+    the people of a new shot) are matched together, best pair first.  A tracklet joins the face (not
+    visible on any of its frames) with the lowest ``score(tracklet, face's tracklet with the largest
+    faces)`` (:func:`reid_score`) when it is under 1; then, in the group, a tracklet and a face still
+    unmatched that are each other's best are joined when their score is under ``group_limit``
+    (people return together after a cut: the one left of each pair is likelier the same person);
+    else the tracklet starts a new face.  A new face seen on fewer than ``min_frames`` frames is dropped."""
     faces = []
     order = sorted(tracklets, key=lambda t: (t.start, t.index))
     k = 0
@@ -359,16 +363,19 @@ def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES):
         for t in group:
             for j, face in enumerate(faces):
                 if not _overlaps(t, face):
-                    d = score(t, max(face, key=lambda u: u.frames))
-                    if d < 1.0:
-                        pairs.append((d, t.index, j))
+                    pairs.append((score(t, max(face, key=_information)), t.index, j))
+        pairs.sort()
         taken, used = set(), set()
-        for d, ti, j in sorted(pairs):
-            if ti in taken or j in used:
-                continue
-            faces[j].append(next(u for u in group if u.index == ti))
-            taken.add(ti)
-            used.add(j)
+        for limit, mutual in ((1.0, False), (group_limit, True)):
+            for d, ti, j in pairs:
+                if d >= limit or ti in taken or j in used:
+                    continue
+                if mutual and any(e < d for e, u, i in pairs if (u == ti) != (i == j) and u not in taken
+                                  and i not in used):
+                    continue            # not each other's best among those left
+                faces[j].append(next(u for u in group if u.index == ti))
+                taken.add(ti)
+                used.add(j)
         for t in group:
             if t.index not in taken:
                 faces.append([t])
