@@ -439,23 +439,28 @@ def _information(t):
 
 def face_identity(face, tracker_like, focal=None, max_keyframes=5):
     """(identity, focal) of one face from its tracklets' keyframes only (their identities refitted
-    by :func:`fit_identities`, one focal length): the keyframes of the tracklets with the largest
-    faces first (:func:`_information`), at most ``max_keyframes``.  When they are all one
-    tracklet's, its identity as is (no refit); else a refit on them, warm from that tracklet's
-    identity, by ``tracker_like.fresh`` (a pass-1 Tracker).  ``focal``: that of a face never fitted
-    (whose identity is then the prior's mean)."""
+    by :func:`fit_identities`, one focal length).  The face's keyframes are chosen as the single-face
+    tracker chooses them (:meth:`lmfit3d.fit.Tracker._is_keyframe`: a head rotation at least
+    ``keyframe_angle_deg`` from every one so far, at most ``max_keyframes``) from its tracklets'
+    keyframes, the tracklets with the largest faces first (:func:`_information`).  When they are
+    all one tracklet's, its identity as is (no refit); else a refit on them, warm from that
+    tracklet's identity, by ``tracker_like.fresh`` (a pass-1 Tracker).  ``focal``: that of a face
+    never fitted (whose identity is then the prior's mean)."""
     tracks = sorted((t for t in face if t.identity() is not None), key=_information, reverse=True)
     if not tracks:                              # never fitted (too few landmarks): the prior's mean
         return np.zeros_like(tracker_like.identity), tracker_like.focal if focal is None else focal
     base = tracks[0].tracker
-    kfs = []
-    for t in tracks:
-        kfs += t.tracker.keyframes
-    if len(tracks) == 1 or len(base.keyframes) >= max_keyframes:
+    min_angle = np.radians(tracker_like.cfg.keyframe_angle_deg)
+    kfs = list(base.keyframes[:max_keyframes])
+    for t in tracks[1:]:
+        for kf in t.tracker.keyframes:
+            if len(kfs) < max_keyframes and all(np.linalg.norm(kf[0][0:3] - k[0][0:3]) >= min_angle for k in kfs):
+                kfs.append(kf)
+    if len(kfs) == len(base.keyframes):
         return base.identity.copy(), base.focal
     tr = tracker_like.fresh(base.focal)
     tr.identity = base.identity.copy()
     tr.identity_fixed = False
-    _keyframes_with(tr, kfs[:max_keyframes])
+    _keyframes_with(tr, kfs)
     tr.refit_identity()
     return tr.identity.copy(), tr.focal
