@@ -4,18 +4,22 @@ association of tracks into faces with stable ids.
 
 A *tracklet* is one face followed without a break: it starts at a detection (the first frame, after
 a scene cut, and the newcomer search every ``DETECT_EVERY`` frames, with small windows every
-``DEEP_EVERY`` frames) and ends when the landmark network's face score drops, at a scene cut
-(:func:`scene_cut` on a grey thumbnail of the frame, or a jump of its landmarks,
-:func:`lmfit3d.temporal.is_cut`), or when its landmarks fall onto a face followed since earlier (two
-tracks converged).  Each live tracklet occupies a *slot* (a landmark store of its own; the first
-face uses slot 0, as the single-face path does) and has its own real-time :class:`lmfit3d.fit.Tracker`
-refitting its identity on its own keyframes.
+``DEEP_EVERY`` frames) and ends when the landmark network's face score drops and the detector does
+not find the face again in the same frame inside its last landmark box, at a scene cut
+(:func:`scene_cut` on a grey thumbnail of the frame, a jump of its landmarks,
+:func:`lmfit3d.temporal.is_cut`, or of the colour at them, ``COLOUR_JUMP``), or when its landmarks
+fall onto a face followed since earlier (two tracks converged).  Each live tracklet occupies a
+*slot* (a landmark store of its own; the first face uses slot 0, as the single-face path does) and
+has its own :class:`lmfit3d.fit.Tracker` collecting keyframes (no refits in pass 1).
 
-After pass 1, :func:`assign_faces` links tracklets into faces by the fitted identity (after an
-occlusion, a cut or leaving the frame): a tracklet joins the face whose identity is nearest
-(:func:`identity_distance`, mm over the landmark vertices) when it is under ``REID_THRESHOLD_MM``
-(learnt on renders by ``bench/reid_threshold.py``) and the face is not visible at the same time;
-else it starts a new face.  Faces are numbered by screen presence (the sum over frames of the face's
+After pass 1, :func:`fit_identities` refits each tracklet's identity once on its own keyframes (the
+focal length fitted on the largest tracklet, held for the others), and :func:`assign_faces` links
+tracklets into faces (after an occlusion, a cut or leaving the frame) by :func:`reid_score`: the
+distance of their identities (mm over the landmark vertices, weighted down for small faces) and of
+their colours, in units learnt on renders by ``bench/reid_threshold.py``; a tracklet joins the
+nearest face not visible at the same time when the score is under 1, else it starts a new face.
+:func:`face_identity` gives each face its identity from its tracklets' keyframes (a refit only when
+they span tracklets).  Faces are numbered by screen presence (the sum over frames of the face's
 size): face 0 is the main face.
 """
 import os
@@ -349,9 +353,10 @@ def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES, group_
     Tracklets are taken in order of their first frame; those starting on the same frame (a group:
     the people of a new shot) are matched together, best pair first.  A tracklet joins the face (not
     visible on any of its frames) with the lowest ``score(tracklet, face's tracklet with the largest
-    faces)`` (:func:`reid_score`) when it is under 1; then, in the group, a tracklet and a face still
-    unmatched that are each other's best are joined when their score is under ``group_limit``
-    (people return together after a cut: the one left of each pair is likelier the same person);
+    faces)`` (:func:`reid_score`) when it is under 1; then, when some of the group were so
+    recognised (people returning together, e.g. after a cut), a tracklet and a face still unmatched
+    that are each other's best are joined when their score is under ``group_limit`` (renders: the
+    last head of a returning pair or trio scored 1.1-1.3 where colour and identity both varied);
     else the tracklet starts a new face.  A new face seen on fewer than ``min_frames`` frames is dropped."""
     faces = []
     order = sorted(tracklets, key=lambda t: (t.start, t.index))
@@ -367,6 +372,8 @@ def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES, group_
         pairs.sort()
         taken, used = set(), set()
         for limit, mutual in ((1.0, False), (group_limit, True)):
+            if mutual and not taken:
+                break               # no one of the group recognised: not a returning group
             for d, ti, j in pairs:
                 if d >= limit or ti in taken or j in used:
                     continue

@@ -140,3 +140,122 @@ def test_scene_cut_and_face_colour():
     mu = np.array([[1.0, 1.0], [2.0, 8.0], [7.0, 3.0], [np.nan, np.nan], [50.0, 2.0]])
     assert np.allclose(face_colour(img, mu)[0], [2 / 3, 0, 0])
     assert face_colour(img, np.array([[50.0, 50.0]])) is None
+
+
+def test_group_rule_and_small_faces():
+    """The last pair of a returning group is matched under REID_GROUP only when others of the group
+    were recognised; identities fitted from small faces weigh less against the colour."""
+    from lmfit3d.faces import REID_FACE_PX, identity_weight
+    a = _t(0, 0, 9, [0, 0], [0.5, 0.4, 0.3])
+    b = _t(1, 0, 9, [3, 0], [0.2, 0.2, 0.2])
+    a2 = _t(2, 12, 20, [0.5, 0], [0.5, 0.4, 0.3])           # A again: 0.5
+    b2 = _t(3, 12, 20, [4.3, 0], [0.2, 0.2, 0.2])           # B again, but 1.3 away (> 1, < 1.5)
+    faces = assign_faces([a, b, a2, b2], _score, max_faces=10)
+    assert [[t.index for t in f] for f in faces] == [[0, 2], [1, 3]]
+    # alone (nobody of its group recognised) the same 1.3 starts a new face
+    faces = assign_faces([a, b, b2], _score, max_faces=10)
+    assert len(faces) == 3 and b2.face not in (a.face, b.face)
+    # weights: 1 at or above the renders' size, the squared size ratio below it
+    small = _t(5, 0, 9, [0, 0], [0, 0, 0], size=REID_FACE_PX / 2)
+    big = _t(6, 0, 9, [0, 0], [0, 0, 0], size=2 * REID_FACE_PX)
+    assert identity_weight(big, big) == 1.0 and identity_weight(small, big) == pytest.approx(0.25)
+
+
+class _FakeTracker:
+    """Keyframes with root rotations; counts refits; focal as fit_identities sets it."""
+
+    def __init__(self, rotations, focal=100.0):
+        self._sl = {"identity": slice(3, 5), "focal": slice(5, 6)}
+        self.keyframes = [(np.r_[r, 0.0, 0.0, 0.0, 0.0], None, None) for r in rotations]
+        self.identity, self.focal, self.focal_known = np.zeros(2), focal, False
+        self.refit_pending, self.refit_focal, self.cfg = True, [], SimpleNamespace(keyframe_angle_deg=10.0)
+
+    def refit_identity(self):
+        self.refit_focal.append((self.focal, self.focal_known, len(self.keyframes)))
+        self.identity = np.ones(2) * len(self.keyframes)
+        if not self.focal_known:
+            self.focal = 123.0
+
+    def fresh(self, focal=None):
+        tr = _FakeTracker([], focal)
+        tr.focal_known = True
+        return tr
+
+
+def test_one_refit_per_confirmed_tracklet_focal_from_the_largest_and_face_keyframes():
+    from lmfit3d.faces import face_identity, fit_identities
+    ts = []
+    for i, (start, end, size, rots) in enumerate([(0, 9, 50, [[0, 0, 0]]), (10, 40, 200, [[0, 0, 0], [0, 0.3, 0]]),
+                                                 (41, 43, 90, [[0, 0, 0]])]):
+        t = Tracklet(i, 0, start, end, size=size * (end - start + 1))
+        t.tracker = _FakeTracker(rots)
+        ts.append(t)
+    assert fit_identities(ts) == 123.0
+    small, large, short = ts
+    assert large.tracker.refit_focal == [(100.0, False, 2)]          # the largest first, focal free
+    assert small.tracker.refit_focal == [(123.0, True, 1)]           # then held at its focal
+    assert small.tracker.keyframes[0][0][5] == 123.0
+    assert short.refits == 0 and short.identity() is None            # 3 frames: no refit
+    proto = _FakeTracker([])
+    # the small face's keyframe repeats a rotation of the large one's: the large one's identity as is
+    ident, focal = face_identity([small, large], proto)
+    assert np.allclose(ident, 2) and focal == 123.0
+    # a new rotation from another tracklet: one refit on the merged keyframes (focal held)
+    small.tracker.keyframes.append((np.r_[0, -0.4, 0, 0, 0, 0], None, None))
+    ident, focal = face_identity([small, large], proto)
+    assert np.allclose(ident, 3) and focal == 123.0
+
+
+class _ScriptedPredictor:
+    """One face at a fixed place; its face score drops (follow fails) on the frames ``drop``."""
+    vertex_ids = np.arange(4)
+
+    def __init__(self, drop, place=(50.0, 50.0)):
+        self.drop, self.place, self.n, self.state = drop, np.array(place), 0, None
+        self.mu = self.place + np.array([[-10.0, -10], [10, -10], [10, 10], [-10, 10]])
+
+    def _pred(self):
+        return SimpleNamespace(mu=self.mu.copy(), sigma=np.ones(4), presence=1.0)
+
+    def follow(self, frame):
+        return None if self.state is None or self.n in self.drop else self._pred()
+
+    def start(self, frame, roi):
+        self.state = "on"
+        return self._pred()
+
+    def detect(self, frame, max_candidates=3, levels=1, exhaustive=False):
+        return [SimpleNamespace(cx=self.place[0], cy=self.place[1])]
+
+    def get_state(self):
+        return self.state
+
+    def set_state(self, state=None):
+        self.state = state
+
+
+def test_a_face_lost_and_found_again_in_the_same_frame_keeps_its_tracklet():
+    from lmfit3d.faces import COLOUR_JUMP, FaceFollower, _colour_jump
+
+    class Store:
+        def __init__(self, *a):
+            self.arr = np.zeros((20, 4, 6))
+
+        def put(self, f, rec):
+            self.arr[f] = rec
+
+    mp = _ScriptedPredictor(drop={4, 7})
+    fol = FaceFollower(mp, lambda: SimpleNamespace(keyframes=[], step=lambda mu, sg: None), Store, max_faces=3)
+    frame = np.full((100, 100, 3), 120, np.uint8)
+    for n in range(10):
+        mp.n = n
+        fol.step(frame, n)
+    assert len(fol.tracklets) == 1 and fol.tracklets[0].frames == 10
+    # another face's colour in the same place ends the tracklet (an undetected cut)
+    t = fol.tracklets[0]
+    assert not _colour_jump(t, frame, mp.mu)
+    other = np.full((100, 100, 3), 120 + int(255 * 2 * COLOUR_JUMP), np.uint8)
+    assert _colour_jump(t, other, mp.mu)
+    mp.n = 10
+    fol.step(other, 10)
+    assert len(fol.tracklets) == 2 and fol.tracklets[0].end == 9 and fol.tracklets[1].start == 10
