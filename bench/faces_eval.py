@@ -8,10 +8,13 @@ face) of both, their ratio, id switches (a face id carrying a second head, or a 
 second face id), heads re-identified after the cut, and each head's identity error (mm RMS over the
 landmark vertices of the identity shape against the true one) in both modes.
 
-``--clip FILE``: a real video tracked both ways (time per face-frame; frames, runs and ids of
-each face), e.g. the shared ``short_hamilton_clip.mp4``.
+Times are CPU seconds of this process (all its threads; wall time on a shared machine measures the
+load), the least of ``--repeat`` alternate runs of each mode, after a warm-up of both.
+``--clip FILE...``: real videos tracked both ways (frames, runs and ids of each face), e.g. the
+shared ``short_hamilton_clip.mp4``.  ``--write-doc``: the tables into docs/results.md ("faces_eval").
 
-    python bench/faces_eval.py [--seeds 0 1 2 3] [--heads 2 3] [--clip ../shared/media/short_hamilton_clip.mp4]
+    python bench/faces_eval.py [--seeds 0 1 2 3] [--heads 2 3] [--shot 10] [--face-px 90 --face-px2 90]
+        [--clip ../shared/media/short_hamilton_clip.mp4 ...] [--write-doc]
 """
 import argparse
 import sys
@@ -23,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import results_doc  # noqa: E402
 from lmfit3d.faces import identity_distance  # noqa: E402
 from lmfit3d.media import FrameList  # noqa: E402
 from lmfit3d.model import load_model  # noqa: E402
@@ -76,11 +80,20 @@ def id_switches(per_face):
 
 
 def render_case(model, mp, seed, n_heads, args):
+    """One rendered clip: multi-face tracking against each head's single-face baseline (times: the
+    least of ``args.repeat`` alternate runs of each)."""
     kw = dict(n_heads=n_heads, shot=args.shot, size=(160 * n_heads, 240), face_px=args.face_px,
               face_px2=args.face_px2)
     clip = multi_face_clip(model, np.random.default_rng(seed), **kw)
+    alone = [FrameList(multi_face_clip(model, np.random.default_rng(seed), only=h, **kw).frames, name="heads")
+             for h in range(n_heads)]
     vids = mp.vertex_ids
-    wall, s, zs = _run(FrameList(clip.frames, name="heads"), n_heads + 1, model, mp)
+    multi_s, single_s = np.inf, np.inf
+    for _ in range(args.repeat):
+        wall, s, zs = _run(FrameList(clip.frames, name="heads"), n_heads + 1, model, mp)
+        multi_s = min(multi_s, wall)
+        singles = [_run(a, 1, model, mp) for a in alone]
+        single_s = min(single_s, sum(w for w, _, _ in singles))
     per_face = [heads_of(clip, z) for z in zs]
     switches, carriers = id_switches(per_face)
     after = all(len(carriers.get(h, ())) == 1 and any((p[clip.cut:] == h).any() for p in per_face)
@@ -91,15 +104,10 @@ def render_case(model, mp, seed, n_heads, args):
         k = max(range(len(zs)), key=lambda k: int((per_face[k] == h).sum()))
         err_multi.append(identity_distance(model, vids, zs[k]["identity"], clip.identities[h])
                          if (per_face[k] == h).any() else np.nan)
-    single_wall, single_ff, err_single = 0.0, 0, []
-    for h in range(n_heads):
-        alone = multi_face_clip(model, np.random.default_rng(seed), only=h, **kw)
-        w1, s1, z1 = _run(FrameList(alone.frames, name="heads"), 1, model, mp)
-        single_wall += w1
-        single_ff += s1.success
-        err_single.append(identity_distance(model, vids, z1[0]["identity"], clip.identities[h]))
-    ff = sum(s.face_frames)
-    return dict(seed=seed, heads=n_heads, multi_s_per_ff=wall / max(ff, 1), single_s_per_ff=single_wall / max(single_ff, 1),
+    err_single = [identity_distance(model, vids, z[0]["identity"], clip.identities[h])
+                  for h, (_, _, z) in enumerate(singles)]
+    ff, single_ff = sum(s.face_frames), sum(s1.success for _, s1, _ in singles)
+    return dict(multi_s_per_ff=multi_s / max(ff, 1), single_s_per_ff=single_s / max(single_ff, 1),
                 face_frames=ff, single_face_frames=single_ff, switches=switches, reid_after_cut=after,
                 err_multi=err_multi, err_single=err_single)
 
@@ -118,8 +126,36 @@ def clip_case(model, mp, path, max_faces, repeat=2):
             runs = np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if len(idx) else []
             faces.append((len(idx), [(int(r[0]), int(r[-1])) for r in runs]))
         rows[mf] = dict(wall=wall, face_frames=sum(s.face_frames), s_per_ff=wall / max(sum(s.face_frames), 1),
-                        faces=faces, timings=s.timings)
+                        faces=faces)
     return rows
+
+
+def _renders(model, mp, args):
+    """Markdown table row of the render clips of ``args`` (and a line per clip printed)."""
+    ratios, both, switches, reid, ff = [], [], 0, 0, [0, 0]
+    for n_heads in args.heads:
+        for seed in args.seeds:
+            r = render_case(model, mp, seed, n_heads, args)
+            ratios.append(r["multi_s_per_ff"] / r["single_s_per_ff"])
+            both += list(zip(r["err_multi"], r["err_single"]))
+            switches += r["switches"]
+            reid += r["reid_after_cut"]
+            ff[0] += r["face_frames"]
+            ff[1] += r["single_face_frames"]
+            print(f"heads {n_heads} seed {seed}: ms per face-frame multi {1e3 * r['multi_s_per_ff']:.1f} "
+                  f"({r['face_frames']} face-frames), single {1e3 * r['single_s_per_ff']:.1f} "
+                  f"({r['single_face_frames']}), ratio {ratios[-1]:.2f}; id switches {r['switches']}, "
+                  f"re-identified after the cut {r['reid_after_cut']}; identity error mm multi "
+                  f"{' '.join(f'{e:.2f}' for e in r['err_multi'])} single {' '.join(f'{e:.2f}' for e in r['err_single'])}",
+                  flush=True)
+    e = np.array(both, float)
+    er = e[:, 0] / e[:, 1]
+    size = f"{args.face_px:g}" + (f" -> {args.face_px2:g}" if args.face_px2 else "")
+    return (f"| {'/'.join(map(str, args.heads))} heads x seeds {','.join(map(str, args.seeds))}, shots of "
+            f"{args.shot}, {size} px | {len(ratios)} | {switches} | {reid}/{len(ratios)} | {ff[0]} / {ff[1]} | "
+            f"{np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | {np.nanmean(e[:, 0]):.2f} / "
+            f"{np.nanmean(e[:, 1]):.2f} ({np.nanmean(e[:, 0]) / np.nanmean(e[:, 1]):.2f}) | "
+            f"{np.nanmedian(er):.2f} ({np.nanmin(er):.2f}-{np.nanmax(er):.2f}) |")
 
 
 def main(argv=None):
@@ -129,42 +165,33 @@ def main(argv=None):
     ap.add_argument("--shot", type=int, default=10)
     ap.add_argument("--face-px", type=float, default=90.0, help="the heads' size in shot 1")
     ap.add_argument("--face-px2", type=float, help="the heads' size in shot 2 (default: --face-px; a zoom at the cut)")
-    ap.add_argument("--clip", help="a real video tracked single-face and with --max-faces")
+    ap.add_argument("--repeat", type=int, default=2, help="alternate runs of each mode (the least time counts)")
+    ap.add_argument("--clip", nargs="*", default=[], help="real videos tracked single-face and with --max-faces")
     ap.add_argument("--max-faces", type=int, default=4)
+    results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
     model = load_model()
     mp = MediaPipeLandmarks()
     _warm_up(model, mp)
-    ratios, errs, both = [], [], []
-    for n_heads in args.heads:
-        for seed in args.seeds:
-            r = render_case(model, mp, seed, n_heads, args)
-            ratio = r["multi_s_per_ff"] / r["single_s_per_ff"]
-            ratios.append(ratio)
-            er = np.array(r["err_multi"]) / np.array(r["err_single"])
-            errs += er.tolist()
-            both += list(zip(r["err_multi"], r["err_single"]))
-            print(f"heads {n_heads} seed {seed}: s/face-frame multi {1e3 * r['multi_s_per_ff']:.1f} ms "
-                  f"({r['face_frames']} face-frames), single {1e3 * r['single_s_per_ff']:.1f} ms "
-                  f"({r['single_face_frames']}), ratio {ratio:.2f}; id switches {r['switches']}, "
-                  f"re-identified after the cut {r['reid_after_cut']}; identity error mm multi "
-                  f"{' '.join(f'{e:.2f}' for e in r['err_multi'])} single {' '.join(f'{e:.2f}' for e in r['err_single'])} "
-                  f"(ratio {' '.join(f'{e:.2f}' for e in er)})", flush=True)
-    if ratios:
-        e = np.array(both, float)
-        print(f"renders: time ratio median {np.median(ratios):.2f} max {max(ratios):.2f}; identity error ratio "
-              f"median {np.nanmedian(errs):.2f} max {np.nanmax(errs):.2f}; mean identity error multi "
-              f"{np.nanmean(e[:, 0]):.2f} mm, single {np.nanmean(e[:, 1]):.2f} mm (ratio "
-              f"{np.nanmean(e[:, 0]) / np.nanmean(e[:, 1]):.2f})")
+    md = []
+    if args.seeds and args.heads:
+        md += ["| renders | clips | id switches | re-identified after the cut | face-frames multi / single | "
+               "time per face-frame, multi / single: median (range) | identity error mm, mean multi / single "
+               "(ratio) | per face ratio median (range) |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+               _renders(model, mp, args), ""]
     if args.clip:
-        rows = clip_case(model, mp, args.clip, args.max_faces)
+        md += ["| video | mode | CPU s | face-frames | ms per face-frame | ratio | faces: frames (runs) |",
+               "|---|---|---:|---:|---:|---:|---|"]
+    for clip in args.clip:
+        rows = clip_case(model, mp, clip, args.max_faces, args.repeat)
         for mf, r in rows.items():
-            t = ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
-            print(f"{Path(args.clip).name} --max-faces {mf}: {r['wall']:.2f} s, {r['face_frames']} face-frames, "
-                  f"{1e3 * r['s_per_ff']:.1f} ms per face-frame ({t})")
-            for k, (nf, runs) in enumerate(r["faces"]):
-                print(f"  face {k}: {nf} frames {runs}")
-        print(f"ratio per face-frame: {rows[args.max_faces]['s_per_ff'] / rows[1]['s_per_ff']:.2f}")
+            faces = "; ".join(f"{k}: {nf} ({', '.join(f'{a}-{b}' for a, b in runs)})"
+                              for k, (nf, runs) in enumerate(r["faces"]))
+            md.append(f"| {Path(clip).name} | --max-faces {mf} | {r['wall']:.2f} | {r['face_frames']} | "
+                      f"{1e3 * r['s_per_ff']:.1f} | {r['s_per_ff'] / rows[1]['s_per_ff']:.2f} | {faces} |")
+    text = "\n".join(md + [results_doc.machine_line("CPU time of one process")])
+    print(text)
+    results_doc.maybe_write(args, {"faces_eval": text})
 
 
 if __name__ == "__main__":
