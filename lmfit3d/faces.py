@@ -156,10 +156,9 @@ def face_colour(frame, mu, grid=1):
     return out
 
 
-def _colour_jump(t, frame, mu):
-    """Whether the colour at the landmarks mu (L, 2) on ``frame`` differs from tracklet ``t``'s last
-    frame by more than ``COLOUR_JUMP``: another person in the same place (an undetected cut)."""
-    col = face_colour(frame, mu)
+def _colour_jump(t, col):
+    """Whether the colour layout ``col`` (:func:`face_colour`) of a face differs from tracklet ``t``'s
+    last frame by more than ``COLOUR_JUMP``: another person in the same place (an undetected cut)."""
     return t.last_colour is not None and col is not None and colour_distance(col, t.last_colour) > COLOUR_JUMP
 
 
@@ -216,12 +215,13 @@ class FaceFollower:
                     continue
             if pred is not None:
                 c, jump = is_cut(pred.mu, t.centre, self.cut_threshold)
-                if jump or _colour_jump(t, frame, pred.mu) or any(_inside(c, p.mu) for _, p in found):
+                col = face_colour(frame, pred.mu)
+                if jump or _colour_jump(t, col) or any(_inside(c, p.mu) for _, p in found):
                     pred = None
             if pred is None:
                 ended = True
                 continue
-            t.centre = c
+            t.centre, t.last_colour = c, col
             found.append((t, pred))
         if len(found) < self.max_faces and (not found or ended or n % DETECT_EVERY == 0):
             found += self._newcomers(frame, n, found, lost)
@@ -255,8 +255,9 @@ class FaceFollower:
             c = np.nanmean(pred.mu, 0)
             if any(_inside(c, p.mu) for _, p in found + new):
                 continue
+            col = face_colour(frame, pred.mu)
             back = [t for t in lost if t.box is not None and bool(np.all((c >= t.box[0]) & (c <= t.box[1])))
-                    and not is_cut(pred.mu, t.centre, self.cut_threshold)[1] and not _colour_jump(t, frame, pred.mu)]
+                    and not is_cut(pred.mu, t.centre, self.cut_threshold)[1] and not _colour_jump(t, col)]
             if back:
                 t = back[0]
                 lost.remove(t)
@@ -266,6 +267,7 @@ class FaceFollower:
                 slot = min(set(range(len(used) + 1)) - used)
                 t = Tracklet(len(self.tracklets), slot, n, n, self.mp.get_state(), centre=c)
                 self.tracklets.append(t)
+            t.last_colour = col
             new.append((t, pred))
             self._lost = 0
         return new
@@ -288,7 +290,7 @@ class FaceFollower:
                 if ok.any():
                     t.size += float(np.ptp(pred.mu[ok], 0).max())
                     t.box = _box(pred.mu[ok])
-                col = t.last_colour = face_colour(frame, pred.mu)
+                col = t.last_colour             # this frame's (:meth:`step`, :meth:`_newcomers`)
                 if col is not None:
                     ok = np.isfinite(col[:, :1])
                     t.colour = np.where(ok, col, 0.0) + (0.0 if t.colour is None else t.colour)
@@ -328,8 +330,13 @@ def _face_px(t):
 def identity_weight(a, b, face_px=REID_FACE_PX):
     """Weight of the identity distance of tracklets ``a`` and ``b`` in :func:`reid_score`: 1 when
     both faces are at least ``face_px`` (the size the units were learnt at), else (smaller / face_px)
-    squared: identities fitted from small faces scatter more (renders, ``bench/reid_threshold.py
-    --face-px``), and the colour decides more."""
+    squared, so that the colour decides more.  An identity fitted from a small face of a real video
+    is the less reliable one (short_hamilton_clip.mp4: the singer at 50 px in a wide shot and at 100
+    px in a close-up, 3.7 mm apart, colour 0.03; without the weight, two ids).  Renders show no such
+    scatter (45-px heads: same person 1.0-2.2 mm, as at 90 px) and there the weight leaves more
+    pairs to the colour (``bench/reid_threshold.py --face-px 45 --face-px2 90``: 4 pairs of
+    different people under 1 against 1 unweighted; no id switch once matched one to one,
+    ``bench/faces_eval.py --face-px 45 --face-px2 90``)."""
     return min(1.0, min(_face_px(a), _face_px(b)) / face_px) ** 2
 
 
@@ -409,7 +416,7 @@ def _keyframes_with(tr, kfs):
         tr.keyframes.append((x, mu, sg))
 
 
-def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES, timings=None):
+def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES):
     """After pass 1: one identity refit per tracklet of at least ``min_frames`` frames (or the only
     tracklet), on its own keyframes (``Tracklet.identity``; :func:`reid_score` needs it).  The focal
     length, unless given (``focal``), is fitted on the tracklet of most screen presence (summed size)
@@ -419,8 +426,6 @@ def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES, timings=No
     Pass 1 only collects keyframes (``Tracker.refit_in_step`` False): a tracklet costs one refit,
     none when it is a spurious detection, and the single-face tracker's refit at every keyframe
     (``max_keyframes`` refits, which only steer pass 1's own pose fits) is not repeated per tracklet."""
-    import time
-    t0 = time.perf_counter()
     todo = [t for t in tracklets if t.tracker is not None and t.tracker.keyframes
             and (t.frames >= min_frames or len(tracklets) == 1)]
     todo.sort(key=lambda t: -t.size)
@@ -433,14 +438,12 @@ def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES, timings=No
         tr.refit_pending = False
         t.refits += 1
         focal = tr.focal if focal is None else focal
-    if timings is not None:
-        timings["fit"] = timings.get("fit", 0.0) + time.perf_counter() - t0
     return focal
 
 
 def _information(t):
-    """How much a tracklet's landmarks tell of its identity, for the choice of a face's keyframes:
-    its mean face size (pixels; landmark precision in mm goes as 1 / size), then its frames."""
+    """How much a tracklet's landmarks tell of its identity, for the choice of a face's keyframes and
+    of the tracklet a newcomer is compared with: its mean face size (pixels), then its frames."""
     return (t.size / max(t.frames, 1), t.frames)
 
 

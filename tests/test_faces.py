@@ -253,9 +253,9 @@ def test_a_face_lost_and_found_again_in_the_same_frame_keeps_its_tracklet():
     assert len(fol.tracklets) == 1 and fol.tracklets[0].frames == 10
     # another face's colour in the same place ends the tracklet (an undetected cut)
     t = fol.tracklets[0]
-    assert not _colour_jump(t, frame, mp.mu)
+    assert not _colour_jump(t, face_colour(frame, mp.mu))
     other = np.full((100, 100, 3), 120 + int(255 * 2 * COLOUR_JUMP), np.uint8)
-    assert _colour_jump(t, other, mp.mu)
+    assert _colour_jump(t, face_colour(other, mp.mu))
     mp.n = 10
     fol.step(other, 10)
     assert len(fol.tracklets) == 2 and fol.tracklets[0].end == 9 and fol.tracklets[1].start == 10
