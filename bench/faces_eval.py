@@ -189,7 +189,7 @@ def main(argv=None):
                               for k, (nf, runs) in enumerate(r["faces"]))
             md.append(f"| {Path(clip).name} | --max-faces {mf} | {r['wall']:.2f} | {r['face_frames']} | "
                       f"{1e3 * r['s_per_ff']:.1f} | {r['s_per_ff'] / rows[1]['s_per_ff']:.2f} | {faces} |")
-    text = "\n".join(md + [results_doc.machine_line("CPU time of one process")])
+    text = "\n".join(md + ["", results_doc.machine_line("CPU time of one process")])
     print(text)
     results_doc.maybe_write(args, {"faces_eval": text})
 
