@@ -171,7 +171,8 @@ def colour_distance(a, b):
 
 class FaceFollower:
     """Pass 1 for several faces: follows every face (at most ``max_faces`` at a time), records each
-    tracklet's landmarks in its slot's :class:`LandmarkStore` and feeds its identity tracker.
+    tracklet's landmarks in its slot's :class:`LandmarkStore` and feeds its identity tracker (its
+    keyframes: the refits come after pass 1, :func:`fit_identities`).
 
     Parameters
     ----------
@@ -363,7 +364,7 @@ def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES, group_
     faces)`` (:func:`reid_score`) when it is under 1; then, when some of the group were so
     recognised (people returning together, e.g. after a cut), a tracklet and a face still unmatched
     that are each other's best are joined when their score is under ``group_limit`` (renders: the
-    last head of a returning pair or trio scored 1.1-1.3 where colour and identity both varied);
+    last head of a returning pair or trio scored 1.14-1.26 where colour and identity both varied);
     else the tracklet starts a new face.  A new face seen on fewer than ``min_frames`` frames is dropped."""
     faces = []
     order = sorted(tracklets, key=lambda t: (t.start, t.index))
