@@ -6,8 +6,9 @@ A *tracklet* is one face followed without a break: it starts at a detection (the
 a scene cut, and the newcomer search every ``DETECT_EVERY`` frames, with small windows every
 ``DEEP_EVERY`` frames) and ends when the landmark network's face score drops and the detector does
 not find the face again in the same frame inside its last landmark box, at a scene cut
-(:func:`scene_cut` on a grey thumbnail of the frame, a jump of its landmarks,
-:func:`lmfit3d.temporal.is_cut`, or of the colour at them, ``COLOUR_JUMP``), or when its landmarks
+(:func:`scene_cut` on a grey thumbnail of the frame, unless the face is still there with the same
+colour, ``COLOUR_SAME``; a jump of its landmarks, :func:`lmfit3d.temporal.is_cut`, or of the colour
+at them, ``COLOUR_JUMP``), or when its landmarks
 fall onto a face followed since earlier (two tracks converged).  Each live tracklet occupies a
 *slot* (a landmark store of its own; the first face uses slot 0, as the single-face path does) and
 has its own :class:`lmfit3d.fit.Tracker` collecting keyframes (no refits in pass 1).
@@ -39,6 +40,9 @@ SCENE_CUT_GREY = 30.0    # mean absolute difference (0..255) of 16 x 16 grey thu
 # next: another face in the same place after a cut the thumbnails missed (the same face: <= 0.042 on
 # renders of 2-3 heads and on short_hamilton_clip.mp4; faces swapped at such a cut: 0.17, 0.42)
 COLOUR_JUMP = 0.1
+# at a scene cut (thumbnails) a followed face goes on only within this colour distance of its last
+# frame (same face from frame to frame: median 0.004-0.017; different people's tracklets >= 0.041)
+COLOUR_SAME = 0.025
 # re-identification (:func:`reid_score`): units of the identity distance (mm RMS over the landmark
 # vertices) and of the colour distance (RGB 0..1) whose sum is 1 at the threshold; learnt on renders
 # (bench/reid_threshold.py: same person / different people, pass-1 tracklets)
@@ -156,10 +160,12 @@ def face_colour(frame, mu, grid=1):
     return out
 
 
-def _colour_jump(t, col):
+def _colour_jump(t, col, limit=None):
     """Whether the colour layout ``col`` (:func:`face_colour`) of a face differs from tracklet ``t``'s
-    last frame by more than ``COLOUR_JUMP``: another person in the same place (an undetected cut)."""
-    return t.last_colour is not None and col is not None and colour_distance(col, t.last_colour) > COLOUR_JUMP
+    last frame by more than ``limit`` (default ``COLOUR_JUMP``): another person in the same place
+    (an undetected cut)."""
+    limit = COLOUR_JUMP if limit is None else limit
+    return t.last_colour is not None and col is not None and colour_distance(col, t.last_colour) > limit
 
 
 def colour_distance(a, b):
@@ -205,21 +211,20 @@ class FaceFollower:
         self._thumb, cut = scene_cut(frame, self._thumb)
         found, lost, ended = [], [], cut and bool(self.live)
         for t in self.live:
-            pred = None
-            if not cut:
-                self.mp.set_state(t.state)
-                pred = self.mp.follow(frame)
-                t.state = self.mp.get_state()
-                if pred is None:
-                    lost.append(t)          # the face score dropped: re-acquired by the detector below?
-                    ended = True
-                    continue
-            if pred is not None:
-                c, jump = is_cut(pred.mu, t.centre, self.cut_threshold)
-                col = face_colour(frame, pred.mu)
-                if jump or _colour_jump(t, col) or any(_inside(c, p.mu) for _, p in found):
-                    pred = None
+            self.mp.set_state(t.state)
+            pred = self.mp.follow(frame)
+            t.state = self.mp.get_state()
             if pred is None:
+                if not cut:
+                    lost.append(t)          # the face score dropped: re-acquired by the detector below?
+                ended = True
+                continue
+            c, jump = is_cut(pred.mu, t.centre, self.cut_threshold)
+            col = face_colour(frame, pred.mu)
+            # at a scene cut only the same face in the same place goes on (a head leaving a small
+            # frame changes its thumbnail as much as a cut): colour within COLOUR_SAME
+            if jump or _colour_jump(t, col, COLOUR_SAME if cut else COLOUR_JUMP) or any(
+                    _inside(c, p.mu) for _, p in found):
                 ended = True
                 continue
             t.centre, t.last_colour = c, col

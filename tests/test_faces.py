@@ -259,3 +259,10 @@ def test_a_face_lost_and_found_again_in_the_same_frame_keeps_its_tracklet():
     mp.n = 10
     fol.step(other, 10)
     assert len(fol.tracklets) == 2 and fol.tracklets[0].end == 9 and fol.tracklets[1].start == 10
+    # a scene cut of the thumbnails (the background changes) with the face unchanged in its place goes on
+    cut = np.full((100, 100, 3), 250, np.uint8)
+    cut[35:66, 35:66] = other[35:66, 35:66]
+    assert scene_cut(cut, fol._thumb)[1]
+    mp.n = 11
+    fol.step(cut, 11)
+    assert len(fol.tracklets) == 2 and fol.tracklets[1].end == 11
