@@ -14,6 +14,11 @@ from .imaging import ROI, crop
 from .paths import cache_dir
 
 
+# whole-frame face score under which the detector also searches the frame turned by 90, 180 and 270
+# degrees (upright faces score 0.9+ in their upright window; a face upside down scores ~0.65 unturned)
+ORIENTATION_SCORE = 0.8
+
+
 class ModelMissingError(ValueError):
     """An ONNX file named by a manifest is not in the cache (set-up step not run)."""
 
@@ -58,10 +63,10 @@ class Detection:
         """The landmark network's ROI around this face (MediaPipe: box x1.5, square)."""
         x0, y0, x1, y1 = self.box
         size = max(x1 - x0, y1 - y0) * scale
-        rot = 0.0
-        if strategy == "aligned":
-            d = self.keypoints[1] - self.keypoints[0]
-            rot = float(np.arctan2(-d[1], d[0]))
+        d = self.keypoints[1] - self.keypoints[0]
+        rot = float(np.arctan2(-d[1], d[0]))
+        if strategy != "aligned":       # "axis": the nearest quarter turn (upright, or a rotated video)
+            rot = float(np.round(rot / (np.pi / 2)) * (np.pi / 2)) + 0.0
         return ROI(float((x0 + x1) / 2), float((y0 + y1) / 2), float(size), rot)
 
 
@@ -98,8 +103,9 @@ class FaceDetector:
         wh = r[:, 2:4]
         m = roi.matrix(1.0)                     # window coordinates in [0, 1] -> image pixels
         corners = np.concatenate([cxy - wh / 2, cxy + wh / 2], 1).reshape(-1, 2, 2) @ m[:, :2].T + m[:, 2]
+        corners = np.concatenate([corners.min(1), corners.max(1)], 1)    # a quarter-turned window swaps them
         kps = (r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]) @ m[:, :2].T + m[:, 2]
-        return corners.reshape(-1, 4), kps, scores[keep]
+        return corners, kps, scores[keep]
 
     def __call__(self, image, levels=4, exhaustive=False):
         """Faces in an (H, W, 3) uint8 RGB image, largest first (list of :class:`Detection`).
@@ -108,18 +114,28 @@ class FaceDetector:
         overlapping windows are searched (``levels`` - 1 more levels, each half the window size
         with half-window strides), since the short-range model only finds faces larger than about
         a tenth of its input.  ``exhaustive``: every level is searched even when faces were found
-        (small faces beside large ones; video newcomers).
+        (small faces beside large ones; video newcomers).  When the whole image's best score is
+        under ``ORIENTATION_SCORE``, it is also searched turned by a quarter, a half and three
+        quarters, and the turn with the highest score is kept for it and the smaller windows (faces
+        upside down, videos whose rotation was lost).
         """
         h, w = image.shape[:2]
         side = float(max(h, w))
-        found = [self._raw(image, ROI(w / 2.0, h / 2.0, side, 0.0))]
+        found, turn = [self._raw(image, ROI(w / 2.0, h / 2.0, side, 0.0))], 0.0
+        if _best(found[0]) < ORIENTATION_SCORE:
+            # BlazeFace sees an upside-down face as an upright one with its mouth for eyes (score 0.65
+            # on a 180-degree turned clip, 0.96 in its upright window): search the quarter turns
+            for q in (1, 2, 3):
+                cand = self._raw(image, ROI(w / 2.0, h / 2.0, side, q * np.pi / 2))
+                if _best(cand) > _best(found[0]):
+                    found, turn = [cand], q * np.pi / 2
         for level in range(1, levels):
             if not exhaustive and (found[0][2].size or sum(f[2].size for f in found)):
                 break
             win = side / 2 ** level
             for cy in _window_centres(h, win):
                 for cx in _window_centres(w, win):
-                    found.append(self._raw(image, ROI(cx, cy, win, 0.0)))
+                    found.append(self._raw(image, ROI(cx, cy, win, turn)))
         boxes = np.concatenate([f[0] for f in found])
         if boxes.shape[0] == 0:
             return []
@@ -127,6 +143,11 @@ class FaceDetector:
         scores = np.concatenate([f[2] for f in found])
         dets = [Detection(b, k, float(s)) for b, k, s in _weighted_nms(boxes, kps, scores, self.nms_threshold)]
         return sorted(dets, key=lambda d: -(d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+
+
+def _best(found):
+    """The highest score of one window's candidates (0 when it has none)."""
+    return float(found[2].max()) if found[2].size else 0.0
 
 
 def _window_centres(length, win):

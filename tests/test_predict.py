@@ -244,6 +244,26 @@ def test_detector_finds_faces_and_rejects_non_faces(rng):
     assert det(np.full((300, 300, 3), 128, np.uint8)) == []
 
 
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_turned_photo_gives_the_turned_landmarks(turns):
+    """A photo turned by quarter turns (upside down: BlazeFace alone reads the mouth as the eyes and
+    the face mesh then fits an upright face over it) gives the upright photo's landmarks turned."""
+    img = _read("obama.jpg")
+    h, w = img.shape[:2]
+    mp = MediaPipeLandmarks()
+    up = mp.predict(img, mp.detect(img)[0]).mu
+    turned = np.ascontiguousarray(np.rot90(img, turns))
+    rois = mp.detect(turned)
+    assert rois, "no face found in the turned photo"
+    got = mp.predict(turned, rois[0]).mu
+    # np.rot90 turns counter-clockwise: image point (x, y) goes to (y, w-1-x), (w-1-x, h-1-y), (h-1-y, x)
+    x, y = up[:, 0], up[:, 1]
+    want = {1: (y, w - 1 - x), 2: (w - 1 - x, h - 1 - y), 3: (h - 1 - y, x)}[turns]
+    err = np.nanmedian(np.hypot(got[:, 0] - want[0], got[:, 1] - want[1]))
+    iod = np.linalg.norm(up[mp.manifest.points.tolist().index(33)] - up[mp.manifest.points.tolist().index(263)])
+    assert err < 0.05 * iod, f"{turns} quarter turns: median error {err:.1f} px (eye distance {iod:.0f} px)"
+
+
 def test_no_face_in_noise_or_flat_images(rng):
     """The detector's window search may fire on noise; the face score of the landmark network
     rejects such candidates."""
