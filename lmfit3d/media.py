@@ -35,11 +35,19 @@ class VideoReader:
             raise ValueError(f"{self.path}: an image, not a video (use `lmfit3d fit` for photos)")
         if self.path.stat().st_size == 0:
             raise ValueError(f"{self.path}: cannot open as a video (empty file)")
+        import logging
         import imageio.v2 as imageio
+        # a phone video's rotation tag: ffmpeg turns the frames upright, and imageio-ffmpeg warns
+        # that the (upright) frame size differs from the stored one: expected, not the user's concern
+        quiet = logging.getLogger("imageio_ffmpeg")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
         try:
             reader = imageio.get_reader(str(self.path), format="FFMPEG")
         except Exception as exc:
             raise ValueError(f"{self.path}: cannot open as a video ({_ffmpeg_reason(str(exc))})") from None
+        finally:
+            quiet.setLevel(level)
         try:
             meta = reader.get_meta_data()
         finally:

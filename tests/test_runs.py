@@ -363,3 +363,19 @@ def test_photos_are_read_as_viewers_show_them(tmp_path):
         assert np.median(np.abs(got.astype(np.int64) - ref)) <= tol, name
     g16 = read_image(tmp_path / "grey16.png")
     assert np.abs(g16[..., 0].astype(np.int64) - grey // 257).max() <= 1     # scaled by 65535, not stretched
+
+
+def test_phone_video_rotation_tag_gives_upright_frames(tmp_path, caplog):
+    """A video stored landscape with a 90-degree display rotation (phones) is read upright, silently."""
+    import imageio_ffmpeg
+    from lmfit3d.media import VideoReader
+    src = shared_media_dir() / "W040_level_3_happy_029.mp4"
+    dst = tmp_path / "tagged.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90", "-i", str(src),
+                    "-frames:v", "3", "-c", "copy", str(dst)], check=True)
+    plain, tagged = VideoReader(src), VideoReader(dst)
+    assert tagged.size == plain.size[::-1]
+    a, b = next(iter(plain)), next(iter(tagged))
+    assert b.shape == (plain.size[0], plain.size[1], 3)
+    assert min(np.abs(b.astype(int) - np.rot90(a, k).astype(int)).mean() for k in (1, 3)) < 3
+    assert not [r for r in caplog.records if "frame size" in r.getMessage()]
