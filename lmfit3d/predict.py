@@ -409,7 +409,7 @@ class MediaPipeLandmarks:
         self.mesh = LandmarkPredictor(replace(self.manifest, points=np.arange(468),
                                               vertex_ids=np.arange(468), sigma_table=np.ones(468)),
                                       sigma_jitter=0, threads=threads)
-        self.detector = FaceDetector(threads=threads)
+        self.detector = FaceDetector(threads=threads, far=True)
         self.iris = IrisPredictor(threads=threads) if iris else None
         self.sigma_jitter = int(sigma_jitter)
         self.presence_threshold = presence_threshold

@@ -199,7 +199,8 @@ def test_weighted_nms_merges_overlaps_and_keeps_separate_faces():
 # Converted models
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["face_detection_short_range", "face_landmark", "iris_landmark"])
+@pytest.mark.parametrize("name", ["face_detection_short_range", "face_detection_full_range", "face_landmark",
+                                  "iris_landmark"])
 def test_onnx_matches_original_tflite(name, rng):
     """The converted ONNX model gives the TFLite model's outputs (max abs diff <= 1e-3 px)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -242,6 +243,10 @@ def test_detector_finds_faces_and_rejects_non_faces(rng):
     x0, y0, x1, y1 = small[0].box                   # largest first: the annotated speaker
     assert x0 < gt[:, 0].mean() < x1 and y0 < gt[:, 1].mean() < y1
     assert det(np.full((300, 300, 3), 128, np.uint8)) == []
+    far = FaceDetector(kind="full")(_read("einstein.jpg"), levels=1)    # the speaker, in one pass
+    assert far and far[0].box[0] < gt[:, 0].mean() < far[0].box[2] and far[0].box[1] < gt[:, 1].mean() < far[0].box[3]
+    with pytest.raises(ValueError, match="kind"):
+        FaceDetector(kind="medium")
 
 
 @pytest.mark.parametrize("turns", [1, 2, 3])
