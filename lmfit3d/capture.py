@@ -29,9 +29,9 @@ Initialisation
 1. The reference camera (default 0, or the first camera that sees a face) is tracked alone by the
    real-time fitter (``lmfit3d.fit.fit_landmarks``): identity, per-frame pose and expression, and
    its focal length when unknown, on every ``init_stride``-th frame (long clips: about 128
-   frames); the other frames, and frames it could not fit, are interpolated linearly.  A tracked
-   pose whose neck/head rotation exceeds 1 radian (root and neck turned by opposite large angles,
-   a local minimum of the single-view fit) is replaced by the rigid pose fitting the same landmarks.
+   frames); the other frames, and frames it could not fit, are interpolated linearly.  Every tracked
+   pose's neck/head rotation is moved into the root (``_fold_joints``): the rigid root pose fitting
+   the same landmarks, neck and head at zero.
 2. Every other camera with unknown extrinsics or focal is tracked alone on up to
    ``init_frames`` frames spread over the clip (identity held at the reference's), giving the head
    pose (R_jf, t_jf) in that camera for frames f the reference also fitted (pose (R_f, t_f)).  The
@@ -521,13 +521,18 @@ def _interp_frames(idx, values, n):
     return out.reshape((n,) + values.shape[1:])
 
 
-def _fold_joints(model, ids, identity, expression, rotations, translation, limit=1.0):
-    """Undo a "double flip" of a tracked pose: root and neck/head rotated by large opposite angles.
+def _fold_joints(model, ids, identity, expression, rotations, translation, limit=0.0):
+    """Move a tracked pose's neck/head rotation into the root.
 
-    The real-time tracker can end in a pose where the root is turned by ~pi and the neck turns the
-    face back (the landmarks fit, the pose is absurd and far from the multi-view optimum).  When a
-    neck or head rotation exceeds ``limit`` radians, those joints are zeroed and the root pose is
-    re-fitted rigidly (Kabsch) to the same landmark positions.  Returns (rotations, translation).
+    The real-time tracker splits a head turn between root and neck as it likes (face-only landmarks
+    do not see the neck), and can end turned by large opposite angles (a "double flip": root by ~pi,
+    the neck turning the face back).  The capture's joint prior then unwinds such a split only
+    slowly: the pose blocks with that unobserved direction get the diagonal preconditioner
+    (``capture_precond._BLOCK_SINGULAR``); issue 17, 8 cameras: frame 0 started at root -30 / neck
+    +25 degrees, and 220 of the 280 cost units L-BFGS still found after its cap came from unwinding
+    such splits (face error unchanged).  When a neck or head rotation exceeds ``limit`` radians
+    (default 0: always), those joints are zeroed and the root pose is re-fitted rigidly (Kabsch) to
+    the same landmark positions.  Returns (rotations, translation).
     """
     if np.abs(np.linalg.norm(rotations[1:3], axis=1)).max() <= limit:
         return rotations, translation

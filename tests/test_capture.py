@@ -219,7 +219,8 @@ def test_sparse_skinning_equals_skin_mesh(model, rng):
 
 def test_fold_joints_undoes_a_double_flip(model, rng):
     """Root turned by ~pi and the neck turning the face back: the folded pose has no neck/head
-    rotation and puts the head-only landmarks at the same place; ordinary poses are unchanged."""
+    rotation and puts the head-only landmarks at the same place; so does a small split; a pose
+    without neck/head rotation (or within a given limit) is returned as is."""
     from lmfit3d.model import Params
     from lmfit3d.skinning import evaluate_points
     head = model.joint_names.index("head")
@@ -235,9 +236,19 @@ def test_fold_joints_undoes_a_double_flip(model, rng):
     assert np.abs(r2[1:3]).max() == 0.0 and np.linalg.norm(r2[0]) < 0.5
     x2, _ = evaluate_points(model, Params(beta, psi, r2, t2), ids)
     np.testing.assert_allclose(x2, x, atol=1e-6)
+    # a small split of the turn between root and neck is moved into the root too (the default
+    # limit 0: face-only landmarks do not see it, issue 17), the head's landmarks stay in place
     small = rot * 0.1
     r3, t3 = _fold_joints(model, ids, beta, psi, small, tr)
-    assert r3 is small and t3 is tr
+    assert np.abs(r3[1:3]).max() == 0.0
+    x3, _ = evaluate_points(model, Params(beta, psi, small, tr), ids)
+    np.testing.assert_allclose(evaluate_points(model, Params(beta, psi, r3, t3), ids)[0], x3, atol=1e-6)
+    r4, t4 = _fold_joints(model, ids, beta, psi, small, tr, limit=1.0)     # within a given limit: kept
+    assert r4 is small and t4 is tr
+    root_only = np.zeros_like(rot)
+    root_only[0] = rot[0]
+    r5, t5 = _fold_joints(model, ids, beta, psi, root_only, tr)
+    assert r5 is root_only and t5 is tr
 
 
 def test_interp_frames_and_strided_init(model, views):
