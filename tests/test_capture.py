@@ -5,8 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from lmfit3d.capture import (CaptureConfig, CaptureProblem, _block_transform, _fold_joints, _interp_frames,
-                             _relative_pose, fit_capture, parse_calibration, read_calibration, validate_multiview)
+from lmfit3d.capture import (CaptureConfig, CaptureProblem, _block_transform, fit_capture, parse_calibration,
+                             read_calibration, validate_multiview)
+from lmfit3d.capture_init import _fold_joints, _interp_frames, _relative_pose
 from lmfit3d.fit import FitConfig
 from lmfit3d.rotation import matrix_to_axis_angle, rodrigues
 from lmfit3d.stills import fit_stills
@@ -287,7 +288,8 @@ def test_block_and_diagonal_preconditioners_reach_the_same_minimum(model):
     cal = parse_calibration(mv.calibration_json(), 2)
     out = {}
     for pre in ("block", "block_identity", "diagonal"):
-        cfg = CaptureConfig(max_iter=3000, init_frames=2, preconditioner=pre, ftol=1e-12, gtol=1e-8)
+        cfg = CaptureConfig(max_iter=3000, init_frames=2, preconditioner=pre, ftol=1e-12, gtol=1e-8,
+                            stop_decrease=0.0)
         out[pre] = fit_capture(mv.mu, mv.sigma, vertex_ids=IDS, calibration=cal, model=model, config=cfg)
     assert out["block"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
     assert out["block_identity"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
@@ -306,6 +308,49 @@ def test_relative_pose_is_exact_for_consistent_poses(rng):
     r, t = _relative_pose(rot_j, t_j, rot_r, t_r)
     np.testing.assert_allclose(r, r_rel, atol=1e-9)
     np.testing.assert_allclose(t, t_rel, atol=1e-6)
+
+
+def test_decrease_stop_rule():
+    """The stopping rule fires once the average decrease over the window falls below its bound, not
+    before the window is full; a bound of 0 never fires."""
+    from types import SimpleNamespace
+
+    from lmfit3d.capture import DecreaseStop
+    stop = DecreaseStop(1.0, 3)
+    costs = [100.0, 90.0, 85.0, 83.0, 81.5, 80.5, 79.9]      # decreases 10, 5, 2, 1.5, 1, 0.6
+    fired = None
+    for k, c in enumerate(costs):
+        try:
+            stop(SimpleNamespace(fun=c))
+        except StopIteration:
+            fired = k
+            break
+    # average over 3: (85-80.5)/3 = 1.5 at k=5, (83-79.9)/3 = 1.03 at k=6: never below 1 here
+    assert fired is None and not stop.met
+    with pytest.raises(StopIteration):
+        stop(SimpleNamespace(fun=79.6))                              # (81.5 - 79.6) / 3 = 0.63 < 1
+    assert stop.met and stop.rate == pytest.approx(1.9 / 3)
+    off = DecreaseStop(0.0, 3)
+    for c in costs + costs:
+        off(SimpleNamespace(fun=c))
+    assert not off.met
+    with pytest.raises(ValueError, match="stop_window"):
+        CaptureConfig(stop_window=0)
+    with pytest.raises(ValueError, match="stop_decrease"):
+        CaptureConfig(stop_decrease=-1.0)
+
+
+def test_capture_stops_by_its_rule(model, views):
+    """A loose ``stop_decrease`` ends the solve before its cap with status 1 and says why; with the
+    rule off and the same cap, L-BFGS runs on (ftol 0: only the cap ends it) to a lower cost."""
+    cal = parse_calibration(views.calibration_json(), 3)
+    on = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
+                     config=replace(FAST, stop_decrease=1e-3))
+    assert on.converged and on.iterations < FAST.max_iter and (on.status == 1).all()
+    assert on.message.startswith("CONVERGENCE: cost fell by")
+    off = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
+                      config=replace(FAST, stop_decrease=0.0, ftol=0.0, gtol=0.0))
+    assert off.iterations > on.iterations and off.total_cost < on.total_cost
 
 
 def _errors(model, res, views):
