@@ -239,13 +239,17 @@ _WORKER = {}
 def _refit_init(model_path, vertex_ids, image_size, config):
     """Worker process: load the model once (its Numba kernels come from the cache)."""
     from .model import load_model
-    _WORKER["args"] = (load_model(model_path), vertex_ids, image_size, config)
+    from .context import FitContext
+    model = load_model(model_path)
+    _WORKER["args"] = (model, vertex_ids, image_size, config)
+    _WORKER["context"] = FitContext(model, vertex_ids, config.sparsity_threshold_mm)     # for every refit
 
 
 def _refit_job(identity, focal, identity_fixed, focal_known, keyframes):
     from .fit import refit_keyframes
     model, ids, size, cfg = _WORKER["args"]
-    return refit_keyframes(model, ids, size, cfg, identity, focal, identity_fixed, focal_known, keyframes)
+    return refit_keyframes(model, ids, size, cfg, identity, focal, identity_fixed, focal_known, keyframes,
+                           context=_WORKER["context"])
 
 
 class BackgroundRefit:
@@ -344,7 +348,8 @@ class LiveTracker:
         self.predictor.reset()
         if pred is not None:
             tr = self.tracker
-            scratch = Tracker(tr.model, self.predictor.vertex_ids, image_size, tr.focal, self.cfg, tr.identity.copy())
+            scratch = Tracker(tr.model, self.predictor.vertex_ids, image_size, tr.focal, self.cfg, tr.identity.copy(),
+                              context=tr.context)
             for _ in range(2):
                 scratch.step(pred.mu, np.where(np.isfinite(pred.sigma), pred.sigma, 1.0))
 

@@ -5,6 +5,7 @@ import pytest
 from conftest import run_without_jit
 
 from lmfit3d.fit import FitConfig, Tracker
+from lmfit3d.context import FitContext
 from lmfit3d.problem import FrameProblem, masks, params_to_vector
 from lmfit3d.intersection import IntersectionTerm, intersection_far, intersection_term
 from lmfit3d.landmarks import load_landmark_set
@@ -79,11 +80,11 @@ def test_tracking_lm_with_active_bounds_and_no_plan(model, rng):
     the identity free there is no tracking plan and both paths are the general solver."""
     ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
     fr = frames[0]
-    table = build_sparsity(model, ids, 0.01)
+    ctx = FitContext(model, ids, 0.01)
     cfg = FitConfig()
     inter = IntersectionTerm(model, p0.identity, 0.01)
     prev = fr.vertices[ids] + rng.normal(scale=0.3, size=(ids.size, 3))
-    prob = FrameProblem(model, table, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+    prob = FrameProblem(ctx, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
     x = params_to_vector(model, p0, fr.camera.focal)
     e = slice(POSE_DIM, POSE_DIM + model.n_expression)
     x[e] = np.where(rng.random(model.n_expression) < 0.5, 0.0, 1.0)
@@ -93,7 +94,7 @@ def test_tracking_lm_with_active_bounds_and_no_plan(model, rng):
     assert ((fast[0][e] == 0.0) | (fast[0][e] == 1.0)).any()
     mask_id = masks(model, "pose", "expression", "identity")
     prob.set_free(mask_id, x)
-    assert prob._tracking_plan() is None
+    assert prob.plan is None
     _same_fit(prob.solve(x, mask_id, 2), prob.solve(x, mask_id, 2, compiled=False))
 
 
@@ -103,11 +104,12 @@ def test_compiled_frame_cost_equals_terms(model, rng, tw):
     composition accumulate_full + symmetrisation: cost to rounding, J^T J and J^T r to 1e-10."""
     ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
     fr = frames[0]
-    table = build_sparsity(model, ids, 0.01)
+    ctx = FitContext(model, ids, 0.01)
+    table = ctx.table
     cfg = FitConfig(w_temporal=tw)
     inter = IntersectionTerm(model, p0.identity, 0.01)
     prev = fr.vertices[ids] + rng.normal(scale=0.5, size=(ids.size, 3))
-    prob = FrameProblem(model, table, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+    prob = FrameProblem(ctx, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
     x = params_to_vector(model, p0, fr.camera.focal)
     e = slice(POSE_DIM, POSE_DIM + model.n_expression)
     x[e] = rng.uniform(0.0, 1.0, model.n_expression)       # strong expressions: intersections fire
@@ -139,7 +141,8 @@ def test_gradient_alone_equals_full_evaluation(model, rng, tw):
     previous positions missing and the intersection term firing."""
     ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
     fr = frames[0]
-    table = build_sparsity(model, ids, 0.01)
+    ctx = FitContext(model, ids, 0.01)
+    table = ctx.table
     inter = IntersectionTerm(model, p0.identity, 0.01)
     mu = fr.mu.copy()
     mu[rng.random(ids.size) < 0.1] = np.nan
@@ -149,7 +152,7 @@ def test_gradient_alone_equals_full_evaluation(model, rng, tw):
     x[POSE_DIM:POSE_DIM + model.n_expression] = rng.uniform(0.0, 1.0, model.n_expression)
     for jac_threshold, rtol in ((0.0, 1e-10), (1e-8, 1e-6)):
         cfg = FitConfig(w_temporal=tw, jac_threshold=jac_threshold)
-        prob = FrameProblem(model, table, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+        prob = FrameProblem(ctx, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
         prob.set_free(masks(model, "pose", "joints", "expression"), x)
         z = x[prob.free]
         n = z.size
@@ -171,11 +174,11 @@ def test_gradient_alone_needs_the_tracking_evaluation(model, rng):
     """With the identity free (no tracking plan) an empty jtj is refused, not written past."""
     ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
     fr = frames[0]
-    prob = FrameProblem(model, build_sparsity(model, ids, 0.01), fr.mu, fr.sigma,
+    prob = FrameProblem(FitContext(model, ids, 0.01), fr.mu, fr.sigma,
                         (fr.camera.width, fr.camera.height), FitConfig(), None, None)
     x = params_to_vector(model, p0, fr.camera.focal)
     prob.set_free(masks(model, "pose", "expression", "identity"), x)
-    assert prob._tracking_plan() is None
+    assert prob.plan is None
     with pytest.raises(ValueError, match="tracking evaluation"):
         prob.accumulate(x[prob.free], np.zeros((0, 0)), np.zeros(prob.free.size), True)
 
