@@ -154,72 +154,77 @@ class FrameProblem:
         x[self.free] = z
         return x
 
-    def accumulate_full(self, x, jtj, jtr, want_jac):
-        """Cost of the frame at full vector x; adds its J^T J, J^T r (free columns) when asked."""
+    def accumulate_full(self, x, jtj, jtr, want_jac, grad_only=False):
+        """Cost of the frame at full vector x; adds its J^T J, J^T r (free columns) when ``want_jac``
+        (J^T r alone, jtj untouched, when ``grad_only``: the tracking evaluation only)."""
         cfg, sl, cm = self.cfg, self.sl, self.col_map
-        cost = self._vertex_term(x, jtj, jtr, want_jac)
+        hess = not grad_only
+        cost = self._vertex_term(x, jtj, jtr, want_jac, grad_only)
         e0 = sl["expression"].start
         if cm[e0] >= 0:
-            cost += diagonal_prior(x, e0, self.zero_e, self.expr_inv, cm, want_jac, jtj, jtr)
+            cost += diagonal_prior(x, e0, self.zero_e, self.expr_inv, cm, want_jac, hess, jtj, jtr)
             if self.pairs.shape[0] > 0:
-                cost += pair_prior(x, e0, self.pairs, self.pair_sqrtw, cm, want_jac, jtj, jtr)
+                cost += pair_prior(x, e0, self.pairs, self.pair_sqrtw, cm, want_jac, hess, jtj, jtr)
         if cm[sl["joints"].start] >= 0 or cm[sl["joints"].stop - 1] >= 0:
-            cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, jtj, jtr)
+            cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, hess, jtj, jtr)
         if self.inter is not None and cfg.w_intersection > 0 and cm[e0] >= 0:
             it, g = self.inter, self.inter.geometry()
             cost += intersection_term(x, e0, g.template, g.expr_idx, g.expr_blocks, g.sphere_c, g.sphere_r,
                                       g.sphere_of, g.planes, g.hull_of, residual_scale(cfg.w_intersection), cm,
-                                      want_jac, jtj, jtr, it.skip_base, it.skip_proj, it.skip_block)
+                                      want_jac, hess, jtj, jtr, it.skip_base, it.skip_proj, it.skip_block)
         return cost
 
-    def _vertex_term(self, x, jtj, jtr, want_jac):
+    def _vertex_term(self, x, jtj, jtr, want_jac, grad_only=False):
         """Landmark + temporal terms at x; leaves the positions of x in self.xyz / self.uv."""
         ws = self.ws
         self._identity_state(x)
         if self.plan is not None:       # the evaluation of the compiled loop (frame_lm)
-            cost = landmark_terms(x, want_jac, jtj, jtr, self._compiled_args(), self.plan,
+            cost = landmark_terms(x, want_jac, not grad_only, jtj, jtr, self._compiled_args(), self.plan,
                                   self.soa_state, self._soa_ws, self.uv, self.xyz)
             self._positions_at = x.copy()
             return cost
-        if want_jac and jtj.shape[0] == 0:      # vertex_term would write past an empty jtj
-            raise ValueError("J^T r alone (an empty jtj) needs the tracking evaluation: identity and focal held")
+        if want_jac and grad_only:      # vertex_term adds J^T J and J^T r together
+            raise ValueError("J^T r alone (grad_only) needs the tracking evaluation: identity and focal held")
         rot = self.rot
         self.layout.rotations(x, rot)
         pose_chain(rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
                    ws["gpos"], ws["bm"], ws["cm"])
-        sb = self.table.identity_blocks if self.col_map[self.sl["identity"].start] >= 0 else _NO_IDENT
         lay = self.layout
         cost = vertex_term(x, x[lay.focal][0], self.cx, self.cy, self.t_beta, self.table.expr_idx,
-                           self.table.expr_blocks, self.table.weights, self.anc, sb, self.sj,
+                           self.table.expr_blocks, self.table.weights, self.anc, self.table.identity_blocks, self.sj,
                            ws["r0"], x[lay.translation], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"],
                            self.mu, self.inv_sigma, self.cfg.loss_c, self.tw, self.prev, self.col_map,
                            self.cfg.jac_threshold, want_jac, jtj, jtr, self.uv, self.xyz)
         self._positions_at = x.copy()
         return cost
 
-    def identity_prior(self, x, jtj, jtr, want_jac):
-        """Identity term (``energy.identity_prior``): its cost; adds its gradient and Gauss-Newton diagonal."""
+    def identity_prior(self, x, jtj, jtr, want_jac, grad_only=False):
+        """Identity term (``energy.identity_prior``): its cost; adds its gradient and (unless ``grad_only``)
+        its Gauss-Newton diagonal."""
         ids = self.layout.identity
         cost, grad, diag = identity_prior(self.model, x[ids], self.cfg.w_identity)
         if want_jac:
             cols = self.col_map[ids]
             on = cols >= 0
             jtr[cols[on]] += grad[on]
-            if jtj.shape[0] > 0:
+            if not grad_only:
                 jtj[cols[on], cols[on]] += diag[on]
         return cost
 
-    def accumulate(self, z, jtj, jtr, want_jac):
+    def accumulate(self, z, jtj, jtr, want_jac, grad_only=False):
+        """The contract of ``solvers.levenberg_marquardt``: cost at the free vector z; with ``want_jac``
+        adds J^T r into jtr and J^T J (symmetric) into jtj, or J^T r alone, jtj untouched, when
+        ``grad_only`` (the tracking evaluation only: identity and focal held)."""
         x = self.full(z)
         if self.plan is not None:       # tracking: the compiled evaluation tracking_lm uses
             self._identity_state(x)
-            cost = frame_cost(x, want_jac, True, jtj, jtr, self._compiled_args(), self.plan,
+            cost = frame_cost(x, want_jac, not grad_only, True, jtj, jtr, self._compiled_args(), self.plan,
                               self.inter_state, self.soa_state, self._soa_ws, self.uv, self.xyz)
             self._positions_at = x
             return cost
-        cost = self.accumulate_full(x, jtj, jtr, want_jac)
+        cost = self.accumulate_full(x, jtj, jtr, want_jac, grad_only)
         if self.col_map[self.sl["identity"].start] >= 0:
-            cost += self.identity_prior(x, jtj, jtr, want_jac)
+            cost += self.identity_prior(x, jtj, jtr, want_jac, grad_only)
         if want_jac:
             symmetrize_upper(jtj)
         return cost
@@ -299,9 +304,6 @@ class FrameProblem:
         return self.xyz.copy(), self.uv.copy()
 
 
-_NO_IDENT = np.zeros((1, 3, 0))
-
-
 _I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
 
 
@@ -362,6 +364,7 @@ class KeyframeProblem:
         return x
 
     def accumulate(self, z, jtj, jtr, want_jac):
+        """``FrameProblem.accumulate`` over the keyframes (J^T J and J^T r together when ``want_jac``)."""
         cost = 0.0
         for i, p in enumerate(self.probs):
             cost += p.accumulate_full(self.frame_x(z, i), jtj, jtr, want_jac)

@@ -32,7 +32,7 @@ from .report import ContactFrames
 from .media import VideoReader, _check_out_dir, _progress
 from .meshio import write_obj, write_ply
 from .model import load_model
-from .outputs import OVERLAY_STYLES, FrameRows, _OverlayRenderer, _Outputs
+from .outputs import OVERLAY_STYLES, FrameRows, RunSummary, _OverlayRenderer, _Outputs
 from .exports import write_extras
 from .paths import work_dir
 from .predict import MediaPipeLandmarks, NetworkLandmarks
@@ -91,6 +91,8 @@ class TrackOptions:
             raise ValueError("--sigma-jitter applies to the mediapipe backend (the network predicts its sigma)")
         if self.iris_policy not in ("alternate", "both"):
             raise ValueError(f"iris_policy must be alternate or both, got {self.iris_policy!r}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
         if self.identity_stride < 1:
             raise ValueError(f"identity_stride must be >= 1, got {self.identity_stride}")
         if self.max_faces is not None and self.max_faces < 1:
@@ -129,12 +131,9 @@ class TrackOptions:
 
 
 @dataclass
-class TrackSummary:
-    """What :func:`track_video` did: frame counts and timings (seconds)."""
+class TrackSummary(RunSummary):
+    """What :func:`track_video` did: frame counts (``outputs.RunSummary``) and timings (seconds)."""
     path: str
-    frames: int = 0
-    success: int = 0
-    outputs: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     truncated: bool = False
@@ -142,10 +141,6 @@ class TrackSummary:
     faces: int = 1
     face_frames: list = field(default_factory=list)
     any_face: int = 0
-
-    @property
-    def success_rate(self):
-        return self.success / self.frames if self.frames else 0.0
 
 
 def track_video(path, out_dir, options=None, model=None, predictor=None, keep=(), *, context=None):
@@ -329,8 +324,7 @@ def _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores, *, contex
         stores.append(st)
         return st
 
-    follower = FaceFollower(mp, new_tracker, new_store, opt.face_limit(True), opt.identity_stride, opt.cut_threshold,
-                            cfg.max_keyframes, tm)
+    follower = FaceFollower(mp, new_tracker, new_store, opt, tm)
     n, image_size = 0, None
     for n, frame in _frames(reader, opt, tm, "landmarks"):
         if image_size is None:

@@ -147,13 +147,13 @@ def test_lm_solves_rosenbrock_with_bounds():
 
 
 def _rosenbrock_log(calls):
-    """Rosenbrock residuals; logs (mode, z) per call, mode 'cost', 'grad' (empty jtj) or 'full'."""
-    def acc(z, jtj, jtr, want):
-        calls.append(("cost" if not want else ("grad" if jtj.shape[0] == 0 else "full"), z.copy()))
+    """Rosenbrock residuals; logs (mode, z) per call, mode 'cost', 'grad' (grad_only) or 'full'."""
+    def acc(z, jtj, jtr, want, grad_only=False):
+        calls.append(("cost" if not want else ("grad" if grad_only else "full"), z.copy()))
         r = np.array([10 * (z[1] - z[0] ** 2), 1 - z[0]])
         if want:
             j = np.array([[-20 * z[0], 10.0], [-1.0, 0.0]])
-            if jtj.shape[0]:
+            if not grad_only:
                 jtj += j.T @ j
             jtr += j.T @ r
         return 0.5 * r @ r

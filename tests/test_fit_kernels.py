@@ -230,7 +230,7 @@ def test_intersection_skip_changes_nothing(model, rng):
             jtj, jtr = np.zeros((n_exp, n_exp)), np.zeros(n_exp)
             c = intersection_term(x, e0, inter.t_beta, it.expr_idx, it.expr_blocks, inter.sphere_c,
                                   inter.sphere_r, inter.sphere_of, inter.planes, inter.hull_of, 2.0, col_map,
-                                  True, jtj, jtr, *extra)
+                                  True, True, jtj, jtr, *extra)
             out.append((c, jtj, jtr))
         for o in out[1:]:
             assert out[0][0] == o[0]
