@@ -171,7 +171,7 @@ def test_lm_solve(benchmark, face_model, name):
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_python_driver(benchmark, face_model, name):
+def test_lm_solve_python_driver(benchmark, face_model, name):
     """The same solve as test_lm_solve through the Python LM driver (``solvers.levenberg_marquardt`` calling
     ``FrameProblem.accumulate``, the compiled evaluation): the cost of serving the tracking problem by the
     one general loop instead of the compiled twin; same iterations and result."""
