@@ -63,25 +63,36 @@ class FitContext:
                              f"({self.vertex_ids.size} landmarks, {self.threshold:g} mm)")
 
     def plan(self, col_map):
-        """The ``tracking_normal.TrackingPlan`` of a free-column map (None: identity or focal free)."""
+        """The ``tracking_normal.TrackingPlan`` of a free-column map (None: identity or focal free, nothing
+        kept; the keyframe refits' maps are of that kind)."""
         key = np.asarray(col_map, dtype=np.int64).tobytes()
-        if key not in self._plans:
-            _bounded(self._plans, MAX_PLANS)
-            self._plans[key] = tracking_plan(self.table, col_map, POSE_DIM)
-        return self._plans[key]
+        plan = _take(self._plans, key)
+        if plan is None:
+            plan = tracking_plan(self.table, col_map, POSE_DIM)
+            if plan is None:
+                return None
+        _keep(self._plans, key, plan, MAX_PLANS)
+        return plan
 
     def intersection(self, beta):
         """The :class:`~lmfit3d.intersection.IntersectionTerm` of identity ``beta`` (K,), the same object
         for the same identity (a video's second pass re-uses its first's)."""
         beta = np.ascontiguousarray(beta, dtype=np.float64)
         key = beta.tobytes()
-        if key not in self._intersections:
-            _bounded(self._intersections, MAX_INTERSECTIONS)
-            self._intersections[key] = IntersectionTerm(self.model, beta, self.threshold)
-        return self._intersections[key]
+        term = _take(self._intersections, key)
+        if term is None:
+            term = IntersectionTerm(self.model, beta, self.threshold)
+        _keep(self._intersections, key, term, MAX_INTERSECTIONS)
+        return term
 
 
-def _bounded(cache, size):
-    """Make room for one entry in ``cache`` (oldest out first)."""
-    while len(cache) >= size:
-        cache.pop(next(iter(cache)))
+def _take(store, key):
+    """The entry of ``key`` taken out of ``store`` (None: none)."""
+    return store.pop(key, None)
+
+
+def _keep(store, key, value, size):
+    """Put ``key`` back as the most recently used entry, the least recently used out beyond ``size``."""
+    while len(store) >= size:
+        store.pop(next(iter(store)))
+    store[key] = value

@@ -312,6 +312,9 @@ def test_context_is_passed_along_and_never_shared(model, rng):
     col_map[:POSE_DIM] = np.arange(POSE_DIM)
     plan = a.context.plan(col_map)
     assert plan is not None and a.context.plan(col_map.copy()) is plan and other.context.plan(col_map) is not plan
+    free_identity = col_map.copy()
+    free_identity[-2] = POSE_DIM                                    # an identity column free: no plan, none kept
+    assert a.context.plan(free_identity) is None and len(a.context._plans) == 1
 
 
 def test_context_reused_across_passes(model, rng, monkeypatch):
