@@ -47,8 +47,8 @@ class FitContext:
         self.threshold = float(threshold)
         self.table = build_sparsity(model, ids, self.threshold)
         self.soa = table_soa(self.table, model.joint_parents)
-        self._plans = {}            # col_map bytes -> TrackingPlan or None
-        self._intersections = {}    # identity bytes -> IntersectionTerm
+        self._plans = {}            # col_map bytes -> TrackingPlan (least recently used first)
+        self._intersections = {}    # identity bytes -> IntersectionTerm (least recently used first)
 
     def matches(self, model, vertex_ids, threshold):
         """True when this context is the one of (model, vertex_ids, threshold)."""
