@@ -56,7 +56,7 @@ from .capture_precond import (_FD_STEP, block_map, block_transform, camera_block
 from .capture_precond import block_transform as _block_transform  # noqa: F401 (tests)
 from .energy import CaptureLayout, Intersection, antagonist_pairs, expression_prior_scales, identity_prior
 from .fit import FitConfig
-from .gradients import POSE_SIZE, capture_energy
+from .gradients import POSE_SIZE, Wanted, capture_energy
 from .intersection import IntersectionTerm
 from .landmarks import resolve_vertex_ids
 from .model import Params, load_model
@@ -252,8 +252,12 @@ class CaptureProblem:
         """(F, L, C) float64 1/sigma as stored, 0 where missing (a copy)."""
         return np.transpose(self.obs[:, :, 2], (0, 2, 1)).astype(np.float64)
 
-    def _kernel(self, z, grad, diag, uv, pose_gn=None, id_gn=None, id_frames=None):
+    def _kernel(self, z, grad=None, diag=None, uv=None, pose_gn=None, id_gn=None, id_frames=None):
+        """``gradients.capture_energy`` at z: the outputs given (not None) are the ones computed."""
         t, fc = self.table, self.cfg.fit
+        wanted = Wanted(grad is not None, diag is not None, uv is not None, pose_gn is not None, id_gn is not None)
+        grad, diag = _E1 if grad is None else grad, _E1 if diag is None else diag
+        uv = _E4 if uv is None else uv
         pose_gn = _E3 if pose_gn is None else pose_gn
         id_gn = _E2 if id_gn is None else id_gn
         id_frames = self._all_frames if id_frames is None else id_frames
@@ -261,7 +265,7 @@ class CaptureProblem:
                               self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.jidx,
                               self.jcount, self.obs, self.block_ok, self.camera_gradient, self.centre,
                               fc.w_expression, fc.w_joints, fc.w_temporal, *self.inter, fc.w_intersection,
-                              fc.loss_c, grad, diag, uv, self._frame_cost, pose_gn, id_gn, id_frames)
+                              fc.loss_c, wanted, grad, diag, uv, self._frame_cost, pose_gn, id_gn, id_frames)
 
     def identity_prior(self, beta):
         """(cost, gradient (K,), Gauss-Newton diagonal (K,)) of the identity term (``energy.identity_prior``)."""
@@ -286,9 +290,9 @@ class CaptureProblem:
     def energy(self, z, want_grad=True, want_diag=False):
         """(cost, gradient (N,) or None, GN diagonal (N,) or None) at the full vector z."""
         z = np.ascontiguousarray(z, dtype=np.float64)
-        grad = np.empty(self.n) if want_grad else _E1
-        diag = np.empty(self.n) if want_diag else _E1
-        cost = self._kernel(z, grad, diag, _E4)
+        grad = np.empty(self.n) if want_grad else None
+        diag = np.empty(self.n) if want_diag else None
+        cost = self._kernel(z, grad, diag)
         cost += self.antagonist_term(z, grad if want_grad else None)
         c_id, g_id, d_id = self.identity_prior(z[:self.nk])
         self.nfev += 1
@@ -301,7 +305,7 @@ class CaptureProblem:
     def project(self, z):
         """Projected landmarks (C, F, L, 2) pixels and landmark cost per frame (F,) at z."""
         uv = np.empty((self.n_frames, self.n_cameras, 2, self.n_landmarks))
-        self._kernel(np.ascontiguousarray(z, dtype=np.float64), _E1, _E1, uv)
+        self._kernel(np.ascontiguousarray(z, dtype=np.float64), uv=uv)
         return np.transpose(uv, (1, 0, 3, 2)), self._frame_cost.copy()
 
     def bounds(self):
@@ -326,11 +330,11 @@ class CaptureProblem:
         nf = self.n_frames
         diag = np.empty(self.n)
         pose_gn = np.empty((nf, POSE_SIZE, POSE_SIZE))
-        id_gn = np.empty((self.nk, self.nk)) if id_frames > 0 else _E2
+        id_gn = np.empty((self.nk, self.nk)) if id_frames > 0 else None
         sel = np.zeros(nf, bool)
         if id_frames > 0:
             sel[np.unique(np.linspace(0, nf - 1, min(nf, id_frames)).round().astype(int))] = True
-        self._kernel(z, _E1, diag, _E4, pose_gn, id_gn, sel)
+        self._kernel(z, diag=diag, pose_gn=pose_gn, id_gn=id_gn, id_frames=sel)
         _, _, d_id = self.identity_prior(z[:self.nk])
         diag[:self.nk] += d_id
         if id_frames <= 0:

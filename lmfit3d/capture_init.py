@@ -5,6 +5,7 @@ frames and placed by the head poses both saw (steps 1-3 of ``lmfit3d.capture``'s
 import numpy as np
 
 from .camera import focal_from_fov
+from .context import FitContext
 from .fit import Tracker, fit_landmarks
 from .model import Params
 from .rotation import matrix_to_axis_angle, rodrigues
@@ -77,9 +78,10 @@ def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progre
     foc = cal.focal.copy()
     stride = cfg.init_stride or max(1, nf // 128)
     sel = np.unique(np.r_[np.arange(0, nf, stride), nf - 1])
+    context = FitContext(model, ids, cfg.fit.sparsity_threshold_mm)      # every camera's trackers
     fr = fit_landmarks(nan_mu(ref, sel), sigma(ref, sel), vertex_ids=ids, image_size=size[ref],
                        focal_px=foc[ref] if np.isfinite(foc[ref]) else None, model=model, config=cfg.fit,
-                       identity=identity, two_pass=cfg.two_pass_init)
+                       identity=identity, two_pass=cfg.two_pass_init, context=context)
     good_s = fr.status >= 0
     if not good_s.any():
         raise ValueError(f"the reference camera {ref} could not be fitted in any frame")
@@ -108,7 +110,8 @@ def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progre
                                  f"{ref}; give its calibration")
             continue
         pick = good[np.unique(np.linspace(0, good.size - 1, min(cfg.init_frames, good.size)).round().astype(int))]
-        tracker = Tracker(model, ids, size[j], foc[j] if np.isfinite(foc[j]) else None, cfg.fit, identity=beta)
+        tracker = Tracker(model, ids, size[j], foc[j] if np.isfinite(foc[j]) else None, cfg.fit, identity=beta,
+                          context=context)
         fits = []
         for f in pick:
             tracker.reset()

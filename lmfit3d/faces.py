@@ -150,8 +150,8 @@ def colour_distance(a, b):
 
 
 class FaceFollower:
-    """Pass 1 for several faces: follows every face (at most ``max_faces`` at a time), records each
-    tracklet's landmarks in its slot's :class:`LandmarkStore` and feeds its identity tracker.
+    """Pass 1 for several faces: follows every face (at most ``options.face_limit(True)`` at a time),
+    records each tracklet's landmarks in its slot's :class:`LandmarkStore` and feeds its identity tracker.
 
     Parameters
     ----------
@@ -159,18 +159,14 @@ class FaceFollower:
         ``get_state``, ``set_state``).
     new_tracker : callable () -> Tracker, a fresh identity tracker (focal as the options give).
     new_store : callable (slot, fill_to) -> LandmarkStore.
-    max_faces, identity_stride, cut_threshold, max_keyframes : as in :class:`lmfit3d.track.TrackOptions`.
+    options : :class:`lmfit3d.track.TrackOptions`: ``face_limit(True)`` faces at most, ``identity_stride``,
+        ``cut_threshold`` and the keyframe count of ``config()``.
+    timings : dict, seconds (``"fit"`` added to).
     """
 
-    def __init__(self, predictor, new_tracker, new_store, max_faces, identity_stride=2, cut_threshold=0.35,
-                 max_keyframes=5, timings=None):
-        self.mp = predictor
-        self.new_tracker = new_tracker
-        self.new_store = new_store
-        self.max_faces = max_faces
-        self.stride = identity_stride
-        self.cut_threshold = cut_threshold
-        self.max_keyframes = max_keyframes
+    def __init__(self, predictor, new_tracker, new_store, options, timings=None):
+        self.mp, self.new_tracker, self.new_store, self.opt = predictor, new_tracker, new_store, options
+        self.max_faces, self.max_keyframes = options.face_limit(True), options.config().max_keyframes
         self.tm = timings if timings is not None else {}
         self.live = []
         self.tracklets = []
@@ -190,7 +186,7 @@ class FaceFollower:
                 pred = self.mp.follow(frame)
                 t.state = self.mp.get_state()
             if pred is not None:
-                c, jump = is_cut(pred.mu, t.centre, self.cut_threshold)
+                c, jump = is_cut(pred.mu, t.centre, self.opt.cut_threshold)
                 if jump or any(_inside(c, p.mu) for _, p in found):
                     pred = None
             if pred is None:
@@ -259,7 +255,7 @@ class FaceFollower:
                 if t.tracker is None:
                     t.tracker = self.new_tracker()
                 # identity: every ``stride``-th frame of the tracklet, until its keyframe set is full
-                if (n - t.start) % self.stride == 0 and len(t.tracker.keyframes) < self.max_keyframes:
+                if (n - t.start) % self.opt.identity_stride == 0 and len(t.tracker.keyframes) < self.max_keyframes:
                     t0 = time.perf_counter()
                     t.tracker.step(pred.mu, pred.sigma)
                     self.tm["fit"] = self.tm.get("fit", 0.0) + time.perf_counter() - t0
