@@ -18,7 +18,7 @@ interpreter know (MediaPipe's ``mediapipe/util/tflite/operations/*.cc``, version
 :func:`register` teaches tflite2onnx to emit each of them as one placeholder node in the domain
 :data:`DOMAIN` (its options as JSON in the node's doc string; the feature map in NCHW like a
 convolution's); :func:`expand` then replaces each placeholder by standard ONNX operators
-(Gather/ReduceMin/ReduceMax/Sqrt/Div for the matrix, GridSample (opset 16) times an in-bounds mask
+(Gather/MatMul/ReduceMin/ReduceMax/Sqrt/Div for the matrix, GridSample (opset 16) times an in-bounds mask
 for the crop, MatMul/Add for the points).  :func:`add_refined_output` adds MediaPipe's landmark
 refinement (``tensors_to_face_landmarks_with_attention.pbtxt``) as one more output: 478 points whose
 lips, eyes (x, y) replace the mesh's, and the 10 iris points (z: mean of their eye's 16 lid points).
@@ -185,46 +185,40 @@ class _Builder:
 
 
 def _matrix_nodes(b, x, y, opts):
-    """Landmarks2TransformMatrix: landmarks x (1, N, 3) -> y (1, 4, 4)."""
+    """Landmarks2TransformMatrix: landmarks x (1, N, 3) -> y (1, 4, 4), in 2 x 2 blocks (few nodes:
+    onnxruntime spends microseconds per node, more than these tiny products take)."""
     xy = b.gather(x, [0, 1], 2)                                           # (1, N, 2)
-    pl = b.gather(xy, [opts["left_rotation_idx"]], 1)                     # (1, 1, 2)
-    pr = b.gather(xy, [opts["right_rotation_idx"]], 1)
-    d = b.op("Sub", pr, pl)
-    dx, dy = b.gather(d, [0], 2), b.gather(d, [1], 2)                     # (1, 1, 1)
-    n = b.op("Sqrt", b.op("Add", b.op("Mul", dx, dx), b.op("Mul", dy, dy)))
-    ct, st = b.op("Div", dx, n), b.op("Div", dy, n)                       # cos, sin of the eye line
+    ends = b.gather(xy, [opts["left_rotation_idx"], opts["right_rotation_idx"]], 1)   # (1, 2, 2)
+    d = b.op("MatMul", b.const([[[-1.0, 1.0]]]), ends)                    # (1, 1, 2) right - left
+    e = b.op("Div", d, b.op("Sqrt", b.op("ReduceSumSquare", d, axes=[2], keepdims=1)))  # (cos, sin) eye line
     t = float(opts.get("target_rotation_radians", 0.0))
-    # r = t - atan2(dy, dx): cos r = cos t ct + sin t st, sin r = sin t ct - cos t st
-    c = b.op("Add", b.op("Mul", ct, b.const(np.cos(t))), b.op("Mul", st, b.const(np.sin(t))))
-    s = b.op("Sub", b.op("Mul", ct, b.const(np.sin(t))), b.op("Mul", st, b.const(np.cos(t))))
-    q = b.gather(xy, list(opts["subset_idxs"]), 1)                        # (1, K, 2)
-    qx, qy = b.gather(q, [0], 2), b.gather(q, [1], 2)                     # (1, K, 1)
-    u = b.op("Sub", b.op("Mul", c, qx), b.op("Mul", s, qy))
-    v = b.op("Add", b.op("Mul", s, qx), b.op("Mul", c, qy))
-    lo_u, hi_u = b.op("ReduceMin", u, axes=[1], keepdims=1), b.op("ReduceMax", u, axes=[1], keepdims=1)
-    lo_v, hi_v = b.op("ReduceMin", v, axes=[1], keepdims=1), b.op("ReduceMax", v, axes=[1], keepdims=1)
-    half = b.const(0.5)
-    mu, mv = b.op("Mul", b.op("Add", lo_u, hi_u), half), b.op("Mul", b.op("Add", lo_v, hi_v), half)
-    cx = b.op("Add", b.op("Mul", c, mu), b.op("Mul", s, mv))              # rot(-r) (mu, mv)
-    cy = b.op("Sub", b.op("Mul", c, mv), b.op("Mul", s, mu))
+    # r = t - atan2(dy, dx): (cos r, sin r) = (cos t ct + sin t st, sin t ct - cos t st)
+    cs = b.op("MatMul", e, b.const([[np.cos(t), np.sin(t)], [np.sin(t), -np.cos(t)]]))
+    # rot = [[c, s], [-s, c]]: row points times rot = MediaPipe's rotation by r; rot itself = rotation by -r
+    rot = b.op("Reshape", b.op("MatMul", cs, b.const([[1, 0, 0, 1], [0, 1, -1, 0]])), b.const([1, 2, 2], np.int64))
+    uv = b.op("MatMul", b.gather(xy, list(opts["subset_idxs"]), 1), rot)  # (1, K, 2) rotated subset
+    lo, hi = b.op("ReduceMin", uv, axes=[1], keepdims=1), b.op("ReduceMax", uv, axes=[1], keepdims=1)
+    mid = b.op("Mul", b.op("Add", lo, hi), b.const(0.5))
+    centre = b.op("MatMul", mid, b.op("Transpose", rot, perm=[0, 2, 1]))  # rot(-r) mid, as a row
     ow, oh = float(opts["output_width"]), float(opts["output_height"])
-    sx = b.op("Mul", b.op("Sub", hi_u, lo_u), b.const(opts["scale_x"] / ow))
-    sy = b.op("Mul", b.op("Sub", hi_v, lo_v), b.const(opts["scale_y"] / oh))
-    a00, a01 = b.op("Mul", c, sx), b.op("Mul", s, sy)                     # rot(-r) scale
-    a10, a11 = b.op("Neg", b.op("Mul", s, sx)), b.op("Mul", c, sy)
-    a03 = b.op("Sub", cx, b.op("Add", b.op("Mul", a00, b.const(ow / 2)), b.op("Mul", a01, b.const(oh / 2))))
-    a13 = b.op("Sub", cy, b.op("Add", b.op("Mul", a10, b.const(ow / 2)), b.op("Mul", a11, b.const(oh / 2))))
-    zero, one = b.const(np.zeros((1, 1, 1))), b.const(np.ones((1, 1, 1)))
-    flat = b.op("Concat", a00, a01, zero, a03, a10, a11, zero, a13, zero, zero, one, zero,
-                zero, zero, zero, one, axis=2)                            # (1, 1, 16)
-    b.op("Reshape", flat, b.const([1, 4, 4], np.int64), out=y)
+    scale = b.op("Mul", b.op("Sub", hi, lo), b.const([opts["scale_x"] / ow, opts["scale_y"] / oh]))
+    lin = b.op("Mul", rot, scale)                                         # rot(-r) diag(sx, sy)
+    shift = b.op("MatMul", b.const([[[ow / 2, oh / 2]]]), b.op("Transpose", lin, perm=[0, 2, 1]))
+    trans = b.op("Transpose", b.op("Sub", centre, shift), perm=[0, 2, 1])  # (1, 2, 1)
+    top = b.op("Concat", lin, b.const(np.zeros((1, 2, 1))), trans, axis=2)
+    b.op("Concat", top, b.const([[[0, 0, 1, 0], [0, 0, 0, 1]]]), axis=1, out=y)
 
 
-def _affine_nodes(b, m):
-    """(1, 2, 2) linear part transposed and (1, 1, 2) translation of a (1, 4, 4) matrix."""
+def _affine_nodes(b, m, cache=None):
+    """(1, 2, 2) linear part transposed and (1, 1, 2) translation of a (1, 4, 4) matrix (made once
+    per matrix when a ``cache`` dict is given)."""
+    if cache is not None and m in cache:
+        return cache[m]
     rows = b.gather(m, [0, 1], 1)                                         # (1, 2, 4)
     lin_t = b.op("Transpose", b.gather(rows, [0, 1], 2), perm=[0, 2, 1])
     trans = b.op("Transpose", b.gather(rows, [3], 2), perm=[0, 2, 1])
+    if cache is not None:
+        cache[m] = (lin_t, trans)
     return lin_t, trans
 
 
@@ -245,9 +239,9 @@ def _crop_nodes(b, x, m, y, in_hw, out_hw):
     b.op("Mul", s, b.op("Reshape", mask, b.const([1, 1, oh, ow], np.int64)), out=y)
 
 
-def _points_nodes(b, p, m, y):
+def _points_nodes(b, p, m, y, cache=None):
     """TransformLandmarks: points p (1, N, 2), matrix m -> y (1, N, 2)."""
-    lin_t, trans = _affine_nodes(b, m)
+    lin_t, trans = _affine_nodes(b, m, cache)
     b.op("Add", b.op("MatMul", p, lin_t), trans, out=y)
 
 
@@ -257,7 +251,7 @@ def expand(model):
     import onnx
     g = model.graph
     shapes = _shapes(model)
-    nodes, inits, k = [], [], 0
+    nodes, inits, k, cache = [], [], 0, {}
     for nd in g.node:
         if nd.domain != DOMAIN:
             nodes.append(nd)
@@ -271,7 +265,7 @@ def expand(model):
             _crop_nodes(b, nd.input[0], nd.input[1], nd.output[0], in_hw,
                         (opts["output_height"], opts["output_width"]))
         elif nd.op_type == "TransformLandmarks":
-            _points_nodes(b, nd.input[0], nd.input[1], nd.output[0])
+            _points_nodes(b, nd.input[0], nd.input[1], nd.output[0], cache)
         else:
             raise ValueError(f"unknown MediaPipe custom operator {nd.op_type!r}")
         nodes += b.nodes
