@@ -1,8 +1,8 @@
-"""Convert MediaPipe's face detector, face mesh and iris models (TFLite, Apache-2.0) to ONNX.
+"""Convert MediaPipe's face detector, face mesh, iris and attention mesh models (TFLite, Apache-2.0) to ONNX.
 
 The models ship inside the PyPI wheel ``mediapipe==0.10.21`` (see ../shared/notes/mediapipe-onnx.md).
 This set-up step fetches that wheel with ``pip download --no-deps`` (or takes ``--wheel PATH``),
-extracts the three ``.tflite`` files (kept beside the output, for the parity test) and converts them
+extracts the four ``.tflite`` files (kept beside the output, for the parity test) and converts them
 with ``tflite2onnx`` (pure Python; installed by the ``tools`` extra, never a runtime dependency) into
 ``$LMFIT3D_HOME/mediapipe/``.  ``convert_version.txt`` there records the conversion version; an
 older or missing stamp makes the next run convert again.
@@ -10,6 +10,14 @@ older or missing stamp makes the next run convert again.
 ``tflite2onnx`` 0.4.1 fails on face_landmark.tflite: its PReLU alphas are fp16 constants of shape
 [1, 1, C] that pass through DEQUANTIZE, and the tool applies a 4-D NHWC->NCHW permutation to the
 3-D constant.  Padding short shapes with leading 1s before the permutation fixes it (patched below).
+
+The attention mesh (``face_landmark_with_attention``: 468 mesh points refined by lips, eye and
+iris heads on crops of its feature map) has three MediaPipe custom operators; they are emitted as
+placeholders and expanded into standard ONNX subgraphs (``tools/mediapipe_custom_ops.py``), and
+MediaPipe's landmark refinement becomes one more output, ``landmarks_refined`` (1, 478, 3).  Two
+more tflite2onnx fixes are patched below for it (a tensor feeding several Reshapes; a rank
+broadcast outside any NHWC layout).  ``tools/attention_reference.py`` checks the result against
+MediaPipe's own graph (max abs diff 2e-4 px).
 
 Graph rewrites for speed (onnxruntime, CPU), all exact up to float rounding (checked against the
 TFLite originals by tests/test_predict.py):
