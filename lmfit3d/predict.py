@@ -397,8 +397,9 @@ class MediaPipeLandmarks:
     attention : bool, run MediaPipe's attention mesh (``face_landmark_with_attention``, converted by
         ``tools/convert_mediapipe.py``) instead of the face mesh and the iris network: one network
         whose lips, eyes and iris heads refine the mesh (478 points; raw points 468 and 469 are its
-        iris centres 468 and 473).  The correspondence table and sigmas are the face mesh's.
-        ``iris_policy`` and ``refine_lids`` then do not apply; ``iris=False`` drops its iris points.
+        iris centres 468 and 473), with its own correspondence table and sigmas
+        (``data/mediapipe_attention/``, same format as the face mesh's).  ``iris_policy`` and
+        ``refine_lids`` then do not apply; ``iris=False`` drops its iris points.
     """
 
     def __init__(self, manifest=None, roi_strategy="aligned", sigma_jitter=0, iris=True, threads=1,
@@ -414,7 +415,7 @@ class MediaPipeLandmarks:
         self.refine_lids = refine_lids
         self.refined_eye_points = REFINED_EYE_POINTS
         self._lid_delta = np.zeros((2, 71, 2))  # iris-net eye contour - mesh points, eye-crop pixels
-        m = manifest or load_manifest("mediapipe")
+        m = manifest or load_manifest("mediapipe_attention" if attention else "mediapipe")
         from dataclasses import replace
         self.attention = bool(attention)
         if self.attention:
