@@ -188,7 +188,9 @@ def summarise(runs, names):
     per_seq = [(arkit_view(names, r["psi"][r["ok"]]), arkit_view(names, r["true"][r["ok"]])) for r in runs]
     for n in fit_v:
         a, b = fit_v[n], true_v[n]
-        seq_c = [np.corrcoef(f[n], t[n])[0, 1] for f, t in per_seq if f[n].size > 2 and np.ptp(t[n]) > 0]
+        # a fitted curve that never moves follows none of the motion: correlation 0 (not NaN)
+        seq_c = [np.corrcoef(f[n], t[n])[0, 1] if np.ptp(f[n]) > 0 else 0.0
+                 for f, t in per_seq if f[n].size > 2 and np.ptp(t[n]) > 0]
         rows[n] = (float(np.mean(np.abs(a - b))), float(np.corrcoef(a, b)[0, 1]), float(np.median(seq_c)))
     gap = np.concatenate([r["gap"] for r in runs])[ok]
     tgap = np.concatenate([r["true_gap"] for r in runs])[ok]
