@@ -175,3 +175,12 @@ def test_attention_backend_option():
     with pytest.raises(ValueError, match="--backend"):
         TrackOptions(backend="attention")
     assert (mediapipe_dir() / "face_landmark_with_attention.onnx").is_file()
+
+
+def test_attention_manifest_has_its_own_table():
+    from lmfit3d.predict import load_manifest
+    att, mesh = load_manifest("mediapipe_attention"), load_manifest("mediapipe")
+    assert att.mu_output == "landmarks_refined" and att.onnx.endswith("face_landmark_with_attention.onnx")
+    assert list(att.points) == list(range(470)) and (att.sigma_table >= 0.5).all()
+    assert 0.5 < (att.vertex_ids == mesh.vertex_ids).mean() < 1.0     # learnt again, mostly the same vertices
+    assert (att.vertex_ids[468:] == mesh.vertex_ids[468:]).all()        # iris centres: the pupils
