@@ -427,7 +427,7 @@ class MediaPipeLandmarks:
         self.mesh = LandmarkPredictor(replace(self.manifest, points=np.arange(468),
                                               vertex_ids=np.arange(468), sigma_table=np.ones(468)),
                                       sigma_jitter=0, threads=threads)
-        self.detector = FaceDetector(threads=threads)
+        self.detector = FaceDetector(threads=threads, far=True)
         self.iris = IrisPredictor(threads=threads) if iris and not self.attention else None
         self.attention_iris = bool(iris) and self.attention
         self._net = np.empty((478, 2))          # the attention mesh's points (image pixels)

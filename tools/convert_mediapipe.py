@@ -1,8 +1,8 @@
-"""Convert MediaPipe's face detector, face mesh, iris and attention mesh models (TFLite, Apache-2.0) to ONNX.
+"""Convert MediaPipe's face detectors, face mesh, iris and attention mesh models (TFLite, Apache-2.0) to ONNX.
 
 The models ship inside the PyPI wheel ``mediapipe==0.10.21`` (see ../shared/notes/mediapipe-onnx.md).
 This set-up step fetches that wheel with ``pip download --no-deps`` (or takes ``--wheel PATH``),
-extracts the four ``.tflite`` files (kept beside the output, for the parity test) and converts them
+extracts the ``.tflite`` files (kept beside the output, for the parity test) and converts them
 with ``tflite2onnx`` (pure Python; installed by the ``tools`` extra, never a runtime dependency) into
 ``$LMFIT3D_HOME/mediapipe/``.  ``convert_version.txt`` there records the conversion version; an
 older or missing stamp makes the next run convert again.
@@ -10,6 +10,8 @@ older or missing stamp makes the next run convert again.
 ``tflite2onnx`` 0.4.1 fails on face_landmark.tflite: its PReLU alphas are fp16 constants of shape
 [1, 1, C] that pass through DEQUANTIZE, and the tool applies a 4-D NHWC->NCHW permutation to the
 3-D constant.  Padding short shapes with leading 1s before the permutation fixes it (patched below).
+The full-range detector's sparse weights, DEPTH_TO_SPACE and shared PAD constants are taught to
+tflite2onnx by ``tools/tflite_sparse.py``.
 
 The attention mesh (``face_landmark_with_attention``: 468 mesh points refined by lips, eye and
 iris heads on crops of its feature map) has three MediaPipe custom operators; they are emitted as
@@ -50,12 +52,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+import tflite_sparse  # noqa: E402
 from lmfit3d.paths import atomic_write  # noqa: E402
 from lmfit3d.detect import mediapipe_dir  # noqa: E402
 
 WHEEL_SPEC = "mediapipe==0.10.21"
 MODELS = {
     "face_detection_short_range": "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+    "face_detection_full_range": "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
     "face_landmark": "mediapipe/modules/face_landmark/face_landmark.tflite",
     "iris_landmark": "mediapipe/modules/iris_landmark/iris_landmark.tflite",
     "face_landmark_with_attention": "mediapipe/modules/face_landmark/face_landmark_with_attention.tflite",
@@ -107,11 +111,12 @@ def _patch_tflite2onnx():
     Reshape.transform = reshape_transform
 
 
-CONVERT_VERSION = "5"     # bump when the conversion changes: cached ONNX files are then rebuilt
+CONVERT_VERSION = "6"     # bump when the conversion changes: cached ONNX files are then rebuilt
 STAMP = "convert_version.txt"
 KEEP_OUTPUTS = {"iris_landmark": ("output_iris", "output_eyes_contours_and_brows")}
 DYNAMIC_BATCH = ("iris_landmark",)
-PAD_TO_CONV = ("face_landmark", "iris_landmark", "face_landmark_with_attention")    # the detector (Relu, no PRelu) is faster with its Pads
+# the detectors (Relu, no PRelu) are faster with their Pads
+PAD_TO_CONV = ("face_landmark", "iris_landmark", "face_landmark_with_attention")
 
 
 def rewrite_prelu(model):
@@ -258,7 +263,7 @@ def fetch_wheel(dest):
 
 
 def extract_tflite(wheel, dest):
-    """Extract the four .tflite models from the wheel into ``dest``; returns name -> path."""
+    """Extract the .tflite models of MODELS from the wheel into ``dest``; returns name -> path."""
     out = {}
     try:
         with zipfile.ZipFile(wheel) as z:
@@ -302,6 +307,7 @@ def convert(tflite_path, onnx_path, name):
     import onnx
     import tflite2onnx
     _patch_tflite2onnx()
+    tflite_sparse.register()            # the full-range detector's sparse weights and DEPTH_TO_SPACE
     with tempfile.TemporaryDirectory() as tmp:
         if name == ATTENTION:
             model = optimise(convert_attention(tflite_path), name)
