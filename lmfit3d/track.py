@@ -517,8 +517,8 @@ def _second_pass(faces, n, model, vids, image_size, opt, outs, summary, tm, read
 
 def make_predictor(opt):
     """The landmark backend named by ``opt.backend``: "mediapipe" (MediaPipe's detector, face mesh and
-    iris networks with the learnt sigma table), "mediapipe-attention" (the same detector and table,
-    MediaPipe's attention mesh in place of the face mesh and iris networks) or "network" (lmfit3d's
+    iris networks with the learnt sigma table), "mediapipe-attention" (the same detector; MediaPipe's
+    attention mesh in place of the face mesh and iris networks, its own table ``data/mediapipe_attention``) or "network" (lmfit3d's
     own probabilistic dense320 network, ``data/lmfit3d_dense320``; no iris network, no sigma jitter)."""
     if opt.backend == "network":
         return NetworkLandmarks(roi_strategy=opt.roi_strategy, fixed_sigma=opt.fixed_sigma)
