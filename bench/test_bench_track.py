@@ -13,6 +13,8 @@ Per-frame stages on frames of the 1080p clip ``W040_level_3_happy_029.mp4``:
 * ``landmarks_track`` ``MediaPipeLandmarks.track`` on consecutive frames: the per-frame landmark cost
                       of video tracking with the default iris policy (one eye per frame, alternating)
                       and the next ROI;
+  ``landmarks_track_attention`` the same with MediaPipe's attention mesh (``--backend
+                      mediapipe-attention``: one network for mesh, lips, eyes and irises);
 * ``fit``             ``Tracker.step`` on the MediaPipe landmarks (470 points, identity and focal held,
                       warm start from the previous frame); ``fit_classic`` the same with J^T J re-use
                       off (``FitConfig.jtj_reuse_rho = inf``, the previous solver);
@@ -98,6 +100,15 @@ def test_landmarks_track(benchmark, frames):
     seq = itertools.cycle(frames[N_WARM:])
     mp.track(frames[N_WARM - 1])
     _info(benchmark, "landmarks_track", 3.5)
+    pred = benchmark(lambda: mp.track(next(seq)))
+    assert pred is not None and pred.presence > 0.5 and np.isfinite(pred.mu).all()
+
+
+def test_landmarks_track_attention(benchmark, frames):
+    mp = MediaPipeLandmarks(attention=True)
+    seq = itertools.cycle(frames[N_WARM:])
+    mp.track(frames[N_WARM - 1])
+    _info(benchmark, "landmarks_track_attention", 3.5)
     pred = benchmark(lambda: mp.track(next(seq)))
     assert pred is not None and pred.presence > 0.5 and np.isfinite(pred.mu).all()
 

@@ -374,8 +374,9 @@ def _loss_config(args, cfg):
 def _add_media_options(p, default_output=None):
     p.add_argument("-o", "--output", metavar="OUTDIR", required=default_output is None, default=default_output,
                    help="output folder (created if missing)" + (f"; default {default_output}/" if default_output else ""))
-    p.add_argument("--backend", choices=("mediapipe", "network"), default="mediapipe",
-                   help="landmarks: MediaPipe's face mesh + iris with learnt sigma, or lmfit3d's own "
+    p.add_argument("--backend", choices=("mediapipe", "mediapipe-attention", "network"), default="mediapipe",
+                   help="landmarks: MediaPipe's face mesh + iris with learnt sigma, MediaPipe's attention "
+                        "mesh (refined lips, eyes, irises; one network), or lmfit3d's own "
                         "probabilistic dense320 network (trained on synthetic faces)")
     p.add_argument("--roi", choices=("aligned", "axis"), default="aligned",
                    help="ROI strategy: eyes levelled (real time) or unrotated (offline)")
@@ -688,7 +689,8 @@ def _add_live(sub):
                    help="refine identity and focal on keyframes for at most S seconds, then hold (default 10)")
     p.add_argument("--calibrate-neutral", type=float, default=0.0, metavar="S",
                    help="take the mean of the first S seconds as the resting face and subtract it")
-    p.add_argument("--backend", choices=("mediapipe", "network"), default="mediapipe", help="landmark network")
+    p.add_argument("--backend", choices=("mediapipe", "mediapipe-attention", "network"), default="mediapipe",
+                   help="landmark network")
     p.add_argument("--no-iris", action="store_true", help="skip the iris network (no gaze)")
     p.add_argument("--focal", type=float, default=None, metavar="PX", help="focal length in pixels if known")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N tracked frames")

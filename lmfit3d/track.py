@@ -50,7 +50,7 @@ TRACK_EXPRESSION_WEIGHT = 3.0
 # MAE over 53 shapes 0.082 at 0, 0.077 at 1.5, eyeBlink_L/R 0.212/0.103 -> 0.195/0.093; the shared clips'
 # range ratios and steadiness change by <= 0.02)
 TRACK_ANTAGONIST_WEIGHT = 1.5
-BACKENDS = ("mediapipe", "network")
+BACKENDS = ("mediapipe", "mediapipe-attention", "network")
 
 
 @dataclass(frozen=True)
@@ -520,11 +520,13 @@ def _second_pass(faces, n, model, vids, image_size, opt, outs, summary, tm, read
 
 def make_predictor(opt):
     """The landmark backend named by ``opt.backend``: "mediapipe" (MediaPipe's detector, face mesh and
-    iris networks with the learnt sigma table) or "network" (lmfit3d's own probabilistic dense320
-    network, ``data/lmfit3d_dense320``; no iris network, no sigma jitter)."""
+    iris networks with the learnt sigma table), "mediapipe-attention" (the same detector; MediaPipe's
+    attention mesh in place of the face mesh and iris networks, its own table ``data/mediapipe_attention``) or "network" (lmfit3d's
+    own probabilistic dense320 network, ``data/lmfit3d_dense320``; no iris network, no sigma jitter)."""
     if opt.backend == "network":
         return NetworkLandmarks(roi_strategy=opt.roi_strategy, fixed_sigma=opt.fixed_sigma)
     return MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter, iris=opt.iris,
-                              fixed_sigma=opt.fixed_sigma, iris_policy=opt.iris_policy)
+                              fixed_sigma=opt.fixed_sigma, iris_policy=opt.iris_policy,
+                              attention=opt.backend == "mediapipe-attention")
 
 
