@@ -20,7 +20,7 @@ correlations (how well the motion itself is followed).
 
 Run::
 
-    python bench/dynamics_eval.py [--sequences 6] [--frames 120] [--no-smooth] [--oracle PX]
+    python bench/dynamics_eval.py [--sequences 6] [--frames 120] [--no-smooth] [--oracle PX] [--backend B]
 
 Prints a markdown table (docs/results.md, "Known expression curves on renders"); ``--write-doc``
 writes it into the ``dynamics_eval`` section (``dynamics_eval.no_smooth`` with ``--no-smooth``) of
@@ -49,7 +49,7 @@ from lmfit3d.predict import load_manifest  # noqa: E402
 from lmfit3d.skinning import evaluate_points  # noqa: E402
 from lmfit3d.synthetic import FACE_WIDTH_MM, random_look, render_face  # noqa: E402
 from lmfit3d.media import FrameList  # noqa: E402
-from lmfit3d.track import TrackOptions, track_video  # noqa: E402
+from lmfit3d.track import BACKENDS, TrackOptions, track_video  # noqa: E402
 
 GOAL_SHAPES = ("jawOpen", "mouthClose", "eyeBlink_L", "eyeBlink_R", "mouthSmile_L", "mouthSmile_R",
                "browInnerUp")
@@ -157,13 +157,13 @@ class OracleLandmarks:
         return Prediction(mu=mu, sigma=self._table * (roi / 192.0), presence=1.0, points=mu, roi=None)
 
 
-def run_sequence(model, k, nf, smooth=True, oracle_px=None):
+def run_sequence(model, k, nf, smooth=True, oracle_px=None, backend="mediapipe"):
     rng = np.random.default_rng([SEED, k])
     yaw = [0.0, 20.0, -30.0, 40.0, -10.0, 30.0][k % 6]
     face_px = [260.0, 120.0, 400.0, 180.0, 500.0, 220.0][k % 6]
     frames, truth, cam = render_sequence(model, rng, nf, yaw, face_px)
     out = Path(tempfile.mkdtemp(prefix="lmfit3d_dyn_"))
-    opt = TrackOptions(progress=False, smooth=smooth)
+    opt = TrackOptions(progress=False, smooth=smooth, backend=backend)
     predictor = (None if oracle_px is None
                  else OracleLandmarks(model, truth, cam, oracle_px, np.random.default_rng([SEED, k, 1])))
     track_video(FrameList(frames, fps=FPS, name=f"seq{k}"), out, opt, model=model, predictor=predictor)
@@ -188,7 +188,9 @@ def summarise(runs, names):
     per_seq = [(arkit_view(names, r["psi"][r["ok"]]), arkit_view(names, r["true"][r["ok"]])) for r in runs]
     for n in fit_v:
         a, b = fit_v[n], true_v[n]
-        seq_c = [np.corrcoef(f[n], t[n])[0, 1] for f, t in per_seq if f[n].size > 2 and np.ptp(t[n]) > 0]
+        # a fitted curve that never moves follows none of the motion: correlation 0 (not NaN)
+        seq_c = [np.corrcoef(f[n], t[n])[0, 1] if np.ptp(f[n]) > 0 else 0.0
+                 for f, t in per_seq if f[n].size > 2 and np.ptp(t[n]) > 0]
         rows[n] = (float(np.mean(np.abs(a - b))), float(np.corrcoef(a, b)[0, 1]), float(np.median(seq_c)))
     gap = np.concatenate([r["gap"] for r in runs])[ok]
     tgap = np.concatenate([r["true_gap"] for r in runs])[ok]
@@ -216,6 +218,8 @@ def main(argv=None):
     ap.add_argument("--sequences", type=int, default=6)
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--no-smooth", action="store_true")
+    ap.add_argument("--backend", choices=BACKENDS, default="mediapipe",
+                    help="landmark backend of lmfit3d track (section suffix .attention / .network)")
     ap.add_argument("--oracle", type=float, default=None, metavar="PX",
                     help="exact landmarks (projected table vertices) + PX pixels of noise instead of MediaPipe")
     results_doc.add_arguments(ap)
@@ -225,7 +229,8 @@ def main(argv=None):
     model = load_model()
     runs = []
     for k in range(args.sequences):
-        runs.append(run_sequence(model, k, args.frames, smooth=not args.no_smooth, oracle_px=args.oracle))
+        runs.append(run_sequence(model, k, args.frames, smooth=not args.no_smooth, oracle_px=args.oracle,
+                                 backend=args.backend))
         r = runs[-1]
         j = list(model.expression_names).index("jawOpen")
         ok = r["ok"]
@@ -233,11 +238,13 @@ def main(argv=None):
         print(f"sequence {k}: yaw {r['yaw']:+.0f} deg, face {r['face_px']:.0f} px, fitted {ok.mean():.2f}, "
               f"jawOpen correlation {c:.2f}", file=sys.stderr)
     oracle = f", oracle landmarks + {args.oracle:g} px noise" if args.oracle is not None else ""
-    text = (f"{args.sequences} sequences x {args.frames} frames (yaw 0..+-40 deg, faces 120-500 px)"
+    backend = "" if args.backend == "mediapipe" else f", --backend {args.backend}"
+    text = (f"{args.sequences} sequences x {args.frames} frames (yaw 0..+-40 deg, faces 120-500 px){backend}"
             f"{', --no-smooth' if args.no_smooth else ''}{oracle}\n\n"
             + table(summarise(runs, list(model.expression_names))))
     print(text)
-    section = "dynamics_eval" + (".no_smooth" if args.no_smooth else "") + (".oracle" if args.oracle is not None else "")
+    section = ("dynamics_eval" + (".no_smooth" if args.no_smooth else "") + (".oracle" if args.oracle is not None else "")
+               + {"mediapipe": "", "mediapipe-attention": ".attention", "network": ".network"}[args.backend])
     results_doc.maybe_write(args, {section: text})
     return 0
 

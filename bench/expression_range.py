@@ -166,7 +166,8 @@ def track_clips(out_dir, extra=()):
 
 # --track-args of the runs reported in docs/results.md -> their section
 SECTIONS = {(): "expression_range", ("--no-smooth",): "expression_range.no_smooth",
-            ("--backend", "network"): "expression_range.network"}
+            ("--backend", "network"): "expression_range.network",
+            ("--backend", "mediapipe-attention"): "expression_range.attention"}
 
 
 def main(argv=None):

@@ -25,10 +25,11 @@ import results_doc
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ("step", "step_classic", "lm_solve", "scipy_trf", "scipy_trf_ftol")
+ORDER = ("step", "step_classic", "lm_solve", "python_driver", "scipy_trf", "scipy_trf_ftol")
 LABEL = {"step": "Tracker.step (policy + LM)",
          "step_classic": "Tracker.step, J^T J re-use off (classic LM)",
          "lm_solve": "FrameProblem.solve (bare LM)",
+         "python_driver": "FrameProblem.solve through the Python LM driver (compiled=False)",
          "scipy_trf": "scipy least_squares trf, 2-point (default tol)",
          "scipy_trf_ftol": "scipy least_squares trf, 2-point (our ftol/xtol)"}
 SPEEDUP_GOAL = 20.0

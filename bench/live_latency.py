@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from lmfit3d.live import LiveOptions, run_live  # noqa: E402
 from lmfit3d.model import load_model  # noqa: E402
 from lmfit3d.paths import shared_media_dir  # noqa: E402
+from lmfit3d.track import TrackOptions  # noqa: E402
 
 CLIP = shared_media_dir() / "W040_level_3_happy_029.mp4"
 
@@ -55,8 +56,8 @@ def run_one(path, backend, model, record=None, worker=True):
     live``; run_live loads the cached model itself), else in the capture loop (``model`` given)."""
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
-    opt = LiveOptions(source=str(path), backend=backend, livelink=f"127.0.0.1:{rx.getsockname()[1]}",
-                      record=record)
+    opt = LiveOptions(source=str(path), track=TrackOptions(backend=backend, progress=False),
+                      livelink=f"127.0.0.1:{rx.getsockname()[1]}", record=record)
     res = run_live(opt, None if worker else model)
     rx.close()
     fps = float(res.frames) / max(res.seconds, 1e-9)

@@ -9,6 +9,7 @@ same person and of different people, and the error rate of the combined score at
     python bench/reid_threshold.py [--clips 6] [--heads 3]
 """
 import argparse
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -45,8 +46,7 @@ def tracklets_of(model, mp, clip):
     h, w = clip.frames[0].shape[:2]
     proto = Tracker(model, mp.vertex_ids, (w, h), clip.camera.focal if FOCAL else None, cfg)
     n = len(clip.frames)
-    fol = F.FaceFollower(mp, proto.fresh, lambda s, k: _Mem(n, mp.vertex_ids.size), 10, opt.identity_stride,
-                         opt.cut_threshold, cfg.max_keyframes)
+    fol = F.FaceFollower(mp, proto.fresh, lambda s, k: _Mem(n, mp.vertex_ids.size), replace(opt, max_faces=10))
     for f, frame in enumerate(clip.frames):
         fol.step(frame, f)
     F.fit_identities(fol.tracklets, clip.camera.focal if FOCAL else None)

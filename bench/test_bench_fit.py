@@ -170,6 +170,22 @@ def test_lm_solve(benchmark, face_model, name):
     assert np.isfinite(res.cost)
 
 
+@pytest.mark.parametrize("name", SETS)
+def test_lm_solve_python_driver(benchmark, face_model, name):
+    """The same solve as test_lm_solve through the Python LM driver (``solvers.levenberg_marquardt`` calling
+    ``FrameProblem.accumulate``, the compiled evaluation): the cost of serving the tracking problem by the
+    one general loop instead of the compiled twin; same iterations and result."""
+    sc = scenario(face_model, name)
+    prob = sc.problem()
+    benchmark.group = name
+    benchmark.extra_info.update(kind="python_driver", landmarks=name)
+    x, res = benchmark(lambda p: p.solve(sc.start(), sc.mask, sc.cfg.max_iter, compiled=False), prob)
+    x_c, res_c = sc.lm_solve(prob)
+    benchmark.extra_info.update(cost=res.cost, iterations=res.iterations, jtj_evals=res.jtj_evals)
+    assert res.iterations == res_c.iterations and res.cost == res_c.cost
+    np.testing.assert_array_equal(x, x_c)
+
+
 @pytest.mark.parametrize("tol", ["default", "ftol"])
 @pytest.mark.parametrize("name", SETS)
 def test_scipy_trf(benchmark, face_model, name, tol):

@@ -13,6 +13,8 @@ Per-frame stages on frames of the 1080p clip ``W040_level_3_happy_029.mp4``:
 * ``landmarks_track`` ``MediaPipeLandmarks.track`` on consecutive frames: the per-frame landmark cost
                       of video tracking with the default iris policy (one eye per frame, alternating)
                       and the next ROI;
+  ``landmarks_track_attention`` the same with MediaPipe's attention mesh (``--backend
+                      mediapipe-attention``: one network for mesh, lips, eyes and irises);
 * ``fit``             ``Tracker.step`` on the MediaPipe landmarks (470 points, identity and focal held,
                       warm start from the previous frame); ``fit_classic`` the same with J^T J re-use
                       off (``FitConfig.jtj_reuse_rho = inf``, the previous solver);
@@ -28,6 +30,7 @@ Goals (issue 4): fit <= 0.5 ms, landmarks <= 3.5 ms, end to end >= 100 frames/s 
 """
 import copy
 import dataclasses
+import inspect
 import itertools
 
 import numpy as np
@@ -101,6 +104,15 @@ def test_landmarks_track(benchmark, frames):
     assert pred is not None and pred.presence > 0.5 and np.isfinite(pred.mu).all()
 
 
+def test_landmarks_track_attention(benchmark, frames):
+    mp = MediaPipeLandmarks(attention=True)
+    seq = itertools.cycle(frames[N_WARM:])
+    mp.track(frames[N_WARM - 1])
+    _info(benchmark, "landmarks_track_attention", 3.5)
+    pred = benchmark(lambda: mp.track(next(seq)))
+    assert pred is not None and pred.presence > 0.5 and np.isfinite(pred.mu).all()
+
+
 @pytest.mark.parametrize("classic", [False, True], ids=["reuse", "classic"])
 def test_fit(benchmark, tracked, model, classic):
     """``fit``; ``fit_classic``: the same frames with J^T J re-use off (the previous solver, a same-run
@@ -163,10 +175,17 @@ def test_write(benchmark, model, tracked, tmp_path):
 
 @pytest.mark.parametrize("decode, iris", [(False, True), (True, True), (False, False)],
                          ids=["frames", "decode", "frames-no-iris"])
-def test_end_to_end(benchmark, frames, model, tmp_path, decode, iris):
+def test_end_to_end(benchmark, frames, model, tmp_path, decode, iris, tracked):
+    """``track_video`` per frame.  The rounds re-use one fit context (``context=``, as the videos of a
+    batch may): what a revision with the process-wide caches of earlier versions (no ``context``
+    argument) re-used implicitly, so that ab_report compares like with like."""
     source = VideoReader(CLIP) if decode else FrameList(frames, 25.0, "bench")
     opt = TrackOptions(progress=False, max_frames=N_E2E, iris=iris)
+    kw = {}
+    if "context" in inspect.signature(track_video).parameters:
+        from lmfit3d.context import FitContext
+        kw["context"] = FitContext(model, tracked[0].vertex_ids, opt.config().sparsity_threshold_mm)
     _info(benchmark, "end_to_end_decode" if decode else ("end_to_end" if iris else "end_to_end_no_iris"))
-    s = benchmark.pedantic(track_video, args=(source, tmp_path, opt, model), rounds=3, iterations=1)
+    s = benchmark.pedantic(track_video, args=(source, tmp_path, opt, model), kwargs=kw, rounds=3, iterations=1)
     benchmark.extra_info.update(frames=s.frames, stage_ms={k: 1e3 * v / s.frames for k, v in s.timings.items()})
     assert s.frames == N_E2E and s.success == N_E2E

@@ -18,13 +18,14 @@ sys.path.insert(0, str(HERE))
 import results_doc  # noqa: E402
 from fit_report import run_benchmarks  # noqa: E402
 
-ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "landmarks_track", "fit", "fit_classic", "write", "end_to_end",
+ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "landmarks_track", "landmarks_track_attention", "fit", "fit_classic", "write", "end_to_end",
          "end_to_end_no_iris", "end_to_end_decode")
 LABEL = {"decode": "decode one 1080p frame (imageio/ffmpeg)",
          "detect": "detect (BlazeFace, whole frame)",
          "landmarks_mesh": "landmarks: face mesh only (--no-iris)",
          "landmarks": "landmarks: face mesh + 2 iris crops (predict; stills, --iris-both)",
          "landmarks_track": "landmarks while tracking: mesh + 1 iris crop, alternating (default)",
+         "landmarks_track_attention": "landmarks while tracking: attention mesh (--backend mediapipe-attention)",
          "fit": "fit: Tracker.step, 470 landmarks, warm",
          "fit_classic": "fit, J^T J re-use off (classic LM; same-run baseline)",
          "write": "write: CSV + ARKit rows of one frame",

@@ -4,12 +4,14 @@ number of cameras, calibrated vs. uncalibrated (focal known / unknown).
 Synthetic: one face, F frames of expression animation (``lmfit3d.synthetic.make_multiview``), dense320,
 1 px noise with 10 % outliers (sigma 15 px, the true sigma passed), C cameras on a +-30 degree yaw ring
 (camera 0 frontal; each C its own ring).  Error: face-region vertex error after rigid alignment, mean
-over frames (mm).  Modes: ``calibrated`` (true extrinsics and focal), ``focal known`` (no extrinsics),
+over frames (mm).  Status 1: converged (scipy's tests or ``CaptureConfig.stop_decrease``), 0: the
+iteration cap.  Modes: ``calibrated`` (true extrinsics and focal), ``focal known`` (no extrinsics),
 ``focal known, schur`` (the same with ``CaptureConfig(schur=True)``), ``focal unknown``.
 
 Usage::
 
-    NUMBA_NUM_THREADS=1 python bench/uncalibrated_report.py [--frames 20] [--cameras 1 2 4 8 17] [--write-doc]
+    NUMBA_NUM_THREADS=1 python bench/uncalibrated_report.py [--frames 20] [--cameras 1 2 4 8 17] [--run-on 1500]
+        [--write-doc]
 """
 import os
 
@@ -30,7 +32,9 @@ import results_doc  # noqa: E402
 MODES = ("calibrated", "focal known", "focal known, schur", "focal unknown")
 
 
-def run(model, ids, n_cameras, frames, seed, mode, max_iter):
+def run(model, ids, n_cameras, frames, seed, mode, max_iter, run_on_from=0):
+    """One fit; ``run_on_from`` (a smaller cap): no stopping rule of our own (``stop_decrease=0``) and
+    the identity held for as many iterations as with that cap, so the path is that fit's, continued."""
     from lmfit3d.calibration import Calibration
     from lmfit3d.capture import CaptureConfig, fit_capture, parse_calibration
     from lmfit3d.synthetic import make_multiview, rigid_align_error
@@ -44,6 +48,8 @@ def run(model, ids, n_cameras, frames, seed, mode, max_iter):
         if mode.startswith("focal known"):
             cal = replace(cal, focal=mv.focal.copy())
     cfg = CaptureConfig(max_iter=max_iter, schur=mode.endswith("schur"))
+    if run_on_from:
+        cfg = replace(cfg, stop_decrease=0.0, identity_hold=cfg.identity_hold * run_on_from / max_iter)
     t0 = time.perf_counter()
     res = fit_capture(mv.mu, mv.sigma, vertex_ids=ids, calibration=cal, model=model, config=cfg)
     secs = time.perf_counter() - t0
@@ -68,6 +74,21 @@ def table(rows, cameras):
     return "\n".join(lines)
 
 
+def run_on_table(rows, longer, cameras, cap):
+    """Each converged-or-capped default fit against the same fit run on to scipy's own convergence."""
+    lines = ["| mode | " + " | ".join(f"{c} cam" for c in cameras) + " |", "|---|" + "---:|" * len(cameras)]
+    for mode in ("calibrated", "focal known"):
+        cells = []
+        for c in cameras:
+            a, b = rows[(mode, c)], longer[(mode, c)]
+            cells.append(f"{a['err']:.4f} -> {b['err']:.4f} mm ({b['err'] - a['err']:+.4f}), {a['it']} -> {b['it']} it, "
+                         f"cost -{a['cost'] - b['cost']:.1f}" + (", cap" if b['status'] < 1 else ""))
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return (f"Run on: the same fits without `stop_decrease`, cap {cap} (identity held for as many "
+            f"iterations); cell: face error at the default stop -> run on (change), iterations, the further cost "
+            f"decrease (\"cap\": the run-on hit its cap too).\n\n" + "\n".join(lines))
+
+
 def checks(rows, cameras):
     out = []
     known = [rows[("focal known", c)]["err"] for c in cameras if c <= 8]
@@ -77,8 +98,10 @@ def checks(rows, cameras):
     if 1 in cameras and 8 in cameras:
         r = rows[("focal known", 8)]["err"] / rows[("focal known", 1)]["err"]
         out.append(f"Focal known, 8 cameras / 1 camera: {r:.2f} (goal <= 0.6): {'met' if r <= 0.6 else 'not met'}.")
-    conv = [c for c in cameras if rows[("focal known", c)]["status"] >= 1]
-    out.append(f"Focal known, converged (status >= 1) within the cap: {len(conv)}/{len(cameras)} camera counts.")
+    for mode in ("calibrated", "focal known"):
+        conv = [c for c in cameras if rows[(mode, c)]["status"] >= 1]
+        out.append(f"{mode.capitalize()}, converged (status >= 1) within the cap: {len(conv)}/{len(cameras)} "
+                   f"camera counts ({', '.join(str(c) for c in conv) or 'none'}).")
     for c in cameras:
         if c >= 4:
             r = rows[("focal unknown", c)]["err"] / rows[("focal known", c)]["err"]
@@ -93,6 +116,8 @@ def main(argv=None):
     ap.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4, 8, 17])
     ap.add_argument("--max-iter", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--run-on", type=int, default=0, metavar="N",
+                    help="also run calibrated and focal-known fits on to N iterations without our stopping rule")
     results_doc.add_arguments(ap)
     a = ap.parse_args(argv)
     from lmfit3d.landmarks import load_landmark_set
@@ -105,10 +130,18 @@ def main(argv=None):
         for mode in MODES:
             rows[(mode, c)] = run(model, ids, c, a.frames, a.seed, mode, a.max_iter)
             print(f"  {c} cameras, {mode}: {rows[(mode, c)]}", file=sys.stderr, flush=True)
+    extra = ""
+    if a.run_on:
+        longer = {}
+        for c in a.cameras:
+            for mode in ("calibrated", "focal known"):
+                longer[(mode, c)] = run(model, ids, c, a.frames, a.seed, mode, a.run_on, run_on_from=a.max_iter)
+                print(f"  {c} cameras, {mode}, run on: {longer[(mode, c)]}", file=sys.stderr, flush=True)
+        extra = "\n\n" + run_on_table(rows, longer, a.cameras, a.run_on)
     machine = results_doc.machine_line(f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, one process")
     text = (f"One face, {a.frames} frames, dense320, 1 px noise, 10 % outliers at 15 px, cameras on a +-30 degree "
             f"ring, L-BFGS cap {a.max_iter}; cell: face error (mean, rigid-aligned), fit time (init + solve), "
-            f"iterations, status.\n\n{table(rows, a.cameras)}\n\n" + "\n".join(checks(rows, a.cameras))
+            f"iterations, status.\n\n{table(rows, a.cameras)}\n\n" + "\n".join(checks(rows, a.cameras)) + extra
             + f"\n\n{machine}")
     print(text)
     results_doc.maybe_write(a, {"uncalibrated_report": text})

@@ -23,7 +23,8 @@ _SUBMODULES = (
     "landmarks",
     "sparsity", "energy", "terms", "intersection", "tracking_points", "tracking_normal", "capture_cameras",
     "gradients", "simd",
-    "solvers", "frame_lm", "problem", "fit", "synthetic", "detect", "predict", "temporal", "faces", "capture", "media",
+    "solvers", "frame_lm", "context", "problem", "fit", "synthetic", "detect", "predict", "temporal", "faces",
+    "capture", "media",
     "outputs", "gltf", "report", "exports", "track", "landmark_files", "capture_files", "stills", "streams", "live",
     "batch", "manifest", "cluster", "dataset", "cli",
 )

@@ -24,14 +24,14 @@ gauge.  When every camera's extrinsics are free (no calibration), the *reference
 R = I, T = 0: the world is then that camera's coordinate frame (camera axes of ``lmfit3d.camera``:
 x right, y up, looking along -z).  All 3D outputs (vertices, root pose) are in world mm.
 
-Initialisation
---------------
+Initialisation (``lmfit3d.capture_init``)
+------------------------------------------
 1. The reference camera (default 0, or the first camera that sees a face) is tracked alone by the
    real-time fitter (``lmfit3d.fit.fit_landmarks``): identity, per-frame pose and expression, and
    its focal length when unknown, on every ``init_stride``-th frame (long clips: about 128
-   frames); the other frames, and frames it could not fit, are interpolated linearly.  A tracked
-   pose whose neck/head rotation exceeds 1 radian (root and neck turned by opposite large angles,
-   a local minimum of the single-view fit) is replaced by the rigid pose fitting the same landmarks.
+   frames); the other frames, and frames it could not fit, are interpolated linearly.  Every tracked
+   pose's neck/head rotation is moved into the root (``_fold_joints``): the rigid root pose fitting
+   the same landmarks, neck and head at zero.
 2. Every other camera with unknown extrinsics or focal is tracked alone on up to
    ``init_frames`` frames spread over the clip (identity held at the reference's), giving the head
    pose (R_jf, t_jf) in that camera for frames f the reference also fitted (pose (R_f, t_f)).  The
@@ -50,22 +50,19 @@ import numpy as np
 from .calibration import (Calibration, parse_calibration, read_calibration,  # noqa: F401
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
-from .camera import focal_from_fov
+from .capture_init import _MIN_LANDMARKS, _initialise
 from .capture_precond import (_FD_STEP, block_map, block_transform, camera_block_map, diagonal_map,
                               hessian_columns, schur_map)
 from .capture_precond import block_transform as _block_transform  # noqa: F401 (tests)
 from .energy import CaptureLayout, Intersection, antagonist_pairs, expression_prior_scales, identity_prior
-from .fit import FitConfig, Tracker, fit_landmarks
-from .gradients import POSE_SIZE, capture_energy
+from .fit import FitConfig
+from .gradients import POSE_SIZE, Wanted, capture_energy
 from .intersection import IntersectionTerm
 from .landmarks import resolve_vertex_ids
 from .model import Params, load_model
 from .rotation import matrix_to_axis_angle, rodrigues
 from .skinning import ancestry, evaluate_mesh, sparse_weights
 from .sparsity import build_sparsity
-
-# OpenCV-style cameras (x right, y down, looking along +z) to ours (x right, y up, looking along -z)
-_MIN_LANDMARKS = 3
 
 
 @dataclass(frozen=True)
@@ -94,6 +91,13 @@ class CaptureConfig:
         whitened by its own GN block.
     identity_hold : float in [0, 1), with free camera extrinsics: the fraction of ``max_iter`` spent
         with the identity held at its initial value before everything is freed (0: one stage).
+    stop_decrease, stop_window : float, int, the capture's own stopping rule, in the energy's units:
+        L-BFGS stops, converged (status 1), when the cost fell by less than ``stop_decrease`` per
+        landmark residual (one coordinate over sigma) and iteration, on average over the last
+        ``stop_window`` iterations.  scipy's ``ftol`` is relative to the cost itself, which with many
+        residuals lets a decrease far below any change of the result count as progress (issue 17,
+        calibrated, 8 cameras: the rule stops at 190 iterations; scipy's tests alone at 1,044, 28 cost
+        units lower, the face error 0.0997 -> 0.0998 mm).  0: off.
     """
 
     fit: FitConfig = field(default_factory=FitConfig)
@@ -108,6 +112,8 @@ class CaptureConfig:
     preconditioner: str = "block"
     schur: bool = False
     identity_hold: float = 0.5
+    stop_decrease: float = 3e-6
+    stop_window: int = 10
 
     def __post_init__(self):
         if not 0.0 <= self.identity_hold < 1.0:
@@ -119,8 +125,10 @@ class CaptureConfig:
                              f"got {self.preconditioner!r}")
         if self.init_stride < 0:
             raise ValueError("init_stride must be >= 0 (0: automatic)")
-        if not (self.ftol >= 0 and self.gtol >= 0):
-            raise ValueError("ftol and gtol must be >= 0")
+        if not (self.ftol >= 0 and self.gtol >= 0 and self.stop_decrease >= 0):
+            raise ValueError("ftol, gtol and stop_decrease must be >= 0")
+        if self.stop_window < 1:
+            raise ValueError("stop_window must be >= 1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,8 +252,12 @@ class CaptureProblem:
         """(F, L, C) float64 1/sigma as stored, 0 where missing (a copy)."""
         return np.transpose(self.obs[:, :, 2], (0, 2, 1)).astype(np.float64)
 
-    def _kernel(self, z, grad, diag, uv, pose_gn=None, id_gn=None, id_frames=None):
+    def _kernel(self, z, grad=None, diag=None, uv=None, pose_gn=None, id_gn=None, id_frames=None):
+        """``gradients.capture_energy`` at z: the outputs given (not None) are the ones computed."""
         t, fc = self.table, self.cfg.fit
+        wanted = Wanted(grad is not None, diag is not None, uv is not None, pose_gn is not None, id_gn is not None)
+        grad, diag = _E1 if grad is None else grad, _E1 if diag is None else diag
+        uv = _E4 if uv is None else uv
         pose_gn = _E3 if pose_gn is None else pose_gn
         id_gn = _E2 if id_gn is None else id_gn
         id_frames = self._all_frames if id_frames is None else id_frames
@@ -253,7 +265,7 @@ class CaptureProblem:
                               self.parents, self.anc, t.expr_idx, t.expr_blocks, t.weights, self.jidx,
                               self.jcount, self.obs, self.block_ok, self.camera_gradient, self.centre,
                               fc.w_expression, fc.w_joints, fc.w_temporal, *self.inter, fc.w_intersection,
-                              fc.loss_c, grad, diag, uv, self._frame_cost, pose_gn, id_gn, id_frames)
+                              fc.loss_c, wanted, grad, diag, uv, self._frame_cost, pose_gn, id_gn, id_frames)
 
     def identity_prior(self, beta):
         """(cost, gradient (K,), Gauss-Newton diagonal (K,)) of the identity term (``energy.identity_prior``)."""
@@ -278,9 +290,9 @@ class CaptureProblem:
     def energy(self, z, want_grad=True, want_diag=False):
         """(cost, gradient (N,) or None, GN diagonal (N,) or None) at the full vector z."""
         z = np.ascontiguousarray(z, dtype=np.float64)
-        grad = np.empty(self.n) if want_grad else _E1
-        diag = np.empty(self.n) if want_diag else _E1
-        cost = self._kernel(z, grad, diag, _E4)
+        grad = np.empty(self.n) if want_grad else None
+        diag = np.empty(self.n) if want_diag else None
+        cost = self._kernel(z, grad, diag)
         cost += self.antagonist_term(z, grad if want_grad else None)
         c_id, g_id, d_id = self.identity_prior(z[:self.nk])
         self.nfev += 1
@@ -293,7 +305,7 @@ class CaptureProblem:
     def project(self, z):
         """Projected landmarks (C, F, L, 2) pixels and landmark cost per frame (F,) at z."""
         uv = np.empty((self.n_frames, self.n_cameras, 2, self.n_landmarks))
-        self._kernel(np.ascontiguousarray(z, dtype=np.float64), _E1, _E1, uv)
+        self._kernel(np.ascontiguousarray(z, dtype=np.float64), uv=uv)
         return np.transpose(uv, (1, 0, 3, 2)), self._frame_cost.copy()
 
     def bounds(self):
@@ -318,11 +330,11 @@ class CaptureProblem:
         nf = self.n_frames
         diag = np.empty(self.n)
         pose_gn = np.empty((nf, POSE_SIZE, POSE_SIZE))
-        id_gn = np.empty((self.nk, self.nk)) if id_frames > 0 else _E2
+        id_gn = np.empty((self.nk, self.nk)) if id_frames > 0 else None
         sel = np.zeros(nf, bool)
         if id_frames > 0:
             sel[np.unique(np.linspace(0, nf - 1, min(nf, id_frames)).round().astype(int))] = True
-        self._kernel(z, _E1, diag, _E4, pose_gn, id_gn, sel)
+        self._kernel(z, diag=diag, pose_gn=pose_gn, id_gn=id_gn, id_frames=sel)
         _, _, d_id = self.identity_prior(z[:self.nk])
         diag[:self.nk] += d_id
         if id_frames <= 0:
@@ -333,7 +345,8 @@ class CaptureProblem:
 
     def solve(self, z0, free, max_iter=None):
         """L-BFGS-B over z[free] from z0, preconditioned (``CaptureConfig.preconditioner``, ``.schur``),
-        at most ``max_iter`` iterations (default ``CaptureConfig.max_iter``).
+        at most ``max_iter`` iterations (default ``CaptureConfig.max_iter``), ended early by scipy's
+        tests or by ``CaptureConfig.stop_decrease`` (:class:`DecreaseStop`).
 
         The variables are u with z = z0 + P u (``lmfit3d.capture_precond``): P = diag(1 / sqrt(diag
         J^T J)) ("diagonal"), or, for "block", P ~ H^-1/2 of the Gauss-Newton block H on each frame's
@@ -358,12 +371,18 @@ class CaptureProblem:
 
         u0 = np.clip(np.zeros(int(free.sum())), ulo, uhi)
         self.camera_gradient = np.array([free[self.camera_slice(j)].any() for j in range(self.n_cameras)])
+        n_res = 2 * int(np.count_nonzero(self.obs[:, :, 2] > 0))
+        stop = DecreaseStop(self.cfg.stop_decrease * n_res, self.cfg.stop_window)
         try:
-            res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(ulo, uhi)),
+            res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(ulo, uhi)), callback=stop,
                            options=dict(maxiter=max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
                                         gtol=self.cfg.gtol, maxfun=4 * max_iter))
         finally:
             self.camera_gradient = np.ones(self.n_cameras, bool)
+        if stop.met:
+            res.success, res.status = True, 0
+            res.message = (f"CONVERGENCE: cost fell by {stop.rate:.3g} per iteration over the last {stop.window} "
+                           f"iterations (< {self.cfg.stop_decrease:g} x {n_res} residuals)")
         z = vm.to_z(res.x)
         z[~free] = z0[~free]
         z = np.clip(z, lo, hi)
@@ -446,6 +465,25 @@ class CaptureProblem:
         return vm
 
 
+class DecreaseStop:
+    """L-BFGS callback of ``CaptureConfig.stop_decrease``: raises StopIteration (scipy ends the solve)
+    once the cost fell by less than ``per_iteration`` per iteration, on average over the last
+    ``window`` iterations; ``met`` says it did, ``rate`` the last average decrease."""
+
+    def __init__(self, per_iteration, window):
+        self.per_iteration, self.window = float(per_iteration), int(window)
+        self.costs, self.met, self.rate = [], False, np.inf
+
+    def __call__(self, intermediate_result):
+        self.costs.append(float(intermediate_result.fun))
+        if self.per_iteration <= 0 or len(self.costs) <= self.window:
+            return
+        self.rate = (self.costs[-1 - self.window] - self.costs[-1]) / self.window
+        if self.rate < self.per_iteration:
+            self.met = True
+            raise StopIteration
+
+
 _E1 = np.zeros(0)
 _E2 = np.zeros((0, 0))
 _E3 = np.zeros((0, POSE_SIZE, POSE_SIZE))
@@ -503,137 +541,6 @@ class CaptureResult:
         n = self.focal.size
         return Calibration(self.camera_rotation, self.camera_translation, self.focal, self.image_size,
                            np.zeros(n, bool), np.zeros(n, bool))
-
-
-# --------------------------------------------------------------------------------------------
-# Initialisation
-# --------------------------------------------------------------------------------------------
-
-def _interp_frames(idx, values, n):
-    """Rows of values (len(idx), ...) known at increasing frames idx, linearly interpolated onto
-    frames 0..n-1 (held constant beyond the ends).  Axis-angle rows are interpolated per component
-    (small frame-to-frame motion)."""
-    flat = values.reshape(len(idx), -1)
-    out = np.empty((n, flat.shape[1]))
-    frames = np.arange(n)
-    for c in range(flat.shape[1]):
-        out[:, c] = np.interp(frames, idx, flat[:, c])
-    return out.reshape((n,) + values.shape[1:])
-
-
-def _fold_joints(model, ids, identity, expression, rotations, translation, limit=1.0):
-    """Undo a "double flip" of a tracked pose: root and neck/head rotated by large opposite angles.
-
-    The real-time tracker can end in a pose where the root is turned by ~pi and the neck turns the
-    face back (the landmarks fit, the pose is absurd and far from the multi-view optimum).  When a
-    neck or head rotation exceeds ``limit`` radians, those joints are zeroed and the root pose is
-    re-fitted rigidly (Kabsch) to the same landmark positions.  Returns (rotations, translation).
-    """
-    if np.abs(np.linalg.norm(rotations[1:3], axis=1)).max() <= limit:
-        return rotations, translation
-    from .skinning import evaluate_points
-    x, _ = evaluate_points(model, Params(identity, expression, rotations, translation), ids)
-    rot = rotations.copy()
-    rot[0] = 0.0
-    rot[1:3] = 0.0
-    x0, _ = evaluate_points(model, Params(identity, expression, rot, np.zeros(3)), ids)
-    c, c0 = x.mean(0), x0.mean(0)
-    u, _, vt = np.linalg.svd((x - c).T @ (x0 - c0))
-    r = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
-    rot[0] = matrix_to_axis_angle(r)
-    return rot, c - r @ c0
-
-
-def _relative_pose(rot_j, t_j, rot_r, t_r):
-    """Rigid transform camera_ref -> camera_j from head poses seen by both (per-frame arrays)."""
-    rr = rodrigues(rot_r)
-    rj = rodrigues(rot_j)
-    rel = rj @ np.transpose(rr, (0, 2, 1))
-    u, _, vt = np.linalg.svd(rel.sum(0))
-    r = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
-    t = np.median(t_j - np.einsum("ij,fj->fi", r, t_r), axis=0)
-    return r, t
-
-
-def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progress):
-    """Initial full vector pieces: identity, per-frame params (world), camera R, T, focal."""
-    nc, nf = mu.shape[:2]
-
-    def nan_mu(j, frames):          # one camera's frames only (no (C, F, L) copies)
-        return np.where((inv_sigma[j, frames] > 0)[..., None], mu[j, frames], np.nan)
-
-    def sigma(j, frames):
-        inv = inv_sigma[j, frames]
-        return np.where(inv > 0, 1.0 / np.where(inv > 0, inv, 1.0), 1.0)
-
-    foc = cal.focal.copy()
-    stride = cfg.init_stride or max(1, nf // 128)
-    sel = np.unique(np.r_[np.arange(0, nf, stride), nf - 1])
-    fr = fit_landmarks(nan_mu(ref, sel), sigma(ref, sel), vertex_ids=ids, image_size=size[ref],
-                       focal_px=foc[ref] if np.isfinite(foc[ref]) else None, model=model, config=cfg.fit,
-                       identity=identity, two_pass=cfg.two_pass_init)
-    good_s = fr.status >= 0
-    if not good_s.any():
-        raise ValueError(f"the reference camera {ref} could not be fitted in any frame")
-    ok = np.zeros(nf, bool)                                      # frames with a tracked head pose
-    ok[sel[good_s]] = True
-    beta = fr.identity.copy()
-    foc[ref] = np.nanmedian(fr.focal)
-    for k in np.flatnonzero(good_s):
-        fr.rotations[k], fr.translation[k] = _fold_joints(model, ids, beta, fr.expression[k], fr.rotations[k],
-                                                          fr.translation[k])
-    rot_c = _interp_frames(sel[good_s], fr.rotations[good_s], nf)          # in the reference camera
-    tr_c = _interp_frames(sel[good_s], fr.translation[good_s], nf)
-    expr = np.clip(_interp_frames(sel[good_s], fr.expression[good_s], nf), 0.0, 1.0)
-    rot_cam = np.tile(np.eye(3), (nc, 1, 1))
-    t_cam = np.zeros((nc, 3))
-    known = cal.known_extrinsics
-    if known[ref]:
-        rot_cam[ref], t_cam[ref] = cal.rotation[ref], cal.translation[ref]
-    for j in range(nc):
-        if j == ref or (known[j] and np.isfinite(foc[j])):
-            continue
-        good = np.flatnonzero(ok & ((inv_sigma[j] > 0).sum(1) >= _MIN_LANDMARKS))
-        if good.size == 0:
-            if not known[j]:
-                raise ValueError(f"camera {j} shares no frame with a face with the reference camera "
-                                 f"{ref}; give its calibration")
-            continue
-        pick = good[np.unique(np.linspace(0, good.size - 1, min(cfg.init_frames, good.size)).round().astype(int))]
-        tracker = Tracker(model, ids, size[j], foc[j] if np.isfinite(foc[j]) else None, cfg.fit, identity=beta)
-        fits = []
-        for f in pick:
-            tracker.reset()
-            fits.append(tracker.step(nan_mu(j, f), sigma(j, f)))
-        keep = [i for i, ft in enumerate(fits) if ft is not None and ft.success]
-        if not keep:
-            raise ValueError(f"camera {j}: the face could not be fitted to initialise its extrinsics")
-        if not np.isfinite(foc[j]):
-            foc[j] = tracker.focal
-        if not known[j]:
-            folded = [_fold_joints(model, ids, beta, fits[i].params.expression, fits[i].params.rotations,
-                                   fits[i].params.translation) for i in keep]
-            rj = np.array([fd[0][0] for fd in folded])
-            tj = np.array([fd[1] for fd in folded])
-            r_rel, t_rel = _relative_pose(rj, tj, rot_c[pick[keep]][:, 0], tr_c[pick[keep]])
-            rot_cam[j] = r_rel @ rot_cam[ref]
-            t_cam[j] = r_rel @ t_cam[ref] + t_rel
-        if progress is not None:
-            progress(f"camera {j} initialised")
-    for j in range(nc):
-        if known[j] and j != ref:
-            rot_cam[j], t_cam[j] = cal.rotation[j], cal.translation[j]
-    # head pose in world coordinates: x_ref = R_ref x_w + T_ref
-    r_ref, t_ref = rot_cam[ref], t_cam[ref]
-    rot_w = rot_c.copy()
-    root = rodrigues(rot_c[:, 0])
-    for f in range(nf):
-        rot_w[f, 0] = matrix_to_axis_angle(r_ref.T @ root[f])
-    tr_w = (tr_c - t_ref) @ r_ref
-    for j in range(nc):
-        if not np.isfinite(foc[j]):
-            foc[j] = focal_from_fov(size[j, 0], 45.0)
-    return beta, rot_w, tr_w, expr, rot_cam, t_cam, foc
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ Importing this module stays light (standard library only): NumPy, Numba and the 
 the command functions, so ``lmfit3d --help`` answers at once.
 """
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -155,25 +156,39 @@ def _parse_expression(items, names):
     return psi
 
 
+def _subcommand(sub, name, adder=None, **kw):
+    """A sub-command's parser on ``sub``, formatted by :class:`_SubFormatter`: ``help`` (and ``epilog``) as
+    ``add_parser`` takes them, the description the docstring of the function ``adder`` that adds its
+    arguments (or ``description``)."""
+    if adder is not None:
+        kw["description"] = inspect.cleandoc(adder.__doc__ or "")
+    return sub.add_parser(name, formatter_class=_SubFormatter, **kw)
+
+
+def _add_model_option(p):
+    p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+
+
 # --------------------------------------------------------------------------------------------
 # model build / info / export
 # --------------------------------------------------------------------------------------------
 
 def _add_model(sub):
-    """Register ``model build|info|export`` on the top-level subparsers object ``sub``."""
-    p = sub.add_parser(
-        "model", help="build, inspect and export the face model",
-        description="Build, inspect and export the ICT-FaceKit face model (millimetres).",
-        formatter_class=_SubFormatter)
+    """Build, inspect and export the ICT-FaceKit face model (millimetres)."""
+    p = _subcommand(sub, "model", _add_model, help="build, inspect and export the face model")
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True,
                             parser_class=_Parser)
 
-    b = msub.add_parser(
-        "build", help="build the model from ICT-FaceKit and save it (atomically)",
-        description="Read ICT-FaceKit's FaceXModel OBJ files (cm), build the rigged model in mm and "
-                    "save it atomically as a versioned .npz.  Prints the path, the file size and a "
-                    "summary; progress goes to stderr.",
-        formatter_class=_SubFormatter)
+    _add_model_build(msub)
+    _add_model_info(msub)
+    _add_model_export(msub)
+
+
+def _add_model_build(msub):
+    """Read ICT-FaceKit's FaceXModel OBJ files (cm), build the rigged model in mm and save it atomically as a
+    versioned .npz.  Prints the path, the file size and a summary; progress goes to stderr."""
+    b = _subcommand(msub, "build", _add_model_build,
+                    help="build the model from ICT-FaceKit and save it (atomically)")
     b.add_argument("--ict", metavar="DIR",
                    help="ICT-FaceKit root or its FaceXModel folder "
                         "(default: $ICT_FACEKIT or ../shared/ict-facekit)")
@@ -183,29 +198,31 @@ def _add_model(sub):
                    help="do not compile the fitter's Numba kernels now (the first track/fit then does)")
     b.set_defaults(func=_cmd_model_build)
 
-    i = msub.add_parser(
-        "info", help="summary of the built model",
-        description="Summary of the built model: sizes, expression names, joints, landmark sets.",
-        formatter_class=_SubFormatter)
+
+def _add_model_info(msub):
+    """Summary of the built model: sizes, expression names, joints, landmark sets."""
+    i = _subcommand(msub, "info", _add_model_info, help="summary of the built model")
     i.add_argument("--json", action="store_true",
                    help="print the full summary as JSON (FaceModel.info())")
-    i.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    _add_model_option(i)
     i.set_defaults(func=_cmd_model_info)
 
-    e = msub.add_parser(
-        "export", help="write the model mesh (OBJ or PLY) for given identity/expression values",
-        description="Evaluate the model with the given identity coefficients and expression weights "
-                    "(neutral pose) and write the mesh with its triangles, in mm.",
+
+def _add_model_export(msub):
+    """Evaluate the model with the given identity coefficients and expression weights (neutral pose) and
+    write the mesh with its triangles, in mm."""
+    e = _subcommand(
+        msub, "export", _add_model_export,
+        help="write the model mesh (OBJ or PLY) for given identity/expression values",
         epilog="example: lmfit3d model export smile.ply --expression mouthSmile_L=1 mouthSmile_R=1 "
-               "--identity-coeffs '[2.0, -1.0]'",
-        formatter_class=_SubFormatter)
+               "--identity-coeffs '[2.0, -1.0]'")
     e.add_argument("out", metavar="OUT", help="output mesh; the format follows the suffix (.obj or .ply)")
     e.add_argument("--identity-coeffs", metavar="JSON",
                    help="identity coefficients: a JSON list (inline or a .json file), or an object "
                         "with an \"identity\" list; missing trailing values are 0")
     e.add_argument("--expression", metavar="NAME=W", nargs="+", action="extend", default=[],
                    help="expression weight(s), e.g. jawOpen=0.7 eyeBlink_L=1 (others 0)")
-    e.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    _add_model_option(e)
     e.set_defaults(func=_cmd_model_export)
 
 
@@ -290,20 +307,18 @@ def _cmd_model_export(args):
 # --------------------------------------------------------------------------------------------
 
 def _add_fit_landmarks(sub):
-    p = sub.add_parser(
-        "fit-landmarks", help="fit the model to 2D landmarks from an .npz (any landmark source)",
-        description="Fit identity, expression and pose to per-frame 2D landmarks (Gaussian: mu, "
-                    "sigma in pixels) by sparse Levenberg-Marquardt.  IN.npz: mu (F, L, 2), sigma "
-                    "(F, L) optional, landmark_set or vertex_ids, image_size (w, h), focal_px "
-                    "optional.  OUT.npz: vertices (F, V, 3) mm, identity, expression, rotations, "
-                    "translation, focal_px, per-frame cost/iterations/status (see the README).",
-        formatter_class=_SubFormatter)
+    """Fit identity, expression and pose to per-frame 2D landmarks (Gaussian: mu, sigma in pixels) by sparse
+    Levenberg-Marquardt.  IN.npz: mu (F, L, 2), sigma (F, L) optional, landmark_set or vertex_ids,
+    image_size (w, h), focal_px optional.  OUT.npz: vertices (F, V, 3) mm, identity, expression, rotations,
+    translation, focal_px, per-frame cost/iterations/status (see the README)."""
+    p = _subcommand(sub, "fit-landmarks", _add_fit_landmarks,
+                    help="fit the model to 2D landmarks from an .npz (any landmark source)")
     p.add_argument("input", metavar="IN.npz")
     p.add_argument("-o", "--output", metavar="OUT.npz", required=True)
     p.add_argument("--mesh-dir", metavar="DIR", help="also write one OBJ mesh per frame here")
     p.add_argument("--temporal-weight", type=float, default=None,
                    help="weight of the temporal term (default: FitConfig's)")
-    p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    _add_model_option(p)
     _add_loss_options(p)
     p.set_defaults(func=_cmd_fit_landmarks)
 
@@ -359,8 +374,9 @@ def _loss_config(args, cfg):
 def _add_media_options(p, default_output=None):
     p.add_argument("-o", "--output", metavar="OUTDIR", required=default_output is None, default=default_output,
                    help="output folder (created if missing)" + (f"; default {default_output}/" if default_output else ""))
-    p.add_argument("--backend", choices=("mediapipe", "network"), default="mediapipe",
-                   help="landmarks: MediaPipe's face mesh + iris with learnt sigma, or lmfit3d's own "
+    p.add_argument("--backend", choices=("mediapipe", "mediapipe-attention", "network"), default="mediapipe",
+                   help="landmarks: MediaPipe's face mesh + iris with learnt sigma, MediaPipe's attention "
+                        "mesh (refined lips, eyes, irises; one network), or lmfit3d's own "
                         "probabilistic dense320 network (trained on synthetic faces)")
     p.add_argument("--roi", choices=("aligned", "axis"), default="aligned",
                    help="ROI strategy: eyes levelled (real time) or unrotated (offline)")
@@ -380,7 +396,7 @@ def _add_media_options(p, default_output=None):
                         "visible) or landmarks (fitted red over detected green)")
     _add_loss_options(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (one input each)")
-    p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    _add_model_option(p)
     _add_batch_options(p)
 
 
@@ -401,15 +417,12 @@ def _add_batch_options(p):
 
 
 def _add_track(sub):
-    p = sub.add_parser(
-        "track", help="track faces in video files",
-        description="Track the face in each video: MediaPipe landmarks (ONNX) with per-landmark sigma, "
-                    "fitted frame by frame by sparse Levenberg-Marquardt with the identity estimated "
-                    "from keyframes of the whole clip and then held.  Writes NAME.csv (per-frame pose, "
-                    "gaze, 53 expression weights, 68 fitted points), NAME_arkit.csv (Live Link Face "
-                    "layout), NAME.npz (all parameters, mu and sigma); optionally meshes and "
-                    "NAME_overlay.mp4.  Inputs may be files or folders.",
-        formatter_class=_SubFormatter)
+    """Track the face in each video: MediaPipe landmarks (ONNX) with per-landmark sigma, fitted frame by frame
+    by sparse Levenberg-Marquardt with the identity estimated from keyframes of the whole clip and then
+    held.  Writes NAME.csv (per-frame pose, gaze, 53 expression weights, 68 fitted points), NAME_arkit.csv
+    (Live Link Face layout), NAME.npz (all parameters, mu and sigma); optionally meshes and
+    NAME_overlay.mp4.  Inputs may be files or folders."""
+    p = _subcommand(sub, "track", _add_track, help="track faces in video files")
     p.add_argument("inputs", nargs="*", metavar="VIDEO",
                    help="video files, folders of videos or glob patterns ('clips/**/*.mp4') (default: the "
                         "shared demo clip ../shared/media/W040_level_3_happy_029.mp4)")
@@ -440,12 +453,10 @@ def _add_track(sub):
 
 
 def _add_fit(sub):
-    p = sub.add_parser(
-        "fit", help="fit still images",
-        description="Fit the model to every face of each image (largest first): writes NAME.obj/.ply "
-                    "(mm, camera coordinates) and NAME.json (parameters) for the largest face, "
-                    "NAME_face1.*, NAME_face2.* ... for the others, and NAME_overlay.png with all of them.",
-        formatter_class=_SubFormatter)
+    """Fit the model to every face of each image (largest first): writes NAME.obj/.ply (mm, camera coordinates)
+    and NAME.json (parameters) for the largest face, NAME_face1.*, NAME_face2.* ... for the others, and
+    NAME_overlay.png with all of them."""
+    p = _subcommand(sub, "fit", _add_fit, help="fit still images")
     p.add_argument("inputs", nargs="*", metavar="IMAGE",
                    help="image files, folders of images or glob patterns ('photos/*.jpg')")
     _add_media_options(p)
@@ -570,18 +581,14 @@ def _cmd_fit(args):
 
 
 def _add_capture(sub):
-    """``lmfit3d capture``: offline multi-view, multi-frame fit (L-BFGS over all frames and cameras)."""
-    p = sub.add_parser(
-        "capture", help="fit all frames of several cameras at once (offline, L-BFGS)",
-        description="Fit one identity, per-frame expression and pose, and per-camera extrinsics and "
-                    "focal length (when unknown) to multi-view landmarks by L-BFGS over all frames and "
-                    "cameras.  Input: either IN.npz (mu (C, F, L, 2), sigma (C, F, L) optional, "
-                    "landmark_set or vertex_ids, image_size (2,) or (C, 2), focal_px optional; "
-                    "-o OUT.npz) or --videos V1 V2 ... (one synchronised video per camera; -o OUTDIR "
-                    "gets capture.npz, capture_calibration.json, capture.csv, capture_arkit.csv).  "
-                    "OUT.npz: the fit-landmarks keys (vertices in world mm) plus camera_rotation, "
-                    "camera_translation, focal_px (C,), reproj_median_px / reproj_mean_px per camera.",
-        formatter_class=_SubFormatter)
+    """Fit one identity, per-frame expression and pose, and per-camera extrinsics and focal length (when
+    unknown) to multi-view landmarks by L-BFGS over all frames and cameras.  Input: either IN.npz (mu (C, F,
+    L, 2), sigma (C, F, L) optional, landmark_set or vertex_ids, image_size (2,) or (C, 2), focal_px
+    optional; -o OUT.npz) or --videos V1 V2 ... (one synchronised video per camera; -o OUTDIR gets
+    capture.npz, capture_calibration.json, capture.csv, capture_arkit.csv).  OUT.npz: the fit-landmarks keys
+    (vertices in world mm) plus camera_rotation, camera_translation, focal_px (C,), reproj_median_px /
+    reproj_mean_px per camera."""
+    p = _subcommand(sub, "capture", _add_capture, help="fit all frames of several cameras at once (offline, L-BFGS)")
     p.add_argument("input", metavar="IN.npz", nargs="?")
     p.add_argument("--videos", nargs="+", metavar="VIDEO", help="one video per camera instead of IN.npz")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="OUT.npz (IN.npz) or OUTDIR (--videos)")
@@ -594,7 +601,7 @@ def _add_capture(sub):
     p.add_argument("--frame-offsets", metavar="auto|N,N,...", default=None,
                    help="unsynchronised cameras: 'auto' estimates each camera's frame offset from the landmarks' "
                         "motion, or give one integer per camera (camera j's frame t + N_j is camera 0's frame t)")
-    p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    _add_model_option(p)
     p.add_argument("--gltf", action="store_true",
                    help="also write the performance as glTF 2.0 (OUT.glb beside OUT.npz, or capture.glb; "
                         "world frame, metres, the cameras; IN.npz is taken at --fps)")
@@ -661,15 +668,12 @@ def _cmd_capture(args):
 
 
 def _add_live(sub):
-    """``lmfit3d live``: camera / stream / file in, Live Link Face, VMC and a recording out (lmfit3d.live)."""
-    p = sub.add_parser(
-        "live", help="live capture: camera or stream in, ARKit blendshapes and head pose out in real time",
-        description="Track a camera, a stream or a video file (played at its own frame rate) causally, one "
-                    "frame at a time, and send every frame's 52 ARKit blendshapes and head/eye pose to Live "
-                    "Link Face (Unreal, UDP) and/or VMC (OSC) receivers; --record writes track's CSV, ARKit "
-                    "CSV and NPZ, complete when capture ends (end of input, Ctrl-C, SIGTERM).  Frames are "
-                    "dropped, never queued, when tracking falls behind.",
-        formatter_class=_SubFormatter)
+    """Track a camera, a stream or a video file (played at its own frame rate) causally, one frame at a time,
+    and send every frame's 52 ARKit blendshapes and head/eye pose to Live Link Face (Unreal, UDP) and/or VMC
+    (OSC) receivers; --record writes track's CSV, ARKit CSV and NPZ, complete when capture ends (end of
+    input, Ctrl-C, SIGTERM).  Frames are dropped, never queued, when tracking falls behind."""
+    p = _subcommand(sub, "live", _add_live,
+                    help="live capture: camera or stream in, ARKit blendshapes and head pose out in real time")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=int, metavar="N", help="camera N (v4l2 / avfoundation / dshow)")
     src.add_argument("--source", metavar="FILE|URL", help="a video file (played in real time) or a stream URL")
@@ -685,22 +689,25 @@ def _add_live(sub):
                    help="refine identity and focal on keyframes for at most S seconds, then hold (default 10)")
     p.add_argument("--calibrate-neutral", type=float, default=0.0, metavar="S",
                    help="take the mean of the first S seconds as the resting face and subtract it")
-    p.add_argument("--backend", choices=("mediapipe", "network"), default="mediapipe", help="landmark network")
+    p.add_argument("--backend", choices=("mediapipe", "mediapipe-attention", "network"), default="mediapipe",
+                   help="landmark network")
     p.add_argument("--no-iris", action="store_true", help="skip the iris network (no gaze)")
     p.add_argument("--focal", type=float, default=None, metavar="PX", help="focal length in pixels if known")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N tracked frames")
-    p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
+    _add_model_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
     p.set_defaults(func=_cmd_live)
 
 
 def _cmd_live(args):
     from .live import LiveOptions, run_live
-    opt = LiveOptions(camera=args.camera, source=args.source, pace=not args.as_fast_as_possible,
-                      backend=args.backend, iris=not args.no_iris, focal_px=args.focal, identity_file=args.identity,
-                      identity_seconds=args.identity_seconds, calibrate_neutral=args.calibrate_neutral,
-                      livelink=args.livelink, subject=args.subject, vmc=args.vmc, record=args.record,
-                      max_frames=args.max_frames)
+    from .track import TrackOptions
+    track = TrackOptions(backend=args.backend, iris=not args.no_iris, focal_px=args.focal, max_frames=args.max_frames,
+                         progress=False)
+    opt = LiveOptions(camera=args.camera, source=args.source, pace=not args.as_fast_as_possible, track=track,
+                      identity_file=args.identity, identity_seconds=args.identity_seconds,
+                      calibrate_neutral=args.calibrate_neutral, livelink=args.livelink, subject=args.subject,
+                      vmc=args.vmc, record=args.record)
     tty = sys.stderr.isatty()
     last = [0.0]
 

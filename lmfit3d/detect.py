@@ -14,6 +14,11 @@ from .imaging import ROI, crop
 from .paths import cache_dir
 
 
+# whole-frame face score under which the detector also searches the frame turned by 90, 180 and 270
+# degrees (upright faces score 0.9+ in their upright window; a face upside down scores ~0.65 unturned)
+ORIENTATION_SCORE = 0.8
+
+
 class ModelMissingError(ValueError):
     """An ONNX file named by a manifest is not in the cache (set-up step not run)."""
 
@@ -58,48 +63,68 @@ class Detection:
         """The landmark network's ROI around this face (MediaPipe: box x1.5, square)."""
         x0, y0, x1, y1 = self.box
         size = max(x1 - x0, y1 - y0) * scale
-        rot = 0.0
-        if strategy == "aligned":
-            d = self.keypoints[1] - self.keypoints[0]
-            rot = float(np.arctan2(-d[1], d[0]))
+        d = self.keypoints[1] - self.keypoints[0]
+        rot = float(np.arctan2(-d[1], d[0]))
+        if strategy != "aligned":       # "axis": the nearest quarter turn (upright, or a rotated video)
+            rot = float(np.round(rot / (np.pi / 2)) * (np.pi / 2)) + 0.0
         return ROI(float((x0 + x1) / 2), float((y0 + y1) / 2), float(size), rot)
 
 
-def _blazeface_anchors():
+def _blazeface_anchors(size=128, layers=((8, 2), (16, 6))):
+    """BlazeFace's SSD anchor centres, normalised (n, 2): per layer (stride, anchors per cell)."""
     anchors = []
-    for stride, per_cell in ((8, 2), (16, 6)):
-        g = 128 // stride
+    for stride, per_cell in layers:
+        g = size // stride
         yy, xx = np.mgrid[0:g, 0:g]
         c = np.stack([(xx.ravel() + 0.5) / g, (yy.ravel() + 0.5) / g], 1)
         anchors.append(np.repeat(c, per_cell, axis=0))
-    return np.concatenate(anchors)            # (896, 2), normalised centres
+    return np.concatenate(anchors)            # short range: (896, 2); full range: (2304, 2)
+
+
+# BlazeFace models: ONNX file stem, input side (pixels), anchor layers (stride, anchors per cell)
+DETECTORS = {"short": ("face_detection_short_range", 128, ((8, 2), (16, 6))),
+             "full": ("face_detection_full_range", 192, ((4, 1),))}
 
 
 class FaceDetector:
-    """MediaPipe BlazeFace (short range, 128 x 128 letterboxed input in [-1, 1])."""
+    """MediaPipe BlazeFace (letterboxed input in [-1, 1]).
 
-    def __init__(self, path=None, score_threshold=0.5, nms_threshold=0.3, threads=1):
-        self.session = _session(path or mediapipe_dir() / "face_detection_short_range.onnx", threads)
+    ``kind``: "short" (short range, 128 x 128: faces larger than about a tenth of the window) or
+    "full" (full range, 192 x 192: small and distant faces too, ~8x the cost).  ``far``: a short-range
+    detector that, when the whole frame holds no face, runs the full-range model on it before
+    falling back to its window search (when the full-range ONNX file was converted; see
+    :meth:`__call__`).
+    """
+
+    def __init__(self, path=None, score_threshold=0.5, nms_threshold=0.3, threads=1, kind="short", far=False):
+        if kind not in DETECTORS:
+            raise ValueError(f"kind must be one of {tuple(DETECTORS)}, got {kind!r}")
+        stem, self.size, layers = DETECTORS[kind]
+        self.session = _session(path or mediapipe_dir() / f"{stem}.onnx", threads)
         self.input_name = self.session.get_inputs()[0].name
-        self.anchors = _blazeface_anchors()
+        self.anchors = _blazeface_anchors(self.size, layers)
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
-        self._buf = np.empty((1, 3, 128, 128), np.float32)
+        self._buf = np.empty((1, 3, self.size, self.size), np.float32)
+        far_path = mediapipe_dir() / f"{DETECTORS['full'][0]}.onnx"
+        self.far = (FaceDetector(far_path, score_threshold, nms_threshold, threads, "full")
+                    if far and kind == "short" and far_path.is_file() else None)
 
     def _raw(self, image, roi):
         """Candidate boxes (n, 4), keypoints (n, 6, 2) in image pixels and scores of one square window."""
-        crop(image, roi, 128, scale=2.0 / 255.0, offset=-1.0, out=self._buf[0])
+        crop(image, roi, self.size, scale=2.0 / 255.0, offset=-1.0, out=self._buf[0])
         reg, cls = self.session.run(None, {self.input_name: self._buf})
         scores = _sigmoid(cls[0, :, 0].astype(np.float64))
         keep = np.flatnonzero(scores >= self.score_threshold)
-        r = reg[0, keep].astype(np.float64) / 128.0
+        r = reg[0, keep].astype(np.float64) / self.size
         a = self.anchors[keep]
         cxy = r[:, 0:2] + a
         wh = r[:, 2:4]
         m = roi.matrix(1.0)                     # window coordinates in [0, 1] -> image pixels
         corners = np.concatenate([cxy - wh / 2, cxy + wh / 2], 1).reshape(-1, 2, 2) @ m[:, :2].T + m[:, 2]
+        corners = np.concatenate([corners.min(1), corners.max(1)], 1)    # a quarter-turned window swaps them
         kps = (r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]) @ m[:, :2].T + m[:, 2]
-        return corners.reshape(-1, 4), kps, scores[keep]
+        return corners, kps, scores[keep]
 
     def __call__(self, image, levels=4, exhaustive=False):
         """Faces in an (H, W, 3) uint8 RGB image, largest first (list of :class:`Detection`).
@@ -108,18 +133,33 @@ class FaceDetector:
         overlapping windows are searched (``levels`` - 1 more levels, each half the window size
         with half-window strides), since the short-range model only finds faces larger than about
         a tenth of its input.  ``exhaustive``: every level is searched even when faces were found
-        (small faces beside large ones; video newcomers).
+        (small faces beside large ones; video newcomers).  When the whole image's best score is
+        under ``ORIENTATION_SCORE``, it is also searched turned by a quarter, a half and three
+        quarters, and the turn with the highest score is kept for it and the smaller windows (faces
+        upside down, videos whose rotation was lost).  With a full-range model (``far``), a search
+        of more than one level whose whole image holds no face (or an ``exhaustive`` one) also runs
+        it on the whole image (small and distant faces the windows miss).
         """
         h, w = image.shape[:2]
         side = float(max(h, w))
-        found = [self._raw(image, ROI(w / 2.0, h / 2.0, side, 0.0))]
+        found, turn = [self._raw(image, ROI(w / 2.0, h / 2.0, side, 0.0))], 0.0
+        if _best(found[0]) < ORIENTATION_SCORE:
+            # BlazeFace sees an upside-down face as an upright one with its mouth for eyes (score 0.65
+            # on a 180-degree turned clip, 0.96 in its upright window): search the quarter turns
+            for q in (1, 2, 3):
+                cand = self._raw(image, ROI(w / 2.0, h / 2.0, side, q * np.pi / 2))
+                if _best(cand) > _best(found[0]):
+                    found, turn = [cand], q * np.pi / 2
+        far = ([self.far._raw(image, ROI(w / 2.0, h / 2.0, side, turn))]
+               if self.far is not None and levels > 1 and (exhaustive or not found[0][2].size) else [])
         for level in range(1, levels):
-            if not exhaustive and (found[0][2].size or sum(f[2].size for f in found)):
+            if not exhaustive and sum(f[2].size for f in found):
                 break
             win = side / 2 ** level
             for cy in _window_centres(h, win):
                 for cx in _window_centres(w, win):
-                    found.append(self._raw(image, ROI(cx, cy, win, 0.0)))
+                    found.append(self._raw(image, ROI(cx, cy, win, turn)))
+        found += far
         boxes = np.concatenate([f[0] for f in found])
         if boxes.shape[0] == 0:
             return []
@@ -127,6 +167,11 @@ class FaceDetector:
         scores = np.concatenate([f[2] for f in found])
         dets = [Detection(b, k, float(s)) for b, k, s in _weighted_nms(boxes, kps, scores, self.nms_threshold)]
         return sorted(dets, key=lambda d: -(d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+
+
+def _best(found):
+    """The highest score of one window's candidates (0 when it has none)."""
+    return float(found[2].max()) if found[2].size else 0.0
 
 
 def _window_centres(length, win):

@@ -176,9 +176,9 @@ def colour_distance(a, b):
 
 
 class FaceFollower:
-    """Pass 1 for several faces: follows every face (at most ``max_faces`` at a time), records each
-    tracklet's landmarks in its slot's :class:`LandmarkStore` and feeds its identity tracker (its
-    keyframes: the refits come after pass 1, :func:`fit_identities`).
+    """Pass 1 for several faces: follows every face (at most ``options.face_limit(True)`` at a time),
+    records each tracklet's landmarks in its slot's :class:`LandmarkStore` and feeds its identity
+    tracker (its keyframes: the refits come after pass 1, :func:`fit_identities`).
 
     Parameters
     ----------
@@ -186,18 +186,14 @@ class FaceFollower:
         ``get_state``, ``set_state``).
     new_tracker : callable () -> Tracker, a fresh identity tracker (focal as the options give).
     new_store : callable (slot, fill_to) -> LandmarkStore.
-    max_faces, identity_stride, cut_threshold, max_keyframes : as in :class:`lmfit3d.track.TrackOptions`.
+    options : :class:`lmfit3d.track.TrackOptions`: ``face_limit(True)`` faces at most, ``identity_stride``,
+        ``cut_threshold`` and the keyframe count of ``config()``.
+    timings : dict, seconds (``"fit"`` added to).
     """
 
-    def __init__(self, predictor, new_tracker, new_store, max_faces, identity_stride=2, cut_threshold=0.35,
-                 max_keyframes=5, timings=None):
-        self.mp = predictor
-        self.new_tracker = new_tracker
-        self.new_store = new_store
-        self.max_faces = max_faces
-        self.stride = identity_stride
-        self.cut_threshold = cut_threshold
-        self.max_keyframes = max_keyframes
+    def __init__(self, predictor, new_tracker, new_store, options, timings=None):
+        self.mp, self.new_tracker, self.new_store, self.opt = predictor, new_tracker, new_store, options
+        self.max_faces, self.max_keyframes = options.face_limit(True), options.config().max_keyframes
         self.tm = timings if timings is not None else {}
         self.live = []
         self.tracklets = []
@@ -219,7 +215,7 @@ class FaceFollower:
                     lost.append(t)          # the face score dropped: re-acquired by the detector below?
                 ended = True
                 continue
-            c, jump = is_cut(pred.mu, t.centre, self.cut_threshold)
+            c, jump = is_cut(pred.mu, t.centre, self.opt.cut_threshold)
             col = face_colour(frame, pred.mu)
             # at a scene cut only the same face in the same place goes on (a head leaving a small
             # frame changes its thumbnail as much as a cut): colour within COLOUR_SAME
@@ -263,7 +259,7 @@ class FaceFollower:
                 continue
             col = face_colour(frame, pred.mu)
             back = [t for t in lost if t.box is not None and bool(np.all((c >= t.box[0]) & (c <= t.box[1])))
-                    and not is_cut(pred.mu, t.centre, self.cut_threshold)[1] and not _colour_jump(t, col)]
+                    and not is_cut(pred.mu, t.centre, self.opt.cut_threshold)[1] and not _colour_jump(t, col)]
             if back:
                 t = back[0]
                 lost.remove(t)
@@ -305,7 +301,7 @@ class FaceFollower:
                     t.tracker = self.new_tracker()
                     t.tracker.refit_in_step = False         # keyframes only: :func:`fit_identities` after pass 1
                 # identity: every ``stride``-th frame of the tracklet, until its keyframe set is full
-                if (n - t.start) % self.stride == 0 and len(t.tracker.keyframes) < self.max_keyframes:
+                if (n - t.start) % self.opt.identity_stride == 0 and len(t.tracker.keyframes) < self.max_keyframes:
                     t0 = time.perf_counter()
                     t.tracker.step(pred.mu, pred.sigma)
                     self.tm["fit"] = self.tm.get("fit", 0.0) + time.perf_counter() - t0

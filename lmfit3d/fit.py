@@ -20,8 +20,8 @@ from .camera import focal_from_fov
 from .energy import loss_parameter
 from .landmarks import resolve_vertex_ids
 from .model import Params, load_model
-from .problem import (FrameProblem, KeyframeProblem, intersection_data, masks, params_to_vector, sparsity_table,
-                      vector_to_params)
+from .context import FitContext
+from .problem import FrameProblem, KeyframeProblem, masks, params_to_vector, vector_to_params
 from .sparsity import layout
 from .tracking_points import count_finite_rows
 
@@ -134,21 +134,30 @@ class Tracker:
     focal : float or None; None = unknown, initialised at a 45 degree horizontal FOV and refitted.
     config : FitConfig
     identity : (K,) or None; given identity is held fixed.
+    context : :class:`~lmfit3d.context.FitContext` of (model, vertex_ids, ``config.sparsity_threshold_mm``)
+        to re-use (another tracker's ``context``: a video's second pass, another face, another camera);
+        None builds one.  ValueError when it belongs to another model, landmark set or threshold.
 
     Attributes
     ----------
+    context : the tracker's :class:`~lmfit3d.context.FitContext` (sparsity table, tracking plans,
+        intersection terms); hand it to the next tracker of the same model and landmarks.
     refit_in_step : bool, refit identity / focal inside :meth:`step` when a keyframe is added (default);
         False leaves the keyframe in ``keyframes`` with ``refit_pending`` set, for a caller that runs
         :func:`refit_keyframes` elsewhere (``lmfit3d live``: in a worker process) and hands the result
         back with :meth:`apply_refit`.
     """
 
-    def __init__(self, model, vertex_ids, image_size, focal=None, config=None, identity=None):
+    def __init__(self, model, vertex_ids, image_size, focal=None, config=None, identity=None, *, context=None):
         self.model = model
         self.cfg = config or FitConfig()
-        ids = np.ascontiguousarray(vertex_ids, dtype=np.int64)
-        thr = float(self.cfg.sparsity_threshold_mm)
-        self.table = sparsity_table(model, ids, thr)
+        thr = self.cfg.sparsity_threshold_mm
+        if context is None:
+            context = FitContext(model, vertex_ids, thr)
+        else:
+            context.check(model, vertex_ids, thr)
+        self.context = context
+        self.table = context.table
         self.image_size = (float(image_size[0]), float(image_size[1]))
         self.focal_known = focal is not None
         self.focal = float(focal) if focal is not None else focal_from_fov(image_size[0], 45.0)
@@ -159,39 +168,38 @@ class Tracker:
         self.keyframes = []          # (x, mu, sigma)
         self.refit_in_step = True
         self.refit_pending = False
-        self._inter_key = None
-        self.inter = None
+        self._inter_key = self.inter = None     # the identity of ``inter``, its intersection term
         self._frame_prob = None      # per-frame problem, re-used from frame to frame
         self._frame_mask = masks(model, "pose", "joints", "expression", eyes=self.cfg.fit_eyes,
                                  gaze_shapes=self.cfg.fit_gaze_shapes)
         self._sl = layout(model)[0]
 
     def _intersection(self):
+        """The intersection term of the current identity (the tracker keeps its own: several trackers with
+        different identities may share one context, whose store is small)."""
         if self.cfg.w_intersection <= 0:
             return None
         key = self.identity.tobytes()
         if key != self._inter_key:
-            self.inter = intersection_data(self.model, self.identity, self.cfg.sparsity_threshold_mm)
+            self.inter = self.context.intersection(self.identity)
             self._inter_key = key
         return self.inter
 
     def _problem(self, mu, sigma, prev=None):
-        return FrameProblem(self.model, self.table, mu, sigma, self.image_size, self.cfg, prev,
-                            self._intersection())
+        return FrameProblem(self.context, mu, sigma, self.image_size, self.cfg, prev, self._intersection())
 
     def _step_problem(self, mu, sigma, prev):
         """The tracking problem of this frame: built once, then only its frame data change."""
         inter = self._intersection()
         prob = self._frame_prob
         if prob is None or prob.inter is not inter:
-            prob = self._frame_prob = FrameProblem(self.model, self.table, mu, sigma, self.image_size,
-                                                   self.cfg, prev, inter)
+            prob = self._frame_prob = FrameProblem(self.context, mu, sigma, self.image_size, self.cfg, prev, inter)
         else:
             prob.set_frame(mu, sigma, prev)
         return prob
 
     def fresh(self, focal=None):
-        """A new tracker for another face: the same model, tables, camera and settings, no frames seen,
+        """A new tracker for another face: the same model, context, camera and settings, no frames seen,
         no keyframes; identity zeros unless fixed; focal length ``focal`` held when given."""
         import copy
         tr = copy.copy(self)
@@ -293,11 +301,12 @@ class Tracker:
 
 
 def refit_keyframes(model, vertex_ids, image_size, config, identity, focal, identity_fixed, focal_known,
-                    keyframes):
-    """:meth:`Tracker.refit_identity` as a plain function of its inputs (for a worker process):
-    returns (identity (K,), focal, keyframe vectors [x, ...])."""
+                    keyframes, *, context=None):
+    """:meth:`Tracker.refit_identity` as a plain function of its inputs (for a worker process, which
+    passes its :class:`~lmfit3d.context.FitContext` along): returns (identity (K,), focal, keyframe
+    vectors [x, ...])."""
     t = Tracker(model, vertex_ids, image_size, focal if focal_known else None, config,
-                identity if identity_fixed else None)
+                identity if identity_fixed else None, context=context)
     t.identity = np.asarray(identity, float).copy()
     t.focal = float(focal)
     t.keyframes = list(keyframes)
@@ -382,7 +391,7 @@ def check_landmark_range(mu, image_size):
 
 
 def fit_landmarks(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_size, focal_px=None,
-                  model=None, config=None, identity=None, two_pass=True, progress=None):
+                  model=None, config=None, identity=None, two_pass=True, progress=None, context=None):
     """Fit the face model to 2D landmarks of F frames of one camera.
 
     Parameters
@@ -395,6 +404,8 @@ def fit_landmarks(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_s
     focal_px : float, optional; unknown when None (45 degree FOV start, refitted on keyframes).
     identity : (K,) optional fixed identity.
     two_pass : bool; when the identity is estimated, track the clip again with it held.
+    context : :class:`~lmfit3d.context.FitContext` of (model, landmark vertices, sparsity threshold) to
+        re-use, or None (one is built; both passes use it).
 
     Returns
     -------
@@ -410,11 +421,11 @@ def fit_landmarks(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_s
         raise ValueError(f"focal_px must be one positive number of pixels, got {np.ravel(focal_px).tolist()}")
     check_landmark_range(mu, size)
     cfg = config or FitConfig()
-    tracker = Tracker(model, ids, size, focal_px, cfg, identity)
+    tracker = Tracker(model, ids, size, focal_px, cfg, identity, context=context)
     passes = 2 if (two_pass and identity is None and mu.shape[0] > 1) else 1
     for pss in range(passes):
         if pss == 1:
-            tracker = Tracker(model, ids, size, tracker.focal, cfg, tracker.identity)
+            tracker = Tracker(model, ids, size, tracker.focal, cfg, tracker.identity, context=tracker.context)
         out = _track(tracker, mu, sigma, model, progress)
     return out
 

@@ -124,7 +124,7 @@ def frame_inputs(order, mu, sigma, prev, inv_sigma, mu_t, isg_t, prev_t):
 
 
 @njit(cache=True)
-def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
+def landmark_terms(x, want_jac, want_jtj, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     """Landmark + temporal terms of the tracking problem at the full vector x (cost returned).
 
     Vectorised structure-of-arrays passes over the landmarks (kernel order): pose chain, template
@@ -133,8 +133,8 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
     (``tracking_points.project_soa``); for J^T J also the expression columns (``tracking_points.expression_jacobian``),
     their projections (``tracking_points.project_columns_soa``) and the pose-column threshold test
     (``tracking_points.pose_threshold_soa``); then ``tracking_normal.vertex_term_tracking`` adds the upper triangle of
-    J^T J and J^T r into jtj, jtr; with an empty (0, 0) jtj ``tracking_points.landmark_gradient_soa`` adds
-    J^T r alone.  Positions of x in uv (L, 2), xyz (L, 3), table order.
+    J^T J and J^T r into jtj, jtr; with ``want_jtj`` False ``tracking_points.landmark_gradient_soa`` adds
+    J^T r alone (jtj untouched).  Positions of x in uv (L, 2), xyz (L, 3), table order.
     """
     cx, cy, tw, loss_c, e0, col_map = prob.cx, prob.cy, prob.temporal_sqrtw, prob.loss_c, prob.e0, prob.col_map
     joints, parents, jac_threshold = prob.joints, prob.parents, prob.jac_threshold
@@ -163,7 +163,7 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
                           jpose, t_work, sub, ybuf)
     cost = project_soa(focal, cx, cy, tw, loss_c, xyz_t, mu_t, isg_t, prev_t, pj)
     isg_w = pj[PJ_ISG]                  # 1/sigma weighted by the loss: what the Jacobian rows use
-    if jtj.shape[0] == 0:               # J^T r alone (the solver keeps its J^T J); t_work, ybuf: free now
+    if not want_jtj:                    # J^T r alone (the solver keeps its J^T J); t_work, ybuf: free now
         landmark_gradient_soa(focal, tw, xyz_t, rm_t, jpose, pj, prev_t, isg_w, ptr, shape_idx, blocks, col_map,
                               e0, t_work, ybuf, jtr)
         landmark_positions_soa(xyz_t, pj, col_of, uv, xyz)
@@ -182,31 +182,31 @@ def landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz):
 
 
 @njit(cache=True)
-def frame_cost(x, want_jac, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
+def frame_cost(x, want_jac, want_jtj, full, jtj, jtr, prob, plan, inter, soa, ws, uv, xyz):
     """``FrameProblem.accumulate_full`` + symmetrisation for the tracking problem, compiled.
 
-    x (P,) full vector; when ``want_jac`` adds J^T J and J^T r into the zeroed jtj (n, n), jtr (n,):
-    full and symmetric when ``full``, else the upper triangle only (all that ``solvers.lm_trial``
-    reads); J^T r alone when jtj is empty (0, 0).  Leaves the landmark positions of x in uv (L, 2)
+    x (P,) full vector; when ``want_jac`` adds J^T r into the zeroed jtr (n,) and, when ``want_jtj``,
+    J^T J into the zeroed jtj (n, n): full and symmetric when ``full``, else the upper triangle only (all
+    that ``solvers.lm_trial`` reads); ``want_jtj`` False: J^T r alone, jtj untouched.  Leaves the landmark positions of x in uv (L, 2)
     and xyz (L, 3).
     ``soa`` and ``ws``: the tables and workspaces of :func:`landmark_terms`.  Returns the cost.
     """
     col_map, e0, j0, j1 = prob.col_map, prob.e0, prob.j0, prob.j1
-    cost = landmark_terms(x, want_jac, jtj, jtr, prob, plan, soa, ws, uv, xyz)
+    cost = landmark_terms(x, want_jac, want_jtj, jtj, jtr, prob, plan, soa, ws, uv, xyz)
     if col_map[e0] >= 0:
-        cost += diagonal_prior(x, e0, prob.zero_e, prob.expr_inv, col_map, want_jac, jtj, jtr)
+        cost += diagonal_prior(x, e0, prob.zero_e, prob.expr_inv, col_map, want_jac, want_jtj, jtj, jtr)
         if prob.pairs.shape[0] > 0:
-            cost += pair_prior(x, e0, prob.pairs, prob.pair_sqrtw, col_map, want_jac, jtj, jtr)
+            cost += pair_prior(x, e0, prob.pairs, prob.pair_sqrtw, col_map, want_jac, want_jtj, jtj, jtr)
     if col_map[j0] >= 0 or col_map[j1 - 1] >= 0:
-        cost += diagonal_prior(x, j0, prob.zero_j, prob.joint_inv, col_map, want_jac, jtj, jtr)
+        cost += diagonal_prior(x, j0, prob.zero_j, prob.joint_inv, col_map, want_jac, want_jtj, jtj, jtr)
     it = inter
     if it.use and col_map[e0] >= 0 and not intersection_far(x, e0, it.far_base, it.far_proj, it.far_ptr,
                                                             it.far_chunks, it.far_out):
         g = it.geom
         cost += intersection_term(x, e0, g.template, g.expr_idx, g.expr_blocks, g.sphere_c, g.sphere_r,
-                                  g.sphere_of, g.planes, g.hull_of, it.sqrtw, col_map, want_jac, jtj, jtr,
+                                  g.sphere_of, g.planes, g.hull_of, it.sqrtw, col_map, want_jac, want_jtj, jtj, jtr,
                                   it.skip_base, it.skip_proj, it.skip_block)
-    if want_jac and full:
+    if want_jac and want_jtj and full:
         symmetrize_upper(jtj)
     return cost
 
@@ -240,21 +240,19 @@ def tracking_lm(z, base, free, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lamb
     """
     st = lm_state(z, lo, hi, max_iter, ftol, xtol, gtol, lambda0, lambda_max, diag_floor, reuse_rho)
     x = base.copy()
-    empty2 = np.zeros((0, 0))
-    empty1 = np.zeros(0)
-    # want_jac as run-time booleans: a literal True/False argument makes numba compile a separate
+    # the flags as run-time booleans: a literal True/False argument makes numba compile a separate
     # specialisation of frame_cost, measured 15 % slower (and not bit-identical to the Python path's)
     jac = z.shape[0] >= 0
     no_jac = not jac            # also frame_cost's ``full``: lm_trial reads the upper triangle only
     req = lm_advance(st, 0.0)
     while req != LM_DONE:
-        if req == LM_EVAL_COST:
+        if req == LM_EVAL_COST:     # the cost alone: jtj and jtr untouched
             _set_full(x, free, st.z_new)
-            cost = frame_cost(x, no_jac, no_jac, empty2, empty1, prob, plan, inter, soa, ws, uv, xyz)
-        else:                   # LM_EVAL_GRAD: J^T r alone (an empty jtj), J^T J kept
+            cost = frame_cost(x, no_jac, no_jac, no_jac, st.jtj, st.jtr, prob, plan, inter, soa, ws, uv, xyz)
+        else:                   # LM_EVAL_FULL: J^T J and J^T r; LM_EVAL_GRAD: J^T r alone, J^T J kept
             _set_full(x, free, st.z)
-            jtj = st.jtj if req == LM_EVAL_FULL else empty2
-            cost = frame_cost(x, jac, no_jac, jtj, st.jtr, prob, plan, inter, soa, ws, uv, xyz)
+            cost = frame_cost(x, jac, req == LM_EVAL_FULL, no_jac, st.jtj, st.jtr, prob, plan, inter, soa, ws, uv,
+                              xyz)
         x_last[:] = x
         req = lm_advance(st, cost)
     z[:] = st.z

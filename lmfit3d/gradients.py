@@ -79,8 +79,18 @@ class CaptureSpec(NamedTuple):
     want_iblk: bool         # identity Gauss-Newton block
 
 
+class Wanted(NamedTuple):
+    """The outputs asked of one :func:`capture_energy` call (the arrays of the others are not touched)."""
+
+    grad: bool              # the gradient
+    diag: bool              # the Gauss-Newton diagonal
+    uv: bool                # the projected landmarks
+    pose_blocks: bool       # with diag: the per-frame pose Gauss-Newton blocks
+    id_block: bool          # with diag: the identity Gauss-Newton block
+
+
 class Outputs(NamedTuple):
-    """The output arrays of :func:`capture_energy` (shapes there; 0 leading rows: not wanted)."""
+    """The output arrays of :func:`capture_energy` (shapes there; those not wanted may be empty)."""
 
     grad: np.ndarray        # (N,)
     diag: np.ndarray        # (N,)
@@ -218,7 +228,7 @@ def add_template_gradient(p, a, e0, expr_idx, expr_blocks, grad, acc_t):
 
 
 @njit(cache=True)
-def quadratic_prior(z, start, n, w, s, grad, diag, blk, b0, cost):
+def quadratic_prior(z, start, n, w, s, grad, diag, want_blk, blk, b0, cost):
     """The prior w |z[start : start + n]|^2 (expression, or the non-root joints).
 
     Parameters
@@ -228,7 +238,8 @@ def quadratic_prior(z, start, n, w, s, grad, diag, blk, b0, cost):
     w : float, its weight.
     s : :class:`CaptureSpec` (which outputs are wanted).
     grad, diag : (N,) gradient and Gauss-Newton diagonal, accumulated when wanted.
-    blk : (18, 18) the frame's pose block, diagonal entries [b0, b0 + n) accumulated (0 rows: none).
+    want_blk, blk : bool, (18, 18) the frame's pose block, diagonal entries [b0, b0 + n) accumulated when
+        ``want_blk`` (and the diagonal is wanted).
     cost : float, the running cost.
 
     Returns
@@ -242,7 +253,7 @@ def quadratic_prior(z, start, n, w, s, grad, diag, blk, b0, cost):
             grad[start + c] += 2.0 * w * val
         if s.want_diag:
             diag[start + c] += 2.0 * w
-            if blk.shape[0] > 0:
+            if want_blk:
                 blk[b0 + c, b0 + c] += 2.0 * w
     return cost
 
@@ -463,16 +474,17 @@ def frame_energy(z, f, obs_f, s, tab, cams, ch, pos, adj, gn, out, cost):
         pose_gradient(base, ch, adj, out.grad)
     pblk = out.pose_gn[f] if s.want_pblk else gn.none
     if s.want_diag:
-        frame_gauss_newton(z, f, base, s.nk, tab, ch, pos, gn, out.diag, pblk,
-                           out.id_gn if s.want_iblk and out.id_frames[f] else gn.none)
-    cost = quadratic_prior(z, base + POSE_SIZE, s.ne, s.w_expression, s, out.grad, out.diag, gn.none, 0, cost)
-    return quadratic_prior(z, base + 6, POSE_SIZE - 6, s.w_joints, s, out.grad, out.diag, pblk, 6, cost)
+        want_iblk = s.want_iblk and out.id_frames[f]
+        frame_gauss_newton(z, f, base, s.nk, tab, ch, pos, gn, out.diag, s.want_pblk, pblk, want_iblk, out.id_gn)
+    cost = quadratic_prior(z, base + POSE_SIZE, s.ne, s.w_expression, s, out.grad, out.diag, False, gn.none, 0,
+                           cost)
+    return quadratic_prior(z, base + 6, POSE_SIZE - 6, s.w_joints, s, out.grad, out.diag, s.want_pblk, pblk, 6, cost)
 
 
 # -- intersection, identity and cameras (after the frames) -------------------------------------------
 
 @njit(cache=True)
-def intersection_grad(z, e0, t_beta, geom, sqrtw, grad, acc_t, t, gr):
+def intersection_grad(z, e0, t_beta, geom, sqrtw, want_grad, grad, acc_t, t, gr):
     """Intersection residuals of one frame (template space); adds d cost / d psi into ``grad``.
 
     Same residuals as ``intersection.intersection_term``: r = sqrtw (R - |t - c|) for a vertex inside its
@@ -484,7 +496,6 @@ def intersection_grad(z, e0, t_beta, geom, sqrtw, grad, acc_t, t, gr):
     expr_idx, expr_blocks, sphere_of, hull_of = geom.expr_idx, geom.expr_blocks, geom.sphere_of, geom.hull_of
     sphere_c, sphere_r, planes = geom.sphere_c, geom.sphere_r, geom.planes
     cost = 0.0
-    want = grad.shape[0] > 0
     for p in range(t_beta.shape[0]):
         template_point(p, z, e0, t_beta, expr_idx, expr_blocks, t)
         res = intersection_depth(t, sphere_of[p], hull_of[p], sphere_c, sphere_r, planes, gr)
@@ -492,7 +503,7 @@ def intersection_grad(z, e0, t_beta, geom, sqrtw, grad, acc_t, t, gr):
             continue
         r = sqrtw * res
         cost += 0.5 * r * r
-        if not want:
+        if not want_grad:
             continue
         for i in range(3):
             gr[i] *= sqrtw * r
@@ -527,7 +538,8 @@ def intersection_energy(z, s, geom, w_intersection, grad, cost):
     gr = np.empty(3)
     sqrtw = np.sqrt(2.0 * w_intersection)
     for f in range(s.nf):
-        cost += intersection_grad(z, nk + f * s.psize + POSE_SIZE, it_beta, geom, sqrtw, grad, acc_i, t, gr)
+        cost += intersection_grad(z, nk + f * s.psize + POSE_SIZE, it_beta, geom, sqrtw, s.want_grad, grad, acc_i, t,
+                                  gr)
     if s.want_grad:
         sb = geom.identity_blocks
         for p in range(ni):
@@ -556,7 +568,7 @@ def identity_gradient(tab, adj, grad):
 def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, expr_blocks, weights,
                    jidx, jcount, obs, block_ok, cam_grad, centre, w_expression, w_joints, w_temporal,
                    int_mean, int_sb, int_idx, int_blocks, sphere_c, sphere_r, sphere_of, planes, hull_of,
-                   w_intersection, loss_c, grad, diag, uv_out, frame_cost, pose_gn, id_gn, id_frames):
+                   w_intersection, loss_c, wanted, grad, diag, uv_out, frame_cost, pose_gn, id_gn, id_frames):
     """Cost and gradient of the offline energy (all frames and cameras), see the module docstring.
 
     Per frame (:func:`frame_energy`): the landmark positions of the next frame are computed ahead
@@ -583,14 +595,16 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     int_mean, int_sb, int_idx, int_blocks : intersection vertices' (n, 3), (n, 3, K), (n, D), (n, D, 3).
     sphere_c ... hull_of : as ``intersection.intersection_term``.
     loss_c : float, the landmark loss (``energy.landmark_loss``): 0 squared, c > 0 Cauchy.
-    grad : (N,) out, d cost / d z (length 0 to skip the gradient).
-    diag : (N,) out, diagonal of the Gauss-Newton matrix J^T J (length 0 to skip; costs more).
-    uv_out : (F, C, 2, L) out, projected landmarks (first axis 0 to skip).
+    wanted : :class:`Wanted`, the outputs to compute (an output not wanted: its array is not touched and
+        may be empty).
+    grad : (N,) out, d cost / d z (``wanted.grad``).
+    diag : (N,) out, diagonal of the Gauss-Newton matrix J^T J (``wanted.diag``; costs more).
+    uv_out : (F, C, 2, L) out, projected landmarks (``wanted.uv``).
     frame_cost : (F,) out, landmark cost per frame (all cameras).
     pose_gn : (F, 18, 18) out, with ``diag``: each frame's Gauss-Newton block of its pose columns
-        (root rotation, translation, joints), landmark and temporal terms (first axis 0 to skip).
+        (root rotation, translation, joints), landmark and temporal terms (``wanted.pose_blocks``).
     id_gn : (K, K) out, with ``diag``: the identity columns' Gauss-Newton block of the landmark and
-        temporal terms, summed over the frames where ``id_frames`` (F,) is True (0 rows to skip).
+        temporal terms, summed over the frames where ``id_frames`` (F,) is True (``wanted.id_block``).
 
     Returns
     -------
@@ -598,10 +612,15 @@ def capture_energy(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, 
     """
     nf, nl = obs.shape[0], obs.shape[3]
     psize = POSE_SIZE + ne
-    want_diag = diag.shape[0] > 0
+    want_diag = wanted.diag
+    n = z.shape[0]
+    if ((wanted.grad and grad.shape[0] != n) or (want_diag and diag.shape[0] != n)
+            or (wanted.uv and uv_out.shape[0] != nf) or (want_diag and wanted.pose_blocks and pose_gn.shape[0] != nf)
+            or (want_diag and wanted.id_block and id_gn.shape[0] != nk)):
+        raise ValueError("capture_energy: an output array wanted has the wrong size")
     s = CaptureSpec(nk, ne, nf, psize, nk + nf * psize, w_expression, w_joints, w_temporal,
-                    w_temporal > 0.0 and nf > 1, loss_c, grad.shape[0] > 0, want_diag, uv_out.shape[0] > 0,
-                    want_diag and pose_gn.shape[0] > 0, want_diag and id_gn.shape[0] > 0)
+                    w_temporal > 0.0 and nf > 1, loss_c, wanted.grad, want_diag, wanted.uv,
+                    want_diag and wanted.pose_blocks, want_diag and wanted.id_block)
     out = Outputs(grad, diag, uv_out, frame_cost, pose_gn, id_gn, id_frames)
     _clear_outputs(s, out)
     tab = _landmark_table(z[:nk], mean, sb, sj, joint_mean, parents, anc, expr_idx, expr_blocks, weights, jidx,
@@ -658,7 +677,7 @@ def _add_metric_gram(q, cols, n, blk, qc):
 
 
 @njit(cache=True)
-def frame_gauss_newton(z, f, base, nk, tab, ch, pos, gn, diag, pblk, iblk):
+def frame_gauss_newton(z, f, base, nk, tab, ch, pos, gn, diag, want_pblk, pblk, want_iblk, iblk):
     """Gauss-Newton diagonal (and blocks) of frame f's landmark and temporal terms.
 
     For each landmark the explicit Jacobian (``skinning.skin_vertex``) gives every parameter column v
@@ -671,8 +690,8 @@ def frame_gauss_newton(z, f, base, nk, tab, ch, pos, gn, diag, pblk, iblk):
     tab : :class:`LandmarkTable`; ch : :class:`ChainWork` at frame f; pos : :class:`Positions`.
     gn : :class:`GaussNewton` (q filled by the cameras and the temporal term).
     diag : (N,) accumulated.
-    pblk : (18, 18) the frame's pose block P^T Q P, iblk : (K, K) the identity block, accumulated
-        (0 rows: skip either).
+    want_pblk, pblk : bool, (18, 18) the frame's pose block P^T Q P, accumulated when wanted.
+    want_iblk, iblk : bool, (K, K) the identity block, accumulated when wanted.
     """
     e0 = base + POSE_SIZE
     trans = z[base + 3: base + 6]
@@ -681,8 +700,6 @@ def frame_gauss_newton(z, f, base, nk, tab, ch, pos, gn, diag, pblk, iblk):
     r0, rg, tg, gpos, bm, cm = ch.r0, ch.rg, ch.tg, ch.gpos, ch.bm, ch.cm
     x, rm, dpose, wsub, work = gn.skin.x, gn.skin.rm, gn.skin.dpose, gn.skin.wsub, gn.skin.work
     qall, v, u, vid, qc = gn.q, gn.v, gn.u, gn.vid, gn.qc
-    want_pblk = pblk.shape[0] > 0
-    want_iblk = iblk.shape[0] > 0
     for p in range(qall.shape[0]):
         skin_vertex(tbuf[f % 3, p], weights[p], anc, r0, trans, rg, tg, gpos, bm, x, rm, dpose, wsub, work)
         q = qall[p]

@@ -123,7 +123,7 @@ def intersection_depth(t, s, h, sphere_c, sphere_r, planes, gr):
 
 @njit(cache=True)
 def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, sphere_of,
-                      planes, hull_of, sqrtw, col_map, want_jac, jtj, jtr, skip_base=None, skip_proj=None,
+                      planes, hull_of, sqrtw, col_map, want_jac, want_jtj, jtj, jtr, skip_base=None, skip_proj=None,
                       skip_block=None):
     """Skin vertices inside eyeball spheres or teeth hulls, in template (head) space.
 
@@ -137,6 +137,8 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
     planes : (H, P, 4) hull planes (n_x, n_y, n_z, d): inside when d - n.t > 0 for every plane.
     hull_of : (n,) hull per vertex or -1.
     sqrtw : float, sqrt(2 w_intersect).
+    col_map, want_jac, jtj, jtr : as in :func:`vertex_term`; ``want_jtj`` False (with ``want_jac``): J^T r
+        alone, jtj untouched.
     skip_base, skip_proj : (n,), (E, n) float64, optional, from :func:`intersection_skip_test`:
         ``skip_base + psi @ skip_proj`` bounds how far each vertex lies outside its sphere or hull
         (mm); vertices with a bound >= 1e-9 are skipped without building their template point
@@ -207,7 +209,7 @@ def intersection_term(x, e0, t_beta, expr_idx, expr_blocks, sphere_c, sphere_r, 
         for i in range(3):
             grw[0, i] = sqrtw * gr[i]
         n = expression_columns(p, e0, expr_idx, expr_blocks, col_map, grw, cols, jrow, 0)
-        _accumulate(jrow, 1, cols, n, r, col_map, jtj, jtr)
+        _accumulate(jrow, 1, cols, n, r, col_map, want_jtj, jtj, jtr)
     return cost
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from .fit import Tracker
 from .media import _check_out_dir, _short
-from .outputs import FrameRows, _Outputs
+from .outputs import FrameRows, RunSummary, _Outputs
 from .paths import read_npz, work_dir
 from .streams import (LIVELINK_PORT, VMC_PORT, UdpSender, axis_angle_quaternion, encode_livelink,
                       livelink_values, parse_destination, vmc_bundle)
@@ -42,13 +42,14 @@ NOISE_WINDOW = 60           # frames of the running frame-noise estimate
 
 @dataclass(frozen=True)
 class LiveOptions:
-    """Options of :func:`run_live` (CLI flags of ``lmfit3d live``)."""
+    """Options of :func:`run_live` (CLI flags of ``lmfit3d live``).
+
+    ``track``: the landmark front end's and the fitter's options, those of ``lmfit3d track`` (``backend``,
+    ``iris``, ``focal_px``; ``max_frames``: stop after that many frames tracked)."""
     camera: int = None
     source: str = None
     pace: bool = True
-    backend: str = "mediapipe"
-    iris: bool = True
-    focal_px: float = None
+    track: TrackOptions = TrackOptions(progress=False)
     identity_file: str = None
     identity_seconds: float = 10.0
     calibrate_neutral: float = 0.0
@@ -56,7 +57,6 @@ class LiveOptions:
     subject: str = "lmfit3d"
     vmc: str = None
     record: str = None
-    max_frames: int = None
     stall_s: float = 5.0
     status: bool = True
     refit_worker: bool = True
@@ -66,8 +66,6 @@ class LiveOptions:
             raise ValueError("give one of --camera N or --source FILE|URL")
         if self.camera is not None and self.camera < 0:
             raise ValueError(f"--camera must be >= 0, got {self.camera}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
         for name in ("identity_seconds", "calibrate_neutral"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
@@ -76,10 +74,6 @@ class LiveOptions:
             raise ValueError(f"stall_s must be > 0, got {self.stall_s}")
         if not self.subject:
             raise ValueError("--subject must not be empty")
-        self.track_options()          # ValueError on a bad backend / focal
-
-    def track_options(self):
-        return TrackOptions(backend=self.backend, iris=self.iris, focal_px=self.focal_px, progress=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,13 +233,17 @@ _WORKER = {}
 def _refit_init(model_path, vertex_ids, image_size, config):
     """Worker process: load the model once (its Numba kernels come from the cache)."""
     from .model import load_model
-    _WORKER["args"] = (load_model(model_path), vertex_ids, image_size, config)
+    from .context import FitContext
+    model = load_model(model_path)
+    _WORKER["args"] = (model, vertex_ids, image_size, config)
+    _WORKER["context"] = FitContext(model, vertex_ids, config.sparsity_threshold_mm)     # for every refit
 
 
 def _refit_job(identity, focal, identity_fixed, focal_known, keyframes):
     from .fit import refit_keyframes
     model, ids, size, cfg = _WORKER["args"]
-    return refit_keyframes(model, ids, size, cfg, identity, focal, identity_fixed, focal_known, keyframes)
+    return refit_keyframes(model, ids, size, cfg, identity, focal, identity_fixed, focal_known, keyframes,
+                           context=_WORKER["context"])
 
 
 class BackgroundRefit:
@@ -307,10 +305,10 @@ class LiveTracker:
     """
 
     def __init__(self, model, image_size, options, predictor=None, identity=None, focal=None, model_path=None):
-        opt = options.track_options()
+        opt = options.track
         self.predictor = predictor or make_predictor(opt)
         self.cfg = opt.config()
-        focal = options.focal_px if options.focal_px is not None else focal
+        focal = opt.focal_px if opt.focal_px is not None else focal
         self.tracker = Tracker(model, self.predictor.vertex_ids, image_size, focal, self.cfg, identity)
         self.identity_seconds = options.identity_seconds
         self.noise = CausalNoise()
@@ -344,7 +342,8 @@ class LiveTracker:
         self.predictor.reset()
         if pred is not None:
             tr = self.tracker
-            scratch = Tracker(tr.model, self.predictor.vertex_ids, image_size, tr.focal, self.cfg, tr.identity.copy())
+            scratch = Tracker(tr.model, self.predictor.vertex_ids, image_size, tr.focal, self.cfg, tr.identity.copy(),
+                              context=tr.context)
             for _ in range(2):
                 scratch.step(pred.mu, np.where(np.isfinite(pred.sigma), pred.sigma, 1.0))
 
@@ -522,19 +521,16 @@ class Senders:
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class LiveSummary:
-    """What :func:`run_live` did: frames tracked and dropped, latencies (ms, decoded frame to
-    packets sent), CPU time of the tracking thread per frame (ms), outputs, how it ended."""
+class LiveSummary(RunSummary):
+    """What :func:`run_live` did: frames tracked (``outputs.RunSummary``) and dropped, latencies (ms,
+    decoded frame to packets sent), CPU time of the tracking thread per frame (ms), how it ended."""
     name: str = ""
-    frames: int = 0
-    success: int = 0
     drops: int = 0
     send_errors: int = 0
     frame_index: list = field(default_factory=list)
     latency_ms: list = field(default_factory=list)
     cpu_ms: list = field(default_factory=list)
     held_from: int = None
-    outputs: list = field(default_factory=list)
     seconds: float = 0.0
     ended: str = "end of input"
 
@@ -642,7 +638,7 @@ def _loop(src, live, senders, rec, opt, summary, status):
     last_status = t_start
     stamps = []
     for f, frame, t_ready in src:
-        if opt.max_frames is not None and summary.frames >= opt.max_frames:
+        if opt.track.max_frames is not None and summary.frames >= opt.track.max_frames:
             break
         c0 = time.thread_time()
         t = f / src.fps

@@ -35,11 +35,19 @@ class VideoReader:
             raise ValueError(f"{self.path}: an image, not a video (use `lmfit3d fit` for photos)")
         if self.path.stat().st_size == 0:
             raise ValueError(f"{self.path}: cannot open as a video (empty file)")
+        import logging
         import imageio.v2 as imageio
+        # a phone video's rotation tag: ffmpeg turns the frames upright, and imageio-ffmpeg warns
+        # that the (upright) frame size differs from the stored one: expected, not the user's concern
+        quiet = logging.getLogger("imageio_ffmpeg")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
         try:
             reader = imageio.get_reader(str(self.path), format="FFMPEG")
         except Exception as exc:
             raise ValueError(f"{self.path}: cannot open as a video ({_ffmpeg_reason(str(exc))})") from None
+        finally:
+            quiet.setLevel(level)
         try:
             meta = reader.get_meta_data()
         finally:
@@ -130,8 +138,12 @@ def _short(exc):
 
 
 def read_image(path):
-    """(H, W, 3) uint8 RGB of an image file; ValueError with the file name when unreadable."""
-    import imageio.v2 as imageio
+    """(H, W, 3) uint8 RGB of an image file; ValueError with the file name when unreadable.
+
+    As image viewers show it: the EXIF orientation of phone photos applied, CMYK, palette, grey and
+    alpha images converted to RGB, 16-bit and float images scaled to 8 bits, the first frame of an
+    animation.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
@@ -140,19 +152,37 @@ def read_image(path):
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: cannot read as an image (empty file)")
     try:
-        img = np.asarray(imageio.imread(str(path)))
-    except Exception as exc:
-        reason = _short(exc)
-        if "backend" in reason or "pip install" in reason:       # imageio's plugin hints
-            reason = "unknown or damaged image format"
-        raise ValueError(f"{path}: cannot read as an image ({reason})") from None
+        img = _read_pillow(path)
+    except Exception:                   # not a format Pillow reads: imageio's other plugins
+        import imageio.v2 as imageio
+        try:
+            img = np.asarray(imageio.imread(str(path)))
+        except Exception as exc:
+            reason = _short(exc)
+            if "backend" in reason or "pip install" in reason:       # imageio's plugin hints
+                reason = "unknown or damaged image format"
+            raise ValueError(f"{path}: cannot read as an image ({reason})") from None
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] < 3:
         raise ValueError(f"{path}: unsupported image shape {img.shape}")
     if img.dtype != np.uint8:
-        img = (img.astype(np.float64) / max(float(img.max()), 1.0) * 255).astype(np.uint8)
+        top = float(np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else max(float(np.nanmax(img)), 1e-12)
+        img = np.clip(np.nan_to_num(img.astype(np.float64)) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(img[:, :, :3])
+
+
+def _read_pillow(path):
+    """The image as Pillow reads it (EXIF orientation applied): uint8 RGB, or a 2-D array of the
+    file's own depth for 16-bit and float grey images."""
+    from PIL import Image, ImageOps
+    with Image.open(path) as im:
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im)
+            return arr.astype(np.uint16) if im.mode.startswith("I;16") else arr
+        return np.asarray(im.convert("RGB"))
 
 
 def _progress(enabled, total, desc):

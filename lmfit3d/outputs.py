@@ -13,6 +13,7 @@ head frame, radians.  ARKit head/eye yaw, pitch, roll are in degrees as in Live 
 """
 import csv
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,19 @@ def face_output_names(name, k):
     NAME_faceK.npz, NAME_faceK_meshes; and NAME_faces.csv (every face, one row per face per frame)."""
     stem = f"{name}_face{k}"
     return (f"{stem}.csv", f"{stem}_arkit.csv", f"{stem}.npz", f"{stem}_meshes", f"{name}_faces.csv")
+
+
+@dataclass
+class RunSummary:
+    """The counts every run reports (``track.TrackSummary``, ``live.LiveSummary``): frames tracked, frames
+    with a fit, the output files written."""
+    frames: int = field(default=0, kw_only=True)
+    success: int = field(default=0, kw_only=True)
+    outputs: list = field(default_factory=list, kw_only=True)
+
+    @property
+    def success_rate(self):
+        return self.success / self.frames if self.frames else 0.0
 
 
 class _Outputs:

@@ -346,6 +346,13 @@ class IrisPredictor:
 
 
 IRIS_POLICIES = ("alternate", "both")
+# MediaPipe's attention mesh (tools/convert_mediapipe.py, tools/mediapipe_custom_ops.py): its refined
+# 478-point output (crop pixels, x y z), face-presence logit, and its iris centres (subject's right
+# eye, left eye)
+ATTENTION_ONNX = "mediapipe/face_landmark_with_attention.onnx"
+ATTENTION_OUTPUT = "landmarks_refined"
+ATTENTION_PRESENCE = "conv_faceflag"
+ATTENTION_IRIS_CENTRES = [468, 473]
 # how many of the iris network's 71 eye-contour points replace the mesh's (IrisPredictor.EYE_POINTS
 # order: 16 lid points, 32 in the two rings around the eye, 23 towards the brow)
 REFINED_EYE_POINTS = 48
@@ -387,10 +394,17 @@ class MediaPipeLandmarks:
         a detection and :meth:`predict` always run both eyes.
     presence_threshold : float, face score under which tracking is lost and the detector runs again.
     fixed_sigma : bool, give every landmark the table's median sigma (ablation: no uncertainty).
+    attention : bool, run MediaPipe's attention mesh (``face_landmark_with_attention``, converted by
+        ``tools/convert_mediapipe.py``) instead of the face mesh and the iris network: one network
+        whose lips, eyes and iris heads refine the mesh (478 points; raw points 468 and 469 are its
+        iris centres 468 and 473), with its own correspondence table and sigmas
+        (``data/mediapipe_attention/``, same format as the face mesh's).  ``iris_policy`` and
+        ``refine_lids`` then do not apply; ``iris=False`` drops its iris points.
     """
 
     def __init__(self, manifest=None, roi_strategy="aligned", sigma_jitter=0, iris=True, threads=1,
-                 presence_threshold=0.5, fixed_sigma=False, iris_policy="alternate", refine_lids=True):
+                 presence_threshold=0.5, fixed_sigma=False, iris_policy="alternate", refine_lids=True,
+                 attention=False):
         if roi_strategy not in ROI_STRATEGIES:
             raise ValueError(f"roi_strategy must be one of {ROI_STRATEGIES}, got {roi_strategy!r}")
         if iris_policy not in IRIS_POLICIES:
@@ -401,16 +415,22 @@ class MediaPipeLandmarks:
         self.refine_lids = refine_lids
         self.refined_eye_points = REFINED_EYE_POINTS
         self._lid_delta = np.zeros((2, 71, 2))  # iris-net eye contour - mesh points, eye-crop pixels
-        m = manifest or load_manifest("mediapipe")
+        m = manifest or load_manifest("mediapipe_attention" if attention else "mediapipe")
         from dataclasses import replace
+        self.attention = bool(attention)
+        if self.attention:
+            m = replace(m, onnx=str(cache_dir() / ATTENTION_ONNX), mu_output=ATTENTION_OUTPUT,
+                        presence_output=ATTENTION_PRESENCE)
         self.manifest = replace(m, roi_strategy=roi_strategy)
         if fixed_sigma:
             self.manifest = replace(self.manifest, sigma_table=np.full_like(m.sigma_table, np.median(m.sigma_table)))
         self.mesh = LandmarkPredictor(replace(self.manifest, points=np.arange(468),
                                               vertex_ids=np.arange(468), sigma_table=np.ones(468)),
                                       sigma_jitter=0, threads=threads)
-        self.detector = FaceDetector(threads=threads)
-        self.iris = IrisPredictor(threads=threads) if iris else None
+        self.detector = FaceDetector(threads=threads, far=True)
+        self.iris = IrisPredictor(threads=threads) if iris and not self.attention else None
+        self.attention_iris = bool(iris) and self.attention
+        self._net = np.empty((478, 2))          # the attention mesh's points (image pixels)
         self.sigma_jitter = int(sigma_jitter)
         self.presence_threshold = presence_threshold
         self.search_every = 5
@@ -443,7 +463,12 @@ class MediaPipeLandmarks:
         m = self.manifest
         image = as_image(image)
         raw = np.empty((470, 2))
-        pts, _, presence = self.mesh.image_points(image, roi, out=raw)       # raw[:468]
+        if self.attention:
+            pts, _, presence = self.mesh.image_points(image, roi, out=self._net)
+            raw[:468] = pts[:468]
+            raw[468:] = pts[ATTENTION_IRIS_CENTRES] if self.attention_iris else np.nan
+        else:
+            pts, _, presence = self.mesh.image_points(image, roi, out=raw)       # raw[:468]
         if self.iris is not None:
             rois = self.iris.eye_rois(pts)
             if self._iris_crop is None:
@@ -455,11 +480,11 @@ class MediaPipeLandmarks:
                 affine_points(c[e], 2, rois[e].matrix(64), raw[468 + e:469 + e])
             if lids is not None and self.refine_lids:
                 self._refine_lids(raw, rois, eyes, lids)
-        else:
+        elif not self.attention:
             raw[468:] = np.nan
         px = roi.size / m.input_size
         if self.sigma_jitter > 0:
-            var = np.concatenate([self.mesh.jitter_variance(image, roi, pts, self.sigma_jitter), np.zeros(2)])
+            var = np.concatenate([self.mesh.jitter_variance(image, roi, pts, self.sigma_jitter)[:468], np.zeros(2)])
             sigma = np.sqrt((m.sigma_table * px) ** 2 + var[m.points])
         else:
             sigma = np.sqrt((m.sigma_table * px) ** 2)      # not table * px: the same bits as before

@@ -1,9 +1,9 @@
 """The per-frame energy as a Levenberg-Marquardt problem: :class:`FrameProblem` (one frame, a chosen set
 of free parameters) and :class:`KeyframeProblem` (several frames sharing identity and focal length).
 
-A problem holds the static data once (sparsity table, kernel-order tables, workspaces, the
-kernels' named-tuple state of ``frame_lm``) and takes each frame's landmarks with
-:meth:`FrameProblem.set_frame`.  Its ``accumulate(z, jtj, jtr, want_jac)`` is the contract of
+A problem takes the static data (sparsity table, kernel-order tables, tracking plans) from a
+:class:`~lmfit3d.context.FitContext`, builds its workspaces and the kernels' named-tuple state of
+``frame_lm`` once, and takes each frame's landmarks with :meth:`FrameProblem.set_frame`.  Its ``accumulate(z, jtj, jtr, want_jac)`` is the contract of
 ``solvers.levenberg_marquardt``; with identity and focal held, :meth:`FrameProblem.solve` runs the
 compiled loop of ``frame_lm`` instead (same iterations).  The energy is ``energy``'s; the
 parameter layout ``energy.FrameLayout``.  The tracking policy that drives these is ``fit.Tracker``.
@@ -17,15 +17,13 @@ from .energy import (FrameLayout, Intersection, antagonist_pairs, expression_pri
                      residual_scale)
 from .frame_lm import (FrameState, IntersectionState, SoaState, Workspace, frame_cost, frame_inputs, landmark_terms,
                        tracking_lm)
-from .intersection import IntersectionTerm, intersection_term
-from .model import FaceModel, Params
+from .intersection import intersection_term
+from .model import Params
 from .simd import W
-from .skinning import POSE_DIM, ancestry, pose_chain
+from .skinning import ancestry, pose_chain
 from .solvers import DIAG_FLOOR, LAMBDA0, LAMBDA_MAX, FitResult, levenberg_marquardt
-from .sparsity import build_sparsity
 from .terms import diagonal_prior, pair_prior, symmetrize_upper, vertex_term
-from .tracking_normal import tracking_plan
-from .tracking_points import PJ_ROWS, table_points_buffers, table_soa
+from .tracking_points import PJ_ROWS, table_points_buffers
 
 
 def params_to_vector(model, params: Params, focal):
@@ -39,54 +37,26 @@ def vector_to_params(model, x):
     return Params(beta, psi, rot, trans), focal
 
 
-# Per-process caches of static data that trackers rebuild otherwise (a video's two passes, the
-# videos of a batch): key -> (owner, value); the owner object is kept so that its id stays unique.
-_INTERSECTIONS, _TABLES, _PLANS, _SOAS = {}, {}, {}, {}
-
-
-def _cached(cache, key, owner, build, size):
-    hit = cache.get(key)
-    if hit is not None and hit[0] is owner:
-        return hit[1]
-    value = build()
-    while len(cache) >= size:
-        cache.pop(next(iter(cache)))
-    cache[key] = (owner, value)
-    return value
-
-
-def sparsity_table(model: FaceModel, vertex_ids, threshold):
-    """``sparsity.build_sparsity`` from a small cache shared by all trackers of this process."""
-    ids = np.ascontiguousarray(vertex_ids, dtype=np.int64)
-    return _cached(_TABLES, (id(model), ids.tobytes(), float(threshold)), model,
-                   lambda: build_sparsity(model, ids, threshold), 8)
-
-
-def intersection_data(model: FaceModel, beta, threshold):
-    """:class:`IntersectionTerm` for an identity, from a small cache shared by all trackers of this
-    process (a video's second pass re-uses the identity of its first; ~20 ms a build)."""
-    beta = np.ascontiguousarray(beta, dtype=np.float64)
-    return _cached(_INTERSECTIONS, (id(model), beta.tobytes(), float(threshold)), model,
-                   lambda: IntersectionTerm(model, beta, threshold), 4)
-
-
 class FrameProblem:
     """Energy of one frame for the LM solver, over a chosen set of free parameters.
 
     Parameters
     ----------
-    model : FaceModel
-    table : SparsityTable of the landmark vertices.
+    context : :class:`~lmfit3d.context.FitContext` of the model and landmark vertices (its sparsity table,
+        kernel-order tables and tracking plans are used, never copied).
     mu : (L, 2) landmark means (pixels), NaN rows missing.
     sigma : (L,) landmark standard deviations (pixels).
     image_size : (width, height).
     config : FitConfig
     prev : (L, 3) previous-frame landmark vertex positions (mm) for the temporal term, or None.
+    intersection : :class:`~lmfit3d.intersection.IntersectionTerm` of the identity (``context.intersection``),
+        or None (term off).
     """
 
-    def __init__(self, model, table, mu, sigma, image_size, config, prev=None, intersection=None):
-        self.model = model
-        self.table = table
+    def __init__(self, context, mu, sigma, image_size, config, prev=None, intersection=None):
+        model = self.model = context.model
+        table = self.table = context.table
+        self.context = context
         self.cfg = config
         self.cx, self.cy = image_size[0] / 2.0, image_size[1] / 2.0
         self.layout = FrameLayout.of(model)
@@ -95,8 +65,7 @@ class FrameProblem:
         self.parents = model.joint_parents.astype(np.int64)
         self.sj = np.ascontiguousarray(model.joint_identity, dtype=np.float64)
         self.inter = intersection
-        # structure-of-arrays layout of the table for the tracking evaluation (frame_lm.landmark_terms)
-        self.soa = _cached(_SOAS, id(table), table, lambda: table_soa(table, model.joint_parents), 8)
+        self.soa = context.soa      # the table in kernel order, for the tracking evaluation (frame_lm)
         self.col_of = np.empty(table.n_landmarks, np.int64)
         self.col_of[self.soa.order] = np.arange(table.n_landmarks)
         nl = table.n_landmarks
@@ -119,15 +88,11 @@ class FrameProblem:
                                                                  config.w_antagonist)
         self.joint_inv = np.full(3 * (nj - 1), residual_scale(config.w_joints))
         self.zero_e, self.zero_j = np.zeros(e), np.zeros(3 * (nj - 1))
-        self._beta_key = None
-        self._far_out = None        # work buffer of frame_lm.intersection_far
-        self._positions_at = None
-        self._plans = {}            # col_map bytes -> TrackingPlan or None
+        self.inter_state = self._intersection_state()
+        self._beta_key = None       # identity of t_beta, joints and soa_state
+        self._positions_at = None   # x of the positions in uv / xyz
         self._lo, self._hi = self.bounds_full()
-        self._mask_key = self._mask_cm = self.col_map = None
-        self._plan_cm = self._plan = None      # col_map -> TrackingPlan of the last lookup
-        self._inter_args = None                # (intersection data, its tuple)
-        self._soa_key = self._soa_tuple = None
+        self._mask_key = self.col_map = self.plan = None
         self.set_free(np.zeros(self.n_full, bool))
 
     def set_frame(self, mu, sigma, prev=None):
@@ -155,21 +120,31 @@ class FrameProblem:
         """
         mask = np.asarray(mask, dtype=bool)
         key = mask.tobytes()
-        if key != self._mask_key or self.col_map is not self._mask_cm:
+        if key != self._mask_key:
             self.free = np.flatnonzero(mask)
-            self.col_map = np.full(self.n_full, -1, np.int64)
-            self.col_map[self.free] = np.arange(self.free.size)
+            col_map = np.full(self.n_full, -1, np.int64)
+            col_map[self.free] = np.arange(self.free.size)
+            self.set_col_map(col_map)
             self._free_lo, self._free_hi = self._lo[self.free], self._hi[self.free]
-            self._mask_key, self._mask_cm = key, self.col_map
+            self._mask_key = key
         if base is not None:
             self.base = np.array(base, dtype=np.float64)
+
+    def set_col_map(self, col_map):
+        """Use ``col_map`` (P,) int64 (full index -> free column, -1 held; not modified afterwards) and its
+        tracking plan (``context.plan``: None when identity or focal is free)."""
+        self.col_map = col_map
+        self.plan = self.context.plan(col_map)
+        self._mask_key = None
 
     def _identity_state(self, x):
         beta = x[self.sl["identity"]]
         key = beta.tobytes()
         if key != self._beta_key:
             self.t_beta = self.table.mean + self.table.identity_blocks @ beta
-            self.t_beta_t = self.soa.to_columns(self.t_beta)
+            s = self.soa
+            self.soa_state = SoaState(s.to_columns(self.t_beta), self.col_of, s.ptr, s.shape_idx, s.blocks, s.skin,
+                                      self.mu_t, self.isg_t, self.prev_t)      # frame columns written in place
             self.joints = self.model.joint_mean + self.sj @ beta
             self._beta_key = key
         return beta
@@ -179,86 +154,77 @@ class FrameProblem:
         x[self.free] = z
         return x
 
-    def accumulate_full(self, x, jtj, jtr, want_jac):
-        """Cost of the frame at full vector x; adds its J^T J, J^T r (free columns) when asked."""
+    def accumulate_full(self, x, jtj, jtr, want_jac, grad_only=False):
+        """Cost of the frame at full vector x; adds its J^T J, J^T r (free columns) when ``want_jac``
+        (J^T r alone, jtj untouched, when ``grad_only``: the tracking evaluation only)."""
         cfg, sl, cm = self.cfg, self.sl, self.col_map
-        cost = self._vertex_term(x, jtj, jtr, want_jac)
+        hess = not grad_only
+        cost = self._vertex_term(x, jtj, jtr, want_jac, grad_only)
         e0 = sl["expression"].start
         if cm[e0] >= 0:
-            cost += diagonal_prior(x, e0, self.zero_e, self.expr_inv, cm, want_jac, jtj, jtr)
+            cost += diagonal_prior(x, e0, self.zero_e, self.expr_inv, cm, want_jac, hess, jtj, jtr)
             if self.pairs.shape[0] > 0:
-                cost += pair_prior(x, e0, self.pairs, self.pair_sqrtw, cm, want_jac, jtj, jtr)
+                cost += pair_prior(x, e0, self.pairs, self.pair_sqrtw, cm, want_jac, hess, jtj, jtr)
         if cm[sl["joints"].start] >= 0 or cm[sl["joints"].stop - 1] >= 0:
-            cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, jtj, jtr)
+            cost += diagonal_prior(x, sl["joints"].start, self.zero_j, self.joint_inv, cm, want_jac, hess, jtj, jtr)
         if self.inter is not None and cfg.w_intersection > 0 and cm[e0] >= 0:
             it, g = self.inter, self.inter.geometry()
             cost += intersection_term(x, e0, g.template, g.expr_idx, g.expr_blocks, g.sphere_c, g.sphere_r,
                                       g.sphere_of, g.planes, g.hull_of, residual_scale(cfg.w_intersection), cm,
-                                      want_jac, jtj, jtr, it.skip_base, it.skip_proj, it.skip_block)
+                                      want_jac, hess, jtj, jtr, it.skip_base, it.skip_proj, it.skip_block)
         return cost
 
-    def _vertex_term(self, x, jtj, jtr, want_jac):
+    def _vertex_term(self, x, jtj, jtr, want_jac, grad_only=False):
         """Landmark + temporal terms at x; leaves the positions of x in self.xyz / self.uv."""
         ws = self.ws
         self._identity_state(x)
-        plan = self._tracking_plan()
-        if plan is not None:            # the evaluation of the compiled loop (frame_lm)
-            cost = landmark_terms(x, want_jac, jtj, jtr, self._compiled_args(), self._plan,
-                                  self._soa_args(), self._soa_ws, self.uv, self.xyz)
+        if self.plan is not None:       # the evaluation of the compiled loop (frame_lm)
+            cost = landmark_terms(x, want_jac, not grad_only, jtj, jtr, self._compiled_args(), self.plan,
+                                  self.soa_state, self._soa_ws, self.uv, self.xyz)
             self._positions_at = x.copy()
             return cost
-        if want_jac and jtj.shape[0] == 0:      # vertex_term would write past an empty jtj
-            raise ValueError("J^T r alone (an empty jtj) needs the tracking evaluation: identity and focal held")
+        if want_jac and grad_only:      # vertex_term adds J^T J and J^T r together
+            raise ValueError("J^T r alone (grad_only) needs the tracking evaluation: identity and focal held")
         rot = self.rot
         self.layout.rotations(x, rot)
         pose_chain(rot, self.joints, self.parents, ws["r0"], ws["jl0"], ws["rg"], ws["tg"],
                    ws["gpos"], ws["bm"], ws["cm"])
-        sb = self.table.identity_blocks if self.col_map[self.sl["identity"].start] >= 0 else _NO_IDENT
         lay = self.layout
         cost = vertex_term(x, x[lay.focal][0], self.cx, self.cy, self.t_beta, self.table.expr_idx,
-                           self.table.expr_blocks, self.table.weights, self.anc, sb, self.sj,
+                           self.table.expr_blocks, self.table.weights, self.anc, self.table.identity_blocks, self.sj,
                            ws["r0"], x[lay.translation], ws["rg"], ws["tg"], ws["gpos"], ws["bm"], ws["cm"],
                            self.mu, self.inv_sigma, self.cfg.loss_c, self.tw, self.prev, self.col_map,
                            self.cfg.jac_threshold, want_jac, jtj, jtr, self.uv, self.xyz)
         self._positions_at = x.copy()
         return cost
 
-    def _tracking_plan(self):
-        """The :class:`~lmfit3d.tracking_normal.TrackingPlan` of the current col_map (None: identity/focal free)."""
-        if self.col_map is self._plan_cm:
-            return self._plan
-        key = self.col_map.tobytes()
-        if key not in self._plans:
-            self._plans[key] = _cached(_PLANS, (id(self.table), key), self.table,
-                                       lambda: tracking_plan(self.table, self.col_map, POSE_DIM), 32)
-        plan = self._plans[key]
-        self._plan_cm, self._plan = self.col_map, plan
-        return plan
-
-    def identity_prior(self, x, jtj, jtr, want_jac):
-        """Identity term (``energy.identity_prior``): its cost; adds its gradient and Gauss-Newton diagonal."""
+    def identity_prior(self, x, jtj, jtr, want_jac, grad_only=False):
+        """Identity term (``energy.identity_prior``): its cost; adds its gradient and (unless ``grad_only``)
+        its Gauss-Newton diagonal."""
         ids = self.layout.identity
         cost, grad, diag = identity_prior(self.model, x[ids], self.cfg.w_identity)
         if want_jac:
             cols = self.col_map[ids]
             on = cols >= 0
             jtr[cols[on]] += grad[on]
-            if jtj.shape[0] > 0:
+            if not grad_only:
                 jtj[cols[on], cols[on]] += diag[on]
         return cost
 
-    def accumulate(self, z, jtj, jtr, want_jac):
+    def accumulate(self, z, jtj, jtr, want_jac, grad_only=False):
+        """The contract of ``solvers.levenberg_marquardt``: cost at the free vector z; with ``want_jac``
+        adds J^T r into jtr and J^T J (symmetric) into jtj, or J^T r alone, jtj untouched, when
+        ``grad_only`` (the tracking evaluation only: identity and focal held)."""
         x = self.full(z)
-        plan = self._tracking_plan()
-        if plan is not None:            # tracking: the compiled evaluation tracking_lm uses
+        if self.plan is not None:       # tracking: the compiled evaluation tracking_lm uses
             self._identity_state(x)
-            cost = frame_cost(x, want_jac, True, jtj, jtr, self._compiled_args(), self._plan,
-                              self._intersection_args(), self._soa_args(), self._soa_ws, self.uv, self.xyz)
+            cost = frame_cost(x, want_jac, not grad_only, True, jtj, jtr, self._compiled_args(), self.plan,
+                              self.inter_state, self.soa_state, self._soa_ws, self.uv, self.xyz)
             self._positions_at = x
             return cost
-        cost = self.accumulate_full(x, jtj, jtr, want_jac)
+        cost = self.accumulate_full(x, jtj, jtr, want_jac, grad_only)
         if self.col_map[self.sl["identity"].start] >= 0:
-            cost += self.identity_prior(x, jtj, jtr, want_jac)
+            cost += self.identity_prior(x, jtj, jtr, want_jac, grad_only)
         if want_jac:
             symmetrize_upper(jtj)
         return cost
@@ -284,7 +250,7 @@ class FrameProblem:
         """
         self.set_free(mask, x)
         lo, hi = self._free_lo, self._free_hi
-        plan = self._tracking_plan()
+        plan = self.plan
         # J^T J re-use needs J^T r alone, which the tracking evaluation gives (frame_lm)
         reuse = math.inf if plan is None else float(self.cfg.jtj_reuse_rho)
         if plan is None or not compiled:
@@ -297,20 +263,11 @@ class FrameProblem:
         history = np.empty(max_iter + 1)
         cost, it, status, nh, n_jtj = tracking_lm(
             z, self.base, self.free, lo, hi, max_iter, self.cfg.ftol, self.cfg.xtol, self.cfg.gtol, LAMBDA0,
-            LAMBDA_MAX, DIAG_FLOOR, reuse, self._compiled_args(), self._plan, self._intersection_args(),
-            self._soa_args(), self._soa_ws, self.uv, self.xyz, x_last, history)
+            LAMBDA_MAX, DIAG_FLOOR, reuse, self._compiled_args(), plan, self.inter_state,
+            self.soa_state, self._soa_ws, self.uv, self.xyz, x_last, history)
         x = self.full(z)
         self._positions_at = x if _same(x, x_last) else x_last
         return x, FitResult(z, float(cost), int(it), int(status), history[:nh].copy(), int(n_jtj))
-
-    def _soa_args(self):
-        """The :class:`~lmfit3d.frame_lm.SoaState` of the kernels (identity state already set)."""
-        if self._soa_key is not self.t_beta_t:       # the frame columns are written in place
-            s = self.soa
-            self._soa_tuple = SoaState(self.t_beta_t, self.col_of, s.ptr, s.shape_idx, s.blocks, s.skin, self.mu_t,
-                                       self.isg_t, self.prev_t)
-            self._soa_key = self.t_beta_t
-        return self._soa_tuple
 
     def _frame_soa(self, sigma):
         """1/sigma, and the frame's mu, 1/sigma and prev in the kernel order of ``self.soa``."""
@@ -330,19 +287,14 @@ class FrameProblem:
                           self.expr_inv, self.joint_inv, self.zero_e, self.zero_j, self.pairs, float(self.pair_sqrtw),
                           lay.expression.start, lay.joints.start, lay.joints.stop)
 
-    def _intersection_args(self):
+    def _intersection_state(self):
         """The :class:`~lmfit3d.frame_lm.IntersectionState` of the kernels (a dummy one: term off)."""
         it = self.inter
         if it is None or self.cfg.w_intersection <= 0:
             return _NO_INTER
-        if self._inter_args is not None and self._inter_args[0] is it:
-            return self._inter_args[1]
-        if self._far_out is None or self._far_out.shape != it.far_base.shape:
-            self._far_out = np.empty_like(it.far_base)
-        self._inter_args = (it, IntersectionState(True, it.geometry(), residual_scale(self.cfg.w_intersection),
-                                                  it.skip_base, it.skip_proj, it.skip_block, it.far_base,
-                                                  it.far_proj, it.far_ptr, it.far_chunks, self._far_out))
-        return self._inter_args[1]
+        return IntersectionState(True, it.geometry(), residual_scale(self.cfg.w_intersection), it.skip_base,
+                                 it.skip_proj, it.skip_block, it.far_base, it.far_proj, it.far_ptr, it.far_chunks,
+                                 np.empty_like(it.far_base))
 
     def landmark_positions(self, x):
         """Camera-space landmark vertex positions (L, 3) mm and projections (L, 2) at x."""
@@ -350,9 +302,6 @@ class FrameProblem:
         if self._positions_at is None or not (x is self._positions_at or _same(x, self._positions_at)):
             self._vertex_term(x, _EMPTY2, _EMPTY1, False)       # else: the solver's last evaluation
         return self.xyz.copy(), self.uv.copy()
-
-
-_NO_IDENT = np.zeros((1, 3, 0))
 
 
 _I1, _F1 = np.zeros(1, np.int64), np.zeros(1)
@@ -401,9 +350,10 @@ class KeyframeProblem:
         ns, nf = self.shared.size, self.frame.size
         for i, p in enumerate(probs):
             p.base = self.xs[i]
-            p.col_map = np.full(p.n_full, -1, np.int64)
-            p.col_map[self.shared] = np.arange(ns)
-            p.col_map[self.frame] = ns + i * nf + np.arange(nf)
+            col_map = np.full(p.n_full, -1, np.int64)
+            col_map[self.shared] = np.arange(ns)
+            col_map[self.frame] = ns + i * nf + np.arange(nf)
+            p.set_col_map(col_map)
         self.n = ns + nf * len(probs)
 
     def frame_x(self, z, i):
@@ -414,6 +364,7 @@ class KeyframeProblem:
         return x
 
     def accumulate(self, z, jtj, jtr, want_jac):
+        """``FrameProblem.accumulate`` over the keyframes (J^T J and J^T r together when ``want_jac``)."""
         cost = 0.0
         for i, p in enumerate(self.probs):
             cost += p.accumulate_full(self.frame_x(z, i), jtj, jtr, want_jac)

@@ -411,8 +411,8 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
     accumulate : callable(z, jtj, jtr, want_jac) -> float
         Returns the cost at z; when ``want_jac`` adds the symmetric J^T J and J^T r into the
         zeroed (n, n) and (n,) arrays (otherwise the arrays may be empty and are not touched);
-        with ``reuse_rho`` finite it is also called with want_jac True and an empty (0, 0) jtj,
-        and must then add J^T r alone.
+        with ``reuse_rho`` finite it is also called as ``accumulate(z, jtj, jtr, True, grad_only=True)``
+        and must then add J^T r alone into the zeroed jtr and leave jtj (the J^T J kept) untouched.
     z0 : (n,) float64, start (projected onto the bounds).
     lower, upper : (n,) float64, optional box bounds (-inf / inf where free).
     max_iter : int, most iterations (each computes one step; rejected steps count).
@@ -436,8 +436,10 @@ def levenberg_marquardt(accumulate, z0, lower=None, upper=None, *, max_iter=20, 
     while req != LM_DONE:
         if req == LM_EVAL_COST:
             cost = accumulate(st.z_new, _EMPTY2, _EMPTY1, False)
-        else:
-            cost = accumulate(st.z, st.jtj if req == LM_EVAL_FULL else _EMPTY2, st.jtr, True)
+        elif req == LM_EVAL_FULL:
+            cost = accumulate(st.z, st.jtj, st.jtr, True)
+        else:                       # LM_EVAL_GRAD: J^T r alone, J^T J kept
+            cost = accumulate(st.z, st.jtj, st.jtr, True, grad_only=True)
         req = lm_advance(st, cost)
     return lm_result(st)
 

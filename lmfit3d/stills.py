@@ -139,9 +139,11 @@ def fit_image(path, out_dir, options=None, model=None, predictor=None, keep=()):
         img, pred = image_landmarks(path, mp)
         preds = [pred]
     size = (img.shape[1], img.shape[0])
-    focal, results = opt.focal_px, []
+    focal, results, context = opt.focal_px, [], None
     for k, pred in enumerate(preds):
-        fit = Tracker(model, mp.vertex_ids, size, focal, opt.config()).step(pred.mu, pred.sigma)
+        tracker = Tracker(model, mp.vertex_ids, size, focal, opt.config(), context=context)
+        context = tracker.context                   # one context for every face of the photo
+        fit = tracker.step(pred.mu, pred.sigma)
         if fit is None or fit.status < 0:
             if k == 0:
                 raise ValueError(f"{path}: the fit failed")

@@ -4,9 +4,10 @@ Every term follows one contract: given the full per-frame parameter vector (layo
 ``lmfit3d.sparsity``) and ``col_map`` (full index -> free index, -1 when fixed), it returns its
 cost 0.5 * sum(r^2) and, when asked, adds J^T J and J^T r of its residuals r into the free-parameter
 system.  J is never formed: per-landmark rows are accumulated through the static sparsity table.
-Asked with an empty (0, 0) jtj, :func:`diagonal_prior`, :func:`intersection_term` and the tracking
-evaluation (``frame_lm.landmark_terms``, via :func:`landmark_gradient_soa`) add J^T r alone (the
-gradient evaluations of the solver's J^T J re-use); :func:`vertex_term` needs a full jtj.
+With ``want_jtj`` False (and ``want_jac`` True), :func:`diagonal_prior`, :func:`pair_prior`,
+:func:`intersection_term` and the tracking evaluation (``frame_lm.landmark_terms``, via
+``tracking_points.landmark_gradient_soa``) add J^T r alone and leave jtj untouched (the gradient
+evaluations of the solver's J^T J re-use); :func:`vertex_term` always adds both.
 
 Residuals (cost = 0.5 |r|^2):
 
@@ -26,17 +27,16 @@ from .skinning import skin_point, skin_vertex
 
 
 @njit(cache=True, inline="always")
-def _accumulate(jrow, nrows, cols, n, r, col_map, jtj, jtr):
-    """jtj[ca, cb] += sum_rows jrow[row, a] jrow[row, b]; jtr[ca] += sum_rows jrow[row, a] r[row].
-    An empty jtj (0, 0): J^T r only."""
-    hess = jtj.shape[0] > 0
+def _accumulate(jrow, nrows, cols, n, r, col_map, want_jtj, jtj, jtr):
+    """jtj[ca, cb] += sum_rows jrow[row, a] jrow[row, b] (when ``want_jtj``); jtr[ca] += sum_rows
+    jrow[row, a] r[row]."""
     for a in range(n):
         ca = col_map[cols[a]]
         s = 0.0
         for q in range(nrows):
             s += jrow[q, a] * r[q]
         jtr[ca] += s
-        if not hess:
+        if not want_jtj:
             continue
         for b in range(a, n):
             cb = col_map[cols[b]]
@@ -347,7 +347,8 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
     t_beta : (L, 3) template at the current identity, T_mean + S beta (mm).
     expr_idx, expr_blocks : (L, D), (L, D, 3) sparsity table expression entries.
     weights : (L, J) skin weights; anc : (J, J) ancestry (``skinning.ancestry``).
-    sb : (L, 3, K) identity blocks; sj : (J, 3, K) joint identity basis.
+    sb : (L, 3, K) identity blocks; sj : (J, 3, K) joint identity basis (the identity columns enter when
+        ``col_map`` frees them).
     r0 ... cm : pose chain of ``skinning.pose_chain`` at x.
     mu : (L, 2) landmark means (pixels), NaN for missing; inv_sigma : (L,) 1/sigma.
     loss_c : float, the landmark loss (``energy.landmark_loss``): 0 squared, c > 0 Cauchy.
@@ -400,8 +401,9 @@ def vertex_term(x, focal, cx, cy, t_beta, expr_idx, expr_blocks, weights, anc, s
 
 
 @njit(cache=True)
-def diagonal_prior(x, start, mean, inv_std, col_map, want_jac, jtj, jtr):
-    """Gaussian prior on x[start:start+n]: residual (x - mean) * inv_std, one per parameter."""
+def diagonal_prior(x, start, mean, inv_std, col_map, want_jac, want_jtj, jtj, jtr):
+    """Gaussian prior on x[start:start+n]: residual (x - mean) * inv_std, one per parameter; with
+    ``want_jac`` adds J^T r and, when ``want_jtj``, the diagonal of J^T J."""
     cost = 0.0
     for i in range(mean.shape[0]):
         c = start + i
@@ -409,17 +411,17 @@ def diagonal_prior(x, start, mean, inv_std, col_map, want_jac, jtj, jtr):
         cost += 0.5 * r * r
         if want_jac and col_map[c] >= 0:
             f = col_map[c]
-            if jtj.shape[0] > 0:
+            if want_jtj:
                 jtj[f, f] += inv_std[i] * inv_std[i]
             jtr[f] += inv_std[i] * r
     return cost
 
 
 @njit(cache=True)
-def pair_prior(x, e0, pairs, sqrtw, col_map, want_jac, jtj, jtr):
+def pair_prior(x, e0, pairs, sqrtw, col_map, want_jac, want_jtj, jtj, jtr):
     """Antagonist pairs of the expression prior: residual sqrtw (psi_a + psi_b) per pair (P, 2) of
-    expression indices (``energy.expression_prior_scales``); J^T J upper triangle (J^T r alone with
-    an empty jtj)."""
+    expression indices (``energy.expression_prior_scales``); J^T r, and the J^T J upper triangle when
+    ``want_jtj``."""
     cost = 0.0
     s2 = sqrtw * sqrtw
     for k in range(pairs.shape[0]):
@@ -435,7 +437,7 @@ def pair_prior(x, e0, pairs, sqrtw, col_map, want_jac, jtj, jtr):
             jtr[fa] += sqrtw * r
         if fb >= 0:
             jtr[fb] += sqrtw * r
-        if jtj.shape[0] > 0:
+        if want_jtj:
             if fa >= 0:
                 jtj[fa, fa] += s2
             if fb >= 0:

@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from .faces import FaceFollower, LandmarkStore, _memmap, assign_faces, face_identity, fit_identities, reid_score
+from .context import FitContext
 from .fit import FitConfig, Tracker
 from .report import ContactFrames
 from .media import VideoReader, _check_out_dir, _progress
 from .meshio import write_obj, write_ply
 from .model import load_model
-from .outputs import OVERLAY_STYLES, FrameRows, _OverlayRenderer, _Outputs
+from .outputs import OVERLAY_STYLES, FrameRows, RunSummary, _OverlayRenderer, _Outputs
 from .exports import write_extras
 from .paths import work_dir
 from .predict import MediaPipeLandmarks, NetworkLandmarks
@@ -49,7 +50,7 @@ TRACK_EXPRESSION_WEIGHT = 3.0
 # MAE over 53 shapes 0.082 at 0, 0.077 at 1.5, eyeBlink_L/R 0.212/0.103 -> 0.195/0.093; the shared clips'
 # range ratios and steadiness change by <= 0.02)
 TRACK_ANTAGONIST_WEIGHT = 1.5
-BACKENDS = ("mediapipe", "network")
+BACKENDS = ("mediapipe", "mediapipe-attention", "network")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class TrackOptions:
             raise ValueError("--sigma-jitter applies to the mediapipe backend (the network predicts its sigma)")
         if self.iris_policy not in ("alternate", "both"):
             raise ValueError(f"iris_policy must be alternate or both, got {self.iris_policy!r}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
         if self.identity_stride < 1:
             raise ValueError(f"identity_stride must be >= 1, got {self.identity_stride}")
         if self.max_faces is not None and self.max_faces < 1:
@@ -128,12 +131,9 @@ class TrackOptions:
 
 
 @dataclass
-class TrackSummary:
-    """What :func:`track_video` did: frame counts and timings (seconds)."""
+class TrackSummary(RunSummary):
+    """What :func:`track_video` did: frame counts (``outputs.RunSummary``) and timings (seconds)."""
     path: str
-    frames: int = 0
-    success: int = 0
-    outputs: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     truncated: bool = False
@@ -142,12 +142,8 @@ class TrackSummary:
     face_frames: list = field(default_factory=list)
     any_face: int = 0
 
-    @property
-    def success_rate(self):
-        return self.success / self.frames if self.frames else 0.0
 
-
-def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()):
+def track_video(path, out_dir, options=None, model=None, predictor=None, keep=(), *, context=None):
     """Track one video; writes NAME.csv, NAME_arkit.csv, NAME.npz (+ meshes, overlay).
 
     Parameters
@@ -158,6 +154,9 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
     model : FaceModel (default: the cached model).
     predictor : MediaPipeLandmarks (default: built from ``options``).
     keep : paths never removed as stale members of an earlier run's output set (the inputs).
+    context : :class:`~lmfit3d.context.FitContext` of the model, the predictor's landmarks and the
+        options' sparsity threshold, to re-use (another video's); None builds one.  Both passes and
+        every face of the video use the one context.
 
     Every face is tracked (at most ``options.max_faces``; :mod:`lmfit3d.faces`): face 0, the main
     face, writes NAME.csv, NAME_arkit.csv, NAME.npz (and NAME_meshes/), every other face K the same
@@ -185,6 +184,8 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
     summary = TrackSummary(str(getattr(reader, "path", name)))
     tm = {"decode": 0.0, "detect": 0.0, "landmarks": 0.0, "fit": 0.0, "write": 0.0}
     mp.timings = {"detect": 0.0, "landmarks": 0.0}
+    if context is None:
+        context = FitContext(model, mp.vertex_ids, opt.config().sparsity_threshold_mm)
     stores = []
     work = None
     try:
@@ -193,17 +194,19 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
             if opt.face_limit(True) == 1:
                 store = LandmarkStore(work / "landmarks.npy", reader.n_frames_hint or 1024, mp.vertex_ids.size)
                 stores.append(store)
-                n, image_size, tracker = _first_pass(reader, store, mp, model, opt, tm, sheet)
+                n, image_size, tracker = _first_pass(reader, store, mp, model, opt, tm, sheet, context=context)
                 faces = [(store.arr, tracker.identity.copy(), tracker.focal, ())]
             else:
-                n, image_size, faces = _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores)
+                n, image_size, faces = _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores,
+                                                         context=context)
             _check_decoded(reader, n, opt, summary)
             # ---- pass 2: track with identity and focal held; stream outputs
             summary.frames = n
             summary.faces = len(faces)
             outs = _Outputs(out_dir, name, model, reader.fps, opt, work, keep=keep, n_faces=len(faces))
             try:
-                npzs = _second_pass(faces, n, model, mp.vertex_ids, image_size, opt, outs, summary, tm, reader)
+                npzs = _second_pass(faces, n, model, mp.vertex_ids, image_size, opt, outs, summary, tm, reader,
+                                    context=context)
                 write_extras(outs, model, opt, npzs[0], sheet, tm)
                 outs.commit(npzs)
             except BaseException:
@@ -248,7 +251,7 @@ def _frames(reader, opt, tm, label):
         raise ValueError(f"{getattr(reader, 'path', reader.name)}: video has no frames")
 
 
-def _first_pass(reader, store, mp, model, opt, tm, sheet=None):
+def _first_pass(reader, store, mp, model, opt, tm, sheet=None, *, context):
     """Pass 1: landmarks of every decoded frame into ``store`` (disk-backed, flat memory), the
     real-time tracker fitting identity and focal length on keyframes along the way (and the report's
     contact-sheet frames offered to ``sheet``).  Returns the frame count, the image size and the tracker."""
@@ -262,7 +265,7 @@ def _first_pass(reader, store, mp, model, opt, tm, sheet=None):
     for n, frame in _frames(reader, opt, tm, "landmarks"):
         if image_size is None:
             image_size = (frame.shape[1], frame.shape[0])
-            tracker = Tracker(model, vids, image_size, opt.focal_px, cfg)
+            tracker = Tracker(model, vids, image_size, opt.focal_px, cfg, context=context)
         pred = mp.track(frame)
         rec = np.full((L, 6), np.nan, np.float32)
         if pred is not None:
@@ -303,7 +306,7 @@ def _check_decoded(reader, n, opt, summary):
                                 f"looks truncated or damaged" + (f" ({problem})" if problem else ""))
 
 
-def _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores):
+def _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores, *, context):
     """Pass 1 for every face (:class:`lmfit3d.faces.FaceFollower`): landmarks of each face track into
     its slot's store (appended to ``stores``), an identity tracker per track; then the tracks linked
     into faces (:func:`lmfit3d.faces.assign_faces`).  Returns the frame count, the image size and per
@@ -321,13 +324,12 @@ def _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores):
         stores.append(st)
         return st
 
-    follower = FaceFollower(mp, new_tracker, new_store, opt.face_limit(True), opt.identity_stride, opt.cut_threshold,
-                            cfg.max_keyframes, tm)
+    follower = FaceFollower(mp, new_tracker, new_store, opt, tm)
     n, image_size = 0, None
     for n, frame in _frames(reader, opt, tm, "landmarks"):
         if image_size is None:
             image_size = (frame.shape[1], frame.shape[0])
-            proto.append(Tracker(model, vids, image_size, opt.focal_px, cfg))
+            proto.append(Tracker(model, vids, image_size, opt.focal_px, cfg, context=context))
         found = follower.step(frame, n)
         if sheet is not None:
             sheet.offer(n, frame, found[0][1].mu if found else None)
@@ -373,11 +375,11 @@ class _FaceFit:
     """Pass 2 of one face: its shots, smoothed tracks, tracker (identity and focal held), rows and
     result arrays."""
 
-    def __init__(self, arr, n, model, vids, image_size, focal, identity, opt, fps, tm, breaks=()):
+    def __init__(self, arr, n, model, vids, image_size, focal, identity, opt, fps, tm, breaks=(), *, context):
         cfg = opt.config()
         self.arr, self.n, self.opt = arr, n, opt
         self.identity, self.focal = identity, focal
-        self.tracker = Tracker(model, vids, image_size, focal, cfg, identity)
+        self.tracker = Tracker(model, vids, image_size, focal, cfg, identity, context=context)
         self.rows = FrameRows(model, identity, focal, image_size, fps, derive_gaze=not cfg.fit_gaze_shapes)
         ne, nj = model.n_expression, model.n_joints
         self.res = dict(expression=np.full((n, ne), np.nan), rotations=np.full((n, nj, 3), np.nan),
@@ -500,13 +502,14 @@ def _fit_frames(fits, n, model, opt, outs, summary, tm, reader):
         pbar.close()
 
 
-def _second_pass(faces, n, model, vids, image_size, opt, outs, summary, tm, reader):
+def _second_pass(faces, n, model, vids, image_size, opt, outs, summary, tm, reader, *, context):
     """Pass 2 of every face (``faces``: (landmark array, identity, focal, track starts) each, face 0
     first); returns the NPZ dict of each face."""
     fits = []
     try:
         for arr, identity, focal, breaks in faces:
-            fits.append(_FaceFit(arr, n, model, vids, image_size, focal, identity, opt, reader.fps, tm, breaks))
+            fits.append(_FaceFit(arr, n, model, vids, image_size, focal, identity, opt, reader.fps, tm, breaks,
+                                 context=context))
         _fit_frames(fits, n, model, opt, outs, summary, tm, reader)
         return [ff.npz(model, vids, image_size, reader.fps, summary, k, len(fits)) for k, ff in enumerate(fits)]
     finally:
@@ -516,11 +519,13 @@ def _second_pass(faces, n, model, vids, image_size, opt, outs, summary, tm, read
 
 def make_predictor(opt):
     """The landmark backend named by ``opt.backend``: "mediapipe" (MediaPipe's detector, face mesh and
-    iris networks with the learnt sigma table) or "network" (lmfit3d's own probabilistic dense320
-    network, ``data/lmfit3d_dense320``; no iris network, no sigma jitter)."""
+    iris networks with the learnt sigma table), "mediapipe-attention" (the same detector; MediaPipe's
+    attention mesh in place of the face mesh and iris networks, its own table ``data/mediapipe_attention``) or "network" (lmfit3d's
+    own probabilistic dense320 network, ``data/lmfit3d_dense320``; no iris network, no sigma jitter)."""
     if opt.backend == "network":
         return NetworkLandmarks(roi_strategy=opt.roi_strategy, fixed_sigma=opt.fixed_sigma)
     return MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter, iris=opt.iris,
-                              fixed_sigma=opt.fixed_sigma, iris_policy=opt.iris_policy)
+                              fixed_sigma=opt.fixed_sigma, iris_policy=opt.iris_policy,
+                              attention=opt.backend == "mediapipe-attention")
 
 

@@ -521,7 +521,7 @@ def vertex_term_tracking(focal, xyz_t, jpose, jexpr, qe, pj, ptr, col_of, expr_b
     """:func:`vertex_term` with its Jacobian, when identity and focal length are held (tracking).
 
     Same cost, positions and J^T J and J^T r as ``vertex_term(..., want_jac=True)`` up to rounding
-    (1e-13 relative on the cost), with an empty identity basis and the focal column fixed; the plan
+    (1e-13 relative on the cost), with the identity and the focal column held; the plan
     arrays come from :func:`tracking_plan` for the same ``col_map``.  Faster because
 
     * positions, the pose Jacobian, the expression columns and the projections of all landmarks

@@ -5,8 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from lmfit3d.capture import (CaptureConfig, CaptureProblem, _block_transform, _fold_joints, _interp_frames,
-                             _relative_pose, fit_capture, parse_calibration, read_calibration, validate_multiview)
+from lmfit3d.capture import (CaptureConfig, CaptureProblem, _block_transform, fit_capture, parse_calibration,
+                             read_calibration, validate_multiview)
+from lmfit3d.capture_init import _fold_joints, _interp_frames, _relative_pose
 from lmfit3d.fit import FitConfig
 from lmfit3d.rotation import matrix_to_axis_angle, rodrigues
 from lmfit3d.stills import fit_stills
@@ -219,7 +220,8 @@ def test_sparse_skinning_equals_skin_mesh(model, rng):
 
 def test_fold_joints_undoes_a_double_flip(model, rng):
     """Root turned by ~pi and the neck turning the face back: the folded pose has no neck/head
-    rotation and puts the head-only landmarks at the same place; ordinary poses are unchanged."""
+    rotation and puts the head-only landmarks at the same place; so does a small split; a pose
+    without neck/head rotation (or within a given limit) is returned as is."""
     from lmfit3d.model import Params
     from lmfit3d.skinning import evaluate_points
     head = model.joint_names.index("head")
@@ -235,9 +237,19 @@ def test_fold_joints_undoes_a_double_flip(model, rng):
     assert np.abs(r2[1:3]).max() == 0.0 and np.linalg.norm(r2[0]) < 0.5
     x2, _ = evaluate_points(model, Params(beta, psi, r2, t2), ids)
     np.testing.assert_allclose(x2, x, atol=1e-6)
+    # a small split of the turn between root and neck is moved into the root too (the default
+    # limit 0: face-only landmarks do not see it, issue 17), the head's landmarks stay in place
     small = rot * 0.1
     r3, t3 = _fold_joints(model, ids, beta, psi, small, tr)
-    assert r3 is small and t3 is tr
+    assert np.abs(r3[1:3]).max() == 0.0
+    x3, _ = evaluate_points(model, Params(beta, psi, small, tr), ids)
+    np.testing.assert_allclose(evaluate_points(model, Params(beta, psi, r3, t3), ids)[0], x3, atol=1e-6)
+    r4, t4 = _fold_joints(model, ids, beta, psi, small, tr, limit=1.0)     # within a given limit: kept
+    assert r4 is small and t4 is tr
+    root_only = np.zeros_like(rot)
+    root_only[0] = rot[0]
+    r5, t5 = _fold_joints(model, ids, beta, psi, root_only, tr)
+    assert r5 is root_only and t5 is tr
 
 
 def test_interp_frames_and_strided_init(model, views):
@@ -276,7 +288,8 @@ def test_block_and_diagonal_preconditioners_reach_the_same_minimum(model):
     cal = parse_calibration(mv.calibration_json(), 2)
     out = {}
     for pre in ("block", "block_identity", "diagonal"):
-        cfg = CaptureConfig(max_iter=3000, init_frames=2, preconditioner=pre, ftol=1e-12, gtol=1e-8)
+        cfg = CaptureConfig(max_iter=3000, init_frames=2, preconditioner=pre, ftol=1e-12, gtol=1e-8,
+                            stop_decrease=0.0)
         out[pre] = fit_capture(mv.mu, mv.sigma, vertex_ids=IDS, calibration=cal, model=model, config=cfg)
     assert out["block"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
     assert out["block_identity"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
@@ -295,6 +308,49 @@ def test_relative_pose_is_exact_for_consistent_poses(rng):
     r, t = _relative_pose(rot_j, t_j, rot_r, t_r)
     np.testing.assert_allclose(r, r_rel, atol=1e-9)
     np.testing.assert_allclose(t, t_rel, atol=1e-6)
+
+
+def test_decrease_stop_rule():
+    """The stopping rule fires once the average decrease over the window falls below its bound, not
+    before the window is full; a bound of 0 never fires."""
+    from types import SimpleNamespace
+
+    from lmfit3d.capture import DecreaseStop
+    stop = DecreaseStop(1.0, 3)
+    costs = [100.0, 90.0, 85.0, 83.0, 81.5, 80.5, 79.9]      # decreases 10, 5, 2, 1.5, 1, 0.6
+    fired = None
+    for k, c in enumerate(costs):
+        try:
+            stop(SimpleNamespace(fun=c))
+        except StopIteration:
+            fired = k
+            break
+    # average over 3: (85-80.5)/3 = 1.5 at k=5, (83-79.9)/3 = 1.03 at k=6: never below 1 here
+    assert fired is None and not stop.met
+    with pytest.raises(StopIteration):
+        stop(SimpleNamespace(fun=79.6))                              # (81.5 - 79.6) / 3 = 0.63 < 1
+    assert stop.met and stop.rate == pytest.approx(1.9 / 3)
+    off = DecreaseStop(0.0, 3)
+    for c in costs + costs:
+        off(SimpleNamespace(fun=c))
+    assert not off.met
+    with pytest.raises(ValueError, match="stop_window"):
+        CaptureConfig(stop_window=0)
+    with pytest.raises(ValueError, match="stop_decrease"):
+        CaptureConfig(stop_decrease=-1.0)
+
+
+def test_capture_stops_by_its_rule(model, views):
+    """A loose ``stop_decrease`` ends the solve before its cap with status 1 and says why; with the
+    rule off and the same cap, L-BFGS runs on (ftol 0: only the cap ends it) to a lower cost."""
+    cal = parse_calibration(views.calibration_json(), 3)
+    on = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
+                     config=replace(FAST, stop_decrease=1e-3))
+    assert on.converged and on.iterations < FAST.max_iter and (on.status == 1).all()
+    assert on.message.startswith("CONVERGENCE: cost fell by")
+    off = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
+                      config=replace(FAST, stop_decrease=0.0, ftol=0.0, gtol=0.0))
+    assert off.iterations > on.iterations and off.total_cost < on.total_cost
 
 
 def _errors(model, res, views):

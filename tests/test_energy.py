@@ -12,10 +12,11 @@ from lmfit3d.energy import (LOSSES, CaptureLayout, FrameLayout, antagonist_pairs
                             loss_reference)
 from lmfit3d.fit import FitConfig, fit_landmarks
 from lmfit3d.intersection import IntersectionTerm
+from lmfit3d.context import FitContext
 from lmfit3d.problem import FrameProblem, masks
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.rotation import matrix_to_axis_angle
-from lmfit3d.sparsity import build_sparsity, layout
+from lmfit3d.sparsity import layout
 from lmfit3d.synthetic import make_frame, make_multiview, random_params
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]   # face, head, both eyeballs
@@ -65,13 +66,13 @@ def _frame_problem(model, rng, cfg, strong=True):
     ids = load_landmark_set("dense320")
     p = random_params(model, rng, n_active=8)
     fr = make_frame(model, p, ids, rng, noise_px=2.0, outlier_fraction=0.1, outlier_sigma_px=25.0)
-    table = build_sparsity(model, ids, 0.01)
+    ctx = FitContext(model, ids, 0.01)
     inter = IntersectionTerm(model, p.identity, 0.01)
     prev = fr.vertices[ids] + rng.normal(scale=0.5, size=(ids.size, 3))
     prev[::17] = np.nan                                      # some landmarks without a previous position
     mu = fr.mu.copy()
     mu[::23] = np.nan                                        # and some missing
-    prob = FrameProblem(model, table, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+    prob = FrameProblem(ctx, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
     lay = FrameLayout.of(model)
     x = lay.pack(fr.params, fr.camera.focal)
     x[lay.pose] += rng.normal(scale=0.02, size=lay.pose_dim)
@@ -111,7 +112,7 @@ def test_frame_problem_equals_reference(model, rng, loss, path):
     prob, x, prev, inter = _frame_problem(model, rng, cfg)
     blocks = ("pose", "joints", "expression") + (("identity",) if path == "general" else ())
     prob.set_free(masks(model, *blocks), x)
-    assert (prob._tracking_plan() is None) == (path == "general")
+    assert (prob.plan is None) == (path == "general")
     z = x[prob.free]
     n = z.size
     jtj, jtr = np.zeros((n, n)), np.zeros(n)

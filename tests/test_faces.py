@@ -245,7 +245,8 @@ def test_a_face_lost_and_found_again_in_the_same_frame_keeps_its_tracklet():
             self.arr[f] = rec
 
     mp = _ScriptedPredictor(drop={4, 7})
-    fol = FaceFollower(mp, lambda: SimpleNamespace(keyframes=[], step=lambda mu, sg: None), Store, max_faces=3)
+    fol = FaceFollower(mp, lambda: SimpleNamespace(keyframes=[], step=lambda mu, sg: None), Store,
+                       TrackOptions(progress=False, max_faces=3))
     frame = np.full((100, 100, 3), 120, np.uint8)
     for n in range(10):
         mp.n = n

@@ -6,9 +6,10 @@ from hypothesis import strategies as st
 
 from lmfit3d.fit import FitConfig, fit_landmarks, validate_landmarks
 from lmfit3d.intersection import IntersectionTerm
+from lmfit3d.context import FitContext
 from lmfit3d.problem import FrameProblem, masks, params_to_vector
 from lmfit3d.solvers import damping_update, levenberg_marquardt, termination_status
-from lmfit3d.sparsity import build_sparsity, layout
+from lmfit3d.sparsity import layout
 from lmfit3d.synthetic import make_frame, random_params, rigid_align_error
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]   # face, head, both eyeballs
@@ -25,10 +26,10 @@ def frame(model, rng):
 
 def _problem(model, frame, rng, threshold=0.0, temporal=True, intersection=True):
     cfg = FitConfig(sparsity_threshold_mm=threshold, jac_threshold=0.0, w_temporal=0.1)
-    table = build_sparsity(model, IDS, threshold)
+    ctx = FitContext(model, IDS, threshold)
     prev = frame.vertices[IDS] + rng.normal(size=(IDS.size, 3)) if temporal else None
     inter = IntersectionTerm(model, frame.params.identity, threshold) if intersection else None
-    prob = FrameProblem(model, table, frame.mu, frame.sigma, (512, 512), cfg, prev, inter)
+    prob = FrameProblem(ctx, frame.mu, frame.sigma, (512, 512), cfg, prev, inter)
     x = params_to_vector(model, frame.params, frame.camera.focal)
     x[0:3] += 0.05
     x[18:71] = np.clip(x[18:71] + 0.1, 0.0, 1.0)
@@ -146,13 +147,13 @@ def test_lm_solves_rosenbrock_with_bounds():
 
 
 def _rosenbrock_log(calls):
-    """Rosenbrock residuals; logs (mode, z) per call, mode 'cost', 'grad' (empty jtj) or 'full'."""
-    def acc(z, jtj, jtr, want):
-        calls.append(("cost" if not want else ("grad" if jtj.shape[0] == 0 else "full"), z.copy()))
+    """Rosenbrock residuals; logs (mode, z) per call, mode 'cost', 'grad' (grad_only) or 'full'."""
+    def acc(z, jtj, jtr, want, grad_only=False):
+        calls.append(("cost" if not want else ("grad" if grad_only else "full"), z.copy()))
         r = np.array([10 * (z[1] - z[0] ** 2), 1 - z[0]])
         if want:
             j = np.array([[-20 * z[0], 10.0], [-1.0, 0.0]])
-            if jtj.shape[0]:
+            if not grad_only:
                 jtj += j.T @ j
             jtr += j.T @ r
         return 0.5 * r @ r
@@ -272,8 +273,8 @@ def test_sequence_tracking_with_unknown_focal(model, rng):
 
 def test_intersection_term_penalises_eyelids_inside_eyeballs(model):
     inter = IntersectionTerm(model, np.zeros(model.n_identity), 0.01)
-    table = build_sparsity(model, IDS, 0.01)
-    prob = FrameProblem(model, table, np.full((IDS.size, 2), np.nan), np.ones(IDS.size), (512, 512),
+    ctx = FitContext(model, IDS, 0.01)
+    prob = FrameProblem(ctx, np.full((IDS.size, 2), np.nan), np.ones(IDS.size), (512, 512),
                         FitConfig(w_expression=0.0), None, inter)
     sl, n = layout(model)
     x = np.zeros(n)

@@ -6,6 +6,7 @@ import pytest
 from conftest import run_without_jit
 
 from lmfit3d.fit import FitConfig, Tracker
+from lmfit3d.context import FitContext
 from lmfit3d.problem import FrameProblem, masks, params_to_vector
 from lmfit3d.intersection import SKIP_BLOCK, IntersectionTerm, intersection_term
 from lmfit3d.landmarks import load_landmark_set
@@ -131,13 +132,13 @@ def test_skin_vertex_single_matches_skin_vertex(model, rng):
 def _tracking_case(model, rng, mask_blocks, eyes=True, tw=0.2, missing=0, no_prev=0, jac_threshold=0.0):
     ids = load_landmark_set("dense320")
     fr = make_frame(model, random_params(model, rng), ids, rng, noise_px=1.0)
-    table = build_sparsity(model, ids, 0.01)
+    ctx = FitContext(model, ids, 0.01)
     prev = fr.vertices[ids] + rng.normal(size=(ids.size, 3))
     prev[rng.choice(ids.size, no_prev, replace=False)] = np.nan
     mu = fr.mu.copy()
     mu[rng.choice(ids.size, missing, replace=False)] = np.nan
     cfg = FitConfig(w_temporal=tw, jac_threshold=jac_threshold)
-    prob = FrameProblem(model, table, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, None)
+    prob = FrameProblem(ctx, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, None)
     x = params_to_vector(model, fr.params, fr.camera.focal)
     x[0:3] += 0.03
     x[18:71] = np.clip(x[18:71] + rng.uniform(-0.1, 0.1, 53), 0.0, 1.0)
@@ -149,9 +150,7 @@ def _both_kernels(prob, x, n):
     """(cost, jtj, jtr, uv, xyz) of vertex_term and of vertex_term_tracking on the same state."""
     out = []
     for fast in (False, True):
-        prob._plans = {prob.col_map.tobytes(): tracking_plan(prob.table, prob.col_map, POSE_DIM) if fast else None}
-        prob._plan_cm = None                # else _tracking_plan returns the plan of its last lookup
-        assert (prob._tracking_plan() is not None) == fast
+        prob.plan = tracking_plan(prob.table, prob.col_map, POSE_DIM) if fast else None
         a, b = np.zeros((n, n)), np.zeros(n)
         c = prob._vertex_term(x, a, b, True)
         out.append((c, a, b, prob.uv.copy(), prob.xyz.copy()))
@@ -231,7 +230,7 @@ def test_intersection_skip_changes_nothing(model, rng):
             jtj, jtr = np.zeros((n_exp, n_exp)), np.zeros(n_exp)
             c = intersection_term(x, e0, inter.t_beta, it.expr_idx, it.expr_blocks, inter.sphere_c,
                                   inter.sphere_r, inter.sphere_of, inter.planes, inter.hull_of, 2.0, col_map,
-                                  True, jtj, jtr, *extra)
+                                  True, True, jtj, jtr, *extra)
             out.append((c, jtj, jtr))
         for o in out[1:]:
             assert out[0][0] == o[0]
@@ -290,25 +289,66 @@ def test_intersection_skip_test_matches_reference(model, rng):
     np.testing.assert_allclose(inter.skip_proj, proj, rtol=0, atol=1e-12)
 
 
-def test_static_data_is_shared_between_trackers(model, rng):
-    """Sparsity tables, tracking plans and intersection data are built once per process and key."""
-    from lmfit3d.problem import intersection_data
+def test_context_is_passed_along_and_never_shared(model, rng):
+    """A tracker builds a context (sparsity table, kernel-order table, plans, intersection terms) or takes
+    the one it is given; contexts of other models, landmark sets or thresholds share nothing."""
     ids = load_landmark_set("dense320")
-    a, b = Tracker(model, ids, (640, 480)), Tracker(model, ids, (800, 600))
-    assert a.table is b.table
-    assert Tracker(model, ids[:100], (640, 480)).table is not a.table
+    a = Tracker(model, ids, (640, 480))
+    b = Tracker(model, ids, (800, 600), context=a.context)
+    assert b.context is a.context and b.table is a.table
+    other = Tracker(model, ids, (640, 480))                        # no context given: a new one
+    assert other.context is not a.context and other.table is not a.table
+    assert other.context.soa is not a.context.soa
+    with pytest.raises(ValueError, match="context"):
+        Tracker(model, ids[:100], (640, 480), context=a.context)   # another landmark set
+    with pytest.raises(ValueError, match="context"):
+        Tracker(model, ids, (640, 480), None, FitConfig(sparsity_threshold_mm=0.02), context=a.context)
     beta = rng.normal(size=model.n_identity)
-    d = intersection_data(model, beta, 0.01)
-    assert intersection_data(model, beta.copy(), 0.01) is d
-    assert intersection_data(model, beta + 1e-6, 0.01) is not d
+    d = a.context.intersection(beta)
+    assert a.context.intersection(beta.copy()) is d                 # same identity bytes: built once
+    assert a.context.intersection(beta + 1e-6) is not d
+    assert other.context.intersection(beta) is not d                # never across contexts
+    col_map = np.full(d.table.n_expression + POSE_DIM + model.n_identity + 1, -1, np.int64)
+    col_map[:POSE_DIM] = np.arange(POSE_DIM)
+    plan = a.context.plan(col_map)
+    assert plan is not None and a.context.plan(col_map.copy()) is plan and other.context.plan(col_map) is not plan
+    free_identity = col_map.copy()
+    free_identity[-2] = POSE_DIM                                    # an identity column free: no plan, none kept
+    assert a.context.plan(free_identity) is None and len(a.context._plans) == 1
+
+
+def test_context_reused_across_passes(model, rng, monkeypatch):
+    """fit_landmarks' two passes (and their frame problems) use one context: its table and intersection
+    term are built once, and its plans are the ones the solves ran with."""
+    from lmfit3d import context as context_module
+    from lmfit3d import fit as fit_module
+    built = []
+    real = context_module.FitContext.__init__
+
+    def counting(self, *args, **kw):
+        built.append(self)
+        real(self, *args, **kw)
+    monkeypatch.setattr(context_module.FitContext, "__init__", counting)
+    seen = []
+    real_track = fit_module._track
+    monkeypatch.setattr(fit_module, "_track", lambda tr, *a: seen.append(tr) or real_track(tr, *a))
+    p = random_params(model, rng, n_active=6)
+    frames = [make_frame(model, p, IDS, rng, noise_px=1.0) for _ in range(3)]
+    mu = np.stack([f.mu for f in frames])
+    out = fit_module.fit_landmarks(mu, vertex_ids=IDS, image_size=(512, 512), model=model)
+    assert len(built) == 1 and len(seen) == 2                       # two passes, one context
+    ctx = built[0]
+    assert all(tr.context is ctx for tr in seen) and seen[0] is not seen[1]
+    assert seen[1].inter is ctx.intersection(out.identity)          # pass 2's term is the context's
+    assert seen[1]._frame_prob.plan is ctx.plan(seen[1]._frame_prob.col_map)
 
 
 def test_unordered_free_columns_match_ordered(model, rng):
     """Free columns in another order (as KeyframeProblem's shared-first layout) give the permuted system."""
     fr = make_frame(model, random_params(model, rng), IDS, rng, noise_px=1.0)
-    table = build_sparsity(model, IDS, 0.01)
+    ctx = FitContext(model, IDS, 0.01)
     prev = fr.vertices[IDS] + rng.normal(size=(IDS.size, 3))
-    prob = FrameProblem(model, table, fr.mu, fr.sigma, (512, 512), FitConfig(), prev, None)
+    prob = FrameProblem(ctx, fr.mu, fr.sigma, (512, 512), FitConfig(), prev, None)
     x = params_to_vector(model, fr.params, fr.camera.focal)
     x[0:3] += 0.05
     prob.set_free(masks(model, "pose", "joints", "expression", "identity", "focal"), x)

@@ -5,6 +5,7 @@ import pytest
 from conftest import run_without_jit
 
 from lmfit3d.fit import FitConfig, Tracker
+from lmfit3d.context import FitContext
 from lmfit3d.problem import FrameProblem, masks, params_to_vector
 from lmfit3d.intersection import IntersectionTerm, intersection_far, intersection_term
 from lmfit3d.landmarks import load_landmark_set
@@ -79,11 +80,11 @@ def test_tracking_lm_with_active_bounds_and_no_plan(model, rng):
     the identity free there is no tracking plan and both paths are the general solver."""
     ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
     fr = frames[0]
-    table = build_sparsity(model, ids, 0.01)
+    ctx = FitContext(model, ids, 0.01)
     cfg = FitConfig()
     inter = IntersectionTerm(model, p0.identity, 0.01)
     prev = fr.vertices[ids] + rng.normal(scale=0.3, size=(ids.size, 3))
-    prob = FrameProblem(model, table, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+    prob = FrameProblem(ctx, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
     x = params_to_vector(model, p0, fr.camera.focal)
     e = slice(POSE_DIM, POSE_DIM + model.n_expression)
     x[e] = np.where(rng.random(model.n_expression) < 0.5, 0.0, 1.0)
@@ -93,7 +94,7 @@ def test_tracking_lm_with_active_bounds_and_no_plan(model, rng):
     assert ((fast[0][e] == 0.0) | (fast[0][e] == 1.0)).any()
     mask_id = masks(model, "pose", "expression", "identity")
     prob.set_free(mask_id, x)
-    assert prob._tracking_plan() is None
+    assert prob.plan is None
     _same_fit(prob.solve(x, mask_id, 2), prob.solve(x, mask_id, 2, compiled=False))
 
 
@@ -103,11 +104,12 @@ def test_compiled_frame_cost_equals_terms(model, rng, tw):
     composition accumulate_full + symmetrisation: cost to rounding, J^T J and J^T r to 1e-10."""
     ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
     fr = frames[0]
-    table = build_sparsity(model, ids, 0.01)
+    ctx = FitContext(model, ids, 0.01)
+    table = ctx.table
     cfg = FitConfig(w_temporal=tw)
     inter = IntersectionTerm(model, p0.identity, 0.01)
     prev = fr.vertices[ids] + rng.normal(scale=0.5, size=(ids.size, 3))
-    prob = FrameProblem(model, table, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+    prob = FrameProblem(ctx, fr.mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
     x = params_to_vector(model, p0, fr.camera.focal)
     e = slice(POSE_DIM, POSE_DIM + model.n_expression)
     x[e] = rng.uniform(0.0, 1.0, model.n_expression)       # strong expressions: intersections fire
@@ -128,18 +130,19 @@ def test_compiled_frame_cost_equals_terms(model, rng, tw):
     e0 = POSE_DIM
     inter_cost = intersection_term(prob.full(z), e0, it.t_beta, it.table.expr_idx, it.table.expr_blocks,
                                    it.sphere_c, it.sphere_r, it.sphere_of, it.planes, it.hull_of,
-                                   np.sqrt(2.0 * cfg.w_intersection), prob.col_map, False, empty2, empty1)
+                                   np.sqrt(2.0 * cfg.w_intersection), prob.col_map, False, False, empty2, empty1)
     assert inter_cost > 0.0
 
 
 @pytest.mark.parametrize("tw", [0.05, 0.0])
 def test_gradient_alone_equals_full_evaluation(model, rng, tw):
-    """J^T r alone (an empty jtj: the solver's J^T J re-use) equals the J^T r of the full evaluation
+    """J^T r alone (``grad_only``: the solver's J^T J re-use; the jtj passed is left untouched) equals the J^T r of the full evaluation
     without Jacobian thresholding (to 1e-10), with the same cost and positions, with landmarks and
     previous positions missing and the intersection term firing."""
     ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
     fr = frames[0]
-    table = build_sparsity(model, ids, 0.01)
+    ctx = FitContext(model, ids, 0.01)
+    table = ctx.table
     inter = IntersectionTerm(model, p0.identity, 0.01)
     mu = fr.mu.copy()
     mu[rng.random(ids.size) < 0.1] = np.nan
@@ -149,39 +152,41 @@ def test_gradient_alone_equals_full_evaluation(model, rng, tw):
     x[POSE_DIM:POSE_DIM + model.n_expression] = rng.uniform(0.0, 1.0, model.n_expression)
     for jac_threshold, rtol in ((0.0, 1e-10), (1e-8, 1e-6)):
         cfg = FitConfig(w_temporal=tw, jac_threshold=jac_threshold)
-        prob = FrameProblem(model, table, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
+        prob = FrameProblem(ctx, mu, fr.sigma, (fr.camera.width, fr.camera.height), cfg, prev, inter)
         prob.set_free(masks(model, "pose", "joints", "expression"), x)
         z = x[prob.free]
         n = z.size
         a, b = np.zeros((n, n)), np.zeros(n)
         cost = prob.accumulate(z, a, b, True)
         uv = prob.uv.copy()
-        g = np.zeros(n)
-        assert prob.accumulate(z, np.zeros((0, 0)), g, True) == cost
+        g, kept = np.zeros(n), np.full((n, n), 7.0)
+        assert prob.accumulate(z, kept, g, True, grad_only=True) == cost
+        assert (kept == 7.0).all()
         np.testing.assert_array_equal(prob.uv, uv)
         np.testing.assert_allclose(g, b, rtol=rtol, atol=rtol * np.abs(b).max())
         assert np.abs(b).max() > 0
     it, empty2, empty1 = prob.inter, np.zeros((0, 0)), np.zeros(0)      # the intersection term fired
     assert intersection_term(prob.full(z), POSE_DIM, it.t_beta, it.table.expr_idx, it.table.expr_blocks,
                              it.sphere_c, it.sphere_r, it.sphere_of, it.planes, it.hull_of,
-                             np.sqrt(2.0 * cfg.w_intersection), prob.col_map, False, empty2, empty1) > 0.0
+                             np.sqrt(2.0 * cfg.w_intersection), prob.col_map, False, False, empty2, empty1) > 0.0
 
 
 def test_gradient_alone_needs_the_tracking_evaluation(model, rng):
-    """With the identity free (no tracking plan) an empty jtj is refused, not written past."""
+    """With the identity free (no tracking plan) J^T r alone is refused."""
     ids, p0, frames = _clip(model, rng, "dense320", n_frames=1)
     fr = frames[0]
-    prob = FrameProblem(model, build_sparsity(model, ids, 0.01), fr.mu, fr.sigma,
+    prob = FrameProblem(FitContext(model, ids, 0.01), fr.mu, fr.sigma,
                         (fr.camera.width, fr.camera.height), FitConfig(), None, None)
     x = params_to_vector(model, p0, fr.camera.focal)
     prob.set_free(masks(model, "pose", "expression", "identity"), x)
-    assert prob._tracking_plan() is None
+    assert prob.plan is None
     with pytest.raises(ValueError, match="tracking evaluation"):
-        prob.accumulate(x[prob.free], np.zeros((0, 0)), np.zeros(prob.free.size), True)
+        n = prob.free.size
+        prob.accumulate(x[prob.free], np.zeros((n, n)), np.zeros(n), True, grad_only=True)
 
 
 def test_gradient_alone_without_jit():
-    """The same under NUMBA_DISABLE_JIT (the kernels' Python source; an empty jtj is never indexed)."""
+    """The same under NUMBA_DISABLE_JIT (the kernels' Python source)."""
     out = run_without_jit(__file__, "gradient_alone_equals_full_evaluation")
     assert "2 passed" in out
 
@@ -250,7 +255,7 @@ def test_intersection_far_is_the_terms_own_skip_test(model, rng):
             jtj, jtr = np.zeros((ne, ne)), np.zeros(ne)
             assert intersection_term(x, e0, inter.t_beta, inter.table.expr_idx, inter.table.expr_blocks,
                                      inter.sphere_c, inter.sphere_r, inter.sphere_of, inter.planes, inter.hull_of,
-                                     1.0, col_map, True, jtj, jtr, inter.skip_base, inter.skip_proj) == 0.0
+                                     1.0, col_map, True, True, jtj, jtr, inter.skip_base, inter.skip_proj) == 0.0
             assert not jtj.any() and not jtr.any()
     assert seen == {True, False}
     x[e0] = -0.1

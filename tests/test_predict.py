@@ -199,7 +199,8 @@ def test_weighted_nms_merges_overlaps_and_keeps_separate_faces():
 # Converted models
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["face_detection_short_range", "face_landmark", "iris_landmark"])
+@pytest.mark.parametrize("name", ["face_detection_short_range", "face_detection_full_range", "face_landmark",
+                                  "iris_landmark"])
 def test_onnx_matches_original_tflite(name, rng):
     """The converted ONNX model gives the TFLite model's outputs (max abs diff <= 1e-3 px)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -242,6 +243,30 @@ def test_detector_finds_faces_and_rejects_non_faces(rng):
     x0, y0, x1, y1 = small[0].box                   # largest first: the annotated speaker
     assert x0 < gt[:, 0].mean() < x1 and y0 < gt[:, 1].mean() < y1
     assert det(np.full((300, 300, 3), 128, np.uint8)) == []
+    far = FaceDetector(kind="full")(_read("einstein.jpg"), levels=1)    # the speaker, in one pass
+    assert far and far[0].box[0] < gt[:, 0].mean() < far[0].box[2] and far[0].box[1] < gt[:, 1].mean() < far[0].box[3]
+    with pytest.raises(ValueError, match="kind"):
+        FaceDetector(kind="medium")
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_turned_photo_gives_the_turned_landmarks(turns):
+    """A photo turned by quarter turns (upside down: BlazeFace alone reads the mouth as the eyes and
+    the face mesh then fits an upright face over it) gives the upright photo's landmarks turned."""
+    img = _read("obama.jpg")
+    h, w = img.shape[:2]
+    mp = MediaPipeLandmarks()
+    up = mp.predict(img, mp.detect(img)[0]).mu
+    turned = np.ascontiguousarray(np.rot90(img, turns))
+    rois = mp.detect(turned)
+    assert rois, "no face found in the turned photo"
+    got = mp.predict(turned, rois[0]).mu
+    # np.rot90 turns counter-clockwise: image point (x, y) goes to (y, w-1-x), (w-1-x, h-1-y), (h-1-y, x)
+    x, y = up[:, 0], up[:, 1]
+    want = {1: (y, w - 1 - x), 2: (w - 1 - x, h - 1 - y), 3: (h - 1 - y, x)}[turns]
+    err = np.nanmedian(np.hypot(got[:, 0] - want[0], got[:, 1] - want[1]))
+    iod = np.linalg.norm(up[mp.manifest.points.tolist().index(33)] - up[mp.manifest.points.tolist().index(263)])
+    assert err < 0.05 * iod, f"{turns} quarter turns: median error {err:.1f} px (eye distance {iod:.0f} px)"
 
 
 def test_no_face_in_noise_or_flat_images(rng):

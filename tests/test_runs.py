@@ -339,3 +339,43 @@ def test_video_frames_are_counted_as_decoded():
     from lmfit3d.media import VideoReader
     reader = VideoReader(MEDIA / "short_hamilton_clip.mp4")
     assert sum(1 for _ in reader) == 275 and reader.decoded == 275 and reader.problem is None
+
+
+def test_photos_are_read_as_viewers_show_them(tmp_path):
+    """CMYK, palette, 16-bit grey, alpha and EXIF-rotated files read as the same upright RGB photo."""
+    from PIL import Image
+    from lmfit3d.media import read_image
+    src = shared_media_dir() / "obama.jpg"
+    ref = read_image(src).astype(np.int64)
+    im = Image.open(src)
+    im.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    im.convert("RGBA").save(tmp_path / "rgba.png")
+    im.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(tmp_path / "pal.png")
+    turned = im.rotate(90, expand=True)        # stored turned, with the EXIF tag that turns it back
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    turned.save(tmp_path / "exif6.png", exif=exif)
+    grey = np.asarray(im.convert("L")).astype(np.uint16) * 257
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    for name, tol in (("cmyk.jpg", 12), ("rgba.png", 0), ("pal.png", 12), ("exif6.png", 0)):
+        got = read_image(tmp_path / name)
+        assert got.shape == ref.shape and got.dtype == np.uint8, name
+        assert np.median(np.abs(got.astype(np.int64) - ref)) <= tol, name
+    g16 = read_image(tmp_path / "grey16.png")
+    assert np.abs(g16[..., 0].astype(np.int64) - grey // 257).max() <= 1     # scaled by 65535, not stretched
+
+
+def test_phone_video_rotation_tag_gives_upright_frames(tmp_path, caplog):
+    """A video stored landscape with a 90-degree display rotation (phones) is read upright, silently."""
+    import imageio_ffmpeg
+    from lmfit3d.media import VideoReader
+    src = shared_media_dir() / "W040_level_3_happy_029.mp4"
+    dst = tmp_path / "tagged.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90", "-i", str(src),
+                    "-frames:v", "3", "-c", "copy", str(dst)], check=True)
+    plain, tagged = VideoReader(src), VideoReader(dst)
+    assert tagged.size == plain.size[::-1]
+    a, b = next(iter(plain)), next(iter(tagged))
+    assert b.shape == (plain.size[0], plain.size[1], 3)
+    assert min(np.abs(b.astype(int) - np.rot90(a, k).astype(int)).mean() for k in (1, 3)) < 3
+    assert not [r for r in caplog.records if "frame size" in r.getMessage()]

@@ -1,8 +1,8 @@
-"""Convert MediaPipe's face detector, face mesh and iris models (TFLite, Apache-2.0) to ONNX.
+"""Convert MediaPipe's face detectors, face mesh, iris and attention mesh models (TFLite, Apache-2.0) to ONNX.
 
 The models ship inside the PyPI wheel ``mediapipe==0.10.21`` (see ../shared/notes/mediapipe-onnx.md).
 This set-up step fetches that wheel with ``pip download --no-deps`` (or takes ``--wheel PATH``),
-extracts the three ``.tflite`` files (kept beside the output, for the parity test) and converts them
+extracts the ``.tflite`` files (kept beside the output, for the parity test) and converts them
 with ``tflite2onnx`` (pure Python; installed by the ``tools`` extra, never a runtime dependency) into
 ``$LMFIT3D_HOME/mediapipe/``.  ``convert_version.txt`` there records the conversion version; an
 older or missing stamp makes the next run convert again.
@@ -10,6 +10,16 @@ older or missing stamp makes the next run convert again.
 ``tflite2onnx`` 0.4.1 fails on face_landmark.tflite: its PReLU alphas are fp16 constants of shape
 [1, 1, C] that pass through DEQUANTIZE, and the tool applies a 4-D NHWC->NCHW permutation to the
 3-D constant.  Padding short shapes with leading 1s before the permutation fixes it (patched below).
+The full-range detector's sparse weights, DEPTH_TO_SPACE and shared PAD constants are taught to
+tflite2onnx by ``tools/tflite_sparse.py``.
+
+The attention mesh (``face_landmark_with_attention``: 468 mesh points refined by lips, eye and
+iris heads on crops of its feature map) has three MediaPipe custom operators; they are emitted as
+placeholders and expanded into standard ONNX subgraphs (``tools/mediapipe_custom_ops.py``), and
+MediaPipe's landmark refinement becomes one more output, ``landmarks_refined`` (1, 478, 3).  Two
+more tflite2onnx fixes are patched below for it (a tensor feeding several Reshapes; a rank
+broadcast outside any NHWC layout).  ``tools/attention_reference.py`` checks the result against
+MediaPipe's own graph (max abs diff 2e-4 px).
 
 Graph rewrites for speed (onnxruntime, CPU), all exact up to float rounding (checked against the
 TFLite originals by tests/test_predict.py):
@@ -40,15 +50,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
+import tflite_sparse  # noqa: E402
 from lmfit3d.paths import atomic_write  # noqa: E402
 from lmfit3d.detect import mediapipe_dir  # noqa: E402
 
 WHEEL_SPEC = "mediapipe==0.10.21"
 MODELS = {
     "face_detection_short_range": "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+    "face_detection_full_range": "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
     "face_landmark": "mediapipe/modules/face_landmark/face_landmark.tflite",
     "iris_landmark": "mediapipe/modules/iris_landmark/iris_landmark.tflite",
+    "face_landmark_with_attention": "mediapipe/modules/face_landmark/face_landmark_with_attention.tflite",
 }
 
 
@@ -70,12 +84,39 @@ def _patch_tflite2onnx():
     transform._lmfit3d_patched = True
     tensor.Tensor.transform = transform
 
+    # A tensor read by several Reshapes that each need a Transpose in front (the attention mesh's
+    # 1404-vector feeds four) asks for the same helper tensor name each time: number the repeats.
+    orig_ref = tensor.TensorFactory.getWithRef
 
-CONVERT_VERSION = "4"     # bump when the conversion changes: cached ONNX files are then rebuilt
+    def get_with_ref(self, ref, name, forceUnique=False):
+        if forceUnique and name in self.registery:
+            k = 1
+            while f"{name}_{k}" in self.registery:
+                k += 1
+            name = f"{name}_{k}"
+        return orig_ref(self, ref, name, forceUnique)
+
+    tensor.TensorFactory.getWithRef = get_with_ref
+
+    # A rank-broadcasting Reshape (a constant [1] times a (1, 468, 3) tensor) outside any NHWC
+    # layout needs no permutation; the tool asked for a layout anyway.
+    from tflite2onnx.op.reshape import Reshape
+    orig_reshape = Reshape.transform
+
+    def reshape_transform(self):
+        if self.forFakeBroadcasting and self.outputs[0].layout is None:
+            return
+        return orig_reshape(self)
+
+    Reshape.transform = reshape_transform
+
+
+CONVERT_VERSION = "6"     # bump when the conversion changes: cached ONNX files are then rebuilt
 STAMP = "convert_version.txt"
 KEEP_OUTPUTS = {"iris_landmark": ("output_iris", "output_eyes_contours_and_brows")}
 DYNAMIC_BATCH = ("iris_landmark",)
-PAD_TO_CONV = ("face_landmark", "iris_landmark")    # the detector (Relu, no PRelu) is faster with its Pads
+# the detectors (Relu, no PRelu) are faster with their Pads
+PAD_TO_CONV = ("face_landmark", "iris_landmark", "face_landmark_with_attention")
 
 
 def rewrite_prelu(model):
@@ -222,7 +263,7 @@ def fetch_wheel(dest):
 
 
 def extract_tflite(wheel, dest):
-    """Extract the three .tflite models from the wheel into ``dest``; returns name -> path."""
+    """Extract the .tflite models of MODELS from the wheel into ``dest``; returns name -> path."""
     out = {}
     try:
         with zipfile.ZipFile(wheel) as z:
@@ -235,15 +276,45 @@ def extract_tflite(wheel, dest):
     return out
 
 
+# the attention mesh (MediaPipe custom operators, tools/mediapipe_custom_ops.py): the (1, 468, 3)
+# mesh tensor and the lips, left eye, right eye, left iris, right iris heads after their
+# TransformLandmarks, which MediaPipe's refinement merges into 478 points
+ATTENTION = "face_landmark_with_attention"
+ATTENTION_MESH = "reshape"
+ATTENTION_HEADS = ("transform_landmarks_v2", "transform_landmarks_v2_1", "transform_landmarks_v2_3",
+                   "transform_landmarks_v2_2", "transform_landmarks_v2_4")
+
+
+def convert_attention(tflite_path):
+    """The attention mesh as an ONNX model (before the speed rewrites): tflite2onnx with the
+    custom operators as placeholders, expanded into standard operators, plus the refined
+    478-point output (``landmarks_refined``, (1, 478, 3) crop pixels)."""
+    import tflite
+    from tflite2onnx.model import Model
+    import mediapipe_custom_ops as mco
+    mco.register()
+    m = Model(tflite.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0))
+    m.convert({})               # not tflite2onnx.convert: its checker rejects the placeholders
+    model = m.onnx
+    if mco.expand(model) != 11:
+        raise SystemExit(f"convert_mediapipe: {tflite_path}: expected 11 MediaPipe custom operators")
+    mco.add_refined_output(model, ATTENTION_MESH, list(ATTENTION_HEADS))
+    return model
+
+
 def convert(tflite_path, onnx_path, name):
     """tflite2onnx conversion and the speed rewrites, written atomically to ``onnx_path``."""
     import onnx
     import tflite2onnx
     _patch_tflite2onnx()
+    tflite_sparse.register()            # the full-range detector's sparse weights and DEPTH_TO_SPACE
     with tempfile.TemporaryDirectory() as tmp:
-        tmp_onnx = Path(tmp) / "model.onnx"
-        tflite2onnx.convert(str(tflite_path), str(tmp_onnx))
-        model = optimise(onnx.load(str(tmp_onnx)), name)
+        if name == ATTENTION:
+            model = optimise(convert_attention(tflite_path), name)
+        else:
+            tmp_onnx = Path(tmp) / "model.onnx"
+            tflite2onnx.convert(str(tflite_path), str(tmp_onnx))
+            model = optimise(onnx.load(str(tmp_onnx)), name)
         with atomic_write(onnx_path, "wb") as fh:
             fh.write(model.SerializeToString())
 

@@ -18,7 +18,7 @@ Method (deterministic, seeded):
    it is scaled by the crop size (and optionally combined with crop-jitter spread).
 
 Writes ``data/mediapipe/correspondence.txt`` (columns: point, vertex, sigma_crop_px) and prints a
-summary; ``--check`` compares with the committed file instead of writing.  ``--write-doc`` also writes
+summary (``--attention``: the same for MediaPipe's attention mesh, ``data/mediapipe_attention/``); ``--check`` compares with the committed file instead of writing.  ``--write-doc`` also writes
 the before/after error table into the ``correspondence`` section of docs/results.md
 (``bench/results_doc.py``).
 
@@ -133,7 +133,7 @@ def before_after_table(rows):
     return "\n".join(lines)
 
 
-def run(n_renders=N_RENDERS, seed=SEED, verbose=True, old_table=None):
+def run(n_renders=N_RENDERS, seed=SEED, verbose=True, old_table=None, attention=False):
     model = load_model()
     faces = visible_faces(model)
     mean_t = model.template()
@@ -146,7 +146,7 @@ def run(n_renders=N_RENDERS, seed=SEED, verbose=True, old_table=None):
                             offset=0.0, mu_output="conv2d_21", point_dim=3, presence_output="conv2d_31",
                             vertex_ids=np.zeros(470, np.int64), points=np.arange(470),
                             sigma_table=np.ones(470))
-    mp = MediaPipeLandmarks(raw_manifest, iris_policy="both")
+    mp = MediaPipeLandmarks(raw_manifest, iris_policy="both", attention=attention)
     rng = np.random.default_rng(seed)
     n_half = n_renders // 2
     pos3d = np.full((n_half, 468, 3), np.nan)
@@ -231,26 +231,33 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--renders", type=int, default=N_RENDERS)
     ap.add_argument("--check", action="store_true", help="compare with the committed table")
+    ap.add_argument("--attention", action="store_true",
+                    help="MediaPipe's attention mesh (data/mediapipe_attention/) instead of face mesh + iris")
     results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.check and args.write_doc:
         ap.error("--write-doc writes the table of a new correspondence: drop --check")
-    path = OUT_DIR / "correspondence.txt"
-    table, summary = run(args.renders, old_table=np.loadtxt(path) if path.exists() else None)
+    out_dir = ROOT / "data" / "mediapipe_attention" if args.attention else OUT_DIR
+    path = out_dir / "correspondence.txt"
+    old = path if path.exists() else OUT_DIR / "correspondence.txt"     # attention: before = the mesh's table
+    table, summary = run(args.renders, old_table=np.loadtxt(old) if old.exists() else None,
+                         attention=args.attention)
     rows = summary.pop("before_after", None)
     if args.check:
         old = np.loadtxt(path)
         same = (old[:, :2] == table[:, :2]).mean()
         print(f"{same * 100:.1f} % of rows identical to {path}")
         return 0 if same > 0.95 else 1
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    header = ("MediaPipe face mesh (0-467) and iris centres (468 subject's right, 469 left) -> ICT vertex; "
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = (("MediaPipe attention mesh" if args.attention else "MediaPipe face mesh")
+              + " (0-467) and iris centres (468 subject's right, 469 left) -> ICT vertex; "
               "sigma in pixels of the 192-px face crop.\nMade by tools/make_mediapipe_correspondence.py: "
               + json.dumps(summary) + "\npoint vertex sigma_crop_px")
     np.savetxt(path, table, fmt=["%d", "%d", "%.3f"], header=header)
     print(f"wrote {path}")
     if rows is not None:
-        results_doc.maybe_write(args, {"correspondence": before_after_table(rows)})
+        section = "correspondence" + (".attention" if args.attention else "")
+        results_doc.maybe_write(args, {section: before_after_table(rows)})
     return 0
 
 
