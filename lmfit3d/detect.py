@@ -126,7 +126,7 @@ class FaceDetector:
         kps = (r[:, 4:16].reshape(-1, 6, 2) + a[:, None, :]) @ m[:, :2].T + m[:, 2]
         return corners, kps, scores[keep]
 
-    def __call__(self, image, levels=4, exhaustive=False):
+    def __call__(self, image, levels=4, exhaustive=False, far=None):
         """Faces in an (H, W, 3) uint8 RGB image, largest first (list of :class:`Detection`).
 
         The whole image is searched first (letterboxed); when it holds no face, ever smaller
@@ -136,9 +136,10 @@ class FaceDetector:
         (small faces beside large ones; video newcomers).  When the whole image's best score is
         under ``ORIENTATION_SCORE``, it is also searched turned by a quarter, a half and three
         quarters, and the turn with the highest score is kept for it and the smaller windows (faces
-        upside down, videos whose rotation was lost).  With a full-range model (``far``), a search
-        of more than one level whose whole image holds no face (or an ``exhaustive`` one) also runs
-        it on the whole image (small and distant faces the windows miss).
+        upside down, videos whose rotation was lost).  With a full-range model (``self.far``), a
+        search of more than one level whose whole image holds no face (or an ``exhaustive`` one) also
+        runs it on the whole image (small and distant faces the windows miss); ``far`` True / False
+        runs it / does not, whatever the levels.
         """
         h, w = image.shape[:2]
         side = float(max(h, w))
@@ -150,8 +151,9 @@ class FaceDetector:
                 cand = self._raw(image, ROI(w / 2.0, h / 2.0, side, q * np.pi / 2))
                 if _best(cand) > _best(found[0]):
                     found, turn = [cand], q * np.pi / 2
-        far = ([self.far._raw(image, ROI(w / 2.0, h / 2.0, side, turn))]
-               if self.far is not None and levels > 1 and (exhaustive or not found[0][2].size) else [])
+        if far is None:
+            far = levels > 1 and (exhaustive or not found[0][2].size)
+        far = [self.far._raw(image, ROI(w / 2.0, h / 2.0, side, turn))] if far and self.far is not None else []
         for level in range(1, levels):
             if not exhaustive and sum(f[2].size for f in found):
                 break

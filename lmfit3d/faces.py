@@ -245,7 +245,9 @@ class FaceFollower:
             self._lost += 1
         new = []
         lost = list(lost)
-        for roi in self.mp.detect(frame, 3 * self.max_faces, levels=levels, exhaustive=exhaustive):
+        # the full-range detector's whole-frame pass (~6 ms) finds small heads beside the followed ones
+        for roi in self.mp.detect(frame, 3 * self.max_faces, levels=levels, exhaustive=exhaustive,
+                                  far=True if found else None):
             if len(found) + len(new) >= self.max_faces:
                 break
             if any(_inside(np.array([roi.cx, roi.cy]), p.mu) for _, p in found + new):

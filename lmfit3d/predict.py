@@ -442,14 +442,15 @@ class MediaPipeLandmarks:
     def vertex_ids(self):
         return self.manifest.vertex_ids
 
-    def detect(self, image, max_candidates=3, levels=4, exhaustive=False):
+    def detect(self, image, max_candidates=3, levels=4, exhaustive=False, far=None):
         """ROIs of the detected faces, largest (the main subject) first, at most ``max_candidates``.
 
         ``levels`` > 1 lets the detector search smaller windows when the whole frame holds no face
-        (always, with ``exhaustive``: :class:`lmfit3d.detect.FaceDetector`).
+        (always, with ``exhaustive``: :class:`lmfit3d.detect.FaceDetector`); ``far``: the full-range
+        detector's whole-frame pass (None: when the search goes below the whole frame).
         """
         t = time.perf_counter()
-        dets = self.detector(image, levels, exhaustive)
+        dets = self.detector(image, levels, exhaustive, far)
         self.timings["detect"] += time.perf_counter() - t
         return [d.roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale) for d in dets[:max_candidates]]
 
@@ -722,7 +723,7 @@ class NetworkLandmarks:
         self.timings["detect"] += time.perf_counter() - t
         return [] if best is None else [best]
 
-    def detect(self, image, max_candidates=3, levels=4, exhaustive=False):
+    def detect(self, image, max_candidates=3, levels=4, exhaustive=False, far=None):
         """Candidate ROIs, largest face first: BlazeFace when set up (``levels``, ``exhaustive``:
         :class:`lmfit3d.detect.FaceDetector`), else :meth:`search`."""
         t = time.perf_counter()
