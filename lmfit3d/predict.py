@@ -724,17 +724,17 @@ class NetworkLandmarks:
         return [] if best is None else [best]
 
     def detect(self, image, max_candidates=3, levels=4, exhaustive=False, far=None):
-        """Candidate ROIs, largest face first: BlazeFace when set up (``levels``, ``exhaustive``:
-        :class:`lmfit3d.detect.FaceDetector`), else :meth:`search`."""
+        """Candidate ROIs, largest face first: BlazeFace when set up (``levels``, ``exhaustive``,
+        ``far``: :class:`lmfit3d.detect.FaceDetector`), else :meth:`search`."""
         t = time.perf_counter()
         if self._detector is None:
             try:
-                self._detector = FaceDetector(threads=self.threads)
+                self._detector = FaceDetector(threads=self.threads, far=True)
             except ModelMissingError:
                 self._detector = False
         if self._detector is False:
             return self.search(image)
-        dets = self._detector(image, levels, exhaustive)
+        dets = self._detector(image, levels, exhaustive, far)
         self.timings["detect"] += time.perf_counter() - t
         return [d.roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale) for d in dets[:max_candidates]]
 

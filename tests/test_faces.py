@@ -224,7 +224,7 @@ class _ScriptedPredictor:
         self.state = "on"
         return self._pred()
 
-    def detect(self, frame, max_candidates=3, levels=1, exhaustive=False):
+    def detect(self, frame, max_candidates=3, levels=1, exhaustive=False, far=None):
         return [SimpleNamespace(cx=self.place[0], cy=self.place[1])]
 
     def get_state(self):
