@@ -14,10 +14,13 @@ machine) and the table gives each mode's median, the ratios those of the same ro
 mode runs `--dask local:2` with ``MALLOC_TRIM_THRESHOLD_=65536`` in the environment, the setting
 Dask gives its workers by default and ``--dask local:N`` drops (:data:`lmfit3d.cluster.LOCAL_CONFIG`).
 Then, on the LocalCluster of ``--dask local:2`` (:func:`lmfit3d.cluster._connect`), its start and
-close times, and :func:`lmfit3d.cluster.run_dask` tracks the folder again with its per-task figures: the task's wall time in the worker minus the time of the tracking stages
-(decode, detect, landmarks, fit, write) is the in-task overhead (model lookup, predictor, opening
-the video, private folder, moving the outputs); Numba compilations per task; and the round trip of
-an empty task through the scheduler.  Needs dask.distributed (``pip install ".[cluster]"``).
+close times, and :func:`lmfit3d.cluster.run_dask` tracks the folder again with its per-task
+figures: the task's wall time in the worker minus the time of the tracking stages (decode, detect,
+landmarks, fit, write) is the in-task overhead (model lookup, predictor, opening the video, private
+folder, moving the outputs), compared with the same measure in two processes of a process pool
+(the ``--jobs 2`` setting; one process alone would have a core to itself); Numba compilations per
+task; and the round trip of an empty task through the scheduler.  Needs dask.distributed
+(``pip install ".[cluster]"``).
 """
 import argparse
 import csv
@@ -115,23 +118,35 @@ def dask_figures(folder, out):
     return stats, statistics.median(trips), wall, (start, close)
 
 
-def in_process_baseline(folder, out):
-    """Median time outside the tracking stages of one video tracked in this process (warm: after a
-    first video), the same measure as a Dask task's in-task overhead without Dask."""
+def _timed_gaps(paths, out):
+    """In one worker process: time outside the tracking stages of each video after the first."""
     from lmfit3d.batch import _run_one
-    from lmfit3d.media import VIDEO_EXTENSIONS, expand_inputs
     from lmfit3d.track import TrackOptions
     opt = TrackOptions(iris=False, progress=False)
-    out.mkdir()
     gaps = []
-    for k, p in enumerate(expand_inputs([folder], VIDEO_EXTENSIONS)[:4]):
+    for k, p in enumerate(paths):
         t0 = time.perf_counter()
         _, summary, err = _run_one("video", p, out, opt, None)
         if err:
             raise RuntimeError(err)
         if k:
             gaps.append(time.perf_counter() - t0 - sum(summary.timings.values()))
-    return statistics.median(gaps)
+    return gaps
+
+
+def process_pool_baseline(folder, out):
+    """Median time outside the tracking stages of a video in the ``--jobs 2`` setting (two spawned
+    processes, half the folder each, after each one's first video): the same measure as a Dask
+    task's in-task overhead, with the same two processes sharing the cores, without Dask."""
+    import multiprocessing as mpc
+    from concurrent.futures import ProcessPoolExecutor
+
+    from lmfit3d.media import VIDEO_EXTENSIONS, expand_inputs
+    out.mkdir()
+    paths = expand_inputs([folder], VIDEO_EXTENSIONS)
+    with ProcessPoolExecutor(2, mp_context=mpc.get_context("spawn")) as ex:
+        halves = [ex.submit(_timed_gaps, paths[k::2], out) for k in range(2)]
+        return statistics.median(g for h in halves for g in h.result())
 
 
 def table(n, frames, runs, stats, trip, dask_wall, cluster_times, base):
@@ -180,8 +195,9 @@ def table(n, frames, runs, stats, trip, dask_wall, cluster_times, base):
               f"(goal <= 0.5 s, median: {'met' if statistics.median(over) <= 0.5 else 'not met'}); "
               "a worker's first task: "
               f"{', '.join(f'{x:.2f}' for x in over1)} s (loading the model and the kernels from Numba's cache).",
-              f"The same measure in one process without Dask (`_run_one`, warm): median {base:.3f} s (opening "
-              f"the video, predictor, private folder, outputs moved); Dask's own share per task: "
+              f"The same measure in 2 spawned processes without Dask (`_run_one`, half the folder each, after "
+              f"each one's first video): median {base:.3f} s (opening the video, predictor, private folder, "
+              f"outputs moved); Dask's own share per task: "
               f"{statistics.median(over) - base + trip:+.3f} s (the difference, plus the round trip).",
               f"Round trip of an empty task through the scheduler: median {1e3 * trip:.1f} ms.",
               f"Numba compilations per task: first tasks {[s['compiled'] for s in first]}, later tasks "
@@ -213,7 +229,7 @@ def main(argv=None):
                 print(f"round {r}: {mode}: {wall:.1f} s, CPU {cpu:.1f} s, load {loads[-1]:.1f}", file=sys.stderr)
                 runs[mode].append((wall, cpu, summary))
         stats, trip, dask_wall, cluster_times = dask_figures(folder, tmp / "out_stats")
-        base = in_process_baseline(folder, tmp / "out_base")
+        base = process_pool_baseline(folder, tmp / "out_base")
     text = table(args.clips, args.frames, runs, stats, trip, dask_wall, cluster_times, base)
     text = f"{text}\n\n" + results_doc.machine_line(
         f"{os.cpu_count()} cores, load average {min(loads):.1f}-{max(loads):.1f} during the rounds")
