@@ -25,6 +25,17 @@ from .media import _check_out_dir
 
 CONNECT_TIMEOUT_S = 20
 
+# Dask settings for the LocalCluster of ``--dask local:N``, so that its workers run as the ``--jobs N``
+# processes do (docs/results.md, "Batches (issue 21)").  Dask starts each worker with
+# MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold at 128 KiB: every
+# frame-sized array became a fresh mmap, ~7x the page faults and ~30 % more CPU per video; None
+# drops the variable (the workers keep glibc's defaults, or what this process's environment sets).
+# The worker's profiler samples the running task every 10 ms for a dashboard this cluster does not
+# have, and the 20 ms event-loop tick only feeds warnings that are silenced: both take the GIL from
+# the task.
+LOCAL_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                "distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s"}
+
 
 def parse_dask(text):
     """("local", N) for ``local:N`` (a LocalCluster of N single-thread worker processes), else
@@ -83,8 +94,10 @@ def _connect(distributed, address):
     cluster = None
     try:
         if mode == "local":
-            cluster = distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, silence_logs=logging.CRITICAL)
+            import dask
+            with dask.config.set(LOCAL_CONFIG):
+                cluster = distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                                   dashboard_address=None, silence_logs=logging.CRITICAL)
             return distributed.Client(cluster, set_as_default=False), cluster
         return distributed.Client(value, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False), None
     except (OSError, TimeoutError) as exc:

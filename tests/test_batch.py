@@ -314,3 +314,29 @@ def test_fit_photo_folder_on_a_local_cluster(tmp_path, capsys):
     assert "2 of 3 inputs done earlier" in cap.err and "bad.png: cannot read as an image" in cap.err
     assert mtimes(out) == before and summary(out)["bad.png"]["this_run"] == "1"
     assert leftovers(out) == []
+
+
+def _worker_settings():
+    import dask
+    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.admin.tick.interval"))
+
+
+def test_local_cluster_workers_run_like_jobs_processes(monkeypatch):
+    """`--dask local:N` workers keep glibc's allocator defaults (Dask would set MALLOC_TRIM_THRESHOLD_,
+    ~30 % more CPU per video) and run no profiler; a value in the environment still reaches them."""
+    distributed = pytest.importorskip("distributed", reason="the cluster extra (pip install 'lmfit3d[cluster]')")
+    from lmfit3d.cluster import _connect
+    seen = []
+    for value in (None, "262144"):
+        if value is None:
+            monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+        else:
+            monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", value)
+        client, cluster = _connect(distributed, "local:1")
+        try:
+            seen += list(client.run(_worker_settings).values())
+        finally:
+            client.close()
+            cluster.close()
+    assert seen == [(None, False, "1s"), ("262144", False, "1s")]
