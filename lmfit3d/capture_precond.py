@@ -54,7 +54,8 @@ def block_transform(blocks, floor=None):
     d = np.sqrt(np.maximum(np.einsum("bii->bi", blocks), 1e-12))
     norm = blocks / d[:, :, None] / d[:, None, :]
     lam, vec = np.linalg.eigh(norm)
-    out = vec / np.sqrt(np.maximum(lam, floor))[:, None, :] / d[:, :, None]
+    with np.errstate(divide="ignore"):         # floor 0 on a singular block: replaced just below
+        out = vec / np.sqrt(np.maximum(lam, floor))[:, None, :] / d[:, :, None]
     # (near-)singular blocks: the diagonal preconditioner (see _BLOCK_SINGULAR)
     sing = lam[:, 0] < _BLOCK_SINGULAR
     out[sing] = np.eye(blocks.shape[1])[None] / d[sing][:, :, None]
