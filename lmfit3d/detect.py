@@ -90,9 +90,9 @@ class FaceDetector:
     """MediaPipe BlazeFace (letterboxed input in [-1, 1]).
 
     ``kind``: "short" (short range, 128 x 128: faces larger than about a tenth of the window) or
-    "full" (full range, 192 x 192: small and distant faces too, ~8x the cost).  ``far``: a short-range
-    detector that, when the whole frame holds no face, runs the full-range model on it before
-    falling back to its window search (when the full-range ONNX file was converted; see
+    "full" (full range, 192 x 192: small and distant faces too, ~7x the cost).  ``far``: a short-range
+    detector that, when the whole frame holds no face, also runs the full-range model on the whole
+    frame beside its window search (when the full-range ONNX file was converted; see
     :meth:`__call__`).
     """
 
