@@ -28,9 +28,7 @@ machine line.
 """
 import os
 
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

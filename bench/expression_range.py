@@ -31,13 +31,11 @@ Outputs of other landmark sets (``--backend network``: dense320) are measured on
 through their iBUG 68 points (:data:`FEATURES_IBUG`).
 """
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
 
 import numpy as np  # noqa: E402
 

@@ -13,12 +13,10 @@ eyes only; for scale, the frame-to-frame motion of the iris centres relative to 
 under "both" (median, 95th percentile), which is what a one-frame-old measurement can miss.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
 
 import numpy as np  # noqa: E402
 

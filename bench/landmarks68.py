@@ -18,13 +18,11 @@ Run::
 ``--write-doc`` writes the table into the ``landmarks68`` section of docs/results.md.
 """
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
 
 import numpy as np  # noqa: E402
 

@@ -20,14 +20,12 @@ process ran on this core and may have evicted its L2), and the median with and w
 """
 import argparse
 import itertools
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
 
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402

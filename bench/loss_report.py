@@ -13,12 +13,10 @@ Usage::
 ``--write-doc`` writes the table into the ``loss_report`` section of docs/results.md.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
 
 import numpy as np  # noqa: E402
 

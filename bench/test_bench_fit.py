@@ -27,11 +27,8 @@ Benchmarks (group = landmark set):
 Goals: step median <= 0.5 ms (dense320), <= 1.0 ms (dense703); ours >= 20x faster than scipy to
 the same final cost (final costs agree within 1 %: ``test_final_cost_matches_scipy``).
 """
-import os
 
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

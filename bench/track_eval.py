@@ -22,14 +22,12 @@ Tables:
 into ``track_eval.more`` (``bench/results_doc.py``).
 """
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
 
 import numpy as np  # noqa: E402
 

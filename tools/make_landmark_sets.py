@@ -476,6 +476,16 @@ def load_ibug68(ict_dir=None):
     return ids
 
 
+def load_inputs(ict_dir=None):
+    """(model, ibug68 vertex ids) for the set builders, or None after one error line on stderr
+    (model not built, ICT-FaceKit missing or malformed): the caller exits with status 2."""
+    try:
+        return load_model(), load_ibug68(ict_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def _sample_group(v, g, cand, quota, seeds, blockers):
     """Sample one group (symmetric groups) or an _L group (plain FPS, mirrored by the caller)."""
     if g == "teeth":
@@ -559,12 +569,10 @@ def main(argv=None):
     ap.add_argument("--ict", type=Path, default=None, help="ICT-FaceKit root (default: $ICT_FACEKIT)")
     args = ap.parse_args(argv)
 
-    try:
-        model = load_model()
-        ibug = load_ibug68(args.ict)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = load_inputs(args.ict)
+    if loaded is None:
         return 2
+    model, ibug = loaded
     sets = build_sets(model, ibug)
     bad = []
     for name in SET_NAMES:

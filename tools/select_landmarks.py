@@ -378,15 +378,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.n < 80 or a.faces < 1:
         ap.error("--n must be >= 80 (the seeds: ibug68 and 12 iris points) and --faces >= 1")
-    from make_landmark_sets import load_ibug68
-    from lmfit3d.model import load_model
+    from make_landmark_sets import load_inputs
     from lmfit3d.paths import atomic_write
-    try:
-        model = load_model()
-        ibug = load_ibug68(a.ict)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = load_inputs(a.ict)
+    if loaded is None:
         return 2
+    model, ibug = loaded
     ids, counts, trace = build_set(model, ibug, a.n, a.faces, a.criterion, a.verbose)
     text = format_set(a.name, ids, counts, trace, a.criterion)
     path = a.out_dir / f"{a.name}.txt"
