@@ -107,8 +107,17 @@ class FaceDetector:
         self.nms_threshold = nms_threshold
         self._buf = np.empty((1, 3, self.size, self.size), np.float32)
         far_path = mediapipe_dir() / f"{DETECTORS['full'][0]}.onnx"
-        self.far = (FaceDetector(far_path, score_threshold, nms_threshold, threads, "full")
-                    if far and kind == "short" and far_path.is_file() else None)
+        # the full-range detector's session is made on first use (most videos never need it)
+        self._far_args = ((far_path, score_threshold, nms_threshold, threads, "full")
+                          if far and kind == "short" and far_path.is_file() else None)
+        self._far = None
+
+    @property
+    def far(self):
+        """The full-range detector beside this one (None when not asked for or not converted)."""
+        if self._far is None and self._far_args is not None:
+            self._far = FaceDetector(*self._far_args)
+        return self._far
 
     def _raw(self, image, roi):
         """Candidate boxes (n, 4), keypoints (n, 6, 2) in image pixels and scores of one square window."""
@@ -153,7 +162,7 @@ class FaceDetector:
                     found, turn = [cand], q * np.pi / 2
         if far is None:
             far = levels > 1 and (exhaustive or not found[0][2].size)
-        far = [self.far._raw(image, ROI(w / 2.0, h / 2.0, side, turn))] if far and self.far is not None else []
+        far = [self.far._raw(image, ROI(w / 2.0, h / 2.0, side, turn))] if far and self._far_args else []
         for level in range(1, levels):
             if not exhaustive and sum(f[2].size for f in found):
                 break
