@@ -7,12 +7,13 @@ Inputs whose outputs would share a name (``a/face.jpg`` and ``b/face.jpg``; ``x.
 import os
 from pathlib import Path
 
+from .context import FitContext
 from .media import _check_out_dir
 from .model import load_model
 from .outputs import face_output_names, track_output_names
 from .paths import raise_on_sigterm
 from .stills import fit_image, still_output_names
-from .track import track_video
+from .track import PREDICTOR_FIELDS, make_predictor, track_video
 
 
 def output_names(kind, path, options):
@@ -58,13 +59,32 @@ def inputs_in(out_dir, paths):
                  or os.path.dirname(os.path.realpath(p)) in where)
 
 
+# What one process builds for its first input and re-uses for the next ones: (key, predictor, context).
+# A predictor's ONNX sessions and a context's sparsity table and intersection term cost ~0.1 s, a
+# tenth of a short clip's tracking (docs/results.md, "Batches (issue 21)").
+_REUSED = [None]
+
+
+def _reused(model, options):
+    """The landmark predictor and the :class:`~lmfit3d.context.FitContext` of ``options`` in this
+    process: built for its first input, re-used while the model and the options that make them are
+    the same (``track_video`` and ``fit_image`` reset the predictor's tracking state first)."""
+    threshold = options.config().sparsity_threshold_mm
+    key = (id(model), threshold) + tuple(getattr(options, f) for f in PREDICTOR_FIELDS)
+    if _REUSED[0] is None or _REUSED[0][0] != key or _REUSED[0][2].model is not model:
+        predictor = make_predictor(options)
+        _REUSED[0] = (key, predictor, FitContext(model, predictor.vertex_ids, threshold))
+    return _REUSED[0][1], _REUSED[0][2]
+
+
 def _run_one(kind, path, out_dir, options, model_path, keep=()):
     """Worker body: one input, errors turned into a one-line message (picklable result)."""
     try:
         model = load_model(model_path)
+        predictor, context = _reused(model, options)
         if kind == "video":
-            return str(path), track_video(path, out_dir, options, model, keep=keep), None
-        return str(path), fit_image(path, out_dir, options, model, keep=keep), None
+            return str(path), track_video(path, out_dir, options, model, predictor, keep, context=context), None
+        return str(path), fit_image(path, out_dir, options, model, predictor, keep, context=context), None
     except (ValueError, OSError) as exc:
         if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
             return str(path), None, f"{exc.filename}: {exc.strerror}"

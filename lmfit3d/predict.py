@@ -506,10 +506,9 @@ class MediaPipeLandmarks:
             raw[idx] = rois[e].to_image(mesh + self._lid_delta[e, :n], 64)
 
     def reset(self):
-        """Forget the tracked face (the next frame runs the full detector search)."""
-        self.roi = None
-        self._lost = 0
-        self._iris_crop = None
+        """Forget the tracked face (the next frame runs the full detector search): the state of a
+        fresh predictor, so one predictor serves video after video (:mod:`lmfit3d.batch`)."""
+        self.set_state(None)
 
     def track(self, image):
         """Next frame of a video: ROI from the previous frame's landmarks, detector when lost.
@@ -578,8 +577,10 @@ class MediaPipeLandmarks:
         """Every face of a still image, largest first (at most ``max_faces``): the detector's
         candidates with the small-face window search, each confirmed by the face score as in
         :meth:`track` (box x1.5, then x1.2), then refined once from its own landmarks, both irises.
-        A candidate whose centre falls inside a face already found is a duplicate.  Resets the
-        tracking state.  Returns a list of :class:`Prediction`."""
+        A candidate whose centre falls inside a face already found is a duplicate.  Starts from and
+        ends with a fresh tracking state.  Returns a list of :class:`Prediction`."""
+        self.reset()
+
         def confirm(roi):
             for r in (roi, roi.scaled(0.8)):
                 self._iris_crop = None

@@ -116,7 +116,7 @@ def write_still(path, out_dir, model, opt, img, params, focal, pred, uv, cost, i
     return info
 
 
-def fit_image(path, out_dir, options=None, model=None, predictor=None, keep=()):
+def fit_image(path, out_dir, options=None, model=None, predictor=None, keep=(), *, context=None):
     """Fit every face of one still image (at most ``options.face_limit(False)``, default 10, largest first).
 
     Writes NAME.obj (or .ply) and NAME.json for the largest face, NAME_face1.*, NAME_face2.* ... for
@@ -124,6 +124,8 @@ def fit_image(path, out_dir, options=None, model=None, predictor=None, keep=()):
     per face; the photo has one camera, so an unknown focal length is fitted on the largest face and
     held for the others.  Returns the largest face's JSON dict (its "faces" entry counts the faces).
     A rerun replaces the photo's whole output set (``keep``: paths never removed, the inputs).
+    ``context``: a :class:`~lmfit3d.context.FitContext` of the model and the predictor's landmarks to
+    re-use (another photo's); None builds one.
     """
     opt = options or TrackOptions()
     out_dir = Path(out_dir)
@@ -139,7 +141,7 @@ def fit_image(path, out_dir, options=None, model=None, predictor=None, keep=()):
         img, pred = image_landmarks(path, mp)
         preds = [pred]
     size = (img.shape[1], img.shape[0])
-    focal, results, context = opt.focal_px, [], None
+    focal, results = opt.focal_px, []
     for k, pred in enumerate(preds):
         tracker = Tracker(model, mp.vertex_ids, size, focal, opt.config(), context=context)
         context = tracker.context                   # one context for every face of the photo

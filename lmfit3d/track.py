@@ -152,7 +152,8 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
     out_dir : existing writable folder.
     options : TrackOptions
     model : FaceModel (default: the cached model).
-    predictor : MediaPipeLandmarks (default: built from ``options``).
+    predictor : MediaPipeLandmarks (default: built from ``options``); reset before the first frame, so
+        another video's may be re-used.
     keep : paths never removed as stale members of an earlier run's output set (the inputs).
     context : :class:`~lmfit3d.context.FitContext` of the model, the predictor's landmarks and the
         options' sparsity threshold, to re-use (another video's); None builds one.  Both passes and
@@ -181,6 +182,7 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
     reader = path if hasattr(path, "fps") else VideoReader(path)
     name = reader.name
     mp = predictor or make_predictor(opt)
+    mp.reset()                                  # a predictor handed in may have followed another video
     summary = TrackSummary(str(getattr(reader, "path", name)))
     tm = {"decode": 0.0, "detect": 0.0, "landmarks": 0.0, "fit": 0.0, "write": 0.0}
     mp.timings = {"detect": 0.0, "landmarks": 0.0}
@@ -515,6 +517,9 @@ def _second_pass(faces, n, model, vids, image_size, opt, outs, summary, tm, read
     finally:
         for ff in fits:
             ff.close()
+
+
+PREDICTOR_FIELDS = ("backend", "roi_strategy", "fixed_sigma", "sigma_jitter", "iris", "iris_policy")   # what it reads
 
 
 def make_predictor(opt):

@@ -340,3 +340,40 @@ def test_local_cluster_workers_run_like_jobs_processes(monkeypatch):
             client.close()
             cluster.close()
     assert seen == [(None, False, "1s"), ("262144", False, "1s")]
+
+
+def test_a_process_reuses_its_predictor_and_context_with_fresh_results(tmp_path):
+    """Each worker process builds one predictor and one fit context and keeps them for its next
+    inputs; the outputs are those of a fresh predictor (its tracking state is reset per input)."""
+    from dataclasses import fields
+
+    from lmfit3d import batch
+    from lmfit3d.track import PREDICTOR_FIELDS, TrackOptions
+    assert set(PREDICTOR_FIELDS) <= {f.name for f in fields(TrackOptions)}
+    inputs = [cut(tmp_path / "a.mp4", 6, pad="left"), cut(tmp_path / "b.mp4", 6, pad="right"),
+              MEDIA / "two_people.jpg", cut(tmp_path / "c.mp4", 5)]
+    opt = TrackOptions(progress=False)
+    arrays, kept = {}, []
+    for mode in ("fresh", "reused"):
+        out = tmp_path / mode
+        out.mkdir()
+        for p in inputs:
+            if mode == "fresh":
+                batch._REUSED[0] = None
+            kind = "image" if p.suffix == ".jpg" else "video"
+            path, res, err = batch._run_one(kind, p, out, opt, None)
+            assert err is None and res is not None
+            kept.append(batch._REUSED[0][1:])
+        arrays[mode] = {p.name: dict(np.load(p)) for p in out.glob("*.npz")}
+        arrays[mode]["photo"] = json.loads((out / "two_people.json").read_text())
+    reused = kept[len(inputs):]
+    assert all(r[0] is reused[0][0] and r[1] is reused[0][1] for r in reused)      # one of each, kept
+    assert len({id(r[0]) for r in kept[:len(inputs)]}) == len(inputs)               # a new one each
+    assert sorted(arrays["fresh"]) == sorted(arrays["reused"]) == ["a.npz", "b.npz", "c.npz", "photo"]
+    assert arrays["fresh"]["photo"] == arrays["reused"]["photo"]
+    for name in ("a.npz", "b.npz", "c.npz"):
+        fresh, again = arrays["fresh"][name], arrays["reused"][name]
+        assert sorted(fresh) == sorted(again)
+        for k in fresh:
+            np.testing.assert_array_equal(fresh[k], again[k], err_msg=f"{name} {k}")
+    batch._REUSED[0] = None
