@@ -266,6 +266,12 @@ def test_one_bad_input_is_exit_2_and_one_line(tmp_path, capsys):
     line = one_line(capsys.readouterr().err)
     assert "junk.mp4: cannot open as a video" in line and "ffmpeg version" not in line
     assert "configuration" not in line and "Invalid data" in line
+    import imageio_ffmpeg
+    sound = tmp_path / "sound.mp4"                      # a container with audio only
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine", "-t", "0.5",
+                    str(sound)], check=True)
+    assert main(["track", str(sound), "-o", str(tmp_path), "-q"]) == 2
+    assert one_line(capsys.readouterr().err).endswith("sound.mp4: cannot open as a video (no video stream)")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"junk junk")
     assert main(["fit", str(bad), "-o", str(tmp_path)]) == 2
