@@ -8,10 +8,13 @@ Method (deterministic, seeded):
    runtime (detector ROI, then one ROI refinement from the landmarks).
 2. Correspondence set (the first half of the renders): each predicted point is back-projected
    through the z-buffer onto the rendered triangle; its barycentric position is carried to the mean
-   head (T_mean).  Per point, the median of these 3D positions over renders is snapped to the
-   nearest skin vertex.  Residuals (mm): distance median -> chosen vertex, and the median spread of
-   the per-render positions around their median.  Iris centres map to the pupil centre of each
-   inner eyeball (the vertex on the eye's forward axis).
+   head (T_mean).  Per point, the skin vertex within ``WINDOW_MM`` of the median of these 3D
+   positions (on the point's side of the mouth or eye) whose projections best match the predictions
+   is chosen; each upper/lower eyelid pair is chosen together, the best pair that meets (within
+   ``LID_CLOSE_MM`` in the face plane) under a full ``eyeBlink`` of the mean head, as real lids do.
+   Residuals (mm): distance median -> chosen vertex, and the median spread of the per-render
+   positions around their median.  Iris centres map to the pupil centre of each inner eyeball (the
+   vertex on the eye's forward axis).
 3. Sigma set (the other half): per point, the RMS error between the prediction and the projection of
    its chosen vertex, in pixels of the 192-pixel face crop, is that point's sigma (floor 0.5 px).
    This is the "per-landmark error statistics learnt where ground truth is known" sigma; at runtime
@@ -183,7 +186,7 @@ def before_after_table(rows, lid_gap=None):
              "|---|---|---|---|---|"]
     lines += ["| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |".format(*row) for row in rows]
     if lid_gap is not None:
-        (b, a) = lid_gap
+        b, a = lid_gap
         lines += ["", f"Eyelid pairs (upper, lower; 14) under a full blink, mean head, face plane: gap "
                       f"median {np.median(b):.2f} -> {np.median(a):.2f} mm, max {b.max():.2f} -> {a.max():.2f} mm."]
     return "\n".join(lines)
