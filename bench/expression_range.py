@@ -20,11 +20,13 @@ Run::
     python bench/expression_range.py [NPZ ...]          # ratios of tracked outputs (lmfit3d track)
     python bench/expression_range.py --track [--out DIR] [--track-args "--backend network"]
 
-``--track`` tracks the shared talking clips first (default options) and writes a markdown table;
+``--track`` tracks the shared talking clips first (default options) and writes a markdown table.
+A second table gives each eye's deepest closing (:func:`closing_depths`: median - minimum of the
+aperture, fitted / landmarks), which a blink of a few frames sets and the percentile range misses.
 ``--target`` adds the ratios against the smoothed tracks the fit is given (what the smoother keeps
 vs what the fitter keeps).
 ``--write-doc`` writes the table into its section of docs/results.md (``bench/results_doc.py``):
-``expression_range`` for the default options, ``expression_range.no_smooth`` for ``--track-args
+``expression_range`` (and ``.closing``) for the default options, ``expression_range.no_smooth`` for ``--track-args
 --no-smooth``, ``expression_range.network`` for ``--track-args "--backend network"``; other options
 (or NPZ files) need ``--section NAME``.
 Outputs of other landmark sets (``--backend network``: dense320) are measured on the same features
@@ -69,6 +71,9 @@ FEATURES_IBUG = (
 )
 
 
+CLOSING_SIDES = ("R", "L")        # eyes whose deepest closing is also reported (closing_depths)
+
+
 def feature_series(points, pairs):
     """Mean distance (F,) over ``pairs`` of point indices in (F, L, 2) trajectories (pixels)."""
     d = [np.linalg.norm(points[:, a] - points[:, b], axis=1) for a, b in pairs]
@@ -95,6 +100,15 @@ def range_ratios(mu, fitted, point_index=None, features=FEATURES):
     -------
     dict name -> float
     """
+    mu, fitted = _fitted_frames(mu, fitted, point_index)
+    out = {}
+    for name, pairs in features:
+        out[name] = spread(feature_series(fitted, pairs)) / spread(feature_series(mu, pairs))
+    return out
+
+
+def _fitted_frames(mu, fitted, point_index):
+    """``mu`` and ``fitted`` (F, L, 2) checked, columns picked, frames with every point finite."""
     mu = np.asarray(mu, np.float64)
     fitted = np.asarray(fitted, np.float64)
     if mu.shape != fitted.shape or mu.ndim != 3:
@@ -102,9 +116,28 @@ def range_ratios(mu, fitted, point_index=None, features=FEATURES):
     if point_index is not None:
         mu, fitted = mu[:, point_index], fitted[:, point_index]
     ok = np.isfinite(fitted).all(axis=(1, 2)) & np.isfinite(mu).all(axis=(1, 2))
+    return mu[ok], fitted[ok]
+
+
+def closing_depths(mu, fitted, point_index=None, features=FEATURES):
+    """How deep the fit's deepest closing of each eye goes against the landmarks'.
+
+    A blink lasts a few frames, so the 5-95 percentile range of :func:`range_ratios` can miss it on
+    a short clip (W023: 4 frames of 73).  Depth = median - minimum of the eye aperture; the ratio is
+    the fitted depth over the landmarks' (1 = the fitted eye closes as far as the landmarks').
+    Same arguments as :func:`range_ratios`.
+
+    Returns
+    -------
+    dict "eye closing R" / "eye closing L" -> (ratio, landmarks' depth in pixels)
+    """
+    mu, fitted = _fitted_frames(mu, fitted, point_index)
+    pairs = dict(features)
     out = {}
-    for name, pairs in features:
-        out[name] = spread(feature_series(fitted[ok], pairs)) / spread(feature_series(mu[ok], pairs))
+    for side in CLOSING_SIDES:
+        depth = [np.median(x) - np.min(x) for x in
+                 (feature_series(p, pairs["eye aperture " + side]) for p in (fitted, mu))]
+        out["eye closing " + side] = (depth[0] / depth[1], depth[1])
     return out
 
 
@@ -127,10 +160,13 @@ def npz_ratios(path, target=False):
     ref = smoothed_target(mu, d["sigma"]) if target else mu
     if mu.shape[1] == 470:
         r = range_ratios(ref, fit)
+        r.update(closing_depths(ref, fit))
     else:                           # another landmark set: its iBUG 68 points
         from lmfit3d.landmarks import load_landmark_set
         col = {int(v): i for i, v in enumerate(d["vertex_ids"])}
-        r = range_ratios(ref, fit, [col[int(v)] for v in load_landmark_set("ibug68")], FEATURES_IBUG)
+        cols = [col[int(v)] for v in load_landmark_set("ibug68")]
+        r = range_ratios(ref, fit, cols, FEATURES_IBUG)
+        r.update(closing_depths(ref, fit, cols, FEATURES_IBUG))
     ok = d["success"]
     raw_j = jitter(np.where(ok[:, None, None], mu, np.nan), mu)
     fit_j = jitter(np.where(ok[:, None, None], fit, np.nan), mu)
@@ -146,6 +182,16 @@ def table(rows):
     lines = [head, "|" + "---|" * (len(names) + 3)]
     for clip, r in rows.items():
         cells = [f"{r[n]:.2f}" for n in names] + [f"{r['steadiness']:.2f}", f"{r['lag']:d}"]
+        lines.append(f"| {clip} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def closing_table(rows):
+    """Markdown table of each clip's eye closing depths (ratio and the landmarks' depth)."""
+    lines = ["| clip | " + " | ".join(f"eye closing {s}" for s in CLOSING_SIDES) + " |",
+             "|" + "---|" * (len(CLOSING_SIDES) + 1)]
+    for clip, r in rows.items():
+        cells = ["{:.2f} ({:.1f} px)".format(*r["eye closing " + s]) for s in CLOSING_SIDES]
         lines.append(f"| {clip} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -191,8 +237,10 @@ def main(argv=None):
         ap.error("give NPZ files or --track")
     rows = {p.stem: npz_ratios(p) for p in paths}
     text = table(rows)
-    print(text)
-    sections = {section: text} if section else {}
+    closing = closing_table(rows)
+    print(text + "\n\nDeepest closing of the eyes (median - minimum aperture, fitted / landmarks; "
+          "the landmarks' depth in brackets):\n" + closing)
+    sections = {section: text, section + ".closing": closing} if section else {}
     if args.target:
         target = table({p.stem: npz_ratios(p, target=True) for p in paths})
         print("\nAgainst the smoothed tracks (the fit's target):\n" + target)

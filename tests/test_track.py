@@ -292,6 +292,25 @@ def test_range_ratios_measure_how_far_the_fit_moves(rng):
         range_ratios(mu, fit[:, :10])
 
 
+def test_closing_depths_read_the_deepest_blink(rng):
+    """bench/expression_range.closing_depths: one 3-frame blink in 60 frames (which the 5-95 %
+    range misses), fitted half as deep on the right eye and fully on the left, reads 0.5 and 1."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from expression_range import closing_depths
+    f = 60
+    mu = np.repeat(rng.uniform(0, 200, size=(1, 470, 2)), f, axis=0)
+    aperture = np.full(f, 30.0)
+    aperture[20:23] = (15.0, 6.0, 15.0)
+    for up, lo in ((159, 145), (386, 374)):
+        mu[:, lo] = mu[:, up] + np.stack([0 * aperture, aperture], axis=1)
+    fit = mu.copy()
+    fit[:, 145] = fit[:, 159] + np.stack([0 * aperture, 30.0 - 0.5 * (30.0 - aperture)], axis=1)
+    r = closing_depths(mu, fit)
+    assert r["eye closing R"] == pytest.approx((0.5, 24.0))
+    assert r["eye closing L"] == pytest.approx((1.0, 24.0))
+
+
 def test_smooth_shots_respects_shots_and_missing_points(rng):
     """Each shot is smoothed on its own (a jump at a cut is not smeared), frames without a face
     stay nan, a point missing in every frame of a shot stays missing."""

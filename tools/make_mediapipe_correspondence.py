@@ -8,10 +8,13 @@ Method (deterministic, seeded):
    runtime (detector ROI, then one ROI refinement from the landmarks).
 2. Correspondence set (the first half of the renders): each predicted point is back-projected
    through the z-buffer onto the rendered triangle; its barycentric position is carried to the mean
-   head (T_mean).  Per point, the median of these 3D positions over renders is snapped to the
-   nearest skin vertex.  Residuals (mm): distance median -> chosen vertex, and the median spread of
-   the per-render positions around their median.  Iris centres map to the pupil centre of each
-   inner eyeball (the vertex on the eye's forward axis).
+   head (T_mean).  Per point, the skin vertex within ``WINDOW_MM`` of the median of these 3D
+   positions (on the point's side of the mouth or eye) whose projections best match the predictions
+   is chosen; each upper/lower eyelid pair is chosen together, the best pair that meets (within
+   ``LID_CLOSE_MM`` in the face plane) under a full ``eyeBlink`` of the mean head, as real lids do.
+   Residuals (mm): distance median -> chosen vertex, and the median spread of the per-render
+   positions around their median.  Iris centres map to the pupil centre of each inner eyeball (the
+   vertex on the eye's forward axis).
 3. Sigma set (the other half): per point, the RMS error between the prediction and the projection of
    its chosen vertex, in pixels of the 192-pixel face crop, is that point's sigma (floor 0.5 px).
    This is the "per-landmark error statistics learnt where ground truth is known" sigma; at runtime
@@ -72,6 +75,8 @@ UPPER_OUTER_LIP = (185, 40, 39, 37, 0, 267, 269, 270, 409)
 LOWER_OUTER_LIP = (146, 91, 181, 84, 17, 314, 405, 321, 375)
 UPPER_LID = (246, 161, 160, 159, 158, 157, 173, 466, 388, 387, 386, 385, 384, 398)
 LOWER_LID = (7, 163, 144, 145, 153, 154, 155, 249, 390, 373, 374, 380, 381, 382)
+LID_PAIRS = tuple(zip(UPPER_LID, LOWER_LID))     # (upper, lower) across each eye, subject's right then left
+LID_CLOSE_MM = 1.0        # most a lid pair may stay apart (face plane) on the mean head under a full blink
 GROUPS = {"inner lip": UPPER_INNER_LIP + LOWER_INNER_LIP + (78, 308),
           "outer lip": UPPER_OUTER_LIP + LOWER_OUTER_LIP + (61, 291),
           "eyelids": UPPER_LID + LOWER_LID + (33, 133, 263, 362)}
@@ -106,6 +111,55 @@ def side_masks(model, skin):
     return allowed
 
 
+def blink_gaps(model, upper, lower, side):
+    """(U, L) distance (mm, face plane x-y) between upper and lower lid vertices of the mean head
+    with ``eyeBlink_<side>`` = 1: what is left of a lid pair's gap when that eye is shut."""
+    psi = np.zeros(model.n_expression)
+    psi[list(model.expression_names).index("eyeBlink_" + side)] = 1.0
+    t = model.template(expression=psi)[:, :2]
+    return np.linalg.norm(t[upper][:, None] - t[lower][None], axis=2)
+
+
+def lid_gaps(model, vid):
+    """(14,) gap (mm, face plane) of each lid pair of a table's vertices ``vid`` under a full blink."""
+    return np.array([blink_gaps(model, [vid[u]], [vid[lo]], "R" if i < 7 else "L")[0, 0]
+                     for i, (u, lo) in enumerate(LID_PAIRS)])
+
+
+def choose_vertices(model, fit_pts, fit_proj, skin_ids, med, allowed):
+    """Vertex per face-mesh point (468,) int64 and its distance (mm) from the back-projected median.
+
+    Candidates: the point's side, within WINDOW_MM of its back-projected median ``med`` (468, 3);
+    cost: truncated squared crop-pixel error between the candidate's projections ``fit_proj``
+    (R, S, 2) and the predictions ``fit_pts`` (R, 468, 2), summed over renders.  Each point takes
+    its cheapest candidate, except the eyelid pairs (:data:`LID_PAIRS`): upper and lower are
+    chosen together, the cheapest pair whose gap under a full blink is at most
+    :data:`LID_CLOSE_MM`, so that the fitted lids can close as real ones do (ICT's blink leaves
+    3.7 mm between the cheapest pair of 159/145: its lower-lid vertices slide sideways).
+    """
+    mean_t = model.template()
+    vid, snap = np.empty(468, np.int64), np.empty(468)
+    cands, costs, dists = {}, {}, {}
+    for k in range(468):
+        ok = allowed[k][skin_ids] if k in allowed else np.ones(skin_ids.size, bool)
+        d = np.linalg.norm(mean_t[skin_ids] - med[k], axis=1)
+        cand = np.flatnonzero(ok & (d < WINDOW_MM)) if np.isfinite(med[k]).all() else np.flatnonzero(ok)
+        e2 = ((fit_proj[:, cand] - fit_pts[:, k, None]) ** 2).sum(-1)
+        cands[k], costs[k], dists[k] = cand, np.minimum(e2, TRUNCATE_PX ** 2).sum(0), d[cand]
+        best = np.argmin(costs[k])
+        vid[k], snap[k] = skin_ids[cand[best]], dists[k][best]
+    for side, pairs in (("R", LID_PAIRS[:7]), ("L", LID_PAIRS[7:])):
+        for u, lo in pairs:
+            gap = blink_gaps(model, skin_ids[cands[u]], skin_ids[cands[lo]], side)
+            total = np.where(gap <= LID_CLOSE_MM, costs[u][:, None] + costs[lo][None], np.inf)
+            i, j = np.unravel_index(np.argmin(total), total.shape)
+            if not np.isfinite(total[i, j]):
+                raise RuntimeError(f"no lid pair {u}/{lo} closes to {LID_CLOSE_MM} mm")
+            vid[u], snap[u] = skin_ids[cands[u][i]], dists[u][i]
+            vid[lo], snap[lo] = skin_ids[cands[lo][j]], dists[lo][j]
+    return vid, snap
+
+
 def sample_expression(model, rng, r):
     """Every third render mild (1-3 shapes at 0.1-0.7), the others strong (``strong_expression``)."""
     if r % 3 == 0:
@@ -125,11 +179,16 @@ def crop_errors(records, vid):
     return np.stack(errs)
 
 
-def before_after_table(rows):
-    """Markdown table of the per-group errors of the old and the new table (crop px)."""
+def before_after_table(rows, lid_gap=None):
+    """Markdown table of the per-group errors of the old and the new table (crop px); ``lid_gap``:
+    (before, after) (14,) lid-pair gaps under a full blink (mm), a line below the table."""
     lines = ["| points | median before | median after | RMS before | RMS after |  (crop px, held-out renders)",
              "|---|---|---|---|---|"]
     lines += ["| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |".format(*row) for row in rows]
+    if lid_gap is not None:
+        b, a = lid_gap
+        lines += ["", f"Eyelid pairs (upper, lower; 14) under a full blink, mean head, face plane: gap "
+                      f"median {np.median(b):.2f} -> {np.median(a):.2f} mm, max {b.max():.2f} -> {a.max():.2f} mm."]
     return "\n".join(lines)
 
 
@@ -187,17 +246,7 @@ def run(n_renders=N_RENDERS, seed=SEED, verbose=True, old_table=None, attention=
     spread = np.nanmedian(np.linalg.norm(pos3d - med[None], axis=2), axis=0)
     hits = np.isfinite(pos3d[..., 0]).sum(axis=0)
     fit_pts, fit_proj = np.stack(fit_pts), np.stack(fit_proj)          # (R, 468, 2), (R, S, 2)
-    vid = np.empty(468, np.int64)
-    snap = np.empty(468)
-    for k in range(468):
-        # candidates: the point's side, within WINDOW_MM of its back-projected median; the one whose
-        # projections best match the predictions (truncated squared crop-pixel error) wins
-        ok = allowed[k][skin_ids] if k in allowed else np.ones(skin_ids.size, bool)
-        d = np.linalg.norm(mean_t[skin_ids] - med[k], axis=1)
-        cand = np.flatnonzero(ok & (d < WINDOW_MM)) if np.isfinite(med[k]).all() else np.flatnonzero(ok)
-        e2 = ((fit_proj[:, cand] - fit_pts[:, k, None]) ** 2).sum(-1)
-        best = cand[np.argmin(np.minimum(e2, TRUNCATE_PX ** 2).sum(0))]
-        vid[k], snap[k] = skin_ids[best], d[best]
+    vid, snap = choose_vertices(model, fit_pts, fit_proj, skin_ids, med, allowed)
     vid = np.concatenate([vid, iris_vertices(model)])
     err = crop_errors(records, vid)
     sigma = np.maximum(np.sqrt(np.nanmean(err ** 2 / 2.0, axis=0)), 0.5)   # per axis, as before
@@ -211,7 +260,8 @@ def run(n_renders=N_RENDERS, seed=SEED, verbose=True, old_table=None, attention=
                    sigma_crop_px_median=float(np.median(sigma[:468])),
                    sigma_crop_px_range=[float(sigma.min()), float(sigma.max())],
                    iris_sigma_crop_px=[float(s) for s in sigma[468:]],
-                   unique_vertices=int(np.unique(vid).size))
+                   unique_vertices=int(np.unique(vid).size),
+                   lid_blink_gap_mm_max=float(lid_gaps(model, vid).max()))
     if old_table is not None:
         old = crop_errors(records, old_table[:, 1].astype(np.int64))
         rows = []
@@ -220,10 +270,11 @@ def run(n_renders=N_RENDERS, seed=SEED, verbose=True, old_table=None, attention=
             rms = lambda e: float(np.sqrt(np.nanmean(e[:, p] ** 2)))    # noqa: E731
             rows.append((name, float(np.nanmedian(old[:, p])), float(np.nanmedian(err[:, p])), rms(old), rms(err)))
         summary["before_after"] = rows
+        summary["lid_gap"] = (lid_gaps(model, old_table[:, 1].astype(np.int64)), lid_gaps(model, vid))
     if verbose:
-        print(json.dumps({k: v for k, v in summary.items() if k != "before_after"}, indent=1))
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("before_after", "lid_gap")}, indent=1))
         if old_table is not None:
-            print(before_after_table(summary["before_after"]))
+            print(before_after_table(summary["before_after"], summary["lid_gap"]))
     return table, summary
 
 
@@ -242,7 +293,7 @@ def main(argv=None):
     old = path if path.exists() else OUT_DIR / "correspondence.txt"     # attention: before = the mesh's table
     table, summary = run(args.renders, old_table=np.loadtxt(old) if old.exists() else None,
                          attention=args.attention)
-    rows = summary.pop("before_after", None)
+    rows, lid_gap = summary.pop("before_after", None), summary.pop("lid_gap", None)
     if args.check:
         old = np.loadtxt(path)
         same = (old[:, :2] == table[:, :2]).mean()
@@ -257,7 +308,7 @@ def main(argv=None):
     print(f"wrote {path}")
     if rows is not None:
         section = "correspondence" + (".attention" if args.attention else "")
-        results_doc.maybe_write(args, {section: before_after_table(rows)})
+        results_doc.maybe_write(args, {section: before_after_table(rows, lid_gap)})
     return 0
 
 
