@@ -1,0 +1,253 @@
+"""Levenberg-Marquardt on the whole offline problem (issue 17): the Gauss-Newton matrix of every
+frame, the identity and the cameras at once, for captures small enough to hold it densely.
+
+L-BFGS (``capture.CaptureProblem.solve``) needs 1,200-1,500 iterations with free cameras: the
+global scale (head size x camera distances) and the root / neck counter-rotations of single frames
+are near-null directions of its preconditioned Hessian.  A Gauss-Newton step sees them: it solves
+the normal equations (J^T W J + priors + lambda D) dz = -g exactly.
+
+* The gradient g and the cost are the energy's own (``gradients.capture_energy`` through
+  ``CaptureProblem.energy``): one energy definition; the matrix below is only the step's model.
+* The matrix (:func:`normal_matrix`): landmark term J^T W J with W the loss's IRLS weight rho'
+  (``energy.landmark_loss``), from the analytic world-space Jacobian of each frame's landmark
+  vertices (:func:`capture_jacobians`: pose, expression and identity columns, ``skinning.skin_vertex``
+  and ``gradients.identity_column``, the same as the preconditioner's blocks) and each camera's
+  projection rows (rotation as a left perturbation, translation, focal); the temporal term's
+  Gauss-Newton matrix exactly (frames f - 1 and f coupled); the expression, antagonist and joint
+  priors' Hessians (quadratic) and the identity prior's Gauss-Newton diagonal.  The intersection
+  term's curvature is left out (its gradient is in g; it is zero unless lids or lips intersect).
+* :func:`levenberg_marquardt_capture`: Marquardt-scaled damping with Nielsen's update
+  (``solvers.damping_update``); box bounds (expression in [0, 1], focal >= 1) by holding the
+  entries at a bound whose gradient pushes outward and clipping the step; the step is accepted by
+  the true energy.  Converged (status 1) when an accepted step lowers the cost by less than the
+  capture's stopping threshold (``CaptureConfig.stop_decrease`` per landmark residual) and the
+  model predicted no more; 2 when no damped step lowers the cost any further; 0 at the cap.
+
+A dense matrix of N unknowns costs N^2 doubles and N^3 / 3 flops per factorisation, so
+``capture.fit_capture`` uses this solver up to ``CaptureConfig.gn_max_unknowns`` free unknowns
+(20 frames, 17 cameras: about 1,650).
+"""
+import numpy as np
+from numba import njit
+
+from .camera import project_jac
+from .capture_cameras import CAMERA_SIZE, cross3
+from .energy import landmark_loss
+from .gradients import POSE_SIZE, _frame_setup, _landmark_table, _workspaces, frame_positions, identity_column
+from .rotation import rodrigues_into
+from .skinning import skin_vertex
+from .solvers import LAMBDA0, LAMBDA_MAX, damping_update
+
+
+@njit(cache=True)
+def capture_jacobians(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_idx, expr_blocks, weights, jidx,
+                      jcount, obs, block_ok, centre, loss_c, jx, srow, crow, res):
+    """Jacobians of the landmark term at z (arguments as ``gradients.capture_energy``).
+
+    Outputs
+    -------
+    jx : (F, L, 3, P + K) float64, d x_fp / d [frame f's pose (18) and expression (E), identity (K)],
+        the world position of landmark p in frame f (mm per unit).
+    srow : (F, C, L, 2, 3), d r / d x_fp of camera j's residual rows (pixels / sigma per mm), each row
+        scaled by sqrt(rho'), 0 where the landmark is missing.
+    crow : (F, C, L, 2, 7), d r / d camera j [rotation (left perturbation of the axis-angle), translation,
+        focal], scaled alike.
+    res : (F, C, L, 2), the residuals r = (pi_j(x) - mu) / sigma scaled by sqrt(rho'), so that
+        sum crow^T res and the chain of srow^T res give the landmark gradient.
+    """
+    nf, nc, nl = obs.shape[0], obs.shape[1], obs.shape[3]
+    psize = POSE_SIZE + ne
+    cbase = nk + nf * psize
+    tab = _landmark_table(z[:nk], mean, sb, sj, joint_mean, parents, anc, expr_idx, expr_blocks, weights, jidx,
+                          jcount)
+    ch, pos, adj, gn = _workspaces(nl, weights.shape[1], nk, False)
+    sk = gn.skin
+    u, v = gn.u, gn.v
+    rc = np.empty((nc, 3, 3))
+    jc = np.empty((nc, 3, 3))
+    for j in range(nc):
+        rodrigues_into(z[cbase + CAMERA_SIZE * j: cbase + CAMERA_SIZE * j + 3], rc[j], jc[j])
+    jx[:] = 0.0
+    srow[:] = 0.0
+    crow[:] = 0.0
+    res[:] = 0.0
+    xc, y, uvp, dx, df, b, cr = (np.empty(3), np.empty(3), np.empty(2), np.empty((2, 3)), np.empty(2),
+                                 np.empty(3), np.empty(3))
+    for f in range(nf):
+        base = nk + f * psize
+        _frame_setup(z, base, tab, ch)
+        frame_positions(z, base, tab, ch, pos.tbuf[0], pos.xbuf[0], pos.x)
+        trans = z[base + 3: base + 6]
+        for p in range(nl):
+            skin_vertex(pos.tbuf[0, p], weights[p], anc, ch.r0, trans, ch.rg, ch.tg, ch.gpos, ch.bm, sk.x, sk.rm,
+                        sk.dpose, sk.wsub, sk.work)
+            for i in range(3):
+                for c in range(POSE_SIZE):
+                    jx[f, p, i, c] = sk.dpose[i, c]
+            for d in range(expr_idx.shape[1]):
+                e = expr_idx[p, d]
+                if e < 0:
+                    break
+                for i in range(3):
+                    jx[f, p, i, POSE_SIZE + e] += (sk.rm[i, 0] * expr_blocks[p, d, 0] + sk.rm[i, 1] * expr_blocks[p, d, 1]
+                                                   + sk.rm[i, 2] * expr_blocks[p, d, 2])
+            for k in range(nk):
+                identity_column(p, k, sk.rm, ch.r0, sk.wsub, ch.cm, sb, sj, u, v)
+                for i in range(3):
+                    jx[f, p, i, psize + k] = v[i]
+        xs = pos.xbuf[0]
+        for j in range(nc):
+            if not block_ok[j, f]:
+                continue
+            cb = cbase + CAMERA_SIZE * j
+            focal = z[cb + 6]
+            for p in range(nl):
+                isg = np.float64(obs[f, j, 2, p])
+                if isg == 0.0:
+                    continue
+                for i in range(3):
+                    y[i] = rc[j, i, 0] * xs[0, p] + rc[j, i, 1] * xs[1, p] + rc[j, i, 2] * xs[2, p]
+                    xc[i] = y[i] + z[cb + 3 + i]
+                project_jac(xc, focal, centre[j, 0], centre[j, 1], uvp, dx, df)
+                ru = (uvp[0] - obs[f, j, 0, p]) * isg
+                rv = (uvp[1] - obs[f, j, 1, p]) * isg
+                _, drho = landmark_loss(ru * ru + rv * rv, loss_c)
+                sw = np.sqrt(drho)
+                w = sw * isg
+                res[f, j, p, 0] = sw * ru
+                res[f, j, p, 1] = sw * rv
+                for a in range(2):
+                    for i in range(3):
+                        srow[f, j, p, a, i] = w * (dx[a, 0] * rc[j, 0, i] + dx[a, 1] * rc[j, 1, i]
+                                                   + dx[a, 2] * rc[j, 2, i])
+                    for i in range(3):
+                        for k in range(3):
+                            b[k] = jc[j, k, i]
+                        cross3(b, y, cr)
+                        crow[f, j, p, a, i] = w * (dx[a, 0] * cr[0] + dx[a, 1] * cr[1] + dx[a, 2] * cr[2])
+                        crow[f, j, p, a, 3 + i] = w * dx[a, i]
+                    crow[f, j, p, a, 6] = w * df[a]
+
+
+def jacobians(prob, z):
+    """:func:`capture_jacobians` of a ``capture.CaptureProblem`` at z: (jx, srow, crow, res)."""
+    t, fc = prob.table, prob.cfg.fit
+    nf, nc, nl = prob.n_frames, prob.n_cameras, prob.n_landmarks
+    jx = np.empty((nf, nl, 3, prob.psize + prob.nk))
+    srow = np.empty((nf, nc, nl, 2, 3))
+    crow = np.empty((nf, nc, nl, 2, CAMERA_SIZE))
+    res = np.empty((nf, nc, nl, 2))
+    capture_jacobians(np.ascontiguousarray(z, dtype=np.float64), prob.nk, prob.ne, t.mean, t.identity_blocks,
+                      prob.sj, prob.model.joint_mean, prob.parents, prob.anc, t.expr_idx, t.expr_blocks, t.weights,
+                      prob.jidx, prob.jcount, prob.obs, prob.block_ok, prob.centre, fc.loss_c, jx, srow, crow, res)
+    return jx, srow, crow, res
+
+
+def normal_matrix(prob, z):
+    """The Gauss-Newton matrix (N, N) of the capture energy at z (module docstring): landmark and
+    temporal terms, expression / antagonist / joint priors, identity prior's GN diagonal."""
+    fc, lay = prob.cfg.fit, prob.layout
+    nk, ps, nf = prob.nk, prob.psize, prob.n_frames
+    jx, srow, crow, _ = jacobians(prob, z)
+    h = np.zeros((prob.n, prob.n))
+    nl, ncol = jx.shape[1], jx.shape[3]
+    cams = np.arange(lay.cameras_start, prob.n)
+    for f in range(nf):
+        idx = np.r_[lay.frame_block(f).start + np.arange(ps), np.arange(nk)]
+        jf = jx[f].reshape(3 * nl, ncol)
+        q = np.einsum("clai,clak->lik", srow[f], srow[f])
+        h[np.ix_(idx, idx)] += jf.T @ np.einsum("lik,lkn->lin", q, jx[f]).reshape(3 * nl, ncol)
+        bc = np.einsum("clai,clak->lick", srow[f], crow[f]).reshape(3 * nl, -1)     # (3L, C * 7)
+        hfc = jf.T @ bc
+        h[np.ix_(idx, cams)] += hfc
+        h[np.ix_(cams, idx)] += hfc.T
+        cr = crow[f].reshape(prob.n_cameras, 2 * nl, CAMERA_SIZE)
+        for j in range(prob.n_cameras):
+            cj = lay.camera_block(j)
+            h[cj, cj] += cr[j].T @ cr[j]
+        if fc.w_temporal > 0 and f > 0:
+            prev = lay.frame_block(f - 1).start + np.arange(ps)
+            d = np.concatenate([jx[f, :, :, :ps], -jx[f - 1, :, :, :ps], jx[f, :, :, ps:] - jx[f - 1, :, :, ps:]],
+                               axis=2).reshape(3 * nl, -1)
+            tidx = np.r_[idx[:ps], prev, np.arange(nk)]
+            h[np.ix_(tidx, tidx)] += 2.0 * fc.w_temporal * (d.T @ d)
+    _add_priors(prob, z, h)
+    return h
+
+
+def _add_priors(prob, z, h):
+    """The priors' Hessians into h: expression 2 w_e I and antagonist pairs 2 w_a, joints 2 w_j (not the
+    root), identity prior's Gauss-Newton diagonal."""
+    fc, lay = prob.cfg.fit, prob.layout
+    dg = np.einsum("ii->i", h)                      # a view: writes go into h
+    for f in range(prob.n_frames):
+        s = lay.frame_block(f).start
+        dg[s + 6: s + POSE_SIZE] += 2.0 * fc.w_joints
+        e = lay.expression_block(f).start
+        dg[e: e + prob.ne] += 2.0 * fc.w_expression
+        if fc.w_antagonist > 0 and prob.pairs.size:
+            a, b = e + prob.pairs[:, 0], e + prob.pairs[:, 1]
+            np.add.at(h, (a, b), 2.0 * fc.w_antagonist)
+            np.add.at(h, (b, a), 2.0 * fc.w_antagonist)
+    dg[:prob.nk] += prob.identity_prior(z[:prob.nk])[2]
+
+
+def levenberg_marquardt_capture(prob, z0, free, max_iter, stop_decrease, max_trials=10):
+    """Levenberg-Marquardt over z[free] from z0 (module docstring).
+
+    Parameters
+    ----------
+    prob : ``capture.CaptureProblem``; z0 : (N,) start (within the bounds); free : (N,) bool.
+    max_iter : int, the most Gauss-Newton matrices (iterations).
+    stop_decrease : float, the convergence threshold in cost units per iteration (0: only the cap).
+    max_trials : int, damped steps tried per iteration before giving up (status 2).
+
+    Returns
+    -------
+    (z (N,), cost float, iterations int, status int): status 1 converged, 2 no further decrease
+    found, 0 the cap.
+    """
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    lo, hi = prob.bounds()
+    z = np.clip(np.array(z0, dtype=np.float64), lo, hi)
+    cost, grad, _ = prob.energy(z)
+    lam, nu, status, it = LAMBDA0, 2.0, 0, 0
+    while it < max_iter and status == 0:
+        h = normal_matrix(prob, z)
+        it += 1
+        held = ((z <= lo) & (grad > 0)) | ((z >= hi) & (grad < 0))
+        idx = np.flatnonzero(free & ~held)
+        hr, g = h[np.ix_(idx, idx)], grad[idx]
+        scale = np.maximum(np.diag(hr), 1e-9 * max(np.diag(hr).max(), 1e-300))
+        accepted = False
+        for _ in range(max_trials):
+            try:
+                factor = cho_factor(hr + np.diag(lam * scale), check_finite=False)
+            except LinAlgError:
+                lam, nu = lam * nu, nu * 2.0
+                continue
+            step = -cho_solve(factor, g, check_finite=False)
+            z_new = z.copy()
+            z_new[idx] += step
+            z_new = np.clip(z_new, lo, hi)
+            dz = z_new[idx] - z[idx]
+            pred = -(g @ dz + 0.5 * dz @ (hr @ dz))
+            c_new, g_new, _ = prob.energy(z_new)
+            gain = (cost - c_new) / pred if pred > 0 else -1.0
+            if np.isfinite(c_new) and c_new < cost and gain > 1e-4:
+                lam, nu = damping_update(lam, nu, gain)
+                lam = max(lam, 1e-12)
+                accepted = True
+                break
+            lam, nu = lam * nu, nu * 2.0
+            if lam > LAMBDA_MAX:
+                break
+        if not accepted:
+            status = 2
+            break
+        drop = cost - c_new
+        z, cost, grad = z_new, c_new, g_new
+        if stop_decrease > 0 and drop < stop_decrease and pred < stop_decrease:
+            status = 1
+    return z, float(cost), it, status
