@@ -50,6 +50,7 @@ import numpy as np
 from .calibration import (Calibration, parse_calibration, read_calibration,  # noqa: F401
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
+from .capture_gn import levenberg_marquardt_capture
 from .capture_init import _MIN_LANDMARKS, _initialise
 from .capture_precond import (_FD_STEP, block_map, block_transform, camera_block_map, diagonal_map,
                               hessian_columns, schur_map)
@@ -97,7 +98,13 @@ class CaptureConfig:
         ``stop_window`` iterations.  scipy's ``ftol`` is relative to the cost itself, which with many
         residuals lets a decrease far below any change of the result count as progress (issue 17,
         calibrated, 8 cameras: the rule stops at 190 iterations; scipy's tests alone at 1,044, 28 cost
-        units lower, the face error 0.0997 -> 0.0998 mm).  0: off.
+        units lower, the face error 0.0997 -> 0.0998 mm).  0: off.  The Levenberg-Marquardt solver
+        stops when one iteration lowers the cost by less than this (and predicted no more).
+    solver : "auto" (Levenberg-Marquardt on the whole problem, ``lmfit3d.capture_gn``, when at most
+        ``lm_max_unknowns`` parameters are free, else L-BFGS), "lm" or "lbfgs".  LM converges in
+        tens of iterations where L-BFGS with free cameras needs over a thousand (issue 17); its
+        dense matrix costs N^2 doubles and N^3 / 3 flops per iteration.
+    lm_max_unknowns : int, the largest free parameter count "auto" gives to LM.
     """
 
     fit: FitConfig = field(default_factory=FitConfig)
@@ -114,6 +121,8 @@ class CaptureConfig:
     identity_hold: float = 0.5
     stop_decrease: float = 3e-6
     stop_window: int = 10
+    solver: str = "auto"
+    lm_max_unknowns: int = 3000
 
     def __post_init__(self):
         if not 0.0 <= self.identity_hold < 1.0:
@@ -129,6 +138,8 @@ class CaptureConfig:
             raise ValueError("ftol, gtol and stop_decrease must be >= 0")
         if self.stop_window < 1:
             raise ValueError("stop_window must be >= 1")
+        if self.solver not in ("auto", "lm", "lbfgs"):
+            raise ValueError(f"solver must be 'auto', 'lm' or 'lbfgs', got {self.solver!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,13 +650,30 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
         free[s + 6] = ~np.isfinite(sub_cal.focal[j]) | sub_cal.free_focal[j]
     t1 = time.perf_counter()
     if progress is not None:
-        progress(f"initialised in {t1 - t0:.1f} s; L-BFGS over {int(free.sum())} parameters")
+        progress(f"initialised in {t1 - t0:.1f} s; solving over {int(free.sum())} parameters")
     z, res = _solve_staged(prob, z, free, free_cams=bool(ext_free.any()))
     t2 = time.perf_counter()
     return _result(model, prob, z, res, used, cal, size, ids, ref, t1 - t0, t2 - t1)
 
 
 def _solve_staged(prob, z, free, free_cams):
+    """The solve: Levenberg-Marquardt (``capture_gn``) when ``CaptureConfig.solver`` asks or ("auto") the
+    free parameters are few enough, else L-BFGS (below).  Returns (z, result: ``fun``, ``nit``,
+    ``success``, ``message``)."""
+    cfg = prob.cfg
+    n_free = int(free.sum())
+    if cfg.solver == "lm" or (cfg.solver == "auto" and n_free <= cfg.lm_max_unknowns):
+        from scipy.optimize import OptimizeResult
+        n_res = 2 * int(np.count_nonzero(prob.obs[:, :, 2] > 0))
+        z, cost, it, status = levenberg_marquardt_capture(prob, z, free, cfg.max_iter, cfg.stop_decrease * n_res)
+        msg = {0: "the iteration cap", 1: f"CONVERGENCE: an iteration lowered the cost by less than "
+                                          f"{cfg.stop_decrease:g} x {n_res} residuals",
+               2: "CONVERGENCE: no damped step lowers the cost"}[status]
+        return z, OptimizeResult(fun=cost, nit=it, success=status >= 1, status=status, message="LM: " + msg)
+    return _solve_lbfgs_staged(prob, z, free, free_cams)
+
+
+def _solve_lbfgs_staged(prob, z, free, free_cams):
     """The L-BFGS solve; with free camera extrinsics and a free identity in two stages: the first
     ``CaptureConfig.identity_hold`` of the iterations with the identity held at its initial value (the
     head's size then fixes the scene's scale, and the cameras and poses settle without sliding along

@@ -152,10 +152,13 @@ def normal_matrix(prob, z):
     h = np.zeros((prob.n, prob.n))
     nl, ncol = jx.shape[1], jx.shape[3]
     cams = np.arange(lay.cameras_start, prob.n)
+    two_w = 2.0 * fc.w_temporal if nf > 1 else 0.0
     for f in range(nf):
         idx = np.r_[lay.frame_block(f).start + np.arange(ps), np.arange(nk)]
         jf = jx[f].reshape(3 * nl, ncol)
         q = np.einsum("clai,clak->lik", srow[f], srow[f])
+        # the temporal term's own-frame part: 2 w_t per neighbouring difference, on the diagonal of q
+        q[:, np.arange(3), np.arange(3)] += two_w * ((f > 0) + (f < nf - 1))
         h[np.ix_(idx, idx)] += jf.T @ np.einsum("lik,lkn->lin", q, jx[f]).reshape(3 * nl, ncol)
         bc = np.einsum("clai,clak->lick", srow[f], crow[f]).reshape(3 * nl, -1)     # (3L, C * 7)
         hfc = jf.T @ bc
@@ -165,12 +168,13 @@ def normal_matrix(prob, z):
         for j in range(prob.n_cameras):
             cj = lay.camera_block(j)
             h[cj, cj] += cr[j].T @ cr[j]
-        if fc.w_temporal > 0 and f > 0:
-            prev = lay.frame_block(f - 1).start + np.arange(ps)
-            d = np.concatenate([jx[f, :, :, :ps], -jx[f - 1, :, :, :ps], jx[f, :, :, ps:] - jx[f - 1, :, :, ps:]],
-                               axis=2).reshape(3 * nl, -1)
-            tidx = np.r_[idx[:ps], prev, np.arange(nk)]
-            h[np.ix_(tidx, tidx)] += 2.0 * fc.w_temporal * (d.T @ d)
+        if two_w > 0 and f > 0:
+            # the cross part of w_t |x_f - x_f-1|^2: -2 w_t J_f^T J_f-1 (and its transpose), the identity
+            # columns of both frames included
+            prev = np.r_[lay.frame_block(f - 1).start + np.arange(ps), np.arange(nk)]
+            cross = -two_w * (jf.T @ jx[f - 1].reshape(3 * nl, ncol))
+            h[np.ix_(idx, prev)] += cross
+            h[np.ix_(prev, idx)] += cross.T
     _add_priors(prob, z, h)
     return h
 
@@ -192,6 +196,9 @@ def _add_priors(prob, z, h):
     dg[:prob.nk] += prob.identity_prior(z[:prob.nk])[2]
 
 
+_DEBUG = False
+
+
 def levenberg_marquardt_capture(prob, z0, free, max_iter, stop_decrease, max_trials=10):
     """Levenberg-Marquardt over z[free] from z0 (module docstring).
 
@@ -207,8 +214,6 @@ def levenberg_marquardt_capture(prob, z0, free, max_iter, stop_decrease, max_tri
     (z (N,), cost float, iterations int, status int): status 1 converged, 2 no further decrease
     found, 0 the cap.
     """
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve
-
     lo, hi = prob.bounds()
     z = np.clip(np.array(z0, dtype=np.float64), lo, hi)
     cost, grad, _ = prob.energy(z)
@@ -222,16 +227,13 @@ def levenberg_marquardt_capture(prob, z0, free, max_iter, stop_decrease, max_tri
         scale = np.maximum(np.diag(hr), 1e-9 * max(np.diag(hr).max(), 1e-300))
         accepted = False
         for _ in range(max_trials):
-            try:
-                factor = cho_factor(hr + np.diag(lam * scale), check_finite=False)
-            except LinAlgError:
+            dz = _bounded_step(hr, g, lam * scale, z[idx], lo[idx], hi[idx])
+            if dz is None:
                 lam, nu = lam * nu, nu * 2.0
                 continue
-            step = -cho_solve(factor, g, check_finite=False)
             z_new = z.copy()
-            z_new[idx] += step
+            z_new[idx] += dz
             z_new = np.clip(z_new, lo, hi)
-            dz = z_new[idx] - z[idx]
             pred = -(g @ dz + 0.5 * dz @ (hr @ dz))
             c_new, g_new, _ = prob.energy(z_new)
             gain = (cost - c_new) / pred if pred > 0 else -1.0
@@ -248,6 +250,51 @@ def levenberg_marquardt_capture(prob, z0, free, max_iter, stop_decrease, max_tri
             break
         drop = cost - c_new
         z, cost, grad = z_new, c_new, g_new
-        if stop_decrease > 0 and drop < stop_decrease and pred < stop_decrease:
-            status = 1
+        if _DEBUG:
+            print(f"LM it {it}: cost {cost:.3f} drop {drop:.4g} pred {pred:.4g} lam {lam:.3g} held {held.sum()}")
+        if stop_decrease > 0 and drop < stop_decrease:
+            # a small decrease may be the damping's: converged when the undamped step promises no more
+            full = _full_step_decrease(prob, z, grad, free, lo, hi, h)
+            if full < stop_decrease:
+                status = 1
+            else:
+                lam = min(lam, 1e-6)
     return z, float(cost), it, status
+
+
+def _full_step_decrease(prob, z, grad, free, lo, hi, h):
+    """The decrease the quadratic model promises for the undamped Gauss-Newton step from z (h: the matrix
+    of the last iteration, close enough once the steps are small)."""
+    held = ((z <= lo) & (grad > 0)) | ((z >= hi) & (grad < 0))
+    idx = np.flatnonzero(free & ~held)
+    hr, g = h[np.ix_(idx, idx)], grad[idx]
+    dz = _bounded_step(hr, g, 1e-9 * np.maximum(np.diag(hr), 1e-300), z[idx], lo[idx], hi[idx])
+    return np.inf if dz is None else float(-(g @ dz + 0.5 * dz @ (hr @ dz)))
+
+
+def _bounded_step(h, g, damp, x, lo, hi, passes=6):
+    """The damped Gauss-Newton step dz of (h + diag(damp)) dz = -g within lo <= x + dz <= hi: entries whose
+    step crosses a bound are set onto it and held, and the rest solved again (up to ``passes`` times;
+    then clipped).  None when the matrix is not positive definite."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    dz = np.zeros(x.size)
+    held = np.zeros(x.size, bool)
+    for _ in range(passes):
+        f = np.flatnonzero(~held)
+        a = h[np.ix_(f, f)]
+        a[np.diag_indices(f.size)] += damp[f]
+        rhs = -g[f]
+        if held.any():
+            rhs -= h[np.ix_(f, np.flatnonzero(held))] @ dz[held]
+        try:
+            dz[f] = cho_solve(cho_factor(a, check_finite=False), rhs, check_finite=False)
+        except LinAlgError:
+            return None
+        new = x + dz
+        over = ~held & ((new < lo) | (new > hi))
+        if not over.any():
+            break
+        dz[over] = np.clip(new[over], lo[over], hi[over]) - x[over]
+        held |= over
+    return np.clip(x + dz, lo, hi) - x
