@@ -94,7 +94,8 @@ def capture_jacobians(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_id
                 if e < 0:
                     break
                 for i in range(3):
-                    jx[f, p, i, POSE_SIZE + e] += (sk.rm[i, 0] * expr_blocks[p, d, 0] + sk.rm[i, 1] * expr_blocks[p, d, 1]
+                    jx[f, p, i, POSE_SIZE + e] += (sk.rm[i, 0] * expr_blocks[p, d, 0]
+                                                   + sk.rm[i, 1] * expr_blocks[p, d, 1]
                                                    + sk.rm[i, 2] * expr_blocks[p, d, 2])
             for k in range(nk):
                 identity_column(p, k, sk.rm, ch.r0, sk.wsub, ch.cm, sb, sj, u, v)
