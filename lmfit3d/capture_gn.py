@@ -136,49 +136,58 @@ def capture_jacobians(z, nk, ne, mean, sb, sj, joint_mean, parents, anc, expr_id
 
 
 @njit(cache=True)
-def intersection_rows(z, nk, ne, nf, geom, sqrtw, rows, res):
-    """Jacobian rows of the intersection residuals r = sqrtw depth (``gradients.intersection_grad``).
+def intersection_rows(z, nk, ne, nf, geom, sqrtw):
+    """Jacobian rows of the intersection residuals r = sqrtw depth (``gradients.intersection_grad``), for
+    the vertices inside (depth > 0) only.
 
-    geom : ``energy.Intersection`` with identity blocks (n, 3, K) (n = 0: none); sqrtw : sqrt(2 w_x).
-    rows : (F, n, E + K) out, d r / d [frame f's expression, identity] (0 where the vertex is outside).
-    res : (F, n) out, r.
+    geom : ``energy.Intersection`` with identity blocks (n, 3, K); sqrtw : sqrt(2 w_x).
+    Returns (frame (A,) int64, rows (A, E + K) d r / d [that frame's expression, identity], r (A,)).
     """
     ni = geom.template.shape[0]
     psize = POSE_SIZE + ne
-    rows[:] = 0.0
-    res[:] = 0.0
     it_beta = np.empty((ni, 3))
     identity_state(z[:nk], geom.template, geom.identity_blocks, it_beta)
     t, gr = np.empty(3), np.empty(3)
     expr_idx, expr_blocks, sb = geom.expr_idx, geom.expr_blocks, geom.identity_blocks
+    depth = np.zeros((nf, ni))
     for f in range(nf):
         e0 = nk + f * psize + POSE_SIZE
         for p in range(ni):
             template_point(p, z, e0, it_beta, expr_idx, expr_blocks, t)
-            depth = intersection_depth(t, geom.sphere_of[p], geom.hull_of[p], geom.sphere_c, geom.sphere_r,
-                                       geom.planes, gr)
-            if depth <= 0.0:
+            depth[f, p] = intersection_depth(t, geom.sphere_of[p], geom.hull_of[p], geom.sphere_c, geom.sphere_r,
+                                             geom.planes, gr)
+    n_in = int((depth > 0.0).sum())
+    frame = np.empty(n_in, np.int64)
+    rows = np.zeros((n_in, ne + nk))
+    res = np.empty(n_in)
+    a = 0
+    for f in range(nf):
+        e0 = nk + f * psize + POSE_SIZE
+        for p in range(ni):
+            if depth[f, p] <= 0.0:
                 continue
-            res[f, p] = sqrtw * depth
+            template_point(p, z, e0, it_beta, expr_idx, expr_blocks, t)
+            intersection_depth(t, geom.sphere_of[p], geom.hull_of[p], geom.sphere_c, geom.sphere_r, geom.planes, gr)
+            frame[a] = f
+            res[a] = sqrtw * depth[f, p]
             for d in range(expr_idx.shape[1]):
                 e = expr_idx[p, d]
                 if e < 0:
                     break
-                rows[f, p, e] += sqrtw * (gr[0] * expr_blocks[p, d, 0] + gr[1] * expr_blocks[p, d, 1]
-                                          + gr[2] * expr_blocks[p, d, 2])
+                rows[a, e] += sqrtw * (gr[0] * expr_blocks[p, d, 0] + gr[1] * expr_blocks[p, d, 1]
+                                       + gr[2] * expr_blocks[p, d, 2])
             for k in range(nk):
-                rows[f, p, ne + k] = sqrtw * (gr[0] * sb[p, 0, k] + gr[1] * sb[p, 1, k] + gr[2] * sb[p, 2, k])
+                rows[a, ne + k] = sqrtw * (gr[0] * sb[p, 0, k] + gr[1] * sb[p, 1, k] + gr[2] * sb[p, 2, k])
+            a += 1
+    return frame, rows, res
 
 
 def intersection_jacobian(prob, z):
-    """:func:`intersection_rows` of a ``capture.CaptureProblem`` at z: (rows (F, n, E + K), res (F, n))."""
-    n = prob.inter.template.shape[0] if prob.cfg.fit.w_intersection > 0 else 0
-    rows = np.empty((prob.n_frames, n, prob.ne + prob.nk))
-    res = np.empty((prob.n_frames, n))
-    if n:
-        intersection_rows(np.ascontiguousarray(z, dtype=np.float64), prob.nk, prob.ne, prob.n_frames, prob.inter,
-                          np.sqrt(2.0 * prob.cfg.fit.w_intersection), rows, res)
-    return rows, res
+    """:func:`intersection_rows` of a ``capture.CaptureProblem`` at z: (frame (A,), rows (A, E + K), r (A,))."""
+    if prob.cfg.fit.w_intersection <= 0 or prob.inter.template.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros((0, prob.ne + prob.nk)), np.zeros(0)
+    return intersection_rows(np.ascontiguousarray(z, dtype=np.float64), prob.nk, prob.ne, prob.n_frames, prob.inter,
+                             np.sqrt(2.0 * prob.cfg.fit.w_intersection))
 
 
 def jacobians(prob, z):
@@ -227,12 +236,11 @@ def normal_matrix(prob, z):
             cross = -two_w * (jf.T @ jx[f - 1].reshape(3 * nl, ncol))
             h[np.ix_(idx, prev)] += cross
             h[np.ix_(prev, idx)] += cross.T
-    rows, _ = intersection_jacobian(prob, z)
-    for f in range(nf):
-        on = np.flatnonzero(rows[f].any(1))
-        if on.size:
-            iidx = np.r_[lay.expression_block(f).start + np.arange(prob.ne), np.arange(nk)]
-            h[np.ix_(iidx, iidx)] += rows[f, on].T @ rows[f, on]
+    frame, rows, _ = intersection_jacobian(prob, z)
+    for f in np.unique(frame):
+        on = rows[frame == f]
+        iidx = np.r_[lay.expression_block(f).start + np.arange(prob.ne), np.arange(nk)]
+        h[np.ix_(iidx, iidx)] += on.T @ on
     _add_priors(prob, z, h)
     return h
 
