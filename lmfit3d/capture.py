@@ -50,7 +50,7 @@ import numpy as np
 from .calibration import (Calibration, parse_calibration, read_calibration,  # noqa: F401
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
-from .capture_gn import levenberg_marquardt_capture
+from .capture_gn import keyframe_cameras, levenberg_marquardt_capture, lm_result, spread_frames, stop_threshold
 from .capture_init import _MIN_LANDMARKS, _initialise
 from .capture_precond import (_FD_STEP, block_map, block_transform, camera_block_map, diagonal_map,
                               hessian_columns, schur_map)
@@ -425,19 +425,8 @@ class CaptureProblem:
         call per free entry on the small copy).  ``scale`` (N,): the diagonal preconditioner's step of
         each entry."""
         nf = self.n_frames
-        sel = np.unique(np.linspace(0, nf - 1, min(nf, frames)).round().astype(np.int64))
-        sub, zs = self, z0
-        if sel.size < nf:
-            mu = np.transpose(self.obs[sel, :, :2], (1, 0, 3, 2)).astype(np.float64)
-            inv = np.transpose(self.obs[sel, :, 2], (1, 0, 2)).astype(np.float64)
-            sub = CaptureProblem(self.model, self.table.vertex_ids, mu, inv, 2.0 * self.centre, self.cfg,
-                                 z0[:self.nk])
-            zs = np.zeros(sub.n)
-            zs[:self.nk] = z0[:self.nk]
-            for k, f in enumerate(sel):
-                zs[sub.layout.frame_block(k)] = z0[self.layout.frame_block(f)]
-            for j in range(self.n_cameras):
-                zs[sub.camera_slice(j)] = z0[self.camera_slice(j)]
+        sel = spread_frames(nf, frames)
+        sub, zs = self.subproblem(z0, sel) if sel.size < nf else (self, z0)
         gradient = sub._gauss_newton_gradient(zs)
         g0 = gradient(zs)
         blocks = []
@@ -447,6 +436,31 @@ class CaptureProblem:
             cols = hessian_columns(gradient, zs, cs, _FD_STEP * scale[c], g0)
             blocks.append(cols[cs] * (nf / sel.size))
         return blocks
+
+    def subproblem(self, z0, frames, config=None):
+        """A copy of the problem holding only ``frames`` (int array), and z0 on it: (problem, its vector);
+        ``config``: its CaptureConfig (default this problem's)."""
+        mu = np.transpose(self.obs[frames, :, :2], (1, 0, 3, 2)).astype(np.float64)
+        inv = np.transpose(self.obs[frames, :, 2], (1, 0, 2)).astype(np.float64)
+        sub = CaptureProblem(self.model, self.table.vertex_ids, mu, inv, 2.0 * self.centre, config or self.cfg,
+                             z0[:self.nk])
+        zs = np.zeros(sub.n)
+        zs[:self.nk] = z0[:self.nk]
+        for k, f in enumerate(frames):
+            zs[sub.layout.frame_block(k)] = z0[self.layout.frame_block(f)]
+        for j in range(self.n_cameras):
+            zs[sub.camera_slice(j)] = z0[self.camera_slice(j)]
+        return sub, zs
+
+    def from_subproblem(self, sub, zs, frames, z):
+        """A copy of z with the identity, ``frames`` and the cameras taken from ``sub``'s vector zs."""
+        out = np.array(z, dtype=np.float64)
+        out[:self.nk] = zs[:self.nk]
+        for k, f in enumerate(frames):
+            out[self.layout.frame_block(f)] = zs[sub.layout.frame_block(k)]
+        for j in range(self.n_cameras):
+            out[self.camera_slice(j)] = zs[sub.camera_slice(j)]
+        return out
 
     def variable_map(self, z0, free):
         """The preconditioner at z0 over the free entries (``capture_precond.VariableMap``)."""
@@ -658,35 +672,45 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
 
 def _solve_staged(prob, z, free, free_cams):
     """The solve: Levenberg-Marquardt (``capture_gn``) when ``CaptureConfig.solver`` asks or ("auto") the
-    free parameters are few enough, else L-BFGS (below).  Returns (z, result: ``fun``, ``nit``,
-    ``success``, ``message``)."""
+    free parameters are few enough; else L-BFGS (:func:`_solve_lbfgs_staged`), and ("auto") with free
+    camera parameters the cameras and the identity are first found by LM on keyframes
+    (``capture_gn.keyframe_cameras``) and held while L-BFGS fits every frame (with free cameras and
+    identity L-BFGS needs over a thousand iterations: the scene's scale is nearly free).
+    Returns (z, result: ``fun``, ``nit``, ``success``, ``message``)."""
     cfg = prob.cfg
     n_free = int(free.sum())
     if cfg.solver == "lm" or (cfg.solver == "auto" and n_free <= cfg.lm_max_unknowns):
-        from scipy.optimize import OptimizeResult
-        n_res = 2 * int(np.count_nonzero(prob.obs[:, :, 2] > 0))
-        z, cost, it, status = levenberg_marquardt_capture(prob, z, free, cfg.max_iter, cfg.stop_decrease * n_res)
-        msg = {0: "the iteration cap", 1: f"CONVERGENCE: an iteration lowered the cost by less than "
-                                          f"{cfg.stop_decrease:g} x {n_res} residuals",
-               2: "CONVERGENCE: no damped step lowers the cost"}[status]
-        return z, OptimizeResult(fun=cost, nit=it, success=status >= 1, status=status, message="LM: " + msg)
+        z, cost, it, status = levenberg_marquardt_capture(prob, z, free, cfg.max_iter, stop_threshold(prob))
+        return z, lm_result(prob, cost, it, status)
+    cams = prob.layout.cameras_start
+    if cfg.solver == "auto" and free[cams:].any():
+        z, first = keyframe_cameras(prob, z, free)
+        frames = free.copy()
+        frames[:prob.nk] = False
+        frames[cams:] = False
+        z, res = _solve_lbfgs_staged(prob, z, frames, False, cfg.max_iter - first.nit)
+        res.nit += first.nit
+        res.message = f"{first.message} on keyframes, cameras and identity then held; L-BFGS: {res.message}"
+        return z, res
     return _solve_lbfgs_staged(prob, z, free, free_cams)
 
 
-def _solve_lbfgs_staged(prob, z, free, free_cams):
+def _solve_lbfgs_staged(prob, z, free, free_cams, max_iter=None):
     """The L-BFGS solve; with free camera extrinsics and a free identity in two stages: the first
     ``CaptureConfig.identity_hold`` of the iterations with the identity held at its initial value (the
     head's size then fixes the scene's scale, and the cameras and poses settle without sliding along
     the weak scale direction, head size x camera distances), the rest with everything free.  Returns
-    (z, scipy result) with the iterations of both stages."""
+    (z, scipy result) with the iterations of both stages; at most ``max_iter`` (default
+    ``CaptureConfig.max_iter``) in all."""
     cfg = prob.cfg
-    hold = int(round(cfg.identity_hold * cfg.max_iter)) if free_cams and free[:prob.nk].any() else 0
-    if hold <= 0 or hold >= cfg.max_iter:
-        return prob.solve(z, free)
+    max_iter = cfg.max_iter if max_iter is None else max(1, int(max_iter))
+    hold = int(round(cfg.identity_hold * max_iter)) if free_cams and free[:prob.nk].any() else 0
+    if hold <= 0 or hold >= max_iter:
+        return prob.solve(z, free, max_iter)
     held = free.copy()
     held[:prob.nk] = False
     z, first = prob.solve(z, held, hold)
-    z, res = prob.solve(z, free, cfg.max_iter - first.nit)
+    z, res = prob.solve(z, free, max_iter - first.nit)
     res.nit += first.nit
     return z, res
 

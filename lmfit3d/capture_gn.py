@@ -29,6 +29,8 @@ A dense matrix of N unknowns costs N^2 doubles and N^3 / 3 flops per factorisati
 ``capture.fit_capture`` uses this solver up to ``CaptureConfig.gn_max_unknowns`` free unknowns
 (20 frames, 17 cameras: about 1,650).
 """
+from dataclasses import replace
+
 import numpy as np
 from numba import njit
 
@@ -364,3 +366,48 @@ def _bounded_step(h, g, damp, x, lo, hi, passes=6):
         dz[over] = np.clip(new[over], lo[over], hi[over]) - x[over]
         held |= over
     return np.clip(x + dz, lo, hi) - x
+
+
+KEYFRAMES = 20      # frames of keyframe_cameras' LM (issue 17's bench problems: 20 frames, 10-14 iterations)
+
+
+def spread_frames(n_frames, count):
+    """Up to ``count`` frame indices spread evenly over 0 .. n_frames - 1 (first and last included)."""
+    return np.unique(np.linspace(0, n_frames - 1, min(n_frames, count)).round().astype(np.int64))
+
+
+def stop_threshold(prob):
+    """``CaptureConfig.stop_decrease`` in cost units per iteration: times the landmark residual count."""
+    return prob.cfg.stop_decrease * 2 * int(np.count_nonzero(prob.obs[:, :, 2] > 0))
+
+
+def lm_result(prob, cost, it, status):
+    """The scipy-like result (``fun``, ``nit``, ``success``, ``status``, ``message``) of an LM solve."""
+    from scipy.optimize import OptimizeResult
+    msg = {0: "the iteration cap", 1: f"CONVERGENCE: an iteration lowered the cost by less than "
+                                      f"{prob.cfg.stop_decrease:g} per landmark residual",
+           2: "CONVERGENCE: no damped step lowers the cost"}[status]
+    return OptimizeResult(fun=cost, nit=it, success=status >= 1, status=status, message="LM: " + msg)
+
+
+def keyframe_cameras(prob, z, free):
+    """Free cameras of a problem too large for LM: LM on :data:`KEYFRAMES` keyframes spread over the clip
+    (fewer if ``CaptureConfig.lm_max_unknowns`` asks), everything free as in ``free``; returns z with the
+    identity, the keyframes and the cameras from that fit, and its result."""
+    cfg, lay = prob.cfg, prob.layout
+    per_frame = int(free[lay.frame_block(0)].sum())
+    fixed = int(free[:prob.nk].sum() + free[lay.cameras_start:].sum())
+    count = max(2, min(KEYFRAMES, (cfg.lm_max_unknowns - fixed) // max(per_frame, 1)))
+    frames = spread_frames(prob.n_frames, count)
+    # the keyframes stand for the whole clip: the identity prior weighs as against all frames' data (the
+    # scene's scale is set by it), and no temporal term between frames far apart
+    fit = replace(cfg.fit, w_temporal=0.0, w_identity=cfg.fit.w_identity * frames.size / prob.n_frames)
+    sub, zs = prob.subproblem(z, frames, replace(cfg, fit=fit))
+    sub_free = np.zeros(sub.n, bool)
+    sub_free[:prob.nk] = free[:prob.nk]
+    for k, f in enumerate(frames):
+        sub_free[sub.layout.frame_block(k)] = free[lay.frame_block(f)]
+    sub_free[sub.layout.cameras_start:] = free[lay.cameras_start:]
+    zs, cost, it, status = levenberg_marquardt_capture(sub, zs, sub_free, cfg.max_iter // 2, stop_threshold(sub))
+    prob.nfev += sub.nfev
+    return prob.from_subproblem(sub, zs, frames, z), lm_result(sub, cost, it, status)
