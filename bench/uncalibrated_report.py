@@ -16,6 +16,7 @@ Usage::
 
     NUMBA_NUM_THREADS=1 python bench/uncalibrated_report.py [--frames 20] [--cameras 1 2 4 8 17] [--run-on 200]
         [--second-seed 1] [--write-doc]
+    NUMBA_NUM_THREADS=1 python bench/uncalibrated_report.py --long 60x8 120x4 [--write-doc]
 """
 import os
 
@@ -138,6 +139,37 @@ def _fits(model, ids, a, seed, modes):
     return rows
 
 
+LONG_MODES = ("calibrated", "focal known", "focal known, L-BFGS", "focal unknown")
+
+
+def _long(a):
+    """Long clips: above ``CaptureConfig.lm_max_unknowns`` the default is LM on keyframes (cameras and
+    identity), then L-BFGS over every frame with those held."""
+    from lmfit3d.landmarks import load_landmark_set
+    from lmfit3d.model import load_model
+    model = load_model()
+    ids = load_landmark_set("dense320")
+    run(model, ids, 2, 3, a.seed, "focal known, L-BFGS", 5)          # compile outside the timings
+    lines = ["| frames x cameras | " + " | ".join(LONG_MODES) + " |", "|---|" + "---:|" * len(LONG_MODES)]
+    for size in a.long:
+        nf, nc = (int(v) for v in size.split("x"))
+        cells = []
+        for mode in LONG_MODES:
+            r = run(model, ids, nc, nf, a.seed, mode, a.max_iter)
+            print(f"  {size}, {mode}: {r}", file=sys.stderr, flush=True)
+            cells.append(f"{r['err']:.3f} mm ({r['err_s']:.3f} scaled, size {r['scale_pct']:+.1f} %), "
+                         f"{r['secs']:.1f} s, {r['it']} it, status {r['status']}"
+                         + (f", focal {r['focal_pct']:.1f} %" if mode == "focal unknown" else ""))
+        lines.append(f"| {nf} x {nc} | " + " | ".join(cells) + " |")
+    machine = results_doc.machine_line(f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, one process")
+    text = (f"Longer clips (seed {a.seed}; settings as above, cap {a.max_iter}): the default solver runs LM on "
+            f"20 keyframes, then L-BFGS with the cameras and the identity held; \"focal known, L-BFGS\" is "
+            f"`solver=\"lbfgs\"` (all free).\n\n" + "\n".join(lines) + f"\n\n{machine}")
+    print(text)
+    results_doc.maybe_write(a, {"uncalibrated_report.long": text})
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=20)
@@ -148,8 +180,13 @@ def main(argv=None):
                     help="also run the default-solver fits without the stopping rule, at most N iterations")
     ap.add_argument("--second-seed", type=int, default=None,
                     help="also fit focal known and unknown on the face of this seed")
+    ap.add_argument("--long", nargs="+", default=None, metavar="FxC",
+                    help="instead: clips too long for LM on the whole problem (e.g. 60x8 120x4), the "
+                         "keyframe path against L-BFGS (section uncalibrated_report.long)")
     results_doc.add_arguments(ap)
     a = ap.parse_args(argv)
+    if a.long:
+        return _long(a)
     from lmfit3d.landmarks import load_landmark_set
     from lmfit3d.model import load_model
     model = load_model()
