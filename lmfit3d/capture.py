@@ -1,10 +1,11 @@
-"""Offline capture: all frames and cameras fitted together by L-BFGS (paper sec. 3.3 and 4.3.1).
+"""Offline capture: all frames and cameras fitted together (paper sec. 3.3 and 4.3.1), by
+Levenberg-Marquardt on the whole problem when it is small (``lmfit3d.capture_gn``), else by L-BFGS.
 
 Unknowns
 --------
 * identity beta (K), shared by every frame and camera;
 * per frame f: root rotation and translation (the head pose in *world* coordinates), neck / head /
-  eye rotations and expression psi_f (E, kept in [0, 1] by L-BFGS-B bounds);
+  eye rotations and expression psi_f (E, kept in [0, 1] by bounds);
 * per camera j: world-to-camera rotation R_j (axis-angle), translation T_j (mm) and focal length
   f_j (pixels, > 0), each optimised when unknown or marked free, held when calibrated.
 
@@ -13,8 +14,9 @@ x_f = R_root LBS(T(beta, psi_f), J(beta), theta_f) + t_root, and projected by th
 ``lmfit3d.camera`` (principal point at the image centre).  The energy is the real-time fitter's
 (``FitConfig`` weights): landmarks summed over cameras and frames, identity GMM prior, expression
 and joint priors, the temporal term (landmark vertices, world mm) and intersections.  Cost and
-gradient come from one numba kernel (``lmfit3d.gradients.capture_energy``); L-BFGS-B runs on
-variables rescaled by the Gauss-Newton diagonal at the start (a diagonal preconditioner).
+gradient come from one numba kernel (``lmfit3d.gradients.capture_energy``); LM builds its
+Gauss-Newton matrix from analytic Jacobians (``capture_gn``, ``CaptureConfig.solver``); L-BFGS-B runs
+on variables rescaled by Gauss-Newton blocks at the start (``capture_precond``).
 
 World frame and gauge
 ---------------------
@@ -90,8 +92,8 @@ class CaptureConfig:
         the Schur complement of the frames' pose blocks (``lmfit3d.capture_precond``; experimental,
         off by default: issue 17's measurements in docs/results.md).  Without it, each free camera is
         whitened by its own GN block.
-    identity_hold : float in [0, 1), with free camera extrinsics: the fraction of ``max_iter`` spent
-        with the identity held at its initial value before everything is freed (0: one stage).
+    identity_hold : float in [0, 1), L-BFGS with free camera extrinsics: the fraction of ``max_iter``
+        spent with the identity held at its initial value before everything is freed (0: one stage).
     stop_decrease, stop_window : float, int, the capture's own stopping rule, in the energy's units:
         L-BFGS stops, converged (status 1), when the cost fell by less than ``stop_decrease`` per
         landmark residual (one coordinate over sigma) and iteration, on average over the last
