@@ -19,15 +19,18 @@ the normal equations (J^T W J + priors + lambda D) dz = -g exactly.
   and teeth, through their template points; without it one camera's fit crawled: 200 iterations,
   no convergence).
 * :func:`levenberg_marquardt_capture`: Marquardt-scaled damping with Nielsen's update
-  (``solvers.damping_update``); box bounds (expression in [0, 1], focal >= 1) by holding the
-  entries at a bound whose gradient pushes outward and clipping the step; the step is accepted by
+  (``solvers.damping_update``); box bounds (expression in [0, 1], focal >= 1) by an active set
+  (:func:`_bounded_step`: entries at a bound whose gradient pushes outward are held, entries a step
+  would carry through a bound are set onto it and the rest solved again); the step is accepted by
   the true energy.  Converged (status 1) when an accepted step lowers the cost by less than the
   capture's stopping threshold (``CaptureConfig.stop_decrease`` per landmark residual) and the
-  model predicted no more; 2 when no damped step lowers the cost any further; 0 at the cap.
+  undamped step promises less too; 2 when no damped step lowers the cost any further; 0 at the cap.
+* :func:`keyframe_cameras`: for problems too large for a dense matrix, LM on keyframes finds the
+  cameras and the identity (``capture._solve_staged`` then holds them for L-BFGS).
 
 A dense matrix of N unknowns costs N^2 doubles and N^3 / 3 flops per factorisation, so
-``capture.fit_capture`` uses this solver up to ``CaptureConfig.gn_max_unknowns`` free unknowns
-(20 frames, 17 cameras: about 1,650).
+``capture.fit_capture`` uses this solver up to ``CaptureConfig.lm_max_unknowns`` (3,000) free
+unknowns (20 frames x 17 cameras: about 1,650).
 """
 from dataclasses import replace
 
@@ -264,9 +267,6 @@ def _add_priors(prob, z, h):
     dg[:prob.nk] += prob.identity_prior(z[:prob.nk])[2]
 
 
-_DEBUG = False
-
-
 def levenberg_marquardt_capture(prob, z0, free, max_iter, stop_decrease, max_trials=10):
     """Levenberg-Marquardt over z[free] from z0 (module docstring).
 
@@ -318,8 +318,6 @@ def levenberg_marquardt_capture(prob, z0, free, max_iter, stop_decrease, max_tri
             break
         drop = cost - c_new
         z, cost, grad = z_new, c_new, g_new
-        if _DEBUG:
-            print(f"LM it {it}: cost {cost:.3f} drop {drop:.4g} pred {pred:.4g} lam {lam:.3g} held {held.sum()}")
         if stop_decrease > 0 and drop < stop_decrease:
             # a small decrease may be the damping's: converged when the undamped step promises no more
             full = _full_step_decrease(prob, z, grad, free, lo, hi, h)
