@@ -120,6 +120,12 @@ def test_lm_returns_a_plain_tuple(model, views, rng):
     assert (it, status) == (1, 0)
     np.testing.assert_array_equal(z[~free], z0[~free])
     assert cost == pytest.approx(prob.energy(z, want_grad=False)[0]) and cost < prob.energy(z0, False)[0]
+    # the stopping rule ends within its threshold of where LM stops finding decreases (status 2)
+    threshold = capture_gn.stop_threshold(prob)
+    _, stopped, it_stop, status_stop = capture_gn.levenberg_marquardt_capture(prob, z0, free, 100, threshold)
+    _, bottom, it_all, status_all = capture_gn.levenberg_marquardt_capture(prob, z0, free, 100, 0.0)
+    assert (status_stop, status_all) == (1, 2) and it_stop < it_all
+    assert bottom <= stopped < bottom + threshold
 
 
 def test_solver_option_is_checked():
