@@ -1,10 +1,11 @@
-"""Offline capture: all frames and cameras fitted together by L-BFGS (paper sec. 3.3 and 4.3.1).
+"""Offline capture: all frames and cameras fitted together (paper sec. 3.3 and 4.3.1), by
+Levenberg-Marquardt on the whole problem when it is small (``lmfit3d.capture_gn``), else by L-BFGS.
 
 Unknowns
 --------
 * identity beta (K), shared by every frame and camera;
 * per frame f: root rotation and translation (the head pose in *world* coordinates), neck / head /
-  eye rotations and expression psi_f (E, kept in [0, 1] by L-BFGS-B bounds);
+  eye rotations and expression psi_f (E, kept in [0, 1] by bounds);
 * per camera j: world-to-camera rotation R_j (axis-angle), translation T_j (mm) and focal length
   f_j (pixels, > 0), each optimised when unknown or marked free, held when calibrated.
 
@@ -13,8 +14,9 @@ x_f = R_root LBS(T(beta, psi_f), J(beta), theta_f) + t_root, and projected by th
 ``lmfit3d.camera`` (principal point at the image centre).  The energy is the real-time fitter's
 (``FitConfig`` weights): landmarks summed over cameras and frames, identity GMM prior, expression
 and joint priors, the temporal term (landmark vertices, world mm) and intersections.  Cost and
-gradient come from one numba kernel (``lmfit3d.gradients.capture_energy``); L-BFGS-B runs on
-variables rescaled by the Gauss-Newton diagonal at the start (a diagonal preconditioner).
+gradient come from one numba kernel (``lmfit3d.gradients.capture_energy``); LM builds its
+Gauss-Newton matrix from analytic Jacobians (``capture_gn``, ``CaptureConfig.solver``); L-BFGS-B runs
+on variables rescaled by Gauss-Newton blocks at the start (``capture_precond``).
 
 World frame and gauge
 ---------------------
@@ -50,6 +52,7 @@ import numpy as np
 from .calibration import (Calibration, parse_calibration, read_calibration,  # noqa: F401
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
+from .capture_gn import keyframe_cameras, levenberg_marquardt_capture, lm_result, spread_frames, stop_threshold
 from .capture_init import _MIN_LANDMARKS, _initialise
 from .capture_precond import (_FD_STEP, block_map, block_transform, camera_block_map, diagonal_map,
                               hessian_columns, schur_map)
@@ -89,15 +92,21 @@ class CaptureConfig:
         the Schur complement of the frames' pose blocks (``lmfit3d.capture_precond``; experimental,
         off by default: issue 17's measurements in docs/results.md).  Without it, each free camera is
         whitened by its own GN block.
-    identity_hold : float in [0, 1), with free camera extrinsics: the fraction of ``max_iter`` spent
-        with the identity held at its initial value before everything is freed (0: one stage).
+    identity_hold : float in [0, 1), L-BFGS with free camera extrinsics: the fraction of ``max_iter``
+        spent with the identity held at its initial value before everything is freed (0: one stage).
     stop_decrease, stop_window : float, int, the capture's own stopping rule, in the energy's units:
         L-BFGS stops, converged (status 1), when the cost fell by less than ``stop_decrease`` per
         landmark residual (one coordinate over sigma) and iteration, on average over the last
         ``stop_window`` iterations.  scipy's ``ftol`` is relative to the cost itself, which with many
         residuals lets a decrease far below any change of the result count as progress (issue 17,
         calibrated, 8 cameras: the rule stops at 190 iterations; scipy's tests alone at 1,044, 28 cost
-        units lower, the face error 0.0997 -> 0.0998 mm).  0: off.
+        units lower, the face error 0.0997 -> 0.0998 mm).  0: off.  The Levenberg-Marquardt solver
+        stops when one iteration lowers the cost by less than this (and predicted no more).
+    solver : "auto" (Levenberg-Marquardt on the whole problem, ``lmfit3d.capture_gn``, when at most
+        ``lm_max_unknowns`` parameters are free, else L-BFGS), "lm" or "lbfgs".  LM converges in
+        tens of iterations where L-BFGS with free cameras needs over a thousand (issue 17); its
+        dense matrix costs N^2 doubles and N^3 / 3 flops per iteration.
+    lm_max_unknowns : int, the largest free parameter count "auto" gives to LM.
     """
 
     fit: FitConfig = field(default_factory=FitConfig)
@@ -114,6 +123,8 @@ class CaptureConfig:
     identity_hold: float = 0.5
     stop_decrease: float = 3e-6
     stop_window: int = 10
+    solver: str = "auto"
+    lm_max_unknowns: int = 3000
 
     def __post_init__(self):
         if not 0.0 <= self.identity_hold < 1.0:
@@ -129,6 +140,8 @@ class CaptureConfig:
             raise ValueError("ftol, gtol and stop_decrease must be >= 0")
         if self.stop_window < 1:
             raise ValueError("stop_window must be >= 1")
+        if self.solver not in ("auto", "lm", "lbfgs"):
+            raise ValueError(f"solver must be 'auto', 'lm' or 'lbfgs', got {self.solver!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,19 +427,8 @@ class CaptureProblem:
         call per free entry on the small copy).  ``scale`` (N,): the diagonal preconditioner's step of
         each entry."""
         nf = self.n_frames
-        sel = np.unique(np.linspace(0, nf - 1, min(nf, frames)).round().astype(np.int64))
-        sub, zs = self, z0
-        if sel.size < nf:
-            mu = np.transpose(self.obs[sel, :, :2], (1, 0, 3, 2)).astype(np.float64)
-            inv = np.transpose(self.obs[sel, :, 2], (1, 0, 2)).astype(np.float64)
-            sub = CaptureProblem(self.model, self.table.vertex_ids, mu, inv, 2.0 * self.centre, self.cfg,
-                                 z0[:self.nk])
-            zs = np.zeros(sub.n)
-            zs[:self.nk] = z0[:self.nk]
-            for k, f in enumerate(sel):
-                zs[sub.layout.frame_block(k)] = z0[self.layout.frame_block(f)]
-            for j in range(self.n_cameras):
-                zs[sub.camera_slice(j)] = z0[self.camera_slice(j)]
+        sel = spread_frames(nf, frames)
+        sub, zs = self.subproblem(z0, sel) if sel.size < nf else (self, z0)
         gradient = sub._gauss_newton_gradient(zs)
         g0 = gradient(zs)
         blocks = []
@@ -436,6 +438,31 @@ class CaptureProblem:
             cols = hessian_columns(gradient, zs, cs, _FD_STEP * scale[c], g0)
             blocks.append(cols[cs] * (nf / sel.size))
         return blocks
+
+    def subproblem(self, z0, frames, config=None):
+        """A copy of the problem holding only ``frames`` (int array), and z0 on it: (problem, its vector);
+        ``config``: its CaptureConfig (default this problem's)."""
+        mu = np.transpose(self.obs[frames, :, :2], (1, 0, 3, 2)).astype(np.float64)
+        inv = np.transpose(self.obs[frames, :, 2], (1, 0, 2)).astype(np.float64)
+        sub = CaptureProblem(self.model, self.table.vertex_ids, mu, inv, 2.0 * self.centre, config or self.cfg,
+                             z0[:self.nk])
+        zs = np.zeros(sub.n)
+        zs[:self.nk] = z0[:self.nk]
+        for k, f in enumerate(frames):
+            zs[sub.layout.frame_block(k)] = z0[self.layout.frame_block(f)]
+        for j in range(self.n_cameras):
+            zs[sub.camera_slice(j)] = z0[self.camera_slice(j)]
+        return sub, zs
+
+    def from_subproblem(self, sub, zs, frames, z):
+        """A copy of z with the identity, ``frames`` and the cameras taken from ``sub``'s vector zs."""
+        out = np.array(z, dtype=np.float64)
+        out[:self.nk] = zs[:self.nk]
+        for k, f in enumerate(frames):
+            out[self.layout.frame_block(f)] = zs[sub.layout.frame_block(k)]
+        for j in range(self.n_cameras):
+            out[self.camera_slice(j)] = zs[sub.camera_slice(j)]
+        return out
 
     def variable_map(self, z0, free):
         """The preconditioner at z0 over the free entries (``capture_precond.VariableMap``)."""
@@ -639,26 +666,53 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
         free[s + 6] = ~np.isfinite(sub_cal.focal[j]) | sub_cal.free_focal[j]
     t1 = time.perf_counter()
     if progress is not None:
-        progress(f"initialised in {t1 - t0:.1f} s; L-BFGS over {int(free.sum())} parameters")
+        progress(f"initialised in {t1 - t0:.1f} s; solving over {int(free.sum())} parameters")
     z, res = _solve_staged(prob, z, free, free_cams=bool(ext_free.any()))
     t2 = time.perf_counter()
     return _result(model, prob, z, res, used, cal, size, ids, ref, t1 - t0, t2 - t1)
 
 
 def _solve_staged(prob, z, free, free_cams):
+    """The solve: Levenberg-Marquardt (``capture_gn``) when ``CaptureConfig.solver`` asks or ("auto") the
+    free parameters are few enough; else L-BFGS (:func:`_solve_lbfgs_staged`), and ("auto") with free
+    camera parameters the cameras and the identity are first found by LM on keyframes
+    (``capture_gn.keyframe_cameras``) and held while L-BFGS fits every frame (with free cameras and
+    identity L-BFGS needs over a thousand iterations: the scene's scale is nearly free).
+    Returns (z, result: ``fun``, ``nit``, ``success``, ``message``)."""
+    cfg = prob.cfg
+    n_free = int(free.sum())
+    if cfg.solver == "lm" or (cfg.solver == "auto" and n_free <= cfg.lm_max_unknowns):
+        z, cost, it, status = levenberg_marquardt_capture(prob, z, free, cfg.max_iter, stop_threshold(prob))
+        return z, lm_result(prob, cost, it, status)
+    cams = prob.layout.cameras_start
+    if cfg.solver == "auto" and free[cams:].any():
+        z, first = keyframe_cameras(prob, z, free)
+        frames = free.copy()
+        frames[:prob.nk] = False
+        frames[cams:] = False
+        z, res = _solve_lbfgs_staged(prob, z, frames, False, cfg.max_iter - first.nit)
+        res.nit += first.nit
+        res.message = f"{first.message} on keyframes, cameras and identity then held; L-BFGS: {res.message}"
+        return z, res
+    return _solve_lbfgs_staged(prob, z, free, free_cams)
+
+
+def _solve_lbfgs_staged(prob, z, free, free_cams, max_iter=None):
     """The L-BFGS solve; with free camera extrinsics and a free identity in two stages: the first
     ``CaptureConfig.identity_hold`` of the iterations with the identity held at its initial value (the
     head's size then fixes the scene's scale, and the cameras and poses settle without sliding along
     the weak scale direction, head size x camera distances), the rest with everything free.  Returns
-    (z, scipy result) with the iterations of both stages."""
+    (z, scipy result) with the iterations of both stages; at most ``max_iter`` (default
+    ``CaptureConfig.max_iter``) in all."""
     cfg = prob.cfg
-    hold = int(round(cfg.identity_hold * cfg.max_iter)) if free_cams and free[:prob.nk].any() else 0
-    if hold <= 0 or hold >= cfg.max_iter:
-        return prob.solve(z, free)
+    max_iter = cfg.max_iter if max_iter is None else max(1, int(max_iter))
+    hold = int(round(cfg.identity_hold * max_iter)) if free_cams and free[:prob.nk].any() else 0
+    if hold <= 0 or hold >= max_iter:
+        return prob.solve(z, free, max_iter)
     held = free.copy()
     held[:prob.nk] = False
     z, first = prob.solve(z, held, hold)
-    z, res = prob.solve(z, free, cfg.max_iter - first.nit)
+    z, res = prob.solve(z, free, max_iter - first.nit)
     res.nit += first.nit
     return z, res
 

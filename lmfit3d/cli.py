@@ -596,7 +596,8 @@ def _add_capture(sub):
                    help="per-camera K or focal, R, t (mm, world to camera), image_size; "
                         "missing values are estimated (see lmfit3d.capture.read_calibration)")
     p.add_argument("--calibration-out", metavar="JSON", help="write the refined calibration here (IN.npz)")
-    p.add_argument("--max-iter", type=int, default=None, help="L-BFGS iterations (default 200)")
+    p.add_argument("--max-iter", type=int, default=None,
+                   help="solver iterations (default 200; Levenberg-Marquardt or L-BFGS: CaptureConfig.solver)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="videos: use the first N frames")
     p.add_argument("--frame-offsets", metavar="auto|N,N,...", default=None,
                    help="unsynchronised cameras: 'auto' estimates each camera's frame offset from the landmarks' "

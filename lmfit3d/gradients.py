@@ -718,22 +718,30 @@ def frame_gauss_newton(z, f, base, nk, tab, ch, pos, gn, diag, want_pblk, pblk, 
                         + rm[i, 2] * expr_blocks[p, d, 2])
             diag[e0 + e] += _quad(q, v)
         for k in range(nk):
-            for i in range(3):
-                u[i] = 0.0
-            for m in range(1, wsub.shape[0]):
-                wm = wsub[m]
-                if wm != 0.0:
-                    for i in range(3):
-                        u[i] += wm * (cm[m, i, 0] * sj[m, 0, k] + cm[m, i, 1] * sj[m, 1, k]
-                                      + cm[m, i, 2] * sj[m, 2, k])
-            for i in range(3):
-                v[i] = (rm[i, 0] * sb[p, 0, k] + rm[i, 1] * sb[p, 1, k] + rm[i, 2] * sb[p, 2, k]
-                        + r0[i, 0] * u[0] + r0[i, 1] * u[1] + r0[i, 2] * u[2])
-                if want_iblk:
+            identity_column(p, k, rm, r0, wsub, cm, sb, sj, u, v)
+            if want_iblk:
+                for i in range(3):
                     vid[i, k] = v[i]
             diag[k] += _quad(q, v)
         if want_iblk:
             _add_metric_gram(q, vid, nk, iblk, qc)
+
+
+@njit(cache=True, inline="always")
+def identity_column(p, k, rm, r0, wsub, cm, sb, sj, u, v):
+    """v (3,) = d x_p / d beta_k, the world position of landmark p against identity mode k: through its
+    template point (R_root M sb_pk, ``rm`` = R_root M of ``skinning.skin_vertex``) and the joint
+    locations (R_root sum_m W_m cm_m sj_mk, ``wsub`` the subtree weights W_m); ``u`` (3,) scratch."""
+    for i in range(3):
+        u[i] = 0.0
+    for m in range(1, wsub.shape[0]):
+        wm = wsub[m]
+        if wm != 0.0:
+            for i in range(3):
+                u[i] += wm * (cm[m, i, 0] * sj[m, 0, k] + cm[m, i, 1] * sj[m, 1, k] + cm[m, i, 2] * sj[m, 2, k])
+    for i in range(3):
+        v[i] = (rm[i, 0] * sb[p, 0, k] + rm[i, 1] * sb[p, 1, k] + rm[i, 2] * sb[p, 2, k]
+                + r0[i, 0] * u[0] + r0[i, 1] * u[1] + r0[i, 2] * u[2])
 
 
 @njit(cache=True, inline="always")

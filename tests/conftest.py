@@ -1,6 +1,14 @@
 """Shared fixtures: the built face model (built into the cache on first use) and a seeded RNG."""
-import numpy as np
-import pytest
+import os
+
+# one CPU thread, as the CLI (lmfit3d.cli.main) and the benchmarks (bench/one_thread.py) run: set before
+# NumPy starts its BLAS pool (the capture's LM solver is BLAS-bound; a pool per core on a shared machine
+# made its matrix products 6x slower)
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -289,7 +289,7 @@ def test_block_and_diagonal_preconditioners_reach_the_same_minimum(model):
     out = {}
     for pre in ("block", "block_identity", "diagonal"):
         cfg = CaptureConfig(max_iter=3000, init_frames=2, preconditioner=pre, ftol=1e-12, gtol=1e-8,
-                            stop_decrease=0.0)
+                            stop_decrease=0.0, solver="lbfgs")
         out[pre] = fit_capture(mv.mu, mv.sigma, vertex_ids=IDS, calibration=cal, model=model, config=cfg)
     assert out["block"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
     assert out["block_identity"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
@@ -341,15 +341,16 @@ def test_decrease_stop_rule():
 
 
 def test_capture_stops_by_its_rule(model, views):
-    """A loose ``stop_decrease`` ends the solve before its cap with status 1 and says why; with the
+    """A loose ``stop_decrease`` ends the L-BFGS solve before its cap with status 1 and says why; with the
     rule off and the same cap, L-BFGS runs on (ftol 0: only the cap ends it) to a lower cost."""
     cal = parse_calibration(views.calibration_json(), 3)
+    lbfgs = replace(FAST, solver="lbfgs")
     on = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
-                     config=replace(FAST, stop_decrease=1e-3))
+                     config=replace(lbfgs, stop_decrease=1e-3))
     assert on.converged and on.iterations < FAST.max_iter and (on.status == 1).all()
     assert on.message.startswith("CONVERGENCE: cost fell by")
     off = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
-                      config=replace(FAST, stop_decrease=0.0, ftol=0.0, gtol=0.0))
+                      config=replace(lbfgs, stop_decrease=0.0, ftol=0.0, gtol=0.0))
     assert off.iterations > on.iterations and off.total_cost < on.total_cost
 
 
