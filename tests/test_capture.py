@@ -22,23 +22,23 @@ def views(model):
     return make_multiview(model, IDS, np.random.default_rng(7), n_cameras=3, n_frames=3, noise_px=1.0)
 
 
-def _problem(model, views, rng, **weights):
+def _problem(model, views, rng, same_frames=False, **weights):
+    """A problem off its minimum everywhere (cameras too); ``same_frames``: every frame at frame 0's pose
+    (the temporal residuals are then 0, so its Hessian is its Gauss-Newton matrix)."""
     mu, inv = validate_multiview(views.mu, views.sigma, IDS.size)
     fc = replace(FitConfig(sparsity_threshold_mm=0.0), **weights)
     prob = CaptureProblem(model, IDS, mu, inv, views.image_size, CaptureConfig(fit=fc), views.params[0].identity)
+    lay = prob.layout
     z = np.zeros(prob.n)
-    z[:prob.nk] = views.params[0].identity + rng.normal(scale=0.2, size=prob.nk)
+    z[lay.identity] = views.params[0].identity + rng.normal(scale=0.2, size=prob.nk)
+    expr = rng.uniform(0.0, 1.0, prob.ne) if same_frames else None      # many shapes on: intersections
     for f, p in enumerate(views.params):
-        s = prob.frame_slice(f).start
-        z[s:s + 3] = p.rotations[0] + 0.03
-        z[s + 3:s + 6] = p.translation + 2.0
-        z[s + 6:s + 18] = p.rotations[1:].ravel() + 0.02
-        z[s + 18:s + prob.psize] = rng.uniform(0.0, 1.0, prob.ne)     # many shapes on: intersections
+        p = views.params[0] if same_frames else p
+        rot = p.rotations + np.r_[0.03, [0.02] * (len(p.rotations) - 1)][:, None]
+        lay.set_frame(z, f, rot, p.translation + 2.0, expr if same_frames else rng.uniform(0.0, 1.0, prob.ne))
     for j in range(prob.n_cameras):
-        s = prob.camera_slice(j).start
-        z[s:s + 3] = matrix_to_axis_angle(views.rotation[j]) + 0.02
-        z[s + 3:s + 6] = views.translation[j] + 3.0
-        z[s + 6] = views.focal[j] * 1.05
+        lay.set_camera(z, j, matrix_to_axis_angle(views.rotation[j]) + 0.02, views.translation[j] + 3.0,
+                       views.focal[j] * 1.05)
     return prob, z
 
 

@@ -7,41 +7,10 @@ import numpy as np
 import pytest
 
 from lmfit3d import capture_gn
-from lmfit3d.capture import CaptureConfig, CaptureProblem, fit_capture, validate_multiview
-from lmfit3d.fit import FitConfig
+from lmfit3d.capture import CaptureConfig, fit_capture
 from lmfit3d.rotation import matrix_to_axis_angle
-from lmfit3d.synthetic import make_multiview
 
-IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]   # face, head, both eyeballs
-
-
-@pytest.fixture(scope="module")
-def views(model):
-    return make_multiview(model, IDS, np.random.default_rng(7), n_cameras=3, n_frames=3, noise_px=1.0)
-
-
-def _problem(model, views, rng, same_frames=False, **weights):
-    """A problem off its minimum everywhere (cameras too); ``same_frames``: every frame at frame 0's pose
-    (the temporal residuals are then 0, so its Hessian is its Gauss-Newton matrix)."""
-    mu, inv = validate_multiview(views.mu, views.sigma, IDS.size)
-    fc = replace(FitConfig(sparsity_threshold_mm=0.0), **weights)
-    prob = CaptureProblem(model, IDS, mu, inv, views.image_size, CaptureConfig(fit=fc), views.params[0].identity)
-    z = np.zeros(prob.n)
-    z[:prob.nk] = views.params[0].identity + rng.normal(scale=0.2, size=prob.nk)
-    expr = rng.uniform(0.0, 1.0, prob.ne)
-    for f, p in enumerate(views.params):
-        p = views.params[0] if same_frames else p
-        s = prob.frame_slice(f).start
-        z[s:s + 3] = p.rotations[0] + 0.03
-        z[s + 3:s + 6] = p.translation + 2.0
-        z[s + 6:s + 18] = p.rotations[1:].ravel() + 0.02
-        z[s + 18:s + prob.psize] = expr if same_frames else rng.uniform(0.0, 1.0, prob.ne)
-    for j in range(prob.n_cameras):
-        s = prob.camera_slice(j).start
-        z[s:s + 3] = matrix_to_axis_angle(views.rotation[j]) + 0.02
-        z[s + 3:s + 6] = views.translation[j] + 3.0
-        z[s + 6] = views.focal[j] * 1.05
-    return prob, z
+from test_capture import IDS, _problem, views  # noqa: F401  (the same problems and views fixture)
 
 
 def test_jacobian_rows_give_the_energy_gradient(model, views, rng):
