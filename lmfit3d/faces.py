@@ -35,6 +35,11 @@ from .temporal import is_cut
 DETECT_EVERY = 10        # frames between newcomer searches of the whole frame while faces are followed
 DEEP_EVERY = 100         # frames between newcomer searches that include small windows (slow: ~35 windows)
 MIN_FACE_FRAMES = 5      # a tracklet this short that matches no face is dropped (a spurious detection)
+# a tracklet's identity fit (:func:`fit_identities`) uses one keyframe, plus one per this many of its
+# frames (at most ``max_keyframes``): a fit's cost grows with its keyframes, and a face seen on a few
+# frames must not pay for the five of a face seen throughout (short_hamilton_clip.mp4: audience
+# tracklets of 5-22 frames had 3-4 keyframes each)
+KEYFRAME_FRAMES = 10
 SCENE_CUT_GREY = 30.0    # mean absolute difference (0..255) of 16 x 16 grey thumbnails at a scene cut
 # a tracklet ends where the mean colour at its landmarks changes by more (RGB 0..1) from one frame to the
 # next: another face in the same place after a cut the thumbnails missed (the same face: <= 0.042 on
@@ -420,9 +425,25 @@ def _keyframes_with(tr, kfs):
         tr.keyframes.append((x, mu, sg))
 
 
+def spread_keyframes(kfs, k):
+    """At most ``k`` of the keyframes ``kfs`` [(x, mu, sigma)], in their order: the first, then each
+    time the one whose head rotation (x[0:3]) is farthest from those chosen."""
+    if len(kfs) <= k:
+        return list(kfs)
+    rot = np.array([kf[0][0:3] for kf in kfs])
+    chosen = [0]
+    far = np.linalg.norm(rot - rot[0], axis=1)
+    while len(chosen) < k:
+        i = int(np.argmax(far))
+        chosen.append(i)
+        far = np.minimum(far, np.linalg.norm(rot - rot[i], axis=1))
+    return [kfs[i] for i in sorted(chosen)]
+
+
 def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES):
     """After pass 1: one identity refit per tracklet of at least ``min_frames`` frames (or the only
-    tracklet), on its own keyframes (``Tracklet.identity``; :func:`reid_score` needs it).  The focal
+    tracklet), on its own keyframes (``Tracklet.identity``; :func:`reid_score` needs it): one, plus one
+    per ``KEYFRAME_FRAMES`` of its frames, the most varied head rotations (:func:`spread_keyframes`).  The focal
     length, unless given (``focal``), is fitted on the tracklet of most screen presence (summed size)
     first and held at that for all the others: one camera, measured on its largest face.  Returns
     the focal length (None: no tracklet to fit).
@@ -435,6 +456,7 @@ def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES):
     todo.sort(key=lambda t: -t.size)
     for t in todo:
         tr = t.tracker
+        tr.keyframes = spread_keyframes(tr.keyframes, 1 + t.frames // KEYFRAME_FRAMES)
         if focal is not None and not (tr.focal_known and tr.focal == focal):
             tr.focal, tr.focal_known = float(focal), True
             _keyframes_with(tr, tr.keyframes)
