@@ -34,11 +34,14 @@ from .temporal import is_cut
 
 DETECT_EVERY = 10        # frames between newcomer searches of the whole frame while faces are followed
 DEEP_EVERY = 100         # frames between newcomer searches that include small windows (slow: ~35 windows)
+# a detector candidate beside the followed faces whose landmarks were rejected (a profile, a back of a
+# head, not a face) is not tried again by the newcomer searches of the next this many frames
+FAILED_KEEP = DETECT_EVERY
 MIN_FACE_FRAMES = 5      # a tracklet this short that matches no face is dropped (a spurious detection)
-# a tracklet's identity fit (:func:`fit_identities`) uses one keyframe, plus one per this many of its
-# frames (at most ``max_keyframes``): a fit's cost grows with its keyframes, and a face seen on a few
-# frames must not pay for the five of a face seen throughout (short_hamilton_clip.mp4: audience
-# tracklets of 5-22 frames had 3-4 keyframes each)
+# an identity fit (:func:`keyframe_budget`) uses one keyframe, plus one per this many frames of the
+# face (weighted by its size): a fit's cost grows with its keyframes, and a face seen on a few frames
+# must not pay for the five of a face seen throughout (short_hamilton_clip.mp4: audience tracklets of
+# 5-22 frames had 3-4 keyframes each)
 KEYFRAME_FRAMES = 10
 SCENE_CUT_GREY = 30.0    # mean absolute difference (0..255) of 16 x 16 grey thumbnails at a scene cut
 # a tracklet ends where the mean colour at its landmarks changes by more (RGB 0..1) from one frame to the
@@ -205,6 +208,7 @@ class FaceFollower:
         self.stores = []
         self._thumb = None
         self._lost = 0
+        self._failed = []       # (frame, ROI) of the candidates beside followed faces that did not start
         self._n_landmarks = len(predictor.vertex_ids)
 
     def step(self, frame, n):
@@ -250,16 +254,21 @@ class FaceFollower:
             self._lost += 1
         new = []
         lost = list(lost)
+        self._failed = [(f, r) for f, r in self._failed if n - f <= FAILED_KEEP]
         # the full-range detector's whole-frame pass (~6 ms) finds small heads beside the followed ones
         for roi in self.mp.detect(frame, 3 * self.max_faces, levels=levels, exhaustive=exhaustive,
                                   far=True if found else None):
             if len(found) + len(new) >= self.max_faces:
                 break
-            if any(_inside(np.array([roi.cx, roi.cy]), p.mu) for _, p in found + new):
+            c = np.array([roi.cx, roi.cy])
+            if any(_inside(c, p.mu) for _, p in found + new) or (found and any(
+                    abs(roi.cx - r.cx) + abs(roi.cy - r.cy) < 0.5 * r.size for _, r in self._failed)):
                 continue
             self.mp.set_state(None)
             pred = self.mp.start(frame, roi)
             if pred is None:
+                if found:
+                    self._failed.append((n, roi))
                 continue
             c = np.nanmean(pred.mu, 0)
             if any(_inside(c, p.mu) for _, p in found + new):
@@ -425,6 +434,15 @@ def _keyframes_with(tr, kfs):
         tr.keyframes.append((x, mu, sg))
 
 
+def keyframe_budget(tracklets, max_keyframes):
+    """Keyframes an identity fit on ``tracklets`` (one face's) may use: one, plus one per
+    ``KEYFRAME_FRAMES`` of their frames counted at their size (each frame min(1, face px /
+    ``REID_FACE_PX``)), at most ``max_keyframes``.  A face seen on a few frames, or small, tells
+    little of its identity: its fit (whose cost grows with its keyframes) is kept as small."""
+    frames = sum(t.frames * min(1.0, _face_px(t) / REID_FACE_PX) for t in tracklets)
+    return int(min(max_keyframes, 1 + frames // KEYFRAME_FRAMES))
+
+
 def spread_keyframes(kfs, k):
     """At most ``k`` of the keyframes ``kfs`` [(x, mu, sigma)], in their order: the first, then each
     time the one whose head rotation (x[0:3]) is farthest from those chosen."""
@@ -442,8 +460,8 @@ def spread_keyframes(kfs, k):
 
 def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES):
     """After pass 1: one identity refit per tracklet of at least ``min_frames`` frames (or the only
-    tracklet), on its own keyframes (``Tracklet.identity``; :func:`reid_score` needs it): one, plus one
-    per ``KEYFRAME_FRAMES`` of its frames, the most varied head rotations (:func:`spread_keyframes`).  The focal
+    tracklet), on its own keyframes (``Tracklet.identity``; :func:`reid_score` needs it), as many as
+    :func:`keyframe_budget` allows, the most varied head rotations (:func:`spread_keyframes`).  The focal
     length, unless given (``focal``), is fitted on the tracklet of most screen presence (summed size)
     first and held at that for all the others: one camera, measured on its largest face.  Returns
     the focal length (None: no tracklet to fit).
@@ -456,7 +474,7 @@ def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES):
     todo.sort(key=lambda t: -t.size)
     for t in todo:
         tr = t.tracker
-        tr.keyframes = spread_keyframes(tr.keyframes, 1 + t.frames // KEYFRAME_FRAMES)
+        tr.keyframes = spread_keyframes(tr.keyframes, keyframe_budget([t], len(tr.keyframes)))
         if focal is not None and not (tr.focal_known and tr.focal == focal):
             tr.focal, tr.focal_known = float(focal), True
             _keyframes_with(tr, tr.keyframes)
@@ -487,6 +505,7 @@ def face_identity(face, tracker_like, focal=None, max_keyframes=5):
         return np.zeros_like(tracker_like.identity), tracker_like.focal if focal is None else focal
     base = tracks[0].tracker
     min_angle = np.radians(tracker_like.cfg.keyframe_angle_deg)
+    max_keyframes = keyframe_budget(face, max_keyframes)
     kfs = list(base.keyframes[:max_keyframes])
     for t in tracks[1:]:
         for kf in t.tracker.keyframes:
