@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

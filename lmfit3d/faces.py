@@ -32,8 +32,8 @@ import numpy as np
 from .paths import new_file, reserve
 from .temporal import is_cut
 
-DETECT_EVERY = 10        # frames between newcomer searches of the whole frame while faces are followed
-DEEP_EVERY = 100         # frames between newcomer searches that include small windows (slow: ~35 windows)
+DETECT_EVERY = 15        # frames between newcomer searches of the whole frame while faces are followed
+DEEP_EVERY = 150         # frames between newcomer searches that include small windows (slow: ~35 windows)
 # a detector candidate beside the followed faces whose landmarks were rejected (a profile, a back of a
 # head, not a face) is not tried again by the newcomer searches of the next this many frames
 FAILED_KEEP = DETECT_EVERY
@@ -42,7 +42,7 @@ MIN_FACE_FRAMES = 5      # a tracklet this short that matches no face is dropped
 # face (weighted by its size): a fit's cost grows with its keyframes, and a face seen on a few frames
 # must not pay for the five of a face seen throughout (short_hamilton_clip.mp4: audience tracklets of
 # 5-22 frames had 3-4 keyframes each)
-KEYFRAME_FRAMES = 10
+KEYFRAME_FRAMES = 20
 SCENE_CUT_GREY = 30.0    # mean absolute difference (0..255) of 16 x 16 grey thumbnails at a scene cut
 # a tracklet ends where the mean colour at its landmarks changes by more (RGB 0..1) from one frame to the
 # next: another face in the same place after a cut the thumbnails missed (the same face: <= 0.042 on
