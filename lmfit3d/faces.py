@@ -316,8 +316,12 @@ class FaceFollower:
                 if t.tracker is None:
                     t.tracker = self.new_tracker()
                     t.tracker.refit_in_step = False         # keyframes only: :func:`fit_identities` after pass 1
-                # identity: every ``stride``-th frame of the tracklet, until its keyframe set is full
-                if (n - t.start) % self.opt.identity_stride == 0 and len(t.tracker.keyframes) < self.max_keyframes:
+                # identity: every ``stride``-th frame of the tracklet while it holds fewer keyframes than
+                # its fit may use so far (:func:`keyframe_budget`) and one more to choose from; paused
+                # (the tracker started afresh when it resumes) while it holds as many
+                if len(t.tracker.keyframes) >= min(self.max_keyframes, keyframe_budget([t], self.max_keyframes) + 1):
+                    t.tracker.reset()
+                elif (n - t.start) % self.opt.identity_stride == 0:
                     t0 = time.perf_counter()
                     t.tracker.step(pred.mu, pred.sigma)
                     self.tm["fit"] = self.tm.get("fit", 0.0) + time.perf_counter() - t0
