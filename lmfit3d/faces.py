@@ -43,6 +43,10 @@ MIN_FACE_FRAMES = 5      # a tracklet this short that matches no face is dropped
 # must not pay for the five of a face seen throughout (short_hamilton_clip.mp4: audience tracklets of
 # 5-22 frames had 3-4 keyframes each)
 KEYFRAME_FRAMES = 20
+# a face's identity is refitted on keyframes pooled from its tracklets (:func:`face_identity`) only when
+# they are at least this many more than its best tracklet's (renders, bench/faces_eval.py: identities
+# from the best tracklet's one keyframe against refits on two, mean error 4.22 / 4.24 mm)
+FACE_REFIT_GAIN = 2
 SCENE_CUT_GREY = 30.0    # mean absolute difference (0..255) of 16 x 16 grey thumbnails at a scene cut
 # a tracklet ends where the mean colour at its landmarks changes by more (RGB 0..1) from one frame to the
 # next: another face in the same place after a cut the thumbnails missed (the same face: <= 0.042 on
@@ -500,9 +504,10 @@ def face_identity(face, tracker_like, focal=None, max_keyframes=5):
     by :func:`fit_identities`, one focal length).  The face's keyframes are chosen as the single-face
     tracker chooses them (:meth:`lmfit3d.fit.Tracker._is_keyframe`: a head rotation at least
     ``keyframe_angle_deg`` from every one so far, at most ``max_keyframes``) from its tracklets'
-    keyframes, the tracklets with the largest faces first (:func:`_information`).  When they are
-    all one tracklet's, its identity as is (no refit); else a refit on them, warm from that
-    tracklet's identity, by ``tracker_like.fresh`` (a pass-1 Tracker).  ``focal``: that of a face
+    keyframes, the tracklets with the largest faces first (:func:`_information`), as many as
+    :func:`keyframe_budget` allows.  When they are fewer than ``FACE_REFIT_GAIN`` more than the first
+    tracklet's own, its identity as is (no refit); else a refit on them, warm from that tracklet's
+    identity, by ``tracker_like.fresh`` (a pass-1 Tracker).  ``focal``: that of a face
     never fitted (whose identity is then the prior's mean)."""
     tracks = sorted((t for t in face if t.identity() is not None), key=_information, reverse=True)
     if not tracks:                              # never fitted (too few landmarks): the prior's mean
@@ -515,7 +520,7 @@ def face_identity(face, tracker_like, focal=None, max_keyframes=5):
         for kf in t.tracker.keyframes:
             if len(kfs) < max_keyframes and all(np.linalg.norm(kf[0][0:3] - k[0][0:3]) >= min_angle for k in kfs):
                 kfs.append(kf)
-    if len(kfs) == len(base.keyframes):
+    if len(kfs) < len(base.keyframes) + FACE_REFIT_GAIN:
         return base.identity.copy(), base.focal
     tr = tracker_like.fresh(base.focal)
     tr.identity = base.identity.copy()

@@ -185,8 +185,8 @@ class _FakeTracker:
 def test_one_refit_per_confirmed_tracklet_focal_from_the_largest_and_face_keyframes():
     from lmfit3d.faces import face_identity, fit_identities
     ts = []
-    for i, (start, end, size, rots) in enumerate([(0, 9, 50, [[0, 0, 0]]), (10, 40, 200, [[0, 0, 0], [0, 0.3, 0]]),
-                                                 (41, 43, 90, [[0, 0, 0]])]):
+    for i, (start, end, size, rots) in enumerate([(0, 9, 50, [[0, 0, 0]]), (10, 80, 200, [[0, 0, 0], [0, 0.3, 0]]),
+                                                 (81, 83, 90, [[0, 0, 0]])]):
         t = Tracklet(i, 0, start, end, size=size * (end - start + 1))
         t.tracker = _FakeTracker(rots)
         ts.append(t)
@@ -200,10 +200,30 @@ def test_one_refit_per_confirmed_tracklet_focal_from_the_largest_and_face_keyfra
     # the small face's keyframe repeats a rotation of the large one's: the large one's identity as is
     ident, focal = face_identity([small, large], proto)
     assert np.allclose(ident, 2) and focal == 123.0
-    # a new rotation from another tracklet: one refit on the merged keyframes (focal held)
+    # one new rotation from another tracklet (fewer than FACE_REFIT_GAIN more): still no refit
     small.tracker.keyframes.append((np.r_[0, -0.4, 0, 0, 0, 0], None, None))
     ident, focal = face_identity([small, large], proto)
-    assert np.allclose(ident, 3) and focal == 123.0
+    assert np.allclose(ident, 2)
+    # two: one refit on the merged keyframes (focal held), as many as the face's budget (4: 75 frames)
+    small.tracker.keyframes.append((np.r_[0.4, 0, 0, 0, 0, 0], None, None))
+    ident, focal = face_identity([small, large], proto)
+    assert np.allclose(ident, 4) and focal == 123.0
+
+
+def test_keyframe_budget_follows_frames_and_size_and_keeps_the_most_varied():
+    from lmfit3d.faces import KEYFRAME_FRAMES, REID_FACE_PX, fit_identities, keyframe_budget, spread_keyframes
+    big = Tracklet(0, 0, 0, 2 * KEYFRAME_FRAMES - 1, size=REID_FACE_PX * 2 * KEYFRAME_FRAMES)
+    half = Tracklet(1, 0, 0, 2 * KEYFRAME_FRAMES - 1, size=REID_FACE_PX / 2 * 2 * KEYFRAME_FRAMES)
+    assert keyframe_budget([big], 5) == 3 and keyframe_budget([half], 5) == 2 and keyframe_budget([big], 2) == 2
+    assert keyframe_budget([big, half], 5) == 4
+    kfs = [(np.r_[a, 0.0, 0.0], None, None) for a in (0.0, 0.05, 0.5, 0.1, -0.3)]
+    assert [kf[0][0] for kf in spread_keyframes(kfs, 3)] == [0.0, 0.5, -0.3]
+    assert spread_keyframes(kfs, 9) == kfs
+    # the half-size tracklet's fit: two keyframes of its five, the first and the farthest from it
+    half.tracker = _FakeTracker([[a, 0, 0] for a in (0.0, 0.05, 0.5, 0.1, -0.3)])
+    fit_identities([half])
+    assert half.tracker.refit_focal == [(100.0, False, 2)]
+    assert [kf[0][0] for kf in half.tracker.keyframes] == [0.0, 0.5]
 
 
 class _ScriptedPredictor:
