@@ -401,23 +401,21 @@ class _FaceFit:
         tm["fit"] += time.perf_counter() - t
 
     def fit(self, f):
-        """(fit or None, mu (L, 2), presence) of frame f."""
+        """(fit or None, mu (L, 2), presence) of frame f; (None, None, nan) where the face is absent."""
+        seg, tracker = self.seg, self.tracker
+        if seg[f] < 0:                          # not this face's frame: nothing to read
+            tracker.reset()
+            return None, None, np.nan
         rec = np.asarray(self.arr[f], dtype=np.float64)
         mu, sigma, presence = rec[:, 0:2], rec[:, 2], rec[:, 3]
-        fit, seg, tracker = None, self.seg, self.tracker
-        if seg[f] >= 0:
-            if f == 0 or seg[f - 1] != seg[f]:
-                tracker.reset()
-            sigma = np.where(np.isfinite(sigma), sigma, 1.0)
-            if self.smooth is not None:         # smoothed tracks, sigma widened by their variance
-                sm = np.asarray(self.smooth[f], dtype=np.float64)
-                fit = tracker.step(sm[:, 0:2], np.sqrt(sigma * sigma + sm[:, 2]))
-            else:
-                noise = self.noise[f]
-                fit = tracker.step(mu, np.sqrt(sigma * sigma + noise) if noise > 0 else sigma)
-        else:
+        if f == 0 or seg[f - 1] != seg[f]:
             tracker.reset()
-        return fit, mu, presence[0]
+        sigma = np.where(np.isfinite(sigma), sigma, 1.0)
+        if self.smooth is not None:             # smoothed tracks, sigma widened by their variance
+            sm = np.asarray(self.smooth[f], dtype=np.float64)
+            return tracker.step(sm[:, 0:2], np.sqrt(sigma * sigma + sm[:, 2])), mu, presence[0]
+        noise = self.noise[f]
+        return tracker.step(mu, np.sqrt(sigma * sigma + noise) if noise > 0 else sigma), mu, presence[0]
 
     def record(self, f, fit, vals):
         res, p = self.res, fit.params
