@@ -366,17 +366,26 @@ def identity_weight(a, b, face_px=REID_FACE_PX):
     return min(1.0, min(_face_px(a), _face_px(b)) / face_px) ** 2
 
 
-def reid_score(model, vertex_ids, a, b, id_mm=REID_IDENTITY_MM, colour=REID_COLOUR):
+def reid_score(model, vertex_ids, a, b, id_mm=REID_IDENTITY_MM, colour=REID_COLOUR, fit=None):
     """How far apart two tracklets are as people (< 1: the same person): the distance of their fitted
     identities (:func:`identity_distance`) in units of ``id_mm``, weighted by the faces' size
     (:func:`identity_weight`), plus that of their mean colours at the landmarks
     (:func:`colour_distance`, RGB 0..1, the appearance tie-breaker) in units of ``colour``; inf when
-    either is unknown."""
-    ia, ib, ca, cb = a.identity(), b.identity(), a.appearance(), b.appearance()
-    if ia is None or ib is None or ca is None or cb is None:
+    either is unknown.  ``fit``: callable (tracklet), fits a tracklet's identity where it has none
+    (a short one, :func:`fit_identity`) when the colours alone leave the score under 1 (a short
+    tracklet is matched only so: one identity fit, ~45 ms, for each plausible match)."""
+    ca, cb = a.appearance(), b.appearance()
+    if ca is None or cb is None:
         return np.inf
-    d = identity_distance(model, vertex_ids, ia, ib) / id_mm
-    return identity_weight(a, b) * d + colour_distance(ca, cb) / colour
+    c = colour_distance(ca, cb) / colour
+    if fit is not None and c < 1.0:
+        for t in (a, b):
+            if t.identity() is None:
+                fit(t)
+    ia, ib = a.identity(), b.identity()
+    if ia is None or ib is None:
+        return np.inf
+    return identity_weight(a, b) * identity_distance(model, vertex_ids, ia, ib) / id_mm + c
 
 
 def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES, group_limit=REID_GROUP):
@@ -472,25 +481,33 @@ def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES):
     :func:`keyframe_budget` allows, the most varied head rotations (:func:`spread_keyframes`).  The focal
     length, unless given (``focal``), is fitted on the tracklet of most screen presence (summed size)
     first and held at that for all the others: one camera, measured on its largest face.  Returns
-    the focal length (None: no tracklet to fit).
+    the focal length (None: no tracklet to fit).  A shorter tracklet is fitted when a comparison
+    needs it (:func:`fit_identity`, ``fit`` of :func:`reid_score`).
 
     Pass 1 only collects keyframes (``Tracker.refit_in_step`` False): a tracklet costs one refit,
     none when it is a spurious detection, and the single-face tracker's refit at every keyframe
     (``max_keyframes`` refits, which only steer pass 1's own pose fits) is not repeated per tracklet."""
-    todo = [t for t in tracklets if t.tracker is not None and t.tracker.keyframes
-            and (t.frames >= min_frames or len(tracklets) == 1)]
-    todo.sort(key=lambda t: -t.size)
-    for t in todo:
-        tr = t.tracker
-        tr.keyframes = spread_keyframes(tr.keyframes, keyframe_budget([t], len(tr.keyframes)))
-        if focal is not None and not (tr.focal_known and tr.focal == focal):
-            tr.focal, tr.focal_known = float(focal), True
-            _keyframes_with(tr, tr.keyframes)
-        tr.refit_identity()
-        tr.refit_pending = False
-        t.refits += 1
-        focal = tr.focal if focal is None else focal
+    todo = [t for t in tracklets if t.frames >= min_frames or len(tracklets) == 1]
+    for t in sorted(todo, key=lambda t: -t.size):
+        focal = fit_identity(t, focal)
     return focal
+
+
+def fit_identity(t, focal=None):
+    """Refit tracklet ``t``'s identity once on its keyframes (:func:`fit_identities`), the focal length
+    held at ``focal`` (None: fitted too).  Returns the focal length (``focal`` unless it was None and
+    ``t`` could be fitted); nothing is done for a tracklet already fitted or without keyframes."""
+    tr = t.tracker
+    if tr is None or not tr.keyframes or t.refits:
+        return focal
+    tr.keyframes = spread_keyframes(tr.keyframes, keyframe_budget([t], len(tr.keyframes)))
+    if focal is not None and not (tr.focal_known and tr.focal == focal):
+        tr.focal, tr.focal_known = float(focal), True
+        _keyframes_with(tr, tr.keyframes)
+    tr.refit_identity()
+    tr.refit_pending = False
+    t.refits += 1
+    return tr.focal if focal is None else focal
 
 
 def _information(t):

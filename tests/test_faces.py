@@ -86,8 +86,30 @@ def test_max_faces_1_follows_one_face_and_a_rerun_replaces_the_set(clip, tracked
     one = track_video(FrameList(clip.frames, name="heads"), out, TrackOptions(progress=False, max_faces=1), model)
     assert one.faces == 1 and one.success == 20
     assert sorted(p.name for p in out.iterdir()) == ["heads.csv", "heads.npz", "heads_arkit.csv"]
-    assert main(["track", "x.mp4", "--max-faces", "0", "-o", str(out)]) == 2
-    assert "--max-faces must be >= 1" in capsys.readouterr().err
+    assert main(["track", "x.mp4", "--max-faces", "-1", "-o", str(out)]) == 2
+    assert "--max-faces must be >= 0" in capsys.readouterr().err
+
+
+def test_by_default_every_face_and_a_one_face_video_writes_the_single_face_layout(clip, model, tmp_path):
+    """The default (every face) on a clip of one head: the files and columns of ``--max-faces 1``."""
+    assert TrackOptions().face_limit(True) == TrackOptions(max_faces=0).face_limit(True) > 1
+    assert TrackOptions().face_limit(False) == 10 and TrackOptions(max_faces=1).face_limit(True) == 1
+    alone = FrameList(multi_face_clip(model, np.random.default_rng(2), n_heads=2, shot=10, size=(320, 240),
+                                      face_px=90, only=0).frames, name="heads")
+    names, npz, header = [], [], []
+    for k, mf in enumerate((None, 1)):
+        out = tmp_path / str(k)
+        out.mkdir()
+        s = track_video(alone, out, TrackOptions(progress=False, max_faces=mf), model)
+        assert s.faces == 1 and s.success == 20
+        names.append(sorted(p.name for p in out.iterdir()))
+        z = np.load(out / "heads.npz")
+        npz.append({k: z[k].shape for k in z.files})
+        header.append(open(out / "heads.csv").readline())
+        if mf is None:
+            assert int(z["face_id"]) == 0 and int(z["faces"]) == 1
+    assert names[0] == names[1] == ["heads.csv", "heads.npz", "heads_arkit.csv"]
+    assert npz[0] == npz[1] and header[0] == header[1]
 
 
 def test_two_inputs_whose_face_files_would_collide_are_refused(tmp_path, capsys):
@@ -96,7 +118,9 @@ def test_two_inputs_whose_face_files_would_collide_are_refused(tmp_path, capsys)
     args = ["track", str(tmp_path / "a.mp4"), str(tmp_path / "a_face1.mp4"), "-o", str(tmp_path / "o")]
     assert main(args + ["--max-faces", "2"]) == 2
     assert "would both write" in capsys.readouterr().err
-    assert main(args) == 1                  # one face (the default): no face files, the inputs just fail
+    assert main(args) == 2                  # every face (the default): the same
+    assert "would both write" in capsys.readouterr().err
+    assert main(args + ["--max-faces", "1"]) == 1       # one face: no face files, the inputs just fail
     assert "would both write" not in capsys.readouterr().err
 
 
