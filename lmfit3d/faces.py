@@ -11,10 +11,12 @@ colour, ``COLOUR_SAME``; a jump of its landmarks, :func:`lmfit3d.temporal.is_cut
 at them, ``COLOUR_JUMP``), or when its landmarks
 fall onto a face followed since earlier (two tracks converged).  Each live tracklet occupies a
 *slot* (a landmark store of its own; the first face uses slot 0, as the single-face path does) and
-has its own :class:`lmfit3d.fit.Tracker` collecting keyframes (no refits in pass 1).
+has its own :class:`lmfit3d.fit.Tracker` collecting keyframes (no refits in pass 1), as many as its
+identity fit may use (:func:`keyframe_budget`: a face seen briefly or small costs a small fit).
 
 After pass 1, :func:`fit_identities` refits each tracklet's identity once on its own keyframes (the
-focal length fitted on the largest tracklet, held for the others), and :func:`assign_faces` links
+focal length fitted on the largest tracklet, held for the others; a short tracklet only when a
+comparison needs it), and :func:`assign_faces` links
 tracklets into faces (after an occlusion, a cut or leaving the frame) by :func:`reid_score`: the
 distance of their identities (mm over the landmark vertices, weighted down for small faces) and of
 their colours, in units learnt on renders by ``bench/reid_threshold.py``; a tracklet joins the
