@@ -34,8 +34,11 @@ import numpy as np
 from .paths import new_file, reserve
 from .temporal import is_cut
 
-DETECT_EVERY = 15        # frames between newcomer searches of the whole frame while faces are followed
-DEEP_EVERY = 150         # frames between newcomer searches that include small windows (slow: ~35 windows)
+# frames between newcomer searches of the whole frame while faces are followed (both detectors: 4-5 ms
+# a search, i.e. 0.15 ms a frame, 1-3 % of a frame's tracking), and between those that include small
+# windows too (~36 windows, 40-50 ms)
+DETECT_EVERY = 30
+DEEP_EVERY = 300
 # a detector candidate beside the followed faces whose landmarks were rejected (a profile, a back of a
 # head, not a face) is not tried again by the newcomer searches of the next this many frames
 FAILED_KEEP = DETECT_EVERY
@@ -162,11 +165,13 @@ def face_colour(frame, mu, grid=1):
     p = p[(p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)]
     if not len(p):
         return None
+    px = p.astype(np.int64)
+    rgb = frame[px[:, 1], px[:, 0]].astype(np.float64) / 255.0
+    if grid == 1:                       # one cell (the tracker's layout): the mean
+        return rgb.mean(0)[None]
     lo, hi = p.min(0), p.max(0)
     cell = np.minimum(((p - lo) / np.maximum(hi - lo, 1e-9) * grid).astype(np.int64), grid - 1)
     idx = cell[:, 1] * grid + cell[:, 0]
-    px = p.astype(np.int64)
-    rgb = frame[px[:, 1], px[:, 0]].astype(np.float64) / 255.0
     out = np.full((grid * grid, 3), np.nan)
     cnt = np.bincount(idx, minlength=grid * grid)
     for c in range(3):
