@@ -169,7 +169,7 @@ def main(argv=None):
     ap.add_argument("--face-px2", type=float, help="the heads' size in shot 2 (default: --face-px; a zoom at the cut)")
     ap.add_argument("--repeat", type=int, default=2, help="alternate runs of each mode (the least time counts)")
     ap.add_argument("--clip", nargs="*", default=[], help="real videos tracked single-face and with --max-faces")
-    ap.add_argument("--max-faces", type=int, default=4)
+    ap.add_argument("--max-faces", type=int, default=0, help="the real videos' several-faces mode (0: all, the default)")
     results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
     model = load_model()
