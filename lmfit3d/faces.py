@@ -256,8 +256,8 @@ class FaceFollower:
         inside the last landmark box of a tracklet ``lost`` on this frame (its face score dropped)
         continues that tracklet, as the single-face tracker's detector restart does: one face, one
         tracklet, one identity fit, rather than a new tracklet to re-identify."""
+        deep = bool(found) and n % DEEP_EVERY == 0
         if found:
-            deep = n % DEEP_EVERY == 0
             levels, exhaustive = (3, True) if deep else (1, False)
         else:       # nothing followed: as the single-face search (small windows every search_every-th frame)
             levels = 4 if self._lost % getattr(self.mp, "search_every", 5) == 0 else 1
@@ -266,9 +266,11 @@ class FaceFollower:
         new = []
         lost = list(lost)
         self._failed = [(f, r) for f, r in self._failed if n - f <= FAILED_KEEP]
-        # the full-range detector's whole-frame pass (~6 ms) finds small heads beside the followed ones
+        # beside followed faces small heads are looked for every DEEP_EVERY frames: the small windows and
+        # the full-range detector's whole-frame pass (its session's first run costs ~0.2 s CPU, which a
+        # one-face clip need not pay)
         for roi in self.mp.detect(frame, 3 * self.max_faces, levels=levels, exhaustive=exhaustive,
-                                  far=True if found else None):
+                                  far=True if found and deep else None):
             if len(found) + len(new) >= self.max_faces:
                 break
             c = np.array([roi.cx, roi.cy])
