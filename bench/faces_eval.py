@@ -9,7 +9,8 @@ second face id), heads re-identified after the cut, and each head's identity err
 landmark vertices of the identity shape against the true one) in both modes.
 
 Times are CPU seconds of this process (all its threads; wall time on a shared machine measures the
-load), the least of ``--repeat`` alternate runs of each mode, after a warm-up of both.
+load), the least of ``--repeat`` alternate runs of each mode, after a warm-up of both; for the real
+clips also the median and range of the ratios of the ``--repeat`` alternate pairs.
 ``--clip FILE...``: real videos tracked both ways (frames, runs and ids of each face), e.g. the
 shared ``short_hamilton_clip.mp4``.  ``--write-doc``: the tables into docs/results.md ("faces_eval").
 
@@ -22,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import one_thread  # noqa: E402,F401  (before NumPy: every thread pool at one thread)
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -113,11 +116,13 @@ def render_case(model, mp, seed, n_heads, args):
 
 
 def clip_case(model, mp, path, max_faces, repeat=2):
-    """Both modes on a video, alternately ``repeat`` times (the least time of each)."""
-    rows = {}
+    """Both modes on a video, alternately ``repeat`` times: per mode the run of least time, and
+    ``pair_ratios``, each pair's ratio of seconds per face-frame (several faces / single face)."""
+    rows, per_ff = {}, {1: [], max_faces: []}
     _warm_up(model, mp, path)
     for mf in (1, max_faces) * repeat:
         wall, s, zs = _run(path, mf, model, mp)
+        per_ff[mf].append(wall / max(sum(s.face_frames), 1))
         if mf in rows and rows[mf]["wall"] <= wall:
             continue
         faces = []
@@ -127,6 +132,7 @@ def clip_case(model, mp, path, max_faces, repeat=2):
             faces.append((len(idx), [(int(r[0]), int(r[-1])) for r in runs]))
         rows[mf] = dict(wall=wall, face_frames=sum(s.face_frames), s_per_ff=wall / max(sum(s.face_frames), 1),
                         faces=faces)
+    rows[max_faces]["pair_ratios"] = np.array(per_ff[max_faces]) / np.array(per_ff[1])
     return rows
 
 
@@ -167,7 +173,7 @@ def main(argv=None):
     ap.add_argument("--face-px2", type=float, help="the heads' size in shot 2 (default: --face-px; a zoom at the cut)")
     ap.add_argument("--repeat", type=int, default=2, help="alternate runs of each mode (the least time counts)")
     ap.add_argument("--clip", nargs="*", default=[], help="real videos tracked single-face and with --max-faces")
-    ap.add_argument("--max-faces", type=int, default=4)
+    ap.add_argument("--max-faces", type=int, default=0, help="the real videos' several-faces mode (0: all, the default)")
     results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
     model = load_model()
@@ -180,15 +186,17 @@ def main(argv=None):
                "(ratio) | per face ratio median (range) |", "|---|---:|---:|---:|---:|---:|---:|---:|",
                _renders(model, mp, args), ""]
     if args.clip:
-        md += ["| video | mode | CPU s | face-frames | ms per face-frame | ratio | faces: frames (runs) |",
-               "|---|---|---:|---:|---:|---:|---|"]
+        md += ["| video | mode | CPU s | face-frames | ms per face-frame | ratio (pairs: median, range) | "
+               "faces: frames (runs) |", "|---|---|---:|---:|---:|---:|---|"]
     for clip in args.clip:
         rows = clip_case(model, mp, clip, args.max_faces, args.repeat)
         for mf, r in rows.items():
             faces = "; ".join(f"{k}: {nf} ({', '.join(f'{a}-{b}' for a, b in runs)})"
                               for k, (nf, runs) in enumerate(r["faces"]))
+            pr = r.get("pair_ratios")
+            pairs = f" ({np.median(pr):.2f}, {pr.min():.2f}-{pr.max():.2f})" if pr is not None else ""
             md.append(f"| {Path(clip).name} | --max-faces {mf} | {r['wall']:.2f} | {r['face_frames']} | "
-                      f"{1e3 * r['s_per_ff']:.1f} | {r['s_per_ff'] / rows[1]['s_per_ff']:.2f} | {faces} |")
+                      f"{1e3 * r['s_per_ff']:.1f} | {r['s_per_ff'] / rows[1]['s_per_ff']:.2f}{pairs} | {faces} |")
     text = "\n".join(md + ["", results_doc.machine_line("CPU time of one process")])
     print(text)
     results_doc.maybe_write(args, {"faces_eval": text})

@@ -445,9 +445,9 @@ def _add_track(sub):
                         "zero-lag smoothed tracks (default: smoothed, temporal weight 0)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--max-faces", type=int, default=None, metavar="N",
-                   help="track at most N faces at a time, each with its own identity and a stable id (face 0, "
-                        "the main face: NAME.csv ...; face K: NAME_faceK.csv ...; NAME_faces.csv: all); "
-                        "default 1: one face at a time, whoever is largest")
+                   help="track at most N faces, each with its own identity and a stable id (face 0, the main "
+                        "face: NAME.csv ...; face K: NAME_faceK.csv ...; NAME_faces.csv: all); default (and 0): "
+                        "every face; 1: one face at a time, whoever is largest")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_track)
 
@@ -461,7 +461,7 @@ def _add_fit(sub):
                    help="image files, folders of images or glob patterns ('photos/*.jpg')")
     _add_media_options(p)
     p.add_argument("--max-faces", type=int, default=10, metavar="N",
-                   help="fit at most N faces per image, largest first (1: the largest face only)")
+                   help="fit at most N faces per image, largest first (1: the largest face only; 0: all)")
     p.add_argument("--same-person", action="store_true",
                    help="the photos show one person: fit one shared identity to all of them together "
                         "(expression, pose and focal length per photo)")

@@ -11,10 +11,12 @@ colour, ``COLOUR_SAME``; a jump of its landmarks, :func:`lmfit3d.temporal.is_cut
 at them, ``COLOUR_JUMP``), or when its landmarks
 fall onto a face followed since earlier (two tracks converged).  Each live tracklet occupies a
 *slot* (a landmark store of its own; the first face uses slot 0, as the single-face path does) and
-has its own :class:`lmfit3d.fit.Tracker` collecting keyframes (no refits in pass 1).
+has its own :class:`lmfit3d.fit.Tracker` collecting keyframes (no refits in pass 1), as many as its
+identity fit may use (:func:`keyframe_budget`: a face seen briefly or small costs a small fit).
 
 After pass 1, :func:`fit_identities` refits each tracklet's identity once on its own keyframes (the
-focal length fitted on the largest tracklet, held for the others), and :func:`assign_faces` links
+focal length fitted on the largest tracklet, held for the others; a short tracklet only when a
+comparison needs it), and :func:`assign_faces` links
 tracklets into faces (after an occlusion, a cut or leaving the frame) by :func:`reid_score`: the
 distance of their identities (mm over the landmark vertices, weighted down for small faces) and of
 their colours, in units learnt on renders by ``bench/reid_threshold.py``; a tracklet joins the
@@ -32,9 +34,24 @@ import numpy as np
 from .paths import new_file, reserve
 from .temporal import is_cut
 
-DETECT_EVERY = 10        # frames between newcomer searches of the whole frame while faces are followed
-DEEP_EVERY = 100         # frames between newcomer searches that include small windows (slow: ~35 windows)
+# frames between newcomer searches of the whole frame while faces are followed (both detectors: 4-6 ms
+# a search; every 10 frames that was 0.5 ms a frame, 8 % of the tracking of a 1080p one-face clip, now
+# the default mode), and between those that include small windows too (~36 windows, 40-50 ms)
+DETECT_EVERY = 60
+DEEP_EVERY = 300
+# a detector candidate beside the followed faces whose landmarks were rejected (a profile, a back of a
+# head, not a face) is not tried again by the newcomer searches of the next this many frames
+FAILED_KEEP = DETECT_EVERY
 MIN_FACE_FRAMES = 5      # a tracklet this short that matches no face is dropped (a spurious detection)
+# an identity fit (:func:`keyframe_budget`) uses one keyframe, plus one per this many frames of the
+# face (weighted by its size): a fit's cost grows with its keyframes, and a face seen on a few frames
+# must not pay for the five of a face seen throughout (short_hamilton_clip.mp4: audience tracklets of
+# 5-22 frames had 3-4 keyframes each)
+KEYFRAME_FRAMES = 20
+# a face's identity is refitted on keyframes pooled from its tracklets (:func:`face_identity`) only when
+# they are at least this many more than its best tracklet's (renders, bench/faces_eval.py: identities
+# from the best tracklet's one keyframe against refits on two, mean error 4.22 / 4.24 mm)
+FACE_REFIT_GAIN = 2
 SCENE_CUT_GREY = 30.0    # mean absolute difference (0..255) of 16 x 16 grey thumbnails at a scene cut
 # a tracklet ends where the mean colour at its landmarks changes by more (RGB 0..1) from one frame to the
 # next: another face in the same place after a cut the thumbnails missed (the same face: <= 0.042 on
@@ -148,11 +165,13 @@ def face_colour(frame, mu, grid=1):
     p = p[(p[:, 0] >= 0) & (p[:, 0] < w) & (p[:, 1] >= 0) & (p[:, 1] < h)]
     if not len(p):
         return None
+    px = p.astype(np.int64)
+    rgb = frame[px[:, 1], px[:, 0]].astype(np.float64) / 255.0
+    if grid == 1:                       # one cell (the tracker's layout): the mean
+        return rgb.mean(0)[None]
     lo, hi = p.min(0), p.max(0)
     cell = np.minimum(((p - lo) / np.maximum(hi - lo, 1e-9) * grid).astype(np.int64), grid - 1)
     idx = cell[:, 1] * grid + cell[:, 0]
-    px = p.astype(np.int64)
-    rgb = frame[px[:, 1], px[:, 0]].astype(np.float64) / 255.0
     out = np.full((grid * grid, 3), np.nan)
     cnt = np.bincount(idx, minlength=grid * grid)
     for c in range(3):
@@ -200,6 +219,7 @@ class FaceFollower:
         self.stores = []
         self._thumb = None
         self._lost = 0
+        self._failed = []       # (frame, ROI) of the candidates beside followed faces that did not start
         self._n_landmarks = len(predictor.vertex_ids)
 
     def step(self, frame, n):
@@ -236,8 +256,8 @@ class FaceFollower:
         inside the last landmark box of a tracklet ``lost`` on this frame (its face score dropped)
         continues that tracklet, as the single-face tracker's detector restart does: one face, one
         tracklet, one identity fit, rather than a new tracklet to re-identify."""
+        deep = bool(found) and n % DEEP_EVERY == 0
         if found:
-            deep = n % DEEP_EVERY == 0
             levels, exhaustive = (3, True) if deep else (1, False)
         else:       # nothing followed: as the single-face search (small windows every search_every-th frame)
             levels = 4 if self._lost % getattr(self.mp, "search_every", 5) == 0 else 1
@@ -245,16 +265,23 @@ class FaceFollower:
             self._lost += 1
         new = []
         lost = list(lost)
-        # the full-range detector's whole-frame pass (~6 ms) finds small heads beside the followed ones
+        self._failed = [(f, r) for f, r in self._failed if n - f <= FAILED_KEEP]
+        # beside followed faces small heads are looked for every DEEP_EVERY frames: the small windows and
+        # the full-range detector's whole-frame pass (its session's first run costs ~0.2 s CPU, which a
+        # one-face clip need not pay)
         for roi in self.mp.detect(frame, 3 * self.max_faces, levels=levels, exhaustive=exhaustive,
-                                  far=True if found else None):
+                                  far=True if found and deep else None):
             if len(found) + len(new) >= self.max_faces:
                 break
-            if any(_inside(np.array([roi.cx, roi.cy]), p.mu) for _, p in found + new):
+            c = np.array([roi.cx, roi.cy])
+            if any(_inside(c, p.mu) for _, p in found + new) or (found and any(
+                    abs(roi.cx - r.cx) + abs(roi.cy - r.cy) < 0.5 * r.size for _, r in self._failed)):
                 continue
             self.mp.set_state(None)
             pred = self.mp.start(frame, roi)
             if pred is None:
+                if found:
+                    self._failed.append((n, roi))
                 continue
             c = np.nanmean(pred.mu, 0)
             if any(_inside(c, p.mu) for _, p in found + new):
@@ -302,8 +329,12 @@ class FaceFollower:
                 if t.tracker is None:
                     t.tracker = self.new_tracker()
                     t.tracker.refit_in_step = False         # keyframes only: :func:`fit_identities` after pass 1
-                # identity: every ``stride``-th frame of the tracklet, until its keyframe set is full
-                if (n - t.start) % self.opt.identity_stride == 0 and len(t.tracker.keyframes) < self.max_keyframes:
+                # identity: every ``stride``-th frame of the tracklet while it holds fewer keyframes than
+                # its fit may use so far (:func:`keyframe_budget`) and one more to choose from; paused
+                # (the tracker started afresh when it resumes) while it holds as many
+                if len(t.tracker.keyframes) >= min(self.max_keyframes, keyframe_budget([t], self.max_keyframes) + 1):
+                    t.tracker.reset()
+                elif (n - t.start) % self.opt.identity_stride == 0:
                     t0 = time.perf_counter()
                     t.tracker.step(pred.mu, pred.sigma)
                     self.tm["fit"] = self.tm.get("fit", 0.0) + time.perf_counter() - t0
@@ -344,17 +375,26 @@ def identity_weight(a, b, face_px=REID_FACE_PX):
     return min(1.0, min(_face_px(a), _face_px(b)) / face_px) ** 2
 
 
-def reid_score(model, vertex_ids, a, b, id_mm=REID_IDENTITY_MM, colour=REID_COLOUR):
+def reid_score(model, vertex_ids, a, b, id_mm=REID_IDENTITY_MM, colour=REID_COLOUR, fit=None):
     """How far apart two tracklets are as people (< 1: the same person): the distance of their fitted
     identities (:func:`identity_distance`) in units of ``id_mm``, weighted by the faces' size
     (:func:`identity_weight`), plus that of their mean colours at the landmarks
     (:func:`colour_distance`, RGB 0..1, the appearance tie-breaker) in units of ``colour``; inf when
-    either is unknown."""
-    ia, ib, ca, cb = a.identity(), b.identity(), a.appearance(), b.appearance()
-    if ia is None or ib is None or ca is None or cb is None:
+    either is unknown.  ``fit``: callable (tracklet), fits a tracklet's identity where it has none
+    (a short one, :func:`fit_identity`) when the colours alone leave the score under 1 (a short
+    tracklet is matched only so: one identity fit, ~45 ms, for each plausible match)."""
+    ca, cb = a.appearance(), b.appearance()
+    if ca is None or cb is None:
         return np.inf
-    d = identity_distance(model, vertex_ids, ia, ib) / id_mm
-    return identity_weight(a, b) * d + colour_distance(ca, cb) / colour
+    c = colour_distance(ca, cb) / colour
+    if fit is not None and c < 1.0:
+        for t in (a, b):
+            if t.identity() is None:
+                fit(t)
+    ia, ib = a.identity(), b.identity()
+    if ia is None or ib is None:
+        return np.inf
+    return identity_weight(a, b) * identity_distance(model, vertex_ids, ia, ib) / id_mm + c
 
 
 def assign_faces(tracklets, score, max_faces, min_frames=MIN_FACE_FRAMES, group_limit=REID_GROUP):
@@ -420,29 +460,63 @@ def _keyframes_with(tr, kfs):
         tr.keyframes.append((x, mu, sg))
 
 
+def keyframe_budget(tracklets, max_keyframes):
+    """Keyframes an identity fit on ``tracklets`` (one face's) may use: one, plus one per
+    ``KEYFRAME_FRAMES`` of their frames counted at their size (each frame min(1, face px /
+    ``REID_FACE_PX``)), at most ``max_keyframes``.  A face seen on a few frames, or small, tells
+    little of its identity: its fit (whose cost grows with its keyframes) is kept as small."""
+    frames = sum(t.frames * min(1.0, _face_px(t) / REID_FACE_PX) for t in tracklets)
+    return int(min(max_keyframes, 1 + frames // KEYFRAME_FRAMES))
+
+
+def spread_keyframes(kfs, k):
+    """At most ``k`` of the keyframes ``kfs`` [(x, mu, sigma)], in their order: the first, then each
+    time the one whose head rotation (x[0:3]) is farthest from those chosen."""
+    if len(kfs) <= k:
+        return list(kfs)
+    rot = np.array([kf[0][0:3] for kf in kfs])
+    chosen = [0]
+    far = np.linalg.norm(rot - rot[0], axis=1)
+    while len(chosen) < k:
+        i = int(np.argmax(far))
+        chosen.append(i)
+        far = np.minimum(far, np.linalg.norm(rot - rot[i], axis=1))
+    return [kfs[i] for i in sorted(chosen)]
+
+
 def fit_identities(tracklets, focal=None, min_frames=MIN_FACE_FRAMES):
     """After pass 1: one identity refit per tracklet of at least ``min_frames`` frames (or the only
-    tracklet), on its own keyframes (``Tracklet.identity``; :func:`reid_score` needs it).  The focal
+    tracklet), on its own keyframes (``Tracklet.identity``; :func:`reid_score` needs it), as many as
+    :func:`keyframe_budget` allows, the most varied head rotations (:func:`spread_keyframes`).  The focal
     length, unless given (``focal``), is fitted on the tracklet of most screen presence (summed size)
     first and held at that for all the others: one camera, measured on its largest face.  Returns
-    the focal length (None: no tracklet to fit).
+    the focal length (None: no tracklet to fit).  A shorter tracklet is fitted when a comparison
+    needs it (:func:`fit_identity`, ``fit`` of :func:`reid_score`).
 
     Pass 1 only collects keyframes (``Tracker.refit_in_step`` False): a tracklet costs one refit,
     none when it is a spurious detection, and the single-face tracker's refit at every keyframe
     (``max_keyframes`` refits, which only steer pass 1's own pose fits) is not repeated per tracklet."""
-    todo = [t for t in tracklets if t.tracker is not None and t.tracker.keyframes
-            and (t.frames >= min_frames or len(tracklets) == 1)]
-    todo.sort(key=lambda t: -t.size)
-    for t in todo:
-        tr = t.tracker
-        if focal is not None and not (tr.focal_known and tr.focal == focal):
-            tr.focal, tr.focal_known = float(focal), True
-            _keyframes_with(tr, tr.keyframes)
-        tr.refit_identity()
-        tr.refit_pending = False
-        t.refits += 1
-        focal = tr.focal if focal is None else focal
+    todo = [t for t in tracklets if t.frames >= min_frames or len(tracklets) == 1]
+    for t in sorted(todo, key=lambda t: -t.size):
+        focal = fit_identity(t, focal)
     return focal
+
+
+def fit_identity(t, focal=None):
+    """Refit tracklet ``t``'s identity once on its keyframes (:func:`fit_identities`), the focal length
+    held at ``focal`` (None: fitted too).  Returns the focal length (``focal`` unless it was None and
+    ``t`` could be fitted); nothing is done for a tracklet already fitted or without keyframes."""
+    tr = t.tracker
+    if tr is None or not tr.keyframes or t.refits:
+        return focal
+    tr.keyframes = spread_keyframes(tr.keyframes, keyframe_budget([t], len(tr.keyframes)))
+    if focal is not None and not (tr.focal_known and tr.focal == focal):
+        tr.focal, tr.focal_known = float(focal), True
+        _keyframes_with(tr, tr.keyframes)
+    tr.refit_identity()
+    tr.refit_pending = False
+    t.refits += 1
+    return tr.focal if focal is None else focal
 
 
 def _information(t):
@@ -456,21 +530,23 @@ def face_identity(face, tracker_like, focal=None, max_keyframes=5):
     by :func:`fit_identities`, one focal length).  The face's keyframes are chosen as the single-face
     tracker chooses them (:meth:`lmfit3d.fit.Tracker._is_keyframe`: a head rotation at least
     ``keyframe_angle_deg`` from every one so far, at most ``max_keyframes``) from its tracklets'
-    keyframes, the tracklets with the largest faces first (:func:`_information`).  When they are
-    all one tracklet's, its identity as is (no refit); else a refit on them, warm from that
-    tracklet's identity, by ``tracker_like.fresh`` (a pass-1 Tracker).  ``focal``: that of a face
+    keyframes, the tracklets with the largest faces first (:func:`_information`), as many as
+    :func:`keyframe_budget` allows.  When they are fewer than ``FACE_REFIT_GAIN`` more than the first
+    tracklet's own, its identity as is (no refit); else a refit on them, warm from that tracklet's
+    identity, by ``tracker_like.fresh`` (a pass-1 Tracker).  ``focal``: that of a face
     never fitted (whose identity is then the prior's mean)."""
     tracks = sorted((t for t in face if t.identity() is not None), key=_information, reverse=True)
     if not tracks:                              # never fitted (too few landmarks): the prior's mean
         return np.zeros_like(tracker_like.identity), tracker_like.focal if focal is None else focal
     base = tracks[0].tracker
     min_angle = np.radians(tracker_like.cfg.keyframe_angle_deg)
+    max_keyframes = keyframe_budget(face, max_keyframes)
     kfs = list(base.keyframes[:max_keyframes])
     for t in tracks[1:]:
         for kf in t.tracker.keyframes:
             if len(kfs) < max_keyframes and all(np.linalg.norm(kf[0][0:3] - k[0][0:3]) >= min_angle for k in kfs):
                 kfs.append(kf)
-    if len(kfs) == len(base.keyframes):
+    if len(kfs) < len(base.keyframes) + FACE_REFIT_GAIN:
         return base.identity.copy(), base.focal
     tr = tracker_like.fresh(base.focal)
     tr.identity = base.identity.copy()

@@ -454,11 +454,13 @@ class MediaPipeLandmarks:
         self.timings["detect"] += time.perf_counter() - t
         return [d.roi(self.manifest.roi_strategy, scale=self.manifest.roi_scale) for d in dets[:max_candidates]]
 
-    def predict(self, image, roi, eyes=(0, 1)):
+    def predict(self, image, roi, eyes=(0, 1), min_presence=0.0):
         """Landmarks of the face in ``roi`` (a :class:`Prediction`).
 
         ``eyes``: the eyes (0: subject's right, 1: left) whose iris network runs; the iris centre
         of an eye not run is carried from its last measurement (see ``iris_policy``).
+        ``min_presence``: under this face score the prediction is one its caller rejects and the
+        iris networks do not run (its iris points NaN; the iris state untouched).
         """
         t = time.perf_counter()
         m = self.manifest
@@ -470,7 +472,9 @@ class MediaPipeLandmarks:
             raw[468:] = pts[ATTENTION_IRIS_CENTRES] if self.attention_iris else np.nan
         else:
             pts, _, presence = self.mesh.image_points(image, roi, out=raw)       # raw[:468]
-        if self.iris is not None:
+        if self.iris is not None and presence < min_presence:
+            raw[468:] = np.nan
+        elif self.iris is not None:
             rois = self.iris.eye_rois(pts)
             if self._iris_crop is None:
                 eyes = (0, 1)
@@ -539,7 +543,7 @@ class MediaPipeLandmarks:
             if self.iris_policy == "alternate":
                 eyes = (self._iris_next,)
                 self._iris_next ^= 1
-            pred = self.predict(image, self.roi, eyes)
+            pred = self.predict(image, self.roi, eyes, self.presence_threshold)
             if pred.presence >= self.presence_threshold:
                 self.roi = self.mesh.roi_from_points(pred.points[:468])
                 return pred
@@ -552,7 +556,7 @@ class MediaPipeLandmarks:
         tighter crop that rescues some turned or small faces): its :class:`Prediction` when the face
         score reaches ``presence_threshold`` (the tracking state then follows it), else None."""
         for r in (roi, roi.scaled(0.8)):
-            pred = self.predict(image, r)
+            pred = self.predict(image, r, min_presence=self.presence_threshold)
             if pred.presence >= self.presence_threshold:
                 self.roi = self.mesh.roi_from_points(pred.points[:468])
                 self._lost = 0
@@ -584,7 +588,7 @@ class MediaPipeLandmarks:
         def confirm(roi):
             for r in (roi, roi.scaled(0.8)):
                 self._iris_crop = None
-                pred = self.predict(image, r)
+                pred = self.predict(image, r, min_presence=self.presence_threshold)
                 if pred.presence >= self.presence_threshold:
                     self._iris_crop = None
                     ref = self.predict(image, self.mesh.roi_from_points(pred.points[:468]))

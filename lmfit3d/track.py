@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .faces import FaceFollower, LandmarkStore, _memmap, assign_faces, face_identity, fit_identities, reid_score
+from .faces import (FaceFollower, LandmarkStore, _memmap, assign_faces, face_identity, fit_identities,
+                    fit_identity, reid_score)
 from .context import FitContext
 from .fit import FitConfig, Tracker
 from .report import ContactFrames
@@ -51,6 +52,9 @@ TRACK_EXPRESSION_WEIGHT = 3.0
 # range ratios and steadiness change by <= 0.02)
 TRACK_ANTAGONIST_WEIGHT = 1.5
 BACKENDS = ("mediapipe", "mediapipe-attention", "network")
+# "every face" (``--max-faces 0``, a video's default): at most this many, a bound for the detector's
+# candidates and the output names a batch checks
+ALL_FACES = 32
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,8 @@ class TrackOptions:
             raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
         if self.identity_stride < 1:
             raise ValueError(f"identity_stride must be >= 1, got {self.identity_stride}")
-        if self.max_faces is not None and self.max_faces < 1:
-            raise ValueError(f"--max-faces must be >= 1, got {self.max_faces}")
+        if self.max_faces is not None and self.max_faces < 0:
+            raise ValueError(f"--max-faces must be >= 0 (0: all faces), got {self.max_faces}")
         if self.sigma_jitter < 0:
             raise ValueError(f"--sigma-jitter must be >= 0, got {self.sigma_jitter}")
         if self.focal_px is not None and not (np.isfinite(self.focal_px) and self.focal_px > 0):
@@ -111,9 +115,12 @@ class TrackOptions:
         self.config()           # ValueError on a bad --landmark-loss / --loss-scale
 
     def face_limit(self, video):
-        """At most this many faces: ``max_faces``, or by default 1 in a video (the largest face; more
-        with ``--max-faces N``, :mod:`lmfit3d.faces`) and 10 in a photo."""
-        return self.max_faces if self.max_faces is not None else (1 if video else 10)
+        """At most this many faces: ``max_faces``; 0 (and by default, None, in a video) every face,
+        ``ALL_FACES`` at most (:mod:`lmfit3d.faces`); by default 10 in a photo.  1 in a video: the
+        single-face tracking (one face at a time, whoever is largest)."""
+        if self.max_faces is None:
+            return ALL_FACES if video else 10
+        return self.max_faces or ALL_FACES
 
     def config(self):
         """The fitter's settings: FitConfig defaults, with the temporal weight of video tracking
@@ -159,12 +166,13 @@ def track_video(path, out_dir, options=None, model=None, predictor=None, keep=()
         options' sparsity threshold, to re-use (another video's); None builds one.  Both passes and
         every face of the video use the one context.
 
-    Every face is tracked (at most ``options.max_faces``; :mod:`lmfit3d.faces`): face 0, the main
-    face, writes NAME.csv, NAME_arkit.csv, NAME.npz (and NAME_meshes/), every other face K the same
-    files as NAME_faceK.csv, NAME_faceK_arkit.csv, NAME_faceK.npz (NAME_faceK_meshes/); with more
-    than one face, NAME_faces.csv holds one row per face per frame it was fitted (``face_id``, then
-    the NAME.csv columns) and the overlay draws every face with its id.  ``max_faces`` 1: the
-    single-face tracking (one face followed at a time, whoever it is).
+    Every face is tracked (by default; at most ``options.max_faces``; :mod:`lmfit3d.faces`): face 0,
+    the main face, writes NAME.csv, NAME_arkit.csv, NAME.npz (and NAME_meshes/), every other face K
+    the same files as NAME_faceK.csv, NAME_faceK_arkit.csv, NAME_faceK.npz (NAME_faceK_meshes/); with
+    more than one face, NAME_faces.csv holds one row per face per frame it was fitted (``face_id``,
+    then the NAME.csv columns) and the overlay draws every face with its id.  A video of one face
+    writes the files of face 0 alone.  ``max_faces`` 1: the single-face tracking (one face followed
+    at a time, whoever it is).
 
     Every output is written into a private temporary folder in ``out_dir`` and moved into place as
     one set when complete (:func:`lmfit3d.paths.commit_outputs`): a rerun replaces the whole set
@@ -338,8 +346,14 @@ def _first_pass_faces(reader, mp, model, opt, tm, sheet, work, stores, *, contex
     n += 1
     tm["detect"], tm["landmarks"] = mp.timings["detect"], mp.timings["landmarks"]
     t = time.perf_counter()
-    focal = fit_identities(follower.tracklets, opt.focal_px)
-    faces = assign_faces(follower.tracklets, lambda a, b: reid_score(model, vids, a, b), opt.face_limit(True))
+    fits = {"focal": fit_identities(follower.tracklets, opt.focal_px)}
+
+    def fit_short(tracklet):            # a short tracklet a comparison needs (one focal for all)
+        fits["focal"] = fit_identity(tracklet, fits["focal"])
+
+    faces = assign_faces(follower.tracklets, lambda a, b: reid_score(model, vids, a, b, fit=fit_short),
+                         opt.face_limit(True))
+    focal = fits["focal"]
     out = []
     for j, face in enumerate(faces):
         identity, f = face_identity(face, proto[0], focal, cfg.max_keyframes)
@@ -403,23 +417,21 @@ class _FaceFit:
         tm["fit"] += time.perf_counter() - t
 
     def fit(self, f):
-        """(fit or None, mu (L, 2), presence) of frame f."""
+        """(fit or None, mu (L, 2), presence) of frame f; (None, None, nan) where the face is absent."""
+        seg, tracker = self.seg, self.tracker
+        if seg[f] < 0:                          # not this face's frame: nothing to read
+            tracker.reset()
+            return None, None, np.nan
         rec = np.asarray(self.arr[f], dtype=np.float64)
         mu, sigma, presence = rec[:, 0:2], rec[:, 2], rec[:, 3]
-        fit, seg, tracker = None, self.seg, self.tracker
-        if seg[f] >= 0:
-            if f == 0 or seg[f - 1] != seg[f]:
-                tracker.reset()
-            sigma = np.where(np.isfinite(sigma), sigma, 1.0)
-            if self.smooth is not None:         # smoothed tracks, sigma widened by their variance
-                sm = np.asarray(self.smooth[f], dtype=np.float64)
-                fit = tracker.step(sm[:, 0:2], np.sqrt(sigma * sigma + sm[:, 2]))
-            else:
-                noise = self.noise[f]
-                fit = tracker.step(mu, np.sqrt(sigma * sigma + noise) if noise > 0 else sigma)
-        else:
+        if f == 0 or seg[f - 1] != seg[f]:
             tracker.reset()
-        return fit, mu, presence[0]
+        sigma = np.where(np.isfinite(sigma), sigma, 1.0)
+        if self.smooth is not None:             # smoothed tracks, sigma widened by their variance
+            sm = np.asarray(self.smooth[f], dtype=np.float64)
+            return tracker.step(sm[:, 0:2], np.sqrt(sigma * sigma + sm[:, 2])), mu, presence[0]
+        noise = self.noise[f]
+        return tracker.step(mu, np.sqrt(sigma * sigma + noise) if noise > 0 else sigma), mu, presence[0]
 
     def record(self, f, fit, vals):
         res, p = self.res, fit.params

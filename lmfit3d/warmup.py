@@ -40,7 +40,7 @@ class _SyntheticLandmarks:
     def follow(self, frame):
         return self.track(frame) if self.tracking else None
 
-    def detect(self, frame, max_candidates=3, levels=4, exhaustive=False):
+    def detect(self, frame, max_candidates=3, levels=4, exhaustive=False, far=None):
         from .imaging import ROI
         return [ROI(frame.shape[1] / 2.0, frame.shape[0] / 2.0, float(min(frame.shape[:2])), 0.0)]
 

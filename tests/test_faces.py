@@ -86,8 +86,30 @@ def test_max_faces_1_follows_one_face_and_a_rerun_replaces_the_set(clip, tracked
     one = track_video(FrameList(clip.frames, name="heads"), out, TrackOptions(progress=False, max_faces=1), model)
     assert one.faces == 1 and one.success == 20
     assert sorted(p.name for p in out.iterdir()) == ["heads.csv", "heads.npz", "heads_arkit.csv"]
-    assert main(["track", "x.mp4", "--max-faces", "0", "-o", str(out)]) == 2
-    assert "--max-faces must be >= 1" in capsys.readouterr().err
+    assert main(["track", "x.mp4", "--max-faces", "-1", "-o", str(out)]) == 2
+    assert "--max-faces must be >= 0" in capsys.readouterr().err
+
+
+def test_by_default_every_face_and_a_one_face_video_writes_the_single_face_layout(clip, model, tmp_path):
+    """The default (every face) on a clip of one head: the files and columns of ``--max-faces 1``."""
+    assert TrackOptions().face_limit(True) == TrackOptions(max_faces=0).face_limit(True) > 1
+    assert TrackOptions().face_limit(False) == 10 and TrackOptions(max_faces=1).face_limit(True) == 1
+    alone = FrameList(multi_face_clip(model, np.random.default_rng(2), n_heads=2, shot=10, size=(320, 240),
+                                      face_px=90, only=0).frames, name="heads")
+    names, npz, header = [], [], []
+    for k, mf in enumerate((None, 1)):
+        out = tmp_path / str(k)
+        out.mkdir()
+        s = track_video(alone, out, TrackOptions(progress=False, max_faces=mf), model)
+        assert s.faces == 1 and s.success == 20
+        names.append(sorted(p.name for p in out.iterdir()))
+        z = np.load(out / "heads.npz")
+        npz.append({k: z[k].shape for k in z.files})
+        header.append(open(out / "heads.csv").readline())
+        if mf is None:
+            assert int(z["face_id"]) == 0 and int(z["faces"]) == 1
+    assert names[0] == names[1] == ["heads.csv", "heads.npz", "heads_arkit.csv"]
+    assert npz[0] == npz[1] and header[0] == header[1]
 
 
 def test_two_inputs_whose_face_files_would_collide_are_refused(tmp_path, capsys):
@@ -96,7 +118,9 @@ def test_two_inputs_whose_face_files_would_collide_are_refused(tmp_path, capsys)
     args = ["track", str(tmp_path / "a.mp4"), str(tmp_path / "a_face1.mp4"), "-o", str(tmp_path / "o")]
     assert main(args + ["--max-faces", "2"]) == 2
     assert "would both write" in capsys.readouterr().err
-    assert main(args) == 1                  # one face (the default): no face files, the inputs just fail
+    assert main(args) == 2                  # every face (the default): the same
+    assert "would both write" in capsys.readouterr().err
+    assert main(args + ["--max-faces", "1"]) == 1       # one face: no face files, the inputs just fail
     assert "would both write" not in capsys.readouterr().err
 
 
@@ -185,8 +209,8 @@ class _FakeTracker:
 def test_one_refit_per_confirmed_tracklet_focal_from_the_largest_and_face_keyframes():
     from lmfit3d.faces import face_identity, fit_identities
     ts = []
-    for i, (start, end, size, rots) in enumerate([(0, 9, 50, [[0, 0, 0]]), (10, 40, 200, [[0, 0, 0], [0, 0.3, 0]]),
-                                                 (41, 43, 90, [[0, 0, 0]])]):
+    for i, (start, end, size, rots) in enumerate([(0, 9, 50, [[0, 0, 0]]), (10, 80, 200, [[0, 0, 0], [0, 0.3, 0]]),
+                                                 (81, 83, 90, [[0, 0, 0]])]):
         t = Tracklet(i, 0, start, end, size=size * (end - start + 1))
         t.tracker = _FakeTracker(rots)
         ts.append(t)
@@ -200,10 +224,30 @@ def test_one_refit_per_confirmed_tracklet_focal_from_the_largest_and_face_keyfra
     # the small face's keyframe repeats a rotation of the large one's: the large one's identity as is
     ident, focal = face_identity([small, large], proto)
     assert np.allclose(ident, 2) and focal == 123.0
-    # a new rotation from another tracklet: one refit on the merged keyframes (focal held)
+    # one new rotation from another tracklet (fewer than FACE_REFIT_GAIN more): still no refit
     small.tracker.keyframes.append((np.r_[0, -0.4, 0, 0, 0, 0], None, None))
     ident, focal = face_identity([small, large], proto)
-    assert np.allclose(ident, 3) and focal == 123.0
+    assert np.allclose(ident, 2)
+    # two: one refit on the merged keyframes (focal held), as many as the face's budget (4: 75 frames)
+    small.tracker.keyframes.append((np.r_[0.4, 0, 0, 0, 0, 0], None, None))
+    ident, focal = face_identity([small, large], proto)
+    assert np.allclose(ident, 4) and focal == 123.0
+
+
+def test_keyframe_budget_follows_frames_and_size_and_keeps_the_most_varied():
+    from lmfit3d.faces import KEYFRAME_FRAMES, REID_FACE_PX, fit_identities, keyframe_budget, spread_keyframes
+    big = Tracklet(0, 0, 0, 2 * KEYFRAME_FRAMES - 1, size=REID_FACE_PX * 2 * KEYFRAME_FRAMES)
+    half = Tracklet(1, 0, 0, 2 * KEYFRAME_FRAMES - 1, size=REID_FACE_PX / 2 * 2 * KEYFRAME_FRAMES)
+    assert keyframe_budget([big], 5) == 3 and keyframe_budget([half], 5) == 2 and keyframe_budget([big], 2) == 2
+    assert keyframe_budget([big, half], 5) == 4
+    kfs = [(np.r_[a, 0.0, 0.0], None, None) for a in (0.0, 0.05, 0.5, 0.1, -0.3)]
+    assert [kf[0][0] for kf in spread_keyframes(kfs, 3)] == [0.0, 0.5, -0.3]
+    assert spread_keyframes(kfs, 9) == kfs
+    # the half-size tracklet's fit: two keyframes of its five, the first and the farthest from it
+    half.tracker = _FakeTracker([[a, 0, 0] for a in (0.0, 0.05, 0.5, 0.1, -0.3)])
+    fit_identities([half])
+    assert half.tracker.refit_focal == [(100.0, False, 2)]
+    assert [kf[0][0] for kf in half.tracker.keyframes] == [0.0, 0.5]
 
 
 class _ScriptedPredictor:

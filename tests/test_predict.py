@@ -418,6 +418,11 @@ def test_tracking_fast_path_matches_the_plain_numpy_path():
     np.testing.assert_array_equal(pred.mu, pred.points[m.points])
     no_iris = MediaPipeLandmarks(iris=False).predict(img, roi)
     assert np.isnan(no_iris.points[468:]).all() and np.isfinite(no_iris.points[:468]).all()
+    # a face score under min_presence: a rejected prediction, the iris networks not run
+    rejected = mp.predict(img, roi, min_presence=pred.presence + 1e-6)
+    np.testing.assert_allclose(rejected.points[:468], pts, rtol=0, atol=1e-9)     # the mesh's own lids
+    assert np.isnan(rejected.points[468:]).all() and rejected.presence == pred.presence
+    assert np.isfinite(mp.predict(img, roi, min_presence=pred.presence).points[468:]).all()
     with pytest.raises(ValueError, match="out must be"):
         mp.mesh.image_points(img, roi, out=np.empty((10, 2)))
 
