@@ -16,7 +16,7 @@ Pipeline modules, imports flowing one way::
 """
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _SUBMODULES = (
     "paths", "meshio", "model", "rotation", "skinning", "camera", "calibration", "imaging", "render",
