@@ -12,10 +12,17 @@ Times are CPU seconds of this process (all its threads; wall time on a shared ma
 load), the least of ``--repeat`` alternate runs of each mode, after a warm-up of both; for the real
 clips also the median and range of the ratios of the ``--repeat`` alternate pairs.
 ``--clip FILE...``: real videos tracked both ways (frames, runs and ids of each face), e.g. the
-shared ``short_hamilton_clip.mp4``.  ``--write-doc``: the tables into docs/results.md ("faces_eval").
+shared ``short_hamilton_clip.mp4``.  ``--pair A B``: two real one-person videos side by side
+(:func:`lmfit3d.synthetic.side_by_side`, each cropped square around its face and scaled to
+``--pair-half`` px), built at run time in memory, tracked with every face (the default): left|right
+for ``--pair-shot`` frames then a hard cut to right|left; the same without the swap (one shot); and
+the swap with person B at ``--pair-scale`` of its half.  Per person: the share of frames on which a
+face's landmarks lie on its half, id switches, and whether the face id carrying it before the cut
+carries it after.  ``--write-doc``: the tables into docs/results.md ("faces_eval").
 
     python bench/faces_eval.py [--seeds 0 1 2 3] [--heads 2 3] [--shot 10] [--face-px 90 --face-px2 90]
-        [--clip ../shared/media/short_hamilton_clip.mp4 ...] [--write-doc]
+        [--clip ../shared/media/short_hamilton_clip.mp4 ...] [--pair-only] [--write-doc]
+        [--pair ../shared/media/W040_level_3_happy_029.mp4 ../shared/media/W023_level_2_surprised_010.mp4]
 """
 import argparse
 import sys
@@ -31,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import results_doc  # noqa: E402
 from lmfit3d.faces import identity_distance  # noqa: E402
-from lmfit3d.media import FrameList  # noqa: E402
+from lmfit3d.media import FrameList, VideoReader  # noqa: E402
 from lmfit3d.model import load_model  # noqa: E402
 from lmfit3d.predict import MediaPipeLandmarks  # noqa: E402
-from lmfit3d.synthetic import multi_face_clip  # noqa: E402
+from lmfit3d.synthetic import multi_face_clip, side_by_side, square_crop  # noqa: E402
 from lmfit3d.track import TrackOptions, track_video  # noqa: E402
 
 
@@ -136,6 +143,45 @@ def clip_case(model, mp, path, max_faces, repeat=2):
     return rows
 
 
+def pair_case(model, mp, clips, shot, half, swap, scales):
+    """Two real people side by side (person 0 = clips[0] on the left first): per person the share of
+    frames tracked (a face's landmarks on its half), id switches, and whether each person keeps its
+    face id across the cut (with ``swap``)."""
+    clip = side_by_side(clips, shot, half=half, swap=swap, scales=scales)
+    _, s, zs = _run(FrameList(clip.frames, name="pair"), 0, model, mp)
+    per_face = [heads_of(clip, z) for z in zs]
+    switches, carriers = id_switches(per_face)
+    n = len(clip.frames)
+    tracked = [np.mean([any(p[f] == h for p in per_face) for f in range(n)]) for h in range(2)]
+    kept = all(len(carriers.get(h, ())) == 1 and any((p[:clip.cut] == h).any() and (p[clip.cut:] == h).any()
+                                                      for p in per_face) for h in range(2)) if swap else None
+    return dict(frames=n, faces=s.faces, face_frames=list(s.face_frames), tracked=tracked, switches=switches,
+                kept=kept)
+
+
+def _pairs(model, mp, args):
+    """Markdown rows of the side-by-side cases of ``args.pair`` (and a line per case printed)."""
+    clips, centres_x = [], []
+    for p in args.pair:             # each frame cropped square around the face as it is read (memory)
+        frames = []
+        for f, img in zip(range(2 * args.pair_shot), VideoReader(p)):
+            if not frames:
+                found = mp.detect(img, max_candidates=1)
+                cx = found[0].cx if found else img.shape[1] / 2
+            frames.append(square_crop(img, cx, args.pair_half))
+        clips.append(frames)
+    names = " \\| ".join(Path(p).stem for p in args.pair)
+    out = []
+    for label, swap, scales in (("swap at the cut", True, (1.0, 1.0)), ("no cut, no swap", False, (1.0, 1.0)),
+                                (f"swap, B at {args.pair_scale:g} size", True, (1.0, args.pair_scale))):
+        r = pair_case(model, mp, clips, args.pair_shot, args.pair_half, swap, scales)
+        print(f"pair {label}: {r}", flush=True)
+        kept = "-" if r["kept"] is None else ("yes" if r["kept"] else "no")
+        out.append(f"| {names}, {2 * args.pair_half} x {args.pair_half}, {label} | {r['frames']} | {r['faces']} | "
+                   f"{100 * r['tracked'][0]:.1f} % / {100 * r['tracked'][1]:.1f} % | {r['switches']} | {kept} |")
+    return out
+
+
 def _renders(model, mp, args):
     """Markdown table row of the render clips of ``args`` (and a line per clip printed)."""
     ratios, both, switches, reid, ff = [], [], 0, 0, [0, 0]
@@ -174,6 +220,11 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=2, help="alternate runs of each mode (the least time counts)")
     ap.add_argument("--clip", nargs="*", default=[], help="real videos tracked single-face and with --max-faces")
     ap.add_argument("--max-faces", type=int, default=0, help="the real videos' several-faces mode (0: all, the default)")
+    ap.add_argument("--pair", nargs=2, default=[], metavar=("A", "B"),
+                    help="two real one-person videos composited side by side (swapped at a cut)")
+    ap.add_argument("--pair-shot", type=int, default=80, help="frames before and after the cut")
+    ap.add_argument("--pair-half", type=int, default=540, help="each person's half: its side in px")
+    ap.add_argument("--pair-scale", type=float, default=0.5, help="person B's size in the third case")
     results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
     model = load_model()
@@ -185,6 +236,10 @@ def main(argv=None):
                "time per face-frame, multi / single: median (range) | identity error mm, mean multi / single "
                "(ratio) | per face ratio median (range) |", "|---|---:|---:|---:|---:|---:|---:|---:|",
                _renders(model, mp, args), ""]
+    if args.pair:
+        md += ["| two people side by side (A \\| B) | frames | faces | tracked: A / B | id switches | "
+               "each keeps its id across the swap |", "|---|---:|---:|---:|---:|---|"]
+        md += _pairs(model, mp, args) + [""]
     if args.clip:
         md += ["| video | mode | CPU s | face-frames | ms per face-frame | ratio (pairs: median, range) | "
                "faces: frames (runs) |", "|---|---|---:|---:|---:|---:|---|"]

@@ -402,7 +402,7 @@ class SideBySideClip:
 
     frames : list of (H, 2 H, 3) uint8; centres : (F, 2, 2) pixels, the centre of the half each
     person (clip 0, clip 1) is in on each frame; cut : the first frame after the cut (``len(frames)``
-    when there is none); swap : whether the two persons change sides at the cut.
+    when there is none); swap : whether the two persons change sides at the cut (there is a cut).
     """
     frames: list
     centres: np.ndarray
@@ -410,9 +410,12 @@ class SideBySideClip:
     swap: bool
 
 
-def _square_crop(img, cx, half, scale):
-    """The square of ``img``'s height centred on column ``cx`` (clamped inside), resized to ``half``
-    pixels (``scale`` < 1: shrunk to ``scale * half`` and centred on its border's median colour)."""
+def square_crop(img, cx, half, scale=1.0):
+    """The square of ``img``'s height (H, W, 3 uint8; H <= W) centred on column ``cx`` (pixels; None:
+    the middle; the square kept inside), resized to ``half`` pixels (a box filter by the integer
+    factor, then nearest; ``scale`` < 1: shrunk to ``scale * half`` and centred on its border's
+    median colour).  Returns (half, half, 3) uint8."""
+    cx = img.shape[1] / 2 if cx is None else cx
     h, w = img.shape[:2]
     x0 = int(np.clip(round(cx - h / 2), 0, max(w - h, 0)))
     sq = img[:, x0:x0 + h]
@@ -454,8 +457,7 @@ def side_by_side(clips, shot, half=540, centres_x=(None, None), swap=True, scale
         seqs.append(idx[:n])
     frames, centres = [], np.empty((n, 2, 2))
     for f in range(n):
-        halves = [_square_crop(clips[k][seqs[k][f]], clips[k][0].shape[1] / 2 if centres_x[k] is None
-                               else centres_x[k], half, scales[k]) for k in range(2)]
+        halves = [square_crop(clips[k][seqs[k][f]], centres_x[k], half, scales[k]) for k in range(2)]
         flip = swap and f >= shot
         frames.append(np.concatenate(halves[::-1] if flip else halves, 1))
         left = 1 if flip else 0
