@@ -18,7 +18,8 @@ shared ``short_hamilton_clip.mp4``.
 each cropped square around its face and scaled to ``--pair-half`` px), built in memory at run time,
 tracked with every face (the default): left|right for ``--pair-shot`` frames, then a hard cut to
 right|left; the same without the swap (one shot, no cut); the swap with person B at
-``--pair-scale`` of its half; the swap in grey levels.  Per person: the share of frames on which a
+``--pair-scale`` of its half; the swap in grey levels; the swap with B's colours mapped to A's
+face's mean and spread (two people of like colour).  Per person: the share of frames on which a
 face's landmarks lie on its half; id switches; whether the face id carrying it before the cut
 carries it after; the re-identification scores (:func:`lmfit3d.faces.reid_score`, recorded) of one
 person's tracklets (max) and of different people's (min) against the threshold 1, and the identity
@@ -152,14 +153,28 @@ def clip_case(model, mp, path, max_faces, repeat=2):
     return rows
 
 
-def pair_case(model, mp, clips, shot, half, swap, scales, grey=False):
+def _colours_like(frames, like):
+    """``frames`` with each channel mapped linearly so that the middle of the first one (the face)
+    has the mean and spread of that of ``like``: two people of like colour."""
+    def stats(img):
+        h, w = img.shape[:2]
+        mid = img[h * 5 // 18:h * 13 // 18, w * 3 // 10:w * 7 // 10].reshape(-1, 3).astype(np.float64)
+        return mid.mean(0), mid.std(0)
+    (ma, sa), (mb, sb) = stats(like), stats(frames[0])
+    return [np.clip((f - mb) * (sa / sb) + ma, 0, 255).astype(np.uint8) for f in frames]
+
+
+def pair_case(model, mp, clips, shot, half, swap, scales, grey=False, recolour=False):
     """Two real people side by side (person 0 = clips[0] on the left first): per person the share of
     frames tracked (a face's landmarks on its half), id switches, and whether each person keeps its
     face id across the cut (with ``swap``), and the re-identification scores of the tracklets (the
     largest of one person's, the least of different people's; 1 the threshold) with their identity
-    distances (mm).  ``grey``: both in grey levels (less colour to tell them apart by)."""
+    distances (mm).  ``grey``: both in grey levels (less colour to tell them apart by); ``recolour``:
+    person B's colours matched to A's face (:func:`_colours_like`)."""
     if grey:
         clips = [[np.repeat(f.mean(2, keepdims=True), 3, 2).astype(np.uint8) for f in c] for c in clips]
+    if recolour:
+        clips = [clips[0], _colours_like(clips[1], clips[0][0])]
     clip = side_by_side(clips, shot, half=half, swap=swap, scales=scales)
 
     def person(t):                  # the person a tracklet followed: its side on its last frame
@@ -209,11 +224,12 @@ def _pairs(model, mp, args):
         clips.append(frames)
     names = " \\| ".join(Path(p).stem for p in args.pair)
     out = []
-    for label, swap, scales, grey in (("swap at the cut", True, (1.0, 1.0), False),
-                                      ("no cut, no swap", False, (1.0, 1.0), False),
-                                      (f"swap, B at {args.pair_scale:g} size", True, (1.0, args.pair_scale), False),
-                                      ("swap, grey levels", True, (1.0, 1.0), True)):
-        r = pair_case(model, mp, clips, args.pair_shot, args.pair_half, swap, scales, grey)
+    for label, swap, scales, grey, recolour in (
+            ("swap at the cut", True, (1.0, 1.0), False, False), ("no cut, no swap", False, (1.0, 1.0), False, False),
+            (f"swap, B at {args.pair_scale:g} size", True, (1.0, args.pair_scale), False, False),
+            ("swap, grey levels", True, (1.0, 1.0), True, False),
+            ("swap, B's colours matched to A's face", True, (1.0, 1.0), False, True)):
+        r = pair_case(model, mp, clips, args.pair_shot, args.pair_half, swap, scales, grey, recolour)
         print(f"pair {label}: {r}", flush=True)
         kept = "-" if r["kept"] is None else ("yes" if r["kept"] else "no")
         out.append(f"| {names}, {2 * args.pair_half} x {args.pair_half}, {label} | {r['frames']} | {r['faces']} | "
