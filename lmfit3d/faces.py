@@ -7,8 +7,8 @@ a scene cut, and the newcomer search every ``DETECT_EVERY`` frames, with small w
 ``DEEP_EVERY`` frames) and ends when the landmark network's face score drops and the detector does
 not find the face again in the same frame inside its last landmark box, at a scene cut
 (:func:`scene_cut` on a grey thumbnail of the frame, unless the face is still there with the same
-colour, ``COLOUR_SAME``, and colour layout, ``LAYOUT_SAME``; a jump of its landmarks, :func:`lmfit3d.temporal.is_cut`, or of the colour
-at them, ``COLOUR_JUMP``), or when its landmarks
+colour, ``COLOUR_SAME``, and colour layout, ``LAYOUT_SAME``; a jump of its landmarks,
+:func:`lmfit3d.temporal.is_cut`, or of the colour at them, ``COLOUR_JUMP``), or when its landmarks
 fall onto a face followed since earlier (two tracks converged).  Each live tracklet occupies a
 *slot* (a landmark store of its own; the first face uses slot 0, as the single-face path does) and
 has its own :class:`lmfit3d.fit.Tracker` collecting keyframes (no refits in pass 1), as many as its
