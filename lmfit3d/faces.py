@@ -7,8 +7,8 @@ a scene cut, and the newcomer search every ``DETECT_EVERY`` frames, with small w
 ``DEEP_EVERY`` frames) and ends when the landmark network's face score drops and the detector does
 not find the face again in the same frame inside its last landmark box, at a scene cut
 (:func:`scene_cut` on a grey thumbnail of the frame, unless the face is still there with the same
-colour, ``COLOUR_SAME``; a jump of its landmarks, :func:`lmfit3d.temporal.is_cut`, or of the colour
-at them, ``COLOUR_JUMP``), or when its landmarks
+colour, ``COLOUR_SAME``, and colour layout, ``LAYOUT_SAME``; a jump of its landmarks,
+:func:`lmfit3d.temporal.is_cut`, or of the colour at them, ``COLOUR_JUMP``), or when its landmarks
 fall onto a face followed since earlier (two tracks converged).  Each live tracklet occupies a
 *slot* (a landmark store of its own; the first face uses slot 0, as the single-face path does) and
 has its own :class:`lmfit3d.fit.Tracker` collecting keyframes (no refits in pass 1), as many as its
@@ -60,6 +60,12 @@ COLOUR_JUMP = 0.1
 # at a scene cut (thumbnails) a followed face goes on only within this colour distance of its last
 # frame (same face from frame to frame: median 0.004-0.017; different people's tracklets >= 0.041)
 COLOUR_SAME = 0.025
+# ... and its colour layout on a LAYOUT_GRID x LAYOUT_GRID grid of its landmark box within LAYOUT_SAME:
+# two people of like mean colour swapped at a cut (bench/faces_eval.py --pair, B's colours matched to
+# A's: mean 0.032-0.055 apart, layouts 0.14-0.16) while the same face from one frame to the next on the
+# shared real clips has layouts <= 0.047 apart (W040, W023, QoT0S2vu9m4_00002)
+LAYOUT_GRID = 3
+LAYOUT_SAME = 0.08
 # re-identification (:func:`reid_score`): units of the identity distance (mm RMS over the landmark
 # vertices) and of the colour distance (RGB 0..1) whose sum is 1 at the threshold; learnt on renders
 # (bench/reid_threshold.py: same person / different people, pass-1 tracklets)
@@ -142,6 +148,7 @@ class Tracklet:
     refits: int = 0             # identity refits made (:func:`fit_identities`)
     box: object = None          # (lo, hi) pixels: the landmark box of its last frame
     last_colour: object = None  # colour layout of its last frame (:func:`face_colour`)
+    last_mu: object = None      # its landmarks on its last frame (L, 2) pixels
 
     @property
     def frames(self):
@@ -187,6 +194,16 @@ def _colour_jump(t, col, limit=None):
     return t.last_colour is not None and col is not None and colour_distance(col, t.last_colour) > limit
 
 
+def _layout_jump(prev_frame, prev_mu, frame, mu):
+    """Whether a face's colour layout (:func:`face_colour` on ``LAYOUT_GRID`` cells) changed by more
+    than ``LAYOUT_SAME`` from ``prev_mu`` on ``prev_frame`` to ``mu`` on ``frame``: at a scene cut,
+    another person of like colour in the same place (computed at scene cuts only)."""
+    if prev_frame is None or prev_mu is None:
+        return False
+    a, b = face_colour(prev_frame, prev_mu, LAYOUT_GRID), face_colour(frame, mu, LAYOUT_GRID)
+    return a is not None and b is not None and colour_distance(a, b) > LAYOUT_SAME
+
+
 def colour_distance(a, b):
     """Distance (RGB 0..1) of two colour layouts (:func:`face_colour`): the mean over the cells both
     have of the colour difference's norm."""
@@ -218,6 +235,7 @@ class FaceFollower:
         self.tracklets = []
         self.stores = []
         self._thumb = None
+        self._frame = None      # the previous frame (its faces' layouts at a scene cut)
         self._lost = 0
         self._failed = []       # (frame, ROI) of the candidates beside followed faces that did not start
         self._n_landmarks = len(predictor.vertex_ids)
@@ -238,16 +256,19 @@ class FaceFollower:
             c, jump = is_cut(pred.mu, t.centre, self.opt.cut_threshold)
             col = face_colour(frame, pred.mu)
             # at a scene cut only the same face in the same place goes on (a head leaving a small
-            # frame changes its thumbnail as much as a cut): colour within COLOUR_SAME
+            # frame changes its thumbnail as much as a cut): colour within COLOUR_SAME, layout within
+            # LAYOUT_SAME
             if jump or _colour_jump(t, col, COLOUR_SAME if cut else COLOUR_JUMP) or any(
-                    _inside(c, p.mu) for _, p in found):
+                    _inside(c, p.mu) for _, p in found) or (
+                    cut and _layout_jump(self._frame, t.last_mu, frame, pred.mu)):
                 ended = True
                 continue
-            t.centre, t.last_colour = c, col
+            t.centre, t.last_colour, t.last_mu = c, col, pred.mu
             found.append((t, pred))
         if len(found) < self.max_faces and (not found or ended or n % DETECT_EVERY == 0):
             found += self._newcomers(frame, n, found, lost)
         self.live = [t for t, _ in found]
+        self._frame = frame
         self._record(found, n, frame)
         return found
 
@@ -298,7 +319,7 @@ class FaceFollower:
                 slot = min(set(range(len(used) + 1)) - used)
                 t = Tracklet(len(self.tracklets), slot, n, n, self.mp.get_state(), centre=c)
                 self.tracklets.append(t)
-            t.last_colour = col
+            t.last_colour, t.last_mu = col, pred.mu
             new.append((t, pred))
             self._lost = 0
         return new

@@ -394,3 +394,73 @@ def multi_face_clip(model, rng, n_heads=2, shot=10, size=(400, 240), face_px=95.
             centres[f, k] = cam.project(p.translation[None])[0]
         frames.append(img)
     return MultiFaceClip(frames, ids, centres, shot, cam)
+
+
+@dataclass(frozen=True)
+class SideBySideClip:
+    """Two real clips composited side by side.
+
+    frames : list of (H, 2 H, 3) uint8; centres : (F, 2, 2) pixels, the centre of the half each
+    person (clip 0, clip 1) is in on each frame; cut : the first frame after the cut (``len(frames)``
+    when there is none); swap : whether the two persons change sides at the cut (there is a cut).
+    """
+    frames: list
+    centres: np.ndarray
+    cut: int
+    swap: bool
+
+
+def square_crop(img, cx, half, scale=1.0):
+    """The square of ``img``'s height (H, W, 3 uint8; H <= W) centred on column ``cx`` (pixels; None:
+    the middle; the square kept inside), resized to ``half`` pixels (a box filter by the integer
+    factor, then nearest; ``scale`` < 1: shrunk to ``scale * half`` and centred on its border's
+    median colour).  Returns (half, half, 3) uint8."""
+    cx = img.shape[1] / 2 if cx is None else cx
+    h, w = img.shape[:2]
+    x0 = int(np.clip(round(cx - h / 2), 0, max(w - h, 0)))
+    sq = img[:, x0:x0 + h]
+    side = max(int(round(half * scale)), 1)
+    k = max(sq.shape[0] // side, 1)                     # box filter by the integer factor, then nearest
+    n = sq.shape[0] // k * k
+    box = sq[:n, :n].reshape(n // k, k, n // k, k, 3).mean((1, 3))
+    idx = np.minimum((np.arange(side) + 0.5) * box.shape[0] / side, box.shape[0] - 1).astype(int)
+    small = box[idx][:, idx]
+    if side == half:
+        return small.astype(np.uint8)
+    edge = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    out = np.empty((half, half, 3))
+    out[:] = np.median(edge, 0)
+    o = (half - side) // 2
+    out[o:o + side, o:o + side] = small
+    return out.astype(np.uint8)
+
+
+def side_by_side(clips, shot, half=540, centres_x=(None, None), swap=True, scales=(1.0, 1.0)):
+    """Two real one-person clips side by side: clip 0 on the left, clip 1 on the right for ``shot``
+    frames, then (``swap``) a hard cut after which their sides are exchanged, for ``shot`` frames
+    more (without ``swap``: one shot of ``2 * shot`` frames, no cut).
+
+    clips : two lists of (H, W, 3) uint8 frames (H <= W), each played forwards and backwards again
+    when shorter than ``2 * shot``; centres_x : each clip's face column (pixels; None: the middle),
+    the centre of its square crop of the frame's height; half : each half's side in pixels;
+    scales : each person's size in its half (1: the whole crop; < 1 shrunk, on its border's colour).
+    Frame f of the result shows frame f of each clip (time runs on through the cut).
+    """
+    if len(clips) != 2 or not all(len(c) for c in clips):
+        raise ValueError("side_by_side needs two non-empty clips")
+    n = 2 * shot
+    seqs = []
+    for c in clips:
+        idx = list(range(len(c)))
+        while len(idx) < n:
+            idx += idx[::-1][:n - len(idx)]
+        seqs.append(idx[:n])
+    frames, centres = [], np.empty((n, 2, 2))
+    for f in range(n):
+        halves = [square_crop(clips[k][seqs[k][f]], centres_x[k], half, scales[k]) for k in range(2)]
+        flip = swap and f >= shot
+        frames.append(np.concatenate(halves[::-1] if flip else halves, 1))
+        left = 1 if flip else 0
+        centres[f, left] = (half / 2, half / 2)
+        centres[f, 1 - left] = (1.5 * half, half / 2)
+    return SideBySideClip(frames, centres, shot if swap else n, bool(swap))

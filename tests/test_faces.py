@@ -311,3 +311,38 @@ def test_a_face_lost_and_found_again_in_the_same_frame_keeps_its_tracklet():
     mp.n = 11
     fol.step(cut, 11)
     assert len(fol.tracklets) == 2 and fol.tracklets[1].end == 11
+    # a scene cut with a face of the same mean colour in that place, but another layout of it (another
+    # person of like colour: the two people swapped at a cut) ends the tracklet
+    from lmfit3d.faces import LAYOUT_SAME, _layout_jump
+    like = np.full((100, 100, 3), 10, np.uint8)
+    like[35:66, 35:66] = cut[35:66, 35:66]
+    for (x, y), d in zip(mp.mu.astype(int), (40, -40, 40, -40)):
+        like[y, x] = int(cut[y, x, 0]) + d
+    assert scene_cut(like, fol._thumb)[1] and not _colour_jump(fol.tracklets[1], face_colour(like, mp.mu), 0.025)
+    assert _layout_jump(cut, mp.mu, like, mp.mu) and not _layout_jump(cut, mp.mu, cut, mp.mu) and LAYOUT_SAME < 0.27
+    mp.n = 12
+    fol.step(like, 12)
+    assert len(fol.tracklets) == 3 and fol.tracklets[1].end == 11 and fol.tracklets[2].start == 12
+
+
+def test_two_real_people_keep_their_ids_when_they_swap_sides_at_a_cut(model, tmp_path):
+    """Two shared real clips side by side (180 px halves), 8 frames, then a cut to the other sides:
+    the default (every face) tracks both on every frame, each under one id on both sides."""
+    from itertools import islice
+
+    from lmfit3d.media import VideoReader
+    from lmfit3d.paths import shared_media_dir
+    from lmfit3d.synthetic import side_by_side, square_crop
+    half, shot = 180, 8
+    clips = [[square_crop(img, cx, half) for img in islice(VideoReader(shared_media_dir() / name), 2 * shot)]
+             for name, cx in (("W040_level_3_happy_029.mp4", 912), ("W023_level_2_surprised_010.mp4", 1009))]
+    clip = side_by_side(clips, shot, half=half, swap=True)
+    assert clip.frames[0].shape == (half, 2 * half, 3) and len(clip.frames) == 2 * shot and clip.cut == shot
+    assert np.array_equal(clip.frames[shot][:, :half], clips[1][shot])      # B on the left after the cut
+    s = track_video(FrameList(clip.frames, name="pair"), tmp_path, TrackOptions(progress=False), model)
+    assert s.faces == 2 and s.face_frames == [2 * shot, 2 * shot]
+    for k, name in enumerate(("pair.npz", "pair_face1.npz")):
+        person = head_of_frames(clip, np.load(tmp_path / name))
+        assert (person >= 0).all() and len(set(person.tolist())) == 1, f"face {k}: persons {person}"
+        sides = [int(np.argmin(np.abs(clip.centres[f, person[f], 0] - [half / 2, 1.5 * half]))) for f in (0, shot)]
+        assert sides[0] != sides[1]                                            # it did change sides
