@@ -519,10 +519,12 @@ def _media_run(args, kind):
         if kind == "video":
             t = res.timings
             fps = res.frames / max(sum(t.values()), 1e-9)
-            faces = "" if res.faces <= 1 else (f", {res.faces} faces ({res.any_face} frames with any face; "
-                                               f"per face {res.face_frames})")
-            print(f"{path}: {res.frames} frames, {res.success} with a face ({100 * res.success_rate:.1f} %){faces}, "
-                  f"{fps:.1f} frames/s -> {args.output}")
+            if res.faces <= 1:
+                found = f"{res.success} with a face ({100 * res.success_rate:.1f} %)"
+            else:                   # every face: frames with any face, then the main face's (NAME.*)
+                found = (f"{res.any_face} with a face ({100 * res.any_face / max(res.frames, 1):.1f} %), "
+                         f"{res.faces} faces (the main face on {res.success}; per face {res.face_frames})")
+            print(f"{path}: {res.frames} frames, {found}, {fps:.1f} frames/s -> {args.output}")
         else:
             n = res.get("faces", 1)
             what = f"{n} faces fitted, the largest" if n > 1 else "fitted"

@@ -61,6 +61,19 @@ def test_each_head_keeps_one_id_across_leaving_and_the_cut(clip, tracked):
     assert s.face_frames[heads.index(0)] == 20
 
 
+def test_the_command_line_counts_frames_with_any_face_then_the_main_face(clip, tmp_path, capsys):
+    import imageio.v2 as imageio
+    video = tmp_path / "heads.mp4"
+    imageio.mimwrite(video, clip.frames, fps=25, codec="libx264", quality=9, macro_block_size=1)
+    assert main(["track", str(video), "-o", str(tmp_path / "out"), "-q"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    z = np.load(tmp_path / "out" / "heads.npz")
+    other = int(np.load(tmp_path / "out" / "heads_face1.npz")["success"].sum())
+    assert other < 20                                       # one head leaves on frames 7-9
+    assert (f"heads.mp4: 20 frames, 20 with a face (100.0 %), 2 faces (the main face on "
+            f"{int(z['success'].sum())}; per face [") in line and f", {other}]" in line
+
+
 def test_per_face_files_and_the_all_faces_table(clip, tracked):
     s, out = tracked
     names = sorted(p.name for p in out.iterdir())
