@@ -32,7 +32,7 @@ MANIFEST_NAME = "lmfit3d_manifest.json"
 SUMMARY_NAME = "summary.csv"
 FORMAT = 1
 # per kind: summary.csv columns after input and status
-FIGURES = {"video": ("frames", "success_rate", "fps", "seconds"), "image": ("faces", "fit_rms_px")}
+FIGURES = {"video": ("frames", "faces", "success_rate", "fps", "seconds"), "image": ("faces", "fit_rms_px")}
 
 
 def options_key(kind, options, model_path=None):
@@ -73,7 +73,9 @@ def figures(kind, result):
         return {}
     if kind == "video":
         seconds = sum(result.timings.values())
-        return {"frames": result.frames, "success_rate": round(result.success_rate, 4),
+        # success: the share of frames with a fitted face, any of them (the main face alone: NAME.npz)
+        rate = result.any_face / result.frames if result.frames else 0.0
+        return {"frames": result.frames, "faces": result.faces, "success_rate": round(rate, 4),
                 "fps": round(result.frames / seconds, 2) if seconds > 0 else None, "seconds": round(seconds, 3)}
     return {"faces": result.get("faces", 1), "fit_rms_px": round(float(result["fit_rms_px"]), 3)}
 

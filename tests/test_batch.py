@@ -100,6 +100,7 @@ def test_rerun_skips_what_is_done_and_runs_what_changed(tmp_path, folder, capsys
     s = summary(out)
     assert [s[n]["status"] for n in ("a.mp4", "b.mp4", "bad.mp4")] == ["done", "done", "failed"]
     assert (s["a.mp4"]["frames"], s["b.mp4"]["frames"], s["a.mp4"]["success_rate"]) == ("6", "7", "1.0")
+    assert s["a.mp4"]["faces"] == "1" and s["bad.mp4"]["faces"] == ""
     assert "cannot open as a video" in s["bad.mp4"]["error"] and s["bad.mp4"]["this_run"] == "1"
     assert float(s["a.mp4"]["fps"]) > 0 and float(s["a.mp4"]["seconds"]) > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(

@@ -74,6 +74,17 @@ def test_the_command_line_counts_frames_with_any_face_then_the_main_face(clip, t
             f"{int(z['success'].sum())}; per face [") in line and f", {other}]" in line
 
 
+def test_a_batch_summary_counts_frames_with_any_face(tracked):
+    from dataclasses import replace
+
+    from lmfit3d.manifest import figures
+    s, _ = tracked
+    assert s.any_face == 20 and s.faces == 2
+    row = figures("video", replace(s, success=12))          # the main face on 12 frames, another on the rest
+    assert row["faces"] == 2 and row["frames"] == 20
+    assert row["success_rate"] == 1.0                       # any face; the main face alone: 0.6
+
+
 def test_per_face_files_and_the_all_faces_table(clip, tracked):
     s, out = tracked
     names = sorted(p.name for p in out.iterdir())
