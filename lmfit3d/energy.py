@@ -53,6 +53,9 @@ N_CAMERA = 7                    # camera block of the capture vector: rotation (
 
 # -- layouts ---------------------------------------------------------------------------------------
 
+ROOT_ROTATION = slice(0, 3)     # the root rotation (axis-angle) leads every frame vector x
+
+
 @dataclass(frozen=True)
 class FrameLayout:
     """Layout of one frame's full parameter vector x::
@@ -75,7 +78,7 @@ class FrameLayout:
 
     @property
     def root_rotation(self):
-        return slice(0, 3)
+        return ROOT_ROTATION
 
     @property
     def translation(self):

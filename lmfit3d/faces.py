@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .energy import ROOT_ROTATION
 from .paths import new_file, reserve
 from .temporal import is_cut
 
@@ -492,10 +493,10 @@ def keyframe_budget(tracklets, max_keyframes):
 
 def spread_keyframes(kfs, k):
     """At most ``k`` of the keyframes ``kfs`` [(x, mu, sigma)], in their order: the first, then each
-    time the one whose head rotation (x[0:3]) is farthest from those chosen."""
+    time the one whose head rotation (``x[ROOT_ROTATION]``) is farthest from those chosen."""
     if len(kfs) <= k:
         return list(kfs)
-    rot = np.array([kf[0][0:3] for kf in kfs])
+    rot = np.array([kf[0][ROOT_ROTATION] for kf in kfs])
     chosen = [0]
     far = np.linalg.norm(rot - rot[0], axis=1)
     while len(chosen) < k:
@@ -565,7 +566,7 @@ def face_identity(face, tracker_like, focal=None, max_keyframes=5):
     kfs = list(base.keyframes[:max_keyframes])
     for t in tracks[1:]:
         for kf in t.tracker.keyframes:
-            if len(kfs) < max_keyframes and all(np.linalg.norm(kf[0][0:3] - k[0][0:3]) >= min_angle for k in kfs):
+            if len(kfs) < max_keyframes and all(np.linalg.norm(kf[0][ROOT_ROTATION] - k[0][ROOT_ROTATION]) >= min_angle for k in kfs):
                 kfs.append(kf)
     if len(kfs) < len(base.keyframes) + FACE_REFIT_GAIN:
         return base.identity.copy(), base.focal

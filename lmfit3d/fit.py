@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .camera import focal_from_fov
-from .energy import loss_parameter
+from .energy import ROOT_ROTATION, loss_parameter
 from .landmarks import resolve_vertex_ids
 from .model import Params, load_model
 from .context import FitContext
@@ -233,9 +233,9 @@ class Tracker:
     def _is_keyframe(self, x):
         if len(self.keyframes) >= self.cfg.max_keyframes:
             return False
-        r = x[0:3]
+        r = x[ROOT_ROTATION]
         for kx, _, _ in self.keyframes:
-            if np.degrees(np.linalg.norm(r - kx[0:3])) < self.cfg.keyframe_angle_deg:
+            if np.degrees(np.linalg.norm(r - kx[ROOT_ROTATION])) < self.cfg.keyframe_angle_deg:
                 return False
         return True
 

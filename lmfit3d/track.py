@@ -22,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -531,7 +532,8 @@ def _second_pass(faces, n, model, vids, image_size, opt, outs, summary, tm, read
             ff.close()
 
 
-PREDICTOR_FIELDS = ("backend", "roi_strategy", "fixed_sigma", "sigma_jitter", "iris", "iris_policy")   # what it reads
+# the options :func:`make_predictor` reads, and the only ones (a batch process keys its predictor on them)
+PREDICTOR_FIELDS = ("backend", "roi_strategy", "fixed_sigma", "sigma_jitter", "iris", "iris_policy")
 
 
 def make_predictor(opt):
@@ -539,10 +541,11 @@ def make_predictor(opt):
     iris networks with the learnt sigma table), "mediapipe-attention" (the same detector; MediaPipe's
     attention mesh in place of the face mesh and iris networks, its own table ``data/mediapipe_attention``) or "network" (lmfit3d's
     own probabilistic dense320 network, ``data/lmfit3d_dense320``; no iris network, no sigma jitter)."""
-    if opt.backend == "network":
-        return NetworkLandmarks(roi_strategy=opt.roi_strategy, fixed_sigma=opt.fixed_sigma)
-    return MediaPipeLandmarks(roi_strategy=opt.roi_strategy, sigma_jitter=opt.sigma_jitter, iris=opt.iris,
-                              fixed_sigma=opt.fixed_sigma, iris_policy=opt.iris_policy,
-                              attention=opt.backend == "mediapipe-attention")
+    o = SimpleNamespace(**{f: getattr(opt, f) for f in PREDICTOR_FIELDS})    # reads nothing else
+    if o.backend == "network":
+        return NetworkLandmarks(roi_strategy=o.roi_strategy, fixed_sigma=o.fixed_sigma)
+    return MediaPipeLandmarks(roi_strategy=o.roi_strategy, sigma_jitter=o.sigma_jitter, iris=o.iris,
+                              fixed_sigma=o.fixed_sigma, iris_policy=o.iris_policy,
+                              attention=o.backend == "mediapipe-attention")
 
 
