@@ -6,7 +6,8 @@
   projected; the jaw points 0-16 lie on the face's outline, found per frame: each jaw point has a line
   of candidate vertices across the cheek (``contour.txt``), and the reported point is the candidate
   furthest out in the image along the line's direction (landmark marching; on a frontal face that is
-  the fixed point itself, on a turned face the far side's points move onto the silhouette).
+  the fixed point itself, on a turned face the far side's points move onto the silhouette); the 17
+  outline points are then re-spaced evenly along the outline between the ends and the chin.
 
 Both tables are chosen from data by ``tools/make_points68.py`` (label translation against a
 300W-trained detector) and live in ``data/landmarks68/``: ``points.txt`` (68 vertex ids) and
@@ -121,6 +122,23 @@ def outline(uv_fixed, uv_lines, weights, starts):
     return out
 
 
+def even_spacing(jaw):
+    """The jaw outline (17, 2) re-spaced evenly by arc length from each end (0, 16) to the chin (8),
+    as 300W annotators space the points between the ear and the chin (on dlib's points of the
+    calibration frames: jaw 5.74 -> 5.30 % IOD).  The outline itself is kept (a polyline through the
+    marched points); only the points slide along it."""
+    out = jaw.copy()
+    for a, b in ((0, 8), (8, 16)):
+        seg = jaw[a:b + 1]
+        s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(seg, axis=0), axis=1))])
+        if s[-1] <= 0.0:
+            continue
+        t = np.linspace(0.0, s[-1], b - a + 1)
+        out[a:b + 1, 0] = np.interp(t, s, seg[:, 0])
+        out[a:b + 1, 1] = np.interp(t, s, seg[:, 1])
+    return out
+
+
 class PointEvaluator:
     """Posed positions of a few chosen vertices for a fixed identity (68 output points, gaze)."""
 
@@ -160,5 +178,5 @@ class Points68:
         uv = camera.project(x)
         fixed = uv[:68]
         out = fixed.copy()
-        out[:N_JAW] = outline(fixed, uv, self.weights, self.starts)
+        out[:N_JAW] = even_spacing(outline(fixed, uv, self.weights, self.starts))
         return out, x[:68].copy()

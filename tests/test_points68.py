@@ -5,7 +5,7 @@ import pytest
 from lmfit3d.camera import Camera
 from lmfit3d.model import Params
 from lmfit3d.outputs import csv_header
-from lmfit3d.points68 import GROUPS, N_JAW, Points68, load_tables, outline
+from lmfit3d.points68 import GROUPS, N_JAW, Points68, even_spacing, load_tables, outline
 from lmfit3d.skinning import evaluate_mesh
 
 
@@ -47,15 +47,18 @@ def test_turned_face_far_side_moves_onto_the_silhouette(model, tables, rng):
     """At 45 degrees yaw the far side's jaw points leave their (hidden) fixed vertices and move
     outwards in the image, onto the face's outline; the near side stays on its fixed points."""
     p, cam = _posed(model, 45.0, rng)          # head turned to its left: the subject's left side is far
-    uv, xyz = Points68(model, p.identity)(p, cam)
+    pts = Points68(model, p.identity)
+    _, xyz = pts(p, cam)
     fixed = cam.project(xyz)
+    verts = cam.project(evaluate_mesh(model, p))
+    flat = np.concatenate([c for _, c in tables[1]])
+    uv = outline(fixed, verts[flat], pts.weights, pts.starts - 68)     # before the even spacing
     out = fixed[8] - fixed[0]                  # towards the far (left, points 9-16) side in the image
     out /= np.linalg.norm(out)
     far = range(11, 17)
     moved = [(uv[k] - fixed[k]) @ out for k in far]
     assert min(moved) > 0.0 and max(moved) > 3.0
     # the outline point is the furthest-out projected mesh vertex of its line, along the line's direction
-    verts = cam.project(evaluate_mesh(model, p))
     _, lines = tables
     h = (fixed[0] - fixed[16]) / np.linalg.norm(fixed[0] - fixed[16])
     v = (fixed[8] - fixed[27]) / np.linalg.norm(fixed[8] - fixed[27])
@@ -75,6 +78,25 @@ def test_outline_picks_the_extreme_candidate():
     out = outline(fixed, cand, w, starts)
     assert np.allclose(out[0], (-12.0, 1.0))      # right side: furthest towards point 0
     assert np.allclose(out[16], (-5.0, 0.0))      # left side: furthest towards point 16
+
+
+def test_even_spacing_keeps_ends_chin_and_outline(rng):
+    """The re-spaced jaw keeps points 0, 8 and 16, stays on the polyline through the marched points,
+    and spaces each half evenly by arc length (it moves points that were bunched)."""
+    a = np.linspace(np.pi, 2 * np.pi, N_JAW) ** 1.3            # unevenly spaced along a curve
+    jaw = np.stack([100 * np.cos(a), -80 * np.sin(a)], 1) + rng.normal(size=2)
+    out = even_spacing(jaw)
+    assert np.allclose(out[[0, 8, 16]], jaw[[0, 8, 16]])
+    for lo, hi in ((0, 8), (8, 16)):
+        steps = np.linalg.norm(np.diff(out[lo:hi + 1], axis=0), axis=1)
+        raw = np.linalg.norm(np.diff(jaw[lo:hi + 1], axis=0), axis=1)
+        assert steps.std() < 0.2 * raw.std()
+    # every new point lies on a segment of the old polyline
+    for q in out:
+        d = [abs(np.linalg.det(np.stack([jaw[i + 1] - jaw[i], q - jaw[i]]))) / np.linalg.norm(jaw[i + 1] - jaw[i])
+             for i in range(N_JAW - 1)
+             if -1e-9 <= (q - jaw[i]) @ (jaw[i + 1] - jaw[i]) <= (jaw[i + 1] - jaw[i]) @ (jaw[i + 1] - jaw[i]) + 1e-9]
+        assert min(d) < 1e-6
 
 
 def test_csv_has_2d_and_3d_columns(model):

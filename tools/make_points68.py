@@ -13,11 +13,13 @@ size too high).  As the paper's label translation, the points are learnt from da
 2. **Reference.**  dlib's 68-point shape predictor (iBUG 300-W convention; ``pip install dlib-bin
    face-recognition-models``, tool time only: nothing of it ships) runs on each frame, on dlib's own
    face detection overlapping the fitted face.
-3. **Fixed points** (``landmarks68_3d``, and ``landmarks68`` 17-67).  The eyes, nose and mouth keep
-   the upstream vertices (close to both conventions already); for the brows and the jaw, among the
-   skin vertices within ``RADIUS_MM`` (jaw ``JAW_RADIUS_MM``) of the upstream vertex (on the mean
-   head), the one whose projection on the fitted meshes is nearest the reference (mean truncated
-   squared error over frames, in units of the reference's outer-eye-corner distance) wins.  A jaw
+3. **Fixed points** (``landmarks68_3d``, and ``landmarks68`` 17-67).  For every point, among the
+   skin vertices within a radius of the upstream vertex (on the mean head; brows ``RADIUS_MM``, jaw
+   ``JAW_RADIUS_MM``, eyes, nose and mouth ``INNER_RADIUS_MM``: those upstream points are close to
+   300W's already), the one whose projection on the fitted meshes is nearest the reference (mean
+   truncated squared error over frames, in units of the reference's outer-eye-corner distance) wins.
+   Frames whose reference outer-eye-corner distance is under ``MIN_IOD_PX`` are left out (dlib's
+   points on a 50-px face are no reference).  A jaw
    point learns from near-frontal frames (|yaw| <= ``FRONTAL_DEG``) and from those where its side faces
    the camera: there the annotated outline is the jaw line itself.
 4. **Contour lines** (``landmarks68`` 0-16).  300W annotators put the jaw on the face's outline,
@@ -48,7 +50,7 @@ from lmfit3d.landmarks import load_landmark_set  # noqa: E402
 from lmfit3d.model import Params, load_model  # noqa: E402
 from lmfit3d.paths import data_dir, shared_media_dir  # noqa: E402
 from lmfit3d.outputs import _global_rotations  # noqa: E402
-from lmfit3d.points68 import GROUPS, contour_lines, outline, write_tables  # noqa: E402
+from lmfit3d.points68 import GROUPS, contour_lines, even_spacing, outline, write_tables  # noqa: E402
 from lmfit3d.render import visible_faces  # noqa: E402
 from lmfit3d.skinning import evaluate_mesh  # noqa: E402
 
@@ -56,9 +58,10 @@ CLIPS = ("W040_level_3_happy_029.mp4", "W023_level_2_surprised_010.mp4", "QoT0S2
          "short_hamilton_clip.mp4")
 PHOTOS = ("obama.jpg", "biden.jpg", "lin-manuel-miranda.png", "two_people.jpg", "obama_partial_face.jpg")
 EVALUATION = ("breakingbad.jpg", "einstein.jpg", "takeo.ppm")     # held out: bench/landmarks68.py
-LEARNT = tuple(range(27))      # jaw and brows: where the upstream list differs from 300W's convention
-RADIUS_MM = 14.0
-JAW_RADIUS_MM = 30.0
+RADIUS_MM = 14.0           # brows: the upstream list puts them about 6 % of the face size too high
+JAW_RADIUS_MM = 30.0       # jaw: about 11 % too high
+INNER_RADIUS_MM = 4.0      # eyes, nose, mouth (4 / 8 / 12 mm: 4.52 / 4.58 / 4.58 % leave-one-clip-out)
+MIN_IOD_PX = 40.0
 FRONTAL_DEG = 20.0
 TRUNCATE = 0.12            # error (IOD units) beyond which a frame counts as a failure of either side
 MARGINS_MM = (0.0, 3.0, 6.0, 10.0)
@@ -150,17 +153,18 @@ def projected(model, frames):
 
 
 def choose_fixed(model, uv, ref, iod, yaw):
-    """68 vertex ids: the upstream ones, the brows (17-26) and the jaw (0-16) learnt: per point the
-    candidate nearest the reference over the frames.  A jaw point learns from the frames where its
+    """68 vertex ids learnt: per point the candidate near the upstream vertex that is nearest the
+    reference over the frames.  A jaw point learns from the frames where its
     side faces the camera or the face is frontal (its outline is then the jaw line itself)."""
     t = model.template()
     skin = np.zeros(model.n_vertices, bool)
     skin[np.unique(visible_faces(model))] = True
     skin &= model.region_mask("face", "head_neck")
     ids = np.array(load_landmark_set("ibug68"))
-    for k in LEARNT:
+    for k in range(68):
         jaw = k < 17
-        cand = np.flatnonzero(skin & (np.linalg.norm(t - t[ids[k]], axis=1) < (JAW_RADIUS_MM if jaw else RADIUS_MM)))
+        radius = JAW_RADIUS_MM if jaw else RADIUS_MM if k < 27 else INNER_RADIUS_MM
+        cand = np.flatnonzero(skin & (np.linalg.norm(t - t[ids[k]], axis=1) < radius))
         use = np.ones(len(ref), bool)
         if jaw:     # yaw > 0 turns the head to its left: the subject's right side (points 0-7) faces the camera
             side = 0.0 if k == 8 else (1.0 if k < 8 else -1.0)
@@ -171,10 +175,10 @@ def choose_fixed(model, uv, ref, iod, yaw):
 
 
 def contour_points(uv, ids, lines, weights):
-    """(F, 17, 2) outline points of every frame (``lmfit3d.points68.outline``)."""
+    """(F, 17, 2) outline points of every frame, evenly spaced (as ``lmfit3d.points68.Points68``)."""
     flat = np.concatenate(lines)
     starts = np.concatenate([[0], np.cumsum([c.size for c in lines])])
-    return np.stack([outline(uv[f, ids], uv[f, flat], weights, starts) for f in range(uv.shape[0])])
+    return np.stack([even_spacing(outline(uv[f, ids], uv[f, flat], weights, starts)) for f in range(uv.shape[0])])
 
 
 def group_errors(pred, ref, iod):
@@ -198,6 +202,8 @@ def main(argv=None):
             Path(args.cache).write_bytes(pickle.dumps(frames))
     ref = np.stack([f[4] for f in frames])
     iod = np.linalg.norm(ref[:, 36] - ref[:, 45], axis=1)
+    big = iod >= MIN_IOD_PX
+    frames, ref, iod = [f for f, b in zip(frames, big) if b], ref[big], iod[big]
     uv, yaw = projected(model, frames)
     frontal = np.abs(yaw) <= FRONTAL_DEG
     print(f"{len(frames)} frames ({frontal.sum()} near-frontal), yaw {yaw.min():.0f}..{yaw.max():.0f} deg",
