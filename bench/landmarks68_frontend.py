@@ -152,10 +152,8 @@ def main(argv=None):
     ap.add_argument("--backend", choices=BACKENDS, action="append", help="only these backends (repeatable)")
     results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
-    try:
-        import dlib  # noqa: F401
-        import face_recognition_models  # noqa: F401
-    except ImportError:
+    from importlib.util import find_spec
+    if find_spec("dlib") is None or find_spec("face_recognition_models") is None:
         print("landmarks68_frontend: needs dlib (pip install dlib-bin face-recognition-models)", file=sys.stderr)
         return 2
     text = table(*run(load_model(), tuple(args.backend or BACKENDS)))

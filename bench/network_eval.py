@@ -41,15 +41,10 @@ from lmfit3d.landmarks import load_landmark_set  # noqa: E402
 from lmfit3d.model import load_model  # noqa: E402
 from lmfit3d.paths import cache_dir  # noqa: E402
 from lmfit3d.predict import LandmarkPredictor, NetworkLandmarks, load_network_manifest  # noqa: E402
+from lmfit3d.landmark_files import read_pts  # noqa: E402
 
 RAYLEIGH = [1 - np.exp(-k * k / 2) for k in (1, 2, 3)]
 STILLS = ("breakingbad.jpg", "einstein.jpg", "takeo.ppm")
-
-
-def read_pts(path):
-    text = Path(path).read_text()
-    body = text[text.index("{") + 1:text.index("}")]
-    return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()]) + 0.5
 
 
 def synthetic(model, predictors, n, seed=777):

@@ -45,17 +45,12 @@ from lmfit3d.skinning import evaluate_mesh  # noqa: E402
 from lmfit3d.synthetic import render_random_face, rigid_align_error  # noqa: E402
 from lmfit3d.stills import fit_image  # noqa: E402
 from lmfit3d.track import TrackOptions, track_video  # noqa: E402
+from lmfit3d.landmark_files import read_pts  # noqa: E402
 
 MEDIA = shared_media_dir()
 CLIPS = ("W040_level_3_happy_029.mp4", "W023_level_2_surprised_010.mp4", "QoT0S2vu9m4_00002.mp4",
          "short_hamilton_clip.mp4")
 STILLS = ("breakingbad.jpg", "einstein.jpg", "takeo.ppm")
-
-
-def read_pts(path):
-    text = Path(path).read_text()
-    body = text[text.index("{") + 1:text.index("}")]
-    return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()]) + 0.5
 
 
 def jitter(traj, raw):

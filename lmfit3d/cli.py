@@ -459,9 +459,7 @@ def _add_fit(sub):
     p = _subcommand(sub, "fit", _add_fit, help="fit still images")
     p.add_argument("inputs", nargs="*", metavar="IMAGE",
                    help="image files, folders of images or glob patterns ('photos/*.jpg')")
-    # photos: the attention mesh measures best (issue 14: the 68 points on every annotated photo,
-    # rendered faces 3.6 -> 3.1 mm); videos keep the face mesh (docs/results.md)
-    _add_media_options(p, backend="mediapipe-attention")
+    _add_media_options(p, backend="mediapipe-attention")     # = stills.PHOTO_BACKEND (why: there)
     p.add_argument("--max-faces", type=int, default=10, metavar="N",
                    help="fit at most N faces per image, largest first (1: the largest face only; 0: all)")
     p.add_argument("--same-person", action="store_true",

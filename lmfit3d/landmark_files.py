@@ -11,6 +11,23 @@ from .outputs import fit_arrays, write_npz
 from .paths import read_npz
 
 
+def read_pts(path):
+    """Points of an iBUG / menpo ``.pts`` annotation file as (N, 2) float64 in lmfit3d's pixels.
+
+    The format's coordinates are 1-based (Matlab: the top-left pixel's centre is (1, 1)); lmfit3d's
+    pixel i spans [i, i + 1) (centre i + 0.5), so a file's (x, y) is (x - 0.5, y - 0.5) here.
+    """
+    text = Path(path).read_text()
+    try:
+        body = text[text.index("{") + 1:text.index("}")]
+        pts = np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()], np.float64)
+    except ValueError:
+        raise ValueError(f"{path}: not an iBUG .pts file (want 'x y' lines between '{{' and '}}')") from None
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"{path}: not an iBUG .pts file (want 'x y' lines between '{{' and '}}')")
+    return pts - 0.5
+
+
 def fit_landmarks_file(in_path, out_path, model=None, config=None, progress=None):
     """Read landmarks from an .npz, fit them (``fit.fit_landmarks``), write the results atomically.
 

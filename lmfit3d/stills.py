@@ -32,6 +32,12 @@ from .rotation import matrix_to_axis_angle
 from .skinning import evaluate_mesh
 from .track import TrackOptions, make_predictor
 
+# The landmark backend for photos when no options are given (``lmfit3d fit``'s default too): the
+# attention mesh measures best on single images (issue 14: the 68 points on every annotated photo,
+# bench/landmarks68.py; rendered faces 3.57 -> 3.07 mm, bench/stills_backends.py).  Videos keep
+# TrackOptions' default, the face mesh (docs/results.md, "Attention mesh").
+PHOTO_BACKEND = "mediapipe-attention"
+
 
 def image_landmarks(path, predictor):
     """(image, Prediction) of the largest face of a still: the detector ROI, then the ROI from
@@ -99,6 +105,7 @@ def _write_still_files(out_dir, name, model, opt, img, focal, results, keep=()):
                 names.append(f"{stem}.glb")
             (write_obj if opt.mesh_format == "obj" else write_ply)(work / f"{stem}.{opt.mesh_format}", verts,
                                                                    model.faces)
+            info["backend"] = opt.backend            # the landmarks it was fitted to
             with open(work / f"{stem}.json", "x") as fh:
                 json.dump(info, fh, indent=1)
             names += [f"{stem}.{opt.mesh_format}", f"{stem}.json"]
@@ -124,10 +131,11 @@ def fit_image(path, out_dir, options=None, model=None, predictor=None, keep=(), 
     per face; the photo has one camera, so an unknown focal length is fitted on the largest face and
     held for the others.  Returns the largest face's JSON dict (its "faces" entry counts the faces).
     A rerun replaces the photo's whole output set (``keep``: paths never removed, the inputs).
+    ``options`` None: :class:`~lmfit3d.track.TrackOptions` defaults with :data:`PHOTO_BACKEND`.
     ``context``: a :class:`~lmfit3d.context.FitContext` of the model and the predictor's landmarks to
     re-use (another photo's); None builds one.
     """
-    opt = options or TrackOptions()
+    opt = options or TrackOptions(backend=PHOTO_BACKEND)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     model = model or load_model()
@@ -260,9 +268,10 @@ def fit_same_person(paths, out_dir, options=None, model=None, predictor=None):
     expression, pose and focal length per photo, fitted together (:func:`fit_stills`).
 
     Photos without a face are reported (ValueError) before anything is written.  Writes the
-    outputs of :func:`fit_image` per photo; returns their JSON dicts.
+    outputs of :func:`fit_image` per photo; returns their JSON dicts.  ``options`` None: the
+    defaults with :data:`PHOTO_BACKEND`.
     """
-    opt = options or TrackOptions()
+    opt = options or TrackOptions(backend=PHOTO_BACKEND)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     model = model or load_model()

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from lmfit3d.camera import Camera
+from lmfit3d.landmark_files import read_pts
 from lmfit3d.model import Params
 from lmfit3d.outputs import csv_header
 from lmfit3d.points68 import GROUPS, N_JAW, Points68, even_spacing, load_tables, outline
@@ -104,3 +105,15 @@ def test_csv_has_2d_and_3d_columns(model):
     for c in ("x_0", "y_67", "X_0", "Y_33", "Z_67"):
         assert c in cols
     assert len([c for c in cols if c[:2] in ("X_", "Y_", "Z_")]) == 3 * 68
+
+
+def test_read_pts_is_one_based_and_refuses_other_files(tmp_path):
+    """An iBUG .pts file's (1, 1) is the top-left pixel's centre: (0.5, 0.5) in lmfit3d's pixels."""
+    good = tmp_path / "a.pts"
+    good.write_text("version: 1\nn_points: 2\n{\n1 1\n10.25 20\n}\n")
+    assert np.allclose(read_pts(good), [[0.5, 0.5], [9.75, 19.5]])
+    for i, text in enumerate(("no braces", "{\n1 2 3\n}", "{\n1 x\n}")):
+        bad = tmp_path / f"bad{i}.pts"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match="not an iBUG .pts file"):
+            read_pts(bad)

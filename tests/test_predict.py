@@ -11,6 +11,7 @@ from lmfit3d.paths import shared_media_dir
 from conftest import run_without_jit
 from lmfit3d.detect import FaceDetector, ModelMissingError, _blazeface_anchors, _weighted_nms, mediapipe_dir
 from lmfit3d.predict import IrisPredictor, Manifest, MediaPipeLandmarks, load_manifest, roi_from_points
+from lmfit3d.landmark_files import read_pts
 
 MEDIA = shared_media_dir()
 
@@ -18,14 +19,6 @@ MEDIA = shared_media_dir()
 def _read(name):
     from lmfit3d.media import read_image
     return read_image(MEDIA / name)
-
-
-def read_pts(path):
-    """iBUG .pts file -> (68, 2) pixel coordinates (the format's origin is the top-left pixel centre,
-    so +0.5 gives this project's pixel-centre convention)."""
-    text = Path(path).read_text()
-    body = text[text.index("{") + 1:text.index("}")]
-    return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()]) + 0.5
 
 
 # ------------------------------------------------------------------------------------------------
