@@ -104,7 +104,7 @@ def accuracy_table(stats, cameras=CAMERAS, sets=SETS):
 def _scale_child(size, seed, max_iter):
     """One scale measurement (run in a fresh process); prints a JSON line."""
     import resource
-    from lmfit3d.capture import CaptureConfig, CaptureProblem, fit_capture, parse_calibration
+    from lmfit3d.capture import CaptureConfig, CaptureProblem, CaptureSolver, fit_capture, parse_calibration
     from lmfit3d.landmarks import load_landmark_set
     from lmfit3d.model import load_model
     from lmfit3d.synthetic import make_multiview
@@ -127,7 +127,7 @@ def _scale_child(size, seed, max_iter):
 
     CaptureProblem.energy = timed
     res = fit_capture(mv.mu, mv.sigma, landmark_set="dense703", calibration=cal, model=model,
-                      config=CaptureConfig(max_iter=max_iter))
+                      config=CaptureConfig(solver=CaptureSolver(max_iter=max_iter)))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     from lmfit3d.synthetic import rigid_align_error
     mask = model.face_mask()

@@ -11,12 +11,11 @@ gradient, what L-BFGS calls); ``energy_diag``: with the Gauss-Newton diagonal (t
 ``solve``: ``CaptureProblem.solve`` with every parameter free, 40 iterations.  ``bench/ab_report.py``
 compares them with another revision in the same run.
 """
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from lmfit3d.capture import CaptureConfig, CaptureProblem, validate_multiview
+from lmfit3d.capture import CaptureConfig, CaptureProblem, CaptureSolver, validate_multiview
 from lmfit3d.landmarks import load_landmark_set
 from lmfit3d.rotation import matrix_to_axis_angle
 from lmfit3d.synthetic import make_multiview
@@ -27,7 +26,7 @@ def problem(model):
     ids = load_landmark_set("dense320")
     views = make_multiview(model, ids, np.random.default_rng(3), n_cameras=4, n_frames=60, noise_px=1.0)
     mu, inv = validate_multiview(views.mu, views.sigma, ids.size)
-    cfg = replace(CaptureConfig(), max_iter=40)
+    cfg = CaptureConfig(solver=CaptureSolver(max_iter=40))
     prob = CaptureProblem(model, ids, mu, inv, views.image_size, cfg, views.params[0].identity)
     rng = np.random.default_rng(4)
     lo, hi = prob.bounds()

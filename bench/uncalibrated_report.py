@@ -4,10 +4,10 @@ number of cameras, calibrated vs. uncalibrated (focal known / unknown).
 Synthetic: one face, F frames of expression animation (``lmfit3d.synthetic.make_multiview``), dense320,
 1 px noise with 10 % outliers (sigma 15 px, the true sigma passed), C cameras on a +-30 degree yaw ring
 (camera 0 frontal; each C its own ring).  Error: face-region vertex error after rigid alignment, mean
-over frames (mm).  Status 1: converged (``CaptureConfig.stop_decrease``; scipy's tests for L-BFGS), 2: LM
+over frames (mm).  Status 1: converged (``CaptureSolver.stop_decrease``; scipy's tests for L-BFGS), 2: LM
 found no further decrease, 0: the iteration cap.  Modes: ``calibrated`` (true extrinsics and focal),
 ``focal known`` (no extrinsics), ``focal unknown``, all with the default solver (Levenberg-Marquardt
-for these sizes, ``lmfit3d.capture_gn``), and ``focal known, L-BFGS`` (``CaptureConfig(solver="lbfgs")``,
+for these sizes, ``lmfit3d.capture_gn``), and ``focal known, L-BFGS`` (``CaptureSolver(method="lbfgs")``,
 the solver before, same run).  ``--second-seed``: focal known and unknown on a second face (4+ cameras).
 ``--run-on N``: the default-solver fits again with ``stop_decrease=0`` (LM runs until no step lowers
 the cost, at most N iterations): how far the stopping rule leaves them from the minimum.
@@ -38,7 +38,7 @@ MODES = ("calibrated", "focal known", "focal unknown", "focal known, L-BFGS")
 def run(model, ids, n_cameras, frames, seed, mode, max_iter, run_on=False):
     """One fit; ``run_on``: no stopping rule of our own (``stop_decrease=0``)."""
     from lmfit3d.calibration import Calibration
-    from lmfit3d.capture import CaptureConfig, fit_capture, parse_calibration
+    from lmfit3d.capture import CaptureConfig, CaptureSolver, fit_capture, parse_calibration
     from lmfit3d.synthetic import make_multiview, rigid_align_error
 
     mv = make_multiview(model, ids, np.random.default_rng(seed), n_cameras=n_cameras, n_frames=frames,
@@ -49,9 +49,10 @@ def run(model, ids, n_cameras, frames, seed, mode, max_iter, run_on=False):
         cal = Calibration.unknown(mv.image_size)
         if mode.startswith("focal known"):
             cal = replace(cal, focal=mv.focal.copy())
-    cfg = CaptureConfig(max_iter=max_iter, solver="lbfgs" if mode.endswith("L-BFGS") else "auto")
+    solver = CaptureSolver("lbfgs" if mode.endswith("L-BFGS") else "auto", max_iter=max_iter)
     if run_on:
-        cfg = replace(cfg, stop_decrease=0.0)
+        solver = replace(solver, stop_decrease=0.0)
+    cfg = CaptureConfig(solver=solver)
     t0 = time.perf_counter()
     res = fit_capture(mv.mu, mv.sigma, vertex_ids=ids, calibration=cal, model=model, config=cfg)
     secs = time.perf_counter() - t0
@@ -143,7 +144,7 @@ LONG_MODES = ("calibrated", "focal known", "focal known, L-BFGS", "focal unknown
 
 
 def _long(a):
-    """Long clips: above ``CaptureConfig.lm_max_unknowns`` the default is LM on keyframes (cameras and
+    """Long clips: above ``CaptureSolver.lm_max_unknowns`` the default is LM on keyframes (cameras and
     identity), then L-BFGS over every frame with those held."""
     from lmfit3d.landmarks import load_landmark_set
     from lmfit3d.model import load_model
@@ -164,7 +165,7 @@ def _long(a):
     machine = results_doc.machine_line(f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, one process")
     text = (f"Longer clips (seed {a.seed}; settings as above, cap {a.max_iter}): the default solver runs LM on "
             f"20 keyframes, then L-BFGS with the cameras and the identity held; \"focal known, L-BFGS\" is "
-            f"`solver=\"lbfgs\"` (all free).\n\n" + "\n".join(lines) + f"\n\n{machine}")
+            f"`CaptureSolver(method=\"lbfgs\")` (all free).\n\n" + "\n".join(lines) + f"\n\n{machine}")
     print(text)
     results_doc.maybe_write(a, {"uncalibrated_report.long": text})
     return 0

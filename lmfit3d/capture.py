@@ -15,7 +15,7 @@ x_f = R_root LBS(T(beta, psi_f), J(beta), theta_f) + t_root, and projected by th
 (``FitConfig`` weights): landmarks summed over cameras and frames, identity GMM prior, expression
 and joint priors, the temporal term (landmark vertices, world mm) and intersections.  Cost and
 gradient come from one numba kernel (``lmfit3d.gradients.capture_energy``); LM builds its
-Gauss-Newton matrix from analytic Jacobians (``capture_gn``, ``CaptureConfig.solver``); L-BFGS-B runs
+Gauss-Newton matrix from analytic Jacobians (``capture_gn``, ``CaptureSolver.method``); L-BFGS-B runs
 on variables rescaled by Gauss-Newton blocks at the start (``capture_precond``).
 
 World frame and gauge
@@ -30,13 +30,13 @@ Initialisation (``lmfit3d.capture_init``)
 ------------------------------------------
 1. The reference camera (default 0, or the first camera that sees a face) is tracked alone by the
    real-time fitter (``lmfit3d.fit.fit_landmarks``): identity, per-frame pose and expression, and
-   its focal length when unknown, on every ``init_stride``-th frame (long clips: about 128
+   its focal length when unknown, on every ``CaptureInit.stride``-th frame (long clips: about 128
    frames); the other frames, and frames it could not fit, are interpolated linearly.  Every tracked
    pose's neck/head rotation is moved into the root (``_fold_joints``): the rigid root pose fitting
    the same landmarks, neck and head at zero.
 2. Every other camera with unknown extrinsics or focal is tracked alone on up to
-   ``init_frames`` frames spread over the clip (identity held at the reference's), giving the head
-   pose (R_jf, t_jf) in that camera for frames f the reference also fitted (pose (R_f, t_f)).  The
+   ``CaptureInit.frames`` frames spread over the clip (identity held at the reference's), giving the
+   head pose (R_jf, t_jf) in that camera for frames f the reference also fitted (pose (R_f, t_f)).  The
    relative transform camera_ref -> camera_j is R = R_jf R_f^T, T = t_jf - R t_f per frame; the
    rotations are averaged (projection of their sum onto SO(3)) and the translations by the
    median.  Calibrated values replace tracked ones.
@@ -44,7 +44,7 @@ Initialisation (``lmfit3d.capture_init``)
    keep their input calibration (NaN when none).
 """
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,13 +52,15 @@ import numpy as np
 from .calibration import (Calibration, parse_calibration, read_calibration,  # noqa: F401
                           write_calibration)
 from .calibration import image_sizes as _image_sizes
+# the option groups are part of this module's API too
+from .capture_config import (CaptureConfig, CaptureInit, CaptureSolver, LbfgsSettings,  # noqa: F401
+                             Preconditioner)
 from .capture_gn import keyframe_cameras, levenberg_marquardt_capture, lm_result, spread_frames, stop_threshold
 from .capture_init import _MIN_LANDMARKS, _initialise
 from .capture_precond import (_FD_STEP, block_map, block_transform, camera_block_map, diagonal_map,
                               hessian_columns, schur_map)
 from .capture_precond import block_transform as _block_transform  # noqa: F401 (tests)
 from .energy import CaptureLayout, Intersection, antagonist_pairs, expression_prior_scales, identity_prior
-from .fit import FitConfig
 from .gradients import POSE_SIZE, Wanted, capture_energy
 from .intersection import IntersectionTerm
 from .landmarks import resolve_vertex_ids
@@ -66,82 +68,6 @@ from .model import Params, load_model
 from .rotation import matrix_to_axis_angle, rodrigues
 from .skinning import ancestry, evaluate_mesh, sparse_weights
 from .sparsity import build_sparsity
-
-
-@dataclass(frozen=True)
-class CaptureConfig:
-    """Energy weights (``fit``, the real-time fitter's ``FitConfig``), L-BFGS and initialisation.
-
-    Attributes
-    ----------
-    fit : FitConfig, term weights and sparsity threshold (its LM settings drive the initialisation).
-    max_iter : int, L-BFGS-B iterations.
-    ftol, gtol : float, L-BFGS-B's relative cost reduction and projected gradient tolerances
-        (the gradient is that of the rescaled variables).
-    maxcor : int, L-BFGS memory (correction pairs).
-    init_frames : int, frames tracked per non-reference camera to find its extrinsics.
-    init_stride : int, the reference camera is tracked on every ``init_stride``-th frame (and the
-        last), the frames between are interpolated; 0: automatic, F // 128 (about 128 frames tracked).
-    two_pass_init : bool, track the reference camera twice (second pass with the identity held).
-    reference_camera : int or None, the gauge camera (None: 0, or the first camera with a face).
-    preconditioner : "block" (each frame's 18 x 18 Gauss-Newton pose block, diagonal elsewhere),
-        "block_identity" (also the K x K identity block: a few % fewer iterations on dense703, but
-        on ibug68 with fixed sigma it led L-BFGS into a worse minimum) or "diagonal" (the
-        Gauss-Newton diagonal only, as before).
-    schur : bool, with "block" and free cameras, whiten the identity and the free camera parameters by
-        the Schur complement of the frames' pose blocks (``lmfit3d.capture_precond``; experimental,
-        off by default: issue 17's measurements in docs/results.md).  Without it, each free camera is
-        whitened by its own GN block.
-    identity_hold : float in [0, 1), L-BFGS with free camera extrinsics: the fraction of ``max_iter``
-        spent with the identity held at its initial value before everything is freed (0: one stage).
-    stop_decrease, stop_window : float, int, the capture's own stopping rule, in the energy's units:
-        L-BFGS stops, converged (status 1), when the cost fell by less than ``stop_decrease`` per
-        landmark residual (one coordinate over sigma) and iteration, on average over the last
-        ``stop_window`` iterations.  scipy's ``ftol`` is relative to the cost itself, which with many
-        residuals lets a decrease far below any change of the result count as progress (issue 17,
-        calibrated, 8 cameras: the rule stops at 190 iterations; scipy's tests alone at 1,044, 28 cost
-        units lower, the face error 0.0997 -> 0.0998 mm).  0: off.  The Levenberg-Marquardt solver
-        stops when one iteration lowers the cost by less than this (and predicted no more).
-    solver : "auto" (Levenberg-Marquardt on the whole problem, ``lmfit3d.capture_gn``, when at most
-        ``lm_max_unknowns`` parameters are free, else L-BFGS), "lm" or "lbfgs".  LM converges in
-        tens of iterations where L-BFGS with free cameras needs over a thousand (issue 17); its
-        dense matrix costs N^2 doubles and N^3 / 3 flops per iteration.
-    lm_max_unknowns : int, the largest free parameter count "auto" gives to LM.
-    """
-
-    fit: FitConfig = field(default_factory=FitConfig)
-    max_iter: int = 200
-    ftol: float = 1e-8
-    gtol: float = 1e-5
-    maxcor: int = 20
-    init_frames: int = 8
-    init_stride: int = 0
-    two_pass_init: bool = False
-    reference_camera: int = None
-    preconditioner: str = "block"
-    schur: bool = False
-    identity_hold: float = 0.5
-    stop_decrease: float = 3e-6
-    stop_window: int = 10
-    solver: str = "auto"
-    lm_max_unknowns: int = 3000
-
-    def __post_init__(self):
-        if not 0.0 <= self.identity_hold < 1.0:
-            raise ValueError(f"identity_hold must be in [0, 1), got {self.identity_hold}")
-        if self.max_iter < 1 or self.init_frames < 1 or self.maxcor < 1:
-            raise ValueError("max_iter, init_frames and maxcor must be >= 1")
-        if self.preconditioner not in ("block", "block_identity", "diagonal"):
-            raise ValueError(f"preconditioner must be 'block', 'block_identity' or 'diagonal', "
-                             f"got {self.preconditioner!r}")
-        if self.init_stride < 0:
-            raise ValueError("init_stride must be >= 0 (0: automatic)")
-        if not (self.ftol >= 0 and self.gtol >= 0 and self.stop_decrease >= 0):
-            raise ValueError("ftol, gtol and stop_decrease must be >= 0")
-        if self.stop_window < 1:
-            raise ValueError("stop_window must be >= 1")
-        if self.solver not in ("auto", "lm", "lbfgs"):
-            raise ValueError(f"solver must be 'auto', 'lm' or 'lbfgs', got {self.solver!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,9 +283,9 @@ class CaptureProblem:
         return diag, pose_gn, id_gn
 
     def solve(self, z0, free, max_iter=None):
-        """L-BFGS-B over z[free] from z0, preconditioned (``CaptureConfig.preconditioner``, ``.schur``),
-        at most ``max_iter`` iterations (default ``CaptureConfig.max_iter``), ended early by scipy's
-        tests or by ``CaptureConfig.stop_decrease`` (:class:`DecreaseStop`).
+        """L-BFGS-B over z[free] from z0, preconditioned (``CaptureConfig.preconditioner``: ``kind``,
+        ``schur``), at most ``max_iter`` iterations (default ``CaptureSolver.max_iter``), ended early by
+        scipy's tests (``LbfgsSettings``) or by ``CaptureSolver.stop_decrease`` (:class:`DecreaseStop`).
 
         The variables are u with z = z0 + P u (``lmfit3d.capture_precond``): P = diag(1 / sqrt(diag
         J^T J)) ("diagonal"), or, for "block", P ~ H^-1/2 of the Gauss-Newton block H on each frame's
@@ -370,7 +296,7 @@ class CaptureProblem:
         """
         from scipy.optimize import minimize
 
-        max_iter = self.cfg.max_iter if max_iter is None else int(max_iter)
+        max_iter = self.cfg.solver.max_iter if max_iter is None else int(max_iter)
         z0 = np.array(z0, dtype=np.float64)
         vm = self.variable_map(z0, free)
         lo, hi = self.bounds()
@@ -385,17 +311,18 @@ class CaptureProblem:
         u0 = np.clip(np.zeros(int(free.sum())), ulo, uhi)
         self.camera_gradient = np.array([free[self.camera_slice(j)].any() for j in range(self.n_cameras)])
         n_res = 2 * int(np.count_nonzero(self.obs[:, :, 2] > 0))
-        stop = DecreaseStop(self.cfg.stop_decrease * n_res, self.cfg.stop_window)
+        stop = DecreaseStop(self.cfg.solver.stop_decrease * n_res, self.cfg.solver.stop_window)
+        lb = self.cfg.lbfgs
         try:
             res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(ulo, uhi)), callback=stop,
-                           options=dict(maxiter=max_iter, maxcor=self.cfg.maxcor, ftol=self.cfg.ftol,
-                                        gtol=self.cfg.gtol, maxfun=4 * max_iter))
+                           options=dict(maxiter=max_iter, maxcor=lb.maxcor, ftol=lb.ftol, gtol=lb.gtol,
+                                        maxfun=4 * max_iter))
         finally:
             self.camera_gradient = np.ones(self.n_cameras, bool)
         if stop.met:
             res.success, res.status = True, 0
             res.message = (f"CONVERGENCE: cost fell by {stop.rate:.3g} per iteration over the last {stop.window} "
-                           f"iterations (< {self.cfg.stop_decrease:g} x {n_res} residuals)")
+                           f"iterations (< {self.cfg.solver.stop_decrease:g} x {n_res} residuals)")
         z = vm.to_z(res.x)
         z[~free] = z0[~free]
         z = np.clip(z, lo, hi)
@@ -466,7 +393,7 @@ class CaptureProblem:
 
     def variable_map(self, z0, free):
         """The preconditioner at z0 over the free entries (``capture_precond.VariableMap``)."""
-        pre = self.cfg.preconditioner
+        pre = self.cfg.preconditioner.kind
         if pre == "diagonal":
             _, _, diag = self.energy(z0, want_grad=False, want_diag=True)
             return diagonal_map(z0, free, diag)
@@ -477,7 +404,7 @@ class CaptureProblem:
         per_cam = [np.arange(self.camera_slice(j).start, self.camera_slice(j).stop) for j in range(self.n_cameras)]
         per_cam = [c[free[c]] for c in per_cam]
         cams = np.concatenate(per_cam)
-        if self.cfg.schur and cams.size > 0:
+        if self.cfg.preconditioner.schur and cams.size > 0:
             gidx = np.r_[np.flatnonzero(free[:self.nk]), cams].astype(np.int64)
             cols = vm.pidx[0] - starts[0] if vm.pidx.size else np.zeros(0, np.int64)
             return schur_map(vm, gidx, self._gauss_newton_gradient(z0), pose_gn[:, cols[:, None], cols[None]])
@@ -493,7 +420,7 @@ class CaptureProblem:
 
 
 class DecreaseStop:
-    """L-BFGS callback of ``CaptureConfig.stop_decrease``: raises StopIteration (scipy ends the solve)
+    """L-BFGS callback of ``CaptureSolver.stop_decrease``: raises StopIteration (scipy ends the solve)
     once the cost fell by less than ``per_iteration`` per iteration, on average over the last
     ``window`` iterations; ``met`` says it did, ``rate`` the last average decrease."""
 
@@ -627,7 +554,7 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
         warnings.warn(f"camera {j} sees no face in any frame; it is left out of the fit", stacklevel=2)
     if not cam_ok.any():
         raise ValueError("no camera sees a face (fewer than 3 landmarks in every frame)")
-    ref = cfg.reference_camera
+    ref = cfg.init.reference_camera
     if ref is None:
         ref = 0 if cam_ok[0] else int(np.flatnonzero(cam_ok)[0])
     elif not (0 <= ref < nc) or not cam_ok[ref]:
@@ -673,24 +600,24 @@ def fit_capture(mu, sigma=None, *, landmark_set=None, vertex_ids=None, image_siz
 
 
 def _solve_staged(prob, z, free, free_cams):
-    """The solve: Levenberg-Marquardt (``capture_gn``) when ``CaptureConfig.solver`` asks or ("auto") the
+    """The solve: Levenberg-Marquardt (``capture_gn``) when ``CaptureSolver.method`` asks or ("auto") the
     free parameters are few enough; else L-BFGS (:func:`_solve_lbfgs_staged`), and ("auto") with free
     camera parameters the cameras and the identity are first found by LM on keyframes
     (``capture_gn.keyframe_cameras``) and held while L-BFGS fits every frame (with free cameras and
     identity L-BFGS needs over a thousand iterations: the scene's scale is nearly free).
     Returns (z, result: ``fun``, ``nit``, ``success``, ``message``)."""
-    cfg = prob.cfg
+    sol = prob.cfg.solver
     n_free = int(free.sum())
-    if cfg.solver == "lm" or (cfg.solver == "auto" and n_free <= cfg.lm_max_unknowns):
-        z, cost, it, status = levenberg_marquardt_capture(prob, z, free, cfg.max_iter, stop_threshold(prob))
+    if sol.method == "lm" or (sol.method == "auto" and n_free <= sol.lm_max_unknowns):
+        z, cost, it, status = levenberg_marquardt_capture(prob, z, free, sol.max_iter, stop_threshold(prob))
         return z, lm_result(prob, cost, it, status)
     cams = prob.layout.cameras_start
-    if cfg.solver == "auto" and free[cams:].any():
+    if sol.method == "auto" and free[cams:].any():
         z, first = keyframe_cameras(prob, z, free)
         frames = free.copy()
         frames[:prob.nk] = False
         frames[cams:] = False
-        z, res = _solve_lbfgs_staged(prob, z, frames, False, cfg.max_iter - first.nit)
+        z, res = _solve_lbfgs_staged(prob, z, frames, False, sol.max_iter - first.nit)
         res.nit += first.nit
         res.message = f"{first.message} on keyframes, cameras and identity then held; L-BFGS: {res.message}"
         return z, res
@@ -699,14 +626,14 @@ def _solve_staged(prob, z, free, free_cams):
 
 def _solve_lbfgs_staged(prob, z, free, free_cams, max_iter=None):
     """The L-BFGS solve; with free camera extrinsics and a free identity in two stages: the first
-    ``CaptureConfig.identity_hold`` of the iterations with the identity held at its initial value (the
+    ``LbfgsSettings.identity_hold`` of the iterations with the identity held at its initial value (the
     head's size then fixes the scene's scale, and the cameras and poses settle without sliding along
     the weak scale direction, head size x camera distances), the rest with everything free.  Returns
     (z, scipy result) with the iterations of both stages; at most ``max_iter`` (default
-    ``CaptureConfig.max_iter``) in all."""
+    ``CaptureSolver.max_iter``) in all."""
     cfg = prob.cfg
-    max_iter = cfg.max_iter if max_iter is None else max(1, int(max_iter))
-    hold = int(round(cfg.identity_hold * max_iter)) if free_cams and free[:prob.nk].any() else 0
+    max_iter = cfg.solver.max_iter if max_iter is None else max(1, int(max_iter))
+    hold = int(round(cfg.lbfgs.identity_hold * max_iter)) if free_cams and free[:prob.nk].any() else 0
     if hold <= 0 or hold >= max_iter:
         return prob.solve(z, free, max_iter)
     held = free.copy()

@@ -23,13 +23,13 @@ the normal equations (J^T W J + priors + lambda D) dz = -g exactly.
   (:func:`_bounded_step`: entries at a bound whose gradient pushes outward are held, entries a step
   would carry through a bound are set onto it and the rest solved again); the step is accepted by
   the true energy.  Converged (status 1) when an accepted step lowers the cost by less than the
-  capture's stopping threshold (``CaptureConfig.stop_decrease`` per landmark residual) and the
+  capture's stopping threshold (``CaptureSolver.stop_decrease`` per landmark residual) and the
   undamped step promises less too; 2 when no damped step lowers the cost any further; 0 at the cap.
 * :func:`keyframe_cameras`: for problems too large for a dense matrix, LM on keyframes finds the
   cameras and the identity (``capture._solve_staged`` then holds them for L-BFGS).
 
 A dense matrix of N unknowns costs N^2 doubles and N^3 / 3 flops per factorisation, so
-``capture.fit_capture`` uses this solver up to ``CaptureConfig.lm_max_unknowns`` (3,000) free
+``capture.fit_capture`` uses this solver up to ``CaptureSolver.lm_max_unknowns`` (3,000) free
 unknowns (20 frames x 17 cameras: about 1,650).
 """
 from dataclasses import replace
@@ -375,27 +375,27 @@ def spread_frames(n_frames, count):
 
 
 def stop_threshold(prob):
-    """``CaptureConfig.stop_decrease`` in cost units per iteration: times the landmark residual count."""
-    return prob.cfg.stop_decrease * 2 * int(np.count_nonzero(prob.obs[:, :, 2] > 0))
+    """``CaptureSolver.stop_decrease`` in cost units per iteration: times the landmark residual count."""
+    return prob.cfg.solver.stop_decrease * 2 * int(np.count_nonzero(prob.obs[:, :, 2] > 0))
 
 
 def lm_result(prob, cost, it, status):
     """The scipy-like result (``fun``, ``nit``, ``success``, ``status``, ``message``) of an LM solve."""
     from scipy.optimize import OptimizeResult
     msg = {0: "the iteration cap", 1: f"CONVERGENCE: an iteration lowered the cost by less than "
-                                      f"{prob.cfg.stop_decrease:g} per landmark residual",
+                                      f"{prob.cfg.solver.stop_decrease:g} per landmark residual",
            2: "CONVERGENCE: no damped step lowers the cost"}[status]
     return OptimizeResult(fun=cost, nit=it, success=status >= 1, status=status, message="LM: " + msg)
 
 
 def keyframe_cameras(prob, z, free):
     """Free cameras of a problem too large for LM: LM on :data:`KEYFRAMES` keyframes spread over the clip
-    (fewer if ``CaptureConfig.lm_max_unknowns`` asks), everything free as in ``free``; returns z with the
+    (fewer if ``CaptureSolver.lm_max_unknowns`` asks), everything free as in ``free``; returns z with the
     identity, the keyframes and the cameras from that fit, and its result."""
     cfg, lay = prob.cfg, prob.layout
     per_frame = int(free[lay.frame_block(0)].sum())
     fixed = int(free[:prob.nk].sum() + free[lay.cameras_start:].sum())
-    count = max(2, min(KEYFRAMES, (cfg.lm_max_unknowns - fixed) // max(per_frame, 1)))
+    count = max(2, min(KEYFRAMES, (cfg.solver.lm_max_unknowns - fixed) // max(per_frame, 1)))
     frames = spread_frames(prob.n_frames, count)
     # the keyframes stand for the whole clip: the identity prior weighs as against all frames' data (the
     # scene's scale is set by it), and no temporal term between frames far apart
@@ -406,6 +406,6 @@ def keyframe_cameras(prob, z, free):
     for k, f in enumerate(frames):
         sub_free[sub.layout.frame_block(k)] = free[lay.frame_block(f)]
     sub_free[sub.layout.cameras_start:] = free[lay.cameras_start:]
-    zs, cost, it, status = levenberg_marquardt_capture(sub, zs, sub_free, cfg.max_iter // 2, stop_threshold(sub))
+    zs, cost, it, status = levenberg_marquardt_capture(sub, zs, sub_free, cfg.solver.max_iter // 2, stop_threshold(sub))
     prob.nfev += sub.nfev
     return prob.from_subproblem(sub, zs, frames, z), lm_result(sub, cost, it, status)

@@ -76,12 +76,12 @@ def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progre
         return np.where(inv > 0, 1.0 / np.where(inv > 0, inv, 1.0), 1.0)
 
     foc = cal.focal.copy()
-    stride = cfg.init_stride or max(1, nf // 128)
+    stride = cfg.init.stride or max(1, nf // 128)
     sel = np.unique(np.r_[np.arange(0, nf, stride), nf - 1])
     context = FitContext(model, ids, cfg.fit.sparsity_threshold_mm)      # every camera's trackers
     fr = fit_landmarks(nan_mu(ref, sel), sigma(ref, sel), vertex_ids=ids, image_size=size[ref],
                        focal_px=foc[ref] if np.isfinite(foc[ref]) else None, model=model, config=cfg.fit,
-                       identity=identity, two_pass=cfg.two_pass_init, context=context)
+                       identity=identity, two_pass=cfg.init.two_pass, context=context)
     good_s = fr.status >= 0
     if not good_s.any():
         raise ValueError(f"the reference camera {ref} could not be fitted in any frame")
@@ -109,7 +109,7 @@ def _initialise(model, ids, mu, inv_sigma, size, cal, ref, cfg, identity, progre
                 raise ValueError(f"camera {j} shares no frame with a face with the reference camera "
                                  f"{ref}; give its calibration")
             continue
-        pick = good[np.unique(np.linspace(0, good.size - 1, min(cfg.init_frames, good.size)).round().astype(int))]
+        pick = good[np.unique(np.linspace(0, good.size - 1, min(cfg.init.frames, good.size)).round().astype(int))]
         tracker = Tracker(model, ids, size[j], foc[j] if np.isfinite(foc[j]) else None, cfg.fit, identity=beta,
                           context=context)
         fits = []

@@ -11,7 +11,7 @@ L-BFGS works on u; P whitens the Gauss-Newton (GN) matrix H at the start, P^T H 
       z_pose_f = z0 + P_f u_f - H_ff^-1 H_fg P_g u_g,     z_g = z0 + P_g u_g,   P_g ~ S^-1/2,
 
   so moving a camera (or the identity) carries every frame's head pose along with it, as the data ask
-  (experimental, ``CaptureConfig.schur``);
+  (experimental, ``Preconditioner.schur``);
 * by default, each free camera by its own 7 x 7 (6 without the focal) GN block (:func:`camera_block_map`):
   its rotation and translation are strongly coupled (turning a camera about the head moves its
   image as much as sliding it), which the diagonal scaling left to L-BFGS to find.

@@ -599,7 +599,7 @@ def _add_capture(sub):
                         "missing values are estimated (see lmfit3d.capture.read_calibration)")
     p.add_argument("--calibration-out", metavar="JSON", help="write the refined calibration here (IN.npz)")
     p.add_argument("--max-iter", type=int, default=None,
-                   help="solver iterations (default 200; Levenberg-Marquardt or L-BFGS: CaptureConfig.solver)")
+                   help="solver iterations (default 200; Levenberg-Marquardt or L-BFGS: CaptureSolver.method)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="videos: use the first N frames")
     p.add_argument("--frame-offsets", metavar="auto|N,N,...", default=None,
                    help="unsynchronised cameras: 'auto' estimates each camera's frame offset from the landmarks' "
@@ -619,7 +619,7 @@ def _cmd_capture(args):
     import warnings
     from dataclasses import replace
 
-    from .capture import CaptureConfig
+    from .capture import CaptureConfig, CaptureSolver
     from .capture_files import fit_capture_file, fit_capture_videos
     from .track import TrackOptions
     if (args.input is None) == (args.videos is None):
@@ -635,7 +635,7 @@ def _cmd_capture(args):
         require_gltf()
     if not (math.isfinite(args.fps) and args.fps > 0):
         raise CommandLineError(f"--fps must be a positive number, got {args.fps}")
-    cfg = CaptureConfig() if args.max_iter is None else CaptureConfig(max_iter=args.max_iter)
+    cfg = CaptureConfig() if args.max_iter is None else CaptureConfig(solver=CaptureSolver(max_iter=args.max_iter))
     cfg = replace(cfg, fit=_loss_config(args, cfg.fit))
     offsets = args.frame_offsets
     if offsets is not None and offsets != "auto":

@@ -5,8 +5,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from lmfit3d.capture import (CaptureConfig, CaptureProblem, _block_transform, fit_capture, parse_calibration,
-                             read_calibration, validate_multiview)
+from lmfit3d.capture import (CaptureConfig, CaptureInit, CaptureProblem, CaptureSolver, LbfgsSettings, Preconditioner,
+                             _block_transform, fit_capture, parse_calibration, read_calibration, validate_multiview)
 from lmfit3d.capture_init import _fold_joints, _interp_frames, _relative_pose
 from lmfit3d.fit import FitConfig
 from lmfit3d.rotation import matrix_to_axis_angle, rodrigues
@@ -14,7 +14,7 @@ from lmfit3d.stills import fit_stills
 from lmfit3d.synthetic import make_multiview, rigid_align_error
 
 IDS = np.r_[np.arange(0, 11248, 97), np.arange(21451, 24590, 211)]   # face, head, both eyeballs
-FAST = CaptureConfig(max_iter=150, init_frames=2)
+FAST = CaptureConfig(init=CaptureInit(frames=2), solver=CaptureSolver(max_iter=150))
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +259,12 @@ def test_interp_frames_and_strided_init(model, views):
     np.testing.assert_allclose(out, [[0, 1], [0, 1], [2, 0], [4, -1], [4, -1]])
     cal = parse_calibration(views.calibration_json(), 3)
     res = fit_capture(views.clean, None, vertex_ids=IDS, calibration=cal, model=model,
-                      config=replace(FAST, init_stride=2))
+                      config=replace(FAST, init=replace(FAST.init, stride=2)))
     assert _errors(model, res, views).max() < 0.1
-    with pytest.raises(ValueError, match="init_stride"):
-        CaptureConfig(init_stride=-1)
-    with pytest.raises(ValueError, match="preconditioner"):
-        CaptureConfig(preconditioner="full")
+    with pytest.raises(ValueError, match="CaptureInit.stride"):
+        CaptureInit(stride=-1)
+    with pytest.raises(ValueError, match="Preconditioner.kind"):
+        Preconditioner(kind="full")
 
 
 def test_block_transform_whitens_and_keeps_the_diagonal_for_singular_blocks(rng):
@@ -288,8 +288,9 @@ def test_block_and_diagonal_preconditioners_reach_the_same_minimum(model):
     cal = parse_calibration(mv.calibration_json(), 2)
     out = {}
     for pre in ("block", "block_identity", "diagonal"):
-        cfg = CaptureConfig(max_iter=3000, init_frames=2, preconditioner=pre, ftol=1e-12, gtol=1e-8,
-                            stop_decrease=0.0, solver="lbfgs")
+        cfg = CaptureConfig(init=CaptureInit(frames=2),
+                            solver=CaptureSolver(method="lbfgs", max_iter=3000, stop_decrease=0.0),
+                            lbfgs=LbfgsSettings(ftol=1e-12, gtol=1e-8), preconditioner=Preconditioner(kind=pre))
         out[pre] = fit_capture(mv.mu, mv.sigma, vertex_ids=IDS, calibration=cal, model=model, config=cfg)
     assert out["block"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
     assert out["block_identity"].total_cost == pytest.approx(out["diagonal"].total_cost, rel=1e-5)
@@ -335,22 +336,23 @@ def test_decrease_stop_rule():
         off(SimpleNamespace(fun=c))
     assert not off.met
     with pytest.raises(ValueError, match="stop_window"):
-        CaptureConfig(stop_window=0)
+        CaptureSolver(stop_window=0)
     with pytest.raises(ValueError, match="stop_decrease"):
-        CaptureConfig(stop_decrease=-1.0)
+        CaptureSolver(stop_decrease=-1.0)
 
 
 def test_capture_stops_by_its_rule(model, views):
     """A loose ``stop_decrease`` ends the L-BFGS solve before its cap with status 1 and says why; with the
     rule off and the same cap, L-BFGS runs on (ftol 0: only the cap ends it) to a lower cost."""
     cal = parse_calibration(views.calibration_json(), 3)
-    lbfgs = replace(FAST, solver="lbfgs")
+    lbfgs = replace(FAST.solver, method="lbfgs")
     on = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
-                     config=replace(lbfgs, stop_decrease=1e-3))
-    assert on.converged and on.iterations < FAST.max_iter and (on.status == 1).all()
+                     config=replace(FAST, solver=replace(lbfgs, stop_decrease=1e-3)))
+    assert on.converged and on.iterations < lbfgs.max_iter and (on.status == 1).all()
     assert on.message.startswith("CONVERGENCE: cost fell by")
     off = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
-                      config=replace(lbfgs, stop_decrease=0.0, ftol=0.0, gtol=0.0))
+                      config=replace(FAST, solver=replace(lbfgs, stop_decrease=0.0),
+                                     lbfgs=LbfgsSettings(ftol=0.0, gtol=0.0)))
     assert off.iterations > on.iterations and off.total_cost < on.total_cost
 
 
@@ -406,7 +408,7 @@ def test_uncalibrated_views_beat_a_single_view(model):
     mv = make_multiview(model, ids, np.random.default_rng(0), n_cameras=4, n_frames=8, noise_px=1.0,
                         outlier_fraction=0.1, yaw_span_deg=60.0, pitch_deg=(0.0,))
     cal = replace(Calibration.unknown(mv.image_size), focal=mv.focal.copy())
-    cfg = CaptureConfig(max_iter=120)
+    cfg = CaptureConfig(solver=CaptureSolver(max_iter=120))
     multi = fit_capture(mv.mu, mv.sigma, vertex_ids=ids, calibration=cal, model=model, config=cfg)
     single = fit_capture(mv.mu[:1], mv.sigma[:1], vertex_ids=ids, image_size=mv.image_size[:1], model=model,
                          calibration=replace(Calibration.unknown(mv.image_size[:1]), focal=mv.focal[:1].copy()),
@@ -481,7 +483,7 @@ def test_stills_share_identity(model):
     frames = [make_frame(model, random_params(model, rng, identity=beta), IDS, rng, noise_px=0.5) for _ in range(3)]
     res = fit_stills(np.stack([fr.mu for fr in frames]), np.stack([fr.sigma for fr in frames]), vertex_ids=IDS,
                      image_size=(512, 512), focal_px=frames[0].camera.focal, model=model,
-                     config=CaptureConfig(max_iter=100))
+                     config=CaptureConfig(solver=CaptureSolver(max_iter=100)))
     mask = model.face_mask()
     errs = [rigid_align_error(res.vertices(model, k), fr.vertices, mask).mean() for k, fr in enumerate(frames)]
     assert max(errs) < 1.5

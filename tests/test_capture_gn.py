@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lmfit3d import capture_gn
-from lmfit3d.capture import CaptureConfig, fit_capture
+from lmfit3d.capture import CaptureConfig, CaptureInit, CaptureSolver, LbfgsSettings, fit_capture
 from lmfit3d.rotation import matrix_to_axis_angle
 
 from test_capture import IDS, _problem, views  # noqa: F401  (the same problems and views fixture)
@@ -70,9 +70,9 @@ def test_lm_converges_where_lbfgs_stops_at_its_cap(model, views):
     from lmfit3d.calibration import Calibration
     cal = replace(Calibration.unknown(views.image_size), focal=views.focal.copy())
     lm = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
-                     config=CaptureConfig(max_iter=150, init_frames=2, solver="lm"))
+                     config=CaptureConfig(init=CaptureInit(frames=2), solver=CaptureSolver("lm", max_iter=150)))
     lb = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
-                     config=CaptureConfig(max_iter=150, init_frames=2, solver="lbfgs"))
+                     config=CaptureConfig(init=CaptureInit(frames=2), solver=CaptureSolver("lbfgs", max_iter=150)))
     assert lm.converged and (lm.status == 1).all() and lm.iterations < 40, lm.message
     assert lm.message.startswith("LM: CONVERGENCE")
     assert lm.total_cost < lb.total_cost
@@ -97,9 +97,21 @@ def test_lm_returns_a_plain_tuple(model, views, rng):
     assert bottom <= stopped < bottom + threshold
 
 
-def test_solver_option_is_checked():
-    with pytest.raises(ValueError, match="solver"):
-        CaptureConfig(solver="newton")
+def test_solver_options_are_checked():
+    """Each option group checks its values; CaptureConfig checks that it holds the groups (a flat option
+    such as ``solver="lm"`` names the group to use)."""
+    with pytest.raises(ValueError, match="CaptureSolver.method"):
+        CaptureSolver(method="newton")
+    with pytest.raises(ValueError, match="CaptureSolver.max_iter"):
+        CaptureSolver(max_iter=0)
+    with pytest.raises(ValueError, match="LbfgsSettings.identity_hold"):
+        LbfgsSettings(identity_hold=1.0)
+    with pytest.raises(ValueError, match="LbfgsSettings.maxcor"):
+        LbfgsSettings(maxcor=0)
+    with pytest.raises(ValueError, match="CaptureInit.frames"):
+        CaptureInit(frames=0)
+    with pytest.raises(ValueError, match="CaptureConfig.solver must be a CaptureSolver"):
+        CaptureConfig(solver="lm")
 
 
 def test_intersection_rows_give_the_terms_gradient(model, views, rng):
@@ -124,12 +136,12 @@ def test_large_uncalibrated_problem_finds_cameras_on_keyframes(model, views):
     and its cost is within 5 % of LM's on the whole problem (3 % measured)."""
     from lmfit3d.calibration import Calibration
     cal = replace(Calibration.unknown(views.image_size), focal=views.focal.copy())
-    cfg = CaptureConfig(max_iter=150, init_frames=2, lm_max_unknowns=300)
+    cfg = CaptureConfig(init=CaptureInit(frames=2), solver=CaptureSolver(max_iter=150, lm_max_unknowns=300))
     res = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model, config=cfg)
     whole = fit_capture(views.mu, views.sigma, vertex_ids=IDS, calibration=cal, model=model,
-                        config=replace(cfg, lm_max_unknowns=3000))
+                        config=replace(cfg, solver=replace(cfg.solver, lm_max_unknowns=3000)))
     assert "on keyframes, cameras and identity then held; L-BFGS" in res.message
-    assert res.converged and res.iterations <= cfg.max_iter
+    assert res.converged and res.iterations <= cfg.solver.max_iter
     for j in (1, 2):
         ang = np.degrees(np.linalg.norm(matrix_to_axis_angle(res.camera_rotation[j] @ views.rotation[j].T)))
         assert ang < 1.0
