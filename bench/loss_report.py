@@ -12,7 +12,6 @@ Usage::
 
 ``--write-doc`` writes the table into the ``loss_report`` section of docs/results.md.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -64,12 +63,9 @@ def table(rows, faces):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--faces", type=int, default=10)
-    results_doc.add_arguments(ap)
+    ap = results_doc.parser(__doc__)
+    ap.add_argument("--faces", type=results_doc.positive_int, default=10)
     args = ap.parse_args(argv)
-    if args.faces < 1:
-        ap.error("--faces must be >= 1")
     model = load_model()
     rows = [(f, errors(model, args.faces, f)) for f in FRACTIONS]
     md = table(rows, args.faces)

@@ -143,6 +143,25 @@ def add_arguments(parser):
     return parser
 
 
+def parser(doc):
+    """An argparse parser for a report script: its description the first paragraph of ``doc`` (the
+    script's docstring), with ``--write-doc`` and ``--doc`` (:func:`add_arguments`)."""
+    import argparse
+    return add_arguments(argparse.ArgumentParser(description=doc.split("\n\n")[0]))
+
+
+def positive_int(text):
+    """argparse type: an int >= 1 (a count of faces, renders, frames)."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _git(*args):
     try:
         out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)

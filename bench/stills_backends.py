@@ -14,7 +14,6 @@ on annotated photos) choose (issue 14)::
 
     python bench/stills_backends.py [--renders 60] [--write-doc]
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -78,9 +77,8 @@ def table(errs, n, missed):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--renders", type=int, default=60)
-    results_doc.add_arguments(ap)
+    ap = results_doc.parser(__doc__)
+    ap.add_argument("--renders", type=results_doc.positive_int, default=60, help="faces rendered (default 60)")
     args = ap.parse_args(argv)
     errs, missed = run(load_model(), args.renders)
     text = table(errs, args.renders, missed)

@@ -164,3 +164,16 @@ def test_results_md_sections_are_well_formed(rd):
     assert text.count("<!-- begin:") == text.count("<!-- end:") == len(names)
     for n in names:
         assert rd.read_section(n) is not None
+
+
+def test_report_parser_and_positive_counts(rd, capsys):
+    """A report script's parser: its docstring's first paragraph, --write-doc, and counts >= 1."""
+    ap = rd.parser("First paragraph.\n\nMore text.")
+    ap.add_argument("--faces", type=rd.positive_int, default=3)
+    assert ap.description == "First paragraph."
+    args = ap.parse_args(["--faces", "5", "--write-doc"])
+    assert args.faces == 5 and args.write_doc
+    for bad, why in (("0", "must be >= 1"), ("x", "want an integer")):
+        with pytest.raises(SystemExit):
+            ap.parse_args(["--faces", bad])
+        assert why in capsys.readouterr().err
