@@ -20,7 +20,7 @@ base has).
 
 Usage::
 
-    python bench/ab_report.py --base 8e954c6 [--rounds 3] [--suites fit track capture] [--write-doc]
+    python bench/ab_report.py --base 8e954c6 [--rounds 3] [--suites fit track capture] [--own-bench capture] [--write-doc]
 
 ``--write-doc`` writes the table into the ``ab_report`` section of docs/results.md
 (``bench/results_doc.py``).
@@ -68,18 +68,20 @@ def _run(tree, suite, json_path=None):
     return {b["fullname"].split("::")[-1]: b["stats"]["median"] for b in data["benchmarks"]}
 
 
-def _worktree(base, where):
+def _worktree(base, where, own=()):
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), base], check=True,
                    capture_output=True)
-    for suite in SUITES.values():          # one harness for both sides: this checkout's bench files
-        shutil.copy(ROOT / suite[0], where / suite[0])
+    for name, suite in SUITES.items():     # one harness for both sides: this checkout's bench files,
+        if name not in own:                # except suites whose API changed (the base keeps its own)
+            shutil.copy(ROOT / suite[0], where / suite[0])
 
 
-def compare(base, rounds, suites):
-    """Alternating rounds; returns rows (suite, benchmark, base median s, this median s, ratio)."""
+def compare(base, rounds, suites, own=()):
+    """Alternating rounds; returns rows (suite, benchmark, base median s, this median s, ratio).
+    ``own``: suites the base runs with its own bench file (same benchmark names, its own API)."""
     tmp = Path(tempfile.mkdtemp(prefix="lmfit3d_ab_"))
     base_tree = tmp / "base"
-    _worktree(base, base_tree)
+    _worktree(base, base_tree, own)
     try:
         for suite in suites:                # warm both numba caches (not measured)
             for tree in (base_tree, ROOT):
@@ -119,11 +121,13 @@ def main(argv=None):
     ap.add_argument("--base", required=True, help="git revision to compare against")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--suites", nargs="+", choices=sorted(SUITES), default=list(SUITES))
+    ap.add_argument("--own-bench", nargs="+", choices=sorted(SUITES), default=[], metavar="SUITE",
+                    help="suites the base runs with its own bench file (when the API they call changed)")
     results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
-    rows = compare(args.base, args.rounds, args.suites)
+    rows = compare(args.base, args.rounds, args.suites, args.own_bench)
     md = table(rows, args.base, args.rounds)
     print(md)
     results_doc.maybe_write(args, {"ab_report": results_doc.machine_line() + "\n\n" + md})
