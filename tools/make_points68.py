@@ -27,7 +27,8 @@ size too high).  As the paper's label translation, the points are learnt from da
    on the mean head: across the cheek, along the direction from the nose to its fixed vertex (a band of
    ``BAND_MM``), from ``INNER`` of its radius out to its fixed vertex + ``margin``.  Per frame the
    reported point is the candidate furthest out in the image along the line's projected direction
-   (the outline: the landmark-marching rule).  ``margin`` is chosen from data.
+   (the outline: the landmark-marching rule); the 17 outline points are then spaced evenly along it
+   (``points68.even_spacing``).  ``margin`` is chosen from data.
 
 Writes ``data/landmarks68/points.txt`` (68 vertex ids) and ``data/landmarks68/contour.txt`` (per jaw
 point: its candidate vertex ids) and prints the per-group agreement with the reference before/after;
@@ -234,6 +235,7 @@ def main(argv=None):
         print("committed points.txt " + ("matches" if same else "differs"), file=sys.stderr)
         return 0 if same else 1
     meta = dict(frames=len(frames), near_frontal=int(frontal.sum()), margin_mm=margin, stride=args.stride,
+                min_iod_px=MIN_IOD_PX,
                 reference="dlib shape_predictor_68_face_landmarks", held_out=list(EVALUATION))
     write_tables(ids, lines, weights, meta)
     print(f"wrote {data_dir() / 'landmarks68'}", file=sys.stderr)
