@@ -148,11 +148,13 @@ _LIP_PAIRS = ((13, 14), (82, 87), (312, 317))
 _LID_PAIRS = ((159, 145), (386, 374))
 
 
-def _pair_distance(model, vids, pairs, **shapes):
+def _pair_distance(model, vids, pairs, axes=slice(None), **shapes):
+    """Distance (mm) of each vertex pair on the mean head with the given expression weights; ``axes``
+    slice(0, 2): in the face plane only (what a frontal camera sees)."""
     psi = np.zeros(model.n_expression)
     for name, w in shapes.items():
         psi[list(model.expression_names).index(name)] = w
-    t = model.template(expression=psi)
+    t = model.template(expression=psi)[:, axes]
     return np.array([np.linalg.norm(t[vids[a]] - t[vids[b]]) for a, b in pairs])
 
 
@@ -177,17 +179,21 @@ def test_correspondence_opens_with_the_mouth_and_closes_with_the_lids(face_model
     assert (blink < 0.4 * open_eyes).all(), (open_eyes, blink)
 
 
-def test_mediapipe_lid_pairs_meet_under_a_blink(face_model):
-    """Every upper/lower eyelid pair of the MediaPipe table (7 per eye, along the lids) meets under
-    a full blink, within 2 mm on the mean head, as real lids do (issue 13: the table learnt from
-    renders alone left 3.7 mm between 159 and 145, which capped the fitted eye's closing)."""
+@pytest.mark.parametrize("backend", ["mediapipe", "mediapipe_attention"])
+def test_mediapipe_lid_pairs_meet_under_a_blink(face_model, backend):
+    """Every upper/lower eyelid pair of a MediaPipe table (face mesh, attention mesh; 7 per eye,
+    along the lids) meets under a full blink, within 1.5 mm in the face plane of the mean head (the
+    tool's rule: 1 mm), as real lids do (issue 13: the face mesh's table learnt from renders alone
+    left 3.7 mm between 159 and 145, which capped the fitted eye's closing; the attention mesh's
+    5.7 mm until session 11).  Depth is left out: near the inner corner a lower-lid vertex may sit
+    a few mm deeper than its upper partner and still meet it in the image."""
     from lmfit3d.predict import load_manifest
-    man = load_manifest("mediapipe")
+    man = load_manifest(backend)
     vids = dict(zip(man.points.tolist(), man.vertex_ids.tolist()))
     upper = (246, 161, 160, 159, 158, 157, 173, 466, 388, 387, 386, 385, 384, 398)
     lower = (7, 163, 144, 145, 153, 154, 155, 249, 390, 373, 374, 380, 381, 382)
     pairs = tuple(zip(upper, lower))
     open_eyes = _pair_distance(face_model, vids, pairs)
-    blink = _pair_distance(face_model, vids, pairs, eyeBlink_L=1.0, eyeBlink_R=1.0)
+    blink = _pair_distance(face_model, vids, pairs, slice(0, 2), eyeBlink_L=1.0, eyeBlink_R=1.0)
     assert (open_eyes > 2.5).all(), open_eyes
-    assert (blink < 2.0).all(), dict(zip(pairs, blink.round(2)))
+    assert (blink < 1.5).all(), dict(zip(pairs, blink.round(2)))
