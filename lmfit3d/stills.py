@@ -34,7 +34,7 @@ from .track import TrackOptions, make_predictor
 
 # The landmark backend for photos when no options are given (``lmfit3d fit``'s default too): the
 # attention mesh measures best on single images (issue 14: the 68 points on every annotated photo,
-# bench/landmarks68.py; rendered faces 3.57 -> 3.07 mm, bench/stills_backends.py).  Videos keep
+# bench/landmarks68.py; rendered faces 3.57 -> 3.10 mm, bench/stills_backends.py).  Videos keep
 # TrackOptions' default, the face mesh (docs/results.md, "Attention mesh").
 PHOTO_BACKEND = "mediapipe-attention"
 
