@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import results_doc  # noqa: E402
 from landmarks68 import BACKENDS, fitted, nme, read_pts  # noqa: E402
-from make_points68 import CLIPS, EVALUATION, MIN_IOD_PX, PHOTOS, dlib_reference  # noqa: E402
+from make_points68 import CLIPS, EVALUATION, MIN_IOD_PX, PHOTOS, _box, dlib_reference  # noqa: E402
 
 from lmfit3d.media import VideoReader, read_image  # noqa: E402
 from lmfit3d.model import load_model  # noqa: E402
@@ -45,11 +45,6 @@ from lmfit3d.track import TrackOptions, make_predictor  # noqa: E402
 
 NEAREST = 10      # front-end points per translated point
 RIDGE = 0.01      # pull towards the nearest point, per frame (IOD-normalised units)
-
-
-def _box(uv):
-    lo, hi = uv.min(0), uv.max(0)
-    return (lo[0], lo[1], hi[0], hi[1])
 
 
 def collect(backend, stride=2):

@@ -152,27 +152,26 @@ def intersection_rows(z, nk, ne, nf, geom, sqrtw):
     psize = POSE_SIZE + ne
     it_beta = np.empty((ni, 3))
     identity_state(z[:nk], geom.template, geom.identity_blocks, it_beta)
-    t, gr = np.empty(3), np.empty(3)
+    t = np.empty(3)
     expr_idx, expr_blocks, sb = geom.expr_idx, geom.expr_blocks, geom.identity_blocks
     depth = np.zeros((nf, ni))
+    grad = np.empty((nf, ni, 3))            # d depth / d template point, kept for the rows below
     for f in range(nf):
         e0 = nk + f * psize + POSE_SIZE
         for p in range(ni):
             template_point(p, z, e0, it_beta, expr_idx, expr_blocks, t)
             depth[f, p] = intersection_depth(t, geom.sphere_of[p], geom.hull_of[p], geom.sphere_c, geom.sphere_r,
-                                             geom.planes, gr)
+                                             geom.planes, grad[f, p])
     n_in = int((depth > 0.0).sum())
     frame = np.empty(n_in, np.int64)
     rows = np.zeros((n_in, ne + nk))
     res = np.empty(n_in)
     a = 0
     for f in range(nf):
-        e0 = nk + f * psize + POSE_SIZE
         for p in range(ni):
             if depth[f, p] <= 0.0:
                 continue
-            template_point(p, z, e0, it_beta, expr_idx, expr_blocks, t)
-            intersection_depth(t, geom.sphere_of[p], geom.hull_of[p], geom.sphere_c, geom.sphere_r, geom.planes, gr)
+            gr = grad[f, p]
             frame[a] = f
             res[a] = sqrtw * depth[f, p]
             for d in range(expr_idx.shape[1]):
@@ -289,9 +288,7 @@ def levenberg_marquardt_capture(prob, z0, free, max_iter, stop_decrease, max_tri
     while it < max_iter and status == 0:
         h = normal_matrix(prob, z)
         it += 1
-        held = ((z <= lo) & (grad > 0)) | ((z >= hi) & (grad < 0))
-        idx = np.flatnonzero(free & ~held)
-        hr, g = h[np.ix_(idx, idx)], grad[idx]
+        idx, hr, g = _reduced(h, z, grad, free, lo, hi)
         scale = np.maximum(np.diag(hr), 1e-9 * max(np.diag(hr).max(), 1e-300))
         accepted = False
         for _ in range(max_trials):
@@ -331,11 +328,17 @@ def levenberg_marquardt_capture(prob, z0, free, max_iter, stop_decrease, max_tri
 def _full_step_decrease(prob, z, grad, free, lo, hi, h):
     """The decrease the quadratic model promises for the undamped Gauss-Newton step from z (h: the matrix
     of the last iteration, close enough once the steps are small)."""
-    held = ((z <= lo) & (grad > 0)) | ((z >= hi) & (grad < 0))
-    idx = np.flatnonzero(free & ~held)
-    hr, g = h[np.ix_(idx, idx)], grad[idx]
+    idx, hr, g = _reduced(h, z, grad, free, lo, hi)
     dz = _bounded_step(hr, g, 1e-9 * np.maximum(np.diag(hr), 1e-300), z[idx], lo[idx], hi[idx])
     return np.inf if dz is None else float(-(g @ dz + 0.5 * dz @ (hr @ dz)))
+
+
+def _reduced(h, z, grad, free, lo, hi):
+    """(idx, h[idx, idx], grad[idx]) over the free entries not held at a bound (at a bound with the
+    gradient pushing outward): the system a step solves."""
+    held = ((z <= lo) & (grad > 0)) | ((z >= hi) & (grad < 0))
+    idx = np.flatnonzero(free & ~held)
+    return idx, h[np.ix_(idx, idx)], grad[idx]
 
 
 def _bounded_step(h, g, damp, x, lo, hi, passes=6):

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .energy import ROOT_ROTATION
+from .fit import turned_from
 from .paths import new_file, reserve
 from .temporal import is_cut
 
@@ -550,7 +551,7 @@ def _information(t):
 def face_identity(face, tracker_like, focal=None, max_keyframes=5):
     """(identity, focal) of one face from its tracklets' keyframes only (their identities refitted
     by :func:`fit_identities`, one focal length).  The face's keyframes are chosen as the single-face
-    tracker chooses them (:meth:`lmfit3d.fit.Tracker._is_keyframe`: a head rotation at least
+    tracker chooses them (:func:`lmfit3d.fit.turned_from`: a head rotation at least
     ``keyframe_angle_deg`` from every one so far, at most ``max_keyframes``) from its tracklets'
     keyframes, the tracklets with the largest faces first (:func:`_information`), as many as
     :func:`keyframe_budget` allows.  When they are fewer than ``FACE_REFIT_GAIN`` more than the first
@@ -561,12 +562,11 @@ def face_identity(face, tracker_like, focal=None, max_keyframes=5):
     if not tracks:                              # never fitted (too few landmarks): the prior's mean
         return np.zeros_like(tracker_like.identity), tracker_like.focal if focal is None else focal
     base = tracks[0].tracker
-    min_angle = np.radians(tracker_like.cfg.keyframe_angle_deg)
     max_keyframes = keyframe_budget(face, max_keyframes)
     kfs = list(base.keyframes[:max_keyframes])
     for t in tracks[1:]:
         for kf in t.tracker.keyframes:
-            if len(kfs) < max_keyframes and all(np.linalg.norm(kf[0][ROOT_ROTATION] - k[0][ROOT_ROTATION]) >= min_angle for k in kfs):
+            if len(kfs) < max_keyframes and turned_from(kf[0], kfs, tracker_like.cfg.keyframe_angle_deg):
                 kfs.append(kf)
     if len(kfs) < len(base.keyframes) + FACE_REFIT_GAIN:
         return base.identity.copy(), base.focal

@@ -26,6 +26,13 @@ from .sparsity import layout
 from .tracking_points import count_finite_rows
 
 
+
+def turned_from(x, keyframes, angle_deg):
+    """Whether frame vector ``x``'s head rotation (``x[ROOT_ROTATION]``, axis-angle) is at least
+    ``angle_deg`` from that of every keyframe [(x, mu, sigma)]: the keyframe rule (a new view)."""
+    r = x[ROOT_ROTATION]
+    return all(np.degrees(np.linalg.norm(r - kx[ROOT_ROTATION])) >= angle_deg for kx, _, _ in keyframes)
+
 @dataclass(frozen=True)
 class FitConfig:
     """Energy weights, solver tolerances and tracking policy.
@@ -231,13 +238,8 @@ class Tracker:
         return prob.solve(x, self._frame_mask, self.cfg.max_iter_init)
 
     def _is_keyframe(self, x):
-        if len(self.keyframes) >= self.cfg.max_keyframes:
-            return False
-        r = x[ROOT_ROTATION]
-        for kx, _, _ in self.keyframes:
-            if np.degrees(np.linalg.norm(r - kx[ROOT_ROTATION])) < self.cfg.keyframe_angle_deg:
-                return False
-        return True
+        return len(self.keyframes) < self.cfg.max_keyframes and turned_from(x, self.keyframes,
+                                                                           self.cfg.keyframe_angle_deg)
 
     def refit_identity(self):
         """Refit identity (and unknown focal) jointly with every keyframe's pose and expression."""

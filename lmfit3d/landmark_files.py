@@ -21,10 +21,10 @@ def read_pts(path):
     try:
         body = text[text.index("{") + 1:text.index("}")]
         pts = np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()], np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            raise ValueError
     except ValueError:
         raise ValueError(f"{path}: not an iBUG .pts file (want 'x y' lines between '{{' and '}}')") from None
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"{path}: not an iBUG .pts file (want 'x y' lines between '{{' and '}}')")
     return pts - 0.5
 
 
