@@ -9,7 +9,11 @@ smoothed tracks -> per-frame fit) and the fitted weights are compared with the t
 - per shape: MAE and Pearson correlation (ARKit ``browInnerUp`` = mean of ICT's two sides);
 - MAE over all 53 shapes;
 - inner-lip gap and eye aperture (mm, the 3D distance of the MediaPipe points' vertices 13-14 and
-  159-145 / 386-374 on the fitted mesh against the true mesh).
+  159-145 / 386-374 on the fitted mesh against the true mesh);
+- where the range of motion is lost (:func:`range_chain`): the facial distances of
+  ``bench/expression_range.py`` (5-95 percentile ranges, pixels) on the landmarks against the exact
+  ones (the front end's share), on the fit against the landmarks (the fitter's share, the ratio
+  ``expression_range`` reports on real clips) and on the fit against the truth.
 
 ``--oracle PX`` replaces MediaPipe by the exact projections of the correspondence table's vertices
 on the true mesh (plus PX pixels of Gaussian noise, sigma from the table as at runtime): what the
@@ -40,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import results_doc  # noqa: E402
+from expression_range import FEATURES, feature_points, range_ratios  # noqa: E402
 
 from lmfit3d.camera import Camera  # noqa: E402
 from lmfit3d.model import Params, load_model  # noqa: E402
@@ -161,7 +166,8 @@ def run_sequence(model, k, nf, smooth=True, oracle_px=None, backend="mediapipe")
     face_px = [260.0, 120.0, 400.0, 180.0, 500.0, 220.0][k % 6]
     frames, truth, cam = render_sequence(model, rng, nf, yaw, face_px)
     out = Path(tempfile.mkdtemp(prefix="lmfit3d_dyn_"))
-    opt = TrackOptions(progress=False, smooth=smooth, backend=backend)
+    # the oracle follows one face (``track``); it has no detector for the every-face search
+    opt = TrackOptions(progress=False, smooth=smooth, backend=backend, max_faces=None if oracle_px is None else 1)
     predictor = (None if oracle_px is None
                  else OracleLandmarks(model, truth, cam, oracle_px, np.random.default_rng([SEED, k, 1])))
     track_video(FrameList(frames, fps=FPS, name=f"seq{k}"), out, opt, model=model, predictor=predictor)
@@ -174,7 +180,23 @@ def run_sequence(model, k, nf, smooth=True, oracle_px=None, backend="mediapipe")
     man = load_manifest("mediapipe")
     vids = dict(zip(man.points.tolist(), man.vertex_ids.tolist()))
     return dict(yaw=yaw, face_px=face_px, ok=ok, psi=d["expression"], true=true_psi,
-                gap=gaps_mm(model, fitted, vids), true_gap=gaps_mm(model, truth, vids))
+                gap=gaps_mm(model, fitted, vids), true_gap=gaps_mm(model, truth, vids),
+                ranges=range_chain(model, d, truth, cam))
+
+
+def range_chain(model, d, truth, cam):
+    """Where each facial distance's range of motion is lost (``expression_range`` features, 5-95
+    percentile ranges in pixels): {"landmarks / truth", "fit / landmarks", "fit / truth"} -> {feature:
+    ratio}.  The truth is the backend's own table vertices projected from the true mesh (what an exact
+    landmark network would give), the landmarks the network's, the fit ``landmarks_fitted``."""
+    vids = d["vertex_ids"]
+    true_uv = np.stack([cam.project(evaluate_points(model, p, vids)[0]) for p in truth])
+    ok = d["success"].astype(bool)
+    fit = np.where(ok[:, None, None], d["landmarks_fitted"], np.nan)
+    cols, features = feature_points(vids)
+    return {"landmarks / truth": range_ratios(true_uv, d["mu"], cols, features),
+            "fit / landmarks": range_ratios(d["mu"], fit, cols, features),
+            "fit / truth": range_ratios(true_uv, fit, cols, features)}
 
 
 def summarise(runs, names):
@@ -198,6 +220,16 @@ def summarise(runs, names):
     return dict(shapes=rows, mae_all=float(np.mean(np.abs(psi - true))), success=float(ok.mean()),
                 lip_gap_median_mm=float(np.median(err[:, 0])), eye_gap_median_mm=float(np.median(err[:, 1:])),
                 lip_range=float(rng_ratio[0]), eye_range=float(np.mean(rng_ratio[1:])))
+
+
+def range_table(runs):
+    """Markdown table: per feature, the median over sequences of each ratio of :func:`range_chain`."""
+    names = [n for n, _ in FEATURES]
+    lines = ["| range ratio (median of sequences) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for step in runs[0]["ranges"]:
+        cells = [f"{np.nanmedian([r['ranges'][step][n] for r in runs]):.2f}" for n in names]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(s):
@@ -239,7 +271,7 @@ def main(argv=None):
     backend = "" if args.backend == "mediapipe" else f", --backend {args.backend}"
     text = (f"{args.sequences} sequences x {args.frames} frames (yaw 0..+-40 deg, faces 120-500 px){backend}"
             f"{', --no-smooth' if args.no_smooth else ''}{oracle}\n\n"
-            + table(summarise(runs, list(model.expression_names))))
+            + table(summarise(runs, list(model.expression_names))) + "\n\n" + range_table(runs))
     print(text)
     section = ("dynamics_eval" + (".no_smooth" if args.no_smooth else "") + (".oracle" if args.oracle is not None else "")
                + {"mediapipe": "", "mediapipe-attention": ".attention", "network": ".network"}[args.backend])

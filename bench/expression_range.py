@@ -141,6 +141,16 @@ def closing_depths(mu, fitted, point_index=None, features=FEATURES):
     return out
 
 
+def feature_points(vertex_ids):
+    """(point_index, features) of a landmark set given by its vertex ids: MediaPipe's 470 points
+    (None, :data:`FEATURES`), or another set's iBUG 68 points (their columns, :data:`FEATURES_IBUG`)."""
+    if len(vertex_ids) == 470:
+        return None, FEATURES
+    from lmfit3d.landmarks import load_landmark_set
+    col = {int(v): i for i, v in enumerate(vertex_ids)}
+    return [col[int(v)] for v in load_landmark_set("ibug68")], FEATURES_IBUG
+
+
 def smoothed_target(mu, sigma, cut_threshold=0.35):
     """The landmark tracks ``lmfit3d track`` fits by default: each shot smoothed without lag
     (``temporal.smooth_shots`` with the shot's frame noise), (F, L, 2) pixels."""
@@ -158,15 +168,9 @@ def npz_ratios(path, target=False):
     d = np.load(path)
     mu, fit = d["mu"], d["landmarks_fitted"]
     ref = smoothed_target(mu, d["sigma"]) if target else mu
-    if mu.shape[1] == 470:
-        r = range_ratios(ref, fit)
-        r.update(closing_depths(ref, fit))
-    else:                           # another landmark set: its iBUG 68 points
-        from lmfit3d.landmarks import load_landmark_set
-        col = {int(v): i for i, v in enumerate(d["vertex_ids"])}
-        cols = [col[int(v)] for v in load_landmark_set("ibug68")]
-        r = range_ratios(ref, fit, cols, FEATURES_IBUG)
-        r.update(closing_depths(ref, fit, cols, FEATURES_IBUG))
+    cols, features = feature_points(d["vertex_ids"])
+    r = range_ratios(ref, fit, cols, features)
+    r.update(closing_depths(ref, fit, cols, features))
     ok = d["success"]
     raw_j = jitter(np.where(ok[:, None, None], mu, np.nan), mu)
     fit_j = jitter(np.where(ok[:, None, None], fit, np.nan), mu)
