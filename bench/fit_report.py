@@ -50,6 +50,15 @@ def run_benchmarks(json_path, extra, test_file=HERE / "test_bench_fit.py"):
         raise SystemExit(f"benchmark run failed (exit {proc.returncode})")
 
 
+def benchmark_data(json_path, extra, test_file=HERE / "test_bench_fit.py"):
+    """Run ``test_file``'s benchmarks (:func:`run_benchmarks`) and return pytest-benchmark's JSON
+    as a dict; the JSON is kept at ``json_path`` if given, else written to a temporary file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(json_path) if json_path else Path(tmp) / "bench.json"
+        run_benchmarks(path, extra, test_file)
+        return json.loads(path.read_text())
+
+
 def collect(data):
     """{set: {kind: benchmark dict}} from pytest-benchmark JSON."""
     out = {}
@@ -139,10 +148,7 @@ def main(argv=None):
     if a.src:
         data = json.loads(Path(a.src).read_text())
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(a.json) if a.json else Path(tmp) / "bench_fit.json"
-            run_benchmarks(path, a.pytest_args)
-            data = json.loads(path.read_text())
+        data = benchmark_data(a.json, a.pytest_args)
     text = report(data)
     print(text)
     results_doc.maybe_write(a, {"fit_report": text})

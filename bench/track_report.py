@@ -9,14 +9,13 @@ Usage::
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import results_doc  # noqa: E402
-from fit_report import run_benchmarks  # noqa: E402
+from fit_report import benchmark_data  # noqa: E402
 
 ORDER = ("decode", "detect", "landmarks_mesh", "landmarks", "landmarks_track", "landmarks_track_attention", "fit", "fit_classic", "write", "end_to_end",
          "end_to_end_no_iris", "end_to_end_decode")
@@ -80,10 +79,7 @@ def main(argv=None):
     if args.src:
         data = json.loads(Path(args.src).read_text())
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(args.json) if args.json else Path(tmp) / "bench.json"
-            run_benchmarks(path, extra, HERE / "test_bench_track.py")
-            data = json.loads(path.read_text())
+        data = benchmark_data(args.json, extra, HERE / "test_bench_track.py")
     text = table(data)
     print(text)
     results_doc.maybe_write(args, {"track_report": text})

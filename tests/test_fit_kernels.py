@@ -83,14 +83,18 @@ def test_bounded_step_matches_reference(rng, n):
                             np.full(2, np.inf), step, trial_workspace(2))
 
 
-def test_skin_point_equals_skin_vertex(model, rng):
+def _posed(model, rng):
+    """(pose state, template (V, 3), joint ancestry, skin_vertex's outputs and workspaces) of random
+    parameters: what the skinning-kernel tests share."""
     p = random_params(model, rng)
-    st = pose(model, p)
-    t_all = model.template(p.identity, p.expression)
     nj = model.n_joints
-    anc = ancestry(model.joint_parents)
-    x, xp = np.empty(3), np.empty(3)
-    rm, dpose, wsub, work = np.empty((3, 3)), np.empty((3, POSE_DIM)), np.empty(nj), np.empty((nj + 5, 3))
+    work = (np.empty(3), np.empty((3, 3)), np.empty((3, POSE_DIM)), np.empty(nj), np.empty((nj + 5, 3)))
+    return pose(model, p), model.template(p.identity, p.expression), ancestry(model.joint_parents), work
+
+
+def test_skin_point_equals_skin_vertex(model, rng):
+    st, t_all, anc, (x, rm, dpose, wsub, work) = _posed(model, rng)
+    xp = np.empty(3)
     for v in IDS:
         t = np.ascontiguousarray(t_all[v], dtype=np.float64)
         w = model.skin_weights[v].astype(np.float64)
@@ -101,17 +105,13 @@ def test_skin_point_equals_skin_vertex(model, rng):
 
 def test_skin_vertex_single_matches_skin_vertex(model, rng):
     """The one-joint skinning kernel: positions bit for bit, rm and the pose Jacobian to rounding."""
-    p = random_params(model, rng)
-    st = pose(model, p)
-    t_all = model.template(p.identity, p.expression)
+    st, t_all, anc, (x, rm, dpose, wsub, work) = _posed(model, rng)
     nj = model.n_joints
-    anc = ancestry(model.joint_parents)
     w_all = model.skin_weights.astype(np.float64)
     single = single_joint_of(w_all)
     rmk, r0bm, rgm = np.empty((nj, 3, 3)), np.empty((nj, 3, 3)), np.empty((nj, 3))
     single_joint_frame(st.r0, st.rg, st.gpos, st.bm, rmk, r0bm, rgm)
-    x, xs = np.empty(3), np.empty(3)
-    rm, dpose, wsub, work = np.empty((3, 3)), np.empty((3, POSE_DIM)), np.empty(nj), np.empty((nj + 5, 3))
+    xs = np.empty(3)
     rms, dps = np.empty((3, 3)), np.full((3, POSE_DIM), np.nan)
     seen = set()
     for k in range(nj):
