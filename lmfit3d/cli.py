@@ -12,14 +12,16 @@ Importing this module stays light (standard library only): NumPy, Numba and the 
 the command functions, so ``lmfit3d --help`` answers at once.
 """
 import argparse
-import inspect
 import json
 import math
-import sys
 import time
+import sys
 from pathlib import Path
 
-PROG = "lmfit3d"
+from .cli_capture import add_capture, add_live
+from .cli_common import (PROG, CommandLineError, Parser, add_loss_options, add_model_option, loss_config,
+                         model_from, say, subcommand)
+
 DEMO_CLIP = "W040_level_3_happy_029.mp4"
 
 DESCRIPTION = """\
@@ -43,17 +45,6 @@ Environment: LMFIT3D_HOME (cache, default ~/.cache/lmfit3d), ICT_FACEKIT (ICT-Fa
 Conventions (axes, joints, parameter layout) and the full workflow: README.md of the repository."""
 
 
-class CommandLineError(ValueError):
-    """Bad command-line arguments (reported like any other user error)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors raise instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise CommandLineError(f"{message} (see `{self.prog} --help`)")
-
-
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Top-level help: keeps the hand-wrapped description and command list."""
 
@@ -61,32 +52,15 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=32)
 
 
-class _SubFormatter(argparse.HelpFormatter):
-    """Command help: wraps descriptions to the terminal width."""
-
-    def __init__(self, prog):
-        super().__init__(prog, max_help_position=32)
-
-
 # --------------------------------------------------------------------------------------------
-# Helpers shared by commands
+# Helpers shared by commands (the ones capture and live use too: cli_common)
 # --------------------------------------------------------------------------------------------
-
-def _say(msg):
-    """Progress message on stderr (stdout is kept for results)."""
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
-
 
 def _human_size(n_bytes):
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n_bytes < 1024 or unit == "GiB":
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024.0
-
-
-def _load_model(path):
-    from .model import load_model
-    return load_model(path)
 
 
 def _model_summary(model):
@@ -156,28 +130,15 @@ def _parse_expression(items, names):
     return psi
 
 
-def _subcommand(sub, name, adder=None, **kw):
-    """A sub-command's parser on ``sub``, formatted by :class:`_SubFormatter`: ``help`` (and ``epilog``) as
-    ``add_parser`` takes them, the description the docstring of the function ``adder`` that adds its
-    arguments (or ``description``)."""
-    if adder is not None:
-        kw["description"] = inspect.cleandoc(adder.__doc__ or "")
-    return sub.add_parser(name, formatter_class=_SubFormatter, **kw)
-
-
-def _add_model_option(p):
-    p.add_argument("--model", metavar="PATH", help="model file (default: the cached model)")
-
-
 # --------------------------------------------------------------------------------------------
 # model build / info / export
 # --------------------------------------------------------------------------------------------
 
 def _add_model(sub):
     """Build, inspect and export the ICT-FaceKit face model (millimetres)."""
-    p = _subcommand(sub, "model", _add_model, help="build, inspect and export the face model")
+    p = subcommand(sub, "model", _add_model, help="build, inspect and export the face model")
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True,
-                            parser_class=_Parser)
+                            parser_class=Parser)
 
     _add_model_build(msub)
     _add_model_info(msub)
@@ -187,8 +148,8 @@ def _add_model(sub):
 def _add_model_build(msub):
     """Read ICT-FaceKit's FaceXModel OBJ files (cm), build the rigged model in mm and save it atomically as a
     versioned .npz.  Prints the path, the file size and a summary; progress goes to stderr."""
-    b = _subcommand(msub, "build", _add_model_build,
-                    help="build the model from ICT-FaceKit and save it (atomically)")
+    b = subcommand(msub, "build", _add_model_build,
+                   help="build the model from ICT-FaceKit and save it (atomically)")
     b.add_argument("--ict", metavar="DIR",
                    help="ICT-FaceKit root or its FaceXModel folder "
                         "(default: $ICT_FACEKIT or ../shared/ict-facekit)")
@@ -201,17 +162,17 @@ def _add_model_build(msub):
 
 def _add_model_info(msub):
     """Summary of the built model: sizes, expression names, joints, landmark sets."""
-    i = _subcommand(msub, "info", _add_model_info, help="summary of the built model")
+    i = subcommand(msub, "info", _add_model_info, help="summary of the built model")
     i.add_argument("--json", action="store_true",
                    help="print the full summary as JSON (FaceModel.info())")
-    _add_model_option(i)
+    add_model_option(i)
     i.set_defaults(func=_cmd_model_info)
 
 
 def _add_model_export(msub):
     """Evaluate the model with the given identity coefficients and expression weights (neutral pose) and
     write the mesh with its triangles, in mm."""
-    e = _subcommand(
+    e = subcommand(
         msub, "export", _add_model_export,
         help="write the model mesh (OBJ or PLY) for given identity/expression values",
         epilog="example: lmfit3d model export smile.ply --expression mouthSmile_L=1 mouthSmile_R=1 "
@@ -222,7 +183,7 @@ def _add_model_export(msub):
                         "with an \"identity\" list; missing trailing values are 0")
     e.add_argument("--expression", metavar="NAME=W", nargs="+", action="extend", default=[],
                    help="expression weight(s), e.g. jawOpen=0.7 eyeBlink_L=1 (others 0)")
-    _add_model_option(e)
+    add_model_option(e)
     e.set_defaults(func=_cmd_model_export)
 
 
@@ -234,15 +195,15 @@ def _cmd_model_build(args):
     if out.exists() and out.is_dir():
         raise ValueError(f"--out {out} is a directory; give a file path")
     t0 = time.perf_counter()
-    _say("reading ICT-FaceKit (neutral mesh)")
-    model = build_model(args.ict, progress=_say)
-    _say(f"saving {out}")
+    say("reading ICT-FaceKit (neutral mesh)")
+    model = build_model(args.ict, progress=say)
+    say(f"saving {out}")
     path = save_model(model, out)
-    _say(f"saved in {time.perf_counter() - t0:.1f} s")
+    say(f"saved in {time.perf_counter() - t0:.1f} s")
     if not args.no_warm_up:
         from .warmup import warm_up
-        _say("compiling the fitter's kernels on a synthetic clip (once: later runs load them from Numba's cache)")
-        _say(f"kernels ready in {warm_up(model):.1f} s")
+        say("compiling the fitter's kernels on a synthetic clip (once: later runs load them from Numba's cache)")
+        say(f"kernels ready in {warm_up(model):.1f} s")
     print(f"{path} ({_human_size(path.stat().st_size)})")
     print(_model_summary(model))
     return 0
@@ -250,7 +211,7 @@ def _cmd_model_build(args):
 
 def _cmd_model_info(args):
     """``lmfit3d model info``: a readable summary, or ``FaceModel.info()`` as JSON with ``--json``."""
-    model = _load_model(args.model)
+    model = model_from(args.model)
     info = model.info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -291,7 +252,7 @@ def _cmd_model_export(args):
     from .model import Params
     from .skinning import evaluate_mesh
 
-    model = _load_model(args.model)
+    model = model_from(args.model)
     params = Params.zeros(model)
     params = params.replace(expression=_parse_expression(args.expression, list(model.expression_names)))
     if args.identity_coeffs is not None:
@@ -311,15 +272,15 @@ def _add_fit_landmarks(sub):
     Levenberg-Marquardt.  IN.npz: mu (F, L, 2), sigma (F, L) optional, landmark_set or vertex_ids,
     image_size (w, h), focal_px optional.  OUT.npz: vertices (F, V, 3) mm, identity, expression, rotations,
     translation, focal_px, per-frame cost/iterations/status (see the README)."""
-    p = _subcommand(sub, "fit-landmarks", _add_fit_landmarks,
-                    help="fit the model to 2D landmarks from an .npz (any landmark source)")
+    p = subcommand(sub, "fit-landmarks", _add_fit_landmarks,
+                   help="fit the model to 2D landmarks from an .npz (any landmark source)")
     p.add_argument("input", metavar="IN.npz")
     p.add_argument("-o", "--output", metavar="OUT.npz", required=True)
     p.add_argument("--mesh-dir", metavar="DIR", help="also write one OBJ mesh per frame here")
     p.add_argument("--temporal-weight", type=float, default=None,
                    help="weight of the temporal term (default: FitConfig's)")
-    _add_model_option(p)
-    _add_loss_options(p)
+    add_model_option(p)
+    add_loss_options(p)
     p.set_defaults(func=_cmd_fit_landmarks)
 
 
@@ -334,8 +295,8 @@ def _cmd_fit_landmarks(args):
     if args.mesh_dir and not Path(args.mesh_dir).is_dir():
         Path(args.mesh_dir).mkdir(parents=True)
     cfg = FitConfig() if args.temporal_weight is None else FitConfig(w_temporal=args.temporal_weight)
-    cfg = _loss_config(args, cfg)
-    model = _load_model(args.model)
+    cfg = loss_config(args, cfg)
+    model = model_from(args.model)
     t0 = time.perf_counter()
     res = fit_landmarks_file(args.input, out, model=model, config=cfg)
     nf = res.status.size
@@ -351,24 +312,10 @@ def _cmd_fit_landmarks(args):
     if ok < nf:
         bad = np.flatnonzero(res.status < 0)
         listed = ", ".join(str(int(f)) for f in bad[:10]) + (", ..." if bad.size > 10 else "")
-        _say(f"error: {args.input}: {nf - ok} of {nf} frames could not be fitted (too few landmarks or the "
-             f"fit failed: frame {listed}); their outputs are NaN with status < 0")
+        say(f"error: {args.input}: {nf - ok} of {nf} frames could not be fitted (too few landmarks or the "
+            f"fit failed: frame {listed}); their outputs are NaN with status < 0")
         return 1
     return 0
-
-
-def _add_loss_options(p):
-    p.add_argument("--landmark-loss", choices=("squared", "cauchy"), default="squared",
-                   help="loss on each landmark's residual: the paper's squared (Gaussian) loss, or a robust "
-                        "Cauchy loss that lets landmarks far off (occlusions, tracking failures) count less")
-    p.add_argument("--loss-scale", type=float, default=3.0, metavar="C",
-                   help="scale of the Cauchy loss in sigmas: residuals beyond C sigma are down-weighted")
-
-
-def _loss_config(args, cfg):
-    """``cfg`` (a FitConfig) with the command line's landmark loss."""
-    from dataclasses import replace
-    return replace(cfg, landmark_loss=args.landmark_loss, loss_scale=args.loss_scale)
 
 
 def _add_media_options(p, default_output=None, backend="mediapipe"):
@@ -394,9 +341,9 @@ def _add_media_options(p, default_output=None, backend="mediapipe"):
     p.add_argument("--overlay-style", choices=("shaded", "wireframe", "landmarks"), default="shaded",
                    help="overlay drawing: shaded head, wireframe of the visible mesh (the face stays "
                         "visible) or landmarks (fitted red over detected green)")
-    _add_loss_options(p)
+    add_loss_options(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (one input each)")
-    _add_model_option(p)
+    add_model_option(p)
     _add_batch_options(p)
 
 
@@ -422,7 +369,7 @@ def _add_track(sub):
     held.  Writes NAME.csv (per-frame pose, gaze, 53 expression weights, 68 fitted points), NAME_arkit.csv
     (Live Link Face layout), NAME.npz (all parameters, mu and sigma); optionally meshes and
     NAME_overlay.mp4.  Inputs may be files or folders."""
-    p = _subcommand(sub, "track", _add_track, help="track faces in video files")
+    p = subcommand(sub, "track", _add_track, help="track faces in video files")
     p.add_argument("inputs", nargs="*", metavar="VIDEO",
                    help="video files, folders of videos or glob patterns ('clips/**/*.mp4') (default: the "
                         "shared demo clip ../shared/media/W040_level_3_happy_029.mp4)")
@@ -456,7 +403,7 @@ def _add_fit(sub):
     """Fit the model to every face of each image (largest first): writes NAME.obj/.ply (mm, camera coordinates)
     and NAME.json (parameters) for the largest face, NAME_face1.*, NAME_face2.* ... for the others, and
     NAME_overlay.png with all of them."""
-    p = _subcommand(sub, "fit", _add_fit, help="fit still images")
+    p = subcommand(sub, "fit", _add_fit, help="fit still images")
     p.add_argument("inputs", nargs="*", metavar="IMAGE",
                    help="image files, folders of images or glob patterns ('photos/*.jpg')")
     _add_media_options(p, backend="mediapipe-attention")     # = stills.PHOTO_BACKEND (why: there)
@@ -564,12 +511,12 @@ def _batch_run(args, kind, paths, opt, model_path, done):
                     force=args.force, model_path=model_path, on_done=done,
                     progress=not args.quiet and sys.stderr.isatty())
     if rep.skipped_done:
-        _say(f"{rep.skipped_done} of {len(paths)} inputs done earlier with these options, skipped "
-             "(--force redoes them)")
+        say(f"{rep.skipped_done} of {len(paths)} inputs done earlier with these options, skipped "
+            "(--force redoes them)")
     if rep.skipped_failed:
-        _say(f"{rep.skipped_failed} of {len(paths)} inputs failed earlier, skipped (--retry-failed runs them again)")
+        say(f"{rep.skipped_failed} of {len(paths)} inputs failed earlier, skipped (--retry-failed runs them again)")
     if rep.failed_total:
-        _say(f"{rep.failed_total} of {len(paths)} inputs failed; summary: {rep.summary}")
+        say(f"{rep.failed_total} of {len(paths)} inputs failed; summary: {rep.summary}")
         return 2 if len(paths) == 1 and rep.failed else 1
     return 0
 
@@ -582,157 +529,8 @@ def _cmd_fit(args):
     return _media_run(args, "image")
 
 
-def _add_capture(sub):
-    """Fit one identity, per-frame expression and pose, and per-camera extrinsics and focal length (when
-    unknown) to multi-view landmarks by L-BFGS over all frames and cameras.  Input: either IN.npz (mu (C, F,
-    L, 2), sigma (C, F, L) optional, landmark_set or vertex_ids, image_size (2,) or (C, 2), focal_px
-    optional; -o OUT.npz) or --videos V1 V2 ... (one synchronised video per camera; -o OUTDIR gets
-    capture.npz, capture_calibration.json, capture.csv, capture_arkit.csv).  OUT.npz: the fit-landmarks keys
-    (vertices in world mm) plus camera_rotation, camera_translation, focal_px (C,), reproj_median_px /
-    reproj_mean_px per camera."""
-    p = _subcommand(sub, "capture", _add_capture, help="fit all frames of several cameras at once (offline, L-BFGS)")
-    p.add_argument("input", metavar="IN.npz", nargs="?")
-    p.add_argument("--videos", nargs="+", metavar="VIDEO", help="one video per camera instead of IN.npz")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="OUT.npz (IN.npz) or OUTDIR (--videos)")
-    p.add_argument("--calibration", metavar="JSON",
-                   help="per-camera K or focal, R, t (mm, world to camera), image_size; "
-                        "missing values are estimated (see lmfit3d.capture.read_calibration)")
-    p.add_argument("--calibration-out", metavar="JSON", help="write the refined calibration here (IN.npz)")
-    p.add_argument("--max-iter", type=int, default=None,
-                   help="solver iterations (default 200; Levenberg-Marquardt or L-BFGS: CaptureSolver.method)")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="videos: use the first N frames")
-    p.add_argument("--frame-offsets", metavar="auto|N,N,...", default=None,
-                   help="unsynchronised cameras: 'auto' estimates each camera's frame offset from the landmarks' "
-                        "motion, or give one integer per camera (camera j's frame t + N_j is camera 0's frame t)")
-    _add_model_option(p)
-    p.add_argument("--gltf", action="store_true",
-                   help="also write the performance as glTF 2.0 (OUT.glb beside OUT.npz, or capture.glb; "
-                        "world frame, metres, the cameras; IN.npz is taken at --fps)")
-    p.add_argument("--fps", type=float, default=30.0, help="frame rate of IN.npz for --gltf (default 30)")
-    p.add_argument("--report", action="store_true",
-                   help="--videos: also write capture_report.html (the reference camera's view)")
-    _add_loss_options(p)
-    p.set_defaults(func=_cmd_capture)
-
-
-def _cmd_capture(args):
-    import warnings
-    from dataclasses import replace
-
-    from .capture import CaptureConfig, CaptureSolver
-    from .capture_files import fit_capture_file, fit_capture_videos
-    from .track import TrackOptions
-    if (args.input is None) == (args.videos is None):
-        raise CommandLineError("give either IN.npz or --videos V1 V2 ...")
-    if args.input is not None:
-        for path in (args.output, args.calibration_out):
-            if path and not (Path(path).parent if str(Path(path).parent) else Path(".")).is_dir():
-                raise ValueError(f"{path}: output directory does not exist")
-    if args.report and args.videos is None:
-        raise CommandLineError("--report needs --videos (the report shows the video frames)")
-    if args.gltf:
-        from .exports import require_gltf
-        require_gltf()
-    if not (math.isfinite(args.fps) and args.fps > 0):
-        raise CommandLineError(f"--fps must be a positive number, got {args.fps}")
-    cfg = CaptureConfig() if args.max_iter is None else CaptureConfig(solver=CaptureSolver(max_iter=args.max_iter))
-    cfg = replace(cfg, fit=_loss_config(args, cfg.fit))
-    offsets = args.frame_offsets
-    if offsets is not None and offsets != "auto":
-        try:
-            offsets = [int(v) for v in offsets.split(",")]
-        except ValueError:
-            raise CommandLineError(f"--frame-offsets must be 'auto' or integers separated by commas, "
-                                   f"got {args.frame_offsets!r}") from None
-    model = _load_model(args.model)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if args.input is not None:
-            res = fit_capture_file(args.input, args.output, args.calibration, args.calibration_out,
-                                   model=model, config=cfg, progress=_say, frame_offsets=offsets)
-            if args.gltf:
-                from .exports import write_capture_gltf
-                write_capture_gltf(Path(args.output).with_suffix(".glb"), model, res, args.fps)
-        else:
-            opt = TrackOptions(max_frames=args.max_frames, progress=sys.stderr.isatty(), gltf=args.gltf,
-                               report=args.report)
-            res = fit_capture_videos(args.videos, args.output, args.calibration, model=model, config=cfg,
-                                     options=opt, progress=_say, frame_offsets=offsets)
-    for w in caught:
-        _say(f"warning: {w.message}")
-    for j in range(res.focal.size):
-        state = (f"median {res.reproj_median_px[j]:.2f} px, mean {res.reproj_mean_px[j]:.2f} px, "
-                 f"focal {res.focal[j]:.1f} px") if res.camera_ok[j] else "no face, left out"
-        print(f"camera {j}: {state}")
-    print(f"{args.output}: {res.expression.shape[0]} frames x {int(res.camera_ok.sum())} cameras fitted "
-          f"in {res.seconds_init + res.seconds_solve:.2f} s ({res.iterations} L-BFGS iterations, "
-          f"{res.message})")
-    return 0
-
-
-def _add_live(sub):
-    """Track a camera, a stream or a video file (played at its own frame rate) causally, one frame at a time,
-    and send every frame's 52 ARKit blendshapes and head/eye pose to Live Link Face (Unreal, UDP) and/or VMC
-    (OSC) receivers; --record writes track's CSV, ARKit CSV and NPZ, complete when capture ends (end of
-    input, Ctrl-C, SIGTERM).  Frames are dropped, never queued, when tracking falls behind."""
-    p = _subcommand(sub, "live", _add_live,
-                    help="live capture: camera or stream in, ARKit blendshapes and head pose out in real time")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--camera", type=int, metavar="N", help="camera N (v4l2 / avfoundation / dshow)")
-    src.add_argument("--source", metavar="FILE|URL", help="a video file (played in real time) or a stream URL")
-    p.add_argument("--livelink", metavar="HOST[:PORT]", help="send Live Link Face packets (default port 11111)")
-    p.add_argument("--subject", default="lmfit3d", metavar="NAME", help="Live Link subject name (default lmfit3d)")
-    p.add_argument("--vmc", metavar="HOST[:PORT]", help="send VMC bundles over OSC (default port 39539; needs "
-                                                         "python-osc)")
-    p.add_argument("--record", metavar="OUTDIR", help="also write NAME.csv, NAME_arkit.csv, NAME.npz here")
-    p.add_argument("--as-fast-as-possible", action="store_true",
-                   help="files: no real-time pacing, every frame tracked (tests, demos)")
-    p.add_argument("--identity", metavar="FILE.npz", help="hold the identity (and focal) of a `track` NPZ")
-    p.add_argument("--identity-seconds", type=float, default=10.0, metavar="S",
-                   help="refine identity and focal on keyframes for at most S seconds, then hold (default 10)")
-    p.add_argument("--calibrate-neutral", type=float, default=0.0, metavar="S",
-                   help="take the mean of the first S seconds as the resting face and subtract it")
-    p.add_argument("--backend", choices=("mediapipe", "mediapipe-attention", "network"), default="mediapipe",
-                   help="landmark network")
-    p.add_argument("--no-iris", action="store_true", help="skip the iris network (no gaze)")
-    p.add_argument("--focal", type=float, default=None, metavar="PX", help="focal length in pixels if known")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N tracked frames")
-    _add_model_option(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
-    p.set_defaults(func=_cmd_live)
-
-
-def _cmd_live(args):
-    from .live import LiveOptions, run_live
-    from .track import TrackOptions
-    track = TrackOptions(backend=args.backend, iris=not args.no_iris, focal_px=args.focal, max_frames=args.max_frames,
-                         progress=False)
-    opt = LiveOptions(camera=args.camera, source=args.source, pace=not args.as_fast_as_possible, track=track,
-                      identity_file=args.identity, identity_seconds=args.identity_seconds,
-                      calibrate_neutral=args.calibrate_neutral, livelink=args.livelink, subject=args.subject,
-                      vmc=args.vmc, record=args.record)
-    tty = sys.stderr.isatty()
-    last = [0.0]
-
-    def status(msg):        # one line rewritten in place on a terminal, a line every 5 s otherwise
-        if tty:
-            print(f"\r{msg}\033[K", end="", file=sys.stderr, flush=True)
-        elif time.time() - last[0] >= 5:
-            last[0] = time.time()
-            _say(msg)
-
-    res = run_live(opt, _load_model(args.model) if args.model else None, status=None if args.quiet else status)
-    if tty and not args.quiet:
-        print(file=sys.stderr)
-    lat = res.percentile(50), res.percentile(99)
-    print(f"{res.name}: {res.frames} frames tracked ({res.success} with a face), {res.drops} dropped, latency "
-          f"median {lat[0]:.1f} ms, p99 {lat[1]:.1f} ms ({res.ended})"
-          + (f" -> {args.record}" if args.record else ""))
-    return 0
-
-
 # Each entry registers one top-level command on the subparsers object.
-_COMMANDS = [_add_model, _add_track, _add_fit, _add_capture, _add_fit_landmarks, _add_live]
+_COMMANDS = [_add_model, _add_track, _add_fit, add_capture, _add_fit_landmarks, add_live]
 
 
 def build_parser():
@@ -745,9 +543,9 @@ def build_parser():
     """
     from . import __version__
 
-    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
+    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     for add in _COMMANDS:
         add(sub)
     return parser
