@@ -24,7 +24,8 @@ Run::
 A second table gives each eye's deepest closing (:func:`closing_depths`: median - minimum of the
 aperture, fitted / landmarks), which a blink of a few frames sets and the percentile range misses.
 ``--target`` adds the ratios against the smoothed tracks the fit is given (what the smoother keeps
-vs what the fitter keeps).
+vs what the fitter keeps); ``--lip-pairs`` the width between left-right lip pairs from the corners
+inwards (where along the mouth the fitted width falls short).
 ``--write-doc`` writes the table into its section of docs/results.md (``bench/results_doc.py``):
 ``expression_range`` (and ``.closing``) for the default options, ``expression_range.no_smooth`` for ``--track-args
 --no-smooth``, ``expression_range.network`` for ``--track-args "--backend network"``; other options
@@ -72,6 +73,19 @@ FEATURES_IBUG = (
 
 
 CLOSING_SIDES = ("R", "L")        # eyes whose deepest closing is also reported (closing_depths)
+
+# left-right pairs of MediaPipe lip points, from the mouth corners inwards (--lip-pairs): whether the
+# fitted mouth widens evenly or, as ICT's shapes do against MediaPipe's points, more in the middle
+LIP_PAIRS = (
+    ("corners 61-291", (61, 291)),
+    ("inner corners 78-308", (78, 308)),
+    ("upper outer 185-409", (185, 409)),
+    ("upper outer 40-270", (40, 270)),
+    ("upper outer 39-269", (39, 269)),
+    ("lower outer 146-375", (146, 375)),
+    ("lower outer 91-321", (91, 321)),
+    ("lower outer 181-405", (181, 405)),
+)
 
 
 def feature_series(points, pairs):
@@ -139,6 +153,30 @@ def closing_depths(mu, fitted, point_index=None, features=FEATURES):
                  (feature_series(p, pairs["eye aperture " + side]) for p in (fitted, mu))]
         out["eye closing " + side] = (depth[0] / depth[1], depth[1])
     return out
+
+
+def lip_pair_ratios(path):
+    """Range ratio (fitted / landmarks) of the width between each of :data:`LIP_PAIRS` in one
+    MediaPipe-backend NPZ; dict name -> (ratio, the landmarks' 5-95 range in pixels)."""
+    d = np.load(path)
+    if len(d["vertex_ids"]) != 470:
+        raise ValueError(f"{path}: --lip-pairs needs the MediaPipe face mesh's points (--backend mediapipe)")
+    mu, fit = _fitted_frames(d["mu"], d["landmarks_fitted"], None)
+    out = {}
+    for name, pair in LIP_PAIRS:
+        r = [spread(feature_series(p, (pair,))) for p in (fit, mu)]
+        out[name] = (r[0] / r[1], r[1])
+    return out
+
+
+def lip_pairs_table(paths):
+    """Markdown table of :func:`lip_pair_ratios` for each NPZ."""
+    lines = ["| clip | " + " | ".join(n for n, _ in LIP_PAIRS) + " |", "|" + "---|" * (len(LIP_PAIRS) + 1)]
+    for p in paths:
+        r = lip_pair_ratios(p)
+        lines.append(f"| {Path(p).stem} | " + " | ".join("{:.2f} ({:.0f} px)".format(*r[n]) for n, _ in LIP_PAIRS)
+                     + " |")
+    return "\n".join(lines)
 
 
 def feature_points(vertex_ids):
@@ -227,6 +265,9 @@ def main(argv=None):
     ap.add_argument("--section", help="section of docs/results.md for --write-doc (default: from --track-args)")
     ap.add_argument("--target", action="store_true",
                     help="also the ratios against the smoothed tracks the fit is given (section NAME.target)")
+    ap.add_argument("--lip-pairs", action="store_true",
+                    help="also the range ratio of the width between left-right lip pairs, corners inwards "
+                         "(section NAME.lip_pairs)")
     results_doc.add_arguments(ap)
     args = ap.parse_args(argv)
     section = args.section or (SECTIONS.get(tuple(args.track_args.split())) if args.track else None)
@@ -250,6 +291,11 @@ def main(argv=None):
         print("\nAgainst the smoothed tracks (the fit's target):\n" + target)
         if section:
             sections[section + ".target"] = target
+    if args.lip_pairs:
+        lips = lip_pairs_table(paths)
+        print("\nLip widths, corners inwards (fitted / landmarks; the landmarks' range in brackets):\n" + lips)
+        if section:
+            sections[section + ".lip_pairs"] = lips
     results_doc.maybe_write(args, sections)
     return 0
 

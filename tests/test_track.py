@@ -307,6 +307,31 @@ def test_closing_depths_read_the_deepest_blink(rng):
     assert r["eye closing L"] == pytest.approx((1.0, 24.0))
 
 
+def test_lip_pair_ratios_find_where_the_fitted_mouth_falls_short(rng, tmp_path):
+    """bench/expression_range.lip_pair_ratios: a fit whose mouth corners widen 0.7 as far as the
+    landmarks' (the other lip points fully) reads 0.7 at the corners and 1 inwards; a dense320 NPZ
+    is refused."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from expression_range import LIP_PAIRS, lip_pair_ratios
+    f = 40
+    widen = 20 * (1 + np.sin(np.arange(f) / 4.0))                   # px, each side's outward motion
+    mu = np.repeat(rng.uniform(50, 150, size=(1, 470, 2)), f, axis=0)
+    for _, (a, b) in LIP_PAIRS:                                      # a: image left, b: image right
+        mu[:, a, 0], mu[:, b, 0] = 80 - widen, 120 + widen
+        mu[:, b, 1] = mu[:, a, 1]                                    # level: the width is along x
+    fit = mu.copy()
+    fit[:, 61, 0], fit[:, 291, 0] = 80 - 0.7 * widen, 120 + 0.7 * widen
+    ids = np.arange(470)
+    np.savez(tmp_path / "m.npz", mu=mu, landmarks_fitted=fit, vertex_ids=ids)
+    r = lip_pair_ratios(tmp_path / "m.npz")
+    assert r["corners 61-291"][0] == pytest.approx(0.7, rel=1e-6)
+    assert all(v[0] == pytest.approx(1.0) for k, v in r.items() if k != "corners 61-291")
+    np.savez(tmp_path / "d.npz", mu=mu[:, :320], landmarks_fitted=fit[:, :320], vertex_ids=ids[:320])
+    with pytest.raises(ValueError, match="face mesh"):
+        lip_pair_ratios(tmp_path / "d.npz")
+
+
 def test_smooth_shots_respects_shots_and_missing_points(rng):
     """Each shot is smoothed on its own (a jump at a cut is not smeared), frames without a face
     stay nan, a point missing in every frame of a shot stays missing."""
